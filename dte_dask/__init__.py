@@ -1,0 +1,35 @@
+"""dte_dask: Dask-native dynamic treatment effects (staggered difference-in-differences).
+
+The public API is imported lazily (PEP 562) so that ``import dte_dask`` stays cheap and starts no
+cluster: nothing here creates a ``Client`` or writes a file.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dte_dask import config as _config  # noqa: F401  (registers dask.config defaults)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_panel": "dte_dask.panel.load",
+    "Panel": "dte_dask.panel.panel",
+    "PanelSpec": "dte_dask.panel.spec",
+    "simulate_panel": "dte_dask.simulate",
+    "att_gt": "dte_dask.estimators.cs",
+    "datasets": "dte_dask.datasets",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return module if name == "datasets" else getattr(module, name)
+    raise AttributeError(f"module 'dte_dask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,31 @@
+"""The ``dte-dask`` command line: one module per sub-command, wired here."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# sub-command name -> module holding a click command called ``command``
+_COMMANDS = {
+    "demo": "dte_dask.cli.demo",
+    "simulate": "dte_dask.cli.simulate",
+    "doctor": "dte_dask.cli.doctor",
+}
+
+
+class _LazyGroup(click.Group):
+    """Import each sub-command's module only when it is used (keeps ``--help`` fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        return importlib.import_module(_COMMANDS[name]).command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dte_dask")
+def main() -> None:
+    """dte_dask: staggered difference-in-differences on Dask, from a laptop to a cluster."""

@@ -1,0 +1,269 @@
+"""``load_panel``: read a long panel from parquet, CSV, pandas or dask and return a :class:`Panel`.
+
+Two routes lead to the same blocks:
+
+* a **pandas** frame is validated and pivoted in one vectorised step, then cut into partitions;
+* a **dask** frame (and parquet/CSV files, read lazily) is scanned once for its periods and its
+  unit ranges. If every partition already holds a sorted, disjoint range of units (files written by
+  ``dte-dask simulate``, or any data written partitioned and sorted by unit), no shuffle is needed;
+  otherwise rows are shuffled by unit (``set_index``) first. Each partition is then pivoted on the
+  workers and the partitions are re-cut so that each holds whole RNG blocks.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from dask.base import tokenize
+
+from dte_dask import config
+from dte_dask.exceptions import ColumnTypeError, MissingColumnError, NoControlGroupError, PanelError
+from dte_dask.panel.blocks import UnitBlock, frame_to_block, summarize
+from dte_dask.panel.panel import Panel, _finish
+from dte_dask.panel.periods import PeriodMap
+from dte_dask.panel.spec import PanelSpec
+
+
+def load_panel(
+    source: Any,
+    *,
+    unit: str,
+    time: str,
+    outcome: str,
+    group: str | None = None,
+    treatment: str | None = None,
+    covariates: Sequence[str] | str = (),
+    weights: str | None = None,
+    cluster: str | None = None,
+    npartitions: int | None = None,
+    allow_unbalanced_panel: bool = False,
+    rng_block_size: int | None = None,
+) -> Panel:
+    """Load and validate a long panel (one row per unit and period).
+
+    Parameters
+    ----------
+    source : parquet file/directory/glob, CSV file/glob, pandas or dask DataFrame
+        Never modified.
+    unit, time, outcome : column names
+        ``time`` holds equally spaced integer periods or dates with a regular frequency.
+    group : column, optional
+        First treated period (same labels as ``time``); 0, NaN or +inf = never treated.
+    treatment : column, optional
+        Absorbing 0/1 indicator, used to derive ``group`` (first period with 1) when ``group`` is
+        not given.
+    covariates, weights, cluster : columns, optional
+        Weights and cluster must be constant within a unit; a cluster holds whole units and is then
+        kept whole in one partition.
+    npartitions : int, optional
+        Default: about ``dte_dask.partition-units`` entities per partition.
+    allow_unbalanced_panel : bool
+        If False (default, as R ``did``), units not observed in every period are dropped with a
+        warning.
+    rng_block_size : int, optional
+        Entities per bootstrap RNG block (default ``dte_dask.rng-block-size``). Partitions hold
+        whole RNG blocks.
+
+    Notes
+    -----
+    Units treated in or before the first period are dropped with a warning, as R ``did`` does.
+    To skip the shuffle on large data, write the panel sorted by unit with each file holding a
+    disjoint unit range (as ``dte-dask simulate`` does); the loader detects this on its scan.
+    """
+    spec = PanelSpec(unit=unit, time=time, outcome=outcome, group=group, treatment=treatment,
+                     covariates=tuple([covariates] if isinstance(covariates, str) else covariates),
+                     weights=weights, cluster=cluster)
+    bs = int(config.get("rng-block-size", rng_block_size))
+    if bs < 1:
+        raise PanelError(f"rng_block_size must be >= 1, got {bs}")
+    frame = _read(source, spec)
+    _check_columns(frame, spec)
+    if isinstance(frame, pd.DataFrame):
+        panel = _from_pandas(frame[spec.columns], spec, bs, npartitions)
+    else:
+        panel = _from_dask(frame[spec.columns], spec, bs, npartitions)
+    panel = panel.drop_early_treated(0)
+    if not allow_unbalanced_panel:
+        panel = panel.balance()
+    _check_controls(panel)
+    return panel
+
+
+# ------------------------------------------------------------------------------------- reading
+def _read(source: Any, spec: PanelSpec) -> pd.DataFrame | dd.DataFrame:
+    if isinstance(source, (pd.DataFrame, dd.DataFrame)):
+        return source
+    if hasattr(source, "to_dask_dataframe"):
+        return source.to_dask_dataframe()
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+        if not files or not all(os.path.exists(f) for f in files):
+            raise PanelError(f"no file or directory matches {path!r}")
+        first = files[0]
+        if first.endswith(".csv") or first.endswith(".csv.gz"):
+            return dd.read_csv(files, usecols=list(dict.fromkeys(spec.columns)), blocksize="64MB")
+        if os.path.isdir(first) or first.endswith((".parquet", ".pq")):
+            target = files if len(files) > 1 else first
+            try:
+                return dd.read_parquet(target, columns=list(dict.fromkeys(spec.columns)))
+            except (KeyError, ValueError) as exc:
+                # unknown columns surface here when we pass columns=
+                available = _parquet_columns(target)
+                if available is not None:
+                    _missing(spec, available)
+                raise PanelError(f"cannot read parquet {path!r}: {exc}") from None
+        raise PanelError(f"unsupported file type for {path!r}: expected .parquet, a parquet directory or .csv")
+    raise PanelError(f"unsupported source of type {type(source).__name__}: pass a parquet/CSV path, a pandas or a dask DataFrame")
+
+
+def _parquet_columns(target: Any) -> list[str] | None:
+    try:
+        return list(dd.read_parquet(target).columns)
+    except Exception:  # pragma: no cover - only used to improve an error message
+        return None
+
+
+def _missing(spec: PanelSpec, available: Sequence[str]) -> None:
+    roles = {spec.unit: "unit", spec.time: "time", spec.outcome: "outcome", spec.group_source: "group" if spec.group else "treatment"}
+    roles.update({c: "covariate" for c in spec.covariates})
+    if spec.weights:
+        roles[spec.weights] = "weights"
+    if spec.cluster:
+        roles[spec.cluster] = "cluster"
+    missing = [f"{c!r} ({r})" for c, r in roles.items() if c not in set(available)]
+    if missing:
+        raise MissingColumnError(f"column(s) {', '.join(missing)} not found; available columns: {list(available)}")
+
+
+def _check_columns(frame: pd.DataFrame | dd.DataFrame, spec: PanelSpec) -> None:
+    _missing(spec, list(frame.columns))
+    dtypes = frame.dtypes
+    numeric = {spec.outcome: "outcome", **{c: "covariate" for c in spec.covariates}}
+    if spec.weights:
+        numeric[spec.weights] = "weights"
+    for col, role in numeric.items():
+        dt = dtypes[col]
+        if not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt):
+            raise ColumnTypeError(f"column {col!r} ({role}) must be numeric, got dtype {dt}")
+
+
+# ------------------------------------------------------------------------------------- pandas route
+def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
+    periods = PeriodMap.from_values(df[spec.time], spec.time)
+    block = frame_to_block(df, spec, periods)
+    n_ent = int(block.rank[-1]) + 1 if block.n else 0
+    bounds = _partition_bounds(n_ent, bs, npartitions)
+    token = tokenize(df, spec, bs)
+    parts = []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        lo, hi = np.searchsorted(block.rank, [a, b])
+        parts.append(dask.delayed(block.take(slice(int(lo), int(hi))), name=f"panel-block-{token}-{i}"))
+    panel = Panel(spec=spec, periods=periods, blocks=tuple(parts), summaries=(), rng_block_size=bs, n_entities=n_ent)
+    return _finish(panel)
+
+
+def _partition_bounds(n_entities: int, bs: int, npartitions: int | None) -> list[int]:
+    """Entity-rank boundaries of partitions: multiples of the RNG block size."""
+    n_blocks = max(1, -(-n_entities // bs))
+    if npartitions is None:
+        per = max(1, int(config.get("partition-units")) // bs)
+    else:
+        if npartitions < 1:
+            raise PanelError(f"npartitions must be >= 1, got {npartitions}")
+        per = max(1, -(-n_blocks // npartitions))
+    edges = [min(i * per * bs, n_entities) for i in range(-(-n_blocks // per))] + [n_entities]
+    return sorted(set(edges)) if n_entities else [0, 0]
+
+
+# ------------------------------------------------------------------------------------- dask route
+def _scan(df: pd.DataFrame, spec: PanelSpec) -> dict[str, Any]:
+    ent = df[spec.entity]
+    if isinstance(ent.dtype, pd.CategoricalDtype):
+        ent = ent.astype(ent.cat.categories.dtype)
+    t = df[spec.time]
+    return {
+        "rows": len(df),
+        "min": ent.min() if len(df) else None,
+        "max": ent.max() if len(df) else None,
+        "sorted": bool(ent.is_monotonic_increasing),
+        "times": pd.unique(t.dropna()),
+        "time_na": int(t.isna().sum()),
+    }
+
+
+def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
+    parts = ddf.to_delayed()
+    token = tokenize(ddf, spec)
+    scans = dask.compute(*[dask.delayed(_scan, pure=True)(p, spec, dask_key_name=f"panel-scan-{token}-{i}")
+                           for i, p in enumerate(parts)])
+    if sum(s["time_na"] for s in scans):
+        raise PanelError(f"column {spec.time!r} (time) has {sum(s['time_na'] for s in scans)} missing values")
+    times = np.concatenate([np.asarray(s["times"]) for s in scans if s["rows"]])
+    periods = PeriodMap.from_values(pd.Series(times), spec.time)
+    scans_ne = [s for s in scans if s["rows"]]
+    if not _disjoint_sorted(scans_ne):
+        ddf = ddf.set_index(spec.entity, drop=False, npartitions=max(1, ddf.npartitions))
+        ddf = ddf.reset_index(drop=True)
+        parts = ddf.to_delayed()
+        scans_ne = [None] * len(parts)  # type: ignore[list-item]
+    else:
+        keep = [i for i, s in enumerate(scans) if s["rows"]]
+        order = sorted(keep, key=lambda i: scans[i]["min"])
+        parts = [parts[i] for i in order]
+    tok = tokenize(token, periods.labels)
+    raw = [dask.delayed(frame_to_block, pure=True)(p, spec, periods, dask_key_name=f"panel-block-{tok}-{i}")
+           for i, p in enumerate(parts)]
+    raw = list(dask.persist(*raw))
+    sums = dask.compute(*[dask.delayed(summarize, pure=True)(b) for b in raw])
+    offsets = np.concatenate([[0], np.cumsum([s.n_entities for s in sums])])
+    n_ent = int(offsets[-1])
+    bounds = _partition_bounds(n_ent, bs, npartitions)
+    blocks = []
+    for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw))
+                  if offsets[i] < b and offsets[i + 1] > a]
+        blocks.append(dask.delayed(_assemble, pure=True)(pieces, dask_key_name=f"panel-layout-{tok}-{j}"))
+    panel = Panel(spec=spec, periods=periods, blocks=tuple(blocks), summaries=(), rng_block_size=bs, n_entities=n_ent)
+    return _finish(panel)
+
+
+def _disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
+    if not all(s["sorted"] for s in scans):
+        return False
+    try:
+        ordered = sorted(scans, key=lambda s: s["min"])
+        return all(a["max"] < b["min"] for a, b in zip(ordered[:-1], ordered[1:]))
+    except TypeError:
+        return False
+
+
+def _assemble(pieces: list[tuple[UnitBlock, int, int, int]]) -> UnitBlock:
+    """Concatenate the parts of raw blocks whose global entity ranks fall in ``[a, b)``."""
+    out = []
+    for block, offset, a, b in pieces:
+        shifted = block.with_rank_offset(offset)
+        lo, hi = np.searchsorted(shifted.rank, [a, b])
+        out.append(shifted.take(slice(int(lo), int(hi))))
+    return UnitBlock.concat(out)
+
+
+def _check_controls(panel: Panel) -> None:
+    cohorts = panel.cohort_sizes
+    treated = [g for g in cohorts if np.isfinite(g)]
+    if panel.n_units == 0:
+        raise PanelError("no units are left after dropping units treated in the first period and unbalanced units")
+    if not any(not np.isfinite(g) for g in cohorts) and len(treated) < 2:
+        raise NoControlGroupError(
+            f"column {panel.spec.group_source!r}: every unit is treated in the same period "
+            f"({panel.group_label(treated[0]) if treated else 'n/a'}), so there are no never-treated and no "
+            "not-yet-treated units to compare with"
+        )
+    if not treated:
+        raise NoControlGroupError(f"column {panel.spec.group_source!r}: no unit is ever treated inside the panel's periods")

@@ -1,0 +1,138 @@
+"""Map period labels (integers or dates) to ordered period indices 0..T-1.
+
+Everything inside dte_dask works with period *indices*; labels are kept for output. Integer
+periods must be equally spaced (event time is measured in periods), dates must have a regular
+frequency that pandas can infer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dte_dask.exceptions import PeriodError, examples
+
+
+@dataclass(frozen=True)
+class PeriodMap:
+    """Ordered period labels and the rule that maps labels to indices."""
+
+    labels: np.ndarray  # sorted unique labels (int64 or datetime64[ns])
+    kind: str  # "int" or "datetime"
+    step: float = 1.0  # label units per period (int kind)
+    column: str = "time"
+
+    @property
+    def n_periods(self) -> int:
+        return int(len(self.labels))
+
+    @classmethod
+    def from_values(cls, values: np.ndarray | pd.Series, column: str) -> PeriodMap:
+        """Build the map from all observed period values (any order, repeats allowed)."""
+        s = pd.Series(values)
+        if s.isna().any():
+            raise PeriodError(f"column {column!r} (time) has {int(s.isna().sum())} missing values")
+        if pd.api.types.is_datetime64_any_dtype(s.dtype):
+            labels = np.sort(pd.unique(s.to_numpy(dtype="datetime64[ns]")))
+            return cls._from_dates(labels, column)
+        if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+            raise PeriodError(
+                f"column {column!r} (time) must hold integer periods or dates, got dtype {s.dtype}"
+            )
+        arr = s.to_numpy()
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                bad = arr[~np.isfinite(arr) | (arr != np.round(arr))]
+                raise PeriodError(f"column {column!r} (time) has non-integer periods {examples(np.unique(bad))}")
+            arr = arr.astype(np.int64)
+        labels = np.unique(arr.astype(np.int64))
+        return cls._from_ints(labels, column)
+
+    @classmethod
+    def _from_ints(cls, labels: np.ndarray, column: str) -> PeriodMap:
+        if len(labels) < 2:
+            raise PeriodError(f"column {column!r} (time) has {len(labels)} distinct period(s); at least 2 are needed")
+        gaps = np.diff(labels)
+        step = int(gaps.min())
+        irregular = np.flatnonzero(gaps != step)
+        if irregular.size:
+            pairs = [f"{labels[i]}->{labels[i + 1]}" for i in irregular[:5]]
+            raise PeriodError(
+                f"column {column!r} (time) has irregular periods: consecutive periods are {step} apart "
+                f"except {', '.join(pairs)}. Periods must be equally spaced (recode them to consecutive "
+                "integers if they are meant to be consecutive)"
+            )
+        return cls(labels=labels, kind="int", step=float(step), column=column)
+
+    @classmethod
+    def _from_dates(cls, labels: np.ndarray, column: str) -> PeriodMap:
+        if len(labels) < 2:
+            raise PeriodError(f"column {column!r} (time) has {len(labels)} distinct date(s); at least 2 are needed")
+        idx = pd.DatetimeIndex(labels)
+        freq = pd.infer_freq(idx) if len(idx) >= 3 else None
+        if freq is None and len(idx) >= 3:
+            gaps = np.diff(labels).astype("timedelta64[D]").astype(np.int64)
+            raise PeriodError(
+                f"column {column!r} (time) holds dates with no regular frequency (gaps in days: "
+                f"{examples(np.unique(gaps))}); aggregate them to regular periods first"
+            )
+        return cls(labels=labels, kind="datetime", step=1.0, column=column)
+
+    # ------------------------------------------------------------------ mapping
+    def time_index(self, values: np.ndarray) -> np.ndarray:
+        """Indices (int64) of observed time values; every value must be a known period."""
+        arr = self._coerce(values)
+        pos = np.searchsorted(self.labels, arr)
+        pos_c = np.minimum(pos, len(self.labels) - 1)
+        bad = self.labels[pos_c] != arr
+        if bad.any():
+            raise PeriodError(f"column {self.column!r} has values that are not periods of the panel: {examples(np.unique(arr[bad]))}")
+        return pos_c.astype(np.int64)
+
+    def group_index(self, values: np.ndarray, column: str) -> np.ndarray:
+        """Group labels -> float period index; never treated (0, NaN, +inf, NaT) -> +inf.
+
+        Groups before the first period get negative indices (treated before the panel starts),
+        groups after the last period get indices above T-1. A group inside the observed range
+        must fall on a period.
+        """
+        if self.kind == "datetime":
+            arr = pd.to_datetime(pd.Series(values)).to_numpy(dtype="datetime64[ns]")
+            never = np.isnat(arr)
+            out = np.full(arr.shape, np.inf)
+            vals = arr[~never]
+            pos = np.searchsorted(self.labels, vals)
+            inside = (vals >= self.labels[0]) & (vals <= self.labels[-1])
+            exact = np.zeros(vals.shape, dtype=bool)
+            exact[inside] = self.labels[np.minimum(pos[inside], len(self.labels) - 1)] == vals[inside]
+            if np.any(inside & ~exact):
+                raise PeriodError(f"column {column!r} (group) has dates that are not periods of the panel: {examples(np.unique(vals[inside & ~exact]))}")
+            span = (self.labels[-1] - self.labels[0]) / max(len(self.labels) - 1, 1)
+            res = np.where(inside, pos, (vals - self.labels[0]) / span)
+            out[~never] = res.astype(float)
+            return out
+        arr = np.asarray(values, dtype=float)
+        never = np.isnan(arr) | np.isinf(arr) | (arr == 0)
+        if np.any(arr[~np.isnan(arr)] < 0):
+            raise PeriodError(f"column {column!r} (group) has negative values {examples(np.unique(arr[arr < 0]))}")
+        idx = (arr - self.labels[0]) / self.step
+        inside = ~never & (arr >= self.labels[0]) & (arr <= self.labels[-1])
+        off = inside & (idx != np.round(idx))
+        if off.any():
+            raise PeriodError(
+                f"column {column!r} (group) has first-treatment periods that fall between periods of the panel: {examples(np.unique(arr[off]))}"
+            )
+        return np.where(never, np.inf, idx)
+
+    def label(self, index: np.ndarray | int | float) -> np.ndarray:
+        """Labels of (integer) period indices."""
+        return self.labels[np.asarray(index, dtype=np.int64)]
+
+    def _coerce(self, values: np.ndarray) -> np.ndarray:
+        if self.kind == "datetime":
+            return pd.to_datetime(pd.Series(values)).to_numpy(dtype="datetime64[ns]")
+        arr = np.asarray(values)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.int64)
+        return arr.astype(np.int64)
