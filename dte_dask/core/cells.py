@@ -1,0 +1,95 @@
+"""Which ATT(g,t) cells exist: base periods, control sets and anticipation (pure metadata).
+
+Follows R ``did`` 2.5 (``compute.att_gt``): periods and groups are period *indices* here
+(0..T-1; never treated = ``inf``).
+
+* ``varying`` base: for current periods c = 1..T-1, a pre-period cell (c < g) compares c with
+  c-1; a post cell compares c with the last period before anticipation, g - delta - 1.
+* ``universal`` base: every period c = 0..T-1 is compared with g - delta - 1; the cell c = g-delta-1
+  is the reference and is reported as 0 with a zero influence function.
+* controls: ``never_treated`` -> G = inf; ``not_yet_treated`` -> G > max(c, base) + delta and
+  G != g (never-treated units included).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ControlGroup = Literal["never_treated", "not_yet_treated"]
+BasePeriod = Literal["varying", "universal"]
+
+
+@dataclass(frozen=True)
+class Cells:
+    """K cells as parallel arrays (period indices)."""
+
+    g: np.ndarray  # (K,) group index
+    t: np.ndarray  # (K,) current period index
+    base: np.ndarray  # (K,) base period index
+    ctrl_min: np.ndarray  # (K,) controls have G > ctrl_min (inf -> never treated only)
+    reference: np.ndarray  # (K,) bool: universal-base reference cell (att = 0)
+    never_above: float = np.inf  # groups > this index count as never treated (T_max + delta)
+    never_alias: float = np.nan  # a cohort coerced to never treated (no never-treated units)
+
+    @property
+    def K(self) -> int:
+        return int(self.g.shape[0])
+
+    @property
+    def event_time(self) -> np.ndarray:
+        return self.t - self.g
+
+    def effective_g(self, G: np.ndarray) -> np.ndarray:
+        """Groups as the estimator sees them: late or coerced cohorts become never treated."""
+        return np.where((G > self.never_above) | (G == self.never_alias), np.inf, G)
+
+    def treated(self, G: np.ndarray) -> np.ndarray:
+        """(n, K) treated indicators."""
+        return self.effective_g(G)[:, None] == self.g[None, :]
+
+    def controls(self, G: np.ndarray) -> np.ndarray:
+        """(n, K) control indicators."""
+        G = self.effective_g(G)
+        never = np.isinf(G)[:, None]
+        nyt = (G[:, None] > self.ctrl_min[None, :]) & (G[:, None] != self.g[None, :])
+        return np.where(np.isinf(self.ctrl_min)[None, :], never, nyt)
+
+
+def make_cells(
+    groups: list[float],
+    n_periods: int,
+    *,
+    control_group: ControlGroup,
+    anticipation: int,
+    base_period: BasePeriod,
+    never_above: float = np.inf,
+    never_alias: float = np.nan,
+) -> Cells:
+    """Enumerate cells for treated ``groups`` (sorted period indices, each > ``anticipation``)."""
+    rows: list[tuple[int, int, int, float, bool]] = []
+    for g in groups:
+        pret = math.ceil(g - anticipation) - 1  # last period index p with p + delta < g
+        if pret < 0:
+            continue
+        currents = range(1, n_periods) if base_period == "varying" else range(n_periods)
+        for c in currents:
+            if base_period == "varying" and g > c:
+                base = c - 1
+            else:
+                base = pret
+            ref = base_period == "universal" and c == pret
+            if control_group == "never_treated":
+                cmin = math.inf
+            else:
+                cmin = max(c, base) + anticipation
+            rows.append((int(g), c, base, float(cmin), ref))
+    if not rows:
+        arrays = [np.empty(0, dtype=d) for d in (np.int64, np.int64, np.int64, float, bool)]
+    else:
+        g_, t_, b_, c_, r_ = zip(*rows)
+        arrays = [np.array(g_, dtype=np.int64), np.array(t_, dtype=np.int64), np.array(b_, dtype=np.int64),
+                  np.array(c_, dtype=float), np.array(r_, dtype=bool)]
+    return Cells(*arrays, never_above=float(never_above), never_alias=float(never_alias))

@@ -1,0 +1,49 @@
+"""Small dense linear algebra shared by the kernels: guarded solves and logit pieces (numpy only)."""
+from __future__ import annotations
+
+import numpy as np
+
+PS_CAP = 1.0 - 1e-6  # DRDID: ps.fit <- pmin(ps.fit, 1 - 1e-6)
+TRIM_LEVEL = 0.995  # DRDID: controls with ps >= trim.level get zero weight
+
+
+def expit(z: np.ndarray) -> np.ndarray:
+    out = np.empty_like(z, dtype=float)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """``solve(a, b)``, or None when ``a`` is singular or badly conditioned (rcond < eps).
+
+    Mirrors DRDID's ``rcond(XpX) < .Machine$double.eps`` check.
+    """
+    if a.size == 0:
+        return None
+    if not np.all(np.isfinite(a)):
+        return None
+    try:
+        if 1.0 / np.linalg.cond(a, 1) < np.finfo(float).eps:
+            return None
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def with_intercept(x: np.ndarray) -> np.ndarray:
+    """Prepend a column of ones (the design used by DRDID: ``int.cov``)."""
+    return np.column_stack([np.ones(x.shape[0]), x])
+
+
+def logit_grad_hess(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Gradient, Hessian (information) and log-likelihood of a weighted logit at ``gamma``."""
+    z = X @ gamma
+    p = expit(z)
+    grad = X.T @ (w * (d - p))
+    hess = (X * (w * p * (1.0 - p))[:, None]).T @ X
+    # log-likelihood, stable: d*z - log(1+exp(z))
+    ll = float(np.sum(w * (d * z - np.logaddexp(0.0, z))))
+    return grad, hess, ll

@@ -1,0 +1,201 @@
+"""Callaway & Sant'Anna (2021) ATT(g,t): ``att_gt`` (R ``did::att_gt``) on a Dask panel."""
+from __future__ import annotations
+
+import time as _time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from dte_dask.core.cells import BasePeriod, ControlGroup, make_cells
+from dte_dask.exceptions import EstimationError, PanelWarning, SpecError
+from dte_dask.graph.attgt import fit_cells
+from dte_dask.inference.bands import band_crit, boot_se
+from dte_dask.inference.bootstrap import BootWeights
+from dte_dask.inference.variance import analytic_se, covariance
+from dte_dask.panel.load import load_panel
+from dte_dask.panel.panel import Panel
+from dte_dask.results import AttgtResult
+
+EstMethod = Literal["dr", "ipw", "reg"]
+
+
+def _check_literal(name: str, value: Any, kind: Any) -> None:
+    allowed = get_args(kind)
+    if value not in allowed:
+        raise SpecError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def att_gt(
+    data: Any,
+    *,
+    outcome: str | None = None,
+    unit: str | None = None,
+    time: str | None = None,
+    group: str | None = None,
+    treatment: str | None = None,
+    covariates: Sequence[str] | str | None = None,
+    control_group: ControlGroup = "never_treated",
+    anticipation: int = 0,
+    base_period: BasePeriod = "varying",
+    est_method: EstMethod = "dr",
+    weights: str | None = None,
+    cluster: str | None = None,
+    allow_unbalanced_panel: bool = False,
+    bootstrap: bool = True,
+    n_boot: int = 999,
+    boot_weights: BootWeights = "rademacher",
+    uniform_bands: bool = True,
+    alpha: float = 0.05,
+    seed: int | None = None,
+    npartitions: int | None = None,
+) -> AttgtResult:
+    """Group-time average treatment effects ATT(g,t) of Callaway & Sant'Anna (2021).
+
+    Same conventions and numbers as R ``did::att_gt`` 2.5 (``panel=TRUE``): cells, base periods,
+    control groups, anticipation, the reg / ipw / dr estimators of DRDID with sampling weights,
+    analytic influence-function SEs, and the multiplier bootstrap with sup-t uniform bands.
+
+    Parameters
+    ----------
+    data : Panel, or anything :func:`dte_dask.load_panel` accepts
+    outcome, unit, time, group, treatment, covariates, weights, cluster : column names
+        Not needed when ``data`` is a :class:`Panel` (its spec is used).
+    control_group : "never_treated" | "not_yet_treated"
+    anticipation : int
+        Periods of anticipation delta: the base period of cohort g is g - delta - 1.
+    base_period : "varying" | "universal"
+    est_method : "dr" | "ipw" | "reg"
+    allow_unbalanced_panel : bool
+        Keep units missing in some periods (R's repeated-cross-section treatment, IFs summed by
+        unit). Covariates are not supported on that path yet.
+    bootstrap, n_boot, boot_weights : multiplier bootstrap ("rademacher" or "mammen").
+        With ``bootstrap=True`` the reported SEs are bootstrap SEs, as in R.
+    uniform_bands, alpha : sup-t simultaneous bands over all cells (needs the bootstrap).
+    seed : int, optional
+        Root of the ``SeedSequence`` of the multipliers; drawn and recorded if None.
+
+    Returns
+    -------
+    AttgtResult
+    """
+    t0 = _time.perf_counter()
+    _check_literal("control_group", control_group, ControlGroup)
+    _check_literal("base_period", base_period, BasePeriod)
+    _check_literal("est_method", est_method, EstMethod)
+    _check_literal("boot_weights", boot_weights, BootWeights)
+    if not isinstance(anticipation, (int, np.integer)) or anticipation < 0:
+        raise SpecError(f"anticipation must be a non-negative integer, got {anticipation!r}")
+    if not 0 < alpha < 1:
+        raise SpecError(f"alpha must be in (0, 1), got {alpha}")
+    if bootstrap and (not isinstance(n_boot, (int, np.integer)) or n_boot < 2):
+        raise SpecError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+
+    panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
+                      covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
+                      allow_unbalanced_panel=allow_unbalanced_panel)
+    t_load = _time.perf_counter()
+    panel = panel.drop_early_treated(int(anticipation))
+    unbalanced = allow_unbalanced_panel and not panel.is_balanced
+    if unbalanced and panel.spec.covariates:
+        raise SpecError("covariates with allow_unbalanced_panel=True are not supported yet; balance the panel "
+                        "(allow_unbalanced_panel=False) or drop the covariates")
+    cells, glist = _cells(panel, control_group, int(anticipation), base_period)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy)
+    label = _labeler(panel)
+    fit = fit_cells(panel, cells, method=est_method, unbalanced=unbalanced, groups=glist,
+                    n_boot=n_boot if bootstrap else 0, seed=int(seed), boot_weights=boot_weights, label=label)
+    t_fit = _time.perf_counter()
+
+    cov = covariance(fit.gram, fit.n)
+    K = cells.K
+    se_a = np.where(fit.ok, analytic_se(cov[:K, :K]), np.nan)
+    se_b = None
+    crit = band_crit(None, se_a, alpha, False, fallback=False)
+    if fit.draws is not None:
+        se_b = np.where(fit.ok, boot_se(fit.draws[:, :K], np.sqrt(fit.n_clusters)), np.nan)
+        crit = band_crit(fit.draws[:, :K], se_b, alpha, uniform_bands, fallback=False)
+    step = panel.periods.step if panel.periods.kind == "int" else 1.0
+    options = dict(control_group=control_group, anticipation=int(anticipation), base_period=base_period,
+                   est_method=est_method, covariates=list(panel.spec.covariates), weights=panel.spec.weights,
+                   cluster=panel.spec.cluster, allow_unbalanced_panel=allow_unbalanced_panel,
+                   bootstrap=bootstrap, n_boot=n_boot if bootstrap else 0, boot_weights=boot_weights,
+                   uniform_bands=uniform_bands, alpha=alpha, outcome=panel.spec.outcome, unit=panel.spec.unit,
+                   time=panel.spec.time)
+    return AttgtResult(
+        group=np.array([label(g) for g in cells.g]), time=np.array([label(t) for t in cells.t]),
+        event_time=(cells.event_time * step), att=fit.att, se_analytic=se_a, se_boot=se_b, crit=crit,
+        n_treated=fit.n_treated, n_control=fit.n_control, cov_aug=cov, draws_aug=fit.draws,
+        groups=np.array([label(g) for g in glist]), pg=fit.pg, reference=cells.reference,
+        n_units=fit.n, n_clusters=fit.n_clusters, first_time=_num(label(0)), last_time=_num(label(panel.n_periods - 1)),
+        alpha=alpha, options=options, seed=int(seed) if bootstrap else None,
+        timings={"load": t_load - t0, "estimate": t_fit - t_load, "total": _time.perf_counter() - t0},
+        panel=panel.describe(),
+    )
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float(np.datetime64(v, "ns").astype(np.int64))
+
+
+def _labeler(panel: Panel):
+    def label(idx: float) -> Any:
+        return panel.group_label(float(idx))
+    return label
+
+
+def _as_panel(data: Any, **kw: Any) -> Panel:
+    if isinstance(data, Panel):
+        spec = data.spec
+        for role in ("outcome", "unit", "time", "group", "treatment", "weights", "cluster"):
+            given = kw[role]
+            if given is not None and given != getattr(spec, role):
+                raise SpecError(f"{role}={given!r} differs from the panel's {role} column {getattr(spec, role)!r}; "
+                                "load the panel again with that column")
+        if kw["covariates"] is not None and tuple([kw["covariates"]] if isinstance(kw["covariates"], str) else kw["covariates"]) != spec.covariates:
+            raise SpecError(f"covariates={kw['covariates']!r} differ from the panel's {list(spec.covariates)}")
+        if not kw["allow_unbalanced_panel"]:
+            return data.balance()
+        return data
+    missing = [r for r in ("outcome", "unit", "time") if kw[r] is None]
+    if missing or (kw["group"] is None and kw["treatment"] is None):
+        raise SpecError(f"name the panel's columns: missing {missing + ([] if kw['group'] or kw['treatment'] else ['group'])}")
+    return load_panel(data, unit=kw["unit"], time=kw["time"], outcome=kw["outcome"], group=kw["group"],
+                      treatment=kw["treatment"], covariates=kw["covariates"] or (), weights=kw["weights"],
+                      cluster=kw["cluster"], npartitions=kw["npartitions"],
+                      allow_unbalanced_panel=kw["allow_unbalanced_panel"])
+
+
+def _cells(panel: Panel, control_group: str, anticipation: int, base_period: str):
+    T = panel.n_periods
+    never_above = T - 1 + anticipation
+    cohorts = panel.cohort_sizes
+    groups = sorted(g for g in cohorts if np.isfinite(g) and g <= never_above)
+    has_never = any((not np.isfinite(g)) or g > never_above for g in cohorts)
+    alias = np.nan
+    t_eff = T
+    if not has_never:
+        if not groups:
+            raise EstimationError("no treated cohorts")
+        latest = groups[-1]
+        t_eff = int(latest - anticipation)
+        groups = groups[:-1]
+        if control_group == "never_treated":
+            alias = latest
+            warnings.warn(f"No never-treated group is available. The last treated cohort "
+                          f"({panel.group_label(latest)}) is being coerced as 'never-treated' units, and periods "
+                          f"from {panel.group_label(latest - anticipation)} on are dropped.", PanelWarning, stacklevel=3)
+        else:
+            warnings.warn(f"No never-treated group is available: periods from {panel.group_label(latest - anticipation)} "
+                          "on are dropped and the last cohort only serves as a control.", PanelWarning, stacklevel=3)
+    groups = [g for g in groups if g > anticipation]
+    cells = make_cells(groups, t_eff, control_group=control_group, anticipation=anticipation,
+                       base_period=base_period, never_above=never_above, never_alias=alias)
+    if cells.K == 0:
+        raise EstimationError("no ATT(g,t) cell can be estimated: no treated cohort has a pre-treatment period")
+    return cells, np.array(sorted(set(cells.g.tolist())), dtype=float)

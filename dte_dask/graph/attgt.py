@@ -1,0 +1,211 @@
+"""The ATT(g,t) task graph: statistics passes, influence pass, then small reductions.
+
+pass 1..k  ``attgt-stats`` / ``attgt-logit`` / ``attgt-moments``: kernels map over the blocks,
+           their sums are tree-reduced and the driver solves the small per-cell problems;
+pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x K') stay on the
+           workers (K' = cells + one cohort column per group, for the aggregation weights);
+reduce     ``attgt-gram`` (Psi'Psi, cluster sums first) and ``mboot`` (B x K' draws).
+Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+
+from dte_dask.core import rcs, twobytwo
+from dte_dask.core.cells import Cells
+from dte_dask.core.regression import guarded_solve
+from dte_dask.exceptions import DegenerateCellWarning
+from dte_dask.graph.reduce import tree_merge, tree_sum
+from dte_dask.inference.bootstrap import boot_cover
+from dte_dask.inference.variance import gram
+from dte_dask.panel.blocks import UnitBlock
+from dte_dask.panel.panel import Panel
+
+NEWTON_MAX_ITER = 50
+NEWTON_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class AttgtFit:
+    att: np.ndarray  # (K,)
+    ok: np.ndarray  # (K,) estimable
+    n_treated: np.ndarray
+    n_control: np.ndarray
+    groups: np.ndarray  # group indices of the cohort columns appended to Psi
+    pg: np.ndarray  # P(G = g), weighted, per group
+    gram: np.ndarray  # (K', K') Psi'Psi (cluster sums when clustered)
+    draws: np.ndarray | None  # (B, K') bootstrap perturbations of the estimates
+    n: int
+    n_clusters: int
+
+
+# ----------------------------------------------------------------------------- kernels + groups
+def _with_groups(block: UnitBlock, stats_fn, cells: Cells, groups: np.ndarray, *args) -> dict:
+    out = stats_fn(block, cells, *args)
+    G = cells.effective_g(block.g)
+    out["Swg"] = (G[:, None] == groups[None, :]).astype(float).T @ block.w
+    return out
+
+
+def _influence(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, path: str) -> np.ndarray:
+    fn = {"uncond": twobytwo.uncond_influence, "rcs": rcs.rcs_influence, "cov": twobytwo.cov_influence}[path]
+    psi = fn(block, cells, est)
+    G = cells.effective_g(block.g)
+    h = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
+    return np.hstack([psi, h])
+
+
+def _gram(block: UnitBlock, psi: np.ndarray, clustered: bool) -> np.ndarray:
+    return gram(psi, block.rank, clustered)
+
+
+def _boot(block: UnitBlock, psi: np.ndarray, **kw: Any):
+    return boot_cover(psi, block.rank, **kw)
+
+
+# ----------------------------------------------------------------------------- driver side
+def _warn_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
+    for k in np.flatnonzero(bad):
+        warnings.warn(f"ATT(g={label(cells.g[k])}, t={label(cells.t[k])}) is NaN: {reason}",
+                      DegenerateCellWarning, stacklevel=4)
+
+
+def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full(b.shape, np.nan)
+    good = ok.copy()
+    for k in np.flatnonzero(ok):
+        x = guarded_solve(A[k], b[k])
+        if x is None:
+            good[k] = False
+        else:
+            out[k] = x
+    return out, good
+
+
+def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label) -> tuple[np.ndarray, np.ndarray]:
+    """Logit MLE per cell by Newton steps, one reduction over the blocks per step."""
+    ok = active.copy()
+    for _ in range(NEWTON_MAX_ITER):
+        if not active.any():
+            break
+        s = tree_sum(panel.map_blocks(twobytwo.logit_stats, cells, gamma, active, name="attgt-logit"),
+                     name="attgt-logit-sum").compute()
+        for k in np.flatnonzero(active):
+            step = guarded_solve(s["hess"][k], s["grad"][k])
+            if step is None:
+                ok[k] = active[k] = False
+                _warn_cells(cells, np.eye(cells.K, dtype=bool)[k], "singular propensity-score design (perfect separation or collinear covariates)", label)
+                continue
+            gamma[k] = gamma[k] + step
+            if np.max(np.abs(step)) <= NEWTON_TOL * (1.0 + np.max(np.abs(gamma[k]))):
+                active[k] = False
+    if active.any():
+        ok &= ~active
+        _warn_cells(cells, active, "propensity score did not converge (perfect separation?)", label)
+    big = ok & (np.max(np.abs(gamma), axis=1) > 50)
+    if big.any():
+        ok &= ~big
+        _warn_cells(cells, big, "perfect separation in the propensity score", label)
+    return gamma, ok
+
+
+def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, groups: np.ndarray,
+              n_boot: int, seed: int, boot_weights: str, label) -> AttgtFit:
+    """Estimate every cell, keep Psi on the workers, return the small reduced arrays."""
+    n = panel.n_units
+    p = len(panel.spec.covariates) + 1
+    if unbalanced:
+        path = "rcs"
+        s = tree_sum(panel.map_blocks(_with_groups, rcs.rcs_stats, cells, groups, name="attgt-stats"), name="attgt-stats-sum").compute()
+        e = rcs.rcs_estimate(s)
+        est = {**s, **e, "n": n}
+        ok, att = e["ok"], e["att"]
+        _warn_cells(cells, ~ok & ~cells.reference, "no treated or no control observations in one of its two periods", label)
+    elif p == 1:
+        path = "uncond"
+        s = tree_sum(panel.map_blocks(_with_groups, twobytwo.uncond_stats, cells, groups, name="attgt-stats"), name="attgt-stats-sum").compute()
+        ok = (s["SwD"] > 0) & (s["SwC"] > 0)
+        if method in ("dr", "ipw"):  # DRDID trims controls with ps >= 0.995
+            with np.errstate(invalid="ignore", divide="ignore"):
+                trimmed = np.minimum(s["SwD"] / (s["SwD"] + s["SwC"]), 1 - 1e-6) >= 0.995
+            _warn_cells(cells, ok & trimmed, "every control has a propensity score >= 0.995 and is trimmed", label)
+            ok &= ~trimmed
+        _warn_cells(cells, ~ok & (s["SwC"] <= 0), "no control units", label)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu1, mu0 = s["SwDdY"] / s["SwD"], s["SwCdY"] / s["SwC"]
+        att = np.where(ok, mu1 - mu0, np.nan)
+        est = {**s, "mu1": mu1, "mu0": mu0, "ok": ok, "n": n}
+    else:
+        path = "cov"
+        att, ok, est, s = _fit_covariates(panel, cells, method, p, groups, label)
+    ok = ok & ~cells.reference
+    att = np.where(cells.reference, 0.0, att)
+    pg = s["Swg"] / n
+    est = {**est, "ok": ok, "pg": pg}
+
+    psi = panel.map_blocks(_influence, cells, est, groups, path, name="attgt-influence")
+    psi = list(dask.persist(*psi))
+    clustered = panel.spec.cluster is not None
+    f_gram = dask.delayed(_gram, pure=True)
+    grams = [f_gram(b, q, clustered, dask_key_name=f"attgt-gram-{i}-{q.key}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
+    todo = [tree_sum(grams, name="attgt-gram-sum")]
+    if n_boot > 0:
+        kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n, kind=boot_weights)
+        f_boot = dask.delayed(_boot, pure=True)
+        covers = [f_boot(b, q, **kw, dask_key_name=f"mboot-{i}-{q.key}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
+        todo.append(tree_merge(covers, name="mboot-merge"))
+    results = dask.compute(*todo)
+    return AttgtFit(att=att, ok=ok, n_treated=s["nD"], n_control=s["nC"], groups=groups, pg=pg,
+                    gram=results[0], draws=results[1] if n_boot > 0 else None, n=n,
+                    n_clusters=panel.n_clusters if clustered else n)
+
+
+def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.ndarray, label):
+    s = tree_sum(panel.map_blocks(_with_groups, twobytwo.ols_stats, cells, groups, p, name="attgt-stats"), name="attgt-stats-sum").compute()
+    ok = (s["SwD"] > 0) & (s["nC"] > 0)
+    _warn_cells(cells, ~ok, "no control units", label)
+    beta = None
+    if method in ("reg", "dr"):
+        beta, good = _solve_each(s["XtWX"], s["XtWdY"], ok)
+        _warn_cells(cells, ok & ~good, "singular outcome-regression design among controls (collinear covariates?)", label)
+        ok = good
+    if method == "reg":
+        v_t, _ = _solve_each(s["XtWX"], s["SwDX"], ok)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eta_t = s["SwDdY"] / s["SwD"]
+            eta_c = np.einsum("kp,kp->k", s["SwDX"], beta) / s["SwD"]
+        att = np.where(ok, eta_t - eta_c, np.nan)
+        return att, ok, {"method": "reg", "n": panel.n_units, "beta": beta, "v_t": v_t, "eta_t": eta_t, "eta_c": eta_c, "St": s["SwD"]}, s
+    # propensity score: start from the intercept-only MLE
+    gamma = np.zeros((cells.K, p))
+    swc = s["XtWX"][:, 0, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gamma[:, 0] = np.log(s["SwD"] / swc)
+    gamma[~ok] = 0.0
+    gamma, ok = _newton(panel, cells, gamma, ok.copy(), label)
+    m = tree_sum(panel.map_blocks(twobytwo.ps_moments, cells, gamma, beta, name="attgt-moments"), name="attgt-moments-sum").compute()
+    ok &= (m["Sc"] > 0)
+    b = beta if beta is not None else np.zeros((cells.K, p))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "dr":
+            eta_t = (m["At"] - np.einsum("kp,kp->k", m["StX"], b)) / m["St"]
+            eta_c = (m["Ac"] - np.einsum("kp,kp->k", m["ScX"], b)) / m["Sc"]
+            M2 = m["ScdYX"] - np.einsum("kpq,kq->kp", m["ScXX"], b) - eta_c[:, None] * m["ScX"]
+        else:
+            eta_t, eta_c = m["At"] / m["St"], m["Ac"] / m["Sc"]
+            M2 = m["ScdYX"] - eta_c[:, None] * m["ScX"]
+    v_ps, good = _solve_each(m["H"], M2, ok)
+    _warn_cells(cells, ok & ~good, "singular propensity-score information matrix", label)
+    ok = good
+    est = {"method": method, "n": panel.n_units, "beta": b, "gamma": gamma, "eta_t": eta_t, "eta_c": eta_c,
+           "St": m["St"], "Sc": m["Sc"], "v_ps": v_ps}
+    if method == "dr":
+        est["v_t"], _ = _solve_each(s["XtWX"], m["StX"], ok)
+        est["v_c"], _ = _solve_each(s["XtWX"], m["ScX"], ok)
+    att = np.where(ok, eta_t - eta_c, np.nan)
+    return att, ok, est, s

@@ -1,0 +1,65 @@
+"""Multiplier bootstrap with streams keyed by RNG block, so draws never depend on partitioning.
+
+Entity (unit, or cluster when clustering) with stable index r belongs to RNG block
+b = r // block_size. Draws ``[c*CHUNK, (c+1)*CHUNK)`` of block b come from
+``SeedSequence(seed, spawn_key=(b, c))``: a matrix (CHUNK x block_size) whose column r - b*block_size
+is entity r's multiplier. Each partition turns its blocks into B x K partial sums
+``sum_i V_ib psi_i / n``, and partial sums are added along the fixed tree of
+:class:`~dte_dask.graph.reduce.DyadicCover`: the draws are bit-identical for any number of
+partitions, workers or threads.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from dte_dask.graph.reduce import DyadicCover
+from dte_dask.inference.variance import entity_sums
+
+CHUNK = 128  # draws per random stream; part of the algorithm (changing it changes the draws)
+BootWeights = Literal["rademacher", "mammen"]
+_SQ5 = np.sqrt(5.0)
+_MAMMEN_LO, _MAMMEN_HI = (1.0 - _SQ5) / 2.0, (1.0 + _SQ5) / 2.0
+_MAMMEN_P = (_SQ5 + 1.0) / (2.0 * _SQ5)  # P(V = (1 - sqrt5)/2)
+
+
+def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind: BootWeights) -> np.ndarray:
+    """(n_draws, size) multipliers of RNG block ``block``, draws ``chunk*CHUNK ..``."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
+    if kind == "rademacher":
+        nbytes = -(-(n_draws * size) // 8)
+        bits = np.unpackbits(np.frombuffer(rng.bytes(nbytes), dtype=np.uint8))[: n_draws * size]
+        return (1.0 - 2.0 * bits.astype(np.float64)).reshape(n_draws, size)
+    if kind == "mammen":
+        u = rng.random((n_draws, size))
+        return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
+    raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
+
+
+def boot_cover(
+    psi: np.ndarray, rank: np.ndarray, *, seed: int, n_boot: int, block_size: int, n_blocks: int,
+    n: int, kind: BootWeights,
+) -> DyadicCover:
+    """Per-RNG-block partial draws ``sum_i V_bi psi_i / n`` of one partition, as a cover."""
+    if psi.shape[0] == 0:
+        return DyadicCover(n_blocks, {})
+    starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
+    ent_rank = rank[starts]
+    S = entity_sums(psi, rank)
+    blk = ent_rank // block_size
+    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+    ids, leaves = [], []
+    with threadpool_limits(limits=1):  # same kernel (and rounding) in every process and thread
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            bid = int(blk[a])
+            pos = ent_rank[a:b] - bid * block_size
+            out = np.empty((n_boot, psi.shape[1]))
+            for c, lo in enumerate(range(0, n_boot, CHUNK)):
+                hi = min(lo + CHUNK, n_boot)
+                V = multipliers(seed, bid, c, hi - lo, block_size, kind)[:, pos]
+                out[lo:hi] = V @ S[a:b]
+            ids.append(bid)
+            leaves.append(out / n)
+    return DyadicCover.from_blocks(n_blocks, ids, leaves)
