@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 
 class DteDaskError(Exception):
     """Base class of all dte_dask errors."""
@@ -70,6 +72,15 @@ class PanelWarning(DteDaskWarning):
 def examples(values: Iterable[object], k: int = 5) -> str:
     """Format up to ``k`` example values for an error message."""
     vals = list(values)
-    shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in vals[:k])
+    shown = ", ".join(repr(_plain(v)) for v in vals[:k])
     more = f", ... ({len(vals)} in all)" if len(vals) > k else ""
     return f"[{shown}{more}]"
+
+
+def _plain(v: object) -> object:
+    """A numpy scalar as a plain Python value (dates as ISO strings); tuples element-wise."""
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, np.datetime64):
+        return np.datetime_as_string(v, unit="auto")
+    return v.item() if hasattr(v, "item") else v

@@ -117,7 +117,7 @@ def att_gt(
     if fit.draws is not None:
         se_b = np.where(fit.ok, boot_se(fit.draws[:, :K], np.sqrt(fit.n_clusters)), np.nan)
         crit = band_crit(fit.draws[:, :K], se_b, alpha, uniform_bands, fallback=False)
-    step = panel.periods.step if panel.periods.kind == "int" else 1.0
+    step = int(panel.periods.step) if panel.periods.kind == "int" else 1
     options = dict(control_group=control_group, anticipation=int(anticipation), base_period=base_period,
                    est_method=est_method, covariates=list(panel.spec.covariates), weights=panel.spec.weights,
                    cluster=panel.spec.cluster, allow_unbalanced_panel=allow_unbalanced_panel,
@@ -126,7 +126,7 @@ def att_gt(
                    time=panel.spec.time)
     return AttgtResult(
         group=np.array([label(g) for g in cells.g]), time=np.array([label(t) for t in cells.t]),
-        event_time=(cells.event_time * step), att=fit.att, se_analytic=se_a, se_boot=se_b, crit=crit,
+        event_time=(cells.event_time * step).astype(np.int64), att=fit.att, se_analytic=se_a, se_boot=se_b, crit=crit,
         n_treated=fit.n_treated, n_control=fit.n_control, cov_aug=cov, draws_aug=fit.draws,
         groups=np.array([label(g) for g in glist]), pg=fit.pg, reference=cells.reference,
         n_units=fit.n, n_clusters=fit.n_clusters, first_time=_num(label(0)), last_time=_num(label(panel.n_periods - 1)),

@@ -15,12 +15,13 @@ from typing import Any
 
 import dask
 import numpy as np
+from dask.base import tokenize
 
 from dte_dask.core import rcs, twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning
-from dte_dask.graph.reduce import tree_merge, tree_sum
+from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover
 from dte_dask.inference.variance import gram
 from dte_dask.panel.blocks import UnitBlock
@@ -64,6 +65,12 @@ def _gram(block: UnitBlock, psi: np.ndarray, clustered: bool) -> np.ndarray:
     return gram(psi, block.rank, clustered)
 
 
+def _exact_sum(panel: Panel, func, *args, name: str):
+    """Sum ``func(block, *args)`` over the panel, bit-identically for any partitioning."""
+    parts = panel.map_blocks(by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks, *args, name=name)
+    return tree_merge(parts, name=f"{name}-sum")
+
+
 def _boot(block: UnitBlock, psi: np.ndarray, **kw: Any):
     return boot_cover(psi, block.rank, **kw)
 
@@ -93,8 +100,7 @@ def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, l
     for _ in range(NEWTON_MAX_ITER):
         if not active.any():
             break
-        s = tree_sum(panel.map_blocks(twobytwo.logit_stats, cells, gamma, active, name="attgt-logit"),
-                     name="attgt-logit-sum").compute()
+        s = _exact_sum(panel, twobytwo.logit_stats, cells, gamma, active, name="attgt-logit").compute()
         for k in np.flatnonzero(active):
             step = guarded_solve(s["hess"][k], s["grad"][k])
             if step is None:
@@ -121,14 +127,14 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     p = len(panel.spec.covariates) + 1
     if unbalanced:
         path = "rcs"
-        s = tree_sum(panel.map_blocks(_with_groups, rcs.rcs_stats, cells, groups, name="attgt-stats"), name="attgt-stats-sum").compute()
+        s = _exact_sum(panel, _with_groups, rcs.rcs_stats, cells, groups, name="attgt-stats").compute()
         e = rcs.rcs_estimate(s)
         est = {**s, **e, "n": n}
         ok, att = e["ok"], e["att"]
         _warn_cells(cells, ~ok & ~cells.reference, "no treated or no control observations in one of its two periods", label)
     elif p == 1:
         path = "uncond"
-        s = tree_sum(panel.map_blocks(_with_groups, twobytwo.uncond_stats, cells, groups, name="attgt-stats"), name="attgt-stats-sum").compute()
+        s = _exact_sum(panel, _with_groups, twobytwo.uncond_stats, cells, groups, name="attgt-stats").compute()
         ok = (s["SwD"] > 0) & (s["SwC"] > 0)
         if method in ("dr", "ipw"):  # DRDID trims controls with ps >= 0.995
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -151,13 +157,14 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     psi = panel.map_blocks(_influence, cells, est, groups, path, name="attgt-influence")
     psi = list(dask.persist(*psi))
     clustered = panel.spec.cluster is not None
-    f_gram = dask.delayed(_gram, pure=True)
-    grams = [f_gram(b, q, clustered, dask_key_name=f"attgt-gram-{i}-{q.key}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
-    todo = [tree_sum(grams, name="attgt-gram-sum")]
+    f_gram = dask.delayed(by_rng_block, pure=True)
+    grams = [f_gram(b, _gram, panel.rng_block_size, panel.n_rng_blocks, clustered, rows=q,
+                    dask_key_name=f"attgt-gram-{tokenize(q)}-{i}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
+    todo = [tree_merge(grams, name="attgt-gram-sum")]
     if n_boot > 0:
         kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n, kind=boot_weights)
         f_boot = dask.delayed(_boot, pure=True)
-        covers = [f_boot(b, q, **kw, dask_key_name=f"mboot-{i}-{q.key}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
+        covers = [f_boot(b, q, **kw, dask_key_name=f"mboot-{tokenize(q, kw)}-{i}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
         todo.append(tree_merge(covers, name="mboot-merge"))
     results = dask.compute(*todo)
     return AttgtFit(att=att, ok=ok, n_treated=s["nD"], n_control=s["nC"], groups=groups, pg=pg,
@@ -166,7 +173,7 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
 
 
 def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.ndarray, label):
-    s = tree_sum(panel.map_blocks(_with_groups, twobytwo.ols_stats, cells, groups, p, name="attgt-stats"), name="attgt-stats-sum").compute()
+    s = _exact_sum(panel, _with_groups, twobytwo.ols_stats, cells, groups, p, name="attgt-stats").compute()
     ok = (s["SwD"] > 0) & (s["nC"] > 0)
     _warn_cells(cells, ~ok, "no control units", label)
     beta = None
@@ -188,7 +195,7 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
         gamma[:, 0] = np.log(s["SwD"] / swc)
     gamma[~ok] = 0.0
     gamma, ok = _newton(panel, cells, gamma, ok.copy(), label)
-    m = tree_sum(panel.map_blocks(twobytwo.ps_moments, cells, gamma, beta, name="attgt-moments"), name="attgt-moments-sum").compute()
+    m = _exact_sum(panel, twobytwo.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -80,7 +80,7 @@ class DyadicCover:
                 if (1 << lvl) >= self.n_blocks and j == 0:
                     continue  # root
                 if left in self.nodes and right in self.nodes:
-                    self.nodes[parent] = self.nodes.pop(left) + self.nodes.pop(right)
+                    self.nodes[parent] = add(self.nodes.pop(left), self.nodes.pop(right))
                     changed = True
                 elif left in self.nodes and not self._exists(*right):
                     self.nodes[parent] = self.nodes.pop(left)
@@ -96,6 +96,23 @@ class DyadicCover:
         if len(self.nodes) != 1:
             raise ValueError(f"cover is incomplete: {len(self.nodes)} nodes left")
         return next(iter(self.nodes.values()))
+
+
+def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: Any, rows: np.ndarray | None = None) -> DyadicCover:
+    """Apply ``func(slice, *args)`` (or ``func(slice, rows_slice, *args)``) to each RNG block of a
+    partition block and return the results as a :class:`DyadicCover`, so that their sum over the
+    whole panel is bit-identical for any partitioning."""
+    if block.n == 0:
+        return DyadicCover(n_blocks, {})
+    blk = block.rank // block_size
+    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+    ids, vals = [], []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        sl = slice(int(a), int(b))
+        part = block.take(sl)
+        vals.append(func(part, *args) if rows is None else func(part, rows[sl], *args))
+        ids.append(int(blk[a]))
+    return DyadicCover.from_blocks(n_blocks, ids, vals)
 
 
 def _merge_all(covers: Sequence[DyadicCover]) -> DyadicCover:

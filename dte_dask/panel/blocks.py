@@ -136,9 +136,10 @@ def frame_to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap) -> Uni
             f"{examples(pairs)}; drop those rows (the panel is then unbalanced: pass "
             "allow_unbalanced_panel=True to keep the other periods of those units)"
         )
+    # column-major: estimators gather whole periods (columns) at a time
     Y = np.full(n * T, np.nan)
-    Y[key] = y
-    Y = Y.reshape(n, T)
+    Y[tidx * n + codes] = y
+    Y = Y.reshape(n, T, order="F")
 
     g = _group(df, spec, periods, codes, tidx, n, uniques)
     w = np.ones(n)
