@@ -105,8 +105,11 @@ class AttgtResult:
     reference: np.ndarray
     n_units: int
     n_clusters: int
-    first_time: float
-    last_time: float
+    g_index: np.ndarray  # period indices of group and time (labels above are for output)
+    t_index: np.ndarray
+    group_index: np.ndarray  # period indices of ``groups``
+    n_periods: int
+    step: int  # event time per period, in the time column's units (1 for dates)
     alpha: float
     options: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
@@ -147,10 +150,12 @@ class AttgtResult:
         """Aggregate ATT(g,t) like R ``aggte(type=kind)``; no new pass over the data."""
         alpha = self.alpha if alpha is None else alpha
         uniform = self.options.get("uniform_bands", True) if uniform_bands is None else uniform_bands
-        m = aggregate_map(kind, att=self.att, group=self.group.astype(float), time=self.time.astype(float),
-                          event=self.event_time.astype(float), groups=self.groups.astype(float), pg=self.pg,
-                          last_time=self.last_time, first_time=self.first_time, min_e=min_e, max_e=max_e,
-                          balance_e=balance_e, na_rm=na_rm)
+        e = (lambda v: None if v is None else v / self.step)
+        m = aggregate_map(kind, att=self.att, group=self.g_index.astype(float), time=self.t_index.astype(float),
+                          event=(self.t_index - self.g_index).astype(float), groups=self.group_index.astype(float),
+                          pg=self.pg, last_time=float(self.n_periods - 1), first_time=0.0, min_e=e(min_e),
+                          max_e=e(max_e), balance_e=e(balance_e), na_rm=na_rm)
+        keys = self._key_labels(kind, m.keys)
         cov = self.cov_aug
         se_a = analytic_se(m.coef.T @ cov @ m.coef) if m.coef.shape[1] else np.empty(0)
         o_se = float(analytic_se(np.atleast_2d(m.overall_coef @ cov @ m.overall_coef))[0])
@@ -164,9 +169,17 @@ class AttgtResult:
                 o_se = float(boot_se((self.draws_aug @ m.overall_coef)[:, None], scale)[0])
         crit = band_crit(draws, se, alpha, uniform, fallback=True) if m.keys.size else float("nan")
         key_name = {"simple": "key", "dynamic": "event_time", "group": "group", "calendar": "time"}[kind]
-        return AggregateResult(kind=kind, key_name=key_name, keys=m.keys, att=m.att, se=se, se_analytic=se_a,
+        return AggregateResult(kind=kind, key_name=key_name, keys=keys, att=m.att, se=se, se_analytic=se_a,
                                crit=crit, overall_att=m.overall_att, overall_se=o_se, alpha=alpha,
                                bootstrap=self.draws_aug is not None)
+
+    def _key_labels(self, kind: str, keys: np.ndarray) -> np.ndarray:
+        if kind == "dynamic":
+            return (keys * self.step).astype(np.int64)
+        if kind in ("group", "calendar"):
+            lookup = dict(zip(self.g_index.tolist() + self.t_index.tolist(), self.group.tolist() + self.time.tolist()))
+            return np.array([lookup[int(k)] for k in keys])
+        return keys
 
     def summary(self) -> str:
         df = self.to_frame()

@@ -129,18 +129,11 @@ def att_gt(
         event_time=(cells.event_time * step).astype(np.int64), att=fit.att, se_analytic=se_a, se_boot=se_b, crit=crit,
         n_treated=fit.n_treated, n_control=fit.n_control, cov_aug=cov, draws_aug=fit.draws,
         groups=np.array([label(g) for g in glist]), pg=fit.pg, reference=cells.reference,
-        n_units=fit.n, n_clusters=fit.n_clusters, first_time=_num(label(0)), last_time=_num(label(panel.n_periods - 1)),
-        alpha=alpha, options=options, seed=int(seed) if bootstrap else None,
+        n_units=fit.n, n_clusters=fit.n_clusters, g_index=cells.g, t_index=cells.t, group_index=glist.astype(np.int64),
+        n_periods=panel.n_periods, step=step, alpha=alpha, options=options, seed=int(seed) if bootstrap else None,
         timings={"load": t_load - t0, "estimate": t_fit - t_load, "total": _time.perf_counter() - t0},
         panel=panel.describe(),
     )
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float(np.datetime64(v, "ns").astype(np.int64))
 
 
 def _labeler(panel: Panel):
