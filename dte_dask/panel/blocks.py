@@ -226,6 +226,8 @@ def _group(df, spec, periods, codes, tidx, n, uniques) -> np.ndarray:
                 raise ColumnTypeError(f"column {col!r} (group) must be numeric (first treated period; 0 = never treated), got dtype {raw.dtype}")
             g_row = periods.group_index(raw.to_numpy(dtype=np.float64, na_value=np.nan), col)
         return _per_unit(g_row, codes, n, col, uniques, "group")
+    if not (pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_bool_dtype(raw.dtype)):
+        raise ColumnTypeError(f"column {col!r} (treatment) must be a 0/1 (or boolean) indicator, got dtype {raw.dtype}")
     d = raw.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isin(d, (0.0, 1.0))
     if bad.any():

@@ -77,7 +77,7 @@ def load_panel(
     disjoint unit range (as ``dte-dask simulate`` does); the loader detects this on its scan.
     """
     spec = PanelSpec(unit=unit, time=time, outcome=outcome, group=group, treatment=treatment,
-                     covariates=tuple([covariates] if isinstance(covariates, str) else covariates),
+                     covariates=tuple([covariates] if isinstance(covariates, str) else (covariates or ())),
                      weights=weights, cluster=cluster)
     bs = int(config.get("rng-block-size", rng_block_size))
     if bs < 1:
@@ -108,6 +108,7 @@ def _read(source: Any, spec: PanelSpec) -> pd.DataFrame | dd.DataFrame:
             raise PanelError(f"no file or directory matches {path!r}")
         first = files[0]
         if first.endswith(".csv") or first.endswith(".csv.gz"):
+            _missing(spec, list(pd.read_csv(first, nrows=0).columns))  # dask's usecols error names no role
             return dd.read_csv(files, usecols=list(dict.fromkeys(spec.columns)), blocksize="64MB")
         if os.path.isdir(first) or first.endswith((".parquet", ".pq")):
             target = files if len(files) > 1 else first
@@ -170,16 +171,21 @@ def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | 
 
 
 def _partition_bounds(n_entities: int, bs: int, npartitions: int | None) -> list[int]:
-    """Entity-rank boundaries of partitions: multiples of the RNG block size."""
-    n_blocks = max(1, -(-n_entities // bs))
+    """Entity-rank boundaries of partitions: multiples of the RNG block size, blocks spread evenly.
+
+    ``npartitions`` is capped at the number of RNG blocks (a partition holds whole blocks).
+    """
+    if n_entities == 0:
+        return [0, 0]
+    n_blocks = -(-n_entities // bs)
     if npartitions is None:
-        per = max(1, int(config.get("partition-units")) // bs)
+        k = -(-n_blocks // max(1, int(config.get("partition-units")) // bs))
+    elif npartitions < 1:
+        raise PanelError(f"npartitions must be >= 1, got {npartitions}")
     else:
-        if npartitions < 1:
-            raise PanelError(f"npartitions must be >= 1, got {npartitions}")
-        per = max(1, -(-n_blocks // npartitions))
-    edges = [min(i * per * bs, n_entities) for i in range(-(-n_blocks // per))] + [n_entities]
-    return sorted(set(edges)) if n_entities else [0, 0]
+        k = min(int(npartitions), n_blocks)
+    edges = [min(round(i * n_blocks / k) * bs, n_entities) for i in range(k)] + [n_entities]
+    return sorted(set(edges))
 
 
 # ------------------------------------------------------------------------------------- dask route
@@ -205,7 +211,8 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
                            for i, p in enumerate(parts)])
     if sum(s["time_na"] for s in scans):
         raise PanelError(f"column {spec.time!r} (time) has {sum(s['time_na'] for s in scans)} missing values")
-    times = np.concatenate([np.asarray(s["times"]) for s in scans if s["rows"]])
+    times = [np.asarray(s["times"]) for s in scans if s["rows"]]
+    times = np.concatenate(times) if times else np.array([], dtype=np.int64)
     periods = PeriodMap.from_values(pd.Series(times), spec.time)
     scans_ne = [s for s in scans if s["rows"]]
     if not _disjoint_sorted(scans_ne):
@@ -265,5 +272,5 @@ def _check_controls(panel: Panel) -> None:
             f"({panel.group_label(treated[0]) if treated else 'n/a'}), so there are no never-treated and no "
             "not-yet-treated units to compare with"
         )
-    if not treated:
+    if not any(g <= panel.n_periods - 1 for g in treated):  # cohorts after the last period do not count
         raise NoControlGroupError(f"column {panel.spec.group_source!r}: no unit is ever treated inside the panel's periods")

@@ -84,7 +84,7 @@ class Panel:
         return g
 
     def describe(self) -> dict[str, Any]:
-        cohorts = {str(self.group_label(g)) if np.isfinite(g) else "never treated": c
+        cohorts = {str(_plain(self.group_label(g))) if np.isfinite(g) else "never treated": c
                    for g, c in self.cohort_sizes.items()}
         return {
             "units": self.n_units, "periods": self.n_periods, "rows": self.n_rows,
@@ -163,4 +163,8 @@ def _finish(panel: Panel) -> Panel:
 
 
 def _plain(v: Any) -> Any:
+    """A numpy scalar as a plain Python value; dates as ISO strings (``.item()`` of a
+    ``datetime64[ns]`` would be an integer count of nanoseconds)."""
+    if isinstance(v, np.datetime64):
+        return str(np.datetime_as_string(v, unit="auto"))
     return v.item() if hasattr(v, "item") else v

@@ -6,12 +6,13 @@ frequency that pandas can infer.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from dte_dask.exceptions import PeriodError, examples
+from dte_dask.exceptions import ColumnTypeError, PeriodError, examples
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,21 @@ class PeriodMap:
     def _from_dates(cls, labels: np.ndarray, column: str) -> PeriodMap:
         if len(labels) < 2:
             raise PeriodError(f"column {column!r} (time) has {len(labels)} distinct date(s); at least 2 are needed")
-        idx = pd.DatetimeIndex(labels)
-        freq = pd.infer_freq(idx) if len(idx) >= 3 else None
-        if freq is None and len(idx) >= 3:
+        if len(labels) >= 3 and _infer_freq(labels) is None:
+            # the first irregular step: the shortest prefix with no frequency ends there
+            lo, hi = 2, len(labels) - 1  # labels[: hi + 1] has no frequency, labels[:2] always has one
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _infer_freq(labels[: mid + 1]) is None:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            first = f"{examples([labels[hi - 1]])[1:-1]} -> {examples([labels[hi]])[1:-1]}"
             gaps = np.diff(labels).astype("timedelta64[D]").astype(np.int64)
             raise PeriodError(
-                f"column {column!r} (time) holds dates with no regular frequency (gaps in days: "
-                f"{examples(np.unique(gaps))}); aggregate them to regular periods first"
+                f"column {column!r} (time) holds dates with no regular frequency: the first irregular "
+                f"step is {first} (gaps in days: {examples(np.unique(gaps))}); aggregate them to regular "
+                "periods first"
             )
         return cls(labels=labels, kind="datetime", step=1.0, column=column)
 
@@ -98,7 +107,7 @@ class PeriodMap:
         must fall on a period.
         """
         if self.kind == "datetime":
-            arr = pd.to_datetime(pd.Series(values)).to_numpy(dtype="datetime64[ns]")
+            arr = _group_dates(values, column)
             never = np.isnat(arr)
             out = np.full(arr.shape, np.inf)
             vals = arr[~never]
@@ -136,3 +145,48 @@ class PeriodMap:
         if arr.dtype.kind == "f":
             arr = arr.astype(np.int64)
         return arr.astype(np.int64)
+
+
+def _infer_freq(labels: np.ndarray) -> object:
+    """``pandas.infer_freq`` of sorted dates (only None-ness is used), without pandas' warning
+    about its future return type."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pd.infer_freq(pd.DatetimeIndex(labels))
+
+
+def _is_never_number(v: object) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and (v == 0 or bool(np.isinf(v))))
+
+
+def _group_dates(values: np.ndarray | pd.Series, column: str) -> np.ndarray:
+    """Group values of a date panel as datetime64[ns]; 0, +inf, NaN and NaT mean never treated."""
+    s = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return pd.to_datetime(s).to_numpy(dtype="datetime64[ns]")
+    if pd.api.types.is_bool_dtype(s.dtype):
+        raise ColumnTypeError(f"column {column!r} (group) must hold dates like the time column, got dtype {s.dtype}")
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        s = s.astype(object)
+    s = s.where(~(s.isna() | s.map(_is_never_number)), None)
+    numbers = s[s.map(lambda v: isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_)))]
+    if len(numbers):
+        raise ColumnTypeError(
+            f"column {column!r} (group) must hold dates like the time column (NaT or 0 = never treated); "
+            f"found numbers {examples(pd.unique(numbers)[:20])}"
+        )
+    try:
+        return pd.to_datetime(s).to_numpy(dtype="datetime64[ns]")
+    except (ValueError, TypeError, OverflowError):
+        bad = []
+        for v in pd.unique(s.dropna())[:1000]:
+            try:
+                pd.to_datetime(v)
+            except (ValueError, TypeError, OverflowError):
+                bad.append(v)
+        what = f"cannot read {examples(bad)} as dates" if bad else \
+            f"cannot read its values (e.g. {examples(pd.unique(s.dropna()))}) as dates of one format"
+        raise ColumnTypeError(
+            f"column {column!r} (group) must hold dates like the time column (NaT or 0 = never treated); {what}"
+        ) from None

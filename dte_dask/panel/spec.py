@@ -32,8 +32,9 @@ class PanelSpec:
         for name, col in roles.items():
             if not isinstance(col, str) or not col:
                 raise SpecError(f"`{name}` must be a column name, got {col!r}")
-        named = [c for c in self.columns]
-        dup = sorted({c for c in named if named.count(c) > 1})
+        core = [self.unit, self.time, self.outcome, self.group_source]
+        named = core + [c for c in (*self.covariates, self.weights, self.cluster) if c is not None]
+        dup = sorted({c for c in core if named.count(c) > 1} | {c for c in self.covariates if list(self.covariates).count(c) > 1})
         if dup:
             raise SpecError(f"column(s) {dup} given for more than one role")
 
@@ -50,7 +51,7 @@ class PanelSpec:
     def columns(self) -> list[str]:
         cols = [self.unit, self.time, self.outcome, self.group_source, *self.covariates]
         cols += [c for c in (self.weights, self.cluster) if c is not None]
-        return cols
+        return list(dict.fromkeys(cols))  # a weight may also be a covariate
 
 
 def _as_tuple(cols: Sequence[str] | str | None) -> tuple[str, ...]:
