@@ -82,5 +82,5 @@ def _plain(v: object) -> object:
     if isinstance(v, tuple):
         return tuple(_plain(x) for x in v)
     if isinstance(v, np.datetime64):
-        return np.datetime_as_string(v, unit="auto")
+        return str(np.datetime_as_string(v, unit="auto"))
     return v.item() if hasattr(v, "item") else v

@@ -177,7 +177,7 @@ class AttgtResult:
         if kind == "dynamic":
             return (keys * self.step).astype(np.int64)
         if kind in ("group", "calendar"):
-            lookup = dict(zip(self.g_index.tolist() + self.t_index.tolist(), self.group.tolist() + self.time.tolist()))
+            lookup = dict(zip(self.g_index.tolist() + self.t_index.tolist(), list(self.group) + list(self.time)))
             return np.array([lookup[int(k)] for k in keys])
         return keys
 

@@ -76,7 +76,8 @@ def uncond_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.
 # ---------------------------------------------------------------------------- covariates
 def _cell_rows(block: UnitBlock, cells: Cells, D: np.ndarray, C: np.ndarray, dY: np.ndarray, k: int):
     m = D[:, k] | C[:, k]
-    X = with_intercept(block.x_at(int(cells.base[k]))[m])
+    # covariates as of the earlier of the two periods (R did keeps the earlier row of each 2x2 panel)
+    X = with_intercept(block.x_at(int(min(cells.base[k], cells.t[k])))[m])
     return m, X, D[m, k].astype(float), block.w[m], dY[m, k]
 
 

@@ -77,9 +77,14 @@ def _boot(block: UnitBlock, psi: np.ndarray, **kw: Any):
 
 # ----------------------------------------------------------------------------- driver side
 def _warn_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
-    for k in np.flatnonzero(bad):
-        warnings.warn(f"ATT(g={label(cells.g[k])}, t={label(cells.t[k])}) is NaN: {reason}",
-                      DegenerateCellWarning, stacklevel=4)
+    """One warning per reason, naming the cells (as R did, which reports NA for them)."""
+    idx = np.flatnonzero(bad)
+    if idx.size == 0:
+        return
+    names = ", ".join(f"ATT(g={label(cells.g[k])}, t={label(cells.t[k])})" for k in idx[:8])
+    more = f" and {idx.size - 8} more" if idx.size > 8 else ""
+    verb = "is" if idx.size == 1 else "are"
+    warnings.warn(f"{names}{more} {verb} NaN: {reason}", DegenerateCellWarning, stacklevel=4)
 
 
 def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

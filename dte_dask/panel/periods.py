@@ -170,7 +170,7 @@ def _group_dates(values: np.ndarray | pd.Series, column: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(s.dtype):
         s = s.astype(object)
     s = s.where(~(s.isna() | s.map(_is_never_number)), None)
-    numbers = s[s.map(lambda v: isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_)))]
+    numbers = s[s.notna() & s.map(lambda v: isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_)))]
     if len(numbers):
         raise ColumnTypeError(
             f"column {column!r} (group) must hold dates like the time column (NaT or 0 = never treated); "
