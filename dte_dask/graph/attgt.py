@@ -2,20 +2,22 @@
 
 pass 1..k  ``attgt-stats`` / ``attgt-logit`` / ``attgt-moments``: kernels map over the blocks,
            their sums are tree-reduced and the driver solves the small per-cell problems;
-pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x K') stay on the
-           workers (K' = cells + one cohort column per group, for the aggregation weights);
-reduce     ``attgt-gram`` (Psi'Psi, cluster sums first) and ``mboot`` (B x K' draws).
+pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x K'; K' = cells + one
+           cohort column per group, for the aggregation weights) are computed on the worker and
+           reduced there, in the same task, to Psi'Psi (cluster sums first) and to the block's
+           bootstrap draws; Psi itself is never stored, so memory is one partition's Psi;
+reduce     ``attgt-gram-sum`` (K' x K') and ``mboot-merge`` (B x K') along the RNG-block tree.
 Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
-from dask.base import tokenize
 
 from dte_dask.core import rcs, twobytwo
 from dte_dask.core.cells import Cells
@@ -65,14 +67,22 @@ def _gram(block: UnitBlock, psi: np.ndarray, clustered: bool) -> np.ndarray:
     return gram(psi, block.rank, clustered)
 
 
+def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, path: str, clustered: bool,
+                    block_size: int, n_blocks: int, boot_kw: dict | None):
+    """Influence functions of one partition, reduced at once to its Gram and bootstrap covers.
+
+    Psi (n_block x K') lives only inside this task, so memory stays at one partition's Psi.
+    """
+    psi = _influence(block, cells, est, groups, path)
+    g = by_rng_block(block, _gram, block_size, n_blocks, clustered, rows=psi)
+    b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
+    return g, b
+
+
 def _exact_sum(panel: Panel, func, *args, name: str):
     """Sum ``func(block, *args)`` over the panel, bit-identically for any partitioning."""
     parts = panel.map_blocks(by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks, *args, name=name)
     return tree_merge(parts, name=f"{name}-sum")
-
-
-def _boot(block: UnitBlock, psi: np.ndarray, **kw: Any):
-    return boot_cover(psi, block.rank, **kw)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -159,18 +169,17 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     pg = s["Swg"] / n
     est = {**est, "ok": ok, "pg": pg}
 
-    psi = panel.map_blocks(_influence, cells, est, groups, path, name="attgt-influence")
-    psi = list(dask.persist(*psi))
     clustered = panel.spec.cluster is not None
-    f_gram = dask.delayed(by_rng_block, pure=True)
-    grams = [f_gram(b, _gram, panel.rng_block_size, panel.n_rng_blocks, clustered, rows=q,
-                    dask_key_name=f"attgt-gram-{tokenize(q)}-{i}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
-    todo = [tree_merge(grams, name="attgt-gram-sum")]
+    boot_kw = None
     if n_boot > 0:
-        kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n, kind=boot_weights)
-        f_boot = dask.delayed(_boot, pure=True)
-        covers = [f_boot(b, q, **kw, dask_key_name=f"mboot-{tokenize(q, kw)}-{i}") for i, (b, q) in enumerate(zip(panel.blocks, psi))]
-        todo.append(tree_merge(covers, name="mboot-merge"))
+        boot_kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
+                       n=n, kind=boot_weights)
+    parts = panel.map_blocks(_psi_reductions, cells, est, groups, path, clustered, panel.rng_block_size,
+                             panel.n_rng_blocks, boot_kw, name="attgt-influence")
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"attgt-gram-{p.key}") for p in parts], name="attgt-gram-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in parts], name="mboot-merge"))
     results = dask.compute(*todo)
     return AttgtFit(att=att, ok=ok, n_treated=s["nD"], n_control=s["nC"], groups=groups, pg=pg,
                     gram=results[0], draws=results[1] if n_boot > 0 else None, n=n,
