@@ -10,6 +10,7 @@ _COMMANDS = {
     "demo": "dte_dask.cli.demo",
     "simulate": "dte_dask.cli.simulate",
     "doctor": "dte_dask.cli.doctor",
+    "certs": "dte_dask.cli.certs",
 }
 
 

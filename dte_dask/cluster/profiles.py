@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import fnmatch
 import logging
 import os
 import re
@@ -65,7 +66,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PACKAGE_PROFILE_DIR", "ResolvedProfile", "profile_search_path", "available_profiles",
     "find_profile", "load_profile_file", "expand_env", "resolve_profile", "make_cluster",
-    "expected_workers", "connect", "ssh_numa_remote_python", "slurm_numactl",
+    "expected_workers", "connect", "ssh_numa_remote_python", "slurm_numactl", "remote_env",
 ]
 
 PACKAGE_PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -406,6 +407,9 @@ def _make_local(resolved: ResolvedProfile, security: Any) -> Any:
         "scheduler_port": c.scheduler_port,
         "dashboard_address": c.dashboard_address,
     }
+    if not c.processes and security is None:
+        # threads only: distributed uses the inproc:// transport, which has no host or port
+        del kwargs["host"], kwargs["scheduler_port"]
     if memory is not None:
         kwargs["memory_limit"] = memory
     if c.local_directory:
@@ -422,6 +426,36 @@ def _make_local(resolved: ResolvedProfile, security: Any) -> Any:
 
 
 # --- ssh ---------------------------------------------------------------------------------------
+
+def remote_env(env: Mapping[str, str], forward_env: list[str] | tuple[str, ...],
+               environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables to set in remote processes: ``forward_env`` matches of this process's
+    environment (glob patterns such as ``OPENBLAS_*``), then ``env`` (which wins).
+
+    Raises
+    ------
+    ProfileError
+        If a variable name is not a valid shell identifier.
+    """
+    source = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for pattern in forward_env:
+        for name in sorted(source):
+            if fnmatch.fnmatchcase(name, pattern):
+                out[name] = source[name]
+    out.update({str(k): str(v) for k, v in env.items()})
+    bad = [k for k in out if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    if bad:
+        raise ProfileError(f"invalid environment variable name(s) {bad}")
+    return out
+
+
+def _env_prefix(env: Mapping[str, str]) -> str:
+    """``env A=1 B=2 `` (shell-quoted), or ``""``."""
+    if not env:
+        return ""
+    return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
+
 _PROBE_CMD = (
     "if command -v numactl >/dev/null 2>&1; then echo numactl=yes; else echo numactl=no; fi; "
     "for d in /sys/devices/system/node/node[0-9]*; do "
@@ -437,18 +471,25 @@ def _parse_probe(text: str) -> tuple[bool, list[int]]:
     return has, nodes
 
 
-def _probe_hosts(hosts: list[str], options: list[dict[str, Any]]) -> dict[str, tuple[bool, list[int]]]:
+def _probe_hosts(hosts: list[str], options: list[dict[str, Any]]
+                 ) -> dict[str, tuple[bool, list[int]]]:
     """``{host: (numactl on PATH, NUMA nodes with CPUs)}`` over SSH, one connection per host."""
     import asyncssh
 
     async def one(host: str, opts: dict[str, Any]) -> tuple[str, tuple[bool, list[int]]]:
-        async with asyncssh.connect(host, **opts) as conn:
-            r = await conn.run(_PROBE_CMD, check=False)
-            return host, _parse_probe(str(r.stdout or ""))
+        try:
+            async with asyncssh.connect(host, **opts) as conn:
+                r = await conn.run(_PROBE_CMD, check=False)
+        except (OSError, asyncssh.Error) as exc:
+            port = opts.get("port", 22)
+            raise ProfileError(f"cannot log in to {host}:{port} over SSH to look for numactl "
+                               f"({type(exc).__name__}: {exc}); check connect_options, or "
+                               "set numactl: never") from exc
+        return host, _parse_probe(str(r.stdout or ""))
 
     async def all_hosts() -> dict[str, tuple[bool, list[int]]]:
         seen: dict[str, dict[str, Any]] = {}
-        for h, o in zip(hosts, options):
+        for h, o in zip(hosts, options, strict=False):
             seen.setdefault(h, o)
         res = await asyncio.gather(*(one(h, o) for h, o in seen.items()))
         return dict(res)
@@ -472,7 +513,7 @@ def ssh_numa_remote_python(hosts: list[str], remote_python: list[str],
     """
     out = [remote_python[0]]
     seen: dict[str, int] = {}
-    for host, py in zip(hosts[1:], remote_python[1:]):
+    for host, py in zip(hosts[1:], remote_python[1:], strict=False):
         has, nodes = probe.get(host, (False, []))
         if mode == "always" and not has:
             raise ProfileError(f"numactl: always, but host {host!r} has no numactl on PATH "
@@ -500,8 +541,8 @@ def _expand_connect(opts: dict[str, Any]) -> dict[str, Any]:
 
 def _make_ssh(resolved: ResolvedProfile, security: Any) -> Any:
     try:
-        from distributed.deploy.ssh import SSHCluster
         import asyncssh  # noqa: F401
+        from distributed.deploy.ssh import SSHCluster
     except ImportError as exc:
         raise ProfileError("SSH profiles need asyncssh: pip install 'dte_dask[ssh]' "
                            f"(or asyncssh) ({exc})") from None
@@ -518,6 +559,8 @@ def _make_ssh(resolved: ResolvedProfile, security: Any) -> Any:
     if c.numactl != "never":
         probe = _probe_hosts(hosts[1:], connect[1:])
         pythons = ssh_numa_remote_python(hosts, pythons, probe, c.numactl)
+    prefix = _env_prefix(remote_env(c.env, c.forward_env))
+    pythons = [prefix + py for py in pythons]
     worker_options = c.worker_options.model_dump(exclude_none=True)
     scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
     if security is not None:
@@ -576,14 +619,17 @@ def _make_slurm(resolved: ResolvedProfile, security: Any) -> Any:
                            f"(or dask-jobqueue) ({exc})") from None
     c = resolved.spec.cluster
     kwargs = c.model_dump(exclude={"jobs", "numactl", "numa_nodes", "scheduler_options",
-                                   "python", "job_script_prologue"}, exclude_none=True)
+                                   "python", "job_script_prologue", "env", "forward_env"},
+                          exclude_none=True)
     for k in ("local_directory", "log_directory", "shared_temp_directory"):
         if k in kwargs:
             kwargs[k] = os.path.expanduser(kwargs[k])
     python = c.python or shlex.quote(sys.executable)
     python, extra_lines = slurm_numactl(c.numactl, c.numa_nodes, python)
     kwargs["python"] = python
-    kwargs["job_script_prologue"] = list(c.job_script_prologue) + extra_lines
+    exports = [f"export {k}={shlex.quote(v)}"
+               for k, v in remote_env(c.env, c.forward_env).items()]
+    kwargs["job_script_prologue"] = exports + list(c.job_script_prologue) + extra_lines
     scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
     scheduler_options.pop("protocol", None)  # jobqueue picks tls:// when security is given
     kwargs["scheduler_options"] = scheduler_options
@@ -660,11 +706,15 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
             if n:
                 try:
                     client.wait_for_workers(n, timeout=spec.wait_timeout)
-                except (TimeoutError, asyncio.TimeoutError) as exc:
+                except TimeoutError as exc:
                     have = len(client.scheduler_info().get("workers", {}))
+                    hint = ""
+                    if isinstance(spec, SlurmProfile):
+                        hint = ("; check `squeue` (jobs pending for resources?) and the job "
+                                f"logs in {spec.cluster.log_directory or 'the submit directory'}")
                     raise TimeoutError(
                         f"cluster profile {resolved.name!r}: {have} of {n} workers joined "
-                        f"within {spec.wait_timeout:g} s") from exc
+                        f"within {spec.wait_timeout:g} s{hint}") from exc
             yield client
         finally:
             client.close()

@@ -12,10 +12,19 @@ editors and other tools).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dte_dask.exceptions import DteDaskError
 
@@ -40,7 +49,7 @@ class _Closed(BaseModel):
 
 
 NumactlMode = Literal["auto", "always", "never"]
-Bytes = Union[PositiveInt, str]
+Bytes = PositiveInt | str
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +191,12 @@ class SSHSpec(_Closed):
     remote_python: str | list[str] | None = None
     worker_class: str = "distributed.Nanny"
     numactl: NumactlMode = "auto"
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables set for the remote processes")
+    forward_env: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of variables of THIS process copied to the remote processes "
+                    "(e.g. OPENBLAS_*: the same BLAS kernels give bit-identical results)")
 
     @field_validator("connect_options", "remote_python")
     @classmethod
@@ -232,6 +247,13 @@ class SlurmSpec(_Closed):
     python: str | None = None
     death_timeout: PositiveFloat | None = None
     scheduler_options: SchedulerOptions = Field(default_factory=SchedulerOptions)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables exported in the job script")
+    forward_env: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of variables of THIS process exported in the job script "
+                    "(e.g. OPENBLAS_*: the same BLAS kernels give bit-identical results)")
     numactl: NumactlMode = "never"
     numa_nodes: Annotated[str, Field(pattern=r"^(auto|\d+([,-]\d+)*)$")] = "auto"
 
@@ -264,7 +286,7 @@ class SlurmProfile(_ProfileBase):
     cluster: SlurmSpec
 
 
-Profile = Annotated[Union[LocalProfile, SSHProfile, SlurmProfile], Field(discriminator="kind")]
+Profile = Annotated[LocalProfile | SSHProfile | SlurmProfile, Field(discriminator="kind")]
 """A validated profile: :class:`LocalProfile`, :class:`SSHProfile` or :class:`SlurmProfile`."""
 
 TOP_LEVEL_KEYS = frozenset(_ProfileBase.model_fields) | {"kind", "cluster"}
@@ -273,32 +295,55 @@ TOP_LEVEL_KEYS = frozenset(_ProfileBase.model_fields) | {"kind", "cluster"}
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Profile)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    # drop the discriminator tag pydantic inserts ('local', 'ssh', 'slurm') after the root
-    parts = [str(p) for i, p in enumerate(loc) if not (i == 0 and p in KINDS)]
-    # and the union member names of 'str | list[...]' style fields
-    parts = [p for p in parts if not p.startswith(("list[", "str", "int", "function-"))
-             and p not in ("ConnectOptions",)]
-    return ".".join(parts) or "<profile>"
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "ConnectOptions"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the union member it tried into ``loc`` (``constrained-int``,
+    ``list[ConnectOptions]``, ``function-after[...]``); those are not profile keys."""
+    if not isinstance(part, str):
+        return False
+    return part in _UNION_TAGS or "[" in part or part.startswith(("constrained-", "function-"))
+
+
+def _loc(loc: tuple[Any, ...], keep_last: bool = False) -> str:
+    parts = list(loc)
+    if parts and parts[0] in KINDS:  # the discriminator tag pydantic puts first
+        parts = parts[1:]
+    last = parts[-1:] if keep_last else []
+    body = parts[:-1] if keep_last else parts
+    kept = [str(p) for p in body if not _is_union_tag(p)] + [str(p) for p in last]
+    return ".".join(kept) or "<profile>"
+
+
+_TYPE_ONLY = {"model_type", "dict_type", "list_type", "model_attributes_type"}
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
     """One readable message for all errors of a pydantic ``ValidationError``."""
+    errors = exc.errors()
     unknown: list[str] = []
-    other: list[str] = []
-    for err in exc.errors():
-        loc = _loc(tuple(err.get("loc", ())))
+    found: dict[str, list[str]] = {}
+    for err in errors:
         if err.get("type") == "extra_forbidden":
+            loc = _loc(tuple(err.get("loc", ())), keep_last=True)
             if loc not in unknown:
                 unknown.append(loc)
-        else:
-            msg = f"{loc}: {err.get('msg')}"
-            if msg not in other:
-                other.append(msg)
+    locs = [_loc(tuple(e.get("loc", ())), keep_last=e.get("type") == "extra_forbidden")
+            for e in errors]
+    for err, loc in zip(errors, locs, strict=True):
+        if err.get("type") == "extra_forbidden":
+            continue
+        # "should be a dict" from one union member is noise when another member got further
+        if err.get("type") in _TYPE_ONLY and any(o.startswith(loc + ".") for o in locs):
+            continue
+        msgs = found.setdefault(loc, [])
+        if err.get("msg") not in msgs:
+            msgs.append(str(err.get("msg")))
     lines = []
     if unknown:
         lines.append(f"unknown key(s): {', '.join(unknown)}")
-    lines.extend(other)
+    lines.extend(f"{loc}: {' or '.join(msgs)}" for loc, msgs in found.items())
     return f"invalid cluster profile {where}: " + "; ".join(lines)
 
 

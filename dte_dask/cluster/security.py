@@ -117,7 +117,7 @@ def _generate_cryptography(paths: CertPaths, names: list[str], days: int) -> Non
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5)
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
     until = now + _dt.timedelta(days=days)
 
     def pem_key(k: Any) -> bytes:
