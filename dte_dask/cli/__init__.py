@@ -10,7 +10,9 @@ _COMMANDS = {
     "demo": "dte_dask.cli.demo",
     "simulate": "dte_dask.cli.simulate",
     "doctor": "dte_dask.cli.doctor",
+    "report": "dte_dask.cli.report",
     "certs": "dte_dask.cli.certs",
+    "run": "dte_dask.cli.run",
 }
 
 

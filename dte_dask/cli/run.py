@@ -1,0 +1,23 @@
+"""``dte-dask run JOB.yaml``: run a job spec on its cluster profile and write its results."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="run")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data", default=None, help="Override the job's data source (path, 'mpdta' or 'simulate').")
+@click.option("--out", "out", default=None, help="Override the job's output folder.")
+@click.option("--profile", default=None, help="Override the job's cluster profile (name or YAML path).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Terminal progress bar.")
+def command(job_file: str, data: str | None, out: str | None, profile: str | None, progress: bool) -> None:
+    """Run JOB_FILE: load the panel, run its estimators, write CSV/parquet, summary.json and reports."""
+    from dte_dask.exceptions import DteDaskError
+    from dte_dask.jobs.runner import run_job
+    from dte_dask.jobs.spec import parse_job, with_overrides
+
+    try:
+        job = with_overrides(parse_job(job_file), data=data, out=out, profile=profile)
+        run_job(job, progress=progress, echo=click.echo)
+    except DteDaskError as exc:
+        raise click.ClickException(str(exc)) from None

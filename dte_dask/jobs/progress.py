@@ -1,0 +1,91 @@
+"""A terminal progress bar (with ETA) for everything the cluster runs while a job is active.
+
+A small :class:`SchedulerPlugin` counts tasks as graphs arrive and as they finish; the client
+polls those counts and renders them with ``rich``. Estimators submit several graphs one after
+the other (statistics passes, influence, bootstrap), so the total grows as the job proceeds.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+PLUGIN_NAME = "dte-dask-progress"
+
+
+class TaskCounter(SchedulerPlugin):
+    """Counts tasks that start and finish, per task prefix (the dashboard's progress bars)."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self.added: Counter[str] = Counter()
+        self.done: Counter[str] = Counter()
+        self.erred = 0
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        from dask.utils import key_split
+
+        if start == "released" and finish in ("waiting", "queued", "processing", "no-worker"):
+            self.added[key_split(key)] += 1  # new work (data already in memory is not counted)
+        elif start == "processing" and finish == "memory":
+            self.done[key_split(key)] += 1
+        elif finish == "erred":
+            self.erred += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"added": dict(self.added), "done": dict(self.done), "erred": self.erred}
+
+
+def _snapshot(dask_scheduler: Any) -> dict[str, Any] | None:
+    plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
+    return plugin.snapshot() if plugin is not None else None
+
+
+class ProgressMonitor:
+    """Context manager: register the counter and draw ``[stage] done/total ETA`` until exit."""
+
+    def __init__(self, client: Any, *, enabled: bool = True, interval: float = 0.25) -> None:
+        self.client, self.enabled, self.interval = client, enabled, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ProgressMonitor:
+        if not self.enabled:
+            return self
+        self.client.register_plugin(TaskCounter(), name=PLUGIN_NAME)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dte-dask-progress")
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        cols = [TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, transient=False) as bar:
+            task = bar.add_task("starting", total=None)
+            while not self._stop.wait(self.interval):
+                snap = self._poll()
+                if snap is None:
+                    continue
+                total, done = sum(snap["added"].values()), sum(snap["done"].values())
+                running = [p for p in snap["added"] if snap["done"].get(p, 0) < snap["added"][p]]
+                bar.update(task, total=max(total, 1), completed=done, description=(running[-1] if running else "idle"))
+            snap = self._poll()
+            if snap is not None:
+                total = sum(snap["added"].values())
+                bar.update(task, total=max(total, 1), completed=sum(snap["done"].values()), description="done")
+
+    def _poll(self) -> dict[str, Any] | None:
+        try:
+            return self.client.run_on_scheduler(_snapshot)
+        except Exception:  # noqa: BLE001 - the scheduler may be busy or closing; try again later
+            return None
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

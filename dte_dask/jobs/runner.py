@@ -1,0 +1,99 @@
+"""Run a :class:`~dte_dask.jobs.spec.JobSpec`: connect, load once, estimate, save, report."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dte_dask.jobs.spec import DataSpec, JobSpec
+
+MPDTA_COLUMNS = dict(unit="countyreal", time="year", outcome="lemp", group="first_treat")
+
+
+def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
+    """The source object and the column roles for ``load_panel``."""
+    import dte_dask
+
+    cols = {k: getattr(data, k) for k in ("unit", "time", "outcome", "group", "treatment", "weights", "cluster")}
+    cols["covariates"] = list(data.covariates)
+    if data.source == "mpdta":
+        src = dte_dask.datasets.load_mpdta()
+        defaults: dict[str, Any] = dict(MPDTA_COLUMNS)
+    elif data.source == "simulate":
+        s = data.simulate
+        assert s is not None
+        sim = dte_dask.simulate_panel(s.units, s.periods, preset=s.preset, seed=s.seed, selection=s.selection,
+                                      cohorts=s.cohorts, never_treated_share=s.never_treated_share,
+                                      unbalanced_share=s.unbalanced_share)
+        src = sim.data
+        defaults = {k: sim.columns[k] for k in ("unit", "time", "outcome", "group")}
+    else:
+        src = data.source
+        defaults = {}
+    for k, v in defaults.items():
+        if cols.get(k) is None and not (k == "group" and cols.get("treatment")):
+            cols[k] = v
+    return src, {k: v for k, v in cols.items() if v is not None and v != []}
+
+
+def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, Any]) -> dict[str, Any]:
+    inf = job.inference
+    offered = dict(bootstrap=inf.bootstrap, n_boot=inf.n_boot, seed=inf.seed, alpha=inf.alpha,
+                   boot_weights=inf.boot_weights, uniform_bands=inf.uniform_bands)
+    params = inspect.signature(fn).parameters
+    return {**{k: v for k, v in offered.items() if k in params}, **options}
+
+
+def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
+            echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``job`` and write its results folder; returns the saved summary.
+
+    With ``client=None`` the job's cluster profile is started (and closed at the end) through
+    :func:`dte_dask.cluster.connect`; pass a ``Client`` to reuse a running cluster.
+    """
+    import dte_dask
+    from dte_dask.report import save_results, write_report
+
+    out = Path(job.output)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            from dte_dask.cluster import connect
+
+            client = stack.enter_context(connect(job.cluster.profile, **job.cluster.overrides))
+            timings["cluster_start"] = time.perf_counter() - t0
+        echo(f"dashboard: {client.dashboard_link}")
+        if job.cluster.performance_report:
+            from distributed import performance_report
+
+            stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
+        from dte_dask.jobs.progress import ProgressMonitor
+
+        stack.enter_context(ProgressMonitor(client, enabled=progress))
+        t = time.perf_counter()
+        src, cols = resolve_data(job.data)
+        panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
+                                    allow_unbalanced_panel=job.data.allow_unbalanced_panel)
+        timings["load"] = time.perf_counter() - t
+        results: dict[str, Any] = {}
+        for est in job.estimators:
+            fn = getattr(dte_dask, est.kind)
+            t = time.perf_counter()
+            results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+            timings[est.name] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
+            "panel_shape": {"units": panel.n_units, "periods": panel.n_periods, "rows": panel.n_rows,
+                            "partitions": panel.npartitions},
+            "panel": panel.describe(), "profile": job.cluster.profile}
+    summary = save_results(results, out, metadata=meta)
+    if job.report:
+        write_report(out, out / "report.html", title=job.name)
+    echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
+    return summary

@@ -1,0 +1,181 @@
+"""The job spec: which data, which estimators with which options, inference, cluster, output.
+
+A job is a YAML (or JSON) mapping validated by pydantic models whose sections are closed:
+unknown keys are errors naming their path (``estimators.0.options.contol_group``). Estimator
+options are checked against the estimator's own signature, so a typo fails before any work.
+
+Example::
+
+    name: mpdta
+    data: {source: mpdta, unit: countyreal, time: year, outcome: lemp, group: first_treat}
+    estimators:
+      - {kind: att_gt, options: {control_group: never_treated}, aggregations: [simple, dynamic]}
+    inference: {bootstrap: true, n_boot: 999, seed: 1}
+    cluster: {profile: local}
+    output: results/mpdta
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dte_dask.exceptions import SpecError
+
+ESTIMATORS = ("att_gt", "event_study", "stacked_did", "sun_abraham")
+AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
+# options set from other sections of the spec, not per estimator
+_RESERVED = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
+             "allow_unbalanced_panel", "npartitions", "bootstrap", "n_boot", "seed", "alpha", "boot_weights",
+             "uniform_bands"}
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimulateSpec(_Closed):
+    units: int = Field(10_000, ge=1)
+    periods: int | None = Field(None, ge=2)
+    preset: Literal["medical"] | None = None
+    seed: int = 0
+    selection: bool | None = None
+    cohorts: list[int] | None = None
+    never_treated_share: float = 0.3
+    unbalanced_share: float = 0.0
+
+
+class DataSpec(_Closed):
+    source: str = Field(..., description="'mpdta' (bundled), 'simulate', or a parquet/CSV path or glob")
+    simulate: SimulateSpec | None = None
+    unit: str | None = None
+    time: str | None = None
+    outcome: str | None = None
+    group: str | None = None
+    treatment: str | None = None
+    covariates: list[str] = Field(default_factory=list)
+    weights: str | None = None
+    cluster: str | None = None
+    allow_unbalanced_panel: bool = False
+    npartitions: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _columns(self) -> DataSpec:
+        if self.source == "simulate" and self.simulate is None:
+            self.simulate = SimulateSpec()
+        if self.source not in ("mpdta", "simulate"):
+            missing = [c for c in ("unit", "time", "outcome") if getattr(self, c) is None]
+            if self.group is None and self.treatment is None:
+                missing.append("group")
+            if missing:
+                raise ValueError(f"data: name the column(s) {missing} for source {self.source!r}")
+        return self
+
+
+class EstimatorSpec(_Closed):
+    kind: Literal["att_gt", "event_study", "stacked_did", "sun_abraham"]
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    aggregations: list[Literal["simple", "dynamic", "group", "calendar"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _options(self) -> EstimatorSpec:
+        import dte_dask
+
+        try:
+            fn = getattr(dte_dask, self.kind)
+        except AttributeError:
+            raise ValueError(f"estimator {self.kind!r} is not available in this version") from None
+        params = inspect.signature(fn).parameters
+        unknown = sorted(set(self.options) - set(params))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for {self.kind}; valid: {sorted(set(params) - _RESERVED)}")
+        reserved = sorted(set(self.options) & _RESERVED)
+        if reserved:
+            raise ValueError(f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator")
+        if self.aggregations and self.kind != "att_gt":
+            raise ValueError("aggregations apply to att_gt only")
+        if self.name is None:
+            self.name = self.kind
+        return self
+
+
+class InferenceSpec(_Closed):
+    bootstrap: bool = True
+    n_boot: int = Field(999, ge=2)
+    seed: int | None = None
+    alpha: float = Field(0.05, gt=0, lt=1)
+    boot_weights: Literal["rademacher", "mammen"] = "rademacher"
+    uniform_bands: bool = True
+
+
+class ClusterSpec(_Closed):
+    profile: str = "local"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    performance_report: bool = True
+
+
+class JobSpec(_Closed):
+    name: str = "job"
+    data: DataSpec
+    estimators: list[EstimatorSpec] = Field(..., min_length=1)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    output: str = "results"
+    report: bool = True
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> JobSpec:
+        names = [e.name for e in self.estimators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"estimator names must be unique; repeated: {dup} (set `name:`)")
+        return self
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<job>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def parse_job(obj: dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
+    """Validate a job from a mapping, a YAML/JSON text, or a file path."""
+    if isinstance(obj, (str, os.PathLike)):
+        text = str(obj)
+        p = Path(text)
+        if "\n" not in text and p.suffix in (".yaml", ".yml", ".json"):
+            if not p.exists():
+                raise SpecError(f"job file {text!r} not found")
+            text = p.read_text()
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"job spec is not valid YAML/JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SpecError("a job spec must be a mapping with `data` and `estimators`")
+    try:
+        return JobSpec.model_validate(obj)
+    except ValidationError as exc:
+        raise SpecError(_format_error(exc)) from None
+
+
+def with_overrides(job: JobSpec, *, data: str | None = None, out: str | None = None, profile: str | None = None) -> JobSpec:
+    """The same job on another copy of the data / output folder / cluster profile."""
+    upd = job.model_copy(deep=True)
+    if data is not None:
+        upd.data.source = data
+    if out is not None:
+        upd.output = out
+    if profile is not None:
+        upd.cluster.profile = profile
+    return upd
