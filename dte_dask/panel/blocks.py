@@ -70,6 +70,14 @@ class UnitBlock:
             return np.empty((self.n, 0))
         return self.x if self.x.ndim == 2 else self.x[:, period, :]
 
+    def with_varying_x(self) -> UnitBlock:
+        """Time-invariant covariates (n, p) as time-varying ones (n, T, p), NaN where y is not
+        observed: the layout a block gets when any unit of the panel has varying covariates."""
+        if self.x is None or self.x.ndim == 3:
+            return self
+        x = np.where(np.isnan(self.y)[:, :, None], np.nan, self.x[:, None, :])
+        return replace(self, x=x)
+
     def with_rank_offset(self, offset: int) -> UnitBlock:
         return replace(self, rank=self.rank + offset)
 
@@ -94,6 +102,7 @@ class BlockSummary:
     n_unbalanced: int  # units not observed in every period
     first_rank: int
     last_rank: int
+    x_varying: bool = False  # covariates held as (n, T, p)
 
 
 def summarize(block: UnitBlock) -> BlockSummary:
@@ -107,6 +116,7 @@ def summarize(block: UnitBlock) -> BlockSummary:
         n_unbalanced=int(np.count_nonzero(nobs < block.y.shape[1])),
         first_rank=int(block.rank[0]) if block.n else -1,
         last_rank=int(block.rank[-1]) if block.n else -1,
+        x_varying=block.x is not None and block.x.ndim == 3,
     )
 
 
@@ -136,6 +146,10 @@ def frame_to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap) -> Uni
             f"{examples(pairs)}; drop those rows (the panel is then unbalanced: pass "
             "allow_unbalanced_panel=True to keep the other periods of those units)"
         )
+    if np.isinf(y).any():
+        bad = np.flatnonzero(np.isinf(y))
+        pairs = [(uniques[codes[i]], periods.labels[tidx[i]]) for i in bad[:5]]
+        raise ColumnTypeError(f"column {spec.outcome!r} (outcome) has {bad.size} infinite values, e.g. (unit, period) {examples(pairs)}")
     # column-major: estimators gather whole periods (columns) at a time
     Y = np.full(n * T, np.nan)
     Y[tidx * n + codes] = y
@@ -147,13 +161,13 @@ def frame_to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap) -> Uni
         wr = df[spec.weights].to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.all(np.isfinite(wr)) or np.any(wr < 0):
             bad = np.flatnonzero(~np.isfinite(wr) | (wr < 0))
-            raise PanelError(f"column {spec.weights!r} (weights) must be finite and non-negative; units {examples(np.unique(uniques[codes[bad]]))}")
+            raise PanelError(f"column {spec.weights!r} (weights) must be finite and non-negative; units {examples(uniques[np.unique(codes[bad])])}")
         w = _per_unit(wr, codes, n, spec.weights, uniques, "weights")
     cluster = None
     if spec.cluster is not None:
         cr = df[spec.cluster]
         if cr.isna().any():
-            raise MissingValuesError(f"column {spec.cluster!r} (cluster) has missing values for units {examples(np.unique(uniques[codes[cr.isna().to_numpy()]]))}")
+            raise MissingValuesError(f"column {spec.cluster!r} (cluster) has missing values for units {examples(uniques[np.unique(codes[cr.isna().to_numpy()])])}")
         cluster = _per_unit(cr.to_numpy(), codes, n, spec.cluster, uniques, "cluster")
     x = _covariates(df, spec, codes, tidx, n, T, uniques)
 
@@ -233,7 +247,7 @@ def _group(df, spec, periods, codes, tidx, n, uniques) -> np.ndarray:
     if bad.any():
         raise ColumnTypeError(
             f"column {col!r} (treatment) must be 0/1 with no missing values; found {examples(np.unique(d[bad]))} "
-            f"for units {examples(np.unique(uniques[codes[bad]]))}"
+            f"for units {examples(uniques[np.unique(codes[bad])])}"
         )
     g = np.full(n, np.inf)
     on = d == 1
@@ -257,7 +271,7 @@ def _covariates(df, spec, codes, tidx, n, T, uniques) -> np.ndarray | None:
     for c in spec.covariates:
         v = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isnan(v).any():
-            bad = np.unique(uniques[codes[np.isnan(v)]])
+            bad = uniques[np.unique(codes[np.isnan(v)])]
             raise MissingValuesError(f"column {c!r} (covariate) has missing values for units {examples(bad)}")
         first = np.empty(n)
         first[codes] = v

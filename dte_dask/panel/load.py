@@ -216,6 +216,11 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     periods = PeriodMap.from_values(pd.Series(times), spec.time)
     scans_ne = [s for s in scans if s["rows"]]
     if not _disjoint_sorted(scans_ne):
+        ent_dtype = ddf.dtypes[spec.entity]
+        if isinstance(ent_dtype, pd.CategoricalDtype):
+            # shuffle on the values: a categorical index is not range-partitioned in value order
+            cats = ent_dtype.categories
+            ddf = ddf.astype({spec.entity: cats.dtype if len(cats) else object})
         ddf = ddf.set_index(spec.entity, drop=False, npartitions=max(1, ddf.npartitions))
         ddf = ddf.reset_index(drop=True)
         parts = ddf.to_delayed()
@@ -232,11 +237,13 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     offsets = np.concatenate([[0], np.cumsum([s.n_entities for s in sums])])
     n_ent = int(offsets[-1])
     bounds = _partition_bounds(n_ent, bs, npartitions)
+    # covariates are time-varying (n, T, p) in every block as soon as they vary in one partition
+    varying = any(s.x_varying for s in sums)
     blocks = []
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw))
                   if offsets[i] < b and offsets[i + 1] > a]
-        blocks.append(dask.delayed(_assemble, pure=True)(pieces, dask_key_name=f"panel-layout-{tok}-{j}"))
+        blocks.append(dask.delayed(_assemble, pure=True)(pieces, varying, dask_key_name=f"panel-layout-{tok}-{j}"))
     panel = Panel(spec=spec, periods=periods, blocks=tuple(blocks), summaries=(), rng_block_size=bs, n_entities=n_ent)
     return _finish(panel)
 
@@ -251,13 +258,14 @@ def _disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
         return False
 
 
-def _assemble(pieces: list[tuple[UnitBlock, int, int, int]]) -> UnitBlock:
+def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = False) -> UnitBlock:
     """Concatenate the parts of raw blocks whose global entity ranks fall in ``[a, b)``."""
     out = []
     for block, offset, a, b in pieces:
         shifted = block.with_rank_offset(offset)
         lo, hi = np.searchsorted(shifted.rank, [a, b])
-        out.append(shifted.take(slice(int(lo), int(hi))))
+        piece = shifted.take(slice(int(lo), int(hi)))
+        out.append(piece.with_varying_x() if varying_x else piece)
     return UnitBlock.concat(out)
 
 
