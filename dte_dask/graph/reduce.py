@@ -13,6 +13,7 @@ import dask
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
+from threadpoolctl import threadpool_limits
 
 SPLIT_EVERY = 8
 
@@ -107,11 +108,13 @@ def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: A
     blk = block.rank // block_size
     cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, vals = [], []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        sl = slice(int(a), int(b))
-        part = block.take(sl)
-        vals.append(func(part, *args) if rows is None else func(part, rows[sl], *args))
-        ids.append(int(blk[a]))
+    # small matrix products: multi-threaded BLAS inside a (multi-threaded) task only oversubscribes
+    with threadpool_limits(limits=1):
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            sl = slice(int(a), int(b))
+            part = block.take(sl)
+            vals.append(func(part, *args) if rows is None else func(part, rows[sl], *args))
+            ids.append(int(blk[a]))
     return DyadicCover.from_blocks(n_blocks, ids, vals)
 
 

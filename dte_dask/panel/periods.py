@@ -47,7 +47,7 @@ class PeriodMap:
                 bad = arr[~np.isfinite(arr) | (arr != np.round(arr))]
                 raise PeriodError(f"column {column!r} (time) has non-integer periods {examples(np.unique(bad))}")
             arr = arr.astype(np.int64)
-        labels = np.unique(arr.astype(np.int64))
+        labels = np.sort(pd.unique(arr.astype(np.int64, copy=False)))  # hash-based: O(n), then sort few
         return cls._from_ints(labels, column)
 
     @classmethod
