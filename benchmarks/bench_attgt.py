@@ -111,7 +111,10 @@ def _worker(spec_file: str) -> None:
         n_boot = spec["n_boot"] if spec["mode"] == "bootstrap" else None
         kwargs = {"seed": spec["seed"]}
         if spec["tool"] == "dte_dask":
-            import dte_dask  # noqa: F401  (import before the clock)
+            import dte_dask
+
+            # import before the clock, as for the peers (the package namespace is lazy)
+            dte_dask.att_gt, dte_dask.load_panel  # noqa: B018
 
             kwargs["load"] = spec["mode"] == "load"
         else:
