@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from dte_dask.core.cells import Cells
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess, with_intercept
 from dte_dask.panel.blocks import UnitBlock
 
 Stats = dict[str, np.ndarray]
@@ -70,104 +69,4 @@ def uncond_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.
     psi = delta_y(block, cells)
     psi -= np.where(D, mu1, mu0)
     psi *= s
-    return psi
-
-
-# ---------------------------------------------------------------------------- covariates
-def _cell_rows(block: UnitBlock, cells: Cells, D: np.ndarray, C: np.ndarray, dY: np.ndarray, k: int):
-    m = D[:, k] | C[:, k]
-    # covariates as of the earlier of the two periods (R did keeps the earlier row of each 2x2 panel)
-    X = with_intercept(block.x_at(int(min(cells.base[k], cells.t[k])))[m])
-    return m, X, D[m, k].astype(float), block.w[m], dY[m, k]
-
-
-def _masks(block: UnitBlock, cells: Cells):
-    return cells.treated(block.g), cells.controls(block.g), delta_y(block, cells)
-
-
-def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
-    """Per cell: controls' X'WX and X'W dY (outcome regression), treated sums and X means."""
-    K = cells.K
-    out = {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
-           "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
-    D, C, dY = _masks(block, cells)
-    for k in range(K):
-        _, X, d, w, dy = _cell_rows(block, cells, D, C, dY, k)
-        wc = w * (1.0 - d)
-        out["XtWX"][k] = (X * wc[:, None]).T @ X
-        out["XtWdY"][k] = X.T @ (wc * dy)
-        wd = w * d
-        out["SwDX"][k] = X.T @ wd
-        out["SwD"][k] = wd.sum()
-        out["SwDdY"][k] = wd @ dy
-        out["nD"][k] = d.sum()
-        out["nC"][k] = (1.0 - d).sum()
-    return out
-
-
-def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray) -> Stats:
-    """Per active cell: gradient, information matrix and log-likelihood of the propensity logit."""
-    K, p = gamma.shape
-    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K)}
-    D, C, dY = _masks(block, cells)
-    for k in np.flatnonzero(active):
-        _, X, d, w, _ = _cell_rows(block, cells, D, C, dY, k)
-        out["grad"][k], out["hess"][k], out["ll"][k] = logit_grad_hess(X, d, w, gamma[k])
-    return out
-
-
-def _ps_weights(X, d, w, gamma):
-    ps = np.minimum(expit(X @ gamma), PS_CAP)
-    trim = (d == 1) | (ps < TRIM_LEVEL)
-    wt = trim * w * d
-    wc = trim * w * ps * (1.0 - d) / (1.0 - ps)
-    return ps, wt, wc
-
-
-def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarray | None) -> Stats:
-    """Per cell, given the logit ``gamma`` (and OLS ``beta`` for dr): the sums the estimate needs."""
-    K, p = gamma.shape
-    z = np.zeros
-    out = {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
-           "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
-    D, C, dY = _masks(block, cells)
-    for k in range(K):
-        _, X, d, w, dy = _cell_rows(block, cells, D, C, dY, k)
-        ps, wt, wc = _ps_weights(X, d, w, gamma[k])
-        out["St"][k], out["Sc"][k] = wt.sum(), wc.sum()
-        out["At"][k], out["Ac"][k] = wt @ dy, wc @ dy
-        out["StX"][k], out["ScX"][k] = X.T @ wt, X.T @ wc
-        out["ScdYX"][k] = X.T @ (wc * dy)
-        out["ScXX"][k] = (X * wc[:, None]).T @ X
-        out["H"][k] = (X * (w * ps * (1.0 - ps))[:, None]).T @ X
-    return out
-
-
-def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
-    """(n_block, K) influence functions for reg / ipw / dr with covariates."""
-    method = est["method"]
-    n = est["n"]
-    D, C, dY = _masks(block, cells)
-    psi = np.zeros((block.n, cells.K))
-    for k in np.flatnonzero(est["ok"]):
-        m, X, d, w, dy = _cell_rows(block, cells, D, C, dY, k)
-        if method == "reg":
-            b = est["beta"][k]
-            wd = w * d
-            e_v = w * (1.0 - d) * (dy - X @ b) * (X @ est["v_t"][k])
-            num = wd * dy - wd * est["eta_t"][k] - (wd * (X @ b) - wd * est["eta_c"][k] + e_v)
-            psi[m, k] = n * num / est["St"][k]
-            continue
-        ps, wt, wc = _ps_weights(X, d, w, est["gamma"][k])
-        s_v = w * (d - ps) * (X @ est["v_ps"][k])
-        if method == "ipw":
-            treat = (wt * dy - wt * est["eta_t"][k]) / est["St"][k]
-            ctrl = (wc * dy - wc * est["eta_c"][k] + s_v) / est["Sc"][k]
-        else:  # dr
-            b = est["beta"][k]
-            r = dy - X @ b
-            e = w * (1.0 - d) * r
-            treat = (wt * r - wt * est["eta_t"][k] - e * (X @ est["v_t"][k])) / est["St"][k]
-            ctrl = (wc * r - wc * est["eta_c"][k] + s_v - e * (X @ est["v_c"][k])) / est["Sc"][k]
-        psi[m, k] = n * (treat - ctrl)
     return psi

@@ -14,12 +14,11 @@ from __future__ import annotations
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import dask
 import numpy as np
 
-from dte_dask.core import rcs, twobytwo
+from dte_dask.core import covariates, rcs, twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning
@@ -56,7 +55,7 @@ def _with_groups(block: UnitBlock, stats_fn, cells: Cells, groups: np.ndarray, *
 
 
 def _influence(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, path: str) -> np.ndarray:
-    fn = {"uncond": twobytwo.uncond_influence, "rcs": rcs.rcs_influence, "cov": twobytwo.cov_influence}[path]
+    fn = {"uncond": twobytwo.uncond_influence, "rcs": rcs.rcs_influence, "cov": covariates.cov_influence}[path]
     psi = fn(block, cells, est)
     G = cells.effective_g(block.g)
     h = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
@@ -115,7 +114,7 @@ def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, l
     for _ in range(NEWTON_MAX_ITER):
         if not active.any():
             break
-        s = _exact_sum(panel, twobytwo.logit_stats, cells, gamma, active, name="attgt-logit").compute()
+        s = _exact_sum(panel, covariates.logit_stats, cells, gamma, active, name="attgt-logit").compute()
         for k in np.flatnonzero(active):
             step = guarded_solve(s["hess"][k], s["grad"][k])
             if step is None:
@@ -187,7 +186,7 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
 
 
 def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.ndarray, label):
-    s = _exact_sum(panel, _with_groups, twobytwo.ols_stats, cells, groups, p, name="attgt-stats").compute()
+    s = _exact_sum(panel, _with_groups, covariates.ols_stats, cells, groups, p, name="attgt-stats").compute()
     ok = (s["SwD"] > 0) & (s["nC"] > 0)
     _warn_cells(cells, ~ok, "no control units", label)
     beta = None
@@ -209,7 +208,7 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
         gamma[:, 0] = np.log(s["SwD"] / swc)
     gamma[~ok] = 0.0
     gamma, ok = _newton(panel, cells, gamma, ok.copy(), label)
-    m = _exact_sum(panel, twobytwo.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
+    m = _exact_sum(panel, covariates.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
     with np.errstate(invalid="ignore", divide="ignore"):

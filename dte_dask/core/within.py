@@ -1,0 +1,394 @@
+"""Least squares with absorbed unit effects on wide blocks: design, Gram pieces, scores, solve.
+
+Pure numpy (no dask). One :class:`DesignSpec` says how a regression reads a block: which units take
+part (by group index), which periods, which interest dummy each (unit, period) observation carries,
+and the observation weights. Time (or time x stack) effects are explicit dummy columns; unit (or
+unit x stack) effects are removed by weighted demeaning within each unit, which is exact on
+unbalanced panels (Frisch–Waugh–Lovell).
+
+Columns of a design are ordered ``[fixed-effect dummies | covariates | interest dummies]`` so that
+the guarded solve keeps nuisance columns first and reports a collinear covariate or interest dummy
+by name.
+
+Every per-unit quantity is computed with explicit loops over periods or ``bincount`` in period
+order, never with a reduction whose rounding depends on how many units a call sees: scores of a
+unit are bit-identical whatever block it is computed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+from dte_dask.exceptions import EstimationError
+
+DROP = -2  # code of an observation that is left out of the regression
+NONE = -1  # code of an observation that carries no interest dummy
+COLLINEAR_TOL = 1e-9  # relative residual variance below which a column counts as collinear
+
+
+@dataclass(frozen=True)
+class DesignSpec:
+    """How one regression (or one sub-experiment of a stacked regression) reads a block.
+
+    Attributes
+    ----------
+    rows : tuple of (group index, row) pairs
+        Units whose group index is ``g`` read row ``row`` of ``codes`` / ``mult``; every other unit
+        reads ``default_row`` (-1: the unit does not take part).
+    default_row : int
+    t0, t1 : int
+        The periods ``[t0, t1)`` of the design. The fixed-effect level of period ``t`` is ``t - t0``;
+        level 0 is the reference and has no column.
+    codes : (R, t1 - t0) int array
+        Interest column of each (row, period): ``>= 0`` a dummy, ``NONE`` no dummy, ``DROP`` the
+        observation is dropped.
+    n_int : int
+        Number of interest columns.
+    mult : (R, t1 - t0) float array, optional
+        Observation-weight multipliers (stacked DiD's corrective weights); ones if None.
+    cov_idx : tuple of int
+        Covariates (indices into the block's ``x``) entering as regressors.
+    """
+
+    rows: tuple[tuple[float, int], ...]
+    default_row: int
+    t0: int
+    t1: int
+    codes: np.ndarray
+    n_int: int
+    mult: np.ndarray | None = None
+    cov_idx: tuple[int, ...] = ()
+
+    @property
+    def n_levels(self) -> int:
+        return self.t1 - self.t0
+
+    @property
+    def n_fe(self) -> int:
+        return self.n_levels - 1
+
+    @property
+    def p(self) -> int:
+        return len(self.cov_idx)
+
+    @property
+    def m(self) -> int:
+        return self.n_fe + self.p + self.n_int
+
+    def __dask_tokenize__(self) -> Any:
+        mult = None if self.mult is None else self.mult.tobytes()
+        return ("design-spec", self.rows, self.default_row, self.t0, self.t1, self.codes.tobytes(),
+                self.codes.shape, self.n_int, mult, self.cov_idx)
+
+
+@dataclass(frozen=True)
+class _Within:
+    """A block read through a design and demeaned within units."""
+
+    sel: np.ndarray  # (n_s,) positions of the design's units in the block
+    row: np.ndarray  # (n_s,) their rows of the design's tables
+    used: np.ndarray  # (n_s,) units with >= 2 observations (singletons are dropped)
+    W: np.ndarray  # (n_s, L) observation weights, 0 where not used
+    inv: np.ndarray  # (n_s,) 1 / sum of a unit's weights (0 if unused)
+    yt: np.ndarray  # (n_s, L) demeaned outcome, 0 where not used
+    xt: np.ndarray | None  # (n_s, L, p) demeaned covariates
+    xbar: np.ndarray | None  # (n_s, p) their unit means
+    fe_col: np.ndarray  # (n_s, L) fixed-effect column or -1
+    int_col: np.ndarray  # (n_s, L) interest column (offset into the design's columns) or -1
+    S: np.ndarray  # (n_s, m) sum over periods of W x dummy rows (covariate columns zero)
+
+
+def _rowsum(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 in period order (rounding independent of the number of rows)."""
+    out = np.array(a[:, 0], dtype=np.float64, copy=True)
+    for t in range(1, a.shape[1]):
+        out += a[:, t]
+    return out
+
+
+def _rows(g: np.ndarray, spec: DesignSpec) -> np.ndarray:
+    rows = np.full(g.shape[0], spec.default_row, dtype=np.int64)
+    for value, row in spec.rows:
+        rows[g == value] = row
+    return rows
+
+
+def _prepare(block: Any, spec: DesignSpec) -> _Within:
+    rows = _rows(block.g, spec)
+    sel = np.flatnonzero(rows >= 0)
+    r = rows[sel]
+    L = spec.n_levels
+    y = np.ascontiguousarray(block.y[sel, spec.t0:spec.t1])
+    codes = spec.codes[r]
+    w = np.broadcast_to(block.w[sel][:, None], y.shape)
+    if spec.mult is not None:
+        w = w * spec.mult[r]
+    valid = ~np.isnan(y) & (codes != DROP) & (w > 0)
+    used = valid.sum(axis=1) >= 2
+    valid &= used[:, None]
+    W = np.where(valid, w, 0.0)
+    Wi = _rowsum(W)
+    inv = np.divide(1.0, Wi, out=np.zeros_like(Wi), where=Wi > 0)
+    yv = np.where(valid, y, 0.0)
+    ybar = _rowsum(W * yv) * inv
+    yt = np.where(valid, yv - ybar[:, None], 0.0)
+    xt = xbar = None
+    if spec.p:
+        x = block.x[sel]
+        x = x[:, None, list(spec.cov_idx)] if x.ndim == 2 else x[:, spec.t0:spec.t1][:, :, list(spec.cov_idx)]
+        xv = np.where(valid[:, :, None], np.broadcast_to(x, (len(sel), L, spec.p)), 0.0)
+        xbar = _rowsum(W[:, :, None] * xv) * inv[:, None]
+        xt = np.where(valid[:, :, None], xv - xbar[:, None, :], 0.0)
+    level = np.broadcast_to(np.arange(L), y.shape)
+    fe_col = np.where(valid & (level > 0), level - 1, NONE)
+    int_col = np.where(valid & (codes >= 0), spec.n_fe + spec.p + codes, NONE)
+    S = _unit_sums(W, r, spec)
+    return _Within(sel, r, used, W, inv, yt, xt, xbar, fe_col, int_col, S)
+
+
+def _unit_sums(v: np.ndarray, rows: np.ndarray, spec: DesignSpec) -> np.ndarray:
+    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
+
+    Fixed-effect level t has column t - 1, so that block is ``v`` itself. The interest columns of a
+    unit follow from its design row: column j collects the periods whose code is j, added in period
+    order (``v`` is zero where an observation is not used, so the row's codes apply to every unit).
+    """
+    n = v.shape[0]
+    out = np.zeros((n, spec.m))
+    out[:, :spec.n_fe] = v[:, 1:]
+    off = spec.n_fe + spec.p
+    for r in range(spec.codes.shape[0]):
+        units = np.flatnonzero(rows == r)
+        if not units.size:
+            continue
+        vr = v[units]
+        sr = np.zeros((units.size, spec.n_int))
+        for j, periods in _columns_of_row(spec.codes[r]):
+            acc = vr[:, periods[0]].copy()
+            for t in periods[1:]:
+                acc += vr[:, t]
+            sr[:, j] = acc
+        out[units, off:] = sr
+    return out
+
+
+def _columns_of_row(codes: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(interest column, periods carrying it) for one row of a design's codes."""
+    cols: dict[int, list[int]] = {}
+    for t, c in enumerate(codes.tolist()):
+        if c >= 0:
+            cols.setdefault(c, []).append(t)
+    return sorted(cols.items())
+
+
+def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
+    """Sufficient statistics of one block for the normal equations of ``spec``.
+
+    Returns
+    -------
+    dict
+        ``A`` (m, m) = X~'WX~, ``b`` (m,) = X~'Wy~, ``raw`` (m,) = diag(X'WX) before demeaning,
+        ``n_obs`` observations used, ``level_n``
+        (levels,) observations per fixed-effect level, ``col_n`` (m,) observations per dummy
+        column, ``int_w`` (n_int,) weighted observations per interest dummy (singletons included).
+
+    Notes
+    -----
+    With unit weights summing to :math:`W_i = \\sum_t w_{it}` and dummy sums
+    :math:`s_i = \\sum_t w_{it} d_{it}`, the demeaned dummies satisfy
+
+    .. math:: \\sum_{it} w_{it} \\tilde d_{it} \\tilde d_{it}' = \\sum_{it} w_{it} d_{it} d_{it}'
+              - \\sum_i s_i s_i' / W_i,
+
+    where the first term is a count of (column, column) pairs (two dummies per observation at most).
+    Covariates are demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products
+    with raw and demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
+    """
+    wd = _prepare(block, spec)
+    m = spec.m
+    W = wd.W
+    A = np.zeros((m, m))
+    f = np.arange(spec.n_fe)
+    A[f, f] = W[:, 1:].sum(axis=0)  # fixed-effect level t (column t - 1): its observations
+    ok = wd.int_col >= 0
+    A[np.diag_indices(m)] += np.bincount(wd.int_col[ok], W[ok], minlength=m)
+    both = ok & (wd.fe_col >= 0)
+    cross = np.bincount((wd.fe_col * m + wd.int_col)[both], W[both], minlength=m * m).reshape(m, m)
+    A += cross + cross.T
+    raw = np.diag(A).copy()  # sum of w d^2 before demeaning
+    A -= (wd.S * wd.inv[:, None]).T @ wd.S
+    wy = W * wd.yt
+    b = np.zeros(m)
+    for col in (wd.fe_col, wd.int_col):
+        ok = col >= 0
+        b += np.bincount(col[ok], wy[ok], minlength=m)
+    if spec.p:
+        c = slice(spec.n_fe, spec.n_fe + spec.p)
+        xw = (wd.xt * W[:, :, None]).reshape(-1, spec.p)
+        A[c, c] = xw.T @ wd.xt.reshape(-1, spec.p)
+        for j in range(spec.p):
+            cross = np.zeros(m)
+            for col in (wd.fe_col, wd.int_col):
+                ok = col >= 0
+                cross += np.bincount(col[ok], xw[:, j].reshape(W.shape)[ok], minlength=m)
+            cross[c] = A[c, c][j]
+            A[spec.n_fe + j, :] = cross
+            A[:, spec.n_fe + j] = cross
+        b[c] = xw.T @ wd.yt.reshape(-1)
+        xv = np.where(W[:, :, None] > 0, wd.xt + wd.xbar[:, None, :], 0.0)
+        raw[c] = np.einsum("itp,it,itp->p", xv, W, xv)
+    valid = W > 0
+    col_n = np.zeros(m)
+    for col in (wd.fe_col, wd.int_col):
+        ok = col >= 0
+        col_n += np.bincount(col[ok], minlength=m)
+    level = np.broadcast_to(np.arange(spec.n_levels), W.shape)
+    return {"A": A, "b": b, "raw": raw, "n_obs": np.array(float(valid.sum())), "col_n": col_n,
+            "level_n": np.bincount(level[valid], minlength=spec.n_levels).astype(float),
+            "int_w": _interest_weights(block, spec)}
+
+
+def _interest_weights(block: Any, spec: DesignSpec) -> np.ndarray:
+    """Sampling-weighted observations per interest dummy, singletons included (Sun–Abraham shares)."""
+    rows = _rows(block.g, spec)
+    sel = np.flatnonzero(rows >= 0)
+    codes = spec.codes[rows[sel]]
+    ok = ~np.isnan(block.y[sel, spec.t0:spec.t1]) & (codes >= 0)
+    w = np.broadcast_to(block.w[sel][:, None], codes.shape)
+    return np.bincount(codes[ok], w[ok], minlength=spec.n_int)
+
+
+def unit_scores(block: Any, spec: DesignSpec, *betas: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Per-unit scores :math:`s_i = \\sum_t w_{it} \\tilde x_{it} \\hat e_{it}`, one (n_s, m) array per
+    coefficient vector in ``betas``.
+
+    Returns ``(sel, scores, used)``: positions of the design's units in the block, the list of
+    score arrays, and whether each unit has observations in the regression (not a singleton).
+
+    Notes
+    -----
+    The residual is :math:`\\hat e_{it} = \\tilde y_{it} - \\tilde x_{it}'\\beta` with the demeaned
+    dummy part :math:`\\beta_{f(it)} + \\beta_{k(it)} - s_i'\\beta / W_i`. Because
+    :math:`\\sum_t w_{it} \\hat e_{it} = 0` within a unit, the dummy scores need no demeaning:
+    :math:`s_i = \\sum_t w_{it} d_{it} \\hat e_{it}`.
+    """
+    wd = _prepare(block, spec)
+    return wd.sel, [_scores_at(wd, spec, beta) for beta in betas], wd.used
+
+
+def _scores_at(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
+    ext = np.append(np.asarray(beta, dtype=np.float64), 0.0)  # column -1 -> coefficient 0
+    fit = ext[wd.fe_col] + ext[wd.int_col]
+    mean = np.zeros(wd.S.shape[0])
+    for j in np.flatnonzero(ext[:-1]):
+        mean += wd.S[:, j] * ext[j]
+    fit -= (mean * wd.inv)[:, None]
+    for j in range(spec.p):
+        fit += wd.xt[:, :, j] * ext[spec.n_fe + j]
+    we = np.where(wd.W > 0, wd.W * (wd.yt - fit), 0.0)
+    scores = _unit_sums(we, wd.row, spec)
+    for j in range(spec.p):
+        scores[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
+    return scores
+
+
+# ------------------------------------------------------------------------------------ driver side
+@dataclass(frozen=True)
+class Solution:
+    """Coefficients of the kept columns (zeros elsewhere) and the inverse Gram of the kept block."""
+
+    beta: np.ndarray  # (m,)
+    kept: np.ndarray  # (m,) bool
+    inv: np.ndarray  # (m, m) (X~'WX~)^-1 on kept columns, zero elsewhere
+
+
+def collinear_columns(A: np.ndarray, candidates: np.ndarray, raw: np.ndarray, tol: float = COLLINEAR_TOL) -> np.ndarray:
+    """Columns of ``A`` (the demeaned Gram matrix) that are absorbed by the unit effects or are
+    linear combinations of earlier kept columns.
+
+    Notes
+    -----
+    Column ``j`` is absorbed when its within-unit variation :math:`A_{jj}` is at most ``tol`` times
+    its raw second moment ``raw[j]`` (rounding leaves a demeaned time-invariant covariate tiny,
+    not zero). Otherwise a Cholesky factorisation taken column by column drops it when its
+    residual variance after projection on the kept earlier columns, :math:`A_{jj} - v'v` with
+    :math:`L v = A_{K j}`, is at most ``tol`` times :math:`A_{jj}`. Only ``candidates`` (columns
+    with observations) are considered.
+    """
+    m = A.shape[0]
+    dropped = np.zeros(m, dtype=bool)
+    kept: list[int] = []
+    L = np.zeros((0, 0))
+    for j in np.flatnonzero(candidates):
+        d = A[j, j]
+        if not d > tol * raw[j]:
+            dropped[j] = True
+            continue
+        v = linalg.solve_triangular(L, A[kept, j], lower=True) if kept else np.zeros(0)
+        r = d - v @ v
+        if r <= tol * d:
+            dropped[j] = True
+            continue
+        L = np.block([[L, np.zeros((len(kept), 1))], [v[None, :], np.array([[np.sqrt(r)]])]])
+        kept.append(j)
+    return dropped
+
+
+def guarded_solve(A: np.ndarray, b: np.ndarray, raw: np.ndarray, names: list[str], nuisance: np.ndarray,
+                  present: np.ndarray, what: str = "the unit and time effects") -> Solution:
+    """Solve the normal equations; drop collinear nuisance columns, raise on any other.
+
+    Parameters
+    ----------
+    A, b : normal equations (m, m), (m,)
+    raw : (m,) raw second moments of the columns (see :func:`collinear_columns`)
+    names : column names used in the error message
+    nuisance : (m,) bool, fixed-effect dummies (dropped silently when collinear)
+    present : (m,) bool, columns with at least one observation (absent ones are left out)
+
+    Raises
+    ------
+    EstimationError
+        Naming every covariate or interest column that is collinear with the others.
+    """
+    dropped = collinear_columns(A, present, raw)
+    bad = dropped & ~nuisance
+    if bad.any():
+        cols = ", ".join(names[j] for j in np.flatnonzero(bad))
+        raise EstimationError(
+            f"rank-deficient design: {cols} {'is' if bad.sum() == 1 else 'are'} collinear with {what} "
+            "and the other regressors (a covariate constant within units, an event time that only "
+            "one cohort reaches without never-treated units, ...); bin the endpoints with window=, "
+            "drop the covariate or add never-treated units"
+        )
+    kept = present & ~dropped
+    k = np.flatnonzero(kept)
+    m = A.shape[0]
+    beta, inv = np.zeros(m), np.zeros((m, m))
+    if k.size:
+        c = linalg.cho_factor(A[np.ix_(k, k)], lower=True)
+        beta[k] = linalg.cho_solve(c, b[k])
+        inv[np.ix_(k, k)] = linalg.cho_solve(c, np.eye(k.size))
+    return Solution(beta=beta, kept=kept, inv=inv)
+
+
+def crv1(inv: np.ndarray, meat: np.ndarray, n_obs: float, df_k: int, n_clusters: int) -> tuple[np.ndarray, float]:
+    """Cluster-robust covariance with pyfixest's default small-sample factor.
+
+    Notes
+    -----
+    :math:`V = c \\, A^{-1} \\big(\\sum_g s_g s_g'\\big) A^{-1}` with
+    :math:`c = \\frac{N-1}{N-k}\\,\\frac{G}{G-1}` (pyfixest ``ssc(k_adj=True, k_fixef="nonnested",
+    G_adj=True, G_df="min")``, fixest's default for clustered SEs): ``k`` counts the estimated
+    coefficients plus the fixed-effect levels *not* nested in the clusters, plus one for the nested
+    unit effects. With unit (or unit x stack) effects nested in the clusters and time (or time x
+    stack) effects, :math:`k = k_{\\beta} + \\#\\text{time levels}`.
+    """
+    if n_clusters < 2:
+        raise EstimationError(f"clustered standard errors need at least 2 clusters, got {n_clusters}")
+    c = (n_obs - 1.0) / (n_obs - df_k) * n_clusters / (n_clusters - 1.0)
+    V = c * (inv @ meat @ inv)
+    return (V + V.T) / 2.0, float(c)
