@@ -19,6 +19,13 @@ _LAZY = {
     "simulate_panel": "dte_dask.simulate",
     "att_gt": "dte_dask.estimators.cs",
     "datasets": "dte_dask.datasets",
+    "event_study": "dte_dask.estimators.event_study",
+    "stacked_did": "dte_dask.estimators.stacked",
+    "sun_abraham": "dte_dask.estimators.sun_abraham",
+    "compare_estimators": "dte_dask.estimators.compare",
+    "checks": "dte_dask.checks",
+    "plotting": "dte_dask.plotting",
+    "report": "dte_dask.report",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -27,7 +34,7 @@ __all__ = sorted(_LAZY) + ["__version__"]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        return module if name == "datasets" else getattr(module, name)
+        return module if _LAZY[name] == f"dte_dask.{name}" else getattr(module, name)
     raise AttributeError(f"module 'dte_dask' has no attribute {name!r}")
 
 

@@ -84,6 +84,12 @@ class AggregateResult:
     def _repr_html_(self) -> str:
         return f"<pre>{self.summary()}</pre>"
 
+    def plot(self, *, backend: str = "bokeh", **kwargs: Any) -> Any:
+        """Event study (dynamic) or estimates by key; see :func:`dte_dask.plotting.plot_aggregate`."""
+        from dte_dask.plotting import plot_result
+
+        return plot_result(self, backend=backend, **kwargs)
+
 
 @dataclass(frozen=True)
 class AttgtResult:
@@ -205,3 +211,10 @@ class AttgtResult:
 
     def _repr_html_(self) -> str:
         return f"<pre>{self.summary()}</pre>"
+
+    def plot(self, kind: str = "attgt", *, backend: str = "bokeh", **kwargs: Any) -> Any:
+        """ATT(g,t) by cohort (``"attgt"``, as R ``ggdid``), ``"dynamic"``, ``"cohorts"``, ``"group"``,
+        ``"calendar"``; see :func:`dte_dask.plotting.plot_result`."""
+        from dte_dask.plotting import plot_result
+
+        return plot_result(self, kind, backend=backend, **kwargs)

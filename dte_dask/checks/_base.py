@@ -1,0 +1,38 @@
+"""The common face of check results: ``summary()`` drives ``__str__`` and ``_repr_html_``."""
+from __future__ import annotations
+
+import html
+from typing import Any, ClassVar
+
+import pandas as pd
+
+
+class CheckResult:
+    """Mixin for the frozen check-result dataclasses.
+
+    Subclasses define ``check_kind`` (the report's dispatch key), ``summary()``, ``to_frame()``
+    (the main table), ``frames()`` (every table worth saving, ``"table"`` first) and ``plot()``.
+    """
+
+    check_kind: ClassVar[str] = ""
+
+    def summary(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_frame(self) -> pd.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"table": self.to_frame()}
+
+    def plot(self, *, backend: str = "bokeh") -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.summary())}</pre>"

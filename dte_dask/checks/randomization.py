@@ -1,0 +1,219 @@
+"""Randomization inference: permute cohort labels across units and re-estimate the aggregate ATT.
+
+Under the sharp null of no effect for any unit, and if cohorts were assigned exchangeably across
+units, every permutation of the cohort labels is as likely as the observed one, so the rank of
+the observed statistic among the permuted ones gives an exact p-value (Fisher; for DiD see e.g.
+MacKinnon & Webb 2020, Roth et al. 2023 §6).
+
+Randomness
+----------
+``SeedSequence(seed).spawn(n_perm)`` gives one stream per permutation r; a permutation is drawn
+without ever gathering labels on the driver: the r-th child's first grandchild allocates the
+cohort labels to the panel's RNG blocks (sequential multivariate hypergeometric draws over the
+fixed blocks of ``rng_block_size`` units), and grandchild ``1 + b`` shuffles the labels given to
+RNG block b among its units. This is an exactly uniform random permutation, and it does not depend
+on the number of partitions, workers or threads.
+
+Tasks: one per (partition, chunk of ``perms_per_task`` permutations), each summing the cell
+statistics of its units under every permutation of its chunk; the sums are tree-reduced per chunk
+and the driver turns them into aggregate ATTs (:func:`dte_dask.estimators.aggregate.aggregate_map`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dte_dask.checks._base import CheckResult
+from dte_dask.checks._engine import Prepared, cell_stats, check_positive_int, compute, estimates, prepare, with_g
+from dte_dask.estimators.aggregate import AggKind, aggregate_map
+from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.graph.reduce import tree_sum
+from dte_dask.panel.blocks import UnitBlock
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class RandomizationResult(CheckResult):
+    """Observed aggregate ATT, its permutation distribution and the randomization p-value."""
+
+    check_kind = "randomization"
+
+    statistic: str
+    observed: float
+    draws: np.ndarray  # (n_perm,) the statistic under each permutation (NaN if not estimable)
+    p_value: float
+    n_perm: int
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_valid(self) -> int:
+        return int(np.isfinite(self.draws).sum())
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"statistic": [self.statistic], "observed": [self.observed], "p_value": [self.p_value],
+                             "n_perm": [self.n_perm], "n_valid": [self.n_valid], "seed": [self.seed]})
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"table": self.to_frame(), "draws": pd.DataFrame({"statistic": self.draws})}
+
+    def summary(self) -> str:
+        lines = [f"Randomization inference: {self.statistic} ATT under {self.n_perm} permutations of cohort labels",
+                 f"  observed ATT:        {self.observed: .6f}",
+                 f"  two-sided p-value:   {self.p_value:.4f}   (1 + #|ATT_perm| >= |ATT_obs|) / (1 + valid permutations)",
+                 f"  valid permutations:  {self.n_valid} of {self.n_perm}, seed {self.seed}",
+                 f"  estimator:           {self.options.get('estimator', '')}, control group "
+                 f"{str(self.options.get('control_group', '')).replace('_', ' ')}"]
+        return "\n".join(lines)
+
+    def plot(self, *, backend: str = "bokeh") -> Any:
+        from dte_dask.plotting import plot_randomization
+
+        return plot_randomization(self.draws, self.observed, p_value=self.p_value, statistic=self.statistic,
+                                  backend=backend)  # type: ignore[arg-type]
+
+
+def randomization_check(
+    data: Any, *, outcome: str | None = None, unit: str | None = None, time: str | None = None,
+    group: str | None = None, treatment: str | None = None, covariates: Sequence[str] | str | None = None,
+    weights: str | None = None, control_group: str = "never_treated", base_period: str = "varying",
+    aggregate: AggKind = "simple", n_perm: int = 999, seed: int | None = None, perms_per_task: int = 64,
+    npartitions: int | None = None,
+) -> RandomizationResult:
+    """Randomization-inference p-value of the aggregate ATT (``aggregate`` as in ``att_gt(...).aggregate``).
+
+    Parameters
+    ----------
+    data, outcome, unit, time, group, treatment, covariates, weights : as for :func:`dte_dask.att_gt`
+        With covariates the outcome-regression estimator is used (see :mod:`dte_dask.checks._engine`).
+    control_group, base_period : as for :func:`dte_dask.att_gt`
+    aggregate : "simple" | "dynamic" | "group" | "calendar"
+        Which overall ATT is the test statistic (default: the simple weighted average of post cells).
+    n_perm : int
+        Number of permutations R. The p-value is ``(1 + #{r: |T_r| >= |T_obs|}) / (1 + R_valid)``.
+    seed : int, optional
+        Root of the ``SeedSequence``; drawn and recorded if None.
+    perms_per_task : int
+        Permutations evaluated per task (tasks = partitions x ceil(R / perms_per_task)).
+
+    Notes
+    -----
+    Labels are permuted across units, so the test is exact when cohorts are exchangeable across
+    units (e.g. randomized adoption dates). With a ``cluster`` column the assignment is usually by
+    cluster, which this check does not model, so clustered panels are rejected.
+    """
+    n_perm = check_positive_int("n_perm", n_perm)
+    perms_per_task = check_positive_int("perms_per_task", perms_per_task)
+    if aggregate not in ("simple", "dynamic", "group", "calendar"):
+        raise SpecError(f"aggregate={aggregate!r} is not one of ['simple', 'dynamic', 'group', 'calendar']")
+    prep = prepare(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
+                   covariates=covariates, weights=weights, control_group=control_group, base_period=base_period,
+                   npartitions=npartitions)
+    if prep.panel.spec.cluster is not None:
+        raise SpecError("randomization_check permutes labels across units; load the panel without a cluster column")
+    seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+    panel = prep.panel
+    codes = np.array(sorted(panel.cohort_sizes))  # every cohort value present, inf = never treated
+    bs = panel.rng_block_size
+    counts_tasks = panel.map_blocks(_block_counts, codes, bs, name="ri-counts")
+    obs_tasks = panel.map_blocks(cell_stats, prep.cells, prep.p, prep.groups, name="ri-observed")
+    out = compute(counts_tasks, tree_sum(obs_tasks, name="ri-observed-sum"))
+    block_counts: dict[int, np.ndarray] = {}
+    for d in out[0]:
+        block_counts.update(d)
+    observed = _statistic(out[1], prep, panel.n_units, aggregate)
+
+    blocks = np.array(sorted(block_counts))
+    alloc = _allocate(seed, n_perm, blocks, np.array([block_counts[b] for b in blocks]))
+    chunks = [range(lo, min(lo + perms_per_task, n_perm)) for lo in range(0, n_perm, perms_per_task)]
+    sums = []
+    for c, rr in enumerate(chunks):
+        a = {int(b): alloc[rr.start:rr.stop, i] for i, b in enumerate(blocks)}
+        parts = panel.map_blocks(_perm_stats, a, rr.start, seed, codes, bs, prep.cells, prep.p, prep.groups,
+                                 name=f"ri-permute-{c}")
+        sums.append(tree_sum(parts, name=f"ri-sum-{c}"))
+    draws = []
+    for s in compute(*sums):
+        m = s["SwD"].shape[0]
+        for j in range(m):
+            draws.append(_statistic({k: v[j] for k, v in s.items()}, prep, panel.n_units, aggregate))
+    draws_a = np.array(draws, dtype=float)
+    ok = np.isfinite(draws_a)
+    tol = 1e-12 * max(1.0, abs(observed))
+    p = float((1 + np.sum(np.abs(draws_a[ok]) >= abs(observed) - tol)) / (1 + ok.sum()))
+    return RandomizationResult(statistic=aggregate, observed=float(observed), draws=draws_a, p_value=p,
+                               n_perm=n_perm, seed=seed, options={**prep.options, "aggregate": aggregate,
+                                                                  "perms_per_task": perms_per_task})
+
+
+# ----------------------------------------------------------------------------- driver helpers
+def _statistic(s: dict[str, np.ndarray], prep: Prepared, n: int, kind: AggKind) -> float:
+    att, _ = estimates(s, prep.p)
+    c = prep.cells
+    panel = prep.panel
+    if np.isnan(att[~c.reference]).all():
+        return float("nan")
+    att = np.where(c.reference, 0.0, att)
+    try:
+        m = aggregate_map(kind, att=att, group=c.g.astype(float), time=c.t.astype(float),
+                          event=(c.t - c.g).astype(float), groups=prep.groups.astype(float), pg=s["Swg"] / n,
+                          last_time=float(panel.n_periods - 1), first_time=0.0, na_rm=True)
+    except EstimationError:  # nothing estimable under this permutation
+        return float("nan")
+    return float(m.overall_att)
+
+
+def _allocate(seed: int, n_perm: int, blocks: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(n_perm, n_blocks, n_codes) label counts per RNG block: a uniform permutation's block margins."""
+    total = counts.sum(axis=0)
+    sizes = counts.sum(axis=1)
+    out = np.empty((n_perm, len(blocks), counts.shape[1]), dtype=np.int64)
+    for r, child in enumerate(np.random.SeedSequence(seed).spawn(n_perm)):
+        rng = np.random.default_rng(child.spawn(1)[0])
+        left = total.copy()
+        for i, size in enumerate(sizes):
+            if i == len(sizes) - 1:
+                out[r, i] = left
+                break
+            draw = rng.multivariate_hypergeometric(left, int(size)) if left.sum() else np.zeros_like(left)
+            out[r, i] = draw
+            left = left - draw
+    return out
+
+
+# ----------------------------------------------------------------------------- kernels
+def _rng_blocks(block: UnitBlock, bs: int) -> tuple[np.ndarray, np.ndarray]:
+    blk = block.rank // bs
+    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+    return blk, cuts
+
+
+def _block_counts(block: UnitBlock, codes: np.ndarray, bs: int) -> dict[int, np.ndarray]:
+    """Units of each cohort code in each RNG block of this partition."""
+    blk, cuts = _rng_blocks(block, bs)
+    out = {}
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        out[int(blk[a])] = np.array([(block.g[a:b] == c).sum() for c in codes], dtype=np.int64)
+    return out
+
+
+def _perm_stats(block: UnitBlock, alloc: dict[int, np.ndarray], r0: int, seed: int, codes: np.ndarray, bs: int,
+                cells: Any, p: int, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Cell statistics of this partition under permutations ``r0, r0+1, ...`` (stacked on axis 0)."""
+    blk, cuts = _rng_blocks(block, bs)
+    first = next(iter(alloc.values()))
+    n_r = first.shape[0]
+    stats: list[dict[str, np.ndarray]] = []
+    for j in range(n_r):
+        g = np.empty(block.n)
+        perm_seq = np.random.SeedSequence(seed, spawn_key=(r0 + j,))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            bid = int(blk[a])
+            labels = np.repeat(codes, alloc[bid][j])
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*perm_seq.spawn_key, 1 + bid)))
+            g[a:b] = rng.permutation(labels)
+        stats.append(cell_stats(with_g(block, g), cells, p, groups))
+    return {k: np.stack([s[k] for s in stats]) for k in stats[0]}

@@ -1,0 +1,354 @@
+"""Results on disk and the self-contained HTML report built from them.
+
+:func:`save_results` writes a RESULTS_DIR (``dte-dask run`` uses it too)::
+
+    RESULTS_DIR/
+      summary.json                  format "dte_dask.results/1": metadata (versions, seeds,
+                                    cluster, timings, user keys), panel description, column
+                                    names, and one entry per estimator and per check (kind,
+                                    summary text, overall ATT, pre-test, files below)
+      estimators/NAME.csv|.parquet  the result's own table (``to_frame()``)
+      estimators/NAME.event_study.csv   canonical event-study frame (event_time, estimate, se,
+                                    ci_lower, ci_upper [pointwise], band_lower, band_upper [uniform])
+      estimators/NAME.cells.csv     ATT(g,t) results: canonical cells (group, time + the above)
+      estimators/NAME.AGG.csv       ATT(g,t) results: dynamic / group / calendar aggregations
+      estimators/NAME.by_cohort.csv stacked DiD: per-sub-experiment estimates (``by_cohort()``)
+      checks/NAME.csv|.parquet      a check's table; checks/NAME.PART.csv its other frames
+
+:func:`write_report` turns such a directory into one HTML file that opens offline (bokeh's JS is
+inlined; no network access): the panel description, each estimator's table and plots, the
+estimators overlaid, the checks, and the run metadata. Only frames are read back, never pickles.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Mapping
+from importlib import metadata as _md
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dte_dask.exceptions import SpecError
+
+FORMAT = "dte_dask.results/1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "pandas", "scipy", "pyarrow", "bokeh")
+
+
+# ----------------------------------------------------------------------------- saving
+def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadata: Mapping[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+    """Write ``{name: result}`` (estimator results, aggregations, check results or frames) to ``out_dir``.
+
+    ``metadata`` (JSON-able: job spec, cluster profile, ...) is merged over what is collected
+    automatically (package versions, platform, time, each result's seed and timings, the active
+    ``Client``'s scheduler and workers, if a client is active). Returns the summary also written
+    to ``summary.json``.
+    """
+    from dte_dask.checks._base import CheckResult
+
+    out = os.fspath(out_dir)
+    for sub in ("estimators", "checks"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    summary: dict[str, Any] = {"format": FORMAT, "estimators": {}, "checks": {}}
+    seeds, timings, panel, columns = {}, {}, None, {}
+    for name, obj in results.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SpecError(f"result name {name!r} must match {_NAME.pattern} (it becomes a file name)")
+        if isinstance(obj, CheckResult):
+            summary["checks"][name] = _save_check(out, name, obj)
+            continue
+        entry = _save_estimator(out, name, obj)
+        summary["estimators"][name] = entry
+        if getattr(obj, "seed", None) is not None:
+            seeds[name] = obj.seed
+        if getattr(obj, "timings", None):
+            timings[name] = dict(obj.timings)
+        if panel is None and isinstance(getattr(obj, "panel", None), Mapping) and obj.panel:
+            panel = dict(obj.panel)
+        if not columns:
+            from dte_dask.plotting import axis_names
+
+            columns = axis_names(obj)
+    for entry in summary["checks"].values():
+        if not columns and entry.get("options"):
+            columns = {k: entry["options"][k] for k in ("outcome", "unit", "time") if entry["options"].get(k)}
+    meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+            "platform": platform.platform(), "seeds": seeds, "timings": timings, "cluster": _cluster_info()}
+    user = dict(metadata or {})
+    summary["panel"] = user.pop("panel", None) or panel
+    summary["columns"] = user.pop("columns", None) or columns
+    summary["metadata"] = {**meta, **user}
+    summary = _jsonable(summary)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, allow_nan=False)
+    return summary
+
+
+def _write(out: str, rel: str, df: pd.DataFrame, parquet: bool = False) -> dict[str, str]:
+    df = df.reset_index(drop=True)
+    df.to_csv(os.path.join(out, rel + ".csv"), index=False)
+    files = {"csv": rel + ".csv"}
+    if parquet:
+        df.to_parquet(os.path.join(out, rel + ".parquet"), index=False)
+        files["parquet"] = rel + ".parquet"
+    return files
+
+
+def _save_check(out: str, name: str, obj: Any) -> dict[str, Any]:
+    files = {}
+    for part, df in obj.frames().items():
+        rel = f"checks/{name}" if part == "table" else f"checks/{name}.{part}"
+        files[part] = _write(out, rel, df, parquet=part == "table")["csv"]
+    entry = {"kind": obj.check_kind, "class": type(obj).__name__, "summary": obj.summary(), "files": files,
+             "options": dict(getattr(obj, "options", {}) or {})}
+    for attr in ("alpha", "threshold", "observed", "p_value", "statistic", "n_perm", "seed", "wald"):
+        if hasattr(obj, attr):
+            entry[attr] = getattr(obj, attr)
+    if hasattr(obj, "passed"):
+        entry["passed"] = obj.passed
+    return entry
+
+
+def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
+    from dte_dask import plotting
+
+    rel = f"estimators/{name}"
+    table = obj if isinstance(obj, pd.DataFrame) else obj.to_frame()
+    files = {"table": _write(out, rel, table, parquet=True)["csv"]}
+    entry: dict[str, Any] = {"class": type(obj).__name__, "files": files}
+    if hasattr(obj, "summary") and callable(obj.summary):
+        entry["summary"] = obj.summary()
+    if plotting._is_attgt(obj):
+        entry["kind"] = "attgt"
+        files["cells"] = _write(out, f"{rel}.cells", plotting.attgt_frame(obj))["csv"]
+        for kind in ("dynamic", "group", "calendar"):
+            try:
+                agg = obj.aggregate(kind, na_rm=True)
+            except Exception as exc:  # noqa: BLE001 - an aggregation may not exist for this design
+                entry.setdefault("notes", []).append(f"{kind} aggregation not available: {exc}")
+                continue
+            files[kind] = _write(out, f"{rel}.{kind}", agg.to_frame())["csv"]
+            if kind == "dynamic":
+                files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(agg))["csv"]
+        simple = obj.aggregate("simple", na_rm=True)
+        lo, hi = simple.overall_ci
+        entry["overall"] = {"att": simple.overall_att, "se": simple.overall_se, "ci_lower": lo, "ci_upper": hi,
+                            "aggregation": "simple"}
+        entry["pretrend"] = obj.pretrend_test()
+        entry["options"] = dict(obj.options)
+        return entry
+    if plotting._is_aggregate(obj):
+        entry["kind"] = f"aggregate:{obj.kind}"
+        lo, hi = obj.overall_ci
+        entry["overall"] = {"att": obj.overall_att, "se": obj.overall_se, "ci_lower": lo, "ci_upper": hi,
+                            "aggregation": obj.kind}
+        if obj.kind == "dynamic":
+            files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj))["csv"]
+        return entry
+    entry["kind"] = "table" if isinstance(obj, pd.DataFrame) else str(getattr(obj, "estimator", "regression"))
+    try:
+        files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj))["csv"]
+    except SpecError:
+        pass
+    for attr in ("by_cohort", "pretrend_test", "post_average"):
+        fn = getattr(obj, attr, None)
+        if not callable(fn):
+            continue
+        try:
+            val = fn()
+        except Exception as exc:  # noqa: BLE001 - record, do not fail the save
+            entry.setdefault("notes", []).append(f"{attr}() failed: {exc}")
+            continue
+        if attr == "by_cohort":
+            val = val if isinstance(val, pd.DataFrame) else val.to_frame()
+            files["by_cohort"] = _write(out, f"{rel}.by_cohort", val)["csv"]
+        else:
+            entry["pretrend" if attr == "pretrend_test" else "post_average"] = _plain_value(val)
+    for attr in ("options", "name", "alpha"):
+        if getattr(obj, attr, None) is not None and not callable(getattr(obj, attr)):
+            entry[attr] = getattr(obj, attr)
+    return entry
+
+
+def _plain_value(v: Any) -> Any:
+    if isinstance(v, pd.DataFrame):
+        return v.to_dict(orient="records")
+    if hasattr(v, "_asdict"):
+        return v._asdict()
+    if hasattr(v, "__dataclass_fields__"):
+        return {k: getattr(v, k) for k in v.__dataclass_fields__}
+    return v
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = _md.version(pkg)
+        except _md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cluster_info() -> dict[str, Any] | None:
+    """The active distributed Client, if any (never creates one)."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import default_client
+
+        client = default_client()
+        info = client.scheduler_info()
+    except Exception:  # noqa: BLE001 - no client, or it is not reachable
+        return None
+    workers = info.get("workers", {})
+    return {"scheduler": info.get("address"), "workers": len(workers),
+            "threads": sum(int(w.get("nthreads", 0)) for w in workers.values()),
+            "dashboard": getattr(client, "dashboard_link", None)}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, (pd.Timestamp, _dt.date, np.datetime64)):
+        return str(v)
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_summary(results_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``summary.json`` of a RESULTS_DIR (checking its format)."""
+    path = os.path.join(os.fspath(results_dir), "summary.json")
+    if not os.path.isfile(path):
+        raise SpecError(f"{os.fspath(results_dir)!r} is not a results directory: no summary.json")
+    with open(path, encoding="utf-8") as fh:
+        summary = json.load(fh)
+    if summary.get("format") != FORMAT:
+        raise SpecError(f"{path}: unsupported format {summary.get('format')!r} (expected {FORMAT!r})")
+    return summary
+
+
+def _frame(results_dir: str, rel: str | None) -> pd.DataFrame | None:
+    if not rel:
+        return None
+    path = os.path.join(results_dir, rel)
+    return pd.read_csv(path) if os.path.isfile(path) else None
+
+
+# ----------------------------------------------------------------------------- the report
+def write_report(results_dir: str | os.PathLike, output: str | os.PathLike, *, title: str | None = None) -> str:
+    """Build the report of ``results_dir`` and write it to ``output``; returns the output path."""
+    page = build_report(results_dir, title=title)
+    out = os.fspath(output)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return out
+
+
+def build_report(results_dir: str | os.PathLike, *, title: str | None = None) -> str:
+    """The report of ``results_dir`` as one self-contained HTML string."""
+    from dte_dask._report_html import Page
+
+    rd = os.fspath(results_dir)
+    s = load_summary(rd)
+    cols = s.get("columns") or {}
+    page = Page(title or "dte_dask report")
+    page.section("Panel", anchor="panel")
+    page.panel(s.get("panel"), cols)
+    es_frames: dict[str, pd.DataFrame] = {}
+    if s["estimators"]:
+        page.section("Estimators", anchor="estimators")
+    for name, e in s["estimators"].items():
+        _estimator_section(page, rd, name, e, cols, es_frames)
+    if len(es_frames) > 1:
+        from dte_dask.plotting import plot_event_study
+
+        page.section("Estimators compared", anchor="compare")
+        page.figure(plot_event_study(es_frames, outcome=cols.get("outcome"), time=cols.get("time")))
+        page.compare_table(es_frames)
+    if s["checks"]:
+        page.section("Identification checks", anchor="checks")
+    for name, c in s["checks"].items():
+        _check_section(page, rd, name, c, cols)
+    page.section("Run", anchor="run")
+    page.metadata(s.get("metadata") or {})
+    return page.render()
+
+
+def _estimator_section(page: Any, rd: str, name: str, e: dict[str, Any], cols: dict[str, str],
+                       es_frames: dict[str, pd.DataFrame]) -> None:
+    from dte_dask import plotting
+
+    files = e.get("files", {})
+    page.subsection(f"{name}", note=f"{e.get('class', '')} ({e.get('kind', '')})")
+    if e.get("overall"):
+        page.overall(e["overall"])
+    if e.get("summary"):
+        page.pre(e["summary"])
+    kw = {"outcome": cols.get("outcome"), "time": cols.get("time")}
+    es = _frame(rd, files.get("event_study"))
+    if es is not None and len(es):
+        es_frames[name] = es
+        page.figure(plotting.plot_event_study(es, labels=[name], title=f"Event study: {name}", **kw))
+    cells = _frame(rd, files.get("cells"))
+    if cells is not None and len(cells):
+        page.figure(plotting.plot_attgt(cells, title=f"ATT(g, t) by cohort: {name}", **kw))
+        page.figure(plotting.plot_cohorts(cells, title=f"Cohorts compared on event time: {name}", **kw))
+    by_cohort = _frame(rd, files.get("by_cohort"))
+    if by_cohort is not None and len(by_cohort):
+        page.figure(plotting.plot_cohorts(by_cohort, title=f"Sub-experiments by cohort: {name}", **kw))
+    table = _frame(rd, files.get("table"))
+    if table is not None:
+        page.table(table, caption=f"{name}: table ({files.get('table')})", collapsed=True)
+    for note in e.get("notes", []):
+        page.note(note)
+
+
+def _check_section(page: Any, rd: str, name: str, c: dict[str, Any], cols: dict[str, str]) -> None:
+    from dte_dask import plotting
+
+    files = c.get("files", {})
+    kind = c.get("kind")
+    page.subsection(f"{name}", note=f"{c.get('class', '')} ({kind})")
+    if c.get("summary"):
+        page.pre(c["summary"])
+    table = _frame(rd, files.get("table"))
+    fig = None
+    if kind == "placebo" and table is not None and len(table):
+        fig = plotting.plot_placebo(table, outcome=cols.get("outcome"))
+    elif kind == "randomization":
+        draws = _frame(rd, files.get("draws"))
+        if draws is not None and c.get("observed") is not None:
+            fig = plotting.plot_randomization(draws, c["observed"], p_value=c.get("p_value"),
+                                              statistic=str(c.get("statistic", "ATT")))
+    elif kind == "balance" and table is not None and len(table):
+        fig = plotting.plot_balance(table, threshold=float(c.get("threshold", 0.1)))
+    elif kind == "pretrends":
+        est = _frame(rd, files.get("estimates"))
+        if est is not None and len(est):
+            fig = plotting.plot_pretrends(est, outcome=cols.get("outcome"), time=cols.get("time"))
+    if fig is not None:
+        page.figure(fig)
+    if table is not None:
+        page.table(table, caption=f"{name}: table ({files.get('table')})", collapsed=kind != "pretrends")
+
