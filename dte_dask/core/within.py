@@ -248,16 +248,14 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     level = np.broadcast_to(np.arange(spec.n_levels), W.shape)
     return {"A": A, "b": b, "raw": raw, "n_obs": np.array(float(valid.sum())), "col_n": col_n,
             "level_n": np.bincount(level[valid], minlength=spec.n_levels).astype(float),
-            "int_w": _interest_weights(block, spec)}
+            "int_w": _interest_weights(block, spec, wd)}
 
 
-def _interest_weights(block: Any, spec: DesignSpec) -> np.ndarray:
+def _interest_weights(block: Any, spec: DesignSpec, wd: _Within) -> np.ndarray:
     """Sampling-weighted observations per interest dummy, singletons included (Sun–Abraham shares)."""
-    rows = _rows(block.g, spec)
-    sel = np.flatnonzero(rows >= 0)
-    codes = spec.codes[rows[sel]]
-    ok = ~np.isnan(block.y[sel, spec.t0:spec.t1]) & (codes >= 0)
-    w = np.broadcast_to(block.w[sel][:, None], codes.shape)
+    codes = spec.codes[wd.row]
+    ok = ~np.isnan(block.y[wd.sel, spec.t0:spec.t1]) & (codes >= 0)
+    w = np.broadcast_to(block.w[wd.sel][:, None], codes.shape)
     return np.bincount(codes[ok], w[ok], minlength=spec.n_int)
 
 

@@ -73,14 +73,7 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     """
     m = len(names)
     stats = dask.compute(*[exact_sum(panel, gram_stats, p.spec, name=p.name) for p in parts])
-    A, b, raw, present, n_obs, levels = np.zeros((m, m)), np.zeros(m), np.zeros(m), np.zeros(m, dtype=bool), 0.0, 0
-    for p, st in zip(parts, stats):
-        A[np.ix_(p.place, p.place)] += st["A"]
-        b[p.place] += st["b"]
-        raw[p.place] += st["raw"]
-        present[p.place] |= _present(p.spec, st)
-        n_obs += float(st["n_obs"])
-        levels += int(np.count_nonzero(st["level_n"]))
+    A, b, raw, present, n_obs, levels = _assemble(parts, stats, m)
     if n_obs == 0:
         raise EstimationError("no observation is left in the regression (every unit is a singleton or dropped)")
     sol = guarded_solve(A, b, raw, names, nuisance, present, what)
@@ -106,15 +99,31 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     pooled = _crv(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
     fits, j = [], 1
     for p, st, s in zip(parts, stats, local):
-        if s is None:
-            fits.append(None)
-            continue
-        lv = int(np.count_nonzero(st["level_n"]))
-        fits.append(_crv(s, meat[f"meat{j}"], float(st["n_obs"]), lv, meat[f"G{j}"], meat[f"units{j}"],
-                         _local_nuisance(p.spec)))
-        j += 1
+        fit = None
+        if s is not None:
+            lv = int(np.count_nonzero(st["level_n"]))
+            try:
+                fit = _crv(s, meat[f"meat{j}"], float(st["n_obs"]), lv, meat[f"G{j}"], meat[f"units{j}"],
+                           _local_nuisance(p.spec))
+            except EstimationError:  # a design with a single cluster has no clustered SE
+                fit = None
+            j += 1
+        fits.append(fit)
     draws = None if n_boot <= 0 else out[1] @ sol.inv
     return OlsFit(pooled=pooled, parts=tuple(fits), stats=tuple(stats), draws=draws)
+
+
+def _assemble(parts: list[Part], stats: tuple[dict, ...], m: int):
+    """The global normal equations from the designs' statistics (placed by their columns)."""
+    A, b, raw, present, n_obs, levels = np.zeros((m, m)), np.zeros(m), np.zeros(m), np.zeros(m, dtype=bool), 0.0, 0
+    for p, st in zip(parts, stats):
+        A[np.ix_(p.place, p.place)] += st["A"]
+        b[p.place] += st["b"]
+        raw[p.place] += st["raw"]
+        present[p.place] |= _present(p.spec, st)
+        n_obs += float(st["n_obs"])
+        levels += int(np.count_nonzero(st["level_n"]))  # fixed-effect levels observed
+    return A, b, raw, present, n_obs, levels
 
 
 def _present(spec: DesignSpec, st: dict) -> np.ndarray:

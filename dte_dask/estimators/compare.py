@@ -1,0 +1,124 @@
+"""Line up the dynamic effects of several estimators on one panel: ``compare_estimators``.
+
+Callaway–Sant'Anna's dynamic aggregation, the TWFE event study, stacked DiD and Sun–Abraham all
+report effects by event time; under heterogeneous effects they differ (the TWFE event study is the
+one known to be biased). The comparison puts them side by side with the correlation between them.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dte_dask.estimators.event_study import check_window, event_study, resolve_panel
+from dte_dask.exceptions import SpecError
+from dte_dask.results import AggregateResult, _fmt_table
+
+ESTIMATORS = ("cs", "event_study", "stacked_did", "sun_abraham")
+
+
+@dataclass(frozen=True)
+class EstimatorComparison:
+    """Dynamic effects of several estimators by event time, and their correlation.
+
+    Attributes
+    ----------
+    table : frame with ``event_time`` and, per estimator ``<name>``, ``<name>_coef`` and ``<name>_se``
+        (NaN where an estimator has no estimate; binned event-study endpoints are left out).
+    correlation : Pearson correlation of the estimators' coefficients over the event times that all
+        of them estimate (reference period excluded).
+    results : the underlying result objects.
+    """
+
+    table: pd.DataFrame
+    correlation: pd.DataFrame
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        common = self.table.dropna()
+        return "\n".join(["Dynamic effects by estimator", _fmt_table(self.table), "",
+                          f"Correlation of the coefficients over the {len(common)} event times all estimate:",
+                          _fmt_table(self.correlation.reset_index(names=""))])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self.summary()}</pre>"
+
+
+def compare_estimators(
+    data: Any,
+    *,
+    outcome: str | None = None,
+    unit: str | None = None,
+    time: str | None = None,
+    group: str | None = None,
+    window: tuple[int, int] = (-3, 3),
+    estimators: Sequence[str] = ESTIMATORS,
+    weights: str | None = None,
+    cluster: str | None = None,
+    allow_unbalanced_panel: bool | None = None,
+    npartitions: int | None = None,
+) -> EstimatorComparison:
+    """Run the chosen estimators on one panel and line up their effects for event times in ``window``.
+
+    ``cs``: ``att_gt(control_group="never_treated", base_period="universal", bootstrap=False)
+    .aggregate("dynamic", min_e=K, max_e=L)`` (universal base: pre-periods are comparable with the
+    regressions' reference -1); ``event_study``: window with binned endpoints; ``stacked_did``:
+    window, not-yet-treated clean controls; ``sun_abraham``: never-treated controls, all event times.
+    """
+    check_window(window)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown or not estimators:
+        raise SpecError(f"estimators={list(estimators)!r}: choose among {list(ESTIMATORS)}")
+    panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
+                             weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
+                             npartitions=npartitions)
+    from dte_dask.estimators.cs import att_gt
+    from dte_dask.estimators.stacked import stacked_did
+    from dte_dask.estimators.sun_abraham import sun_abraham
+
+    runs = {
+        "cs": lambda: att_gt(panel, control_group="never_treated", base_period="universal", bootstrap=False,
+                             allow_unbalanced_panel=not panel.is_balanced).aggregate(
+                                 "dynamic", min_e=window[0], max_e=window[1]),
+        "event_study": lambda: event_study(panel, window=window, bin_endpoints=True),
+        "stacked_did": lambda: stacked_did(panel, window=window),
+        "sun_abraham": lambda: sun_abraham(panel),
+    }
+    return line_up({name: runs[name]() for name in estimators}, window=window)
+
+
+def line_up(results: Mapping[str, Any], window: tuple[int, int] | None = None) -> EstimatorComparison:
+    """Put already computed results (regression results or a CS dynamic aggregation) side by side."""
+    frames = []
+    for name, res in results.items():
+        f = _effects(res)
+        if window is not None:
+            f = f[(f["event_time"] >= window[0]) & (f["event_time"] <= window[1])]
+        frames.append(f.rename(columns={"coef": f"{name}_coef", "se": f"{name}_se"}).set_index("event_time"))
+    table = pd.concat(frames, axis=1).sort_index().reset_index()
+    coefs = table.set_index("event_time")[[f"{n}_coef" for n in results]]
+    coefs.columns = list(results)
+    common = coefs.dropna()
+    common = common[common.index != -1] if len(common) else common
+    corr = common.corr() if len(common) >= 2 else pd.DataFrame(np.nan, index=coefs.columns, columns=coefs.columns)
+    return EstimatorComparison(table=table, correlation=corr, results=dict(results))
+
+
+def _effects(res: Any) -> pd.DataFrame:
+    """event_time, coef, se of a result; reference rows and binned endpoints are left out."""
+    if isinstance(res, AggregateResult):
+        if res.kind != "dynamic":
+            raise SpecError(f"a Callaway–Sant'Anna aggregation must be 'dynamic' to be lined up, got {res.kind!r}")
+        df = res.to_frame().rename(columns={"att": "coef"})[["event_time", "coef", "se"]]
+        return df[~((df["coef"] == 0) & df["se"].isna())]  # the universal base period's reference
+    if not hasattr(res, "binned"):
+        raise SpecError(f"cannot line up a {type(res).__name__}: pass regression results or a dynamic aggregation")
+    df = res.to_frame()
+    keep = ~res.binned
+    return df.loc[keep, ["event_time", "coef", "se"]]

@@ -1,0 +1,144 @@
+"""Immutable results of the regression estimators: event study, stacked DiD, Sun–Abraham.
+
+A result holds small arrays only: the event-time coefficients, their CRV1 covariance and, with the
+bootstrap, the (B x K) draws. Pre-trend tests, pooled post-period effects and intervals are
+driver-side algebra on those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.inference.bands import wald_test
+from dte_dask.results import _fmt_table
+
+_TITLES = {
+    "event_study": "TWFE event study (unit and time effects)",
+    "stacked_did": "Stacked DiD (Wing, Freedman & Hollingsworth corrective weights; unit x stack and time x stack effects)",
+    "sun_abraham": "Sun & Abraham (2021) interaction-weighted event study",
+}
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    """Event-time coefficients of a regression estimator with CRV1 inference.
+
+    Attributes
+    ----------
+    estimator : "event_study" | "stacked_did" | "sun_abraham"
+    event_time : (K,) event times in the time column's units (period index x step)
+    coef, se : (K,) estimates and CRV1 standard errors
+    cov : (K, K) CRV1 covariance (pyfixest's default small-sample factor ``ssc``)
+    binned : (K,) True for binned endpoints (they pool every event time beyond them)
+    df_t : degrees of freedom of the t intervals (clusters - 1, as pyfixest)
+    se_boot, band_crit, draws : multiplier bootstrap SEs, sup-t critical value and (B, K) draws,
+        when the bootstrap ran
+    other : coefficients not indexed by event time (covariates), as a frame
+    cohorts : per-cohort estimates (stacked DiD: each sub-experiment; Sun–Abraham: delta(g, e))
+    """
+
+    estimator: str
+    event_time: np.ndarray
+    coef: np.ndarray
+    se: np.ndarray
+    cov: np.ndarray
+    binned: np.ndarray
+    alpha: float
+    df_t: int
+    n_obs: int
+    n_units: int
+    n_clusters: int
+    ref: int
+    ssc: float
+    se_boot: np.ndarray | None = None
+    band_crit: float | None = None
+    draws: np.ndarray | None = None
+    other: pd.DataFrame | None = None
+    cohorts: pd.DataFrame | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    panel: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def crit(self) -> float:
+        """Pointwise critical value: the t quantile with ``df_t`` degrees of freedom."""
+        return float(stats.t.ppf(1.0 - self.alpha / 2.0, self.df_t))
+
+    def to_frame(self) -> pd.DataFrame:
+        """event_time, coef, se, ci_lower, ci_upper (+ se_boot, band_lower, band_upper with the bootstrap)."""
+        c = self.crit
+        df = pd.DataFrame({"event_time": self.event_time, "coef": self.coef, "se": self.se,
+                           "ci_lower": self.coef - c * self.se, "ci_upper": self.coef + c * self.se})
+        if self.se_boot is not None and self.band_crit is not None:
+            df["se_boot"] = self.se_boot
+            df["band_lower"] = self.coef - self.band_crit * self.se_boot
+            df["band_upper"] = self.coef + self.band_crit * self.se_boot
+        if self.binned.any():
+            df["binned"] = self.binned
+        return df
+
+    def pretrend_test(self) -> dict[str, float]:
+        """Wald test (chi-square, CRV1 covariance) that every pre-period coefficient is zero."""
+        pre = self.event_time < 0
+        w, q, p = wald_test(self.coef[pre], self.cov[np.ix_(pre, pre)])
+        return {"statistic": w, "df": q, "p_value": p}
+
+    def post_average(self) -> dict[str, float]:
+        """Pooled post-period effect: the mean of the coefficients with event time >= 0.
+
+        Notes
+        -----
+        :math:`\\bar\\beta = a'\\beta` with :math:`a_k = 1/|P|` on post event times P (a binned
+        upper endpoint counts as one of them); its SE is :math:`\\sqrt{a'Va}` (delta method).
+        """
+        post = self.event_time >= 0
+        if not post.any():
+            raise EstimationError("no post-treatment coefficient (event time >= 0) to average")
+        a = post / post.sum()
+        est = float(a @ self.coef)
+        se = float(np.sqrt(a @ self.cov @ a))
+        c = self.crit
+        return {"estimate": est, "se": se, "ci_lower": est - c * se, "ci_upper": est + c * se,
+                "n_event_times": int(post.sum())}
+
+    def by_cohort(self) -> pd.DataFrame:
+        """Per-cohort estimates: each sub-experiment (stacked DiD) or each delta(g, e) (Sun–Abraham)."""
+        if self.cohorts is None:
+            raise SpecError(f"by_cohort() is available for stacked_did and sun_abraham results, not {self.estimator}")
+        return self.cohorts.copy()
+
+    def summary(self) -> str:
+        df = self.to_frame()
+        pct = int(round(100 * (1 - self.alpha)))
+        tab = pd.DataFrame({"Event time": df["event_time"], "Estimate": df["coef"], "Std. Error": df["se"],
+                            f"[{pct}% Conf.": df["ci_lower"], "Int.]": df["ci_upper"]})
+        if "band_lower" in df:
+            tab[f"[{pct}% Simult."] = df["band_lower"]
+            tab["Band]"] = df["band_upper"]
+        if "binned" in df:
+            tab["binned"] = np.where(df["binned"], "yes", "")
+        pt, pa = self.pretrend_test(), self.post_average() if (self.event_time >= 0).any() else None
+        lines = [_TITLES.get(self.estimator, self.estimator), _fmt_table(tab)]
+        if self.other is not None and len(self.other):
+            lines += ["", _fmt_table(self.other)]
+        lines += ["---", f"Reference event time: {self.ref}; standard errors: CRV1 by "
+                  f"{self.options.get('cluster') or 'unit'} ({self.n_clusters} clusters, small-sample factor {self.ssc:.6f})",
+                  f"Observations: {self.n_obs}, units: {self.n_units}",
+                  f"Pre-trend Wald test: chi2({pt['df']}) = {pt['statistic']:.4f}, p = {pt['p_value']:.5f}"]
+        if pa is not None:
+            lines.append(f"Post-period average: {pa['estimate']:.4f} (SE {pa['se']:.4f}) over {pa['n_event_times']} event times")
+        if self.band_crit is not None:
+            lines.append(f"Simultaneous band: sup-t critical value {self.band_crit:.4f} from "
+                         f"{self.options.get('n_boot')} multiplier-bootstrap draws (seed {self.options.get('seed')})")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self.summary()}</pre>"
