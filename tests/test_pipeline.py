@@ -53,3 +53,27 @@ def test_results_written(run):
     assert {"pretrends_cs", "pretrends_event_study"} <= set(summary["checks"])
     assert (out / "report.html").stat().st_size > 10_000
     assert (out / "estimators" / "cs.parquet").exists()
+
+
+def test_medical_job_spec_runs_on_a_small_panel(tmp_path):
+    """benchmarks/jobs/medical_policy.yaml, shrunk to 6,000 patients, through the job runner."""
+    import pathlib
+
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from dte_dask.jobs.runner import run_job
+    from dte_dask.jobs.spec import parse_job
+
+    raw = yaml.safe_load((pathlib.Path(__file__).parents[1] / "benchmarks/jobs/medical_policy.yaml").read_text())
+    raw["data"]["simulate"]["units"] = 6000
+    raw["inference"]["n_boot"] = 99
+    raw["output"] = str(tmp_path)
+    job = parse_job(raw)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl, Client(cl) as c:
+        summary = run_job(job, client=c, progress=False, echo=lambda s: None)
+    names = set(summary["estimators"])
+    assert {"event_study", "cs", "cs.dynamic", "cs.group", "stacked", "comparison"} <= names
+    assert {"cs.pretrends", "event_study.pretrends", "stacked.pretrends"} <= set(summary["checks"])
+    corr = summary["metadata"]["comparison_correlation"]
+    assert set(corr) == {"event_study", "cs", "stacked"}

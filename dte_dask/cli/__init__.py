@@ -13,6 +13,8 @@ _COMMANDS = {
     "report": "dte_dask.cli.report",
     "certs": "dte_dask.cli.certs",
     "run": "dte_dask.cli.run",
+    "submit": "dte_dask.cli.submit",
+    "serve": "dte_dask.cli.serve",
 }
 
 

@@ -7,7 +7,6 @@ the other (statistics passes, influence, bootstrap), so the total grows as the j
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -16,27 +15,34 @@ PLUGIN_NAME = "dte-dask-progress"
 
 
 class TaskCounter(SchedulerPlugin):
-    """Counts tasks that start and finish, per task prefix (the dashboard's progress bars)."""
+    """Counts tasks that start and finish, per task prefix (the dashboard's progress bars).
+
+    Keys, not transitions, are counted: a task whose result was lost with a worker and is
+    computed again counts once in the total, and leaves the finished ones until it is done again.
+    """
 
     name = PLUGIN_NAME
 
     def __init__(self) -> None:
-        self.added: Counter[str] = Counter()
-        self.done: Counter[str] = Counter()
+        self.added: dict[str, set[Any]] = {}
+        self.done: dict[str, set[Any]] = {}
         self.erred = 0
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         from dask.utils import key_split
 
         if start == "released" and finish in ("waiting", "queued", "processing", "no-worker"):
-            self.added[key_split(key)] += 1  # new work (data already in memory is not counted)
+            prefix = key_split(key)
+            self.added.setdefault(prefix, set()).add(key)  # new work (data already in memory is not counted)
+            self.done.get(prefix, set()).discard(key)  # (re)computed: a lost result is not done
         elif start == "processing" and finish == "memory":
-            self.done[key_split(key)] += 1
+            self.done.setdefault(key_split(key), set()).add(key)
         elif finish == "erred":
             self.erred += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {"added": dict(self.added), "done": dict(self.done), "erred": self.erred}
+        return {"added": {p: len(k) for p, k in self.added.items()},
+                "done": {p: len(k) for p, k in self.done.items()}, "erred": self.erred}
 
 
 def _snapshot(dask_scheduler: Any) -> dict[str, Any] | None:

@@ -48,6 +48,40 @@ def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, A
     return {**{k: v for k, v in offered.items() if k in params}, **options}
 
 
+def _cluster_info(client: Any) -> dict[str, Any] | None:
+    """Scheduler address, workers, threads, memory limits and dashboard of the job's cluster."""
+    try:
+        info = client.scheduler_info()
+    except Exception:  # noqa: BLE001 - the cluster may be going away; the results still count
+        return None
+    workers = info.get("workers", {})
+    return {"scheduler": info.get("address"), "workers": len(workers),
+            "threads": sum(int(w.get("nthreads", 0)) for w in workers.values()),
+            "memory_limit": sum(int(w.get("memory_limit") or 0) for w in workers.values()) or None,
+            "dashboard": getattr(client, "dashboard_link", None)}
+
+
+def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    """Add the job's checks (pre-trend tests) and the comparison of dynamic profiles to ``results``."""
+    from dte_dask.results import AttgtResult
+
+    estimates = {e.name: results[e.name] for e in job.estimators}
+    if "pretrends" in job.checks:
+        from dte_dask.checks import pretrend_check
+
+        for name, res in estimates.items():
+            if hasattr(res, "pretrend_test"):
+                results[f"{name}.pretrends"] = pretrend_check(res)
+    if not job.compare or len(estimates) < 2:
+        return {}
+    from dte_dask.estimators.compare import line_up
+
+    profiles = {n: (r.aggregate("dynamic") if isinstance(r, AttgtResult) else r) for n, r in estimates.items()}
+    comparison = line_up(profiles)
+    results["comparison"] = comparison.table
+    return {"comparison_correlation": comparison.correlation.to_dict()}
+
+
 def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``job`` and write its results folder; returns the saved summary.
@@ -56,8 +90,10 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
     :func:`dte_dask.cluster.connect`; pass a ``Client`` to reuse a running cluster.
     """
     import dte_dask
+    from dte_dask.jobs.spec import check_data_source
     from dte_dask.report import save_results, write_report
 
+    check_data_source(job.data)  # a missing file or column fails before any cluster starts
     out = Path(job.output)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -86,12 +122,16 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             fn = getattr(dte_dask, est.kind)
             t = time.perf_counter()
             results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+            for kind in est.aggregations:
+                results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
             timings[est.name] = time.perf_counter() - t
+        extra_meta = _diagnostics(job, results)
+        cluster = _cluster_info(client)  # while the client is still connected
     timings["total"] = time.perf_counter() - t0
     meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
             "panel_shape": {"units": panel.n_units, "periods": panel.n_periods, "rows": panel.n_rows,
                             "partitions": panel.npartitions},
-            "panel": panel.describe(), "profile": job.cluster.profile}
+            "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster, **extra_meta}
     summary = save_results(results, out, metadata=meta)
     if job.report:
         write_report(out, out / "report.html", title=job.name)

@@ -127,6 +127,8 @@ class JobSpec(_Closed):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     output: str = "results"
     report: bool = True
+    checks: list[Literal["pretrends"]] = Field(default_factory=list, description="diagnostics run on every estimator")
+    compare: bool = Field(False, description="line up the estimators' dynamic effects (table + correlation)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> JobSpec:
@@ -170,12 +172,78 @@ def parse_job(obj: dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
 
 
 def with_overrides(job: JobSpec, *, data: str | None = None, out: str | None = None, profile: str | None = None) -> JobSpec:
-    """The same job on another copy of the data / output folder / cluster profile."""
-    upd = job.model_copy(deep=True)
+    """The same job on another copy of the data / output folder / cluster profile.
+
+    The result is validated again (``--data simulate`` gets a default ``simulate`` section,
+    ``--data PATH`` needs the columns named), with errors naming the field.
+    """
+    upd = job.model_dump(mode="json", exclude_unset=False)
     if data is not None:
-        upd.data.source = data
+        upd["data"]["source"] = data
+        if data != "simulate" and job.data.source == "simulate":
+            upd["data"]["simulate"] = None
     if out is not None:
-        upd.output = out
+        upd["output"] = out
     if profile is not None:
-        upd.cluster.profile = profile
-    return upd
+        upd["cluster"]["profile"] = profile
+    return parse_job(upd)
+
+
+# ------------------------------------------------------------------------------ data sources
+_ROLES = ("unit", "time", "outcome", "group", "treatment", "weights", "cluster")
+
+
+def _source_columns(data: DataSpec) -> tuple[list[str], str]:
+    """Column names of the data source (read cheaply: a header / parquet schema), and a label."""
+    if data.source == "mpdta":
+        from dte_dask.datasets import load_mpdta
+
+        return list(load_mpdta().columns), "the bundled mpdta panel"
+    if data.source == "simulate":
+        import dte_dask
+
+        s = data.simulate or SimulateSpec()
+        sim = dte_dask.simulate_panel(s.units, s.periods, preset=s.preset, seed=s.seed, selection=s.selection,
+                                      cohorts=s.cohorts, never_treated_share=s.never_treated_share,
+                                      unbalanced_share=s.unbalanced_share)  # lazy: nothing is computed
+        return list(sim.data.columns), "the simulated panel"
+    import glob
+
+    path = os.path.expanduser(data.source)
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else ([path] if os.path.exists(path) else [])
+    if not files:
+        raise SpecError(f"data.source: {data.source!r} is not 'mpdta', 'simulate', or an existing parquet/CSV "
+                        "file, directory or glob")
+    first = files[0]
+    try:
+        if first.endswith((".csv", ".csv.gz")):
+            import pandas as pd
+
+            return list(pd.read_csv(first, nrows=0).columns), repr(first)
+        if os.path.isdir(first) or first.endswith((".parquet", ".pq")):
+            import pyarrow.dataset as ds
+
+            return list(ds.dataset(first, format="parquet", partitioning="hive").schema.names), repr(first)
+    except Exception as exc:  # noqa: BLE001 - unreadable file: say which and why
+        raise SpecError(f"data.source: cannot read {first!r}: {exc}") from None
+    raise SpecError(f"data.source: unsupported file type {first!r} (expected .parquet, a parquet directory "
+                    "or .csv)")
+
+
+def check_data_source(data: DataSpec) -> None:
+    """Check, before any cluster starts, that the data source exists and has the named columns.
+
+    Raises
+    ------
+    SpecError
+        Naming the field: ``data.source: 'x.parquet' is not ...`` or
+        ``data.outcome: column 'lemp2' not found in 'panel.csv'; available: [...]``.
+    """
+    available, label = _source_columns(data)
+    have = set(available)
+    problems = [f"data.{role}: column {getattr(data, role)!r} not found" for role in _ROLES
+                if getattr(data, role) is not None and getattr(data, role) not in have]
+    problems += [f"data.covariates: column {c!r} not found" for c in data.covariates if c not in have]
+    if problems:
+        raise SpecError(f"invalid job spec: in {label} (available columns: {available}):\n  "
+                        + "\n  ".join(problems))

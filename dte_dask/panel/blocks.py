@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dask.sizeof import sizeof
 
 from dte_dask.exceptions import (
     ColumnTypeError,
@@ -89,6 +90,13 @@ class UnitBlock:
             parts = [getattr(b, name) for b in blocks]
             return None if parts[0] is None else np.concatenate(parts)
         return UnitBlock(*(cat(f) for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
+
+
+@sizeof.register(UnitBlock)
+def _sizeof_unit_block(block: UnitBlock) -> int:
+    """Bytes held by a block, so that dask's memory accounting and spilling see them."""
+    arrays = (block.ids, block.rank, block.g, block.w, block.cluster, block.y, block.x)
+    return int(sum(sizeof(a) for a in arrays if a is not None))
 
 
 @dataclass(frozen=True)

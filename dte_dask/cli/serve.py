@@ -1,0 +1,64 @@
+"""``dte-dask serve``: the HTTP job service (submit, watch, fetch, cancel) in front of a cluster."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="serve")
+@click.option("--profile", default="local", show_default=True,
+              help="Cluster profile (name or YAML path) started once; every job runs on it.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at startup).")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
+              help="Also serve /metrics and /health on this port (still token-protected).")
+@click.option("--db", "db", default="dte-dask-service/jobs.sqlite", show_default=True, type=click.Path(dir_okay=False),
+              help="SQLite job database (created if missing).")
+@click.option("--results-dir", default=None, type=click.Path(file_okay=False),
+              help="Where jobs write their results  [default: 'results' next to --db]")
+@click.option("--token-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="File whose first line is the API token  [default: $DTE_DASK_TOKEN]")
+@click.option("--data-root", "data_roots", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder file sources must lie in (repeatable). None: only 'mpdta' and 'simulate'.")
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 1024),
+              help="Jobs running at once; the rest wait in a queue.")
+@click.option("--max-queued", default=1000, show_default=True, type=click.IntRange(0, 10**6),
+              help="Jobs waiting at most (then 429).")
+@click.option("--max-request-bytes", default=1 << 20, show_default=True, type=click.IntRange(1024, 1 << 30),
+              help="Largest request body (then 413).")
+@click.option("--max-simulate-rows", default=50_000_000, show_default=True, type=click.IntRange(1),
+              help="Largest simulated panel (units x periods) a job may ask for.")
+@click.option("--max-n-boot", default=100_000, show_default=True, type=click.IntRange(2),
+              help="Most bootstrap draws a job may ask for.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def command(profile: str, host: str, port: int, metrics_port: int | None, db: str, results_dir: str | None,
+            token_file: str | None, data_roots: tuple[str, ...], max_concurrent: int, max_queued: int,
+            max_request_bytes: int, max_simulate_rows: int, max_n_boot: int, log_level: str) -> None:
+    """Serve the job API: POST /jobs, GET /jobs[/ID[/results[/NAME]]], DELETE /jobs/ID, /metrics, /health.
+
+    Every route but /health needs `Authorization: Bearer TOKEN` (TOKEN from $DTE_DASK_TOKEN or
+    --token-file). Jobs use the schema of `dte-dask run`; they run on the cluster of --profile,
+    started once here, at most --max-concurrent at a time. Stop with Ctrl-C / SIGTERM: running jobs
+    are marked interrupted, queued ones run after the next start (same --db).
+    """
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"the service needs {missing}: pip install 'dte_dask[service]'")
+    from dte_dask.cluster import resolve_profile
+    from dte_dask.exceptions import DteDaskError
+    from dte_dask.service.server import serve
+    from dte_dask.service.settings import Limits, ServiceSettings, read_token
+
+    try:
+        resolve_profile(profile)  # fail fast, before binding anything
+        settings = ServiceSettings(
+            profile=profile, token=read_token(token_file), db_path=db, results_dir=results_dir,
+            data_roots=tuple(data_roots), max_concurrent=max_concurrent, max_queued=max_queued,
+            max_request_bytes=max_request_bytes,
+            limits=Limits(max_simulate_rows=max_simulate_rows, max_n_boot=max_n_boot))
+        serve(settings, host=host, port=port, metrics_port=metrics_port, log_level=log_level)
+    except (DteDaskError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,5 @@
+"""``python -m dte_dask.service ...`` = ``dte-dask serve ...``."""
+from dte_dask.cli.serve import command
+
+if __name__ == "__main__":
+    command(prog_name="dte-dask serve")

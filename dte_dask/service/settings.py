@@ -1,0 +1,116 @@
+"""Settings of one ``dte-dask serve`` process (the CLI builds them; tests may too)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dte_dask.exceptions import DteDaskError
+
+TOKEN_ENV = "DTE_DASK_TOKEN"
+
+
+class ServiceConfigError(DteDaskError):
+    """The service cannot start with these settings (no token, unreadable token file...)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one submitted job may ask for (checked before it is queued; 422 naming the field).
+
+    They bound the work an authenticated caller can start with one small request: the simulated
+    panel's size, the bootstrap draws, the number of estimators and of partitions.
+    """
+
+    max_simulate_rows: int = 50_000_000
+    max_n_boot: int = 100_000
+    max_estimators: int = 32
+    max_npartitions: int = 4096
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything a service process needs.
+
+    Attributes
+    ----------
+    profile : str or mapping
+        Cluster profile (name, YAML path or inline mapping) started once at startup; every job
+        runs on it (a job's own ``cluster.profile`` / ``overrides`` are recorded, not used).
+    token : str
+        The bearer token required on every route but ``/health``.
+    db_path : Path
+        SQLite file of the job store (created with its folder).
+    results_dir : Path
+        Each job writes ``results_dir/<job id>/`` (a job's own ``output`` is not used).
+    data_roots : tuple of Path
+        Folders file sources (parquet/CSV paths or globs) must lie in; empty: only the
+        ``mpdta`` and ``simulate`` sources are accepted. Relative sources are read from the first.
+    max_concurrent : int
+        Jobs running at once; more wait in a FIFO queue of at most ``max_queued`` (then 429).
+    max_request_bytes : int
+        Largest request body accepted (413 beyond).
+    public_url : str or None
+        Printed when ready (the CLI sets it from the bound socket).
+    """
+
+    profile: Any = "local"
+    token: str = ""
+    db_path: Path = Path("dte-dask-service") / "jobs.sqlite"
+    results_dir: Path | None = None
+    data_roots: tuple[Path, ...] = ()
+    max_concurrent: int = 2
+    max_queued: int = 1000
+    max_request_bytes: int = 1 << 20
+    limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None
+    public_url: str | None = None
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ServiceConfigError(f"no API token: set {TOKEN_ENV} or pass --token-file")
+        if self.max_concurrent < 1:
+            raise ServiceConfigError("max_concurrent must be >= 1")
+        if self.max_queued < 0:
+            raise ServiceConfigError("max_queued must be >= 0")
+        object.__setattr__(self, "db_path", Path(self.db_path).expanduser().absolute())
+        res = self.results_dir if self.results_dir is not None else self.db_path.parent / "results"
+        object.__setattr__(self, "results_dir", Path(res).expanduser().absolute())
+        roots = []
+        for r in self.data_roots:
+            p = Path(r).expanduser()
+            if not p.is_dir():
+                raise ServiceConfigError(f"data root {os.fspath(r)!r} is not a directory")
+            roots.append(p.resolve())
+        object.__setattr__(self, "data_roots", tuple(roots))
+
+    @property
+    def results_root(self) -> Path:
+        assert self.results_dir is not None
+        return self.results_dir
+
+
+def read_token(token_file: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> str:
+    """The API token: the first line of ``token_file`` if given, else ``$DTE_DASK_TOKEN``.
+
+    Raises
+    ------
+    ServiceConfigError
+        Neither is set, the file cannot be read, or the token is empty.
+    """
+    env = os.environ if environ is None else environ
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ServiceConfigError(f"cannot read token file {os.fspath(token_file)!r}: {exc}") from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise ServiceConfigError(f"token file {os.fspath(token_file)!r} is empty")
+        return token
+    token = env.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ServiceConfigError(f"no API token: set {TOKEN_ENV} or pass --token-file")
+    return token
