@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from dte_dask.core import covariates, rcs, twobytwo
+from dte_dask.core import covariates, moments, rcs, twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning
 from dte_dask.graph.reduce import by_rng_block, tree_merge
-from dte_dask.inference.bootstrap import boot_cover
+from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.blocks import UnitBlock
 from dte_dask.panel.panel import Panel
@@ -64,6 +64,16 @@ def _influence(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, pa
 
 def _gram(block: UnitBlock, psi: np.ndarray, clustered: bool) -> np.ndarray:
     return gram(psi, block.rank, clustered)
+
+
+def _moment_reductions(block: UnitBlock, cells: Cells, cats: np.ndarray, m: np.ndarray, A: np.ndarray,
+                       b: np.ndarray, d: np.ndarray, block_size: int, n_blocks: int, boot_kw: dict | None):
+    """Cohort moments (for Psi'Psi) and bootstrap draws of one partition, without forming Psi."""
+    mom = by_rng_block(block, moments.category_moments, block_size, n_blocks, cells, cats, m)
+    if boot_kw is None:
+        return mom, None
+    apply = moments.boot_apply(block, cells, cats, m, A, b, d)
+    return mom, boot_cover_apply(block.rank, apply, A.shape[2], **boot_kw)
 
 
 def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, path: str, clustered: bool,
@@ -139,6 +149,7 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     """Estimate every cell, keep Psi on the workers, return the small reduced arrays."""
     n = panel.n_units
     p = len(panel.spec.covariates) + 1
+    clustered = panel.spec.cluster is not None
     if unbalanced:
         path = "rcs"
         s = _exact_sum(panel, _with_groups, rcs.rcs_stats, cells, groups, name="attgt-stats").compute()
@@ -147,15 +158,15 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
         ok, att = e["ok"], e["att"]
         _warn_cells(cells, ~ok & ~cells.reference, "no treated or no control observations in one of its two periods", label)
     elif p == 1:
-        path = "uncond"
-        s = _exact_sum(panel, _with_groups, twobytwo.uncond_stats, cells, groups, name="attgt-stats").compute()
-        ok = (s["SwD"] > 0) & (s["SwC"] > 0)
-        if method in ("dr", "ipw"):  # DRDID trims controls with ps >= 0.995
-            with np.errstate(invalid="ignore", divide="ignore"):
-                trimmed = np.minimum(s["SwD"] / (s["SwD"] + s["SwC"]), 1 - 1e-6) >= 0.995
-            _warn_cells(cells, ok & trimmed, "every control has a propensity score >= 0.995 and is trimmed", label)
-            ok &= ~trimmed
-        _warn_cells(cells, ~ok & (s["SwC"] <= 0), "no control units", label)
+        path = "uncond" if clustered else "moments"
+        if path == "moments":
+            cats = np.unique(cells.effective_g(np.array(list(panel.cohort_sizes), dtype=float)))
+            cs = _exact_sum(panel, moments.category_sums, cells, cats, name="attgt-stats").compute()
+            s = moments.estimate(cells, cats, cs)
+            s["Swg"] = cs["W"][np.searchsorted(cats, groups)]
+        else:
+            s = _exact_sum(panel, _with_groups, twobytwo.uncond_stats, cells, groups, name="attgt-stats").compute()
+        ok = _uncond_ok(cells, s, method, label)
         with np.errstate(invalid="ignore", divide="ignore"):
             mu1, mu0 = s["SwDdY"] / s["SwD"], s["SwCdY"] / s["SwC"]
         att = np.where(ok, mu1 - mu0, np.nan)
@@ -168,21 +179,38 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     pg = s["Swg"] / n
     est = {**est, "ok": ok, "pg": pg}
 
-    clustered = panel.spec.cluster is not None
     boot_kw = None
     if n_boot > 0:
         boot_kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                        n=n, kind=boot_weights)
-    parts = panel.map_blocks(_psi_reductions, cells, est, groups, path, clustered, panel.rng_block_size,
-                             panel.n_rng_blocks, boot_kw, name="attgt-influence")
+    if path == "moments":
+        A, b, d = moments.coefficients(cells, cats, est, groups, n)
+        parts = panel.map_blocks(_moment_reductions, cells, cats, s["m"], A, b, d, panel.rng_block_size,
+                                 panel.n_rng_blocks, boot_kw, name="attgt-influence")
+    else:
+        parts = panel.map_blocks(_psi_reductions, cells, est, groups, path, clustered, panel.rng_block_size,
+                                 panel.n_rng_blocks, boot_kw, name="attgt-influence")
     pick = dask.delayed(operator.getitem, pure=True)
     todo = [tree_merge([pick(p, 0, dask_key_name=f"attgt-gram-{p.key}") for p in parts], name="attgt-gram-sum")]
     if boot_kw is not None:
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in parts], name="mboot-merge"))
     results = dask.compute(*todo)
+    gram_total = moments.gram(results[0], A, b, d) if path == "moments" else results[0]
     return AttgtFit(att=att, ok=ok, n_treated=s["nD"], n_control=s["nC"], groups=groups, pg=pg,
-                    gram=results[0], draws=results[1] if n_boot > 0 else None, n=n,
+                    gram=gram_total, draws=results[1] if n_boot > 0 else None, n=n,
                     n_clusters=panel.n_clusters if clustered else n)
+
+
+def _uncond_ok(cells: Cells, s: dict, method: str, label) -> np.ndarray:
+    """Estimable cells without covariates (DRDID trims controls when ps >= 0.995 for dr / ipw)."""
+    ok = (s["SwD"] > 0) & (s["SwC"] > 0)
+    if method in ("dr", "ipw"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            trimmed = np.minimum(s["SwD"] / (s["SwD"] + s["SwC"]), 1 - 1e-6) >= 0.995
+        _warn_cells(cells, ok & trimmed, "every control has a propensity score >= 0.995 and is trimmed", label)
+        ok &= ~trimmed
+    _warn_cells(cells, ~ok & (s["SwC"] <= 0), "no control units", label)
+    return ok
 
 
 def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.ndarray, label):

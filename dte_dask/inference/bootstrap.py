@@ -10,6 +10,7 @@ partitions, workers or threads.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -46,8 +47,21 @@ def boot_cover(
     if psi.shape[0] == 0:
         return DyadicCover(n_blocks, {})
     starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
-    ent_rank = rank[starts]
     S = entity_sums(psi, rank)
+    return boot_cover_apply(rank[starts], lambda V, a, b: V @ S[a:b], psi.shape[1], seed=seed, n_boot=n_boot,
+                            block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
+
+
+def boot_cover_apply(
+    ent_rank: np.ndarray, apply: Callable[[np.ndarray, int, int], np.ndarray], width: int, *, seed: int,
+    n_boot: int, block_size: int, n_blocks: int, n: int, kind: BootWeights,
+) -> DyadicCover:
+    """Draws of one partition, given how to apply multipliers to its entities.
+
+    ``ent_rank`` holds the sorted stable indices of the partition's entities; ``apply(V, a, b)``
+    returns ``V @ psi[a:b]`` (width columns) for the multipliers ``V`` of entities ``a..b-1``,
+    however the caller represents their influence functions.
+    """
     blk = ent_rank // block_size
     cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, leaves = [], []
@@ -55,11 +69,13 @@ def boot_cover(
         for a, b in zip(cuts[:-1], cuts[1:]):
             bid = int(blk[a])
             pos = ent_rank[a:b] - bid * block_size
-            out = np.empty((n_boot, psi.shape[1]))
+            if pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
+                pos = slice(int(pos[0]), int(pos[-1]) + 1)
+            out = np.empty((n_boot, width))
             for c, lo in enumerate(range(0, n_boot, CHUNK)):
                 hi = min(lo + CHUNK, n_boot)
                 V = multipliers(seed, bid, c, hi - lo, block_size, kind)[:, pos]
-                out[lo:hi] = V @ S[a:b]
+                out[lo:hi] = apply(V, int(a), int(b))
             ids.append(bid)
             leaves.append(out / n)
     return DyadicCover.from_blocks(n_blocks, ids, leaves)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
+import distributed  # noqa: F401  (dask imports it on every compute to look for a client: pay it once, here)
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
