@@ -8,6 +8,11 @@ pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x 
            bootstrap draws; Psi itself is never stored, so memory is one partition's Psi;
 reduce     ``attgt-gram-sum`` (K' x K') and ``mboot-merge`` (B x K') along the RNG-block tree.
 Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
+
+Without covariates on a balanced, unclustered panel the same two passes run on cohort moments
+instead (:mod:`dte_dask.core.moments`): cohort-by-period sums give the estimates, centred
+cohort second moments give Psi'Psi exactly, and Psi is only rebuilt one RNG block at a time for
+the bootstrap.
 """
 from __future__ import annotations
 
