@@ -67,7 +67,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 def test_stateful_workflows_follow_the_links(api_schema) -> None:  # type: ignore[no-untyped-def]
     """Sequences along the document's links: submit -> get / cancel / list results -> get a result."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 
     base = api_schema.as_state_machine()
 
@@ -76,8 +76,10 @@ def test_stateful_workflows_follow_the_links(api_schema) -> None:  # type: ignor
             assert response.status_code < 500, (case.method, case.formatted_path, response.status_code)
             case.validate_response(response, checks=CHECKS, headers=dict(AUTH))
 
-    Workflow.run(settings=settings(max_examples=15, stateful_step_count=4, deadline=None,
-                                   suppress_health_check=list(HealthCheck)))
+    # the server's answers depend on timing (a job may be queued, running or done), so a replayed
+    # step can legitimately branch differently: generate only, never replay or shrink
+    Workflow.run(settings=settings(max_examples=15, stateful_step_count=4, deadline=None, database=None,
+                                   phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
 
 
 def test_still_healthy_after_fuzzing(fuzz_server: Server) -> None:
