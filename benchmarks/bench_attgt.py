@@ -41,6 +41,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import tree_rss  # noqa: E402
+
 import numpy as np
 import pandas as pd
 
@@ -131,23 +134,7 @@ def _worker(spec_file: str) -> None:
 # ------------------------------------------------------------------------------------ parent
 
 
-def _tree_rss(pid: int) -> int:
-    try:
-        import psutil
-    except ImportError:
-        return 0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+_tree_rss = tree_rss
 
 
 def _kill_tree(pid: int) -> None:

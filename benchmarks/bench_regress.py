@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import tree_rss  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "_data"
 
@@ -120,21 +123,7 @@ def _worker(spec_file: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ parent
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+_tree_rss = tree_rss
 
 
 def measure(tool: str, task: str, source: str, path: Path, repeats: int, timeout: float) -> dict:
