@@ -20,8 +20,19 @@ with _DEFAULTS_FILE.open() as _f:
 dask.config.update_defaults(DEFAULTS)
 
 
+def _default(key: str) -> Any:
+    node: Any = DEFAULTS["dte_dask"]
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def get(key: str, override: Any = None) -> Any:
-    """Return ``override`` if given, else ``dask.config["dte_dask.<key>"]``."""
+    """Return ``override`` if given, else ``dask.config["dte_dask.<key>"]``.
+
+    Falls back to the shipped default when the key is missing (e.g. after a test harness or a
+    user reset dask's configuration).
+    """
     if override is not None:
         return override
-    return dask.config.get(f"dte_dask.{key}")
+    return dask.config.get(f"dte_dask.{key}", default=_default(key))
