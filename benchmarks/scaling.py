@@ -38,7 +38,7 @@ default partitions (262,144 units: the parallelism stops at the partition count)
 Examples::
 
     python benchmarks/scaling.py --quick                  # 1e4, 1e5 units; 1x1 and 2x1; no check, no big case
-    python benchmarks/scaling.py                          # the full study on this machine (~15 min)
+    python benchmarks/scaling.py                          # the full study (8 min on 2 cores)
     python benchmarks/scaling.py --cores 64 --memory 256GiB --sizes 1000000 2800000 10000000 \\
         --configs 1x1 8x1 64x1 --check 256x1:1000000:16384 --big 100000000x10
     python benchmarks/scaling.py --plot-only              # model + plots from the saved measurements
