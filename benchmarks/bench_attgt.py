@@ -134,9 +134,6 @@ def _worker(spec_file: str) -> None:
 # ------------------------------------------------------------------------------------ parent
 
 
-_tree_rss = tree_rss
-
-
 def _kill_tree(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)  # the worker leads its own process group
@@ -167,7 +164,7 @@ def measure(tool: str, mode: str, path: Path, *, n_boot: int, seed: int, timeout
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
-                peak = max(peak, _tree_rss(proc.pid))
+                peak = max(peak, tree_rss(proc.pid))
                 if time.monotonic() - start > timeout:
                     timed_out = True
                     _kill_tree(proc.pid)

@@ -123,7 +123,6 @@ def _worker(spec_file: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ parent
-_tree_rss = tree_rss
 
 
 def measure(tool: str, task: str, source: str, path: Path, repeats: int, timeout: float) -> dict:
@@ -139,7 +138,7 @@ def measure(tool: str, task: str, source: str, path: Path, repeats: int, timeout
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, tree_rss(proc.pid))
             if time.monotonic() - start > timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
                 _, status, usage = os.wait4(proc.pid, 0)
