@@ -117,7 +117,7 @@ def att_gt(
     if fit.draws is not None:
         se_b = np.where(fit.ok, boot_se(fit.draws[:, :K], np.sqrt(fit.n_clusters)), np.nan)
         crit = band_crit(fit.draws[:, :K], se_b, alpha, uniform_bands, fallback=False)
-    step = int(panel.periods.step) if panel.periods.kind == "int" else 1
+    step = panel.periods.event_step
     options = dict(control_group=control_group, anticipation=int(anticipation), base_period=base_period,
                    est_method=est_method, covariates=list(panel.spec.covariates), weights=panel.spec.weights,
                    cluster=panel.spec.cluster, allow_unbalanced_panel=allow_unbalanced_panel,

@@ -198,7 +198,7 @@ def resolve_panel(data: Any, *, outcome, unit, time, group, covariates, weights,
 
 
 def period_step(panel: Panel) -> int:
-    return int(panel.periods.step) if panel.periods.kind == "int" else 1
+    return panel.periods.event_step
 
 
 def to_periods(value: Any, step: int, name: str) -> int:

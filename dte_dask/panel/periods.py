@@ -28,6 +28,11 @@ class PeriodMap:
     def n_periods(self) -> int:
         return int(len(self.labels))
 
+    @property
+    def event_step(self) -> int:
+        """Event time per period, in the time column's units (1 for dates: event time in periods)."""
+        return int(self.step) if self.kind == "int" else 1
+
     @classmethod
     def from_values(cls, values: np.ndarray | pd.Series, column: str) -> PeriodMap:
         """Build the map from all observed period values (any order, repeats allowed)."""
