@@ -38,6 +38,8 @@ def start(resolved: Any, security: Any) -> Any:
     c = resolved.spec.cluster
     plans, threads, memory = local_layout(c)
     n_workers = c.n_workers or (len(plans) if plans else None)
+    if resolved.spec.adapt is not None:
+        n_workers = resolved.spec.adapt.minimum  # Adaptive adds the rest while tasks queue
     kwargs: dict[str, Any] = {
         "n_workers": n_workers,
         "threads_per_worker": threads,

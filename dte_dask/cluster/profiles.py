@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PACKAGE_PROFILE_DIR", "ResolvedProfile", "profile_search_path", "available_profiles",
     "find_profile", "load_profile_file", "expand_env", "resolve_profile", "make_cluster",
-    "expected_workers", "connect", "backend", "BACKENDS",
+    "expected_workers", "start_workers", "connect", "backend", "BACKENDS",
 ]
 
 PACKAGE_PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -341,11 +341,27 @@ def backend(kind: str) -> Any:
 
 
 def expected_workers(resolved: ResolvedProfile) -> int:
-    """Workers :func:`connect` waits for: ``wait_for_workers`` or all the profile starts."""
+    """Workers :func:`connect` waits for: ``wait_for_workers``, else ``adapt.minimum`` for an
+    adaptive profile, else all the profile starts."""
     spec = resolved.spec
     if spec.wait_for_workers is not None:
         return int(spec.wait_for_workers)
+    if spec.adapt is not None:
+        return int(spec.adapt.minimum)
     return backend(resolved.kind).expected_workers(spec.cluster)
+
+
+def start_workers(cluster: Any, resolved: ResolvedProfile) -> None:
+    """Bring up the profile's workers: ``cluster.adapt(...)`` for an adaptive profile, else the
+    backend's fixed scale (Slurm: submit ``jobs``)."""
+    spec = resolved.spec
+    if spec.adapt is None:
+        backend(resolved.kind).scale(cluster, spec)
+        return
+    a = spec.adapt
+    logger.info("adaptive scaling between %d and %d workers", a.minimum, a.maximum)
+    cluster.adapt(minimum=a.minimum, maximum=a.maximum, interval=a.interval, wait_count=a.wait_count,
+                  target_duration=a.target_duration)
 
 
 def _security_for(resolved: ResolvedProfile) -> Any:
@@ -387,7 +403,8 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
     ------
     distributed.Client
         Set as the default scheduler while the block runs (so ``dte_dask.att_gt`` uses it);
-        ``client.cluster`` is the cluster. Slurm jobs are submitted (``scale(jobs=...)``) and
+        ``client.cluster`` is the cluster. Slurm jobs are submitted (``scale(jobs=...)``), or
+        with ``adapt`` the cluster scales itself between its minimum and maximum, and
         the expected workers awaited before the block starts.
 
     Raises
@@ -409,7 +426,7 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
     deploy = backend(resolved.kind)
     cluster = make_cluster(resolved)
     try:
-        deploy.scale(cluster, spec)
+        start_workers(cluster, resolved)
         client = Client(cluster)
         try:
             n = expected_workers(resolved)
