@@ -98,9 +98,6 @@ def att_gt(
     t_load = _time.perf_counter()
     panel = panel.drop_early_treated(int(anticipation))
     unbalanced = allow_unbalanced_panel and not panel.is_balanced
-    if unbalanced and panel.spec.covariates:
-        raise SpecError("covariates with allow_unbalanced_panel=True are not supported yet; balance the panel "
-                        "(allow_unbalanced_panel=False) or drop the covariates")
     cells, glist = _cells(panel, control_group, int(anticipation), base_period)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy)
