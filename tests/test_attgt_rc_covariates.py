@@ -245,3 +245,9 @@ def test_panel_object_must_be_loaded_as_rc(mpdta):
 def test_panel_needs_a_unit(mpdta):
     with pytest.raises(SpecError, match="unit"):
         dte_dask.att_gt(mpdta, **MP, bootstrap=False)
+
+
+def test_other_estimators_refuse_a_repeated_cross_section(mpdta):
+    rc = dte_dask.load_panel(mpdta, time="year", outcome="lemp", group="first_treat", panel=False)
+    with pytest.raises(SpecError, match="repeated cross section"):
+        dte_dask.event_study(rc, window=(-2, 2))

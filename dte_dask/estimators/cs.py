@@ -154,8 +154,14 @@ def _labeler(panel: Panel):
 
 
 def _as_panel(data: Any, **kw: Any) -> Panel:
+    """The Panel to fit. ``panel`` (True / False) is passed only by callers that handle repeated
+    cross sections (``att_gt``); other estimators refuse a repeated-cross-section Panel."""
+    rc_ok = "panel" in kw
+    kw.setdefault("panel", True)
     if isinstance(data, Panel):
         spec = data.spec
+        if spec.repeated_cross_section and not rc_ok:
+            raise SpecError("this Panel is a repeated cross section (panel=False): only att_gt estimates those")
         for role in ("outcome", "unit", "time", "group", "treatment", "weights", "cluster"):
             given = kw[role]
             if given is not None and given != getattr(spec, role):
