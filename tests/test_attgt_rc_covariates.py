@@ -251,3 +251,23 @@ def test_other_estimators_refuse_a_repeated_cross_section(mpdta):
     rc = dte_dask.load_panel(mpdta, time="year", outcome="lemp", group="first_treat", panel=False)
     with pytest.raises(SpecError, match="repeated cross section"):
         dte_dask.event_study(rc, window=(-2, 2))
+
+
+def test_rc_from_files_without_row_id(mpdta, tmp_path):
+    """Parquet and CSV sources get the generated row id too (original row order)."""
+    mpdta.to_parquet(tmp_path / "rc.parquet")
+    mpdta.to_csv(tmp_path / "rc.csv", index=False)
+    kw = dict(time="year", outcome="lemp", group="first_treat", covariates="lpop", panel=False)
+    ref = dte_dask.att_gt(dte_dask.load_panel(mpdta, **kw), bootstrap=False)
+    for src in ("rc.parquet", "rc.csv"):
+        res = dte_dask.att_gt(dte_dask.load_panel(str(tmp_path / src), **kw), bootstrap=False)
+        np.testing.assert_array_equal(res.att, ref.att)
+        np.testing.assert_array_equal(res.se_analytic, ref.se_analytic)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_collinear_covariate_gives_nan_cells(mpdta_rc, method):
+    df = mpdta_rc.assign(lpop2=2.0 * mpdta_rc.lpop)
+    with pytest.warns(dte_dask.exceptions.DegenerateCellWarning):
+        res = dte_dask.att_gt(df, **MP, covariates=["lpop", "lpop2"], est_method=method, panel=False, bootstrap=False)
+    assert np.isnan(res.att).all() and np.isnan(res.se_analytic).all()
