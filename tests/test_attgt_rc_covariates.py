@@ -271,3 +271,8 @@ def test_collinear_covariate_gives_nan_cells(mpdta_rc, method):
     with pytest.warns(dte_dask.exceptions.DegenerateCellWarning):
         res = dte_dask.att_gt(df, **MP, covariates=["lpop", "lpop2"], est_method=method, panel=False, bootstrap=False)
     assert np.isnan(res.att).all() and np.isnan(res.se_analytic).all()
+
+
+def test_rc_needs_the_group_column(mpdta):
+    with pytest.raises(dte_dask.exceptions.PanelError, match="group"):
+        dte_dask.load_panel(mpdta, time="year", outcome="lemp", treatment="treat", panel=False)

@@ -88,6 +88,9 @@ def load_panel(
     To skip the shuffle on large data, write the panel sorted by unit with each file holding a
     disjoint unit range (as ``dte-dask simulate`` does); the loader detects this on its scan.
     """
+    if not panel and treatment is not None:
+        raise PanelError("panel=False needs the `group` column (first treated period of each row's cohort): "
+                         "a 0/1 treatment of one period per row does not tell when its cohort was first treated")
     generated = None
     if unit is None:
         if panel:
