@@ -9,6 +9,11 @@ pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x 
 reduce     ``attgt-gram-sum`` (K' x K') and ``mboot-merge`` (B x K') along the RNG-block tree.
 Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
 
+Unbalanced panels and repeated cross sections run R's repeated-cross-section estimators: the
+four-means DiD without covariates (:mod:`dte_dask.core.rcs`), DRDID's ``reg_did_rc`` /
+``std_ipw_did_rc`` / ``drdid_rc`` with them (:mod:`dte_dask.core.rcs_covariates`: one pass for the
+four outcome regressions, the logit passes, one pass for the propensity-weighted moments).
+
 Without covariates on a balanced, unclustered panel the same two passes run on cohort moments
 instead (:mod:`dte_dask.core.moments`): cohort-by-period sums give the estimates, centred
 cohort second moments give Psi'Psi exactly, and Psi is only rebuilt one RNG block at a time for
