@@ -276,3 +276,37 @@ def test_collinear_covariate_gives_nan_cells(mpdta_rc, method):
 def test_rc_needs_the_group_column(mpdta):
     with pytest.raises(dte_dask.exceptions.PanelError, match="group"):
         dte_dask.load_panel(mpdta, time="year", outcome="lemp", treatment="treat", panel=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_influence_function_is_the_derivative_of_the_estimate(method):
+    """psi_r = n d att / d w_r: the influence function is the exact derivative of the estimate in a
+    row's weight (estimators are invariant to the weights' scale). An independent check of the
+    formulas; it also settles the sign of drdid_rc's pre-period outcome-regression terms, where
+    csdid (and we) follow the delta method (R DRDID's source and moderndid 0.2 add them instead)."""
+    from dte_dask.core.rcs_covariates import rc_influence
+    from dte_dask.estimators.cs import _cells
+    from dte_dask.graph.attgt import _fit_rc_covariates
+
+    rng = np.random.default_rng(7)
+    n = 400
+    x = rng.normal(size=n)
+    g = np.where(rng.random(n) < 1 / (1 + np.exp(-x)), 2, 0)
+    t = rng.integers(1, 3, n)
+    y = 1 + 0.5 * x + 0.4 * (g > 0) + t * (0.3 + 0.2 * x) + 0.8 * ((g > 0) & (t >= 2)) + rng.normal(size=n)
+    df = pd.DataFrame({"y": y, "t": t, "g": g, "x": x, "w": 1.0})
+    panel = dte_dask.load_panel(df, time="t", outcome="y", group="g", covariates="x", weights="w", panel=False)
+    cells, groups = _cells(panel, "never_treated", 0, "varying")
+    att, ok, est, _ = _fit_rc_covariates(panel, cells, method, 2, groups, str)
+    block = panel.blocks[0].compute()
+    psi = rc_influence(block, cells, {**est, "ok": ok})[:, 0]
+    eps = 1e-6
+    for r in (0, 5, 17, 123, 321):
+        i = int(np.flatnonzero(block.ids == r)[0])
+        up, down = df.copy(), df.copy()
+        up.loc[r, "w"] += eps
+        down.loc[r, "w"] -= eps
+        kw = dict(outcome="y", time="t", group="g", covariates="x", weights="w", panel=False, est_method=method,
+                  bootstrap=False)
+        deriv = n * (dte_dask.att_gt(up, **kw).att[0] - dte_dask.att_gt(down, **kw).att[0]) / (2 * eps)
+        assert abs(psi[i] - deriv) < 1e-5 * max(1.0, abs(deriv)), (r, psi[i], deriv)

@@ -30,6 +30,11 @@ cancels against R did's rescaling by n / n1, so the influence function of unit i
   vector each: u_c1 = A_c1^{-1}(Sc_1X/Sc_1 - SDX/SD), u_c0 = A_c0^{-1}(SDX/SD - Sc_0X/Sc_0),
   u_t1 = A_t1^{-1}(SDX/SD - SX_t1/S_t1), u_t0 = A_t0^{-1}(SDX/SD - SX_t0/S_t0).
 
+The signs are the delta method's (the influence function is the derivative of the estimate in
+a row's weight; tests check this numerically), as in csdid. R DRDID's ``drdid_rc`` source (and
+moderndid 0.2, a port of it) *adds* the pre-period outcome-regression effects of the control
+regression instead of subtracting them, so its dr standard errors differ (~1e-4 on mpdta).
+
 Kernels loop over cells (a cell's rows depend on which units are observed in its two periods);
 every statistic is a sum over rows, so partitions reduce by addition.
 """
