@@ -151,6 +151,8 @@ def test_invalid_estimator_arguments(panel_df):
         checks.randomization_check(panel_df, **SIM, estimator="event_study", aggregate="dynamic")
     with pytest.raises(SpecError, match="estimator_options"):
         checks.randomization_check(panel_df, **SIM, estimator_options={"window": (-2, 1)})
+    with pytest.raises(SpecError, match="takes no covariates"):
+        checks.placebo_check(panel_df, **SIM, covariates=COV, estimator="sun_abraham")
 
 
 # ----------------------------------------------------------------------------- known answers

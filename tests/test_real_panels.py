@@ -149,9 +149,9 @@ def test_nsw_is_two_periods_with_strong_imbalance(nsw):
 
 NSW_METHODS = [
     "reg",
-    pytest.param("dr", marks=pytest.mark.xfail(strict=False, reason="propensity logit returns NaN on NSW "
-                                               "(425 vs 15,992, re74 in dollars); fixed by the IRLS logit "
-                                               "with step-halving on h/robust: drop this mark at merge")),
+    pytest.param("dr", marks=pytest.mark.xfail(strict=False, reason="att_gt's propensity logit (plain Newton) "
+                                               "returns NaN on NSW (425 vs 15,992); fixed by the IRLS logit with "
+                                               "step-halving on h/robust: drop this mark at merge")),
     pytest.param("ipw", marks=pytest.mark.xfail(strict=False, reason="propensity logit returns NaN on NSW; "
                                                 "fixed on h/robust: drop this mark at merge")),
 ]

@@ -89,6 +89,9 @@ def prepare(data: Any, *, outcome: str | None, unit: str | None, time: str | Non
 
     _check_literal("control_group", control_group, ControlGroup)
     _check_literal("base_period", base_period, BasePeriod)
+    if covariates and estimator in ("stacked_did", "sun_abraham"):
+        raise SpecError(f"{estimator} takes no covariates; use estimator='att_gt' (est_method 'dr', 'ipw' or "
+                        "'reg') or 'event_study' to condition on them")
     panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
                       allow_unbalanced_panel=False)
@@ -101,8 +104,8 @@ def prepare(data: Any, *, outcome: str | None, unit: str | None, time: str | Non
         name = estimator
     options = dict(outcome=spec.outcome, unit=spec.unit, time=spec.time, group=spec.group_source,
                    covariates=list(spec.covariates), weights=spec.weights, cluster=spec.cluster,
-                   control_group=control_group, base_period=base_period, est_method=est_method,
-                   estimator=name)
+                   control_group=control_group, base_period=base_period,
+                   est_method=est_method if estimator == "att_gt" else None, estimator=name)
     return Prepared(panel, cells, groups, 1 + len(spec.covariates), options, est_method, estimator)
 
 
@@ -252,7 +255,9 @@ def fit_logit(panel: Panel, batches: Sequence[Expand], jobs: dict[tuple[int, int
     """Propensity logit of every cell of every experiment, by Newton steps (in place on ``jobs``).
 
     The same iteration, tolerance and separation guard as ``att_gt`` (:mod:`dte_dask.graph.attgt`):
-    one reduction over the partitions per step, for all experiments still iterating.
+    one reduction over the partitions per step, for all experiments still iterating. This is the one
+    place to change when ``att_gt``'s logit changes: each step reads the summed
+    :func:`dte_dask.core.covariates.logit_stats` (gradient, information, log-likelihood) per cell.
     """
     for _ in range(NEWTON_MAX_ITER):
         args: list[dict[int, tuple]] = [{} for _ in batches]
