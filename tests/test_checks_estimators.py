@@ -206,3 +206,12 @@ def test_placebo_rejects_a_pre_trend_violation(estimator, method):
     else:
         assert checks.placebo_check(df, **SIM, est_method=method).wald["p_value"] < 1e-4
         assert checks.placebo_check(df, **SIM, covariates=COV, est_method=method).wald["p_value"] > 0.01
+
+
+def test_dr_randomization_does_not_depend_on_the_partitioning(panel_df):
+    panels = [dte_dask.load_panel(panel_df, **SIM, covariates=COV, npartitions=n, rng_block_size=32) for n in (1, 3)]
+    assert [p.npartitions for p in panels] == [1, 3]
+    a = checks.randomization_check(panels[0], est_method="dr", n_perm=6, seed=4, perms_per_task=4)
+    b = checks.randomization_check(panels[1], est_method="dr", n_perm=6, seed=4, perms_per_task=6)
+    np.testing.assert_allclose(a.draws, b.draws, rtol=1e-9, atol=1e-12)
+    assert a.observed == pytest.approx(b.observed, rel=1e-12) and a.p_value == b.p_value

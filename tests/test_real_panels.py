@@ -181,3 +181,21 @@ def test_favara_imbs_matches_csdid(favara, kw):
     if kw.get("covariates"):
         df = df[df.groupby("county")["year"].transform("size") == 12]
     compare_with_csdid(df, FAVARA, **kw)
+
+
+# ----------------------------------------------------------------------------- checks on a real panel
+def test_checks_on_ehec_agree_with_att_gt(ehec):
+    """Placebo with a one-period shift = att_gt's pre-period cell (varying base); the randomization
+    statistic = att_gt's aggregate; both with the state weights and NaN-coded never-treated states."""
+    from dte_dask import checks
+
+    res = dte_dask.att_gt(ehec, **EHEC, weights="W", est_method="ipw", bootstrap=False)
+    cells = res.to_frame()
+    pl = checks.placebo_check(ehec, **EHEC, weights="W", est_method="ipw", shifts=1).to_frame()
+    assert len(pl) == 5
+    for _, row in pl.iterrows():
+        cell = cells[(cells["group"] == row["cohort"]) & (cells["time"] == row["cohort"] - 1)].iloc[0]
+        assert row["estimate"] == pytest.approx(cell["att"], abs=1e-12)
+        assert row["se"] == pytest.approx(cell["se_analytic"], rel=1e-9)
+    ri = checks.randomization_check(ehec, **EHEC, weights="W", est_method="ipw", aggregate="group", n_perm=9, seed=1)
+    assert ri.observed == pytest.approx(res.aggregate("group").overall_att, abs=1e-12)
