@@ -132,6 +132,13 @@ def test_randomization_draws_are_the_regression_estimator_on_the_permuted_panel(
     assert ri.draws[1] == pytest.approx(post_mean(perm)[0], abs=1e-10)
 
 
+def test_regression_checks_keep_units_treated_in_the_first_period_as_the_estimator_does(panel_df):
+    df = panel_df.assign(group=np.where(panel_df["unit"] <= 12, 1, panel_df["group"]))
+    ri = checks.randomization_check(df, **SIM, estimator="event_study", n_perm=2, seed=5)
+    assert ri.observed == pytest.approx(post_mean(dte_dask.event_study(df, **SIM))[0], abs=1e-12)
+    assert len(checks.placebo_check(df, **SIM, estimator="sun_abraham", shifts=1).to_frame()) == 3
+
+
 def test_stacked_randomization_takes_the_window_from_estimator_options(panel_df):
     ri = checks.randomization_check(panel_df, **SIM, estimator="stacked_did", n_perm=2, seed=5,
                                     estimator_options={"window": (-2, 1)})

@@ -18,12 +18,14 @@ propensity logit fitted by Newton steps with ``att_gt``'s tolerance (:func:`fit_
 reduction over the partitions per step for every experiment still iterating).
 
 The panel is prepared exactly as ``att_gt`` prepares it (balanced, units treated in the first period
-dropped, the same cells for the given ``control_group`` and ``base_period``); anticipation is not
-modelled by the checks.
+dropped, the same cells for the given ``control_group`` and ``base_period``; for the regression
+estimators, balanced and nothing dropped, as those estimators do); anticipation is not modelled by
+the checks.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +36,7 @@ from dte_dask.core import covariates as cov_kernels
 from dte_dask.core import twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import TRIM_LEVEL, guarded_solve
-from dte_dask.exceptions import SpecError
+from dte_dask.exceptions import PanelWarning, SpecError
 from dte_dask.graph.attgt import NEWTON_MAX_ITER, NEWTON_TOL
 from dte_dask.graph.reduce import tree_sum
 from dte_dask.panel.blocks import UnitBlock, summarize
@@ -95,8 +97,13 @@ def prepare(data: Any, *, outcome: str | None, unit: str | None, time: str | Non
     panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
                       allow_unbalanced_panel=False)
-    panel = panel.drop_early_treated(0)
-    cells, groups = _cells(panel, control_group, 0, base_period)
+    if estimator == "att_gt":
+        panel = panel.drop_early_treated(0)
+        cells, groups = _cells(panel, control_group, 0, base_period)
+    else:  # the regression estimators keep units treated from the first period: so do their checks
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PanelWarning)
+            cells, groups = _cells(panel.drop_early_treated(0), control_group, 0, base_period)
     spec = panel.spec
     if estimator == "att_gt":
         name = f"att_gt ({est_method})" if spec.covariates else f"att_gt ({est_method}; unconditional 2x2)"
