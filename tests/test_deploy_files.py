@@ -125,7 +125,8 @@ def test_docker_image_builds_and_starts() -> None:  # pragma: no cover - needs a
 
 
 # ----------------------------------------------------------------------------- Kubernetes
-def _docs() -> dict[str, dict[str, Any]]:
+def _all_docs() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object of the kustomization, by (kind, name)."""
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"
     out = {}
@@ -133,11 +134,24 @@ def _docs() -> dict[str, dict[str, Any]]:
         for doc in yaml.safe_load_all((K8S / res).read_text()):
             assert {"apiVersion", "kind", "metadata"} <= set(doc), res
             assert doc["metadata"]["name"].startswith("dte-dask-service")
-            out[doc["kind"]] = doc
+            out[(doc["kind"], doc["metadata"]["name"])] = doc
     return out
 
 
+SERVICE_OWN = {"dte-dask-service", "dte-dask-service-profile", "dte-dask-service-state"}
+
+
+def _docs() -> dict[str, dict[str, Any]]:
+    """The service pod's own objects (Deployment, Service, ConfigMap, volume claim), by kind."""
+    return {kind: doc for (kind, name), doc in _all_docs().items() if name in SERVICE_OWN}
+
+
 def test_manifests_are_complete() -> None:
+    assert set(_all_docs()) == {
+        ("Deployment", "dte-dask-service"), ("Service", "dte-dask-service"), ("ConfigMap", "dte-dask-service-profile"),
+        ("PersistentVolumeClaim", "dte-dask-service-state"), ("Deployment", "dte-dask-service-workers"),
+        ("Service", "dte-dask-service-scheduler"), ("HorizontalPodAutoscaler", "dte-dask-service-workers"),
+        ("NetworkPolicy", "dte-dask-service-scheduler")}
     docs = _docs()
     assert set(docs) == {"Deployment", "Service", "ConfigMap", "PersistentVolumeClaim"}
     assert docs["Deployment"]["apiVersion"] == "apps/v1" and docs["Service"]["apiVersion"] == "v1"
@@ -158,7 +172,7 @@ def test_deployment_probes_ports_resources() -> None:
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     (c,) = spec["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 8000, "metrics": 9090}
+    assert ports == {"http": 8000, "metrics": 9090, "scheduler": 8786}
     for probe in ("livenessProbe", "readinessProbe"):
         get = c[probe]["httpGet"]
         assert get["path"] == "/health" and get["port"] in ("http", 8000), probe
@@ -199,10 +213,79 @@ def test_configmap_profile_is_a_valid_cluster_profile() -> None:
     spec = validate_profile(profile, where="configmap.yaml")
     assert spec.kind == "local"
     c = spec.cluster
-    # the workers fit in the container's memory limit
+    # a scheduler only, on the port the pod exposes as "scheduler"; the worker pods join it
+    assert c.n_workers == 0 and c.host == "0.0.0.0"
     dep = _docs()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    limit = dep["resources"]["limits"]["memory"]
-    assert limit.endswith("Gi")
+    assert {p["name"]: p["containerPort"] for p in dep["ports"]}["scheduler"] == c.scheduler_port
+
+
+def test_workers_hpa_and_network_policy() -> None:
     from dask.utils import parse_bytes
 
-    assert c.n_workers * parse_bytes(str(c.memory_limit)) < parse_bytes(limit[:-2] + "GiB")
+    docs = _all_docs()
+    workers = docs[("Deployment", "dte-dask-service-workers")]
+    api = docs[("Deployment", "dte-dask-service")]
+    sched = docs[("Service", "dte-dask-service-scheduler")]
+    # the API's selectors never pick worker pods, and the other way round
+    w_labels = workers["spec"]["template"]["metadata"]["labels"]
+    a_labels = api["spec"]["template"]["metadata"]["labels"]
+    assert workers["spec"]["selector"]["matchLabels"].items() <= w_labels.items()
+    assert not api["spec"]["selector"]["matchLabels"].items() <= w_labels.items()
+    assert not docs[("Service", "dte-dask-service")]["spec"]["selector"].items() <= w_labels.items()
+    assert sched["spec"]["selector"].items() <= a_labels.items()
+    # workers dial the scheduler Service on its port, and fit their container
+    (c,) = workers["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["dask", "worker"]
+    (port,) = sched["spec"]["ports"]
+    assert c["args"][0] == f"tcp://{sched['metadata']['name']}:{port['port']}" and port["targetPort"] == "scheduler"
+    flags = dict(a.split("=", 1) for a in c["args"][1:] if "=" in a)
+    assert parse_bytes(flags["--memory-limit"]) < parse_bytes(c["resources"]["limits"]["memory"].replace("Gi", "GiB"))
+    assert c["image"] == api["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    # the autoscaler scales the workers on CPU and on the queue depth the service exports
+    hpa = docs[("HorizontalPodAutoscaler", "dte-dask-service-workers")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "dte-dask-service-workers"}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    obj = metrics["Object"]["object"]
+    assert obj["describedObject"]["name"] == "dte-dask-service"
+    exported = (Path(__file__).parents[1] / "dte_dask" / "service" / "metrics.py").read_text()
+    assert f'"{obj["metric"]["name"]}"' in exported  # a metric the service really exports
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    # only worker pods reach the scheduler port
+    pol = docs[("NetworkPolicy", "dte-dask-service-scheduler")]
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= a_labels.items()
+    rules = {tuple(p["port"] for p in r["ports"]): r for r in pol["spec"]["ingress"]}
+    assert rules[(8786,)]["from"][0]["podSelector"]["matchLabels"].items() <= w_labels.items()
+    assert "from" not in rules[(8000, 9090)]
+
+
+def test_scheduler_only_profile_takes_external_workers(tmp_path) -> None:
+    """The ConfigMap's profile (n_workers: 0) starts a scheduler that `dask worker` processes join,
+    as the worker pods do, and a job runs on them."""
+    import subprocess
+    import sys
+
+    import dte_dask
+    from dte_dask.cluster import connect
+
+    profile = yaml.safe_load(_docs()["ConfigMap"]["data"]["profile.yaml"])
+    profile["cluster"].update(host="127.0.0.1", scheduler_port=0, dashboard_address=None,
+                              local_directory=str(tmp_path / "dask"))
+    with connect(profile) as client:
+        assert len(client.scheduler_info()["workers"]) == 0
+        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", client.scheduler.address,
+                                 "--nthreads=1", "--memory-limit=1GiB", "--no-dashboard",
+                                 f"--local-directory={tmp_path / 'w'}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=60)
+            res = dte_dask.att_gt(dte_dask.datasets.load_mpdta(), outcome="lemp", unit="countyreal", time="year",
+                                  group="first_treat", bootstrap=False)
+            assert len(res.to_frame()) == 12
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -14,6 +14,8 @@ __all__ = ["local_layout", "start", "expected_workers", "scale", "timeout_hint"]
 
 def local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
     """NUMA plans, threads per worker and memory limit for a LocalSpec."""
+    if c.n_workers == 0:  # a scheduler only: external workers bring their own layout
+        return None, c.threads_per_worker, c.memory_limit
     from dte_dask.cluster.numa import TopologyError, plan_workers, read_topology
 
     try:
@@ -37,7 +39,7 @@ def start(resolved: Any, security: Any) -> Any:
 
     c = resolved.spec.cluster
     plans, threads, memory = local_layout(c)
-    n_workers = c.n_workers or (len(plans) if plans else None)
+    n_workers = c.n_workers if c.n_workers is not None else (len(plans) if plans else None)
     if resolved.spec.adapt is not None:
         n_workers = resolved.spec.adapt.minimum  # Adaptive adds the rest while tasks queue
     kwargs: dict[str, Any] = {
@@ -68,7 +70,9 @@ def start(resolved: Any, security: Any) -> Any:
 
 def expected_workers(c: Any) -> int:
     """Workers a ``local`` cluster section starts."""
-    return int(c.n_workers) if c.n_workers else len(local_layout(c)[0] or [None])
+    if c.n_workers is not None:
+        return int(c.n_workers)  # 0: a scheduler only, nothing to wait for
+    return len(local_layout(c)[0] or [None])
 
 
 def scale(cluster: Any, spec: Any) -> None:

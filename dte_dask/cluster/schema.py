@@ -90,7 +90,8 @@ class LocalSpec(_Closed):
     owning its CPUs, 90% of the memory split evenly).
     """
 
-    n_workers: PositiveInt | None = None
+    n_workers: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="0: a scheduler only, for workers started elsewhere (e.g. a Kubernetes Deployment)")
     threads_per_worker: PositiveInt | None = None
     memory_limit: Bytes | None = None
     processes: bool = True
