@@ -48,6 +48,7 @@ def test_run_class_core_hours_and_cost() -> None:
     d = diagnose_run(stages, total_wall_s=40.0, price_per_core_hour=0.05)
     assert d["class"] == "memory-bound" and d["bottleneck_stage"] == "att_gt"
     assert d["core_hours"] == pytest.approx(40.0 * 2 / 3600)
+    assert [s["share"] for s in d["stages"]] == pytest.approx([2.0 / 40, 30.0 / 40])
     assert d["cost"] == pytest.approx(40.0 * 2 / 3600 * 0.05)
     text = format_diagnosis(d)
     assert "core-hours" in text and "att_gt: workers spilled" in text
@@ -135,11 +136,11 @@ def test_one_overloaded_worker_is_imbalanced(cluster_client) -> None:  # type: i
     a, b = sorted(client.scheduler_info()["workers"])
     with RunMonitor(client) as mon:
         with mon.stage("skewed"):
-            futures = [client.submit(_burn, 0.3, workers=[a], pure=False) for _ in range(6)]
+            futures = [client.submit(_burn, 0.3, workers=[a], pure=False) for _ in range(8)]
             futures.append(client.submit(_burn, 0.3, workers=[b], pure=False))
             client.gather(futures)
     (s,) = mon.stages
-    assert s.busy_s_per_worker[a] > 3 * s.busy_s_per_worker[b]
+    assert s.busy_s_per_worker[a] > 2 * s.busy_s_per_worker[b], s
     f = classify_stage(s)
     assert f.kind == "imbalanced" and a in f.evidence, (f, s)
 

@@ -152,7 +152,8 @@ def diagnose_run(stages: list[StageMetrics], *, total_wall_s: float | None = Non
         "wall_s": wall,
         "threads": threads,
         "core_hours": core_hours,
-        "stages": [{**asdict(s), "utilization": s.utilization, "cpu_share": s.cpu_share,
+        "stages": [{**asdict(s), "share": s.wall_s / wall if wall > 0 else 0.0,
+                    "utilization": s.utilization, "cpu_share": s.cpu_share,
                     "scheduler_overhead_s": s.scheduler_overhead_s, **{f"finding_{k}": v for k, v in
                                                                       f.as_dict().items() if k != "stage"}}
                    for s, f in zip(stages, findings, strict=True)],
@@ -167,10 +168,10 @@ def diagnose_run(stages: list[StageMetrics], *, total_wall_s: float | None = Non
 
 def format_diagnosis(diag: dict[str, Any]) -> str:
     """A plain-text table of the stages and the advice (for ``dte-dask run``)."""
-    lines = [f"{'stage':<22} {'wall s':>8} {'CPU s':>8} {'busy':>5} {'peak MiB':>9} {'spill MiB':>9} "
+    lines = [f"{'stage':<22} {'wall s':>8} {'share':>5} {'CPU s':>8} {'busy':>5} {'peak MiB':>9} {'spill MiB':>9} "
              f"{'xfer MiB':>9} {'tasks':>7}  class"]
     for s in diag["stages"]:
-        lines.append(f"{s['name'][:22]:<22} {s['wall_s']:8.2f} {s['cpu_s']:8.2f} {s['utilization']:5.0%} "
+        lines.append(f"{s['name'][:22]:<22} {s['wall_s']:8.2f} {s['share']:5.0%} {s['cpu_s']:8.2f} {s['utilization']:5.0%} "
                      f"{s['peak_worker_memory'] / MiB:9.0f} {s['spilled_bytes'] / MiB:9.0f} "
                      f"{s['transferred_bytes'] / MiB:9.0f} {s['n_tasks']:7d}  {s['finding_kind']}")
     cost = f", cost {diag['cost']:.4f} at {diag['price_per_core_hour']:g}/core-hour" if "cost" in diag else ""

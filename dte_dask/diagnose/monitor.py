@@ -48,8 +48,9 @@ def worker_counters(dask_worker: Any) -> dict[str, float]:
 class RunMonitor:
     """Per-stage metrics of a run on ``client``'s cluster (see the module docstring)."""
 
-    def __init__(self, client: Any, *, interval: float = 0.25, enabled: bool = True) -> None:
-        self.client, self.interval, self.enabled = client, interval, enabled
+    def __init__(self, client: Any, *, interval: float = 0.25, enabled: bool = True,
+                 on_stage: Any = None) -> None:
+        self.client, self.interval, self.enabled, self.on_stage = client, interval, enabled, on_stage
         self.stages: list[StageMetrics] = []
         self._peak = 0
         self._lock = threading.Lock()
@@ -92,7 +93,9 @@ class RunMonitor:
     # ------------------------------------------------------------------ stages
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Measure the block as the stage ``name``."""
+        """Measure the block as the stage ``name`` (and tell ``on_stage(name)``, e.g. the progress bar)."""
+        if self.on_stage is not None:
+            self.on_stage(name)
         if not self.enabled:
             yield
             return

@@ -57,6 +57,11 @@ class ProgressMonitor:
         self.client, self.enabled, self.interval = client, enabled, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.stage = "starting"
+
+    def set_stage(self, name: str) -> None:
+        """Name the job's current stage (load, an estimator, report) in front of the task prefix."""
+        self.stage = name
 
     def __enter__(self) -> ProgressMonitor:
         if not self.enabled:
@@ -69,7 +74,7 @@ class ProgressMonitor:
     def _loop(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        cols = [TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+        cols = [TextColumn("[bold]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*cols, transient=False) as bar:
             task = bar.add_task("starting", total=None)
@@ -79,7 +84,8 @@ class ProgressMonitor:
                     continue
                 total, done = sum(snap["added"].values()), sum(snap["done"].values())
                 running = [p for p in snap["added"] if snap["done"].get(p, 0) < snap["added"][p]]
-                bar.update(task, total=max(total, 1), completed=done, description=(running[-1] if running else "idle"))
+                what = running[-1] if running else "idle"
+                bar.update(task, total=max(total, 1), completed=done, description=f"{self.stage}: {what}")
             snap = self._poll()
             if snap is not None:
                 total = sum(snap["added"].values())

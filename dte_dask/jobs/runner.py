@@ -114,10 +114,10 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
         from dte_dask.jobs.progress import ProgressMonitor
 
-        stack.enter_context(ProgressMonitor(client, enabled=progress))
+        bar = stack.enter_context(ProgressMonitor(client, enabled=progress))
         from dte_dask.diagnose import RunMonitor
 
-        monitor = stack.enter_context(RunMonitor(client))
+        monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
         t = time.perf_counter()
         with monitor.stage("load"):
             src, cols = resolve_data(job.data)
