@@ -340,14 +340,13 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
             check_limits(job, settings.limits)
             source = confine_source(job.data.source, settings.data_roots)
             check_columns(job, source)
-            check_size(job, settings.limits, source)
+            warnings = check_size(job, settings.limits, source)
         except UnsupportedMediaType as exc:
             st.metrics.rejected.labels(reason="media_type").inc()
             raise HTTPException(415, f"send the job as {JSON_TYPES[0]} or {YAML_TYPES[0]}, not {exc}") from None
         except SpecProblem:
             st.metrics.rejected.labels(reason="invalid").inc()
             raise
-        warnings = []
         if job.cluster.profile != "local" or job.cluster.overrides:
             warnings.append("cluster.profile/overrides are not used: jobs run on the service's cluster")
         if job.output != "results":

@@ -8,8 +8,9 @@ Checked at ``POST /jobs`` before a job is queued (each a 422 naming the field):
   ``simulate`` from its spec, ``mpdta`` (bundled, 2,500 rows), parquet from its footers (row
   counts, the time column's min/max statistics), CSV from a bounded read of the time column;
 * :func:`check_windows` — an estimator ``window`` with no overlap with the event times the panel
-  can have is refused at ``estimators.<i>.options.window``; the others are clipped to them (the
-  library clips too, with a warning), so a huge window never makes anything huge;
+  can have is refused at ``estimators.<i>.options.window``; the others are clipped to them for the
+  estimate, and in the job itself for ``event_study`` / ``sun_abraham`` (the library clips too,
+  with a warning), so a huge window never makes anything huge;
 * :func:`check_size` — the job's estimated work and the memory of its largest task against
   ``Limits.max_work`` and ``Limits.max_task_bytes`` (the message states estimate and limit).
 
@@ -289,12 +290,26 @@ def estimate(job: Any, shape: PanelShape, windows: dict[int, tuple[float, float]
     return Estimate(work=work, task_bytes=task_bytes, detail=detail)
 
 
-def check_size(job: Any, limits: Limits, source: str) -> Estimate | None:
-    """Windows, then the size estimate against the limits; raises :class:`SpecProblem` (422)."""
+def check_size(job: Any, limits: Limits, source: str) -> list[str]:
+    """Windows, then the size estimate against the limits; the warnings to record with the job.
+
+    An ``event_study`` / ``sun_abraham`` window reaching past the event times the panel can have
+    is clipped to them in ``job`` (the same estimates: no observation lies beyond), so the job
+    that runs never sees it. Raises :class:`SpecProblem` (422).
+    """
     shape = panel_shape(job, source)
     windows = check_windows(job, shape)
+    warnings = []
+    for i, (lo, hi) in windows.items():
+        est = job.estimators[i]
+        w = _window(est.options)
+        if est.kind in ("event_study", "sun_abraham") and w is not None and w != (lo, hi):
+            clipped = [int(x) if float(x).is_integer() else x for x in (lo, hi)]
+            est.options["window"] = clipped
+            warnings.append(f"estimators.{i}.options.window: clipped to {clipped}, the event times "
+                            f"{shape.source if shape else 'the panel'} can have")
     if shape is None:
-        return None
+        return warnings
     est = estimate(job, shape, windows)
     if est.work > limits.max_work:
         raise SpecProblem.one([], f"the job is too large for this service: estimated work {est.work:.3g} "
@@ -305,7 +320,7 @@ def check_size(job: Any, limits: Limits, source: str) -> Estimate | None:
                               f"the largest task would hold about {_bytes(est.task_bytes)} ({est.detail}), above "
                               f"this service's limit of {_bytes(limits.max_task_bytes)} per task; "
                               "raise data.npartitions or use fewer units", "task_too_large")
-    return est
+    return warnings
 
 
 def _bytes(n: float) -> str:
