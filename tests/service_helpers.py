@@ -59,7 +59,7 @@ class Server:
     """One ``python -m dte_dask.service`` process; ``start()`` waits until /health says ok."""
 
     def __init__(self, workdir: Path, *, db: Path | None = None, args: tuple[str, ...] = (),
-                 max_concurrent: int = 2) -> None:
+                 max_concurrent: int = 2, memory_cap: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.profile = self.workdir / "profile.yaml"
@@ -67,6 +67,7 @@ class Server:
         self.db = db or self.workdir / "state" / "jobs.sqlite"
         self.args = tuple(args)
         self.max_concurrent = max_concurrent
+        self.memory_cap = memory_cap  # RLIMIT_AS of the server process (bytes), if set
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = self.workdir / "server.log"
@@ -76,11 +77,14 @@ class Server:
         self._starts += 1
         self.log_path = self.workdir / f"server-{self._starts}.log"
         env = {**os.environ, "DTE_DASK_TOKEN": TOKEN}
+        if self.memory_cap:  # fewer thread pools and malloc arenas: the address space stays near the heap
+            env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
         cmd = [sys.executable, "-m", "dte_dask.service", "--profile", str(self.profile), "--host", "127.0.0.1",
                "--port", "0", "--db", str(self.db), "--max-concurrent", str(self.max_concurrent),
                "--log-level", "info", *self.args]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=self._limit if self.memory_cap else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -96,6 +100,11 @@ class Server:
             time.sleep(0.2)
         self.kill()
         raise RuntimeError(f"server not ready within {timeout} s:\n{self.log()}")
+
+    def _limit(self) -> None:  # in the child, before exec
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
 
     def log(self) -> str:
         try:

@@ -188,6 +188,7 @@ class ServiceState:
         self.metrics = ServiceMetrics(self.store, max_concurrent=s.max_concurrent,
                                       executor=lambda: self.executor, client=lambda: self.client)
         resume = self.store.recover()
+        _warm_up()  # the estimators' imports, so that the first POST /jobs answers as fast as the next
         if self.client is None:
             from dte_dask.cluster import connect
 
@@ -224,6 +225,14 @@ class ServiceState:
             raise ValueError(str(exc)) from None
         job.output = row["results_dir"]
         return job
+
+
+def _warm_up() -> None:
+    import dte_dask
+    from dte_dask.jobs.spec import ESTIMATORS
+
+    for kind in ESTIMATORS:
+        getattr(dte_dask, kind, None)
 
 
 def _iso(t: float | None) -> _dt.datetime | None:
