@@ -59,7 +59,7 @@ class Server:
     """One ``python -m dte_dask.service`` process; ``start()`` waits until /health says ok."""
 
     def __init__(self, workdir: Path, *, db: Path | None = None, args: tuple[str, ...] = (),
-                 max_concurrent: int = 2, memory_cap: int | None = None) -> None:
+                 max_concurrent: int = 2, memory_cap: int | None = None, verify: Any = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.profile = self.workdir / "profile.yaml"
@@ -68,6 +68,7 @@ class Server:
         self.args = tuple(args)
         self.max_concurrent = max_concurrent
         self.memory_cap = memory_cap  # RLIMIT_AS of the server process (bytes), if set
+        self.verify = verify  # httpx's TLS verification (a CA file for --ssl-certfile servers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = self.workdir / "server.log"
@@ -89,11 +90,11 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", self.log())
+            m = re.search(r"ready on (https?://127\.0\.0\.1:\d+)", self.log())
             if m:
                 self.url = m.group(1)
                 try:
-                    if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    if httpx.get(self.url + "/health", timeout=5, verify=self.verify).status_code == 200:
                         return self
                 except httpx.HTTPError:
                     pass
@@ -131,7 +132,7 @@ class Server:
 
     def client(self, token: str | None = TOKEN, timeout: float = 30) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=self.verify)
 
 
 def submit(http: httpx.Client, job: dict[str, Any]) -> str:

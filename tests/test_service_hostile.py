@@ -163,3 +163,27 @@ def test_cancel_while_writing_leaves_no_results(server: Server, http: httpx.Clie
     assert http.delete(f"/jobs/{done}").status_code == 204
     assert http.get(f"/jobs/{done}").status_code == 404 and not (results_root / done).exists()
     assert http.get("/health").status_code == 200
+
+
+def test_tls(tmp_path: Path) -> None:
+    import ssl
+
+    from dte_dask.cluster.security import generate_certificates
+
+    try:
+        certs = generate_certificates(tmp_path / "tls")
+    except Exception as exc:  # noqa: BLE001 - neither cryptography nor openssl here
+        pytest.skip(f"cannot create a test certificate: {exc}")
+    ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+    srv = Server(tmp_path / "svc", verify=ctx,
+                 args=("--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key)))
+    srv.start()
+    try:
+        assert srv.url.startswith("https://127.0.0.1:")
+        with srv.client() as http:
+            assert http.get("/jobs").status_code == 200
+        plain = srv.url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(plain + "/health", timeout=5)  # no plain HTTP on the TLS port
+    finally:
+        srv.stop()

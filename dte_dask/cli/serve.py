@@ -43,12 +43,17 @@ import click
 @click.option("--retain-days", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Delete finished jobs and their results this many days after they ended "
                    "(checked at startup and hourly); 0: keep them.")
+@click.option("--ssl-certfile", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile. See docs/security.md.")
+@click.option("--ssl-keyfile", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's PEM private key.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def command(profile: str, host: str, port: int, metrics_port: int | None, db: str, results_dir: str | None,
             token_file: str | None, data_roots: tuple[str, ...], max_concurrent: int, max_queued: int,
             max_request_bytes: int, max_simulate_rows: int, max_n_boot: int, max_work: float, max_task_memory: str,
-            job_timeout: float, job_memory: str | None, retain_days: float, log_level: str) -> None:
+            job_timeout: float, job_memory: str | None, retain_days: float, ssl_certfile: str | None,
+            ssl_keyfile: str | None, log_level: str) -> None:
     """Serve the job API: POST /jobs, GET /jobs[/ID[/results[/NAME]]], DELETE /jobs/ID, /metrics, /health.
 
     Every route but /health needs `Authorization: Bearer TOKEN` (TOKEN from $DTE_DASK_TOKEN or
@@ -68,6 +73,9 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
 
     from dask.utils import parse_bytes
 
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
+
     try:
         task_bytes = parse_bytes(max_task_memory)
         job_bytes = parse_bytes(job_memory) if job_memory else None
@@ -82,6 +90,7 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
             retain_days=retain_days or None,
             limits=Limits(max_simulate_rows=max_simulate_rows, max_n_boot=max_n_boot, max_work=max_work,
                           max_task_bytes=task_bytes))
-        serve(settings, host=host, port=port, metrics_port=metrics_port, log_level=log_level)
+        serve(settings, host=host, port=port, metrics_port=metrics_port, log_level=log_level,
+              ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
     except (DteDaskError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
