@@ -80,12 +80,17 @@ class Server:
         env = {**os.environ, "DTE_DASK_TOKEN": TOKEN}
         if self.memory_cap:  # fewer thread pools and malloc arenas: the address space stays near the heap
             env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
-        cmd = [sys.executable, "-m", "dte_dask.service", "--profile", str(self.profile), "--host", "127.0.0.1",
+        launcher = ["-m", "dte_dask.service"]
+        if self.memory_cap:  # the cap is set in the server process itself, before the service is imported
+            code = ("import resource, runpy, sys; "
+                    f"resource.setrlimit(resource.RLIMIT_AS, ({self.memory_cap}, {self.memory_cap})); "
+                    "sys.argv[0] = 'dte-dask serve'; runpy.run_module('dte_dask.service', run_name='__main__')")
+            launcher = ["-c", code]
+        cmd = [sys.executable, *launcher, "--profile", str(self.profile), "--host", "127.0.0.1",
                "--port", "0", "--db", str(self.db), "--max-concurrent", str(self.max_concurrent),
                "--log-level", "info", *self.args]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=self._limit if self.memory_cap else None)
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -101,11 +106,6 @@ class Server:
             time.sleep(0.2)
         self.kill()
         raise RuntimeError(f"server not ready within {timeout} s:\n{self.log()}")
-
-    def _limit(self) -> None:  # in the child, before exec
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_cap, self.memory_cap))
 
     def log(self) -> str:
         try:

@@ -81,6 +81,10 @@ def _locs(body: dict[str, Any]) -> list[str]:
 
 def test_hostile_requests_get_fast_4xx_and_the_service_survives(server: Server, http: httpx.Client) -> None:
     before = http.get("/jobs").json()["total"]
+    limits = Path(f"/proc/{server.proc.pid}/limits")
+    if limits.exists():  # the cap is real
+        line = next(x for x in limits.read_text().splitlines() if x.startswith("Max address space"))
+        assert str(CAP) in line, line
     # point 3/4: paths outside the roots, existing or not, via links or globs: one fast answer
     answers = set()
     for src in ("/", "/usr", "/proc", "/etc/passwd", "/no/such/file.csv", "linkdir/secret.csv", "linkdir/*",

@@ -364,7 +364,7 @@ class JobExecutor:
         while not self._watch_stop.wait(self._watch_interval):
             try:
                 self.check_limits()
-            except Exception:  # noqa: BLE001 - the watchdog must outlive a slow scheduler
+            except Exception:  # the watchdog must outlive a slow scheduler
                 logger.debug("job watchdog: check failed", exc_info=True)
 
     def check_limits(self) -> None:

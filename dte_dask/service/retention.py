@@ -62,7 +62,7 @@ class Purger:
     def run_once(self) -> int:
         try:
             n = purge(self.store, self.root, self.days)
-        except Exception:  # noqa: BLE001 - a failed purge is retried at the next interval
+        except Exception:  # a failed purge is retried at the next interval
             logger.exception("retention: purge failed")
             return 0
         if n:
