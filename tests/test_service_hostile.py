@@ -112,6 +112,10 @@ def test_hostile_requests_get_fast_4xx_and_the_service_survives(server: Server, 
     _refused(http, _job(name="n" * 1_000_000), status=413)
     assert _fast(http, "GET", "/jobs", params={"limit": 1000}).status_code == 422
     assert http.get("/jobs").json()["total"] == before  # nothing was queued
+    from dte_dask.service.metrics import parse_text
+
+    rejected = parse_text(http.get("/metrics").text)
+    assert rejected[("dte_dask_jobs_rejected_total", (("reason", "too_large"),))] == 2
     # a huge window that overlaps is clipped before the job is queued: it runs, and small
     r = _fast(http, "POST", "/jobs", json=_job(None, {"kind": "event_study",
                                                       "options": {"window": [-10**9, 10**9]}}))

@@ -353,8 +353,9 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
         except UnsupportedMediaType as exc:
             st.metrics.rejected.labels(reason="media_type").inc()
             raise HTTPException(415, f"send the job as {JSON_TYPES[0]} or {YAML_TYPES[0]}, not {exc}") from None
-        except SpecProblem:
-            st.metrics.rejected.labels(reason="invalid").inc()
+        except SpecProblem as exc:
+            big = {e.get("type") for e in exc.errors} & {"job_too_large", "task_too_large"}
+            st.metrics.rejected.labels(reason="too_large" if big else "invalid").inc()
             raise
         if job.cluster.profile != "local" or job.cluster.overrides:
             warnings.append("cluster.profile/overrides are not used: jobs run on the service's cluster")
