@@ -288,7 +288,7 @@ def test_executor_memory_budget(tmp_path: Path, cluster_client) -> None:
 
 # ----------------------------------------------------------------------------- retention
 def test_retention_purges_old_finished_jobs_and_their_files(tmp_path: Path) -> None:
-    from dte_dask.service.retention import purge
+    from dte_dask.service.retention import Purger, purge
     from dte_dask.service.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite")
@@ -311,5 +311,21 @@ def test_retention_purges_old_finished_jobs_and_their_files(tmp_path: Path) -> N
     assert all(store.get(i) is not None for i in ("3" * 32, "4" * 32, "5" * 32))
     assert sorted(p.name for p in results.iterdir()) == ["3" * 32, "4" * 32, "5" * 32]
     assert outside.is_dir()
+    # the service's purger runs at startup (and then every interval)
+    store.transition("3" * 32, ["succeeded"], "succeeded", finished_at=now - 45 * 86400)
+    purger = Purger(store, results, 30, interval_s=3600)
+    purger.start()
+    purger.stop()
+    assert store.get("3" * 32) is None and not (results / ("3" * 32)).exists()
     store.close()
+
+
+def test_settings_refuse_nonpositive_limits(tmp_path: Path) -> None:
+    from dte_dask.service.settings import ServiceConfigError, ServiceSettings
+
+    for name in ("job_timeout_s", "job_memory_bytes", "retain_days"):
+        with pytest.raises(ServiceConfigError, match=name):
+            ServiceSettings(token="t", db_path=tmp_path / "j.sqlite", **{name: 0})
+    s = ServiceSettings(token="t", db_path=tmp_path / "j.sqlite", job_timeout_s=None, retain_days=None)
+    assert s.job_timeout_s is None and s.retain_days is None and s.max_request_bytes == 256 << 10
 
