@@ -66,12 +66,12 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise click.ClickException(f"the service needs {missing}: pip install 'dte_dask[service]'")
+    from dask.utils import parse_bytes
+
     from dte_dask.cluster import resolve_profile
     from dte_dask.exceptions import DteDaskError
     from dte_dask.service.server import serve
     from dte_dask.service.settings import Limits, ServiceSettings, read_token
-
-    from dask.utils import parse_bytes
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
