@@ -165,7 +165,7 @@ def test_runner_stops_between_result_files(tmp_path: Path) -> None:
         asked.append(True)
         return any((out / "estimators").glob("*.csv")) if (out / "estimators").is_dir() else False
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cl, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cl, \
             Client(cl) as client, pytest.raises(JobStopped, match="before writing att_gt.simple"):
         run_job(job, client=client, progress=False, echo=lambda m: None, should_stop=should_stop)
     written = sorted(p.name for p in (out / "estimators").iterdir())
@@ -179,7 +179,7 @@ def test_runner_stops_between_result_files(tmp_path: Path) -> None:
 def cluster_client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl, \
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cl, \
             Client(cl) as client:
         yield client
 
