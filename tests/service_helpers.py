@@ -59,7 +59,7 @@ class Server:
     """One ``python -m dte_dask.service`` process; ``start()`` waits until /health says ok."""
 
     def __init__(self, workdir: Path, *, db: Path | None = None, args: tuple[str, ...] = (),
-                 max_concurrent: int = 2) -> None:
+                 max_concurrent: int = 2, memory_cap: int | None = None, verify: Any = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.profile = self.workdir / "profile.yaml"
@@ -67,6 +67,8 @@ class Server:
         self.db = db or self.workdir / "state" / "jobs.sqlite"
         self.args = tuple(args)
         self.max_concurrent = max_concurrent
+        self.memory_cap = memory_cap  # RLIMIT_AS of the server process (bytes), if set
+        self.verify = verify  # httpx's TLS verification (a CA file for --ssl-certfile servers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = self.workdir / "server.log"
@@ -76,7 +78,15 @@ class Server:
         self._starts += 1
         self.log_path = self.workdir / f"server-{self._starts}.log"
         env = {**os.environ, "DTE_DASK_TOKEN": TOKEN}
-        cmd = [sys.executable, "-m", "dte_dask.service", "--profile", str(self.profile), "--host", "127.0.0.1",
+        if self.memory_cap:  # fewer thread pools and malloc arenas: the address space stays near the heap
+            env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+        launcher = ["-m", "dte_dask.service"]
+        if self.memory_cap:  # the cap is set in the server process itself, before the service is imported
+            code = ("import resource, runpy, sys; "
+                    f"resource.setrlimit(resource.RLIMIT_AS, ({self.memory_cap}, {self.memory_cap})); "
+                    "sys.argv[0] = 'dte-dask serve'; runpy.run_module('dte_dask.service', run_name='__main__')")
+            launcher = ["-c", code]
+        cmd = [sys.executable, *launcher, "--profile", str(self.profile), "--host", "127.0.0.1",
                "--port", "0", "--db", str(self.db), "--max-concurrent", str(self.max_concurrent),
                "--log-level", "info", *self.args]
         with open(self.log_path, "wb") as log:
@@ -85,11 +95,11 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", self.log())
+            m = re.search(r"ready on (https?://127\.0\.0\.1:\d+)", self.log())
             if m:
                 self.url = m.group(1)
                 try:
-                    if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    if httpx.get(self.url + "/health", timeout=5, verify=self.verify).status_code == 200:
                         return self
                 except httpx.HTTPError:
                     pass
@@ -122,7 +132,7 @@ class Server:
 
     def client(self, token: str | None = TOKEN, timeout: float = 30) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=self.verify)
 
 
 def submit(http: httpx.Client, job: dict[str, Any]) -> str:

@@ -137,7 +137,9 @@ def test_cancel_long_job_releases_its_futures(http: httpx.Client) -> None:
     while metrics(http)[("dte_dask_cluster_tasks", ())] > 0:
         assert time.monotonic() < deadline, "the cancelled job's tasks stay on the scheduler"
         time.sleep(0.3)
-    assert http.delete(f"/jobs/{job_id}").status_code == 409  # already final
+    assert http.get(f"/jobs/{job_id}/results").status_code == 409  # a cancelled job has no results
+    assert http.delete(f"/jobs/{job_id}").status_code == 204  # a finished job is deleted
+    assert http.get(f"/jobs/{job_id}").status_code == 404
     m = metrics(http)
     assert m[("dte_dask_jobs_finished_total", (("state", "cancelled"),))] >= 1
     # the cluster still works after a cancel
@@ -288,6 +290,7 @@ def test_unknown_and_malformed_ids(http: httpx.Client) -> None:
     assert http.get("/jobs/not-an-id").status_code == 422
     assert http.get("/jobs", params={"state": "bogus"}).status_code == 422
     assert http.get("/jobs", params={"limit": 0}).status_code == 422
+    assert http.get("/jobs", params={"limit": 1000}).status_code == 422  # at most 200 a page
     listing = http.get("/jobs", params={"state": "succeeded", "limit": 2}).json()
     assert listing["limit"] == 2 and len(listing["jobs"]) <= 2
     assert all(j["state"] == "succeeded" for j in listing["jobs"])
@@ -342,12 +345,13 @@ def test_restart_keeps_finished_marks_running_interrupted_and_runs_queued(tmp_pa
             assert http.get(f"/jobs/{done}/results/summary.json").status_code == 200
             assert jobs[long]["state"] == "interrupted"
             assert "stopped" in jobs[long]["error"] and jobs[long]["finished_at"] is not None
-            assert http.delete(f"/jobs/{long}").status_code == 409
             assert jobs[dropped]["state"] == "cancelled"
             assert wait_for(http, queued)["state"] == "succeeded"  # the queue survived the crash
             m = metrics(http)
             assert m[("dte_dask_jobs", (("state", "interrupted"),))] == 1
             assert m[("dte_dask_jobs", (("state", "succeeded"),))] == 2
+            assert http.delete(f"/jobs/{long}").status_code == 204  # finished (interrupted): deleted
+            assert http.get(f"/jobs/{long}").status_code == 404
             # a graceful stop while a job runs marks it interrupted itself
             again = submit(http, LONG_JOB)
             wait_for(http, again, ("running",), timeout=60)

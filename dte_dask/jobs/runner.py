@@ -5,13 +5,35 @@ import contextlib
 import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from dte_dask.jobs.spec import DataSpec, JobSpec
 
 MPDTA_COLUMNS = dict(unit="countyreal", time="year", outcome="lemp", group="first_treat")
+
+
+class JobStopped(Exception):
+    """``run_job(should_stop=...)`` was told to stop; raised at the next stage or file boundary."""
+
+
+class _StopBetween(Mapping[str, Any]):
+    """The results as ``save_results`` iterates them, asking ``check`` before each one is written."""
+
+    def __init__(self, results: dict[str, Any], check: Callable[[str], None]) -> None:
+        self._results, self._check = results, check
+
+    def __getitem__(self, key: str) -> Any:
+        return self._results[key]
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in list(self._results):
+            self._check(f"writing {key}")
+            yield key
 
 
 def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
@@ -83,7 +105,8 @@ def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
-            echo: Callable[[str], None] = print, price_per_core_hour: float | None = None) -> dict[str, Any]:
+            echo: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
+            price_per_core_hour: float | None = None) -> dict[str, Any]:
     """Run ``job`` and write its results folder; returns the saved summary.
 
     With ``client=None`` the job's cluster profile is started (and closed at the end) through
@@ -91,7 +114,16 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
     (load, each estimator) is measured and classified (:mod:`dte_dask.diagnose`): the summary's
     ``diagnosis`` holds the figures, the advice, core-hours and, with ``price_per_core_hour``,
     the cost.
+    ``should_stop`` (e.g. ``threading.Event().is_set``) is asked between stages (loading, each
+    estimator and aggregation, the checks) and before each result is written and before the
+    report; when it answers True the job raises :class:`JobStopped` (files already written stay:
+    the caller decides what to do with them).
     """
+
+    def checkpoint(stage: str) -> None:
+        if should_stop is not None and should_stop():
+            raise JobStopped(f"stopped before {stage}")
+
     import dte_dask
     from dte_dask.jobs.spec import check_data_source
     from dte_dask.report import save_results, write_report
@@ -119,6 +151,7 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
 
         monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
         t = time.perf_counter()
+        checkpoint("loading the data")
         with monitor.stage("load"):
             src, cols = resolve_data(job.data)
             panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
@@ -128,11 +161,14 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         for est in job.estimators:
             fn = getattr(dte_dask, est.kind)
             t = time.perf_counter()
+            checkpoint(f"estimator {est.name}")
             with monitor.stage(est.name):
                 results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
                 for kind in est.aggregations:
+                    checkpoint(f"aggregation {est.name}.{kind}")
                     results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
             timings[est.name] = time.perf_counter() - t
+        checkpoint("the checks")
         extra_meta = _diagnostics(job, results)
         cluster = _cluster_info(client)  # while the client is still connected
     timings["total"] = time.perf_counter() - t0
@@ -147,8 +183,11 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
                             "partitions": panel.npartitions},
             "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
             "diagnosis": diagnosis, **extra_meta}
-    summary = save_results(results, out, metadata=meta)
+    checkpoint("writing the results")
+    summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
+                           metadata=meta)
     if job.report:
+        checkpoint("writing the report")
         write_report(out, out / "report.html", title=job.name)
     echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
     return summary

@@ -3,16 +3,21 @@
 ==========================================  ===========================================================
 ``POST /jobs``                               a job spec (JSON or YAML, the schema of ``dte-dask run``)
                                              -> 202 and the job (``id``, ``state: queued``); 422 names
-                                             the field at fault; 413 too large; 415 other media type;
-                                             429 queue full
-``GET /jobs``                                jobs, newest first (``?state=``, ``limit``, ``offset``)
+                                             the field at fault (also: a field too long, a window
+                                             outside the panel's event times, a job whose estimated
+                                             size passes the limits); 413 too large; 415 other media
+                                             type; 429 queue full
+``GET /jobs``                                job summaries (no spec), newest first (``?state=``,
+                                             ``limit`` <= 200, ``offset``; ``total``, ``next_offset``)
 ``GET /jobs/{id}``                           state, progress fraction (scheduler task counts), queue
                                              position, dashboard link, timings, error, warnings,
                                              each estimator's overall estimate
 ``DELETE /jobs/{id}``                        cancel (queued: at once; running: its futures are
-                                             released, the state goes ``cancelling`` ->
-                                             ``cancelled``); 409 if already finished
-``GET /jobs/{id}/results``                   the files of its results folder
+                                             released, it stops at the next stage or file, its
+                                             partial outputs are removed, the state goes
+                                             ``cancelling`` -> ``cancelled``); a finished job is
+                                             deleted with its results (204)
+``GET /jobs/{id}/results``                   the files of its results folder (409 once cancelled)
 ``GET /jobs/{id}/results/{name}``            one file (``summary.json``, ``estimators/NAME.csv``...)
 ``GET /metrics``                             Prometheus text (:mod:`dte_dask.service.metrics`)
 ``GET /openapi.json``                        the OpenAPI document
@@ -22,6 +27,9 @@
 Every route but ``/health`` needs ``Authorization: Bearer <token>``: missing -> 401, wrong ->
 403. Jobs run on the cluster the service connected to at startup (a job's own ``cluster``
 section is recorded but not used) and write ``<results_dir>/<id>/`` (its ``output`` is not used).
+Running jobs have a wall-clock limit and, optionally, a memory budget on the workers
+(:mod:`~dte_dask.service.executor`); finished jobs are deleted after ``retain_days``
+(:mod:`~dte_dask.service.retention`). The threat model is in ``docs/security.md``.
 """
 from __future__ import annotations
 
@@ -46,7 +54,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from dte_dask.service.executor import JobExecutor, QueueFull
+from dte_dask.service.limits import check_size, check_sizes
 from dte_dask.service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from dte_dask.service.middleware import BodySizeLimit, MetricsPortOnly
+from dte_dask.service.paths import confine_source
+from dte_dask.service.retention import Purger, remove_results
 from dte_dask.service.settings import ServiceSettings
 from dte_dask.service.store import FINAL, STATES, JobStore
 from dte_dask.service.validate import (
@@ -56,7 +68,6 @@ from dte_dask.service.validate import (
     UnsupportedMediaType,
     check_columns,
     check_limits,
-    confine_source,
     load_body,
     validate_spec,
 )
@@ -96,11 +107,26 @@ class JobInfo(BaseModel):
     links: dict[str, str]
 
 
+class JobSummary(BaseModel):
+    id: str
+    name: str
+    state: State
+    submitted_at: _dt.datetime
+    started_at: _dt.datetime | None = None
+    finished_at: _dt.datetime | None = None
+    error: str | None = Field(None, description="the first 500 characters; GET /jobs/{id} has it all")
+    links: dict[str, str]
+
+
 class JobList(BaseModel):
-    jobs: list[JobInfo]
-    total: int
+    jobs: list[JobSummary]
+    total: int = Field(..., description="jobs in all (with that state)")
     limit: int
     offset: int
+    next_offset: int | None = Field(None, description="offset of the next page; null on the last")
+
+
+MAX_PAGE = 200
 
 
 class ResultFile(BaseModel):
@@ -152,6 +178,7 @@ class ServiceState:
         self.ready = False
         self.submit_lock = threading.Lock()
         self.metrics: ServiceMetrics | None = None
+        self.purger: Purger | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -161,6 +188,7 @@ class ServiceState:
         self.metrics = ServiceMetrics(self.store, max_concurrent=s.max_concurrent,
                                       executor=lambda: self.executor, client=lambda: self.client)
         resume = self.store.recover()
+        _warm_up()  # the estimators' imports, so that the first POST /jobs answers as fast as the next
         if self.client is None:
             from dte_dask.cluster import connect
 
@@ -170,8 +198,13 @@ class ServiceState:
                 self.dashboard = self.client.dashboard_link
         self.executor = JobExecutor(self.store, self.client, max_concurrent=s.max_concurrent,
                                     max_queued=max(s.max_queued, len(resume)), prepare=self.prepare,
-                                    on_finish=self.metrics.job_finished)
+                                    on_finish=self.metrics.job_finished, job_timeout_s=s.job_timeout_s,
+                                    job_memory_bytes=s.job_memory_bytes, results_root=s.results_root)
         self.executor.start(resume)
+        if s.retain_days is not None:
+            self.purger = Purger(self.store, s.results_root, s.retain_days, s.purge_interval_s)
+            self._stack.callback(self.purger.stop)
+            self.purger.start()
         self.ready = True
         logger.info("dte-dask serve ready on %s (profile %s; %d job(s) resumed from the queue; db %s)",
                     s.public_url or "<app>", s.profile if isinstance(s.profile, str) else "<inline>",
@@ -192,6 +225,14 @@ class ServiceState:
             raise ValueError(str(exc)) from None
         job.output = row["results_dir"]
         return job
+
+
+def _warm_up() -> None:
+    import dte_dask
+    from dte_dask.jobs.spec import ESTIMATORS
+
+    for kind in ESTIMATORS:
+        getattr(dte_dask, kind, None)
 
 
 def _iso(t: float | None) -> _dt.datetime | None:
@@ -222,71 +263,6 @@ def _info(st: ServiceState, row: dict[str, Any], *, progress: bool = True) -> Jo
                    dashboard=st.dashboard if row["state"] in ("running", "cancelling") else None,
                    error=row["error"], warnings=row["warnings"] or [], summary=row["summary"], spec=row["spec"],
                    links={"self": f"/jobs/{jid}", "results": f"/jobs/{jid}/results"})
-
-
-# ----------------------------------------------------------------------------- middleware
-class BodySizeLimit:
-    """413 for request bodies over ``limit`` bytes (Content-Length or counted while streaming)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        cl = headers.get(b"content-length")
-        if cl is not None:
-            try:
-                too_big = int(cl) > self.limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                return await self._reject(scope, receive, send)
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > self.limit:
-                return await self._reject(scope, receive, send)
-            chunks.append(body)
-            if not msg.get("more_body"):
-                break
-        whole = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": whole, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _reject(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413,
-                            headers={"Connection": "close"})
-        await resp(scope, receive, send)
-
-
-class MetricsPortOnly:
-    """On the separate metrics port, serve only ``/metrics`` and ``/health``."""
-
-    def __init__(self, app: Any, port: int | None) -> None:
-        self.app, self.port = app, port
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (self.port and scope["type"] == "http" and (scope.get("server") or (None, None))[1] == self.port
-                and scope.get("path") not in ("/metrics", "/health")):
-            resp = JSONResponse({"detail": "Not Found"}, status_code=404)
-            return await resp(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 # ----------------------------------------------------------------------------- app
@@ -368,16 +344,19 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
         assert st.executor is not None and st.metrics is not None
         try:
             obj = load_body(body, content_type)
+            check_sizes(obj, settings.limits)
             job = validate_spec(obj)
             check_limits(job, settings.limits)
-            check_columns(job, confine_source(job.data.source, settings.data_roots))
+            source = confine_source(job.data.source, settings.data_roots)
+            check_columns(job, source)
+            warnings = check_size(job, settings.limits, source)
         except UnsupportedMediaType as exc:
             st.metrics.rejected.labels(reason="media_type").inc()
             raise HTTPException(415, f"send the job as {JSON_TYPES[0]} or {YAML_TYPES[0]}, not {exc}") from None
-        except SpecProblem:
-            st.metrics.rejected.labels(reason="invalid").inc()
+        except SpecProblem as exc:
+            big = {e.get("type") for e in exc.errors} & {"job_too_large", "task_too_large"}
+            st.metrics.rejected.labels(reason="too_large" if big else "invalid").inc()
             raise
-        warnings = []
         if job.cluster.profile != "local" or job.cluster.overrides:
             warnings.append("cluster.profile/overrides are not used: jobs run on the service's cluster")
         if job.output != "results":
@@ -401,11 +380,15 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
 
     @api.get("/jobs", response_model=JobList, operation_id="list_jobs")
     def list_jobs(state: Annotated[State | None, Query(description="only jobs in this state")] = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
                   offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> JobList:
-        """Jobs, newest first."""
+        """Job summaries, newest first, a page at a time (GET /jobs/{id} has the spec and results)."""
         rows, total = store().list(state, limit, offset)
-        return JobList(jobs=[_info(st, r) for r in rows], total=total, limit=limit, offset=offset)
+        jobs = [JobSummary(id=r["id"], name=r["name"], state=r["state"], submitted_at=_iso(r["submitted_at"]),
+                           started_at=_iso(r["started_at"]), finished_at=_iso(r["finished_at"]), error=r["error"],
+                           links={"self": f"/jobs/{r['id']}", "results": f"/jobs/{r['id']}/results"}) for r in rows]
+        nxt = offset + len(rows) if offset + len(rows) < total else None
+        return JobList(jobs=jobs, total=total, limit=limit, offset=offset, next_offset=nxt)
 
     @api.get("/jobs/{job_id}", response_model=JobInfo, operation_id="get_job",
              responses={200: {"links": job_links}, 404: {"model": Problem}})
@@ -414,24 +397,31 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
         return _info(st, get_row(job_id))
 
     @api.delete("/jobs/{job_id}", response_model=JobInfo, status_code=202, operation_id="cancel_job",
-                responses={404: {"model": Problem}, 409: {"model": Problem}})
-    def cancel_job(job_id: str = JobId) -> JobInfo:
-        """Cancel a queued or running job (its futures on the cluster are released)."""
+                responses={204: {"description": "the job had finished: it is deleted, with its results"},
+                           404: {"model": Problem}})
+    def cancel_job(job_id: str = JobId) -> Any:
+        """Cancel a queued or running job (its futures are released, its partial outputs removed);
+        delete a finished one with its results."""
         row = get_row(job_id)
         if row["state"] in FINAL:
-            raise HTTPException(409, f"job {job_id} is already {row['state']}")
+            remove_results(row["results_dir"], settings.results_root)
+            store().delete(job_id)
+            logger.info("job %s: deleted (%s)", job_id, row["state"])
+            return Response(status_code=204)
         assert st.executor is not None
         st.executor.cancel(job_id)
         return _info(st, get_row(job_id), progress=False)
 
     # ---------------------------------------------------------------- results
     def results_dir(row: dict[str, Any]) -> Path:
+        if row["state"] in ("cancelling", "cancelled"):
+            raise HTTPException(409, f"job {row['id']} was cancelled: it has no results")
         return Path(row["results_dir"] or settings.results_root / row["id"])
 
     @api.get("/jobs/{job_id}/results", response_model=ResultList, operation_id="list_results", responses={
         200: {"links": {"GetResult": {"operationId": "get_result", "parameters": {
             "job_id": "$response.body#/job", "name": "$response.body#/files/0/name"}}}},
-        404: {"model": Problem}})
+        404: {"model": Problem}, 409: {"model": Problem}})
     def list_results(job_id: str = JobId) -> ResultList:
         """The files of a job's results folder (empty until it has written them)."""
         row = get_row(job_id)
@@ -447,7 +437,7 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
 
     @api.get("/jobs/{job_id}/results/{name:path}", operation_id="get_result", responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "the file"}, 404: {"model": Problem}})
+              "description": "the file"}, 404: {"model": Problem}, 409: {"model": Problem}})
     def get_result(job_id: str = JobId, name: str = PathParam(..., description="a name from GET .../results")
                    ) -> Response:
         """Download one result file."""
@@ -582,6 +572,7 @@ def _document_service_rules(schemas: dict[str, Any], settings: ServiceSettings) 
                     branch["maximum"] = lim.max_npartitions
     with contextlib.suppress(KeyError, TypeError):
         schemas["JobSpec"]["properties"]["estimators"]["maxItems"] = lim.max_estimators
+        schemas["JobSpec"]["properties"]["name"]["maxLength"] = lim.max_name_chars
 
 
 def _media_type(name: str) -> str:

@@ -14,7 +14,14 @@ estimator's graphs) belongs to it, so
 * progress is counted per connection by :class:`ClientTaskCounter`, a scheduler plugin.
 
 A task already executing on a worker finishes (Python threads cannot be interrupted); its
-result is dropped. A job thread busy in driver-side code notices at its next cluster call.
+result is dropped. A job thread busy in driver-side code notices at its next cluster call, or at
+the runner's next stage or file boundary (``run_job(should_stop=...)``): a job cancelled while
+it writes its results stops before the next file, and its folder is removed.
+
+A watchdog thread enforces each running job's limits: the wall-clock limit (``job_timeout_s``)
+and the memory budget (``job_memory_bytes``: the bytes of the job's tasks held in worker memory,
+as the scheduler counts them for the job's own connection). A job past either is stopped like a
+cancelled one, its partial outputs removed, and marked ``failed`` with the reason.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -55,8 +63,10 @@ class ClientTaskCounter(SchedulerPlugin):
         self.added: Counter[str] = Counter()
         self.done: Counter[str] = Counter()
         self.owners: dict[Any, set[str]] = {}
+        self.keys_of: dict[str, set[Any]] = {}  # every key a client's graphs brought in (memory budget)
 
     def update_graph(self, scheduler: Any, *, client: str, keys: Any, tasks: Any = (), **kwargs: Any) -> None:
+        self.keys_of.setdefault(client, set()).update(tasks or ())
         for key in tasks or ():
             ts = scheduler.tasks.get(key)
             if ts is None or ts.state in ("memory", "erred"):
@@ -76,6 +86,22 @@ class ClientTaskCounter(SchedulerPlugin):
     def remove_client(self, scheduler: Any, client: str) -> None:
         self.added.pop(client, None)
         self.done.pop(client, None)
+        self.keys_of.pop(client, None)
+
+    def bytes_in_memory(self, scheduler: Any, client: str) -> int:
+        """Bytes of the client's tasks now in worker memory (forgotten keys are dropped)."""
+        keys = self.keys_of.get(client)
+        if not keys:
+            return 0
+        total, gone = 0, []
+        for key in keys:
+            ts = scheduler.tasks.get(key)
+            if ts is None:
+                gone.append(key)
+            elif ts.state == "memory":
+                total += max(0, int(ts.nbytes or 0))
+        keys.difference_update(gone)
+        return total
 
     def snapshot(self, client: str) -> dict[str, int]:
         return {"tasks_total": int(self.added.get(client, 0)), "tasks_done": int(self.done.get(client, 0))}
@@ -84,6 +110,11 @@ class ClientTaskCounter(SchedulerPlugin):
 def _progress_on_scheduler(dask_scheduler: Any, client_id: str) -> dict[str, int] | None:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
     return plugin.snapshot(client_id) if plugin is not None else None
+
+
+def _bytes_on_scheduler(dask_scheduler: Any, client_ids: list[str]) -> dict[str, int]:
+    plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
+    return {c: plugin.bytes_in_memory(dask_scheduler, c) for c in client_ids} if plugin is not None else {}
 
 
 def _scheduler_tasks(dask_scheduler: Any) -> int:
@@ -96,8 +127,14 @@ class _Active:
     job_id: str
     cancel: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)  # the service is shutting down
+    abort: threading.Event = field(default_factory=threading.Event)  # a limit was reached (``reason``)
+    reason: str = ""
+    started: float = field(default_factory=time.monotonic)
     client: Any = None
     thread: threading.Thread | None = None
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.stop.is_set() or self.abort.is_set()
 
 
 class JobExecutor:
@@ -112,14 +149,22 @@ class JobExecutor:
         ``prepare(row) -> JobSpec``: the stored job as it will run (data path confined again,
         output set to the job's results folder). Raising fails the job with that message.
     run : callable
-        ``run(job_spec, client)`` -> summary dict (default :func:`dte_dask.jobs.runner.run_job`).
+        ``run(job_spec, client, should_stop)`` -> summary dict (default
+        :func:`dte_dask.jobs.runner.run_job`); ``should_stop()`` turns True on cancel or a limit.
     on_finish : callable, optional
         ``on_finish(state, run_seconds, queue_seconds)`` after every job that started.
+    job_timeout_s, job_memory_bytes : optional
+        The running job's wall-clock limit and memory budget on the workers (None: none).
+    results_root : Path, optional
+        Where the jobs' folders are; a cancelled or stopped job's folder is removed (only there).
     """
 
     def __init__(self, store: JobStore, client: Any, *, max_concurrent: int, max_queued: int,
-                 prepare: Callable[[dict[str, Any]], Any], run: Callable[[Any, Any], dict[str, Any]] | None = None,
-                 on_finish: Callable[[str, float, float], None] | None = None) -> None:
+                 prepare: Callable[[dict[str, Any]], Any],
+                 run: Callable[[Any, Any, Callable[[], bool]], dict[str, Any]] | None = None,
+                 on_finish: Callable[[str, float, float], None] | None = None, job_timeout_s: float | None = None,
+                 job_memory_bytes: int | None = None, results_root: Path | None = None,
+                 watch_interval_s: float = 0.5) -> None:
         self.store = store
         self.client = client
         self.max_concurrent = max_concurrent
@@ -132,6 +177,11 @@ class JobExecutor:
         self._active: dict[str, _Active] = {}
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self.job_timeout_s = job_timeout_s
+        self.job_memory_bytes = job_memory_bytes
+        self.results_root = results_root
+        self._watch_interval = watch_interval_s
+        self._watch_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, resume: Sequence[str] = ()) -> None:
@@ -146,6 +196,10 @@ class JobExecutor:
             t = threading.Thread(target=self._worker, name=f"dte-dask-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self.job_timeout_s is not None or self.job_memory_bytes is not None:
+            w = threading.Thread(target=self._watch, name="dte-dask-job-watchdog", daemon=True)
+            w.start()
+            self._threads.append(w)
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop taking jobs; running ones are cancelled and marked ``interrupted``; queued ones stay
@@ -154,6 +208,7 @@ class JobExecutor:
             self._stopping = True
             active = list(self._active.values())
             self._cv.notify_all()
+        self._watch_stop.set()
         now = time.time()
         for a in active:
             a.stop.set()
@@ -265,7 +320,7 @@ class JobExecutor:
                 raise RuntimeError("cancelled before it started")
             logger.info("job %s: running %r", job_id, job.name)
             with jc.as_current():
-                full = self._run(job, jc)
+                full = self._run(job, jc, active.should_stop)
             summary = _compact(full)
             if summary is not None:
                 summary["progress"] = self.progress(job_id)  # the task counts, before the client goes
@@ -275,6 +330,9 @@ class JobExecutor:
                 state = "cancelled"
             elif active.stop.is_set():
                 state = "interrupted"
+            elif active.abort.is_set():
+                error = active.reason
+                logger.warning("job %s stopped: %s", job_id, error)
             else:
                 error = f"{type(exc).__name__}: {exc}"[:4000]
                 logger.warning("job %s failed: %s", job_id, error)
@@ -283,6 +341,12 @@ class JobExecutor:
             self._close_client(active)
         if state == "succeeded" and active.cancel.is_set():
             state = "cancelled"  # finished in the same instant as the cancel: the cancel wins
+        elif state == "succeeded" and active.abort.is_set():
+            state, error, summary = "failed", active.reason, None
+        if (state == "cancelled" or active.abort.is_set()) and self.results_root is not None:
+            from dte_dask.service.retention import remove_results
+
+            remove_results(row.get("results_dir"), self.results_root)  # partial outputs go
         now = time.time()
         if state == "cancelled":
             changed = self.store.transition(job_id, ["running", "cancelling"], "cancelled", finished_at=now)
@@ -295,6 +359,42 @@ class JobExecutor:
             with contextlib.suppress(Exception):
                 self._on_finish(state, now - t0, queue_s)
 
+    # ------------------------------------------------------------------ limits
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(self._watch_interval):
+            try:
+                self.check_limits()
+            except Exception:  # the watchdog must outlive a slow scheduler
+                logger.debug("job watchdog: check failed", exc_info=True)
+
+    def check_limits(self) -> None:
+        """Stop every running job past its wall-clock limit or memory budget (the watchdog's tick)."""
+        with self._cv:
+            active = [a for a in self._active.values() if not a.should_stop()]
+        if not active:
+            return
+        now = time.monotonic()
+        if self.job_timeout_s is not None:
+            for a in active:
+                if now - a.started > self.job_timeout_s:
+                    self._abort(a, f"the job ran past this service's wall-clock limit of {self.job_timeout_s:g} s")
+        if self.job_memory_bytes is not None:
+            ids = {a.client.id: a for a in active if a.client is not None and not a.abort.is_set()}
+            if not ids:
+                return
+            held = self.client.run_on_scheduler(_bytes_on_scheduler, client_ids=list(ids))
+            for cid, nbytes in (held or {}).items():
+                if nbytes > self.job_memory_bytes:
+                    self._abort(ids[cid], f"the job held {nbytes} bytes in worker memory, past this service's "
+                                          f"memory budget of {self.job_memory_bytes} bytes per job")
+
+    def _abort(self, active: _Active, reason: str) -> None:
+        if active.abort.is_set():
+            return
+        active.reason = reason
+        active.abort.set()
+        self._close_client(active)
+
     @staticmethod
     def _close_client(active: _Active) -> None:
         c = active.client
@@ -304,10 +404,10 @@ class JobExecutor:
             c.close(timeout=5)
 
 
-def _run_job(job: Any, client: Any) -> dict[str, Any]:
+def _run_job(job: Any, client: Any, should_stop: Callable[[], bool]) -> dict[str, Any]:
     from dte_dask.jobs.runner import run_job
 
-    return run_job(job, client=client, progress=False,
+    return run_job(job, client=client, progress=False, should_stop=should_stop,
                    echo=lambda msg: logger.info("job %s: %s", job.name, msg))
 
 

@@ -3,7 +3,7 @@
 ===============================================  =========================================================
 ``dte_dask_jobs{state}``                          jobs in the store by state (all states, from SQLite)
 ``dte_dask_jobs_submitted_total``                 jobs accepted by this process
-``dte_dask_jobs_rejected_total{reason}``          submissions refused (``invalid``, ``queue_full``, ...)
+``dte_dask_jobs_rejected_total{reason}``          refused (``invalid``, ``too_large``, ``queue_full``...)
 ``dte_dask_jobs_finished_total{state}``           jobs this process finished, by final state
 ``dte_dask_job_duration_seconds{state}``          histogram of run time (start to end) of those jobs
 ``dte_dask_job_queue_seconds``                    histogram of time spent queued before starting

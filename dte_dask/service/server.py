@@ -26,22 +26,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, sock: socket.socket) -> str:
+def _url(host: str, sock: socket.socket, scheme: str = "http") -> str:
     port = sock.getsockname()[1]
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{h}:{port}"
+    return f"{scheme}://{h}:{port}"
 
 
 def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, metrics_port: int | None = None,
-          log_level: str = "info", access_log: bool = True) -> None:
-    """Bind, build the app and run it until SIGINT/SIGTERM (then jobs stop, the cluster closes)."""
+          log_level: str = "info", access_log: bool = True, ssl_keyfile: str | None = None,
+          ssl_certfile: str | None = None) -> None:
+    """Bind, build the app and run it until SIGINT/SIGTERM (then jobs stop, the cluster closes).
+
+    With ``ssl_keyfile`` and ``ssl_certfile`` (PEM) the sockets speak HTTPS only (uvicorn's TLS).
+    """
     import uvicorn
 
     from dte_dask.service.app import create_app
 
     _configure_logging(log_level)
     sockets = [bind(host, port)]
-    url = _url(host, sockets[0])
+    url = _url(host, sockets[0], "https" if ssl_certfile else "http")
     if metrics_port is not None:
         sockets.append(bind(host, metrics_port))
         metrics_port = sockets[1].getsockname()[1]
@@ -49,7 +53,8 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
     app = create_app(settings)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-                            server_header=False, proxy_headers=False)
+                            server_header=False, proxy_headers=False, ssl_keyfile=ssl_keyfile,
+                            ssl_certfile=ssl_certfile)
     server = uvicorn.Server(config)
     logger.info("dte-dask serve: listening on %s%s", url,
                 f" (metrics also on port {metrics_port})" if metrics_port else "")

@@ -20,13 +20,20 @@ class Limits:
     """What one submitted job may ask for (checked before it is queued; 422 naming the field).
 
     They bound the work an authenticated caller can start with one small request: the simulated
-    panel's size, the bootstrap draws, the number of estimators and of partitions.
+    panel's size, the bootstrap draws, the number of estimators and of partitions, the estimated
+    work and largest task of the job (:mod:`dte_dask.service.limits`), and the size of the spec's
+    fields (the job name, any string, list or mapping).
     """
 
     max_simulate_rows: int = 50_000_000
     max_n_boot: int = 100_000
     max_estimators: int = 32
     max_npartitions: int = 4096
+    max_work: float = 1e14
+    max_task_bytes: int = 4 << 30
+    max_name_chars: int = 200
+    max_string_chars: int = 4096
+    max_list_items: int = 1000
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,16 @@ class ServiceSettings:
         Jobs running at once; more wait in a FIFO queue of at most ``max_queued`` (then 429).
     max_request_bytes : int
         Largest request body accepted (413 beyond).
+    job_timeout_s : float or None
+        Wall-clock limit of a running job; past it the job is stopped and marked ``failed``
+        ("wall-clock limit ... exceeded"). None: no limit.
+    job_memory_bytes : int or None
+        Memory budget of a running job on the workers: the bytes of its results held in worker
+        memory (the scheduler's ``nbytes`` of the tasks it submitted); past it the job is stopped
+        and marked ``failed``. None: no budget.
+    retain_days : float or None
+        Finished jobs older than this (by their end) are deleted with their results, at startup
+        and every ``purge_interval_s``. None: kept for ever.
     public_url : str or None
         Printed when ready (the CLI sets it from the bound socket).
     """
@@ -62,11 +79,15 @@ class ServiceSettings:
     data_roots: tuple[Path, ...] = ()
     max_concurrent: int = 2
     max_queued: int = 1000
-    max_request_bytes: int = 1 << 20
+    max_request_bytes: int = 256 << 10
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None
     public_url: str | None = None
     shutdown_grace_s: float = 10.0
+    job_timeout_s: float | None = 6 * 3600.0
+    job_memory_bytes: int | None = None
+    retain_days: float | None = 30.0
+    purge_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -75,6 +96,10 @@ class ServiceSettings:
             raise ServiceConfigError("max_concurrent must be >= 1")
         if self.max_queued < 0:
             raise ServiceConfigError("max_queued must be >= 0")
+        for name in ("job_timeout_s", "job_memory_bytes", "retain_days"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ServiceConfigError(f"{name} must be > 0 (or None: no limit)")
         object.__setattr__(self, "db_path", Path(self.db_path).expanduser().absolute())
         res = self.results_dir if self.results_dir is not None else self.db_path.parent / "results"
         object.__setattr__(self, "results_dir", Path(res).expanduser().absolute())

@@ -99,13 +99,31 @@ class JobStore:
             return self._row(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def list(self, state: str | None = None, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Jobs, newest first, and how many there are in all (with that state)."""
+        """Job summaries (no spec, summary or warnings), newest first, and how many there are in all."""
         where, args = ("WHERE state = ?", [state]) if state else ("", [])
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
-            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                                    [*args, limit, offset]).fetchall()
-        return [r for r in map(self._row, rows) if r is not None], int(total)
+            rows = self._db.execute(
+                f"SELECT id, name, state, submitted_at, started_at, finished_at, substr(error, 1, 500) AS error "
+                f"FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return [dict(r) for r in rows], int(total)
+
+    def delete(self, job_id: str, states: Iterable[str] = FINAL) -> bool:
+        """Remove a job's row if it is in one of ``states``; whether it was removed."""
+        froms = list(states)
+        with self._lock:
+            cur = self._db.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({', '.join('?' * len(froms))})",
+                                   [job_id, *froms])
+            return cur.rowcount == 1
+
+    def finished_before(self, t: float, limit: int = 1000) -> list[tuple[str, str | None]]:
+        """``(id, results_dir)`` of finished jobs that ended before ``t``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, results_dir FROM jobs WHERE state IN ({', '.join('?' * len(FINAL))}) "
+                "AND finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                [*FINAL, t, limit]).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, 0 if none)."""

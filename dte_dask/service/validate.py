@@ -7,20 +7,16 @@ which the API answers with 422. On top of the spec's own rules the service check
 
 * its :class:`~dte_dask.service.settings.Limits` (simulated panel size, bootstrap draws,
   estimators, partitions) and that estimator names can become file names;
-* that a file source lies inside one of the configured data roots (:func:`confine_source`): no
-  ``..`` component, no ``~``, no URL, and every file it names (after following symlinks) is
-  under a root. ``mpdta`` and ``simulate`` need no path.
+* that a file source lies inside one of the configured data roots: see
+  :mod:`dte_dask.service.paths` (decided lexically first; one answer for every refused path).
 
 YAML is read without anchors/aliases (no "billion laughs"), and numbers must be finite.
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
 import re
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -33,8 +29,6 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 JSON_TYPES = ("application/json",)
 BUILTIN_SOURCES = ("mpdta", "simulate")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as dte_dask.report: it becomes a file name
-_GLOB = re.compile(r"[*?\[]")
-_MAX_SCAN = 100_000  # files checked under a directory source
 
 
 class SpecProblem(Exception):
@@ -186,63 +180,3 @@ def check_columns(job: JobSpec, source: str) -> None:
         msg = str(exc).removeprefix("invalid job spec: ")
         m = _FIELD.search(msg)
         raise SpecProblem.one(["data", m.group(1)] if m else ["data"], msg) from None
-
-
-def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
-    return any(path == r or path.is_relative_to(r) for r in roots)
-
-
-def confine_source(source: str, roots: tuple[Path, ...]) -> str:
-    """The absolute path (or glob) of a file source, checked to lie inside ``roots``.
-
-    ``mpdta`` and ``simulate`` come back unchanged. A relative source is looked up in each root
-    in turn (the first where it exists wins). Raises :class:`SpecProblem` at ``data.source``.
-    """
-    loc = ["data", "source"]
-    if source in BUILTIN_SOURCES:
-        return source
-    if not roots:
-        raise SpecProblem.one(loc, "file sources are disabled on this service (it has no data roots); "
-                                   "use 'mpdta' or 'simulate'", "path_not_allowed", status=422)
-    if not source or "\x00" in source or "://" in source or source.startswith("~"):
-        raise SpecProblem.one(loc, "must be a file path or glob inside the service's data roots "
-                                   "(no URL, no ~)", "path_not_allowed")
-    pure = PurePosixPath(source)
-    if ".." in pure.parts:
-        raise SpecProblem.one(loc, "'..' is not allowed in data paths", "path_not_allowed")
-    candidates = [Path(source)] if pure.is_absolute() else [r / source for r in roots]
-    problems = []
-    for full in candidates:
-        try:
-            files = _expand(full)
-        except FileNotFoundError as exc:
-            problems.append(str(exc))
-            continue
-        outside = [f for f in files if not _inside(Path(os.path.realpath(f)), roots)]
-        if outside:
-            raise SpecProblem.one(loc, "the path lies outside the service's data roots", "path_not_allowed")
-        return os.fspath(full)
-    raise SpecProblem.one(loc, f"no such file or directory inside the data roots: {source!r}", "path_not_found")
-
-
-def _expand(full: Path) -> list[str]:
-    """The path itself (and its files, for a directory) or the glob's matches."""
-    parts = full.parts
-    first_glob = next((i for i, p in enumerate(parts) if _GLOB.search(p)), None)
-    if first_glob is not None:
-        matches = sorted(glob.glob(os.fspath(full)))
-        if not matches:
-            raise FileNotFoundError(f"no file matches {full.name!r}")
-        # the fixed part of the pattern must be inside too, even though each match is checked
-        return [os.fspath(Path(*parts[:first_glob])), *matches]
-    if not full.exists():
-        raise FileNotFoundError(full.name)
-    if full.is_dir():
-        out = [os.fspath(full)]
-        for n, (d, _dirs, fnames) in enumerate(os.walk(full, followlinks=False)):
-            out.extend(os.path.join(d, f) for f in fnames)
-            out.extend(os.path.join(d, x) for x in _dirs)
-            if len(out) > _MAX_SCAN or n > _MAX_SCAN:
-                break
-        return out
-    return [os.fspath(full)]

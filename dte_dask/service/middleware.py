@@ -1,0 +1,70 @@
+"""ASGI middleware of the service: the request-body limit (413) and the metrics-port filter."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+
+class BodySizeLimit:
+    """413 for request bodies over ``limit`` bytes (Content-Length or counted while streaming)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        cl = headers.get(b"content-length")
+        if cl is not None:
+            try:
+                too_big = int(cl) > self.limit
+            except ValueError:
+                too_big = False
+            if too_big:
+                return await self._reject(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                return await self._reject(scope, receive, send)
+            chunks.append(body)
+            if not msg.get("more_body"):
+                break
+        whole = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413,
+                            headers={"Connection": "close"})
+        await resp(scope, receive, send)
+
+
+class MetricsPortOnly:
+    """On the separate metrics port, serve only ``/metrics`` and ``/health``."""
+
+    def __init__(self, app: Any, port: int | None) -> None:
+        self.app, self.port = app, port
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (self.port and scope["type"] == "http" and (scope.get("server") or (None, None))[1] == self.port
+                and scope.get("path") not in ("/metrics", "/health")):
+            resp = JSONResponse({"detail": "Not Found"}, status_code=404)
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
