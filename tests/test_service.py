@@ -110,6 +110,13 @@ def test_file_source_inside_data_root(http: httpx.Client) -> None:
     info = wait_for(http, submit(http, job))
     assert info["state"] == "succeeded", info
     assert info["summary"]["estimators"]["att_gt"]["overall"]["att"] == pytest.approx(-0.0400, abs=5e-4)
+    # the run diagnoses itself: the record carries the class, core-hours and each stage's advice
+    diag = info["summary"]["diagnosis"]
+    assert [st["name"] for st in diag["stages"]] == ["load", "att_gt"] and diag["core_hours"] > 0
+    assert all(st["class"] and st["advice"] for st in diag["stages"])
+    metrics = http.get("/metrics").text
+    assert f'dte_dask_jobs_diagnosed_total{{run_class="{diag["class"]}"}}' in metrics
+    assert "dte_dask_job_core_hours_total" in metrics
     # a job that passes validation but fails while running reports why
     failed = wait_for(http, submit(http, {**job, "data": {**job["data"], "source": "text_outcome.csv"}}))
     assert failed["state"] == "failed" and "lemp" in failed["error"], failed

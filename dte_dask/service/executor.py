@@ -152,7 +152,8 @@ class JobExecutor:
         ``run(job_spec, client, should_stop)`` -> summary dict (default
         :func:`dte_dask.jobs.runner.run_job`); ``should_stop()`` turns True on cancel or a limit.
     on_finish : callable, optional
-        ``on_finish(state, run_seconds, queue_seconds)`` after every job that started.
+        ``on_finish(state, run_seconds, queue_seconds, diagnosis)`` after every job that started
+        (``diagnosis``: the compact run diagnosis of a finished job, else None).
     job_timeout_s, job_memory_bytes : optional
         The running job's wall-clock limit and memory budget on the workers (None: none).
     results_root : Path, optional
@@ -162,7 +163,7 @@ class JobExecutor:
     def __init__(self, store: JobStore, client: Any, *, max_concurrent: int, max_queued: int,
                  prepare: Callable[[dict[str, Any]], Any],
                  run: Callable[[Any, Any, Callable[[], bool]], dict[str, Any]] | None = None,
-                 on_finish: Callable[[str, float, float], None] | None = None, job_timeout_s: float | None = None,
+                 on_finish: Callable[[str, float, float, dict[str, Any] | None], None] | None = None, job_timeout_s: float | None = None,
                  job_memory_bytes: int | None = None, results_root: Path | None = None,
                  watch_interval_s: float = 0.5) -> None:
         self.store = store
@@ -357,7 +358,7 @@ class JobExecutor:
         logger.info("job %s: %s in %.2f s", job_id, state, now - t0)
         if (changed or state == "interrupted") and self._on_finish is not None:
             with contextlib.suppress(Exception):
-                self._on_finish(state, now - t0, queue_s)
+                self._on_finish(state, now - t0, queue_s, (summary or {}).get("diagnosis"))
 
     # ------------------------------------------------------------------ limits
     def _watch(self) -> None:
@@ -412,14 +413,23 @@ def _run_job(job: Any, client: Any, should_stop: Callable[[], bool]) -> dict[str
 
 
 def _compact(summary: Any) -> dict[str, Any] | None:
-    """The part of ``summary.json`` kept in the job record: each estimator's kind and overall."""
+    """The part of ``summary.json`` kept in the job record: each estimator's kind and overall, and
+    the run's diagnosis (class, core-hours, cost, each stage's finding and advice)."""
     if not isinstance(summary, dict):
         return None
     out: dict[str, Any] = {}
     for name, entry in (summary.get("estimators") or {}).items():
         if isinstance(entry, dict):
             out[name] = {k: entry[k] for k in ("kind", "class", "overall") if k in entry}
-    return {"estimators": out}
+    compact: dict[str, Any] = {"estimators": out}
+    diag = summary.get("diagnosis")
+    if isinstance(diag, dict):  # the run's class, cost and each stage's finding (dte_dask.diagnose)
+        compact["diagnosis"] = {
+            **{k: diag[k] for k in ("class", "bottleneck_stage", "wall_s", "core_hours", "cost") if k in diag},
+            "stages": [{"name": st.get("name"), "wall_s": st.get("wall_s"), "share": st.get("share"),
+                        "class": st.get("finding_kind"), "evidence": st.get("finding_evidence"),
+                        "advice": st.get("finding_advice")} for st in diag.get("stages", [])]}
+    return compact
 
 
 def scheduler_task_count(client: Any) -> int | None:

@@ -6,6 +6,8 @@
 ``dte_dask_jobs_rejected_total{reason}``          refused (``invalid``, ``too_large``, ``queue_full``...)
 ``dte_dask_jobs_finished_total{state}``           jobs this process finished, by final state
 ``dte_dask_job_duration_seconds{state}``          histogram of run time (start to end) of those jobs
+``dte_dask_jobs_diagnosed_total{run_class}``      finished jobs by the class of their run (compute-bound, memory-bound...)
+``dte_dask_job_core_hours_total``                 core-hours of finished jobs (wall time x worker threads)
 ``dte_dask_job_queue_seconds``                    histogram of time spent queued before starting
 ``dte_dask_jobs_running`` / ``_queue_length``     the executor right now
 ``dte_dask_max_concurrent_jobs``                  the concurrency limit
@@ -109,15 +111,22 @@ class ServiceMetrics:
                                   buckets=_DURATION_BUCKETS, registry=r)
         self.queue_wait = Histogram("dte_dask_job_queue_seconds", "Time jobs waited in the queue",
                                     buckets=_DURATION_BUCKETS, registry=r)
+        self.diagnosed = Counter("dte_dask_jobs_diagnosed", "Finished jobs by the class of their run "
+                                 "(dte_dask.diagnose)", ["run_class"], registry=r)
+        self.core_hours = Counter("dte_dask_job_core_hours", "Core-hours of finished jobs", registry=r)
         for s in STATES:
             if s not in ("queued", "running", "cancelling"):
                 self.finished.labels(state=s)
         r.register(_Live(self))
 
-    def job_finished(self, state: str, run_s: float, queue_s: float) -> None:
+    def job_finished(self, state: str, run_s: float, queue_s: float,
+                     diagnosis: dict[str, Any] | None = None) -> None:
         self.finished.labels(state=state).inc()
         self.duration.labels(state=state).observe(max(0.0, run_s))
         self.queue_wait.observe(max(0.0, queue_s))
+        if diagnosis:
+            self.diagnosed.labels(run_class=str(diagnosis.get("class", "unknown"))).inc()
+            self.core_hours.inc(max(0.0, float(diagnosis.get("core_hours") or 0.0)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
