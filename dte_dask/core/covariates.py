@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dte_dask.core.cells import Cells
+from dte_dask.core.logit import eta_extreme
 from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess, with_intercept
 from dte_dask.core.twobytwo import Stats, delta_y
 from dte_dask.panel.blocks import UnitBlock
@@ -66,9 +67,10 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
 
 
 def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray) -> Stats:
-    """Per active cell: gradient, information matrix and log-likelihood of the propensity logit."""
+    """Per active cell: gradient, information matrix and log-likelihood of the propensity logit,
+    and the number of rows whose fitted probability is numerically 0 or 1 (``n01``)."""
     K, p = gamma.shape
-    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K)}
+    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K)}
     for ks in designs(cells, _x_varying(block)):
         ks = ks[active[ks]]
         if ks.size == 0:
@@ -78,6 +80,7 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
             sel = ks[np.all(gamma[ks] == gam, axis=1)]
             gr, he, ll = logit_grad_hess(X, d, w, gam)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
+            out["n01"][sel] = eta_extreme(X @ gam)
     return out
 
 

@@ -23,18 +23,15 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from dte_dask.core import covariates, moments, rcs, twobytwo
+from dte_dask.core import covariates, logit, moments, rcs, twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import guarded_solve
-from dte_dask.exceptions import DegenerateCellWarning
+from dte_dask.exceptions import DegenerateCellWarning, NuisanceFitWarning
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.blocks import UnitBlock
 from dte_dask.panel.panel import Panel
-
-NEWTON_MAX_ITER = 50
-NEWTON_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -111,6 +108,16 @@ def _warn_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
     warnings.warn(f"{names}{more} {verb} NaN: {reason}", DegenerateCellWarning, stacklevel=4)
 
 
+def _note_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
+    """One warning per reason for cells that keep their estimate (R warns and carries on)."""
+    idx = np.flatnonzero(bad)
+    if idx.size == 0:
+        return
+    names = ", ".join(f"ATT(g={label(cells.g[k])}, t={label(cells.t[k])})" for k in idx[:8])
+    more = f" and {idx.size - 8} more" if idx.size > 8 else ""
+    warnings.warn(f"{names}{more}: {reason}", NuisanceFitWarning, stacklevel=4)
+
+
 def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = np.full(b.shape, np.nan)
     good = ok.copy()
@@ -123,30 +130,30 @@ def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarra
     return out, good
 
 
-def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label) -> tuple[np.ndarray, np.ndarray]:
-    """Logit MLE per cell by Newton steps, one reduction over the blocks per step."""
-    ok = active.copy()
-    for _ in range(NEWTON_MAX_ITER):
-        if not active.any():
-            break
-        s = _exact_sum(panel, covariates.logit_stats, cells, gamma, active, name="attgt-logit").compute()
-        for k in np.flatnonzero(active):
-            step = guarded_solve(s["hess"][k], s["grad"][k])
-            if step is None:
-                ok[k] = active[k] = False
-                _warn_cells(cells, np.eye(cells.K, dtype=bool)[k], "singular propensity-score design (perfect separation or collinear covariates)", label)
-                continue
-            gamma[k] = gamma[k] + step
-            if np.max(np.abs(step)) <= NEWTON_TOL * (1.0 + np.max(np.abs(gamma[k]))):
-                active[k] = False
-    if active.any():
-        ok &= ~active
-        _warn_cells(cells, active, "propensity score did not converge (perfect separation?)", label)
-    big = ok & (np.max(np.abs(gamma), axis=1) > 50)
-    if big.any():
-        ok &= ~big
-        _warn_cells(cells, big, "perfect separation in the propensity score", label)
-    return gamma, ok
+def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
+            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray]:
+    """Propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`): one reduction over
+    the blocks per IRLS iteration (and per halved step); problems are reported per cell."""
+    irls = logit.IrlsLogit(gamma, active, dev_scale)
+    while (prop := irls.proposal()) is not None:
+        at, mask = prop
+        s = _exact_sum(panel, stats_fn, cells, at, mask, name="attgt-logit").compute()
+        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s["n01"])
+    fit = irls.result()
+    _warn_cells(cells, fit.singular & (fit.iterations == 0),
+                "singular propensity-score design, even with equilibrated columns (collinear covariates, "
+                "or a covariate constant among the cell's units)", label)
+    _warn_cells(cells, fit.singular & (fit.iterations > 0),
+                "the propensity-score information matrix became singular during IRLS (quasi-complete separation)", label)
+    _warn_cells(cells, fit.separated, "perfect separation in the propensity score: the covariates predict treatment "
+                "exactly (the logit deviance fell to ~0), so treated and control units do not overlap", label)
+    _note_cells(cells, fit.ok & ~fit.converged,
+                f"the propensity-score logit did not converge in {logit.GLM_MAXIT} IRLS iterations "
+                "(glm.fit's rule |dev - dev_old|/(|dev| + 0.1) < 1e-8); its last iterate is used, as R does", label)
+    _note_cells(cells, fit.ok & fit.extreme, "fitted propensity scores numerically 0 or 1 occurred (quasi-complete "
+                "separation; R: 'glm.fit: fitted probabilities numerically 0 or 1 occurred'); those units are "
+                "trimmed or weigh ~0", label)
+    return fit.gamma, fit.ok
 
 
 def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, groups: np.ndarray,
@@ -234,13 +241,13 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
             eta_c = np.einsum("kp,kp->k", s["SwDX"], beta) / s["SwD"]
         att = np.where(ok, eta_t - eta_c, np.nan)
         return att, ok, {"method": "reg", "n": panel.n_units, "beta": beta, "v_t": v_t, "eta_t": eta_t, "eta_c": eta_c, "St": s["SwD"]}, s
-    # propensity score: start from the intercept-only MLE
-    gamma = np.zeros((cells.K, p))
+    # propensity score: IRLS from the intercept-only MLE; deviances on R's scale (weights of mean 1)
     swc = s["XtWX"][:, 0, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gamma[:, 0] = np.log(s["SwD"] / swc)
+    gamma = logit.intercept_start(s["SwD"], swc, p)
     gamma[~ok] = 0.0
-    gamma, ok = _newton(panel, cells, gamma, ok.copy(), label)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
+    gamma, ok = _newton(panel, cells, gamma, ok.copy(), label, dev_scale)
     m = _exact_sum(panel, covariates.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
