@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dte_dask.core.regression import guarded_solve
+from dte_dask.core.regression import expit, guarded_solve
 
 GLM_EPSILON = 1e-8  # glm.control()$epsilon
 GLM_MAXIT = 25  # glm.control()$maxit
@@ -44,6 +44,7 @@ POLISH_STEPS = 5  # Newton steps after convergence, to machine precision
 POLISH_TOL = 1e-12  # a step below this (relative, equilibrated units) ends the polishing
 ETA_LIMIT = 30.0  # R's logit link: |eta| > 30 gives mu numerically 0 or 1
 SEPARATION_RATIO = 1e-6  # deviance / null deviance below this: perfect separation
+OVERLAP_LIMIT = 0.999  # R did: a preliminary logit with max fitted >= 0.999 violates overlap
 
 _START, _TRY, _DONE = 0, 1, 2
 
@@ -72,6 +73,7 @@ class LogitFit:
     iterations: np.ndarray  # accepted IRLS steps until convergence (or GLM_MAXIT)
     halvings: np.ndarray  # rejected (halved) steps, in all
     extreme: np.ndarray  # fitted probabilities numerically 0 or 1 at the final coefficients
+    overlap: np.ndarray  # some fitted probability >= OVERLAP_LIMIT at the final coefficients
     singular: np.ndarray  # information matrix singular even after equilibration
     separated: np.ndarray  # deviance collapsed to ~0: covariates predict treatment exactly
     deviance: np.ndarray  # final deviance (weights normalised to mean one)
@@ -110,6 +112,7 @@ class IrlsLogit:
         self.converged = np.zeros(K, bool)
         self.singular = np.zeros(K, bool)
         self.extreme = np.zeros(K, bool)
+        self.overlap = np.zeros(K, bool)
         self.iterations = np.zeros(K, np.int64)
         self.polished = np.zeros(K, np.int64)
         self.halvings = np.zeros(K, np.int64)
@@ -134,9 +137,14 @@ class IrlsLogit:
         pts[tr] = self.gamma[tr] + self.t[tr, None] * self.step[tr]
         return pts, mask
 
-    def update(self, grad: np.ndarray, hess: np.ndarray, dev: np.ndarray, n_extreme: np.ndarray) -> None:
-        """Feed the sums evaluated at the last :meth:`proposal` (rows of inactive cells ignored)."""
+    def update(self, grad: np.ndarray, hess: np.ndarray, dev: np.ndarray, n_extreme: np.ndarray,
+               n_overlap: np.ndarray | None = None) -> None:
+        """Feed the sums evaluated at the last :meth:`proposal` (rows of inactive cells ignored):
+        gradient, information matrix, deviance, rows with fitted probabilities numerically 0 or 1
+        and (optionally) rows with a fitted probability >= :data:`OVERLAP_LIMIT`."""
         self.passes += 1
+        if n_overlap is None:
+            n_overlap = np.zeros(self.K)
         dev = np.asarray(dev, float) * self.scale
         starting, trying = np.flatnonzero(self.state == _START), np.flatnonzero(self.state == _TRY)
         for k in starting:
@@ -144,7 +152,7 @@ class IrlsLogit:
             d = np.diag(hess[k])
             if d[0] > 0 and np.all(np.isfinite(d)):
                 self.colscale[k] = np.where(d > 0, np.sqrt(np.maximum(d, 0) / d[0]), 1.0)
-            self._accept_point(k, grad[k], hess[k], n_extreme[k])
+            self._accept_point(k, grad[k], hess[k], n_extreme[k], n_overlap[k])
             self._next_step(k)
         for k in trying:
             change = glm_change(dev[k], self.dev[k])
@@ -157,7 +165,7 @@ class IrlsLogit:
                 continue
             self.gamma[k] = self.gamma[k] + self.t[k] * self.step[k]
             self.dev[k] = dev[k]
-            self._accept_point(k, grad[k], hess[k], n_extreme[k])
+            self._accept_point(k, grad[k], hess[k], n_extreme[k], n_overlap[k])
             if self.polishing[k]:
                 self.polished[k] += 1
                 if self.polished[k] >= POLISH_STEPS:
@@ -177,14 +185,14 @@ class IrlsLogit:
             separated = self.started & ~self.singular & (self.dev <= SEPARATION_RATIO * self.dev_null)
         return LogitFit(gamma=self.gamma.copy(), ok=self.started & ~self.singular & ~separated,
                         converged=self.converged.copy(), iterations=self.iterations.copy(),
-                        halvings=self.halvings.copy(), extreme=self.extreme.copy(),
+                        halvings=self.halvings.copy(), extreme=self.extreme.copy(), overlap=self.overlap.copy(),
                         singular=self.singular.copy(), separated=separated, deviance=self.dev.copy(),
                         null_deviance=self.dev_null.copy(), passes=self.passes)
 
     # ------------------------------------------------------------------ per cell
-    def _accept_point(self, k: int, grad, hess, n_extreme) -> None:
+    def _accept_point(self, k: int, grad, hess, n_extreme, n_overlap) -> None:
         self.grad[k], self.hess[k] = grad, hess
-        self.extreme[k] = n_extreme > 0
+        self.extreme[k], self.overlap[k] = n_extreme > 0, n_overlap > 0
 
     def _next_step(self, k: int) -> None:
         """Newton step at the current coefficients of cell k; decide whether to evaluate it."""
@@ -207,3 +215,8 @@ class IrlsLogit:
 def eta_extreme(eta: np.ndarray) -> int:
     """Rows whose fitted probability R's logit link reports as numerically 0 or 1."""
     return int(np.count_nonzero(np.abs(eta) > ETA_LIMIT))
+
+
+def overlap_count(eta: np.ndarray) -> int:
+    """Rows with a fitted probability of at least :data:`OVERLAP_LIMIT` (R did's overlap check)."""
+    return int(np.count_nonzero(expit(eta) >= OVERLAP_LIMIT))

@@ -5,6 +5,7 @@ import numpy as np
 
 PS_CAP = 1.0 - 1e-6  # DRDID: ps.fit <- pmin(ps.fit, 1 - 1e-6)
 TRIM_LEVEL = 0.995  # DRDID: controls with ps >= trim.level get zero weight
+ILL_CONDITIONED = 1e10  # equilibrated condition number above which a solve may lose ~1e-6 relative
 
 
 def expit(z: np.ndarray) -> np.ndarray:
@@ -41,6 +42,24 @@ def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     except np.linalg.LinAlgError:
         return None
     return x / (s[:, None] if np.ndim(b) == 2 else s)
+
+
+def equilibrated_cond(a: np.ndarray) -> float:
+    """1-norm condition number of ``a`` scaled to unit diagonal (inf when singular or not finite).
+
+    Solutions of the normal equations are accurate to about ``cond * eps`` relative; above
+    :data:`ILL_CONDITIONED` the estimate is kept (as R keeps it) but reported.
+    """
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        return np.inf
+    d = np.diag(a)
+    if not np.all(d > 0):
+        return np.inf
+    s = np.sqrt(d)
+    try:
+        return float(np.linalg.cond(a / s[:, None] / s[None, :], 1))
+    except np.linalg.LinAlgError:
+        return np.inf
 
 
 def with_intercept(x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from dte_dask.core import covariates, logit, moments, rcs, twobytwo
 from dte_dask.core.cells import Cells
-from dte_dask.core.regression import guarded_solve
+from dte_dask.core.regression import ILL_CONDITIONED, equilibrated_cond, guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning, NuisanceFitWarning
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
@@ -130,16 +130,33 @@ def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarra
     return out, good
 
 
-def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
-            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray]:
+def _warn_ill_conditioned(cells: Cells, ok: np.ndarray, label, mats: dict[str, np.ndarray]) -> None:
+    """Cells kept although a nuisance design is nearly singular (R keeps them too): say so."""
+    for what, A in mats.items():
+        c = np.array([equilibrated_cond(A[k]) if ok[k] else 0.0 for k in range(cells.K)])
+        bad = ok & (c > ILL_CONDITIONED)
+        if bad.any():
+            _note_cells(cells, bad, f"nearly collinear covariates: the {what} is ill-conditioned (condition number "
+                        f"{np.max(c[bad]):.1e} after equilibrating its columns), so the estimate and its standard "
+                        f"error may be accurate to only about {np.max(c[bad]) * np.finfo(float).eps:.0e} relative", label)
+
+
+def _logit_fit(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None = None,
+               stats_fn=covariates.logit_stats, **kw) -> logit.LogitFit:
     """Propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`): one reduction over
-    the blocks per IRLS iteration (and per halved step); problems are reported per cell."""
+    the blocks per IRLS iteration (and per halved step)."""
     irls = logit.IrlsLogit(gamma, active, dev_scale)
     while (prop := irls.proposal()) is not None:
         at, mask = prop
-        s = _exact_sum(panel, stats_fn, cells, at, mask, name="attgt-logit").compute()
-        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s["n01"])
-    fit = irls.result()
+        s = _exact_sum(panel, stats_fn, cells, at, mask, *kw.values(), name="attgt-logit").compute()
+        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s["n01"], s.get("n999"))
+    return irls.result()
+
+
+def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
+            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray, logit.LogitFit]:
+    """:func:`_logit_fit`, with every problem reported per cell; returns (gamma, ok, fit)."""
+    fit = _logit_fit(panel, cells, gamma, active, dev_scale, stats_fn)
     _warn_cells(cells, fit.singular & (fit.iterations == 0),
                 "singular propensity-score design, even with equilibrated columns (collinear covariates, "
                 "or a covariate constant among the cell's units)", label)
@@ -153,7 +170,20 @@ def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, l
     _note_cells(cells, fit.ok & fit.extreme, "fitted propensity scores numerically 0 or 1 occurred (quasi-complete "
                 "separation; R: 'glm.fit: fitted probabilities numerically 0 or 1 occurred'); those units are "
                 "trimmed or weigh ~0", label)
-    return fit.gamma, fit.ok
+    return fit.gamma, fit.ok, fit
+
+
+def _overlap_violated(panel: Panel, cells: Cells, s: dict, fit: logit.LogitFit, ok: np.ndarray) -> np.ndarray:
+    """R did's overlap check: its preliminary, *unweighted* logit has a fitted probability >= 0.999.
+
+    Without sampling weights that logit is the propensity score itself; with weights it is fitted
+    once more, unweighted (extra reductions only in that case).
+    """
+    if panel.spec.weights is None:
+        return ok & fit.overlap
+    gamma0 = logit.intercept_start(s["nD"], s["nC"], fit.gamma.shape[1])
+    pre = _logit_fit(panel, cells, gamma0, ok.copy(), None, covariates.logit_stats, unweighted=True)
+    return ok & (pre.overlap | pre.separated)
 
 
 def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, groups: np.ndarray,
@@ -239,6 +269,7 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
         with np.errstate(invalid="ignore", divide="ignore"):
             eta_t = s["SwDdY"] / s["SwD"]
             eta_c = np.einsum("kp,kp->k", s["SwDX"], beta) / s["SwD"]
+        _warn_ill_conditioned(cells, ok, label, {"outcome-regression design among controls": s["XtWX"]})
         att = np.where(ok, eta_t - eta_c, np.nan)
         return att, ok, {"method": "reg", "n": panel.n_units, "beta": beta, "v_t": v_t, "eta_t": eta_t, "eta_c": eta_c, "St": s["SwD"]}, s
     # propensity score: IRLS from the intercept-only MLE; deviances on R's scale (weights of mean 1)
@@ -247,7 +278,11 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
     gamma[~ok] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
-    gamma, ok = _newton(panel, cells, gamma, ok.copy(), label, dev_scale)
+    gamma, ok, fit = _newton(panel, cells, gamma, ok.copy(), label, dev_scale)
+    bad = _overlap_violated(panel, cells, s, fit, ok)
+    _warn_cells(cells, bad, "overlap condition violated: a fitted propensity score is >= 0.999 (R did's check on "
+                "its preliminary unweighted logit)", label)
+    ok &= ~bad
     m = _exact_sum(panel, covariates.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
@@ -262,6 +297,10 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
     v_ps, good = _solve_each(m["H"], M2, ok)
     _warn_cells(cells, ok & ~good, "singular propensity-score information matrix", label)
     ok = good
+    mats = {"propensity-score information matrix": m["H"]}
+    if method == "dr":
+        mats["outcome-regression design among controls"] = s["XtWX"]
+    _warn_ill_conditioned(cells, ok, label, mats)
     est = {"method": method, "n": panel.n_units, "beta": b, "gamma": gamma, "eta_t": eta_t, "eta_c": eta_c,
            "St": m["St"], "Sc": m["Sc"], "v_ps": v_ps}
     if method == "dr":
