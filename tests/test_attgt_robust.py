@@ -22,7 +22,11 @@ from hypothesis import strategies as st
 import dte_dask
 from dte_dask.core import logit
 from dte_dask.core.regression import logit_grad_hess
-from dte_dask.exceptions import DegenerateCellWarning, DteDaskWarning, NuisanceFitWarning
+from dte_dask.exceptions import (
+    DegenerateCellWarning,
+    DteDaskWarning,
+    NuisanceFitWarning,
+)
 
 from . import peers
 
