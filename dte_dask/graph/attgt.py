@@ -153,10 +153,8 @@ def _logit_fit(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray
     return irls.result()
 
 
-def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
-            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray, logit.LogitFit]:
-    """:func:`_logit_fit`, with every problem reported per cell; returns (gamma, ok, fit)."""
-    fit = _logit_fit(panel, cells, gamma, active, dev_scale, stats_fn)
+def _report_logit(cells: Cells, fit: logit.LogitFit, label) -> None:
+    """Warnings for cells whose logit failed (they become NaN)."""
     _warn_cells(cells, fit.singular & (fit.iterations == 0),
                 "singular propensity-score design, even with equilibrated columns (collinear covariates, "
                 "or a covariate constant among the cell's units)", label)
@@ -164,13 +162,25 @@ def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, l
                 "the propensity-score information matrix became singular during IRLS (quasi-complete separation)", label)
     _warn_cells(cells, fit.separated, "perfect separation in the propensity score: the covariates predict treatment "
                 "exactly (the logit deviance fell to ~0), so treated and control units do not overlap", label)
-    _note_cells(cells, fit.ok & ~fit.converged,
+
+
+def _note_logit(cells: Cells, fit: logit.LogitFit, ok: np.ndarray, label) -> None:
+    """Notes for estimable cells whose logit met a problem R only warns about."""
+    _note_cells(cells, ok & ~fit.converged,
                 f"the propensity-score logit did not converge in {logit.GLM_MAXIT} IRLS iterations "
                 "(glm.fit's rule |dev - dev_old|/(|dev| + 0.1) < 1e-8); its last iterate is used, as R does", label)
-    _note_cells(cells, fit.ok & fit.extreme, "fitted propensity scores numerically 0 or 1 occurred (quasi-complete "
+    _note_cells(cells, ok & fit.extreme, "fitted propensity scores numerically 0 or 1 occurred (quasi-complete "
                 "separation; R: 'glm.fit: fitted probabilities numerically 0 or 1 occurred'); those units are "
                 "trimmed or weigh ~0", label)
-    return fit.gamma, fit.ok, fit
+
+
+def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
+            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_logit_fit` with every problem reported per cell; returns (gamma, ok)."""
+    fit = _logit_fit(panel, cells, gamma, active, dev_scale, stats_fn)
+    _report_logit(cells, fit, label)
+    _note_logit(cells, fit, fit.ok, label)
+    return fit.gamma, fit.ok
 
 
 def _overlap_violated(panel: Panel, cells: Cells, s: dict, fit: logit.LogitFit, ok: np.ndarray) -> np.ndarray:
@@ -278,11 +288,14 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
     gamma[~ok] = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
-    gamma, ok, fit = _newton(panel, cells, gamma, ok.copy(), label, dev_scale)
+    fit = _logit_fit(panel, cells, gamma, ok.copy(), dev_scale)
+    _report_logit(cells, fit, label)
+    gamma, ok = fit.gamma, fit.ok
     bad = _overlap_violated(panel, cells, s, fit, ok)
     _warn_cells(cells, bad, "overlap condition violated: a fitted propensity score is >= 0.999 (R did's check on "
                 "its preliminary unweighted logit)", label)
     ok &= ~bad
+    _note_logit(cells, fit, ok, label)
     m = _exact_sum(panel, covariates.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
