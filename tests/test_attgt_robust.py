@@ -125,15 +125,22 @@ def test_nsw_non_convergence_is_reported_with_the_cell(nsw, monkeypatch):
 
 # ----------------------------------------------------------------------------- the logit itself
 def _irls(X, d, w):
-    """Drive IrlsLogit on one in-memory design, as graph/attgt.py does over blocks."""
-    gamma0 = logit.intercept_start(np.array([w @ d]), np.array([w @ (1 - d)]), X.shape[1])
-    fit = logit.IrlsLogit(gamma0, np.ones(1, bool), np.array([len(w) / w.sum()]))
+    """Drive IrlsLogit on in-memory designs, as graph/attgt.py does over blocks. ``X, d, w`` are
+    one design or lists of designs (one per cell, fitted together)."""
+    many = isinstance(X, list)
+    Xs, ds, ws = (X, d, w) if many else ([X], [d], [w])
+    K, p = len(Xs), Xs[0].shape[1]
+    gamma0 = logit.intercept_start(np.array([w_ @ d_ for d_, w_ in zip(ds, ws)]),
+                                   np.array([w_ @ (1 - d_) for d_, w_ in zip(ds, ws)]), p)
+    fit = logit.IrlsLogit(gamma0, np.ones(K, bool), np.array([len(w_) / w_.sum() for w_ in ws]))
     while (prop := fit.proposal()) is not None:
-        g = prop[0][0]
-        gr, H, ll = logit_grad_hess(X, d, w, g)
-        eta = X @ g
-        fit.update(gr[None], H[None], np.array([-2 * ll]), np.array([logit.eta_extreme(eta)]),
-                   np.array([logit.overlap_count(eta)]))
+        at, mask = prop
+        grad, hess, dev, n01, n999 = np.zeros((K, p)), np.zeros((K, p, p)), np.zeros(K), np.zeros(K), np.zeros(K)
+        for k in np.flatnonzero(mask):
+            grad[k], hess[k], ll = logit_grad_hess(Xs[k], ds[k], ws[k], at[k])
+            eta = Xs[k] @ at[k]
+            dev[k], n01[k], n999[k] = -2 * ll, logit.eta_extreme(eta), logit.overlap_count(eta)
+        fit.update(grad, hess, dev, n01, n999)
     return fit.result()
 
 
@@ -156,6 +163,22 @@ def test_nsw_logit_needs_halving_and_matches_statsmodels(nsw):
     assert fit.ok[0] and fit.converged[0] and fit.halvings[0] >= 1 and fit.iterations[0] <= logit.GLM_MAXIT
     ref = _statsmodels_logit(X, d, w)
     np.testing.assert_allclose(X @ fit.gamma[0], X @ ref, rtol=0, atol=1e-8)
+
+
+def test_cells_fitted_together_halve_their_steps_independently(nsw):
+    """A cell that needs step-halving (NSW) and one that does not, fitted at once: each gets
+    exactly the coefficients of its own fit."""
+    x = nsw[nsw["year"] == 1975]
+    X1 = np.column_stack([np.ones(len(x)), x[COV].to_numpy(float)])
+    d1, w1 = (x["g"] > 0).to_numpy(float), np.ones(len(x))
+    rng = np.random.default_rng(3)
+    X2 = np.column_stack([np.ones(500), rng.normal(size=(500, len(COV)))])
+    d2, w2 = (rng.uniform(size=500) < 0.4).astype(float), rng.uniform(0.5, 2, 500)
+    both = _irls([X1, X2], [d1, d2], [w1, w2])
+    one, two = _irls(X1, d1, w1), _irls(X2, d2, w2)
+    assert both.halvings[0] >= 1 and both.halvings[1] == 0
+    np.testing.assert_array_equal(both.gamma, np.vstack([one.gamma, two.gamma]))
+    np.testing.assert_array_equal(both.iterations, np.r_[one.iterations, two.iterations])
 
 
 @PROPERTY
