@@ -2,13 +2,16 @@
 
 The data never reach this module. :class:`IrlsLogit` proposes, for every active cell, a coefficient
 vector at which the caller evaluates the weighted logit (gradient, information matrix, deviance and
-the number of fitted probabilities numerically 0 or 1, summed over the blocks: one reduction) and
+the numbers of fitted probabilities numerically 0 or 1 and >= 0.999, summed over the blocks: one
+reduction) and
 feeds the sums back with :meth:`IrlsLogit.update`. All cells advance together; each has its own
 step length.
 
 The algorithm, per cell:
 
-* start from the intercept-only MLE (its deviance is the null deviance);
+* start from the intercept-only MLE (its deviance is the null deviance). ``glm.fit`` starts from
+  ``mustart = (w y + 0.5) / (w + 1)`` instead, a point with no coefficients, so its first step
+  cannot be halved; any start reaches the same maximum;
 * Newton / IRLS step (the same thing for the canonical logit link) from the information matrix,
   solved on the *equilibrated* system ``S^-1 H S^-1`` with ``S = sqrt(diag H)`` (scale the
   covariate columns, solve, transform back), so that neither the step nor the singularity check
@@ -22,8 +25,9 @@ The algorithm, per cell:
   iterations; a cell that does not converge keeps its last coefficients and is reported (R warns
   "glm.fit: algorithm did not converge" and DRDID carries on);
 * after convergence up to :data:`POLISH_STEPS` further Newton steps (still guarded) bring the
-  coefficients to machine precision (until a step is below 1e-12 relative in equilibrated
-  units), so that estimates do not depend on where the deviance test happened to stop;
+  coefficients to machine precision (until a step is below 1e-12 relative, each coefficient
+  measured in units of its column's root mean square), so that estimates do not depend on where
+  the deviance test happened to stop;
 * fitted probabilities numerically 0 or 1 (``|eta| > 30``, the thresholds of R's logit link) are
   reported as ``glm.fit`` does ("fitted probabilities numerically 0 or 1 occurred"); a deviance
   that has collapsed to ~0 (below :data:`SEPARATION_RATIO` of the null deviance) means the
