@@ -3,9 +3,8 @@
 The data never reach this module. :class:`IrlsLogit` proposes, for every active cell, a coefficient
 vector at which the caller evaluates the weighted logit (gradient, information matrix, deviance and
 the numbers of fitted probabilities numerically 0 or 1 and >= 0.999, summed over the blocks: one
-reduction) and
-feeds the sums back with :meth:`IrlsLogit.update`. All cells advance together; each has its own
-step length.
+reduction) and feeds the sums back with :meth:`IrlsLogit.update`. All cells advance together; each
+has its own step length.
 
 The algorithm, per cell:
 
