@@ -85,6 +85,8 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
     user = dict(metadata or {})
     summary["panel"] = user.pop("panel", None) or panel
     summary["columns"] = user.pop("columns", None) or columns
+    if user.get("diagnosis") is not None:  # a job's run diagnosis (dte_dask.diagnose): top level
+        summary["diagnosis"] = user.pop("diagnosis")
     summary["metadata"] = {**meta, **user}
     summary = _jsonable(summary)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
@@ -290,9 +292,23 @@ def build_report(results_dir: str | os.PathLike, *, title: str | None = None) ->
         page.section("Identification checks", anchor="checks")
     for name, c in s["checks"].items():
         _check_section(page, rd, name, c, cols)
+    if s.get("diagnosis"):
+        _diagnosis_section(page, s["diagnosis"])
     page.section("Run", anchor="run")
     page.metadata(s.get("metadata") or {})
     return page.render()
+
+
+def _diagnosis_section(page: Any, diag: dict[str, Any]) -> None:
+    """Per-stage figures, the class of each stage with its evidence and advice, core-hours, cost."""
+    page.section("Run diagnosis", anchor="diagnosis")
+    cost = f"; cost {diag['cost']:.4f} at {diag['price_per_core_hour']:g} per core-hour" if "cost" in diag else ""
+    page.note(f"Class: {diag['class']} (largest stage: {diag['bottleneck_stage']}); {diag['wall_s']:.1f} s on "
+              f"{diag['threads']} threads = {diag['core_hours']:.4f} core-hours{cost}.")
+    cols = ["name", "wall_s", "cpu_s", "utilization", "n_tasks", "median_task_s", "peak_worker_memory",
+            "spilled_bytes", "transferred_bytes", "finding_kind", "finding_evidence", "finding_advice"]
+    page.table(pd.DataFrame([{c: st.get(c) for c in cols} for st in diag.get("stages", [])], columns=cols),
+               caption="stages (bytes; seconds); classes and advice from dte_dask.diagnose")
 
 
 def _estimator_section(page: Any, rd: str, name: str, e: dict[str, Any], cols: dict[str, str],

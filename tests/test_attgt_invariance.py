@@ -62,11 +62,48 @@ def test_identical_for_any_npartitions_and_row_order(panel_df, case):
         _same(ref, _fit(df, npart, **dict(CASES[case])))
 
 
-def test_unbalanced_identical_across_partitions():
-    sim = dte_dask.simulate_panel(2000, 6, seed=4, unbalanced_share=0.15)
+UNBALANCED_CASES = {
+    "nocov": dict(),
+    "dr-covariates": dict(covariates=["age", "bmi"]),
+    "ipw-nyt-weights": dict(covariates=["age"], est_method="ipw", control_group="not_yet_treated", weights="bmi"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNBALANCED_CASES))
+def test_unbalanced_identical_across_partitions(case):
+    sim = dte_dask.simulate_panel(1000 if UNBALANCED_CASES[case] else 2000, 6, seed=4, unbalanced_share=0.15)
     df = sim.data.compute(scheduler="synchronous")
-    kw = dict(allow_unbalanced_panel=True, n_boot=49, seed=9)
+    kw = dict(allow_unbalanced_panel=True, n_boot=49, seed=9, **UNBALANCED_CASES[case])
     _same(_fit(df, 1, **dict(kw)), _fit(df.sample(frac=1.0, random_state=1), 8, **dict(kw)))
+
+
+RC_CASES = {
+    "reg": dict(est_method="reg", covariates=["age", "bmi"]),
+    "dr-nyt-universal": dict(covariates=["age"], control_group="not_yet_treated", base_period="universal"),
+    "ipw-clustered": dict(covariates=["bmi"], est_method="ipw", cluster="site"),
+}
+
+
+@pytest.mark.parametrize("case", list(RC_CASES))
+def test_repeated_cross_section_identical_across_partitions(case):
+    """panel=False with a row id column: rows are units ordered by that id, whatever the row order."""
+    sim = dte_dask.simulate_panel(800, 5, seed=6, selection=True)
+    df = sim.data.compute(scheduler="synchronous")
+    df = df[np.random.default_rng(1).random(len(df)) < 0.4].reset_index(drop=True)
+    df = df.assign(rid=np.arange(len(df)), site=np.arange(len(df)) % 37)
+    kw = dict(n_boot=49, seed=3, **RC_CASES[case])
+
+    def fit(frame, npartitions):
+        p = dte_dask.load_panel(frame, unit="rid", time="time", outcome="y", group="group", panel=False,
+                                covariates=kw["covariates"], cluster=kw.get("cluster"), npartitions=npartitions,
+                                rng_block_size=BS)
+        assert p.npartitions == npartitions
+        return dte_dask.att_gt(p, **{k: v for k, v in kw.items() if k not in ("covariates", "cluster")})
+
+    ref = fit(df, 1)
+    _same(ref, fit(df.sample(frac=1.0, random_state=2), 1 if "cluster" in kw else 6))
+    if "cluster" not in kw:
+        _same(ref, fit(df, 11))
 
 
 def test_threaded_equals_distributed(panel_df):

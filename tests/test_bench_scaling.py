@@ -17,16 +17,17 @@ def bench():
     sys.path.insert(0, str(BENCH))
     try:
         import run_medical
-        import scaling
+        import scaling_model
+        import scaling_run
         import taskstream
 
-        yield run_medical, scaling, taskstream
+        yield run_medical, scaling_model, taskstream, scaling_run
     finally:
         sys.path.remove(str(BENCH))
 
 
 def test_true_dynamic_is_the_cohort_size_weighted_truth(bench, tmp_path):
-    run_medical, _, _ = bench
+    run_medical, _, _, _ = bench
     (tmp_path / "_dte_dask.json").write_text(json.dumps({"cohort_counts": {"0": 50, "2": 10, "3": 30}}))
     pd.DataFrame({"group": [2, 2, 2, 3, 3, 3], "time": [1, 2, 3, 1, 2, 3], "event_time": [-1, 0, 1, -2, -1, 0],
                   "att": [0.0, 1.0, 2.0, 0.0, 0.0, 3.0]}).to_csv(tmp_path / "_truth.csv", index=False)
@@ -51,7 +52,7 @@ def _pass(prefixes, wall, gap=0.01, latency=0.0):
 
 
 def test_model_replays_a_single_threaded_reference(bench):
-    _, scaling, _ = bench
+    _, scaling, _, _ = bench
     # 4 partitions of 250k units, one map task each (1 s) and a 1-task reduction; wall = compute exactly
     ref = {"partitions": 4, "units": 1_000_000,
            "passes": [_pass({"k": {"tasks": 4, "compute": 4.0, "max": 1.0, "nbytes": 0.0},
@@ -75,7 +76,7 @@ def test_model_replays_a_single_threaded_reference(bench):
 
 
 def test_fit_costs_separates_fixed_and_per_unit_time(bench):
-    _, scaling, _ = bench
+    _, scaling, _, _ = bench
     rows = []
     for units, parts in ((10_000, 1), (1_000_000, 4)):
         u = units / parts
@@ -89,7 +90,7 @@ def test_fit_costs_separates_fixed_and_per_unit_time(bench):
 
 
 def test_passes_group_tasks_by_graph_submission(bench):
-    _, scaling, taskstream = bench
+    _, _, taskstream, scaling_run = bench
     tok = "0123456789abcdef" * 2  # dask tokens: 32 hex digits
     records = [
         {"key": f"attgt-stats-{tok}-0", "startstops": ({"action": "compute", "start": 10.1, "stop": 10.5},), "nbytes": 8},
@@ -98,7 +99,7 @@ def test_passes_group_tasks_by_graph_submission(bench):
     ]
     tasks = taskstream.flatten(records)
     assert set(tasks["prefix"]) == {"attgt-stats", "attgt-influence"}
-    passes = scaling._passes(tasks, [(10.0, 3), (11.0, 1)], 9.9, 12.2)
+    passes = scaling_run.passes(tasks, [(10.0, 3), (11.0, 1)], 9.9, 12.2)
     assert [p["tasks"] for p in passes] == [2, 1]
     assert passes[0]["wall"] == pytest.approx(0.9)
     assert passes[1]["gap"] == pytest.approx(0.1)

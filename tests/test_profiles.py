@@ -16,19 +16,20 @@ import dask.config
 import pytest
 import yaml
 
-from dte_dask.cluster import profiles
+from dte_dask.cluster import env, slurm, ssh
+from dte_dask.cluster.env import remote_env
 from dte_dask.cluster.profiles import (
     PACKAGE_PROFILE_DIR,
+    backend,
     connect,
     expand_env,
     expected_workers,
     find_profile,
     make_cluster,
-    remote_env,
     resolve_profile,
-    slurm_numactl,
-    ssh_numa_remote_python,
 )
+from dte_dask.cluster.slurm import slurm_numactl
+from dte_dask.cluster.ssh import ssh_numa_remote_python
 from dte_dask.cluster.schema import ProfileError, profile_json_schema, validate_profile
 from dte_dask.cluster.security import (
     cert_paths,
@@ -304,11 +305,21 @@ def test_slurm_numactl_modes() -> None:
 @pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl not installed")
 def test_slurm_numa_nodes_line_runs_here() -> None:
     """The job-script line that picks the NUMA node(s) yields a list numactl accepts."""
-    line = profiles._NODES_FROM_JOB
+    line = slurm.NODES_FROM_JOB
     out = subprocess.run(["bash", "-c", f"{line}; echo $DTE_DASK_NUMA_NODES"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out and all(p.isdigit() for p in out.split(","))
     subprocess.run(["numactl", f"--cpunodebind={out}", f"--membind={out}", "true"], check=True)
+
+
+def test_every_kind_has_a_backend() -> None:
+    from dte_dask.cluster.schema import KINDS
+
+    for kind in KINDS:
+        mod = backend(kind)
+        assert all(callable(getattr(mod, f)) for f in ("start", "expected_workers", "scale", "timeout_hint"))
+    with pytest.raises(ProfileError, match="unknown profile kind 'k8s'"):
+        backend("k8s")
 
 
 def test_expected_workers() -> None:
@@ -340,21 +351,21 @@ def test_remote_env() -> None:
         "OPENBLAS_CORETYPE": "Haswell", "A": "1"}
     assert remote_env({"OPENBLAS_CORETYPE": "Zen"}, ["OPENBLAS_*"], environ=environ) == {
         "OPENBLAS_CORETYPE": "Zen"}  # explicit env wins
-    assert profiles._env_prefix({"A": "x y", "B": "2"}) == "env A='x y' B=2 "
-    assert profiles._env_prefix({}) == ""
+    assert env.env_prefix({"A": "x y", "B": "2"}) == "env A='x y' B=2 "
+    assert env.env_prefix({}) == ""
     with pytest.raises(ProfileError, match="invalid environment variable"):
         remote_env({"BAD-NAME": "1"}, [], environ={})
 
 
 def test_probe_parser() -> None:
-    assert profiles._parse_probe("numactl=yes\nnode=1\nnode=0\n") == (True, [0, 1])
-    assert profiles._parse_probe("numactl=no\n") == (False, [])
+    assert ssh.parse_probe("numactl=yes\nnode=1\nnode=0\n") == (True, [0, 1])
+    assert ssh.parse_probe("numactl=no\n") == (False, [])
 
 
 def test_probe_command_runs_here() -> None:
-    out = subprocess.run(["sh", "-c", profiles._PROBE_CMD], capture_output=True, text=True,
+    out = subprocess.run(["sh", "-c", ssh.PROBE_CMD], capture_output=True, text=True,
                          check=True).stdout
-    has, nodes = profiles._parse_probe(out)
+    has, nodes = ssh.parse_probe(out)
     assert has == (shutil.which("numactl") is not None)
     if os.path.isdir("/sys/devices/system/node/node0"):
         assert 0 in nodes

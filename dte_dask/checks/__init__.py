@@ -8,6 +8,14 @@ Each check returns an immutable result with ``summary()``, ``to_frame()`` and ``
     checks.randomization_check(df, ..., n_perm=999, seed=1)      # permute cohort labels across units
     checks.balance_check(df, ..., covariates=["age", "bmi"])     # SMD by cohort vs controls
 
+The placebo and randomization checks take the estimator to check: ``att_gt`` with
+``est_method="dr" | "ipw" | "reg"`` (the default ``dr``, with or without covariates; the numbers are
+``att_gt``'s on the modified data), or ``estimator="event_study" | "stacked_did" | "sun_abraham"``
+(the estimator itself run on each modified panel; ``estimator_options`` passes its options)::
+
+    checks.placebo_check(df, ..., covariates=["age"], est_method="ipw")
+    checks.randomization_check(df, ..., estimator="stacked_did", estimator_options={"window": (-2, 2)})
+
 The data-based checks run their many re-estimations as parallel dask tasks on the active
 scheduler (a ``Client`` if one is active; none is created here).
 """

@@ -10,7 +10,10 @@ import click
 @click.option("--out", "out", default=None, help="Override the job's output folder.")
 @click.option("--profile", default=None, help="Override the job's cluster profile (name or YAML path).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Terminal progress bar.")
-def command(job_file: str, data: str | None, out: str | None, profile: str | None, progress: bool) -> None:
+@click.option("--price-per-core-hour", type=click.FloatRange(min=0), default=None,
+              help="Report the run's cost: core-hours (wall time x worker threads) x this price.")
+def command(job_file: str, data: str | None, out: str | None, profile: str | None, progress: bool,
+            price_per_core_hour: float | None) -> None:
     """Run JOB_FILE: load the panel, run its estimators, write CSV/parquet, summary.json and reports."""
     from dte_dask.exceptions import DteDaskError
     from dte_dask.jobs.runner import run_job
@@ -18,6 +21,6 @@ def command(job_file: str, data: str | None, out: str | None, profile: str | Non
 
     try:
         job = with_overrides(parse_job(job_file), data=data, out=out, profile=profile)
-        run_job(job, progress=progress, echo=click.echo)
+        run_job(job, progress=progress, echo=click.echo, price_per_core_hour=price_per_core_hour)
     except DteDaskError as exc:
         raise click.ClickException(str(exc)) from None

@@ -27,21 +27,21 @@ environment variable ``VAR`` (an error if unset), ``${VAR:-default}`` falls back
 first to last: the directories of ``dte_dask.cluster.search-path``, ``./cluster_configs``, the
 packaged profiles.
 
+Each kind is deployed by its own module (:data:`BACKENDS`: :mod:`dte_dask.cluster.local`,
+:mod:`dte_dask.cluster.ssh`, :mod:`dte_dask.cluster.slurm`), which starts the cluster, counts the
+workers it should bring and scales it; a new kind is a schema entry plus one such module.
+
 Nothing here starts a cluster on import; :func:`connect` is the only place a ``Client`` is
 created, and it closes both the client and the cluster on exit.
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import copy
-import fnmatch
+import importlib
 import logging
 import os
 import re
-import shlex
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +54,7 @@ from dte_dask import config as _config  # noqa: F401  (registers the dte_dask de
 from dte_dask.cluster.schema import (
     KINDS,
     TOP_LEVEL_KEYS,
-    LocalProfile,
     ProfileError,
-    SlurmProfile,
-    SSHProfile,
     validate_profile,
 )
 
@@ -66,7 +63,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PACKAGE_PROFILE_DIR", "ResolvedProfile", "profile_search_path", "available_profiles",
     "find_profile", "load_profile_file", "expand_env", "resolve_profile", "make_cluster",
-    "expected_workers", "connect", "ssh_numa_remote_python", "slurm_numactl", "remote_env",
+    "expected_workers", "start_workers", "connect", "backend", "BACKENDS",
 ]
 
 PACKAGE_PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -330,19 +327,41 @@ def resolve_profile(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] 
 # --------------------------------------------------------------------------------------------
 # building clusters
 # --------------------------------------------------------------------------------------------
+BACKENDS = {"local": "dte_dask.cluster.local", "ssh": "dte_dask.cluster.ssh", "slurm": "dte_dask.cluster.slurm"}
+"""Profile kind -> the module that deploys it; each has ``start(resolved, security)``,
+``expected_workers(cluster_section)``, ``scale(cluster, spec)`` and ``timeout_hint(spec)``."""
+
+
+def backend(kind: str) -> Any:
+    """The deployment module of a profile kind."""
+    try:
+        return importlib.import_module(BACKENDS[kind])
+    except KeyError:
+        raise ProfileError(f"unknown profile kind {kind!r}; known: {sorted(BACKENDS)}") from None
+
+
 def expected_workers(resolved: ResolvedProfile) -> int:
-    """Workers :func:`connect` waits for: ``wait_for_workers`` or all the profile starts."""
+    """Workers :func:`connect` waits for: ``wait_for_workers``, else ``adapt.minimum`` for an
+    adaptive profile, else all the profile starts."""
     spec = resolved.spec
     if spec.wait_for_workers is not None:
         return int(spec.wait_for_workers)
-    c = spec.cluster
-    if isinstance(spec, LocalProfile):
-        return int(c.n_workers) if c.n_workers else len(_local_layout(c)[0] or [None])
-    if isinstance(spec, SSHProfile):
-        return (len(c.hosts) - 1) * int(c.worker_options.n_workers or 1)
-    if isinstance(spec, SlurmProfile):
-        return int(c.jobs) * int(c.processes)
-    raise ProfileError(f"unknown profile kind {spec.kind!r}")  # pragma: no cover
+    if spec.adapt is not None:
+        return int(spec.adapt.minimum)
+    return backend(resolved.kind).expected_workers(spec.cluster)
+
+
+def start_workers(cluster: Any, resolved: ResolvedProfile) -> None:
+    """Bring up the profile's workers: ``cluster.adapt(...)`` for an adaptive profile, else the
+    backend's fixed scale (Slurm: submit ``jobs``)."""
+    spec = resolved.spec
+    if spec.adapt is None:
+        backend(resolved.kind).scale(cluster, spec)
+        return
+    a = spec.adapt
+    logger.info("adaptive scaling between %d and %d workers", a.minimum, a.maximum)
+    cluster.adapt(minimum=a.minimum, maximum=a.maximum, interval=a.interval, wait_count=a.wait_count,
+                  target_duration=a.target_duration)
 
 
 def _security_for(resolved: ResolvedProfile) -> Any:
@@ -351,292 +370,6 @@ def _security_for(resolved: ResolvedProfile) -> Any:
     from dte_dask.cluster.security import make_security
 
     return make_security(resolved.spec.security)
-
-
-def _security_config(sec: Any) -> dict[str, Any]:
-    """``dask.config`` equivalent of a Security object (inherited by remote SSH processes)."""
-    cfg: dict[str, Any] = {"distributed.comm.require-encryption": bool(sec.require_encryption)}
-    if sec.tls_ca_file:
-        cfg["distributed.comm.tls.ca-file"] = sec.tls_ca_file
-    for role in ("scheduler", "worker", "client"):
-        cert = getattr(sec, f"tls_{role}_cert", None)
-        key = getattr(sec, f"tls_{role}_key", None)
-        if cert:
-            cfg[f"distributed.comm.tls.{role}.cert"] = cert
-        if key:
-            cfg[f"distributed.comm.tls.{role}.key"] = key
-    for name in ("ca-file", "scheduler.cert", "worker.cert", "client.cert"):
-        v = cfg.get(f"distributed.comm.tls.{name}")
-        if isinstance(v, str) and "-----BEGIN" in v:
-            logger.warning("TLS material held in memory is handed to remote SSH processes "
-                           "through their command line; prefer certificate files")
-            break
-    return cfg
-
-
-def _local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
-    """NUMA plans, threads per worker and memory limit for a LocalSpec."""
-    from dte_dask.cluster.numa import TopologyError, plan_workers, read_topology
-
-    try:
-        plans = plan_workers(read_topology(), n_workers=c.n_workers,
-                             threads_per_worker=c.threads_per_worker,
-                             memory_limit=c.memory_limit)
-    except TopologyError as exc:
-        if c.pin_cpus:
-            raise ProfileError(f"pin_cpus: true but the workers do not fit the NUMA "
-                               f"topology: {exc}") from None
-        logger.info("no NUMA plan for this layout (%s); using LocalCluster defaults", exc)
-        return None, c.threads_per_worker, c.memory_limit
-    threads = c.threads_per_worker or max(1, min(p.nthreads for p in plans))
-    memory = c.memory_limit if c.memory_limit is not None else plans[0].memory_limit
-    return plans, threads, memory
-
-
-def _make_local(resolved: ResolvedProfile, security: Any) -> Any:
-    from distributed import LocalCluster
-
-    c = resolved.spec.cluster
-    plans, threads, memory = _local_layout(c)
-    n_workers = c.n_workers or (len(plans) if plans else None)
-    kwargs: dict[str, Any] = {
-        "n_workers": n_workers,
-        "threads_per_worker": threads,
-        "processes": c.processes,
-        "host": c.host,
-        "scheduler_port": c.scheduler_port,
-        "dashboard_address": c.dashboard_address,
-    }
-    if not c.processes and security is None:
-        # threads only: distributed uses the inproc:// transport, which has no host or port
-        del kwargs["host"], kwargs["scheduler_port"]
-    if memory is not None:
-        kwargs["memory_limit"] = memory
-    if c.local_directory:
-        kwargs["local_directory"] = os.path.expanduser(c.local_directory)
-    if security is not None:
-        kwargs["security"] = security
-        kwargs["protocol"] = "tls://"
-    if c.pin_cpus and plans:
-        from dte_dask.cluster.numa import PinCPUPlugin
-
-        kwargs["plugins"] = {PinCPUPlugin.from_plans(plans)}
-    logger.info("starting LocalCluster %s", {k: v for k, v in kwargs.items() if k != "security"})
-    return LocalCluster(**kwargs)
-
-
-# --- ssh ---------------------------------------------------------------------------------------
-
-def remote_env(env: Mapping[str, str], forward_env: list[str] | tuple[str, ...],
-               environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Variables to set in remote processes: ``forward_env`` matches of this process's
-    environment (glob patterns such as ``OPENBLAS_*``), then ``env`` (which wins).
-
-    Raises
-    ------
-    ProfileError
-        If a variable name is not a valid shell identifier.
-    """
-    source = os.environ if environ is None else environ
-    out: dict[str, str] = {}
-    for pattern in forward_env:
-        for name in sorted(source):
-            if fnmatch.fnmatchcase(name, pattern):
-                out[name] = source[name]
-    out.update({str(k): str(v) for k, v in env.items()})
-    bad = [k for k in out if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
-    if bad:
-        raise ProfileError(f"invalid environment variable name(s) {bad}")
-    return out
-
-
-def _env_prefix(env: Mapping[str, str]) -> str:
-    """``env A=1 B=2 `` (shell-quoted), or ``""``."""
-    if not env:
-        return ""
-    return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
-
-_PROBE_CMD = (
-    "if command -v numactl >/dev/null 2>&1; then echo numactl=yes; else echo numactl=no; fi; "
-    "for d in /sys/devices/system/node/node[0-9]*; do "
-    "[ -r \"$d/cpulist\" ] && [ -n \"$(tr -d '[:space:]' < \"$d/cpulist\")\" ] "
-    "&& echo \"node=${d##*node}\"; done; true"
-)
-
-
-def _parse_probe(text: str) -> tuple[bool, list[int]]:
-    has = "numactl=yes" in text
-    nodes = sorted(int(line[5:]) for line in text.splitlines()
-                   if line.startswith("node=") and line[5:].strip().isdigit())
-    return has, nodes
-
-
-def _probe_hosts(hosts: list[str], options: list[dict[str, Any]]
-                 ) -> dict[str, tuple[bool, list[int]]]:
-    """``{host: (numactl on PATH, NUMA nodes with CPUs)}`` over SSH, one connection per host."""
-    import asyncssh
-
-    async def one(host: str, opts: dict[str, Any]) -> tuple[str, tuple[bool, list[int]]]:
-        try:
-            async with asyncssh.connect(host, **opts) as conn:
-                r = await conn.run(_PROBE_CMD, check=False)
-        except (OSError, asyncssh.Error) as exc:
-            port = opts.get("port", 22)
-            raise ProfileError(f"cannot log in to {host}:{port} over SSH to look for numactl "
-                               f"({type(exc).__name__}: {exc}); check connect_options, or "
-                               "set numactl: never") from exc
-        return host, _parse_probe(str(r.stdout or ""))
-
-    async def all_hosts() -> dict[str, tuple[bool, list[int]]]:
-        seen: dict[str, dict[str, Any]] = {}
-        for h, o in zip(hosts, options, strict=False):
-            seen.setdefault(h, o)
-        res = await asyncio.gather(*(one(h, o) for h, o in seen.items()))
-        return dict(res)
-
-    # a fresh event loop in a helper thread: callers may already be inside one
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, all_hosts()).result()
-
-
-def ssh_numa_remote_python(hosts: list[str], remote_python: list[str],
-                           probe: Mapping[str, tuple[bool, list[int]]], mode: str) -> list[str]:
-    """Per-host ``remote_python`` with a numactl prefix for the worker entries.
-
-    ``hosts[0]`` (the scheduler) is left alone. The k-th worker entry of a host is bound to
-    that host's k-th NUMA node (round robin) with ``numactl --cpunodebind=N --membind=N``.
-
-    Raises
-    ------
-    ProfileError
-        ``mode="always"`` and a worker host has no numactl.
-    """
-    out = [remote_python[0]]
-    seen: dict[str, int] = {}
-    for host, py in zip(hosts[1:], remote_python[1:], strict=False):
-        has, nodes = probe.get(host, (False, []))
-        if mode == "always" and not has:
-            raise ProfileError(f"numactl: always, but host {host!r} has no numactl on PATH "
-                               "(apt-get install numactl, or use numactl: auto)")
-        if has and nodes:
-            k = seen.get(host, 0)
-            seen[host] = k + 1
-            node = nodes[k % len(nodes)]
-            out.append(f"numactl --cpunodebind={node} --membind={node} {py}")
-        else:
-            out.append(py)
-    return out
-
-
-def _expand_connect(opts: dict[str, Any]) -> dict[str, Any]:
-    out = dict(opts)
-    for k in ("client_keys", "config"):
-        if out.get(k):
-            out[k] = [os.path.expanduser(p) for p in out[k]]
-    for k in ("known_hosts", "agent_path"):
-        if isinstance(out.get(k), str):
-            out[k] = os.path.expanduser(out[k])
-    return out
-
-
-def _make_ssh(resolved: ResolvedProfile, security: Any) -> Any:
-    try:
-        import asyncssh  # noqa: F401
-        from distributed.deploy.ssh import SSHCluster
-    except ImportError as exc:
-        raise ProfileError("SSH profiles need asyncssh: pip install 'dte_dask[ssh]' "
-                           f"(or asyncssh) ({exc})") from None
-    c = resolved.spec.cluster
-    hosts = list(c.hosts)
-    if isinstance(c.connect_options, list):
-        connect = [_expand_connect(o.model_dump(exclude_unset=True)) for o in c.connect_options]
-    else:
-        connect = [_expand_connect(c.connect_options.model_dump(exclude_unset=True))] * len(hosts)
-    if isinstance(c.remote_python, list):
-        pythons = list(c.remote_python)
-    else:
-        pythons = [c.remote_python or sys.executable] * len(hosts)
-    if c.numactl != "never":
-        probe = _probe_hosts(hosts[1:], connect[1:])
-        pythons = ssh_numa_remote_python(hosts, pythons, probe, c.numactl)
-    prefix = _env_prefix(remote_env(c.env, c.forward_env))
-    pythons = [prefix + py for py in pythons]
-    worker_options = c.worker_options.model_dump(exclude_none=True)
-    scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
-    if security is not None:
-        scheduler_options.setdefault("protocol", "tls")
-    logger.info("starting SSHCluster hosts=%s remote_python=%s", hosts, pythons)
-    cfg = _security_config(security) if security is not None else {}
-    # the remote scheduler and workers inherit this process's dask config
-    # (DASK_INTERNAL_INHERIT_CONFIG), which is how they learn the TLS files
-    with dask.config.set(cfg):
-        return SSHCluster(
-            hosts,
-            connect_options=connect,
-            worker_options=worker_options,
-            scheduler_options=scheduler_options,
-            worker_class=c.worker_class,
-            remote_python=pythons,
-            security=security,
-        )
-
-
-# --- slurm -------------------------------------------------------------------------------------
-_NODES_FROM_JOB = ("DTE_DASK_NUMA_NODES=$(numactl --show 2>/dev/null | awk '/^nodebind:/ "
-                   "{$1=\"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); gsub(/ +/, \",\"); print}'); "
-                   "DTE_DASK_NUMA_NODES=${DTE_DASK_NUMA_NODES:-0}")
-
-
-def slurm_numactl(mode: str, numa_nodes: str, python: str) -> tuple[str, list[str]]:
-    """``(python, extra prologue lines)`` putting numactl in front of a Slurm worker.
-
-    ``always``: ``numactl --cpunodebind=N --membind=N python``; ``auto``: the same only if the
-    compute node has numactl (decided by a prologue line); ``never``: unchanged. With
-    ``numa_nodes="auto"`` N is computed in the job from the CPUs the job may use.
-    """
-    if mode == "never":
-        return python, []
-    lines: list[str] = []
-    if numa_nodes == "auto":
-        nodes = "$DTE_DASK_NUMA_NODES"
-        lines.append(_NODES_FROM_JOB if mode == "always" else
-                     f"if command -v numactl >/dev/null 2>&1; then {_NODES_FROM_JOB}; fi")
-    else:
-        nodes = numa_nodes
-    prefix = f"numactl --cpunodebind={nodes} --membind={nodes}"
-    if mode == "always":
-        return f"{prefix} {python}", lines
-    lines.append(f"if command -v numactl >/dev/null 2>&1; then DTE_DASK_NUMACTL=\"{prefix}\"; "
-                 "else DTE_DASK_NUMACTL=\"\"; fi")
-    return f"$DTE_DASK_NUMACTL {python}", lines
-
-
-def _make_slurm(resolved: ResolvedProfile, security: Any) -> Any:
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as exc:
-        raise ProfileError("Slurm profiles need dask-jobqueue: pip install 'dte_dask[slurm]' "
-                           f"(or dask-jobqueue) ({exc})") from None
-    c = resolved.spec.cluster
-    kwargs = c.model_dump(exclude={"jobs", "numactl", "numa_nodes", "scheduler_options",
-                                   "python", "job_script_prologue", "env", "forward_env"},
-                          exclude_none=True)
-    for k in ("local_directory", "log_directory", "shared_temp_directory"):
-        if k in kwargs:
-            kwargs[k] = os.path.expanduser(kwargs[k])
-    python = c.python or shlex.quote(sys.executable)
-    python, extra_lines = slurm_numactl(c.numactl, c.numa_nodes, python)
-    kwargs["python"] = python
-    exports = [f"export {k}={shlex.quote(v)}"
-               for k, v in remote_env(c.env, c.forward_env).items()]
-    kwargs["job_script_prologue"] = exports + list(c.job_script_prologue) + extra_lines
-    scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
-    scheduler_options.pop("protocol", None)  # jobqueue picks tls:// when security is given
-    kwargs["scheduler_options"] = scheduler_options
-    if security is not None:
-        kwargs["security"] = security
-    logger.info("starting SLURMCluster %s", {k: v for k, v in kwargs.items() if k != "security"})
-    return SLURMCluster(**kwargs)
 
 
 def make_cluster(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | ResolvedProfile
@@ -649,14 +382,7 @@ def make_cluster(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | R
     resolved = (profile_or_path if isinstance(profile_or_path, ResolvedProfile)
                 else resolve_profile(profile_or_path, **overrides))
     security = _security_for(resolved)
-    kind = resolved.kind
-    if kind == "local":
-        return _make_local(resolved, security)
-    if kind == "ssh":
-        return _make_ssh(resolved, security)
-    if kind == "slurm":
-        return _make_slurm(resolved, security)
-    raise ProfileError(f"unknown profile kind {kind!r}")  # pragma: no cover
+    return backend(resolved.kind).start(resolved, security)
 
 
 @contextlib.contextmanager
@@ -677,7 +403,8 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
     ------
     distributed.Client
         Set as the default scheduler while the block runs (so ``dte_dask.att_gt`` uses it);
-        ``client.cluster`` is the cluster. Slurm jobs are submitted (``scale(jobs=...)``) and
+        ``client.cluster`` is the cluster. Slurm jobs are submitted (``scale(jobs=...)``), or
+        with ``adapt`` the cluster scales itself between its minimum and maximum, and
         the expected workers awaited before the block starts.
 
     Raises
@@ -696,10 +423,10 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
 
     resolved = resolve_profile(profile_or_path, **overrides)
     spec = resolved.spec
+    deploy = backend(resolved.kind)
     cluster = make_cluster(resolved)
     try:
-        if isinstance(spec, SlurmProfile) and spec.cluster.jobs:
-            cluster.scale(jobs=spec.cluster.jobs)
+        start_workers(cluster, resolved)
         client = Client(cluster)
         try:
             n = expected_workers(resolved)
@@ -708,10 +435,7 @@ def connect(profile_or_path: str | os.PathLike[str] | Mapping[str, Any] | None =
                     client.wait_for_workers(n, timeout=spec.wait_timeout)
                 except TimeoutError as exc:
                     have = len(client.scheduler_info().get("workers", {}))
-                    hint = ""
-                    if isinstance(spec, SlurmProfile):
-                        hint = ("; check `squeue` (jobs pending for resources?) and the job "
-                                f"logs in {spec.cluster.log_directory or 'the submit directory'}")
+                    hint = deploy.timeout_hint(spec)
                     raise TimeoutError(
                         f"cluster profile {resolved.name!r}: {have} of {n} workers joined "
                         f"within {spec.wait_timeout:g} s{hint}") from exc

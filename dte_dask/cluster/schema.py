@@ -29,7 +29,7 @@ from pydantic import (
 from dte_dask.exceptions import DteDaskError
 
 __all__ = [
-    "ProfileError", "SecuritySpec", "LocalSpec", "ConnectOptions", "SSHWorkerOptions",
+    "ProfileError", "AdaptSpec", "SecuritySpec", "LocalSpec", "ConnectOptions", "SSHWorkerOptions",
     "SchedulerOptions", "SSHSpec", "SlurmSpec", "LocalProfile", "SSHProfile", "SlurmProfile",
     "Profile", "KINDS", "TOP_LEVEL_KEYS", "validate_profile", "profile_json_schema",
 ]
@@ -261,6 +261,32 @@ class SlurmSpec(_Closed):
 # --------------------------------------------------------------------------------------------
 # profile
 # --------------------------------------------------------------------------------------------
+class AdaptSpec(_Closed):
+    """Adaptive scaling (``distributed.deploy.Adaptive``): workers are added while tasks queue and
+    released when idle, between ``minimum`` and ``maximum`` workers (Slurm: worker processes,
+    ``processes`` per job)."""
+
+    minimum: Annotated[int, Field(ge=0)] = Field(0, description="workers kept when idle")
+    maximum: PositiveInt = Field(..., description="workers at most")
+    interval: str = Field("1s", description="how often the scheduler is asked for a target")
+    wait_count: PositiveInt = Field(3, description="consecutive idle checks before a worker goes")
+    target_duration: str = Field("5s", description="aim to finish the queued work in about this long")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptSpec:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) must not exceed maximum ({self.maximum})")
+        for name in ("interval", "target_duration"):
+            from dask.utils import parse_timedelta
+
+            try:
+                parse_timedelta(getattr(self, name))
+            except (ValueError, TypeError, KeyError):
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not a duration such as '2s' or '500ms'") \
+                    from None
+        return self
+
+
 class _ProfileBase(_Closed):
     version: Literal[1] = 1
     description: str = ""
@@ -269,16 +295,32 @@ class _ProfileBase(_Closed):
         None, description="workers connect() waits for; default: all the profile starts")
     wait_timeout: PositiveFloat = Field(
         120.0, description="seconds connect() waits for them (dte_dask.cluster.wait-timeout)")
+    adapt: AdaptSpec | None = Field(
+        None, description="adaptive scaling between minimum and maximum workers (local and slurm)")
 
 
 class LocalProfile(_ProfileBase):
     kind: Literal["local"]
     cluster: LocalSpec = Field(default_factory=LocalSpec)
 
+    @model_validator(mode="after")
+    def _adapt_layout(self) -> LocalProfile:
+        if self.adapt is not None and self.cluster.pin_cpus:
+            raise ValueError("adapt: pinned workers (cluster.pin_cpus: true) need a fixed layout; "
+                             "set pin_cpus: false or drop adapt")
+        return self
+
 
 class SSHProfile(_ProfileBase):
     kind: Literal["ssh"]
     cluster: SSHSpec
+
+    @model_validator(mode="after")
+    def _no_adapt(self) -> SSHProfile:
+        if self.adapt is not None:
+            raise ValueError("adapt: an SSH cluster runs one worker set on its fixed host list; adaptive "
+                             "scaling is available for local and slurm profiles")
+        return self
 
 
 class SlurmProfile(_ProfileBase):

@@ -43,6 +43,7 @@ def att_gt(
     weights: str | None = None,
     cluster: str | None = None,
     allow_unbalanced_panel: bool = False,
+    panel: bool = True,
     bootstrap: bool = True,
     n_boot: int = 999,
     boot_weights: BootWeights = "rademacher",
@@ -53,23 +54,35 @@ def att_gt(
 ) -> AttgtResult:
     """Group-time average treatment effects ATT(g,t) of Callaway & Sant'Anna (2021).
 
-    Same conventions and numbers as R ``did::att_gt`` 2.5 (``panel=TRUE``): cells, base periods,
-    control groups, anticipation, the reg / ipw / dr estimators of DRDID with sampling weights,
-    analytic influence-function SEs, and the multiplier bootstrap with sup-t uniform bands.
+    Same conventions and numbers as R ``did::att_gt`` 2.5: cells, base periods, control groups,
+    anticipation, the reg / ipw / dr estimators of DRDID with sampling weights, analytic
+    influence-function SEs, and the multiplier bootstrap with sup-t uniform bands; for panels
+    (``panel=True``), unbalanced panels and repeated cross sections (``panel=False``).
 
     Parameters
     ----------
     data : Panel, or anything :func:`dte_dask.load_panel` accepts
     outcome, unit, time, group, treatment, covariates, weights, cluster : column names
-        Not needed when ``data`` is a :class:`Panel` (its spec is used).
+        Not needed when ``data`` is a :class:`Panel` (its spec is used). ``unit`` is optional
+        with ``panel=False``.
     control_group : "never_treated" | "not_yet_treated"
     anticipation : int
         Periods of anticipation delta: the base period of cohort g is g - delta - 1.
     base_period : "varying" | "universal"
     est_method : "dr" | "ipw" | "reg"
     allow_unbalanced_panel : bool
-        Keep units missing in some periods (R's repeated-cross-section treatment, IFs summed by
-        unit). Covariates are not supported on that path yet.
+        Keep units missing in some periods: R's route through the repeated-cross-section
+        estimators of DRDID (``reg_did_rc``, ``std_ipw_did_rc``, the locally efficient
+        ``drdid_rc``; covariates of each row's own period), with the row influence functions
+        rescaled by n_units / n_rows of the cell and summed by unit. On a balanced panel it is
+        ignored, as in R.
+    panel : bool
+        False for repeated cross sections (R's ``panel=FALSE``): every row is its own
+        observation (n = rows), estimated with the same repeated-cross-section estimators; the
+        group column is read per row, ``unit`` (optional) is a row id that fixes the rows' order
+        for partitions and bootstrap RNG blocks (else the original row order), ``cluster``
+        clusters rows. A :class:`Panel` loaded with ``load_panel(..., panel=False)`` is a
+        repeated cross section whatever this flag says.
     bootstrap, n_boot, boot_weights : multiplier bootstrap ("rademacher" or "mammen").
         With ``bootstrap=True`` the reported SEs are bootstrap SEs, as in R.
     uniform_bands, alpha : sup-t simultaneous bands over all cells (needs the bootstrap).
@@ -94,13 +107,11 @@ def att_gt(
 
     panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
-                      allow_unbalanced_panel=allow_unbalanced_panel)
+                      allow_unbalanced_panel=allow_unbalanced_panel, panel=panel)
     t_load = _time.perf_counter()
     panel = panel.drop_early_treated(int(anticipation))
-    unbalanced = allow_unbalanced_panel and not panel.is_balanced
-    if unbalanced and panel.spec.covariates:
-        raise SpecError("covariates with allow_unbalanced_panel=True are not supported yet; balance the panel "
-                        "(allow_unbalanced_panel=False) or drop the covariates")
+    rcs = panel.spec.repeated_cross_section
+    unbalanced = rcs or (allow_unbalanced_panel and not panel.is_balanced)
     cells, glist = _cells(panel, control_group, int(anticipation), base_period)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy)
@@ -120,7 +131,7 @@ def att_gt(
     step = panel.periods.event_step
     options = dict(control_group=control_group, anticipation=int(anticipation), base_period=base_period,
                    est_method=est_method, covariates=list(panel.spec.covariates), weights=panel.spec.weights,
-                   cluster=panel.spec.cluster, allow_unbalanced_panel=allow_unbalanced_panel,
+                   cluster=panel.spec.cluster, allow_unbalanced_panel=allow_unbalanced_panel, panel=not rcs,
                    bootstrap=bootstrap, n_boot=n_boot if bootstrap else 0, boot_weights=boot_weights,
                    uniform_bands=uniform_bands, alpha=alpha, outcome=panel.spec.outcome, unit=panel.spec.unit,
                    time=panel.spec.time)
@@ -143,8 +154,14 @@ def _labeler(panel: Panel):
 
 
 def _as_panel(data: Any, **kw: Any) -> Panel:
+    """The Panel to fit. ``panel`` (True / False) is passed only by callers that handle repeated
+    cross sections (``att_gt``); other estimators refuse a repeated-cross-section Panel."""
+    rc_ok = "panel" in kw
+    kw.setdefault("panel", True)
     if isinstance(data, Panel):
         spec = data.spec
+        if spec.repeated_cross_section and not rc_ok:
+            raise SpecError("this Panel is a repeated cross section (panel=False): only att_gt estimates those")
         for role in ("outcome", "unit", "time", "group", "treatment", "weights", "cluster"):
             given = kw[role]
             if given is not None and given != getattr(spec, role):
@@ -152,16 +169,18 @@ def _as_panel(data: Any, **kw: Any) -> Panel:
                                 "load the panel again with that column")
         if kw["covariates"] is not None and tuple([kw["covariates"]] if isinstance(kw["covariates"], str) else kw["covariates"]) != spec.covariates:
             raise SpecError(f"covariates={kw['covariates']!r} differ from the panel's {list(spec.covariates)}")
+        if not kw["panel"] and not spec.repeated_cross_section:
+            raise SpecError("panel=False: this Panel was loaded as a panel; load it with load_panel(..., panel=False)")
         if not kw["allow_unbalanced_panel"]:
             return data.balance()
         return data
-    missing = [r for r in ("outcome", "unit", "time") if kw[r] is None]
+    missing = [r for r in ("outcome", "unit", "time") if kw[r] is None and (r != "unit" or kw["panel"])]
     if missing or (kw["group"] is None and kw["treatment"] is None):
         raise SpecError(f"name the panel's columns: missing {missing + ([] if kw['group'] or kw['treatment'] else ['group'])}")
     return load_panel(data, unit=kw["unit"], time=kw["time"], outcome=kw["outcome"], group=kw["group"],
                       treatment=kw["treatment"], covariates=kw["covariates"] or (), weights=kw["weights"],
                       cluster=kw["cluster"], npartitions=kw["npartitions"],
-                      allow_unbalanced_panel=kw["allow_unbalanced_panel"])
+                      allow_unbalanced_panel=kw["allow_unbalanced_panel"], panel=kw["panel"])
 
 
 def _cells(panel: Panel, control_group: str, anticipation: int, base_period: str):

@@ -9,6 +9,11 @@ pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x 
 reduce     ``attgt-gram-sum`` (K' x K') and ``mboot-merge`` (B x K') along the RNG-block tree.
 Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
 
+Unbalanced panels and repeated cross sections run R's repeated-cross-section estimators: the
+four-means DiD without covariates (:mod:`dte_dask.core.rcs`), DRDID's ``reg_did_rc`` /
+``std_ipw_did_rc`` / ``drdid_rc`` with them (:mod:`dte_dask.core.rcs_covariates`: one pass for the
+four outcome regressions, the logit passes, one pass for the propensity-weighted moments).
+
 Without covariates on a balanced, unclustered panel the same two passes run on cohort moments
 instead (:mod:`dte_dask.core.moments`): cohort-by-period sums give the estimates, centred
 cohort second moments give Psi'Psi exactly, and Psi is only rebuilt one RNG block at a time for
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from dte_dask.core import covariates, logit, moments, rcs, twobytwo
+from dte_dask.core import covariates, logit, moments, rcs, rcs_covariates, twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import ILL_CONDITIONED, equilibrated_cond, guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning, NuisanceFitWarning
@@ -57,7 +62,8 @@ def _with_groups(block: UnitBlock, stats_fn, cells: Cells, groups: np.ndarray, *
 
 
 def _influence(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, path: str) -> np.ndarray:
-    fn = {"uncond": twobytwo.uncond_influence, "rcs": rcs.rcs_influence, "cov": covariates.cov_influence}[path]
+    fn = {"uncond": twobytwo.uncond_influence, "rcs": rcs.rcs_influence, "cov": covariates.cov_influence,
+          "rcs-cov": rcs_covariates.rc_influence}[path]
     psi = fn(block, cells, est)
     G = cells.effective_g(block.g)
     h = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
@@ -144,12 +150,16 @@ def _warn_ill_conditioned(cells: Cells, ok: np.ndarray, label, mats: dict[str, n
 def _logit_fit(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None = None,
                stats_fn=covariates.logit_stats, **kw) -> logit.LogitFit:
     """Propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`): one reduction over
-    the blocks per IRLS iteration (and per halved step)."""
+    the blocks per IRLS iteration (and per halved step).
+
+    ``stats_fn(block, cells, gamma, active, *kw.values())`` returns the blocks' ``grad`` / ``hess`` /
+    ``ll`` and, where it counts them, ``n01`` / ``n999`` (:func:`dte_dask.core.covariates.logit_stats`
+    on panels, the repeated-cross-section rows of :func:`dte_dask.core.rcs_covariates.logit_stats`)."""
     irls = logit.IrlsLogit(gamma, active, dev_scale)
     while (prop := irls.proposal()) is not None:
         at, mask = prop
         s = _exact_sum(panel, stats_fn, cells, at, mask, *kw.values(), name="attgt-logit").compute()
-        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s["n01"], s.get("n999"))
+        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s.get("n01", np.zeros(cells.K)), s.get("n999"))
     return irls.result()
 
 
@@ -202,7 +212,10 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     n = panel.n_units
     p = len(panel.spec.covariates) + 1
     clustered = panel.spec.cluster is not None
-    if unbalanced:
+    if unbalanced and p > 1:
+        path = "rcs-cov"
+        att, ok, est, s = _fit_rc_covariates(panel, cells, method, p, groups, label)
+    elif unbalanced:
         path = "rcs"
         s = _exact_sum(panel, _with_groups, rcs.rcs_stats, cells, groups, name="attgt-stats").compute()
         e = rcs.rcs_estimate(s)
@@ -321,3 +334,75 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
         est["v_c"], _ = _solve_each(s["XtWX"], m["ScX"], ok)
     att = np.where(ok, eta_t - eta_c, np.nan)
     return att, ok, est, s
+
+
+# ----------------------------------------------------------------------------- repeated cross sections
+def _ps_logit(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label, stats_fn):
+    """The one call into the propensity-score fit of the repeated-cross-section route."""
+    return _newton(panel, cells, gamma, active, label, stats_fn=stats_fn)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("kp,kp->k", a, b)
+
+
+def _fit_rc_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.ndarray, label):
+    """DRDID's repeated-cross-section estimators per cell (formulas in core/rcs_covariates.py)."""
+    K = cells.K
+    active = ~cells.reference
+    s = _exact_sum(panel, _with_groups, rcs_covariates.or_stats, cells, groups, p, active, name="attgt-stats").compute()
+    S = s["SX"][:, :, 0]  # weights of c1, c0, t1, t0
+    ok = active & (S[:, 2] > 0) & (S[:, 3] > 0) & (s["rows"][:, 0] > 0) & (s["rows"][:, 1] > 0)
+    _warn_cells(cells, active & ~ok, "no treated or no control observations in one of its two periods", label)
+    SD, SDX = S[:, 2] + S[:, 3], s["SX"][:, 2] + s["SX"][:, 3]
+    beta = np.zeros((K, 4, p))
+    for j in {"reg": (0, 1), "ipw": (), "dr": (0, 1, 2, 3)}[method]:
+        beta[:, j], good = _solve_each(s["A"][:, j], s["b"][:, j], ok)
+        who = "controls" if j < 2 else "treated"
+        _warn_cells(cells, ok & ~good, f"singular outcome-regression design among {who} (collinear covariates?)", label)
+        ok = good
+    beta[~ok] = 0.0
+    n = panel.n_units
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sdx = SDX / SD[:, None]
+        if method == "reg":
+            eta_c = _dot(SDX, beta[:, 0] - beta[:, 1]) / SD
+            a_t = s["b"][:, 2:, 0] / S[:, 2:]
+            att = np.where(ok, a_t[:, 0] - a_t[:, 1] - eta_c, np.nan)
+            u = np.stack([_solve_each(s["A"][:, j], sdx, ok)[0] for j in (0, 1)], axis=1)
+            a = np.column_stack([np.zeros((K, 2)), a_t])
+            est = {"method": "reg", "n": n, "S": S, "SD": SD, "a": a, "eta_c": eta_c, "beta": beta, "u": u}
+            return att, ok, est, s
+        gamma = np.zeros((K, p))
+        gamma[:, 0] = np.log(SD / (S[:, 0] + S[:, 1]))
+    gamma[~ok] = 0.0
+    gamma, ok = _ps_logit(panel, cells, gamma, ok.copy(), label, rcs_covariates.logit_stats)
+    m = _exact_sum(panel, rcs_covariates.ps_stats, cells, gamma, ok, name="attgt-moments").compute()
+    Sc = m["ScX"][:, :, 0]  # ps-weighted controls, post and pre
+    bad = ok & ~((Sc[:, 0] > 0) & (Sc[:, 1] > 0))
+    _warn_cells(cells, bad, "every control has a propensity score >= 0.995 and is trimmed", label)
+    ok &= ~bad
+    bc = beta[:, :2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a_c = (m["ScyX"][:, :, 0] - np.einsum("ksp,ksp->ks", m["ScX"], bc)) / Sc
+        a_t = (s["b"][:, 2:, 0] - np.einsum("ksp,ksp->ks", s["SX"][:, 2:], bc)) / S[:, 2:]
+        M2 = (m["ScyX"] - np.einsum("kspq,ksq->ksp", m["ScXX"], bc) - a_c[:, :, None] * m["ScX"]) / Sc[:, :, None]
+        att = (a_t[:, 0] - a_t[:, 1]) - (a_c[:, 0] - a_c[:, 1])
+        a_eff = None
+        if method == "dr":
+            f1, f0 = beta[:, 2] - beta[:, 0], beta[:, 3] - beta[:, 1]
+            a_eff = np.column_stack([_dot(SDX, f1) / SD, _dot(s["SX"][:, 2], f1) / S[:, 2],
+                                     _dot(SDX, f0) / SD, _dot(s["SX"][:, 3], f0) / S[:, 3]])
+            att = att + (a_eff[:, 0] - a_eff[:, 1]) - (a_eff[:, 2] - a_eff[:, 3])
+    v_ps, good = _solve_each(m["H"], M2[:, 0] - M2[:, 1], ok)
+    _warn_cells(cells, ok & ~good, "singular propensity-score information matrix", label)
+    ok = good
+    est = {"method": method, "n": n, "S": S, "SD": SD, "a": np.column_stack([a_c, a_t]), "beta": beta,
+           "gamma": gamma, "Sc": Sc, "v_ps": v_ps}
+    if method == "dr":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rhs = (m["ScX"][:, 0] / Sc[:, 0:1] - sdx, sdx - m["ScX"][:, 1] / Sc[:, 1:2],
+                   sdx - s["SX"][:, 2] / S[:, 2:3], sdx - s["SX"][:, 3] / S[:, 3:4])
+        est["u"] = np.stack([_solve_each(s["A"][:, j], rhs[j], ok)[0] for j in range(4)], axis=1)
+        est["a_eff"] = a_eff
+    return np.where(ok, att, np.nan), ok, est, s

@@ -83,11 +83,14 @@ def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
-            echo: Callable[[str], None] = print) -> dict[str, Any]:
+            echo: Callable[[str], None] = print, price_per_core_hour: float | None = None) -> dict[str, Any]:
     """Run ``job`` and write its results folder; returns the saved summary.
 
     With ``client=None`` the job's cluster profile is started (and closed at the end) through
-    :func:`dte_dask.cluster.connect`; pass a ``Client`` to reuse a running cluster.
+    :func:`dte_dask.cluster.connect`; pass a ``Client`` to reuse a running cluster. Every stage
+    (load, each estimator) is measured and classified (:mod:`dte_dask.diagnose`): the summary's
+    ``diagnosis`` holds the figures, the advice, core-hours and, with ``price_per_core_hour``,
+    the cost.
     """
     import dte_dask
     from dte_dask.jobs.spec import check_data_source
@@ -112,26 +115,38 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         from dte_dask.jobs.progress import ProgressMonitor
 
         stack.enter_context(ProgressMonitor(client, enabled=progress))
+        from dte_dask.diagnose import RunMonitor
+
+        monitor = stack.enter_context(RunMonitor(client))
         t = time.perf_counter()
-        src, cols = resolve_data(job.data)
-        panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
-                                    allow_unbalanced_panel=job.data.allow_unbalanced_panel)
+        with monitor.stage("load"):
+            src, cols = resolve_data(job.data)
+            panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
+                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel)
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:
             fn = getattr(dte_dask, est.kind)
             t = time.perf_counter()
-            results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
-            for kind in est.aggregations:
-                results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
+            with monitor.stage(est.name):
+                results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+                for kind in est.aggregations:
+                    results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
             timings[est.name] = time.perf_counter() - t
         extra_meta = _diagnostics(job, results)
         cluster = _cluster_info(client)  # while the client is still connected
     timings["total"] = time.perf_counter() - t0
+    from dte_dask.diagnose import format_diagnosis
+
+    for stage in monitor.stages:
+        stage.partitions = panel.npartitions
+    diagnosis = monitor.diagnosis(price_per_core_hour=price_per_core_hour, total_wall_s=timings["total"])
+    echo(format_diagnosis(diagnosis))
     meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
             "panel_shape": {"units": panel.n_units, "periods": panel.n_periods, "rows": panel.n_rows,
                             "partitions": panel.npartitions},
-            "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster, **extra_meta}
+            "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
+            "diagnosis": diagnosis, **extra_meta}
     summary = save_results(results, out, metadata=meta)
     if job.report:
         write_report(out, out / "report.html", title=job.name)

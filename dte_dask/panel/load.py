@@ -24,17 +24,20 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask import config
-from dte_dask.exceptions import ColumnTypeError, MissingColumnError, NoControlGroupError, PanelError
+from dte_dask.exceptions import ColumnTypeError, DuplicateRowsError, MissingColumnError, NoControlGroupError, PanelError
 from dte_dask.panel.blocks import UnitBlock, frame_to_block, summarize
 from dte_dask.panel.panel import Panel, _finish
 from dte_dask.panel.periods import PeriodMap
 from dte_dask.panel.spec import PanelSpec
 
 
+ROW_ID = "_dte_row"  # the generated row id of a repeated cross section without one
+
+
 def load_panel(
     source: Any,
     *,
-    unit: str,
+    unit: str | None = None,
     time: str,
     outcome: str,
     group: str | None = None,
@@ -45,6 +48,7 @@ def load_panel(
     npartitions: int | None = None,
     allow_unbalanced_panel: bool = False,
     rng_block_size: int | None = None,
+    panel: bool = True,
 ) -> Panel:
     """Load and validate a long panel (one row per unit and period).
 
@@ -54,6 +58,7 @@ def load_panel(
         Never modified.
     unit, time, outcome : column names
         ``time`` holds equally spaced integer periods or dates with a regular frequency.
+        With ``panel=False`` ``unit`` is optional: a row id, unique per row.
     group : column, optional
         First treated period (same labels as ``time``); 0, NaN or +inf = never treated.
     treatment : column, optional
@@ -70,6 +75,12 @@ def load_panel(
     rng_block_size : int, optional
         Entities per bootstrap RNG block (default ``dte_dask.rng-block-size``). Partitions hold
         whole RNG blocks.
+    panel : bool
+        False for repeated cross sections (R ``did``'s ``panel=FALSE``): every row is its own
+        observation, with its own group, weights, cluster and covariates. Each row becomes a
+        "unit" observed in one period; its stable index (partitions, RNG blocks) is the order of
+        the ``unit`` column if given (then results do not depend on the row order), else the
+        original row order (the concatenated partitions of a dask frame or files).
 
     Notes
     -----
@@ -77,18 +88,35 @@ def load_panel(
     To skip the shuffle on large data, write the panel sorted by unit with each file holding a
     disjoint unit range (as ``dte-dask simulate`` does); the loader detects this on its scan.
     """
+    if not panel and treatment is not None:
+        raise PanelError("panel=False needs the `group` column (first treated period of each row's cohort): "
+                         "a 0/1 treatment of one period per row does not tell when its cohort was first treated")
+    generated = None
+    if unit is None:
+        if panel:
+            raise PanelError("name the `unit` column (only repeated cross sections, panel=False, can do without one)")
+        unit = generated = ROW_ID
     spec = PanelSpec(unit=unit, time=time, outcome=outcome, group=group, treatment=treatment,
                      covariates=tuple([covariates] if isinstance(covariates, str) else (covariates or ())),
-                     weights=weights, cluster=cluster)
+                     weights=weights, cluster=cluster, repeated_cross_section=not panel)
     bs = int(config.get("rng-block-size", rng_block_size))
     if bs < 1:
         raise PanelError(f"rng_block_size must be >= 1, got {bs}")
-    frame = _read(source, spec)
+    frame = _read(source, spec, generated)
+    if generated is not None:
+        if generated in frame.columns:
+            raise PanelError(f"column {generated!r} is reserved for the generated row id; name it as `unit`")
+        frame = _with_row_ids(frame, generated)
     _check_columns(frame, spec)
     if isinstance(frame, pd.DataFrame):
         panel = _from_pandas(frame[spec.columns], spec, bs, npartitions)
     else:
         panel = _from_dask(frame[spec.columns], spec, bs, npartitions)
+    if spec.repeated_cross_section and panel.n_rows != panel.n_units:
+        raise DuplicateRowsError(
+            f"panel=False: column {unit!r} must identify rows ({panel.n_rows} rows, {panel.n_units} ids). "
+            "Repeated observations of a unit are a panel: use panel=True (with allow_unbalanced_panel=True "
+            "to keep units missing in some periods), or cluster on that column")
     panel = panel.drop_early_treated(0)
     if not allow_unbalanced_panel:
         panel = panel.balance()
@@ -96,8 +124,26 @@ def load_panel(
     return panel
 
 
+def _add_rows(df: pd.DataFrame, column: str, offset: int) -> pd.DataFrame:
+    return df.assign(**{column: np.arange(offset, offset + len(df), dtype=np.int64)})
+
+
+def _with_row_ids(frame: pd.DataFrame | dd.DataFrame, column: str) -> pd.DataFrame | dd.DataFrame:
+    """A row id column in the original row order (a dask frame: partitions concatenated)."""
+    if isinstance(frame, pd.DataFrame):
+        return _add_rows(frame, column, 0)
+    parts = frame.to_delayed()
+    lengths = dask.compute(*[dask.delayed(len, pure=True)(p) for p in parts])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    meta = _add_rows(frame._meta, column, 0)
+    return dd.from_delayed([dask.delayed(_add_rows, pure=True)(p, column, int(o)) for p, o in zip(parts, offsets[:-1])],
+                           meta=meta, verify_meta=False)
+
+
 # ------------------------------------------------------------------------------------- reading
-def _read(source: Any, spec: PanelSpec) -> pd.DataFrame | dd.DataFrame:
+def _read(source: Any, spec: PanelSpec, generated: str | None = None) -> pd.DataFrame | dd.DataFrame:
+    """The frame with the spec's columns (files: only those), less a ``generated`` one."""
+    wanted = [c for c in dict.fromkeys(spec.columns) if c != generated]
     if isinstance(source, (pd.DataFrame, dd.DataFrame)):
         return source
     if hasattr(source, "to_dask_dataframe"):
@@ -109,17 +155,17 @@ def _read(source: Any, spec: PanelSpec) -> pd.DataFrame | dd.DataFrame:
             raise PanelError(f"no file or directory matches {path!r}")
         first = files[0]
         if first.endswith(".csv") or first.endswith(".csv.gz"):
-            _missing(spec, list(pd.read_csv(first, nrows=0).columns))  # dask's usecols error names no role
-            return dd.read_csv(files, usecols=list(dict.fromkeys(spec.columns)), blocksize="64MB")
+            _missing(spec, list(pd.read_csv(first, nrows=0).columns) + [generated])  # dask's usecols error names no role
+            return dd.read_csv(files, usecols=wanted, blocksize="64MB")
         if os.path.isdir(first) or first.endswith((".parquet", ".pq")):
             target = files if len(files) > 1 else first
             try:
-                return dd.read_parquet(target, columns=list(dict.fromkeys(spec.columns)))
+                return dd.read_parquet(target, columns=wanted)
             except (KeyError, ValueError) as exc:
                 # unknown columns surface here when we pass columns=
                 available = _parquet_columns(target)
                 if available is not None:
-                    _missing(spec, available)
+                    _missing(spec, available + [generated])
                 raise PanelError(f"cannot read parquet {path!r}: {exc}") from None
         raise PanelError(f"unsupported file type for {path!r}: expected .parquet, a parquet directory or .csv")
     raise PanelError(f"unsupported source of type {type(source).__name__}: pass a parquet/CSV path, a pandas or a dask DataFrame")

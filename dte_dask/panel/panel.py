@@ -92,6 +92,7 @@ class Panel:
             "first_period": _plain(self.periods.labels[0]), "last_period": _plain(self.periods.labels[-1]),
             "cohorts": cohorts, "balanced": self.is_balanced, "partitions": self.npartitions,
             "clusters": self.n_clusters if self.spec.cluster else None,
+            **({"repeated_cross_section": True} if self.spec.repeated_cross_section else {}),
         }
 
     def __repr__(self) -> str:
@@ -126,7 +127,11 @@ class Panel:
         return self.select_units(_TreatedAfter(anticipation), name="panel-drop-early")
 
     def balance(self) -> Panel:
-        """Keep only units observed in every period (R ``did``'s default for panel data)."""
+        """Keep only units observed in every period (R ``did``'s default for panel data).
+
+        A repeated cross section (every row its own unit) is returned as it is."""
+        if self.spec.repeated_cross_section:
+            return self
         n_drop = sum(s.n_unbalanced for s in self.summaries)
         if n_drop == 0:
             return self

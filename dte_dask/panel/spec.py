@@ -13,6 +13,9 @@ class PanelSpec:
 
     Exactly one of ``group`` (first treated period; 0, NaN or +inf = never treated) and
     ``treatment`` (an absorbing 0/1 indicator) must be given.
+
+    ``repeated_cross_section``: every row is its own observation (R ``did``'s ``panel=FALSE``);
+    ``unit`` is then a row id, one per row (a generated one when the data has none).
     """
 
     unit: str
@@ -23,6 +26,7 @@ class PanelSpec:
     covariates: tuple[str, ...] = field(default_factory=tuple)
     weights: str | None = None
     cluster: str | None = None
+    repeated_cross_section: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "covariates", _as_tuple(self.covariates))

@@ -1,0 +1,79 @@
+"""The ``local`` profile kind: a ``distributed.LocalCluster``, NUMA-planned where it fits."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from dte_dask.cluster.schema import ProfileError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["local_layout", "start", "expected_workers", "scale", "timeout_hint"]
+
+
+def local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
+    """NUMA plans, threads per worker and memory limit for a LocalSpec."""
+    from dte_dask.cluster.numa import TopologyError, plan_workers, read_topology
+
+    try:
+        plans = plan_workers(read_topology(), n_workers=c.n_workers,
+                             threads_per_worker=c.threads_per_worker,
+                             memory_limit=c.memory_limit)
+    except TopologyError as exc:
+        if c.pin_cpus:
+            raise ProfileError(f"pin_cpus: true but the workers do not fit the NUMA "
+                               f"topology: {exc}") from None
+        logger.info("no NUMA plan for this layout (%s); using LocalCluster defaults", exc)
+        return None, c.threads_per_worker, c.memory_limit
+    threads = c.threads_per_worker or max(1, min(p.nthreads for p in plans))
+    memory = c.memory_limit if c.memory_limit is not None else plans[0].memory_limit
+    return plans, threads, memory
+
+
+def start(resolved: Any, security: Any) -> Any:
+    """Start the LocalCluster of a resolved ``local`` profile."""
+    from distributed import LocalCluster
+
+    c = resolved.spec.cluster
+    plans, threads, memory = local_layout(c)
+    n_workers = c.n_workers or (len(plans) if plans else None)
+    if resolved.spec.adapt is not None:
+        n_workers = resolved.spec.adapt.minimum  # Adaptive adds the rest while tasks queue
+    kwargs: dict[str, Any] = {
+        "n_workers": n_workers,
+        "threads_per_worker": threads,
+        "processes": c.processes,
+        "host": c.host,
+        "scheduler_port": c.scheduler_port,
+        "dashboard_address": c.dashboard_address,
+    }
+    if not c.processes and security is None:
+        # threads only: distributed uses the inproc:// transport, which has no host or port
+        del kwargs["host"], kwargs["scheduler_port"]
+    if memory is not None:
+        kwargs["memory_limit"] = memory
+    if c.local_directory:
+        kwargs["local_directory"] = os.path.expanduser(c.local_directory)
+    if security is not None:
+        kwargs["security"] = security
+        kwargs["protocol"] = "tls://"
+    if c.pin_cpus and plans:
+        from dte_dask.cluster.numa import PinCPUPlugin
+
+        kwargs["plugins"] = {PinCPUPlugin.from_plans(plans)}
+    logger.info("starting LocalCluster %s", {k: v for k, v in kwargs.items() if k != "security"})
+    return LocalCluster(**kwargs)
+
+
+def expected_workers(c: Any) -> int:
+    """Workers a ``local`` cluster section starts."""
+    return int(c.n_workers) if c.n_workers else len(local_layout(c)[0] or [None])
+
+
+def scale(cluster: Any, spec: Any) -> None:
+    """LocalCluster starts its workers itself."""
+
+
+def timeout_hint(spec: Any) -> str:
+    return ""
