@@ -65,6 +65,11 @@ class DegenerateCellWarning(DteDaskWarning):
     """An ATT(g,t) cell could not be estimated and is reported as NaN."""
 
 
+class NuisanceFitWarning(DteDaskWarning):
+    """A nuisance fit of an ATT(g,t) cell (the propensity-score logit) met a numerical problem
+    (no convergence, fitted probabilities numerically 0 or 1); the estimate is kept, as R does."""
+
+
 class PanelWarning(DteDaskWarning):
     """The panel was changed on load, as R `did` does (dropped units, balancing)."""
 

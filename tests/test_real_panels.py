@@ -147,14 +147,7 @@ def test_nsw_is_two_periods_with_strong_imbalance(nsw):
     assert panel.n_periods == 2 and panel.cohort_sizes == {1.0: 425, np.inf: 15992}
 
 
-NSW_METHODS = [
-    "reg",
-    pytest.param("dr", marks=pytest.mark.xfail(strict=False, reason="att_gt's propensity logit (plain Newton) "
-                                               "returns NaN on NSW (425 vs 15,992); fixed by the IRLS logit with "
-                                               "step-halving on h/robust: drop this mark at merge")),
-    pytest.param("ipw", marks=pytest.mark.xfail(strict=False, reason="propensity logit returns NaN on NSW; "
-                                                "fixed on h/robust: drop this mark at merge")),
-]
+NSW_METHODS = ["reg", "dr", "ipw"]  # dr / ipw need the IRLS logit with step-halving (core/logit.py)
 
 
 @pytest.mark.parametrize("method", NSW_METHODS)

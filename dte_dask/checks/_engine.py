@@ -14,8 +14,8 @@ all experiments at once, so the driver only ever holds K-sized arrays per experi
 Estimator: ``est_method`` "dr" | "ipw" | "reg" as ``att_gt``: without covariates the unconditional
 2x2 DiD (``att_gt``'s numbers for every ``est_method``, including DRDID's trimming of cells whose
 controls all have a propensity score >= 0.995); with covariates DRDID's panel estimators, the
-propensity logit fitted by Newton steps with ``att_gt``'s tolerance (:func:`fit_logit`, one
-reduction over the partitions per step for every experiment still iterating).
+propensity logit fitted as ``att_gt`` fits it (:func:`fit_logit`, one reduction over the partitions
+per IRLS iteration for every experiment still iterating).
 
 The panel is prepared exactly as ``att_gt`` prepares it (balanced, units treated in the first period
 dropped, the same cells for the given ``control_group`` and ``base_period``; for the regression
@@ -33,11 +33,11 @@ import dask
 import numpy as np
 
 from dte_dask.core import covariates as cov_kernels
+from dte_dask.core import logit
 from dte_dask.core import twobytwo
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import TRIM_LEVEL, guarded_solve
 from dte_dask.exceptions import PanelWarning, SpecError
-from dte_dask.graph.attgt import NEWTON_MAX_ITER, NEWTON_TOL
 from dte_dask.graph.reduce import tree_sum
 from dte_dask.panel.blocks import UnitBlock, summarize
 from dte_dask.panel.panel import Panel
@@ -259,35 +259,42 @@ def _logit_start(s: Stats, cells: Cells, p: int, method: str) -> dict[str, Any]:
 
 
 def fit_logit(panel: Panel, batches: Sequence[Expand], jobs: dict[tuple[int, int], dict[str, Any]], name: str) -> None:
-    """Propensity logit of every cell of every experiment, by Newton steps (in place on ``jobs``).
+    """Propensity logit of every cell of every experiment (in place on ``jobs``: ``gamma``, ``ok``).
 
-    The same iteration, tolerance and separation guard as ``att_gt`` (:mod:`dte_dask.graph.attgt`):
-    one reduction over the partitions per step, for all experiments still iterating. This is the one
-    place to change when ``att_gt``'s logit changes: each step reads the summed
-    :func:`dte_dask.core.covariates.logit_stats` (gradient, information, log-likelihood) per cell.
+    ``att_gt``'s algorithm and checks, :class:`dte_dask.core.logit.IrlsLogit` (IRLS with
+    step-halving, glm.fit's convergence rule, separation, R did's overlap check on the unweighted
+    logit): one reduction over the partitions per iteration, for all experiments still iterating.
+    Each step reads the summed :func:`dte_dask.core.covariates.logit_stats` per cell.
     """
-    for _ in range(NEWTON_MAX_ITER):
-        args: list[dict[int, tuple]] = [{} for _ in batches]
-        for (c, j), job in jobs.items():
-            if job["active"].any():
-                args[c][j] = (job["gamma"].copy(), job["active"].copy())
-        if not any(args):
-            break
-        res = sums(panel, batches, cov_kernels.logit_stats, args, f"{name}-logit")
-        for c, a in enumerate(args):
-            for j in a:
-                job, st = jobs[(c, j)], res[c][j]
-                for k in np.flatnonzero(job["active"]):
-                    step = guarded_solve(st["hess"][k], st["grad"][k])
-                    if step is None:
-                        job["ok"][k] = job["active"][k] = False
-                        continue
-                    job["gamma"][k] = job["gamma"][k] + step
-                    if np.max(np.abs(step)) <= NEWTON_TOL * (1.0 + np.max(np.abs(job["gamma"][k]))):
-                        job["active"][k] = False
-    for job in jobs.values():
-        job["ok"] &= ~job["active"]  # not converged
-        job["ok"] &= ~(np.max(np.abs(job["gamma"]), axis=1) > 50)  # perfect separation
+    def run(starts: dict[tuple[int, int], tuple], unweighted: bool) -> dict[tuple[int, int], logit.LogitFit]:
+        fits = {key: logit.IrlsLogit(*start) for key, start in starts.items()}
+        while True:
+            args: list[dict[int, tuple]] = [{} for _ in batches]
+            for (c, j), f in fits.items():
+                if (prop := f.proposal()) is not None:
+                    args[c][j] = (*prop, unweighted)
+            if not any(args):
+                return {key: f.result() for key, f in fits.items()}
+            res = sums(panel, batches, cov_kernels.logit_stats, args, f"{name}-logit")
+            for c, a in enumerate(args):
+                for j in a:
+                    st = res[c][j]
+                    fits[(c, j)].update(st["grad"], st["hess"], -2.0 * st["ll"], st["n01"], st["n999"])
+
+    def scale(s: Stats) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (s["nD"] + s["nC"]) / (s["SwD"] + s["XtWX"][:, 0, 0])
+
+    fits = run({key: (job["gamma"], job["ok"], scale(job["s"])) for key, job in jobs.items()}, False)
+    pre = fits
+    if panel.spec.weights is not None:
+        p = next(iter(jobs.values()))["gamma"].shape[1]
+        pre = run({key: (logit.intercept_start(job["s"]["nD"], job["s"]["nC"], p), job["ok"] & fits[key].ok, None)
+                   for key, job in jobs.items()}, True)
+    for key, job in jobs.items():
+        f, q = fits[key], pre[key]
+        bad = q.overlap if q is f else q.overlap | q.separated
+        job["gamma"], job["ok"] = f.gamma, job["ok"] & f.ok & ~bad
 
 
 def _ps_estimate(job: dict[str, Any], m: Stats, method: str) -> tuple[np.ndarray, dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dte_dask.core.cells import Cells
+from dte_dask.core.logit import eta_extreme, overlap_count
 from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess, with_intercept
 from dte_dask.core.twobytwo import Stats, delta_y
 from dte_dask.panel.blocks import UnitBlock
@@ -65,19 +66,27 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
     return out
 
 
-def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray) -> Stats:
-    """Per active cell: gradient, information matrix and log-likelihood of the propensity logit."""
+def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray, unweighted: bool = False) -> Stats:
+    """Per active cell: gradient, information matrix and log-likelihood of the propensity logit;
+    the number of rows whose fitted probability is numerically 0 or 1 (``n01``) and of rows with a
+    fitted probability of at least 0.999 (``n999``, R did's overlap check). ``unweighted`` ignores
+    the sampling weights (R did's preliminary overlap logit is unweighted)."""
     K, p = gamma.shape
-    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K)}
+    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K),
+           "n999": np.zeros(K)}
     for ks in designs(cells, _x_varying(block)):
         ks = ks[active[ks]]
         if ks.size == 0:
             continue
         _, X, d, w = _design(block, cells, ks)
+        if unweighted:
+            w = np.ones_like(w)
         for gam in np.unique(gamma[ks], axis=0):  # cells of a design move together
             sel = ks[np.all(gamma[ks] == gam, axis=1)]
             gr, he, ll = logit_grad_hess(X, d, w, gam)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
+            eta = X @ gam
+            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta)
     return out
 
 

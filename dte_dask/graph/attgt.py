@@ -28,18 +28,15 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from dte_dask.core import covariates, moments, rcs, rcs_covariates, twobytwo
+from dte_dask.core import covariates, logit, moments, rcs, rcs_covariates, twobytwo
 from dte_dask.core.cells import Cells
-from dte_dask.core.regression import guarded_solve
-from dte_dask.exceptions import DegenerateCellWarning
+from dte_dask.core.regression import ILL_CONDITIONED, equilibrated_cond, guarded_solve
+from dte_dask.exceptions import DegenerateCellWarning, NuisanceFitWarning
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.blocks import UnitBlock
 from dte_dask.panel.panel import Panel
-
-NEWTON_MAX_ITER = 50
-NEWTON_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,16 @@ def _warn_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
     warnings.warn(f"{names}{more} {verb} NaN: {reason}", DegenerateCellWarning, stacklevel=4)
 
 
+def _note_cells(cells: Cells, bad: np.ndarray, reason: str, label) -> None:
+    """One warning per reason for cells that keep their estimate (R warns and carries on)."""
+    idx = np.flatnonzero(bad)
+    if idx.size == 0:
+        return
+    names = ", ".join(f"ATT(g={label(cells.g[k])}, t={label(cells.t[k])})" for k in idx[:8])
+    more = f" and {idx.size - 8} more" if idx.size > 8 else ""
+    warnings.warn(f"{names}{more}: {reason}", NuisanceFitWarning, stacklevel=4)
+
+
 def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = np.full(b.shape, np.nan)
     good = ok.copy()
@@ -129,35 +136,74 @@ def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarra
     return out, good
 
 
-def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
-            stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray]:
-    """Logit MLE per cell by Newton steps, one reduction over the blocks per step.
+def _warn_ill_conditioned(cells: Cells, ok: np.ndarray, label, mats: dict[str, np.ndarray]) -> None:
+    """Cells kept although a nuisance design is nearly singular (R keeps them too): say so."""
+    for what, A in mats.items():
+        c = np.array([equilibrated_cond(A[k]) if ok[k] else 0.0 for k in range(cells.K)])
+        bad = ok & (c > ILL_CONDITIONED)
+        if bad.any():
+            _note_cells(cells, bad, f"nearly collinear covariates: the {what} is ill-conditioned (condition number "
+                        f"{np.max(c[bad]):.1e} after equilibrating its columns), so the estimate and its standard "
+                        f"error may be accurate to only about {np.max(c[bad]) * np.finfo(float).eps:.0e} relative", label)
 
-    ``stats_fn(block, cells, gamma, active)`` returns the blocks' ``grad`` / ``hess`` / ``ll``
-    (:func:`dte_dask.core.covariates.logit_stats` on panels, the repeated-cross-section rows of
-    :func:`dte_dask.core.rcs_covariates.logit_stats` otherwise)."""
-    ok = active.copy()
-    for _ in range(NEWTON_MAX_ITER):
-        if not active.any():
-            break
-        s = _exact_sum(panel, stats_fn, cells, gamma, active, name="attgt-logit").compute()
-        for k in np.flatnonzero(active):
-            step = guarded_solve(s["hess"][k], s["grad"][k])
-            if step is None:
-                ok[k] = active[k] = False
-                _warn_cells(cells, np.eye(cells.K, dtype=bool)[k], "singular propensity-score design (perfect separation or collinear covariates)", label)
-                continue
-            gamma[k] = gamma[k] + step
-            if np.max(np.abs(step)) <= NEWTON_TOL * (1.0 + np.max(np.abs(gamma[k]))):
-                active[k] = False
-    if active.any():
-        ok &= ~active
-        _warn_cells(cells, active, "propensity score did not converge (perfect separation?)", label)
-    big = ok & (np.max(np.abs(gamma), axis=1) > 50)
-    if big.any():
-        ok &= ~big
-        _warn_cells(cells, big, "perfect separation in the propensity score", label)
-    return gamma, ok
+
+def _logit_fit(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None = None,
+               stats_fn=covariates.logit_stats, **kw) -> logit.LogitFit:
+    """Propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`): one reduction over
+    the blocks per IRLS iteration (and per halved step).
+
+    ``stats_fn(block, cells, gamma, active, *kw.values())`` returns the blocks' ``grad`` / ``hess`` /
+    ``ll`` and, where it counts them, ``n01`` / ``n999`` (:func:`dte_dask.core.covariates.logit_stats`
+    on panels, the repeated-cross-section rows of :func:`dte_dask.core.rcs_covariates.logit_stats`)."""
+    irls = logit.IrlsLogit(gamma, active, dev_scale)
+    while (prop := irls.proposal()) is not None:
+        at, mask = prop
+        s = _exact_sum(panel, stats_fn, cells, at, mask, *kw.values(), name="attgt-logit").compute()
+        irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s.get("n01", np.zeros(cells.K)), s.get("n999"))
+    return irls.result()
+
+
+def _report_logit(cells: Cells, fit: logit.LogitFit, label) -> None:
+    """Warnings for cells whose logit failed (they become NaN)."""
+    _warn_cells(cells, fit.singular & (fit.iterations == 0),
+                "singular propensity-score design, even with equilibrated columns (collinear covariates, "
+                "or a covariate constant among the cell's units)", label)
+    _warn_cells(cells, fit.singular & (fit.iterations > 0),
+                "the propensity-score information matrix became singular during IRLS (quasi-complete separation)", label)
+    _warn_cells(cells, fit.separated, "perfect separation in the propensity score: the covariates predict treatment "
+                "exactly (the logit deviance fell to ~0), so treated and control units do not overlap", label)
+
+
+def _note_logit(cells: Cells, fit: logit.LogitFit, ok: np.ndarray, label) -> None:
+    """Notes for estimable cells whose logit met a problem R only warns about."""
+    _note_cells(cells, ok & ~fit.converged,
+                f"the propensity-score logit did not converge in {logit.GLM_MAXIT} IRLS iterations "
+                "(glm.fit's rule |dev - dev_old|/(|dev| + 0.1) < 1e-8); its last iterate is used, as R does", label)
+    _note_cells(cells, ok & fit.extreme, "fitted propensity scores numerically 0 or 1 occurred (quasi-complete "
+                "separation; R: 'glm.fit: fitted probabilities numerically 0 or 1 occurred'); those units are "
+                "trimmed or weigh ~0", label)
+
+
+def _newton(panel: Panel, cells: Cells, gamma: np.ndarray, active: np.ndarray, label,
+            dev_scale: np.ndarray | None = None, stats_fn=covariates.logit_stats) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_logit_fit` with every problem reported per cell; returns (gamma, ok)."""
+    fit = _logit_fit(panel, cells, gamma, active, dev_scale, stats_fn)
+    _report_logit(cells, fit, label)
+    _note_logit(cells, fit, fit.ok, label)
+    return fit.gamma, fit.ok
+
+
+def _overlap_violated(panel: Panel, cells: Cells, s: dict, fit: logit.LogitFit, ok: np.ndarray) -> np.ndarray:
+    """R did's overlap check: its preliminary, *unweighted* logit has a fitted probability >= 0.999.
+
+    Without sampling weights that logit is the propensity score itself; with weights it is fitted
+    once more, unweighted (extra reductions only in that case).
+    """
+    if panel.spec.weights is None:
+        return ok & fit.overlap
+    gamma0 = logit.intercept_start(s["nD"], s["nC"], fit.gamma.shape[1])
+    pre = _logit_fit(panel, cells, gamma0, ok.copy(), None, covariates.logit_stats, unweighted=True)
+    return ok & (pre.overlap | pre.separated)
 
 
 def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, groups: np.ndarray,
@@ -246,15 +292,23 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
         with np.errstate(invalid="ignore", divide="ignore"):
             eta_t = s["SwDdY"] / s["SwD"]
             eta_c = np.einsum("kp,kp->k", s["SwDX"], beta) / s["SwD"]
+        _warn_ill_conditioned(cells, ok, label, {"outcome-regression design among controls": s["XtWX"]})
         att = np.where(ok, eta_t - eta_c, np.nan)
         return att, ok, {"method": "reg", "n": panel.n_units, "beta": beta, "v_t": v_t, "eta_t": eta_t, "eta_c": eta_c, "St": s["SwD"]}, s
-    # propensity score: start from the intercept-only MLE
-    gamma = np.zeros((cells.K, p))
+    # propensity score: IRLS from the intercept-only MLE; deviances on R's scale (weights of mean 1)
     swc = s["XtWX"][:, 0, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gamma[:, 0] = np.log(s["SwD"] / swc)
+    gamma = logit.intercept_start(s["SwD"], swc, p)
     gamma[~ok] = 0.0
-    gamma, ok = _newton(panel, cells, gamma, ok.copy(), label)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
+    fit = _logit_fit(panel, cells, gamma, ok.copy(), dev_scale)
+    _report_logit(cells, fit, label)
+    gamma, ok = fit.gamma, fit.ok
+    bad = _overlap_violated(panel, cells, s, fit, ok)
+    _warn_cells(cells, bad, "overlap condition violated: a fitted propensity score is >= 0.999 (R did's check on "
+                "its preliminary unweighted logit)", label)
+    ok &= ~bad
+    _note_logit(cells, fit, ok, label)
     m = _exact_sum(panel, covariates.ps_moments, cells, gamma, beta, name="attgt-moments").compute()
     ok &= (m["Sc"] > 0)
     b = beta if beta is not None else np.zeros((cells.K, p))
@@ -269,6 +323,10 @@ def _fit_covariates(panel: Panel, cells: Cells, method: str, p: int, groups: np.
     v_ps, good = _solve_each(m["H"], M2, ok)
     _warn_cells(cells, ok & ~good, "singular propensity-score information matrix", label)
     ok = good
+    mats = {"propensity-score information matrix": m["H"]}
+    if method == "dr":
+        mats["outcome-regression design among controls"] = s["XtWX"]
+    _warn_ill_conditioned(cells, ok, label, mats)
     est = {"method": method, "n": panel.n_units, "beta": b, "gamma": gamma, "eta_t": eta_t, "eta_c": eta_c,
            "St": m["St"], "Sc": m["Sc"], "v_ps": v_ps}
     if method == "dr":
