@@ -28,8 +28,8 @@ _BUCKETED = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "r2"
 _EXTRA = {"s3": "s3", "s3a": "s3"}  # protocol -> dte_dask extra that installs its filesystem
 
 # option names that hold a credential: refused in job bodies and on command lines
-_SECRET = re.compile(r"(^key$|secret|token|passw|credential|access_key|private_key|api_key|account_key"
-                     r"|connection_string|^sas$)", re.I)
+_SECRET = re.compile(r"(^key$|secret|token|passw|passphrase|credential|access_key|private_key|api_key|account_key"
+                     r"|connection_string|^sas$|authorization|cookie)", re.I)
 
 CREDENTIALS_HINT = ("set credentials in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
                     "or AWS_PROFILE) or name a profile with storage_options profile=NAME")
@@ -50,6 +50,9 @@ def secret_keys(options: Any, prefix: str = "") -> list[str]:
                 found.append(name)
             else:
                 found += secret_keys(v, f"{name}.")
+    elif isinstance(options, (list, tuple)):
+        for i, v in enumerate(options):
+            found += secret_keys(v, f"{prefix}{i}.")
     return found
 
 
@@ -177,18 +180,18 @@ def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> Sourc
         Refused credentials, a missing bucket, no matching object, an unsupported file type.
     """
     fs, path = filesystem(url, storage_options)
-    with errors(url, fs):
+    with errors(url, fs):  # one listing (a glob) or one HEAD/listing (a path): cheap on many files
         if any(ch in path for ch in "*?["):
-            files = sorted(fs.glob(path))
-            files = [f for f in files if not fs.isdir(f)] or files
-            if not files:
+            found = fs.glob(path, detail=True)
+            if not found:
                 raise missing(url, fs)
+            files = sorted(found)
+            is_dir = found[files[0]].get("type") == "directory"
         else:
-            if not fs.exists(path):
-                raise missing(url, fs)
+            info = fs.info(path)  # FileNotFoundError: a missing bucket or prefix, told apart by errors()
             files = [path]
+            is_dir = info.get("type") == "directory"
         first = files[0]
-        is_dir = fs.isdir(first)
     full = [fs.unstrip_protocol(f) for f in files]
     if first.endswith((".csv", ".csv.gz")):
         return Source(url, fs, full, "csv", full)

@@ -241,6 +241,7 @@ def test_missing_bucket_and_prefix(written: dict, s3: dict) -> None:
     ({"endpoint_url": "http://127.0.0.1:9", "token": "x"}, "'token'"),
     ({"client_kwargs": {"aws_secret_access_key": "x"}}, "'client_kwargs.aws_secret_access_key'"),
     ({"password": "x"}, "'password'"),
+    ({"client_kwargs": {"headers": [{"Authorization": "x"}]}}, "'client_kwargs.headers.0.Authorization'"),
 ])
 def test_secrets_in_a_job_body_are_refused(options: dict, name: str) -> None:
     with pytest.raises(SpecError) as info:
