@@ -199,6 +199,22 @@ def test_job_with_an_s3_source_runs(written: dict, s3: dict, tmp_path: Path) -> 
     assert meta["job"]["data"]["storage_options"] == {"endpoint_url": s3["endpoint"]}
 
 
+def test_worker_processes_read_from_s3(written: dict) -> None:
+    """Out of core on a real cluster: worker processes read the objects themselves (credentials from
+    their environment), with the same blocks and bootstrap draws as from local disk."""
+    from distributed import Client, LocalCluster
+
+    ref = _signature(load_panel(written["local"], **KW))
+    local = dte_dask.att_gt(load_panel(written["local"], **KW), bootstrap=True, n_boot=19, seed=1)
+    with LocalCluster(processes=True, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as lc, \
+            Client(lc):
+        panel = load_panel(written["url"], **KW)
+        _assert_same(ref, _signature(panel))
+        remote = dte_dask.att_gt(panel, bootstrap=True, n_boot=19, seed=1)
+    np.testing.assert_array_equal(local.draws_aug, remote.draws_aug)
+    np.testing.assert_array_equal(local.se_boot, remote.se_boot)
+
+
 def test_job_check_names_missing_columns_on_s3(written: dict) -> None:
     job = parse_job({"data": {"source": written["url"], "unit": "unit", "time": "time", "outcome": "sbp",
                               "group": "group"}, "estimators": [{"kind": "att_gt"}]})

@@ -24,6 +24,17 @@ def _parse_cohorts(ctx: click.Context, param: click.Parameter, value: str | None
         ) from None
 
 
+def _check_out(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A local directory (not an existing file), or an object-store URL taken as it is."""
+    import os
+
+    from dte_dask.storage import is_url
+
+    if not is_url(value) and os.path.isfile(value):
+        raise click.BadParameter(f"{value!r} is a file; expected a directory or an s3:// prefix")
+    return value
+
+
 def _parse_storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
     """Turn ``("endpoint_url=http://...", "anon=false")`` into a mapping (values read as YAML scalars)."""
     import yaml
@@ -50,9 +61,9 @@ def _parse_storage_options(ctx: click.Context, param: click.Parameter, value: tu
 @click.option("--units", "n_units", type=int, required=True, help="Number of units (patients).")
 @click.option("--periods", "n_periods", type=int, default=None,
               help="Number of periods [default: 10; 24 with --preset medical].")
-@click.option("--out", "out_dir", type=str, required=True,
+@click.option("--out", "out_dir", type=str, required=True, callback=_check_out,
               help="Output directory (parquet files part-*.parquet, _truth.csv, _dte_dask.json), "
-                   "or an object-store prefix such as s3://bucket/prefix (needs dte_dask[s3]).")
+                   "or an object-store prefix such as s3://bucket/prefix (pip install dte_dask[s3]).")
 @click.option("--storage-option", "storage_options", multiple=True, callback=_parse_storage_options,
               metavar="KEY=VALUE",
               help="Option of the object store's filesystem for an s3:// --out (repeatable), e.g. "
