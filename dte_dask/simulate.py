@@ -58,6 +58,7 @@ selection on age/bmi on by default.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -521,8 +522,11 @@ def simulate_panel(
 _OWN_FILES = ("_truth.csv", "_dte_dask.json")
 
 
-def _write_partition(index: int, blocks: tuple[int, int], design: _Design, out_dir: str) -> dict:
-    """Simulate one partition and write it as ``part-{index:05d}.parquet``, one row group."""
+def _write_partition(index: int, blocks: tuple[int, int], design: _Design, out_dir: str, fs: Any = None) -> dict:
+    """Simulate one partition and write it as ``part-{index:05d}.parquet``, one row group.
+
+    ``fs``: the fsspec filesystem of an object-store ``out_dir`` (then a single PUT, atomic there).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -533,17 +537,86 @@ def _write_partition(index: int, blocks: tuple[int, int], design: _Design, out_d
     table = pa.Table.from_pandas(df, preserve_index=False)
     del df
     name = f"part-{index:05d}.parquet"
-    tmp = os.path.join(out_dir, f"_tmp-{name}")
-    pq.write_table(table, tmp, row_group_size=max(table.num_rows, 1))
-    os.replace(tmp, os.path.join(out_dir, name))
+    if fs is not None:
+        with fs.open(f"{out_dir}/{name}", "wb") as fh:
+            pq.write_table(table, fh, row_group_size=max(table.num_rows, 1))
+    else:
+        tmp = os.path.join(out_dir, f"_tmp-{name}")
+        pq.write_table(table, tmp, row_group_size=max(table.num_rows, 1))
+        os.replace(tmp, os.path.join(out_dir, name))
     return {"file": name, "rows": int(table.num_rows), "unit_min": int(units[0]),
             "unit_max": int(units[-1]),
             "cohort_counts": {int(g): int(c) for g, c in zip(gs, counts)}}
 
 
-def _prepare_dir(out_dir: str, overwrite: bool) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    existing = sorted(os.listdir(out_dir))
+class _LocalDir:
+    """``os`` calls on a local output directory (the object-store twin is :class:`_FsDir`)."""
+
+    fs = None
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def makedirs(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+
+    def listdir(self) -> list[str]:
+        return sorted(os.listdir(self.path))
+
+    def remove(self, name: str) -> None:
+        os.remove(os.path.join(self.path, name))
+
+    def open(self, name: str, mode: str, **kw: Any) -> Any:
+        return open(os.path.join(self.path, name), mode, **kw)
+
+    def errors(self) -> Any:
+        return contextlib.nullcontext()
+
+
+class _FsDir:
+    """An output "directory" (prefix) in object storage, through fsspec."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None) -> None:
+        from dte_dask import storage
+
+        self.url = url.rstrip("/")
+        self.fs, path = storage.filesystem(self.url, storage_options)
+        self.path = path.rstrip("/")
+        b = storage.bucket(self.fs, self.path)
+        if b is not None:
+            with self.errors():
+                if not storage._bucket_exists(self.fs, b):
+                    raise storage.missing(self.url, self.fs)
+
+    def makedirs(self) -> None:
+        pass  # object stores have no directories: a prefix exists once an object is under it
+
+    def listdir(self) -> list[str]:
+        with self.errors():
+            if not self.fs.exists(self.path):
+                return []
+            if not self.fs.isdir(self.path):
+                raise SpecError(f"output {self.url!r} is an object, not a prefix")
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False, refresh=True))
+
+    def remove(self, name: str) -> None:
+        with self.errors():
+            self.fs.rm(f"{self.path}/{name}")
+
+    def open(self, name: str, mode: str, **kw: Any) -> Any:
+        return self.fs.open(f"{self.path}/{name}", mode, **kw)
+
+    def errors(self) -> Any:
+        from dte_dask import storage
+
+        return storage.errors(self.url, self.fs, action="writing")
+
+
+def _prepare_dir(out_dir: str | _LocalDir | _FsDir, overwrite: bool) -> None:
+    target = _LocalDir(out_dir) if isinstance(out_dir, str) else out_dir
+    out_dir = getattr(target, "url", target.path)
+    target.makedirs()
+    existing = target.listdir()
     if not existing:
         return
     if not overwrite:
@@ -553,8 +626,8 @@ def _prepare_dir(out_dir: str, overwrite: bool) -> None:
         )
     for f in existing:
         if (f.startswith(("part-", "_tmp-part-")) and f.endswith(".parquet")) or f in _OWN_FILES:
-            os.remove(os.path.join(out_dir, f))
-    left = os.listdir(out_dir)
+            target.remove(f)
+    left = target.listdir()
     if left:
         raise SpecError(
             f"output directory {out_dir!r} holds files that write_panel did not write: "
@@ -570,6 +643,7 @@ def write_panel(
     overwrite: bool = False,
     scheduler: Any = None,
     num_workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Simulate a panel and write it as a parquet directory, one file per partition.
@@ -594,7 +668,9 @@ def write_panel(
     Parameters
     ----------
     out_dir : str or path
-        Target directory; created if missing. Must be empty unless ``overwrite``.
+        Target directory; created if missing. Must be empty unless ``overwrite``. An object-store
+        URL (``"s3://bucket/prefix"``, any fsspec URL) gets the same objects under that prefix;
+        its bucket must exist.
     n_units, n_periods, **options
         As for :func:`simulate_panel` (``cohorts``, ``seed``, ``npartitions``, ``preset``...).
     overwrite : bool, default False
@@ -603,6 +679,9 @@ def write_panel(
         Passed to ``dask.compute`` (default: the current scheduler, threads without a Client).
         Peak memory is about ``num_workers`` partitions in flight (~0.6 GiB each for 262k units x
         24 periods, data plus parquet encoding).
+    storage_options : mapping, optional
+        Options of the fsspec filesystem of a URL ``out_dir`` (``endpoint_url``, ``profile``...);
+        credentials from the environment or a profile, as for :func:`dte_dask.load_panel`.
 
     Returns
     -------
@@ -620,18 +699,23 @@ def write_panel(
     preset = options.get("preset")
     d = _resolve(n_units, n_periods, **{**_SIM_DEFAULTS, **options})
     parts = _partition_blocks(d.n_units, npartitions)
+    from dte_dask import storage
+
     out = os.fspath(out_dir)
-    _prepare_dir(out, overwrite)
-    tasks = [dask.delayed(_write_partition, pure=True)(i, blk, d, out)
+    target = _FsDir(out, storage_options) if storage.is_url(out) else _LocalDir(out)
+    _prepare_dir(target, overwrite)
+    tasks = [dask.delayed(_write_partition, pure=True)(i, blk, d, target.path, target.fs)
              for i, blk in enumerate(parts)]
     kw: dict[str, Any] = {}
     if scheduler is not None:
         kw["scheduler"] = scheduler
     if num_workers is not None:
         kw["num_workers"] = num_workers
-    stats = list(dask.compute(*tasks, **kw))
-    truth = _truth(d)
-    truth.to_csv(os.path.join(out, "_truth.csv"), index=False)
+    with target.errors():
+        stats = list(dask.compute(*tasks, **kw))
+        truth = _truth(d)
+        with target.open("_truth.csv", "w", newline="") as fh:
+            truth.to_csv(fh, index=False)
     counts: dict[int, int] = {}
     for s in stats:
         for g, c in s.pop("cohort_counts").items():
@@ -643,7 +727,7 @@ def write_panel(
         "n_rows": sum(s["rows"] for s in stats),
         "cohort_counts": {str(g): counts[g] for g in sorted(counts)}, "files": stats,
     }
-    with open(os.path.join(out, "_dte_dask.json"), "w") as fh:
+    with target.errors(), target.open("_dte_dask.json", "w") as fh:
         json.dump(meta, fh, indent=2)
     return {**meta, "out_dir": out, "cohort_counts": dict(sorted(counts.items())),
             "seconds": _time.perf_counter() - start}

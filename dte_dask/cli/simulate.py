@@ -9,7 +9,7 @@ import contextlib
 
 import click
 
-from dte_dask.exceptions import SpecError
+from dte_dask.exceptions import PanelError, SpecError
 
 
 def _parse_cohorts(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -24,12 +24,51 @@ def _parse_cohorts(ctx: click.Context, param: click.Parameter, value: str | None
         ) from None
 
 
+def _check_out(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A local directory (not an existing file), or an object-store URL taken as it is."""
+    import os
+
+    from dte_dask.storage import is_url
+
+    if not is_url(value) and os.path.isfile(value):
+        raise click.BadParameter(f"{value!r} is a file; expected a directory or an s3:// prefix")
+    return value
+
+
+def _parse_storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
+    """Turn ``("endpoint_url=http://...", "anon=false")`` into a mapping (values read as YAML scalars)."""
+    import yaml
+
+    from dte_dask.storage import check_no_secrets
+
+    options = {}
+    for item in value:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    try:
+        check_no_secrets(options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return options or None
+
+
 @click.command(name="simulate")
 @click.option("--units", "n_units", type=int, required=True, help="Number of units (patients).")
 @click.option("--periods", "n_periods", type=int, default=None,
               help="Number of periods [default: 10; 24 with --preset medical].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Output directory (parquet files part-*.parquet, _truth.csv, _dte_dask.json).")
+@click.option("--out", "out_dir", type=str, required=True, callback=_check_out,
+              help="Output directory (parquet files part-*.parquet, _truth.csv, _dte_dask.json), "
+                   "or an object-store prefix such as s3://bucket/prefix (pip install dte_dask[s3]).")
+@click.option("--storage-option", "storage_options", multiple=True, callback=_parse_storage_options,
+              metavar="KEY=VALUE",
+              help="Option of the object store's filesystem for an s3:// --out (repeatable), e.g. "
+                   "endpoint_url=http://127.0.0.1:9000 or profile=NAME. Credentials come from the "
+                   "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a profile.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Root random seed.")
 @click.option("--npartitions", type=int, default=None,
               help="Number of files/partitions [default: about 262k units each].")
@@ -47,7 +86,7 @@ def _parse_cohorts(ctx: click.Context, param: click.Parameter, value: str | None
               help="Threads writing partitions at once [default: number of cores].")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier simulation in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def command(n_units, n_periods, out_dir, seed, npartitions, preset, selection, cohorts,
+def command(n_units, n_periods, out_dir, storage_options, seed, npartitions, preset, selection, cohorts,
             never_treated_share, unbalanced_share, num_workers, overwrite, progress) -> None:
     """Simulate a staggered-adoption panel with known ATT(g,t) and write it to --out."""
     from dte_dask.simulate import write_panel
@@ -63,10 +102,12 @@ def command(n_units, n_periods, out_dir, seed, npartitions, preset, selection, c
                 out_dir, n_units, n_periods, overwrite=overwrite, scheduler="threads",
                 num_workers=num_workers, seed=seed, npartitions=npartitions, preset=preset,
                 selection=selection, cohorts=cohorts, never_treated_share=never_treated_share,
-                unbalanced_share=unbalanced_share,
+                unbalanced_share=unbalanced_share, storage_options=storage_options,
             )
     except SpecError as exc:
         raise click.UsageError(str(exc)) from None
+    except PanelError as exc:  # the object store refused (credentials, a missing bucket...)
+        raise click.ClickException(str(exc)) from None
     counts = info["cohort_counts"]
     cohorts_txt = ", ".join(f"g={g}: {c:,}" for g, c in counts.items() if g != 0)
     opts = info["options"]

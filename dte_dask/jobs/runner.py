@@ -37,7 +37,7 @@ class _StopBetween(Mapping[str, Any]):
 
 
 def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
-    """The source object and the column roles for ``load_panel``."""
+    """The source object and the keyword arguments for ``load_panel``: column roles, storage options."""
     import dte_dask
 
     cols = {k: getattr(data, k) for k in ("unit", "time", "outcome", "group", "treatment", "weights", "cluster")}
@@ -59,6 +59,8 @@ def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
     for k, v in defaults.items():
         if cols.get(k) is None and not (k == "group" and cols.get("treatment")):
             cols[k] = v
+    if data.storage_options:
+        cols["storage_options"] = dict(data.storage_options)
     return src, {k: v for k, v in cols.items() if v is not None and v != []}
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dte_dask.exceptions import SpecError
 
@@ -50,7 +50,8 @@ class SimulateSpec(_Closed):
 
 
 class DataSpec(_Closed):
-    source: str = Field(..., description="'mpdta' (bundled), 'simulate', or a parquet/CSV path or glob")
+    source: str = Field(..., description="'mpdta' (bundled), 'simulate', or a parquet/CSV path or glob, "
+                                         "local or in object storage (s3://bucket/prefix/, s3://bucket/p/*.parquet)")
     simulate: SimulateSpec | None = None
     unit: str | None = None
     time: str | None = None
@@ -62,6 +63,17 @@ class DataSpec(_Closed):
     cluster: str | None = None
     allow_unbalanced_panel: bool = False
     npartitions: int | None = Field(None, ge=1)
+    storage_options: dict[str, Any] | None = Field(
+        None, description="options of an object-store source's filesystem (endpoint_url, profile, anon, "
+                          "client_kwargs...); never credentials: those come from the environment or a profile")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from dte_dask.storage import check_no_secrets
+
+        check_no_secrets(value)
+        return value
 
     @model_validator(mode="after")
     def _columns(self) -> DataSpec:
@@ -207,6 +219,16 @@ def _source_columns(data: DataSpec) -> tuple[list[str], str]:
                                       cohorts=s.cohorts, never_treated_share=s.never_treated_share,
                                       unbalanced_share=s.unbalanced_share)  # lazy: nothing is computed
         return list(sim.data.columns), "the simulated panel"
+    from dte_dask import storage
+
+    if storage.is_url(data.source):
+        from dte_dask.exceptions import PanelError
+
+        try:
+            src = storage.resolve(data.source, data.storage_options)
+            return storage.columns(src), repr(src.files[0])
+        except PanelError as exc:
+            raise SpecError(f"data.source: {exc}") from None
     import glob
 
     path = os.path.expanduser(data.source)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
-from dte_dask import config
+from dte_dask import config, storage
 from dte_dask.exceptions import ColumnTypeError, DuplicateRowsError, MissingColumnError, NoControlGroupError, PanelError
 from dte_dask.panel.blocks import UnitBlock, frame_to_block, summarize
 from dte_dask.panel.panel import Panel, _finish
@@ -49,13 +49,15 @@ def load_panel(
     allow_unbalanced_panel: bool = False,
     rng_block_size: int | None = None,
     panel: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Panel:
     """Load and validate a long panel (one row per unit and period).
 
     Parameters
     ----------
     source : parquet file/directory/glob, CSV file/glob, pandas or dask DataFrame
-        Never modified.
+        Never modified. Files may be in object storage: ``"s3://bucket/prefix/"``,
+        ``"s3://bucket/prefix/*.parquet"`` (any fsspec URL; ``pip install 'dte_dask[s3]'``).
     unit, time, outcome : column names
         ``time`` holds equally spaced integer periods or dates with a regular frequency.
         With ``panel=False`` ``unit`` is optional: a row id, unique per row.
@@ -81,6 +83,11 @@ def load_panel(
         "unit" observed in one period; its stable index (partitions, RNG blocks) is the order of
         the ``unit`` column if given (then results do not depend on the row order), else the
         original row order (the concatenated partitions of a dask frame or files).
+    storage_options : mapping, optional
+        For a URL ``source``: options of its fsspec filesystem, passed on to dask's readers
+        (``endpoint_url``, ``profile``, ``anon``, ``client_kwargs``...). Credentials come from the
+        environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
+        ``AWS_PROFILE``) or a named ``profile``. Ignored for local paths and frames.
 
     Notes
     -----
@@ -102,7 +109,7 @@ def load_panel(
     bs = int(config.get("rng-block-size", rng_block_size))
     if bs < 1:
         raise PanelError(f"rng_block_size must be >= 1, got {bs}")
-    frame = _read(source, spec, generated)
+    frame = _read(source, spec, generated, storage_options)
     if generated is not None:
         if generated in frame.columns:
             raise PanelError(f"column {generated!r} is reserved for the generated row id; name it as `unit`")
@@ -141,13 +148,16 @@ def _with_row_ids(frame: pd.DataFrame | dd.DataFrame, column: str) -> pd.DataFra
 
 
 # ------------------------------------------------------------------------------------- reading
-def _read(source: Any, spec: PanelSpec, generated: str | None = None) -> pd.DataFrame | dd.DataFrame:
+def _read(source: Any, spec: PanelSpec, generated: str | None = None,
+          storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame | dd.DataFrame:
     """The frame with the spec's columns (files: only those), less a ``generated`` one."""
     wanted = [c for c in dict.fromkeys(spec.columns) if c != generated]
     if isinstance(source, (pd.DataFrame, dd.DataFrame)):
         return source
     if hasattr(source, "to_dask_dataframe"):
         return source.to_dask_dataframe()
+    if storage.is_url(source):
+        return _read_url(source, spec, wanted, generated, storage_options)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
@@ -169,6 +179,21 @@ def _read(source: Any, spec: PanelSpec, generated: str | None = None) -> pd.Data
                 raise PanelError(f"cannot read parquet {path!r}: {exc}") from None
         raise PanelError(f"unsupported file type for {path!r}: expected .parquet, a parquet directory or .csv")
     raise PanelError(f"unsupported source of type {type(source).__name__}: pass a parquet/CSV path, a pandas or a dask DataFrame")
+
+
+def _read_url(url: str, spec: PanelSpec, wanted: list[str], generated: str | None,
+              storage_options: Mapping[str, Any] | None) -> dd.DataFrame:
+    """A panel in object storage: the same readers as on disk, through fsspec with ``storage_options``."""
+    src = storage.resolve(url, storage_options)
+    so = dict(storage_options or {})
+    _missing(spec, storage.columns(src) + [generated])  # dask's own errors name no role
+    with storage.errors(url, src.fs):
+        if src.kind == "csv":
+            return dd.read_csv(src.target, usecols=wanted, blocksize="64MB", storage_options=so)
+        try:
+            return dd.read_parquet(src.target, columns=wanted, storage_options=so)
+        except (KeyError, ValueError) as exc:
+            raise PanelError(f"cannot read parquet {url!r}: {exc}") from None
 
 
 def _parquet_columns(target: Any) -> list[str] | None:
