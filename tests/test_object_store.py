@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,79 @@ def test_without_s3fs_the_error_says_what_to_install(monkeypatch: pytest.MonkeyP
         load_panel("s3://b/p/", **KW)
     with pytest.raises(PanelError, match=r"pip install 'dte_dask\[s3\]'"):
         write_panel("s3://b/p", 50, 3, scheduler="sync")
+
+
+# ---------------------------------------------------------------------------------- the service
+def test_service_confines_urls_to_its_bucket_prefixes(written: dict, s3: dict) -> None:
+    pytest.importorskip("fastapi")
+    from dte_dask.jobs.spec import JobSpec
+    from dte_dask.service.limits import panel_shape
+    from dte_dask.service.paths import confine_source, normalise_bucket_prefix
+    from dte_dask.service.validate import SpecProblem
+
+    opts = {"endpoint_url": s3["endpoint"]}
+    buckets = (normalise_bucket_prefix(f"S3://{BUCKET}/sim"),)
+    assert buckets == (f"s3://{BUCKET}/sim/",)
+    # inside the prefix: a folder, a glob
+    assert confine_source(written["url"], (), buckets, opts) == written["url"]
+    assert confine_source(written["url"] + "/*.parquet", (), buckets, opts) == written["url"] + "/*.parquet"
+    # everything else gets one answer, whether it exists or not, and the store is asked nothing
+    answers = set()
+    for bad in (f"s3://{BUCKET}/other", f"s3://{BUCKET}/sim/../other", f"s3://{BUCKET}/sim//x",
+                f"s3://{BUCKET}/sim/%2e%2e/x", f"s3://{BUCKET}/sim/missing.parquet", f"s3://{BUCKET}-2/sim/",
+                f"gs://{BUCKET}/sim/", "http://169.254.169.254/latest/", f"s3://{BUCKET}/si*"):
+        with pytest.raises(SpecProblem) as exc:
+            confine_source(bad, (), buckets, opts)
+        answers.add((exc.value.status, exc.value.errors[0]["msg"]))
+    assert len(answers) == 1, answers
+    with pytest.raises(SpecProblem):  # no allowed buckets: URLs are refused like any outside path
+        confine_source(written["url"], (Path("/tmp"),), (), opts)
+    for bad_prefix in ("bucket", "s3://", "s3://b/../c", "s3://b/*/"):
+        with pytest.raises(ValueError, match="bucket prefix"):
+            normalise_bucket_prefix(bad_prefix)
+    # the size estimate reads the parquet footers in the store
+    job = JobSpec.model_validate({"data": {"source": written["url"], **{k: KW[k] for k in ("unit", "time", "outcome",
+                                                                                            "group")},
+                                           "storage_options": opts}, "estimators": [{"kind": "att_gt"}]})
+    shape = panel_shape(job, written["url"])
+    assert shape is not None and shape.units == SIM["n_units"] and shape.periods == SIM["n_periods"]
+
+
+def test_service_runs_a_job_from_an_allowed_bucket(written: dict, s3: dict, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from distributed import Client, LocalCluster
+    from fastapi.testclient import TestClient
+
+    from dte_dask.service.app import create_app
+    from dte_dask.service.settings import ServiceConfigError, ServiceSettings
+
+    with pytest.raises(ServiceConfigError, match="credential"):
+        ServiceSettings(token="t" * 32, db_path=tmp_path / "x.sqlite", data_buckets=(f"s3://{BUCKET}/",),
+                        bucket_options={"secret": "x"})
+    settings = ServiceSettings(token="t" * 32, db_path=tmp_path / "jobs.sqlite", data_buckets=(f"s3://{BUCKET}/sim/",),
+                               bucket_options={"endpoint_url": s3["endpoint"]})
+    cols = {k: KW[k] for k in ("unit", "time", "outcome", "group")}
+    job = {"name": "s3", "data": {"source": written["url"], **cols}, "estimators": [{"kind": "att_gt"}],
+           "inference": {"bootstrap": False}, "report": False, "cluster": {"performance_report": False}}
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c, \
+            Client(c) as client, TestClient(create_app(settings, client=client)) as http:
+        # a job cannot choose the endpoint (or anything else) the service reads buckets with
+        r = http.post("/jobs", json={**job, "data": {**job["data"], "storage_options": {"endpoint_url": "http://x"}}},
+                      headers=auth)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "data", "storage_options"], r.text
+        r = http.post("/jobs", json={**job, "data": {**job["data"], "source": f"s3://{BUCKET}/elsewhere/"}},
+                      headers=auth)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "data", "source"], r.text
+        r = http.post("/jobs", json=job, headers=auth)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 120
+        while (info := http.get(f"/jobs/{job_id}", headers=auth).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)
+    assert info["state"] == "succeeded", info
+    direct = dte_dask.att_gt(dte_dask.load_panel(written["url"], storage_options={"endpoint_url": s3["endpoint"]},
+                                                 **cols), bootstrap=False)
+    assert info["summary"]["estimators"]["att_gt"]["overall"]["att"] == pytest.approx(
+        direct.aggregate("simple").overall_att, rel=1e-12)

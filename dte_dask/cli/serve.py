@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from dte_dask.cli.simulate import parse_storage_options
+
 
 @click.command(name="serve")
 @click.option("--profile", default="local", show_default=True,
@@ -20,6 +22,11 @@ import click
               help="File whose first line is the API token  [default: $DTE_DASK_TOKEN]")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder file sources must lie in (repeatable). None: only 'mpdta' and 'simulate'.")
+@click.option("--allow-bucket", "data_buckets", multiple=True, metavar="URL",
+              help="Object-store prefix URL sources may lie under, e.g. s3://bucket/panels/ (repeatable).")
+@click.option("--bucket-option", "bucket_options", multiple=True, metavar="KEY=VALUE", callback=parse_storage_options,
+              help="Storage option for reading the allowed buckets, e.g. endpoint_url=https://... or "
+                   "profile=NAME (repeatable; credentials come from the environment, never from here).")
 @click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 1024),
               help="Jobs running at once; the rest wait in a queue.")
 @click.option("--max-queued", default=1000, show_default=True, type=click.IntRange(0, 10**6),
@@ -50,7 +57,8 @@ import click
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def command(profile: str, host: str, port: int, metrics_port: int | None, db: str, results_dir: str | None,
-            token_file: str | None, data_roots: tuple[str, ...], max_concurrent: int, max_queued: int,
+            token_file: str | None, data_roots: tuple[str, ...], data_buckets: tuple[str, ...],
+            bucket_options: dict | None, max_concurrent: int, max_queued: int,
             max_request_bytes: int, max_simulate_rows: int, max_n_boot: int, max_work: float, max_task_memory: str,
             job_timeout: float, job_memory: str | None, retain_days: float, ssl_certfile: str | None,
             ssl_keyfile: str | None, log_level: str) -> None:
@@ -85,7 +93,8 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
         resolve_profile(profile)  # fail fast, before binding anything
         settings = ServiceSettings(
             profile=profile, token=read_token(token_file), db_path=db, results_dir=results_dir,
-            data_roots=tuple(data_roots), max_concurrent=max_concurrent, max_queued=max_queued,
+            data_roots=tuple(data_roots), data_buckets=tuple(data_buckets),
+            bucket_options=bucket_options or {}, max_concurrent=max_concurrent, max_queued=max_queued,
             max_request_bytes=max_request_bytes, job_timeout_s=job_timeout or None, job_memory_bytes=job_bytes,
             retain_days=retain_days or None,
             limits=Limits(max_simulate_rows=max_simulate_rows, max_n_boot=max_n_boot, max_work=max_work,

@@ -35,7 +35,7 @@ def _check_out(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _parse_storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
+def parse_storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
     """Turn ``("endpoint_url=http://...", "anon=false")`` into a mapping (values read as YAML scalars)."""
     import yaml
 
@@ -64,7 +64,7 @@ def _parse_storage_options(ctx: click.Context, param: click.Parameter, value: tu
 @click.option("--out", "out_dir", type=str, required=True, callback=_check_out,
               help="Output directory (parquet files part-*.parquet, _truth.csv, _dte_dask.json), "
                    "or an object-store prefix such as s3://bucket/prefix (pip install dte_dask[s3]).")
-@click.option("--storage-option", "storage_options", multiple=True, callback=_parse_storage_options,
+@click.option("--storage-option", "storage_options", multiple=True, callback=parse_storage_options,
               metavar="KEY=VALUE",
               help="Option of the object store's filesystem for an s3:// --out (repeatable), e.g. "
                    "endpoint_url=http://127.0.0.1:9000 or profile=NAME. Credentials come from the "

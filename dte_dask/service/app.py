@@ -220,9 +220,11 @@ class ServiceState:
         """The stored job as it runs: path confined again, output = the job's results folder."""
         job = validate_spec(row["spec"])
         try:
-            job.data.source = confine_source(job.data.source, self.settings.data_roots)
+            job.data.source = confine_source(job.data.source, self.settings.data_roots, self.settings.data_buckets,
+                                             self.settings.bucket_options)
         except SpecProblem as exc:
             raise ValueError(str(exc)) from None
+        job.data.storage_options = dict(self.settings.bucket_options) if "://" in job.data.source else None
         job.output = row["results_dir"]
         return job
 
@@ -347,7 +349,13 @@ def create_app(settings: ServiceSettings, *, client: Any = None) -> FastAPI:
             check_sizes(obj, settings.limits)
             job = validate_spec(obj)
             check_limits(job, settings.limits)
-            source = confine_source(job.data.source, settings.data_roots)
+            if job.data.storage_options:
+                raise SpecProblem.one(["data", "storage_options"], "set by the service for its allowed buckets "
+                                      "(dte-dask serve --bucket-option); a job cannot choose them", "value_error")
+            source = confine_source(job.data.source, settings.data_roots, settings.data_buckets,
+                                    settings.bucket_options)
+            if "://" in source:
+                job.data.storage_options = dict(settings.bucket_options)
             check_columns(job, source)
             warnings = check_size(job, settings.limits, source)
         except UnsupportedMediaType as exc:

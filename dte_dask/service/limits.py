@@ -96,13 +96,20 @@ def panel_shape(job: Any, source: str) -> PanelShape | None:
         return _simulate_shape(data.simulate)
     if data.source == "mpdta":
         return _mpdta_shape()
-    files = _files(source)
+    opener = open
+    if "://" in source:  # an object store: list through fsspec, read the parquet footers remotely
+        try:
+            files, opener = _url_files(source, data.storage_options)
+        except Exception:  # noqa: BLE001 - unreadable here is reported by the column check, not the estimate
+            return None
+    else:
+        files = _files(source)
     if not files:
         return None
     time_col = data.time
     try:
         if all(f.endswith((".parquet", ".pq")) for f in files):
-            return _parquet_shape(files, time_col)
+            return _parquet_shape(files, time_col, opener)
         if all(f.endswith((".csv", ".csv.gz")) for f in files):
             return _csv_shape(files, time_col)
     except Exception:  # noqa: BLE001 - unreadable here is reported by the column check, not the estimate
@@ -170,12 +177,30 @@ def _shape(rows: int, lo: Any, hi: Any, distinct: int | None, label: str) -> Pan
     return PanelShape(units=units, periods=periods, events=events, source=label)
 
 
-def _parquet_shape(files: list[str], time_col: str | None) -> PanelShape:
+def _url_files(source: str, storage_options: Any) -> tuple[list[str], Any]:
+    """Parquet files under an object-store URL (a prefix or a glob), and an opener for them."""
+    from dte_dask import storage
+
+    src = storage.resolve(source, storage_options)
+    if src.kind != "parquet":
+        return [], open
+    files = []
+    for f in src.files:
+        path = src.fs._strip_protocol(f)
+        found = src.fs.find(path) if src.fs.isdir(path) else [path]
+        files.extend(src.fs.unstrip_protocol(x) for x in found if x.endswith((".parquet", ".pq")))
+        if len(files) > _MAX_FILES:
+            break
+    return sorted(files)[:_MAX_FILES], (lambda f, mode="rb": src.fs.open(f, mode))
+
+
+def _parquet_shape(files: list[str], time_col: str | None, opener: Any = open) -> PanelShape:
     import pyarrow.parquet as pq
 
     rows, lo, hi = 0, None, None
     for f in files:
-        md = pq.read_metadata(f)
+        with opener(f, "rb") as fh:
+            md = pq.read_metadata(fh)
         rows += md.num_rows
         names = md.schema.names
         idx = names.index(time_col) if time_col in names else None

@@ -11,6 +11,13 @@ A job's ``data.source`` (a parquet/CSV file, a folder or a glob) is checked in t
    file and the glob's fixed prefix) is resolved and must still be inside a root: a symlink that
    points out is refused.
 
+Object-store URLs (``s3://bucket/prefix/...``) are accepted only under the service's allowed
+bucket prefixes (``dte-dask serve --allow-bucket s3://bucket/prefix/``), by the same rules: the
+text first (scheme and bucket as configured, no ``..``, ``//``, ``%``-escapes, ``~`` or
+backslash after the prefix), then the object store, inside the prefix only, with the service's
+own storage options (endpoint, profile; credentials from its environment): a job body cannot
+point the service at another endpoint.
+
 Every refusal of a file source gives the same status and message, whether the path exists,
 lies outside the roots, or points out through a symlink: the service is no oracle for which
 files exist on the host.
@@ -32,7 +39,8 @@ _LOC = ["data", "source"]
 
 def _refuse() -> SpecProblem:
     return SpecProblem.one(_LOC, "must name an existing file, folder or glob inside the service's data roots "
-                                 "(relative to a root; no '..', ~ or URL)", "path_not_allowed")
+                                 "(relative to a root; no '..' or ~) or under one of its allowed bucket "
+                                 "prefixes", "path_not_allowed")
 
 
 def _too_many() -> SpecProblem:
@@ -53,8 +61,46 @@ def _real_inside(path: str, roots: tuple[Path, ...]) -> bool:
     return any(real == r or real.is_relative_to(r) for r in roots)
 
 
-def confine_source(source: str, roots: tuple[Path, ...]) -> str:
-    """The absolute path (or glob) of a file source, checked to lie inside ``roots``.
+def normalise_bucket_prefix(prefix: str) -> str:
+    """``S3://Bucket/data`` -> ``s3://Bucket/data/``; raises ValueError for anything but a plain prefix."""
+    scheme, sep, rest = prefix.partition("://")
+    if not sep or not scheme.isalnum() or not rest or rest.startswith("/"):
+        raise ValueError(f"bucket prefix {prefix!r} must look like s3://bucket/ or s3://bucket/folder/")
+    rest = rest if rest.endswith("/") else rest + "/"
+    if _unsafe(rest) or _GLOB.search(rest):
+        raise ValueError(f"bucket prefix {prefix!r} must not hold '..', '//', '%', '~', '\\' or glob characters")
+    return f"{scheme.lower()}://{rest}"
+
+
+def _unsafe(rest: str) -> bool:
+    """Characters and segments refused after a bucket prefix (``//`` counts only past the scheme)."""
+    return (any(c in rest for c in ("%", "\\", "\x00", "~")) or "//" in rest
+            or ".." in PurePosixPath(rest).parts)
+
+
+def confine_url(source: str, buckets: tuple[str, ...], storage_options: dict | None = None) -> str:
+    """An object-store URL under one of ``buckets`` (normalised prefixes) that names existing objects."""
+    scheme, sep, rest = source.partition("://")
+    url = f"{scheme.lower()}://{rest}"
+    prefix = next((b for b in buckets if url.startswith(b) or url + "/" == b), None)
+    if prefix is None or _unsafe(rest):
+        raise _refuse()
+    from dte_dask import storage
+    from dte_dask.exceptions import DteDaskError
+
+    try:
+        src = storage.resolve(url, storage_options)
+    except (DteDaskError, OSError, ValueError):
+        raise _refuse() from None  # missing, or refused by the store: one answer
+    if not all(f.startswith(prefix) or f + "/" == prefix for f in src.files):
+        raise _refuse()
+    return url
+
+
+def confine_source(source: str, roots: tuple[Path, ...], buckets: tuple[str, ...] = (),
+                   storage_options: dict | None = None) -> str:
+    """The absolute path (or glob, or object-store URL) of a file source, checked to lie inside
+    ``roots`` (or under a prefix of ``buckets``, read with the service's ``storage_options``).
 
     ``mpdta`` and ``simulate`` come back unchanged. A relative source is looked up in each root
     in turn (the first where it exists wins). Raises :class:`SpecProblem` at ``data.source``,
@@ -62,9 +108,15 @@ def confine_source(source: str, roots: tuple[Path, ...]) -> str:
     """
     if source in BUILTIN_SOURCES:
         return source
-    if not roots:
+    if not roots and not buckets:
         raise SpecProblem.one(_LOC, "file sources are disabled on this service (it has no data roots); "
                                     "use 'mpdta' or 'simulate'", "path_not_allowed")
+    if isinstance(source, str) and "://" in source and "\x00" not in source:
+        if not buckets:
+            raise _refuse()
+        return confine_url(source, buckets, storage_options)
+    if not roots:
+        raise _refuse()
     if (not isinstance(source, str) or not source or "\x00" in source or "://" in source
             or source.startswith("~") or "\\" in source or ".." in PurePosixPath(source).parts):
         raise _refuse()

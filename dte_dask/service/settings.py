@@ -54,6 +54,11 @@ class ServiceSettings:
     data_roots : tuple of Path
         Folders file sources (parquet/CSV paths or globs) must lie in; empty: only the
         ``mpdta`` and ``simulate`` sources are accepted. Relative sources are read from the first.
+    data_buckets : tuple of str
+        Object-store prefixes (``s3://bucket/prefix/``) URL sources must lie under.
+    bucket_options : dict
+        The storage options the service reads those buckets with (``endpoint_url``, ``profile``,
+        ...; no credentials: they come from the service's environment). A job cannot set its own.
     max_concurrent : int
         Jobs running at once; more wait in a FIFO queue of at most ``max_queued`` (then 429).
     max_request_bytes : int
@@ -77,6 +82,8 @@ class ServiceSettings:
     db_path: Path = Path("dte-dask-service") / "jobs.sqlite"
     results_dir: Path | None = None
     data_roots: tuple[Path, ...] = ()
+    data_buckets: tuple[str, ...] = ()
+    bucket_options: dict[str, Any] = field(default_factory=dict)
     max_concurrent: int = 2
     max_queued: int = 1000
     max_request_bytes: int = 256 << 10
@@ -110,6 +117,14 @@ class ServiceSettings:
                 raise ServiceConfigError(f"data root {os.fspath(r)!r} is not a directory")
             roots.append(p.resolve())
         object.__setattr__(self, "data_roots", tuple(roots))
+        from dte_dask.service.paths import normalise_bucket_prefix
+        from dte_dask.storage import check_no_secrets
+
+        try:
+            object.__setattr__(self, "data_buckets", tuple(normalise_bucket_prefix(b) for b in self.data_buckets))
+            check_no_secrets(self.bucket_options, "bucket options")
+        except ValueError as exc:
+            raise ServiceConfigError(str(exc)) from None
 
     @property
     def results_root(self) -> Path:
