@@ -2,7 +2,9 @@
 
 A job is a YAML (or JSON) mapping validated by pydantic models whose sections are closed:
 unknown keys are errors naming their path (``estimators.0.options.contol_group``). Estimator
-options are checked against the estimator's own signature, so a typo fails before any work.
+options are validated by the estimator's own options model (:mod:`dte_dask.estimators.options`,
+the models the library functions use), so a typo or a bad value fails before any work, at its
+path (``estimators.0.options.control_group``).
 
 Example::
 
@@ -16,17 +18,18 @@ Example::
 """
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from dte_dask.estimators.options import ESTIMATORS as _ENTRIES
+from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
 
-ESTIMATORS = ("att_gt", "event_study", "stacked_did", "sun_abraham")
+ESTIMATORS = tuple(_ENTRIES)
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 # options set from other sections of the spec, not per estimator
 _RESERVED = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
@@ -82,21 +85,25 @@ class EstimatorSpec(_Closed):
     options: dict[str, Any] = Field(default_factory=dict)
     aggregations: list[Literal["simple", "dynamic", "group", "calendar"]] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _options(self) -> EstimatorSpec:
-        import dte_dask
-
-        try:
-            fn = getattr(dte_dask, self.kind)
-        except AttributeError:
-            raise ValueError(f"estimator {self.kind!r} is not available in this version") from None
-        params = inspect.signature(fn).parameters
-        unknown = sorted(set(self.options) - set(params))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for {self.kind}; valid: {sorted(set(params) - _RESERVED)}")
-        reserved = sorted(set(self.options) & _RESERVED)
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Validate against the kind's options model; its errors keep their field path."""
+        kind = info.data.get("kind")
+        if kind not in _ENTRIES:
+            return options  # the kind's own error is reported
+        model = _ENTRIES[kind].options
+        reserved = sorted(set(options) & _RESERVED)
         if reserved:
             raise ValueError(f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator")
+        unknown = sorted(set(options) - set(model.model_fields) - {"control"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}")
+        # a ValidationError raised here keeps its locations under estimators.<i>.options
+        return model.model_validate(options).model_dump(exclude_unset=True)
+
+    @model_validator(mode="after")
+    def _options(self) -> EstimatorSpec:
         if self.aggregations and self.kind != "att_gt":
             raise ValueError("aggregations apply to att_gt only")
         if self.name is None:
@@ -104,13 +111,10 @@ class EstimatorSpec(_Closed):
         return self
 
 
-class InferenceSpec(_Closed):
-    bootstrap: bool = True
-    n_boot: int = Field(999, ge=2)
-    seed: int | None = None
-    alpha: float = Field(0.05, gt=0, lt=1)
-    boot_weights: Literal["rademacher", "mammen"] = "rademacher"
-    uniform_bands: bool = True
+class InferenceSpec(InferenceOptions):
+    """The job's ``inference`` section: :class:`~dte_dask.estimators.options.InferenceOptions`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 class ClusterSpec(_Closed):
