@@ -149,6 +149,8 @@ def _as_panel(data: Any, **kw: Any) -> Panel:
         spec = data.spec
         for role in ("outcome", "unit", "time", "group", "treatment", "weights", "cluster"):
             given = kw[role]
+            if role == "cluster" and given == spec.unit:
+                continue  # clustering by unit: the default
             if given is not None and given != getattr(spec, role):
                 raise SpecError(f"{role}={given!r} differs from the panel's {role} column {getattr(spec, role)!r}; "
                                 "load the panel again with that column")
