@@ -57,7 +57,7 @@ def aggregate_map(
     if nan.any() and not na_rm:
         idx = np.flatnonzero(nan)
         bad = [cell_labels[k] if cell_labels is not None else (group[k], time[k]) for k in idx]
-        raise EstimationError(f"cannot aggregate: ATT(g,t) is NaN for {idx.size} cell(s) (g, t) {examples(bad)}; "
+        raise EstimationError(f"cannot aggregate: ATT(g,t) is NaN for cells (g, t) {examples(bad)}; "
                               "pass na_rm=True to drop them")
     usable = ~nan  # universal-base reference cells (att = 0) stay in, as in R
     gpos = np.searchsorted(groups, group)
