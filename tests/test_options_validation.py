@@ -83,8 +83,6 @@ def test_control_is_a_deprecated_spelling(mpdta) -> None:
     assert np.array_equal(old.coef, new.coef) and new.options["control_group"] == "never_treated"
     with pytest.warns(DeprecationWarning), pytest.raises(SpecError, match=r"control='x' is not one of"):
         dte_dask.stacked_did(mpdta, **COLS, control="x")
-    with pytest.raises(TypeError, match="contrl"):
-        dte_dask.stacked_did(mpdta, **COLS, contrl="strict")
 
 
 def test_job_spec_uses_the_models() -> None:

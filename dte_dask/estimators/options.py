@@ -176,19 +176,15 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
                                   "regression"),
 }
 
-def control_group_kw(control_group: Any, deprecated: dict[str, Any], fn: str) -> dict[str, Any]:
-    """``{"control_group": ...}`` from a function's ``control_group`` and its ``**deprecated``.
+def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
+    """``{"control_group": ...}`` from a function's ``control_group`` and its deprecated ``control``.
 
-    The old ``control=`` is taken with a DeprecationWarning (pointing at the caller); any other
-    extra keyword is a TypeError, as Python's own.
+    ``control`` (the old spelling) wins when given, with a DeprecationWarning pointing at the caller.
     """
-    extra = sorted(set(deprecated) - {"control"})
-    if extra:
-        raise TypeError(f"{fn}() got unexpected keyword argument(s) {extra}")
-    if "control" in deprecated:
-        warnings.warn(f"{fn}(control=...) is deprecated; use control_group=...", DeprecationWarning, stacklevel=3)
-        return {"control_group": deprecated["control"]}
-    return {"control_group": control_group}
+    if control is None:
+        return {"control_group": control_group}
+    warnings.warn(f"{fn}(control=...) is deprecated; use control_group=...", DeprecationWarning, stacklevel=3)
+    return {"control_group": control}
 
 
 M = TypeVar("M", bound=Options)

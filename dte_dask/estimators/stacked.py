@@ -61,7 +61,7 @@ def stacked_did(
     seed: int | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
-    **deprecated: Any,
+    control: StackControl | None = None,
 ) -> RegressionResult:
     """Stacked difference-in-differences with corrective weights.
 
@@ -83,7 +83,7 @@ def stacked_did(
     control_group : "not_yet_treated" | "strict" | "never_treated"
         Clean controls of sub-experiment a: first treated after a + L (never-treated included);
         after a + L + |K|; never treated (or treated after the last period) only. The old
-        spelling ``control=`` is accepted with a DeprecationWarning.
+        spelling ``control=`` is accepted with a DeprecationWarning (and wins when given).
     weighting : "aggregate"
         Target estimand of the corrective weights: the trimmed aggregate ATT. Controls get
         :math:`Q_{a,e} = (N^D_{a,e}/N^D_e) / (N^C_{a,e}/N^C_e)`, with N the *observation* counts of
@@ -111,8 +111,8 @@ def stacked_did(
     """
     t0 = _time.perf_counter()
     opt = parse_options(StackedDidOptions, window=window, weighting=weighting,
-                        **control_group_kw(control_group, deprecated, "stacked_did"),
-                        spelled={"control_group": "control"} if "control" in deprecated else None)
+                        **control_group_kw(control_group, control, "stacked_did"),
+                        spelled={"control_group": "control"} if control is not None else None)
     window, control, weighting = opt.window, opt.control_group, opt.weighting
     bootstrap, n_boot, seed, alpha = check_inference(bootstrap, n_boot, seed, alpha)
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,

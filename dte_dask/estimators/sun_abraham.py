@@ -44,7 +44,7 @@ def sun_abraham(
     seed: int | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
-    **deprecated: Any,
+    control: SaControl | None = None,
 ) -> RegressionResult:
     """Interaction-weighted event study of Sun & Abraham (2021).
 
@@ -69,7 +69,7 @@ def sun_abraham(
     control_group : "never_treated" | "last_treated"
         Control cohort: never-treated units (and units treated after the last period), or in
         addition the last-treated cohort, with the periods from its first treatment on dropped.
-        The old spelling ``control=`` is accepted with a DeprecationWarning.
+        The old spelling ``control=`` is accepted with a DeprecationWarning (and wins when given).
     bootstrap, n_boot, seed, alpha : see :func:`dte_dask.event_study`
 
     Returns
@@ -87,8 +87,8 @@ def sun_abraham(
     (e >= 0) effects coincide; pre-period CS effects are then short differences.
     """
     t0 = _time.perf_counter()
-    opt = parse_options(SunAbrahamOptions, window=window, **control_group_kw(control_group, deprecated, "sun_abraham"),
-                        spelled={"control_group": "control"} if "control" in deprecated else None)
+    opt = parse_options(SunAbrahamOptions, window=window, **control_group_kw(control_group, control, "sun_abraham"),
+                        spelled={"control_group": "control"} if control is not None else None)
     window, control = opt.window, opt.control_group
     bootstrap, n_boot, seed, alpha = check_inference(bootstrap, n_boot, seed, alpha)
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,

@@ -128,5 +128,6 @@ def boot_cover_apply(
                 V = multipliers(seed, bid, c, hi - lo, block_size, kind)[:, pos]
                 out[lo:hi] = apply(V, int(a), int(b))
             ids.append(bid)
-            leaves.append(out / n)
+            out /= n  # in place: one n_boot x width array per RNG block, no second copy
+            leaves.append(out)
     return DyadicCover.from_blocks(n_blocks, ids, leaves)
