@@ -131,3 +131,11 @@ def test_cohort_after_the_last_period_warns_once(mpdta) -> None:
     assert len(msgs) == 1 and "131 units" in msgs[0] and "[2050]" in msgs[0] and "(2007)" in msgs[0], msgs
     never = dte_dask.att_gt(mpdta.assign(first_treat=mpdta["first_treat"].replace(2007, 0)), **COLS, bootstrap=False)
     assert np.array_equal(late.att, never.att, equal_nan=True)  # R's convention: never treated
+
+
+def test_placebo_shifts_beyond_the_panel_are_clipped(panel) -> None:
+    from dte_dask import checks
+
+    with pytest.warns(DteDaskWarning, match=r"shifts=1000000000 is beyond the panel's 5 periods; clipped to 3"):
+        big = checks.placebo_check(panel, shifts=10**9)
+    assert big.table.equals(checks.placebo_check(panel, shifts=3).table)

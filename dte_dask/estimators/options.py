@@ -19,7 +19,7 @@ import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -88,10 +88,13 @@ class Options(BaseModel):
     """Base of the option models: closed (unknown keys are errors), immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    deprecated_names: ClassVar[tuple[str, ...]] = ()  # old spellings still accepted
 
 
 class _RenamedControl(Options):
     """Accepts the old spelling ``control`` for ``control_group`` (DeprecationWarning)."""
+
+    deprecated_names: ClassVar[tuple[str, ...]] = ("control",)
 
     @model_validator(mode="before")
     @classmethod

@@ -96,7 +96,7 @@ class EstimatorSpec(_Closed):
         reserved = sorted(set(options) & _RESERVED)
         if reserved:
             raise ValueError(f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator")
-        unknown = sorted(set(options) - set(model.model_fields) - {"control"})
+        unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}")
         # a ValidationError raised here keeps its locations under estimators.<i>.options
