@@ -89,7 +89,7 @@ def att_gt(
     bootstrap, n_boot, seed, alpha, boot_weights, uniform_bands = (inf.bootstrap, inf.n_boot, inf.seed, inf.alpha,
                                                                    inf.boot_weights, inf.uniform_bands)
     if bootstrap:
-        check_bootstrap_cost(n_boot, n_entities=1, width=1, kind=boot_weights)  # a lower bound, before loading
+        check_bootstrap_cost(n_boot, n_entities=None, width=None, kind=boot_weights)  # a lower bound, before loading
 
     panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,

@@ -271,7 +271,7 @@ def check_inference(bootstrap: Any, n_boot: Any, seed: Any, alpha: Any) -> tuple
     """The shared inference options, validated by :class:`InferenceOptions` (Rademacher multipliers)."""
     inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha)
     if inf.bootstrap:
-        check_bootstrap_cost(inf.n_boot, n_entities=1, width=1, kind="rademacher")  # a lower bound, before loading
+        check_bootstrap_cost(inf.n_boot, n_entities=None, width=None, kind="rademacher")  # a lower bound, before loading
     return inf.bootstrap, inf.n_boot, inf.seed, inf.alpha
 
 

@@ -42,14 +42,15 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
 
 
-def check_bootstrap_cost(n_boot: int, *, n_entities: int, width: int, kind: str,
+def check_bootstrap_cost(n_boot: int, *, n_entities: int | None, width: int | None, kind: str,
                          block_size: int | None = None) -> None:
     """Refuse a bootstrap beyond the limits ``dte_dask.bootstrap.*`` before any work starts.
 
     Multipliers are drawn for whole RNG blocks, CHUNK draws at a time (one CHUNK x block_size
     matrix in memory, whatever ``n_boot``); what grows with ``n_boot`` is the work,
     ``n_boot x n_blocks x block_size`` multipliers, and the ``n_boot x width`` draws that come back
-    to the driver. Both are checked against the configured limits.
+    to the driver. Both are checked against the configured limits. ``n_entities`` / ``width``
+    None (not known yet, before the panel is loaded): one RNG block and one column, a lower bound.
 
     Raises
     ------
@@ -57,9 +58,10 @@ def check_bootstrap_cost(n_boot: int, *, n_entities: int, width: int, kind: str,
         Stating the estimated cost, the limit and how to raise it.
     """
     bs = int(config.get("rng-block-size", block_size))
-    n_blocks = max(1, -(-int(n_entities) // bs))
+    bound = "at least " if n_entities is None or width is None else ""
+    n_blocks = max(1, -(-int(n_entities or 1) // bs))
     work = float(n_boot) * n_blocks * bs
-    mem = float(n_boot) * max(int(width), 1) * 8.0
+    mem = float(n_boot) * max(int(width or 1), 1) * 8.0
     max_work = float(config.get("bootstrap.max-multipliers"))
     max_mem = float(config.get("bootstrap.max-draws-bytes"))
     over = []
@@ -73,9 +75,9 @@ def check_bootstrap_cost(n_boot: int, *, n_entities: int, width: int, kind: str,
     keys = " and ".join(f"dte_dask.bootstrap.{k} ({lim})" for k, lim in over)
     env = ", ".join(f"DASK_DTE_DASK__BOOTSTRAP__{k.upper().replace('-', '_')}" for k, _ in over)
     raise SpecError(
-        f"n_boot={n_boot} is too costly: about {work:.3g} multipliers to draw ({n_blocks} RNG block(s) of {bs} "
-        f"entities x {n_boot} draws; roughly {_duration(secs)} of one core) and {_gib(mem)} of draws "
-        f"({n_boot} x {width}) on the driver, beyond {keys}. Lower n_boot, or raise the limit with "
+        f"n_boot={n_boot} is too costly: {bound}about {work:.3g} multipliers to draw ({n_blocks} RNG block(s) of "
+        f"{bs} entities x {n_boot} draws; roughly {_duration(secs)} of one core) and {bound}{_gib(mem)} of draws "
+        f"({n_boot} x {width or 1}) on the driver, beyond {keys}. Lower n_boot, or raise the limit with "
         f"dask.config.set({{'dte_dask.bootstrap.{over[0][0]}': ...}}) or the environment variable(s) {env}")
 
 
