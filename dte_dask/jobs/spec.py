@@ -88,27 +88,36 @@ class EstimatorSpec(_Closed):
     @field_validator("options")
     @classmethod
     def _check_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """Validate against the kind's options model; its errors keep their field path."""
+        """Validate the values against the kind's options model; its errors keep their field path
+        (``estimators.<i>.options.<name>``). Unknown or reserved names are reported by ``_options``."""
         kind = info.data.get("kind")
-        if kind not in _ENTRIES:
-            return options  # the kind's own error is reported
-        model = _ENTRIES[kind].options
-        reserved = sorted(set(options) & _RESERVED)
-        if reserved:
-            raise ValueError(f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator")
-        unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}")
+        if kind not in _ENTRIES or _misplaced(kind, options):
+            return options
         # a ValidationError raised here keeps its locations under estimators.<i>.options
-        return model.model_validate(options).model_dump(exclude_unset=True)
+        return _ENTRIES[kind].options.model_validate(options).model_dump(exclude_unset=True)
 
     @model_validator(mode="after")
     def _options(self) -> EstimatorSpec:
+        problem = _misplaced(self.kind, self.options)
+        if problem:
+            raise ValueError(problem)
         if self.aggregations and self.kind != "att_gt":
             raise ValueError("aggregations apply to att_gt only")
         if self.name is None:
             self.name = self.kind
         return self
+
+
+def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
+    """Why some option names do not belong in ``options`` of ``kind`` (None if they all do)."""
+    model = _ENTRIES[kind].options
+    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - _RESERVED)
+    if unknown:
+        return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}"
+    reserved = sorted(set(options) & _RESERVED)
+    if reserved:
+        return f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator"
+    return None
 
 
 class InferenceSpec(InferenceOptions):
