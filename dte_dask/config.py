@@ -30,9 +30,10 @@ def _default(key: str) -> Any:
 def get(key: str, override: Any = None) -> Any:
     """Return ``override`` if given, else ``dask.config["dte_dask.<key>"]``.
 
-    Falls back to the shipped default when the key is missing (e.g. after a test harness or a
-    user reset dask's configuration).
+    Falls back to the shipped default when the key is missing or None (e.g. after a test harness
+    or a user reset dask's configuration; no shipped default is None).
     """
     if override is not None:
         return override
-    return dask.config.get(f"dte_dask.{key}", default=_default(key))
+    value = dask.config.get(f"dte_dask.{key}", default=None)
+    return _default(key) if value is None else value

@@ -6,6 +6,7 @@ driver-side algebra on those.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.inference.bands import wald_test
-from dte_dask.results import _fmt_table
+from dte_dask.results import _fmt_table, no_pretest_reason
 
 _TITLES = {
     "event_study": "TWFE event study (unit and time effects)",
@@ -85,6 +86,10 @@ class RegressionResult:
     def pretrend_test(self) -> dict[str, float]:
         """Wald test (chi-square, CRV1 covariance) that every pre-period coefficient is zero."""
         pre = self.event_time < 0
+        if not (pre & np.isfinite(self.coef)).any():
+            reason = no_pretest_reason(self.event_time, None, self.coef)
+            warnings.warn(f"No pre-treatment periods to test: {reason}", DteDaskWarning, stacklevel=2)
+            return {"statistic": float("nan"), "df": 0, "p_value": float("nan"), "reason": reason}
         w, q, p = wald_test(self.coef[pre], self.cov[np.ix_(pre, pre)])
         return {"statistic": w, "df": q, "p_value": p}
 
@@ -122,14 +127,18 @@ class RegressionResult:
             tab["Band]"] = df["band_upper"]
         if "binned" in df:
             tab["binned"] = np.where(df["binned"], "yes", "")
-        pt, pa = self.pretrend_test(), self.post_average() if (self.event_time >= 0).any() else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DteDaskWarning)
+            pt = self.pretrend_test()
+        pa = self.post_average() if (self.event_time >= 0).any() else None
         lines = [_TITLES.get(self.estimator, self.estimator), _fmt_table(tab)]
         if self.other is not None and len(self.other):
             lines += ["", _fmt_table(self.other)]
         lines += ["---", f"Reference event time: {self.ref}; standard errors: CRV1 by "
                   f"{self.options.get('cluster') or 'unit'} ({self.n_clusters} clusters, small-sample factor {self.ssc:.6f})",
                   f"Observations: {self.n_obs}, units: {self.n_units}",
-                  f"Pre-trend Wald test: chi2({pt['df']}) = {pt['statistic']:.4f}, p = {pt['p_value']:.5f}"]
+                  f"Pre-trend Wald test: chi2({pt['df']}) = {pt['statistic']:.4f}, p = {pt['p_value']:.5f}"
+                  if "reason" not in pt else f"Pre-trend Wald test: not available ({pt['reason']})"]
         if pa is not None:
             lines.append(f"Post-period average: {pa['estimate']:.4f} (SE {pa['se']:.4f}) over {pa['n_event_times']} event times")
         if self.band_crit is not None:

@@ -5,6 +5,7 @@ bootstrap, the draws (B x K'). Every derived quantity is driver-side algebra on 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.estimators.aggregate import AggKind, aggregate_map
+from dte_dask.exceptions import DteDaskWarning
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
 
@@ -25,6 +27,17 @@ def _fmt_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(cols), *(line(r) for r in rows)])
+
+
+def no_pretest_reason(event_time: np.ndarray, reference: np.ndarray | None, est: np.ndarray) -> str:
+    """Why a set of estimates has no usable pre-treatment estimate (for the pre-test's warning)."""
+    ref = np.zeros(event_time.size, dtype=bool) if reference is None else reference
+    before = event_time < 0
+    if not before.any():
+        return "no estimate has a negative event time (no cohort is observed before its base period)"
+    if not (before & ~ref).any():
+        return "the only pre-treatment estimates are reference periods (fixed at 0)"
+    return f"all {int((before & ~ref).sum())} pre-treatment estimates are NaN"
 
 
 def _interval(att, se, crit):
@@ -144,9 +157,18 @@ class AttgtResult:
             "n_control": self.n_control.astype(np.int64), "se_analytic": self.se_analytic,
         })
 
-    def pretrend_test(self) -> dict[str, float]:
-        """Wald test that all pre-treatment ATT(g,t) are zero (R ``att_gt``'s pre-test)."""
+    def pretrend_test(self) -> dict[str, Any]:
+        """Wald test that all pre-treatment ATT(g,t) are zero (R ``att_gt``'s pre-test).
+
+        With no usable pre-treatment cell there is nothing to test: as R ``did`` ("No
+        pre-treatment periods to test") this warns, with the reason, and returns NaN statistics
+        and ``reason``; it does not raise, so summaries and reports of such designs still work.
+        """
         pre = (self.event_time < 0) & ~self.reference & np.isfinite(self.att)
+        if not pre.any():
+            reason = no_pretest_reason(self.event_time, self.reference, self.att)
+            warnings.warn(f"No pre-treatment periods to test: {reason}", DteDaskWarning, stacklevel=2)
+            return {"statistic": float("nan"), "df": 0, "p_value": float("nan"), "reason": reason}
         w, q, p = wald_test(self.att[pre], self.cov[np.ix_(pre, pre)])
         return {"statistic": w, "df": q, "p_value": p}
 
@@ -160,7 +182,8 @@ class AttgtResult:
         m = aggregate_map(kind, att=self.att, group=self.g_index.astype(float), time=self.t_index.astype(float),
                           event=(self.t_index - self.g_index).astype(float), groups=self.group_index.astype(float),
                           pg=self.pg, last_time=float(self.n_periods - 1), first_time=0.0, min_e=e(min_e),
-                          max_e=e(max_e), balance_e=e(balance_e), na_rm=na_rm)
+                          max_e=e(max_e), balance_e=e(balance_e), na_rm=na_rm,
+                          cell_labels=list(zip(self.group, self.time)))
         keys = self._key_labels(kind, m.keys)
         cov = self.cov_aug
         se_a = analytic_se(m.coef.T @ cov @ m.coef) if m.coef.shape[1] else np.empty(0)
@@ -194,11 +217,14 @@ class AttgtResult:
         tab = pd.DataFrame({"Group": df["group"], "Time": df["time"], "ATT(g,t)": df["att"], "Std. Error": df["se"],
                             f"[{pct}% {band}Conf.": df["ci_lower"], "Band]": df["ci_upper"]})
         tab[""] = np.where((df["ci_lower"] > 0) | (df["ci_upper"] < 0), "*", "")
-        pt = self.pretrend_test()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DteDaskWarning)
+            pt = self.pretrend_test()
+        ptext = f"{pt['p_value']:.5f}" if "reason" not in pt else f"not available ({pt['reason']})"
         o = self.options
         lines = ["Group-Time Average Treatment Effects:", _fmt_table(tab), "---",
                  "Signif. codes: `*' confidence band does not cover 0", "",
-                 f"P-value for pre-test of parallel trends assumption:  {pt['p_value']:.5f}",
+                 f"P-value for pre-test of parallel trends assumption:  {ptext}",
                  f"Control Group:  {str(o.get('control_group', '')).replace('_', ' ').title()},  "
                  f"Anticipation Periods:  {o.get('anticipation', 0)}",
                  f"Estimation Method:  {_METHOD_NAMES.get(o.get('est_method', ''), o.get('est_method'))}",

@@ -111,7 +111,7 @@ def test_bad_input():
         dte_dask.sun_abraham(df, **COLS, control="not_yet")
     with pytest.raises(SpecError, match=r"window=\(0, 3\) must contain the reference event time -1"):
         dte_dask.sun_abraham(df, **COLS, window=(0, 3))
-    with pytest.raises(SpecError, match=r"column 'group' has no never-treated units; use control='last_treated'"):
+    with pytest.raises(SpecError, match=r"column 'group' has no never-treated units; use control_group='last_treated'"):
         dte_dask.sun_abraham(df[df["group"] > 0], **COLS)
 
 

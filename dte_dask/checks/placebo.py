@@ -24,6 +24,7 @@ cross-covariances are not available there, so the joint test is Bonferroni's (sm
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,7 @@ from dte_dask.checks._engine import (
     truncate,
 )
 from dte_dask.core.cells import Cells
-from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import tree_sum
 from dte_dask.inference.bands import wald_test
 from dte_dask.inference.variance import analytic_se, gram
@@ -224,7 +225,11 @@ def _placebo_regression(prep, designs, nyt: bool, opts: dict[str, Any], alpha: f
 
 def _designs(panel: Any, groups: np.ndarray, shifts: Sequence[int] | int | None, cohorts: Sequence[Any] | None):
     if isinstance(shifts, (int, np.integer)) and not isinstance(shifts, bool):
-        shifts = range(1, int(shifts) + 1)
+        top = panel.n_periods - 2  # the largest shift any cohort can take (g - k >= 1)
+        if shifts > top >= 1:
+            warnings.warn(f"shifts={int(shifts)} is beyond the panel's {panel.n_periods} periods; clipped to {top}",
+                          DteDaskWarning, stacklevel=3)
+        shifts = range(1, min(int(shifts), max(top, 1)) + 1)
     if shifts is not None and any((not isinstance(k, (int, np.integer))) or k < 1 for k in shifts):
         raise SpecError(f"shifts must be positive integers, got {list(shifts)!r}")
     gs = [int(g) for g in groups]

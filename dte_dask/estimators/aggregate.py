@@ -7,12 +7,13 @@ The coefficient on H reproduces R's estimated-weight term ``wif`` (REFERENCE §1
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.exceptions import EstimationError, SpecError, examples
 
 AggKind = Literal["simple", "dynamic", "group", "calendar"]
 
@@ -44,14 +45,20 @@ def aggregate_map(
     kind: AggKind, *, att: np.ndarray, group: np.ndarray, time: np.ndarray, event: np.ndarray,
     groups: np.ndarray, pg: np.ndarray, last_time: float, first_time: float,
     min_e: float | None = None, max_e: float | None = None, balance_e: float | None = None,
-    na_rm: bool = False,
+    na_rm: bool = False, cell_labels: Sequence[tuple[Any, Any]] | None = None,
 ) -> AggMap:
-    """Build the aggregation ``kind`` from cell estimates (all in label units of the time axis)."""
+    """Build the aggregation ``kind`` from cell estimates (all in label units of the time axis).
+
+    ``cell_labels``: the (group, time) labels the user sees for each cell (as ``to_frame``), used
+    in messages; the indices themselves otherwise.
+    """
     K, G = att.size, groups.size
     nan = np.isnan(att)
     if nan.any() and not na_rm:
-        bad = [(group[k], time[k]) for k in np.flatnonzero(nan)[:5]]
-        raise EstimationError(f"cannot aggregate: ATT(g,t) is NaN for cells (g, t) {bad}; pass na_rm=True to drop them")
+        idx = np.flatnonzero(nan)
+        bad = [cell_labels[k] if cell_labels is not None else (group[k], time[k]) for k in idx]
+        raise EstimationError(f"cannot aggregate: ATT(g,t) is NaN for cells (g, t) {examples(bad)}; "
+                              "pass na_rm=True to drop them")
     usable = ~nan  # universal-base reference cells (att = 0) stay in, as in R
     gpos = np.searchsorted(groups, group)
     pg_cell = pg[gpos]

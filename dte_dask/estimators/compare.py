@@ -6,6 +6,7 @@ one known to be biased). The comparison puts them side by side with the correlat
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dte_dask.estimators.event_study import check_window, event_study, resolve_panel
-from dte_dask.exceptions import SpecError
+from dte_dask.estimators.event_study import check_window, clip_window, event_study, resolve_panel
+from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.results import AggregateResult, _fmt_table
 
 ESTIMATORS = ("cs", "event_study", "stacked_did", "sun_abraham")
@@ -70,6 +71,8 @@ def compare_estimators(
     .aggregate("dynamic", min_e=K, max_e=L)`` (universal base: pre-periods are comparable with the
     regressions' reference -1); ``event_study``: window with binned endpoints; ``stacked_did``:
     window, not-yet-treated clean controls; ``sun_abraham``: never-treated controls, all event times.
+    A window reaching beyond the panel's event times is clipped to them by the event study and
+    stacked DiD (each warns); one with no overlap raises :class:`SpecError` before any fit.
     """
     check_window(window)
     unknown = [e for e in estimators if e not in ESTIMATORS]
@@ -78,6 +81,9 @@ def compare_estimators(
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
                              weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
                              npartitions=npartitions)
+    with warnings.catch_warnings():  # the estimators that size anything by the window clip it and warn
+        warnings.simplefilter("ignore", DteDaskWarning)
+        clip_window(panel, window)  # a window with no overlap: one SpecError here, before any fit
     from dte_dask.estimators.cs import att_gt
     from dte_dask.estimators.stacked import stacked_did
     from dte_dask.estimators.sun_abraham import sun_abraham

@@ -4,21 +4,20 @@ from __future__ import annotations
 import time as _time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 
 from dte_dask.core.cells import BasePeriod, ControlGroup, make_cells
+from dte_dask.estimators.options import AttGtOptions, BootWeights, EstMethod, InferenceOptions, parse_options
 from dte_dask.exceptions import EstimationError, PanelWarning, SpecError
 from dte_dask.graph.attgt import fit_cells
 from dte_dask.inference.bands import band_crit, boot_se
-from dte_dask.inference.bootstrap import BootWeights
+from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.inference.variance import analytic_se, covariance
 from dte_dask.panel.load import load_panel
 from dte_dask.panel.panel import Panel
 from dte_dask.results import AttgtResult
-
-EstMethod = Literal["dr", "ipw", "reg"]
 
 
 def _check_literal(name: str, value: Any, kind: Any) -> None:
@@ -94,16 +93,16 @@ def att_gt(
     AttgtResult
     """
     t0 = _time.perf_counter()
-    _check_literal("control_group", control_group, ControlGroup)
-    _check_literal("base_period", base_period, BasePeriod)
-    _check_literal("est_method", est_method, EstMethod)
-    _check_literal("boot_weights", boot_weights, BootWeights)
-    if not isinstance(anticipation, (int, np.integer)) or anticipation < 0:
-        raise SpecError(f"anticipation must be a non-negative integer, got {anticipation!r}")
-    if not 0 < alpha < 1:
-        raise SpecError(f"alpha must be in (0, 1), got {alpha}")
-    if bootstrap and (not isinstance(n_boot, (int, np.integer)) or n_boot < 2):
-        raise SpecError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    opt = parse_options(AttGtOptions, control_group=control_group, anticipation=anticipation,
+                        base_period=base_period, est_method=est_method)
+    inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha,
+                        boot_weights=boot_weights, uniform_bands=uniform_bands)
+    control_group, anticipation, base_period, est_method = (opt.control_group, opt.anticipation, opt.base_period,
+                                                            opt.est_method)
+    bootstrap, n_boot, seed, alpha, boot_weights, uniform_bands = (inf.bootstrap, inf.n_boot, inf.seed, inf.alpha,
+                                                                   inf.boot_weights, inf.uniform_bands)
+    if bootstrap:
+        check_bootstrap_cost(n_boot, n_entities=None, width=None, kind=boot_weights)  # a lower bound, before loading
 
     panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
@@ -113,6 +112,9 @@ def att_gt(
     rcs = panel.spec.repeated_cross_section
     unbalanced = rcs or (allow_unbalanced_panel and not panel.is_balanced)
     cells, glist = _cells(panel, control_group, int(anticipation), base_period)
+    if bootstrap:
+        check_bootstrap_cost(n_boot, n_entities=panel.n_entities, width=cells.K + glist.size, kind=boot_weights,
+                             block_size=panel.rng_block_size)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy)
     label = _labeler(panel)
@@ -164,6 +166,8 @@ def _as_panel(data: Any, **kw: Any) -> Panel:
             raise SpecError("this Panel is a repeated cross section (panel=False): only att_gt estimates those")
         for role in ("outcome", "unit", "time", "group", "treatment", "weights", "cluster"):
             given = kw[role]
+            if role == "cluster" and given == spec.unit:
+                continue  # clustering by unit: the default
             if given is not None and given != getattr(spec, role):
                 raise SpecError(f"{role}={given!r} differs from the panel's {role} column {getattr(spec, role)!r}; "
                                 "load the panel again with that column")

@@ -6,6 +6,7 @@ result assembly with CRV1 and bootstrap inference).
 from __future__ import annotations
 
 import time as _time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,11 @@ import pandas as pd
 
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.cs import _as_panel
-from dte_dask.exceptions import SpecError
+from dte_dask.estimators.options import EventStudyOptions, InferenceOptions, parse_options
+from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.graph.regress import OlsFit, Part, fit_ols
 from dte_dask.inference.bands import band_crit, boot_se
+from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
 from dte_dask.regression_results import RegressionResult
 
@@ -57,7 +60,8 @@ def event_study(
     outcome, unit, time, group : column names (not needed for a Panel)
     window : (K, L), optional
         Event times in the time column's units (period index x step). None: every observed event
-        time gets its own dummy.
+        time gets its own dummy. A window reaching beyond the event times the panel has is clipped
+        to them (with a warning); a clipped side bins nothing and is not marked as binned.
     ref : int
         The omitted event time (default -1, in the time column's units).
     bin_endpoints : bool
@@ -94,8 +98,9 @@ def event_study(
     units observed once are dropped and not counted in N or G.
     """
     t0 = _time.perf_counter()
-    _check_event_options(window, ref, bin_endpoints)
-    _check_inference(bootstrap, n_boot, alpha)
+    opt = parse_options(EventStudyOptions, window=window, ref=ref, bin_endpoints=bin_endpoints)
+    window, ref, bin_endpoints = opt.window, opt.ref, opt.bin_endpoints
+    bootstrap, n_boot, seed, alpha = check_inference(bootstrap, n_boot, seed, alpha)
     panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group,
                                    covariates=covariates, weights=weights, cluster=cluster,
                                    allow_unbalanced_panel=allow_unbalanced_panel, npartitions=npartitions)
@@ -110,16 +115,25 @@ def event_study(
     if ref_p not in events:
         raise SpecError(f"ref={ref} is not an event time of any treated cohort (event times "
                         f"{[e * step for e in events][:3]}...{[e * step for e in events][-3:]})")
+    bins = (True, True)
+    if window is not None:
+        Kc, Lc = clip_window(panel, window)
+        bins = (Kc == K, Lc == L)  # a clipped side pools nothing beyond the panel's event times
+        K, L = Kc, Lc
     layout = _es_layout(events, K, L, ref_p, bin_endpoints)
-    spec, names = _es_design(panel, cohorts, layout, cov_idx, bin_endpoints)
+    spec, names = _es_design(panel, cohorts, layout, cov_idx, bin_endpoints, bins)
     cov_names = [panel.spec.covariates[j] for j in cov_idx]
     nuisance = np.arange(spec.m) < spec.n_fe
+    if bootstrap:
+        check_bootstrap_cost(n_boot, n_entities=panel.n_entities, width=spec.m, kind="rademacher",
+                             block_size=panel.rng_block_size)
     seed = draw_seed(seed, bootstrap)
     fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "event-study-stats")], names, nuisance,
                   scores_name="event-study-scores", n_boot=n_boot if bootstrap else 0, seed=seed)
     idx = spec.n_fe + spec.p + np.arange(spec.n_int)
     keep = fit.pooled.kept[idx]
-    binned = np.array([bin_endpoints and window is not None and e in (K, L) for e in layout.events])
+    binned = np.array([bin_endpoints and window is not None and ((e == K and bins[0]) or (e == L and bins[1]))
+                       for e in layout.events])
     other = _coef_frame(fit, np.arange(spec.n_fe, spec.n_fe + spec.p), cov_names)
     options = dict(estimator="event_study", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, window=window, ref=ref, bin_endpoints=bin_endpoints,
@@ -157,7 +171,7 @@ def _es_layout(events: list[int], K: int | None, L: int | None, ref: int, bin_en
 
 
 def _es_design(panel: Panel, cohorts: list[int], layout: _EsLayout, cov_idx: list[int],
-               bin_endpoints: bool) -> tuple[DesignSpec, list[str]]:
+               bin_endpoints: bool, bins: tuple[bool, bool] = (True, True)) -> tuple[DesignSpec, list[str]]:
     """One row of codes per treated cohort (event time t - g of each period), a last row without
     dummies for never-treated units; columns [time effects | covariates | event times]."""
     T, step = panel.n_periods, period_step(panel)
@@ -168,14 +182,15 @@ def _es_design(panel: Panel, cohorts: list[int], layout: _EsLayout, cov_idx: lis
                       t0=0, t1=T, codes=codes, n_int=len(layout.events), cov_idx=tuple(cov_idx))
     names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)]
     names += [panel.spec.covariates[j] for j in cov_idx]
-    names += [_event_name(e, layout.lo, layout.hi, bin_endpoints, step) for e in layout.events]
+    names += [_event_name(e, layout.lo, layout.hi, bin_endpoints, step, bins) for e in layout.events]
     return spec, names
 
 
-def _event_name(e: int, K: int | None, L: int | None, binned: bool, step: int) -> str:
-    if binned and K is not None and e == K:
+def _event_name(e: int, K: int | None, L: int | None, binned: bool, step: int,
+                bins: tuple[bool, bool] = (True, True)) -> str:
+    if binned and bins[0] and K is not None and e == K:
         return f"event_time<={e * step}"
-    if binned and L is not None and e == L:
+    if binned and bins[1] and L is not None and e == L:
         return f"event_time>={e * step}"
     return f"event_time={e * step}"
 
@@ -211,23 +226,37 @@ def to_periods(value: Any, step: int, name: str) -> int:
 
 
 def check_window(window: Any, name: str = "window") -> None:
-    if window is None:
-        return
-    if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise SpecError(f"{name} must be a pair (K, L) of event times with K < L, got {window!r}")
-    for v in window:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise SpecError(f"{name} must be a pair of integers (K, L), got {window!r}")
-    if not window[0] < window[1]:
-        raise SpecError(f"{name}=({window[0]}, {window[1]}): K must be smaller than L")
+    """A pair (K, L) of integer event times with K < L (see :class:`EventStudyOptions`)."""
+    if window is not None:
+        parse_options(EventStudyOptions, window=window)
 
 
-def _check_event_options(window: Any, ref: Any, bin_endpoints: Any) -> None:
-    check_window(window)
-    if isinstance(ref, (bool, np.bool_)) or not isinstance(ref, (int, np.integer)):
-        raise SpecError(f"ref must be an integer event time, got {ref!r}")
-    if not isinstance(bin_endpoints, (bool, np.bool_)):
-        raise SpecError(f"bin_endpoints must be True or False, got {bin_endpoints!r}")
+def event_range(panel: Panel) -> tuple[int, int]:
+    """The smallest and largest event time t - g (in periods) of the cohorts treated in the panel."""
+    cohorts = treated_cohorts(panel)
+    if not cohorts:
+        raise SpecError(f"column {panel.spec.group_source!r}: no cohort is treated inside the panel's periods")
+    return -max(cohorts), panel.n_periods - 1 - min(cohorts)
+
+
+def clip_window(panel: Panel, window: Any, name: str = "window") -> tuple[int, int]:
+    """``window`` (time column's units) as periods, clipped to the event times the panel has.
+
+    Everything sized by a window (design columns, layouts) is then bounded by the panel's number
+    of periods. Warns when the window is clipped; raises :class:`SpecError` naming ``name`` when it
+    does not overlap the panel's event times at all.
+    """
+    step = period_step(panel)
+    K, L = (to_periods(v, step, name) for v in window)
+    lo, hi = event_range(panel)
+    Kc, Lc = max(K, lo), min(L, hi)
+    if Kc > Lc:
+        raise SpecError(f"{name}={tuple(window)} does not overlap the event times of the panel "
+                        f"({lo * step} .. {hi * step} in the time column's units)")
+    if (Kc, Lc) != (K, L):
+        warnings.warn(f"{name}={tuple(window)} reaches beyond the event times of the panel; clipped to "
+                      f"({Kc * step}, {Lc * step})", DteDaskWarning, stacklevel=3)
+    return Kc, Lc
 
 
 def _check_ref_in_window(K: int, L: int, ref_p: int, ref: int, window, binned: bool) -> None:
@@ -238,13 +267,12 @@ def _check_ref_in_window(K: int, L: int, ref_p: int, ref: int, window, binned: b
         raise SpecError(f"ref={ref} must lie inside window={tuple(window)}")
 
 
-def _check_inference(bootstrap: bool, n_boot: int, alpha: float) -> None:
-    if not isinstance(bootstrap, (bool, np.bool_)):
-        raise SpecError(f"bootstrap must be True or False, got {bootstrap!r}")
-    if bootstrap and (isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2):
-        raise SpecError(f"n_boot must be an integer >= 2, got {n_boot!r}")
-    if not 0 < alpha < 1:
-        raise SpecError(f"alpha must be in (0, 1), got {alpha}")
+def check_inference(bootstrap: Any, n_boot: Any, seed: Any, alpha: Any) -> tuple[bool, int, int | None, float]:
+    """The shared inference options, validated by :class:`InferenceOptions` (Rademacher multipliers)."""
+    inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha)
+    if inf.bootstrap:
+        check_bootstrap_cost(inf.n_boot, n_entities=None, width=None, kind="rademacher")  # a lower bound, before loading
+    return inf.bootstrap, inf.n_boot, inf.seed, inf.alpha
 
 
 def draw_seed(seed: int | None, bootstrap: bool) -> int:

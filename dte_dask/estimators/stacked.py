@@ -12,32 +12,35 @@ from __future__ import annotations
 import re
 import time as _time
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from dte_dask.core.within import NONE, DesignSpec
-from dte_dask.estimators.cs import _check_literal
 from dte_dask.estimators.event_study import (
-    _check_inference,
     _plain,
-    check_window,
+    check_inference,
+    clip_window,
     draw_seed,
     make_result,
     period_step,
     resolve_panel,
-    to_periods,
     treated_cohorts,
+)
+from dte_dask.estimators.options import (
+    StackControl,
+    StackedDidOptions,
+    StackWeighting,
+    control_group_kw,
+    parse_options,
 )
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
+from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
 from dte_dask.regression_results import RegressionResult
-
-StackControl = Literal["not_yet_treated", "never_treated", "strict"]
-StackWeighting = Literal["aggregate"]
 
 
 def stacked_did(
@@ -48,7 +51,7 @@ def stacked_did(
     time: str | None = None,
     group: str | None = None,
     window: tuple[int, int] = (-3, 3),
-    control: StackControl = "not_yet_treated",
+    control_group: StackControl = "not_yet_treated",
     weighting: StackWeighting = "aggregate",
     weights: str | None = None,
     cluster: str | None = None,
@@ -58,6 +61,7 @@ def stacked_did(
     seed: int | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
+    control: StackControl | None = None,
 ) -> RegressionResult:
     """Stacked difference-in-differences with corrective weights.
 
@@ -74,10 +78,12 @@ def stacked_did(
         :func:`dte_dask.event_study`
     window : (K, L)
         Event window in the time column's units, with K <= -1 and L >= 0 (one period = the period
-        step). The reference is one period before treatment.
-    control : "not_yet_treated" | "strict" | "never_treated"
+        step). The reference is one period before treatment. A window reaching beyond the event
+        times of the panel is clipped to them, with a warning.
+    control_group : "not_yet_treated" | "strict" | "never_treated"
         Clean controls of sub-experiment a: first treated after a + L (never-treated included);
-        after a + L + |K|; never treated (or treated after the last period) only.
+        after a + L + |K|; never treated (or treated after the last period) only. The old
+        spelling ``control=`` is accepted with a DeprecationWarning (and wins when given).
     weighting : "aggregate"
         Target estimand of the corrective weights: the trimmed aggregate ATT. Controls get
         :math:`Q_{a,e} = (N^D_{a,e}/N^D_e) / (N^C_{a,e}/N^C_e)`, with N the *observation* counts of
@@ -104,23 +110,27 @@ def stacked_did(
     time x stack levels; unit x stack singletons are dropped.
     """
     t0 = _time.perf_counter()
-    check_window(window)
-    _check_literal("control", control, StackControl)
-    _check_literal("weighting", weighting, StackWeighting)
-    _check_inference(bootstrap, n_boot, alpha)
+    opt = parse_options(StackedDidOptions, window=window, weighting=weighting,
+                        **control_group_kw(control_group, control, "stacked_did"),
+                        spelled={"control_group": "control"} if control is not None else None)
+    window, control, weighting = opt.window, opt.control_group, opt.weighting
+    bootstrap, n_boot, seed, alpha = check_inference(bootstrap, n_boot, seed, alpha)
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
                              weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
                              npartitions=npartitions)
     step = period_step(panel)
-    K, L = (to_periods(v, step, "window") for v in window)
-    if K > -1 or L < 0:
+    if window[0] > -step or window[1] < 0:
         raise SpecError(f"window={tuple(window)} must contain the reference event time {-step} and event time 0 "
                         f"(K <= {-step} and L >= 0)")
+    K, L = clip_window(panel, window)
     stacks = _feasible_stacks(panel, K, L, control, window)
     counts = exact_sum(panel, _stack_counts, [(a, ctrl, a + K, a + L + 1) for a, ctrl in stacks],
                         name="stacked-counts").compute()
     mult = _q_weights(counts)
     parts, names, nuisance, events = _stacked_design(panel, stacks, K, L, mult, step)
+    if bootstrap:
+        check_bootstrap_cost(n_boot, n_entities=panel.n_entities, width=len(names), kind="rademacher",
+                             block_size=panel.rng_block_size)
     seed = draw_seed(seed, bootstrap)
     fit = fit_ols(panel, parts, names, nuisance, scores_name="stacked-scores", per_part=True,
                   n_boot=n_boot if bootstrap else 0, seed=seed, what="the unit x stack and time x stack effects")
@@ -129,7 +139,7 @@ def stacked_did(
     keep = fit.pooled.kept[idx]
     cohorts = _by_cohort(panel, fit, stacks, counts, events, step, alpha)
     options = dict(estimator="stacked_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
-                   group=panel.spec.group_source, window=tuple(window), control=control, weighting=weighting,
+                   group=panel.spec.group_source, window=tuple(window), control_group=control, weighting=weighting,
                    weights=panel.spec.weights, cluster=panel.spec.cluster, n_boot=n_boot if bootstrap else 0,
                    seed=seed if bootstrap else None, stacks=[_plain(panel.group_label(a)) for a, _ in stacks])
     return make_result("stacked_did", panel, fit, np.eye(n_int)[keep], idx, np.array(events)[keep] * step,
@@ -163,10 +173,10 @@ def _feasible_stacks(panel: Panel, K: int, L: int, control: str, window) -> list
             trimmed.append(f"{_plain(panel.group_label(a))} ({reason})")
     if trimmed:
         warnings.warn(f"stacked_did: trimmed adoption events {', '.join(trimmed)} for window={tuple(window)}, "
-                      f"control={control!r}", DteDaskWarning, stacklevel=3)
+                      f"control_group={control!r}", DteDaskWarning, stacklevel=3)
     if not stacks:
         raise EstimationError(f"stacked_did: no adoption event has its whole window={tuple(window)} inside the "
-                              f"panel's periods and clean controls (control={control!r}); narrow the window")
+                              f"panel's periods and clean controls (control_group={control!r}); narrow the window")
     return stacks
 
 

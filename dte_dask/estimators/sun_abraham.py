@@ -2,31 +2,29 @@
 from __future__ import annotations
 
 import time as _time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from dte_dask.core.within import DROP, NONE, DesignSpec
-from dte_dask.estimators.cs import _check_literal
 from dte_dask.estimators.event_study import (
-    _check_inference,
     _plain,
-    check_window,
+    check_inference,
+    clip_window,
     draw_seed,
     make_result,
     period_step,
     resolve_panel,
-    to_periods,
     treated_cohorts,
 )
+from dte_dask.estimators.options import SaControl, SunAbrahamOptions, control_group_kw, parse_options
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.graph.regress import Part, fit_ols
+from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
 from dte_dask.regression_results import RegressionResult
-
-SaControl = Literal["never_treated", "last_treated"]
 
 
 def sun_abraham(
@@ -37,7 +35,7 @@ def sun_abraham(
     time: str | None = None,
     group: str | None = None,
     window: tuple[int, int] | None = None,
-    control: SaControl = "never_treated",
+    control_group: SaControl = "never_treated",
     weights: str | None = None,
     cluster: str | None = None,
     allow_unbalanced_panel: bool | None = None,
@@ -46,6 +44,7 @@ def sun_abraham(
     seed: int | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
+    control: SaControl | None = None,
 ) -> RegressionResult:
     """Interaction-weighted event study of Sun & Abraham (2021).
 
@@ -65,10 +64,12 @@ def sun_abraham(
         :func:`dte_dask.event_study`
     window : (K, L), optional
         Keep the interactions with event times in [K, L] (time column's units); observations of
-        treated units outside the window are dropped. None: every event time.
-    control : "never_treated" | "last_treated"
+        treated units outside the window are dropped. None: every event time. A window reaching
+        beyond the event times of the panel is clipped to them, with a warning.
+    control_group : "never_treated" | "last_treated"
         Control cohort: never-treated units (and units treated after the last period), or in
         addition the last-treated cohort, with the periods from its first treatment on dropped.
+        The old spelling ``control=`` is accepted with a DeprecationWarning (and wins when given).
     bootstrap, n_boot, seed, alpha : see :func:`dte_dask.event_study`
 
     Returns
@@ -86,19 +87,23 @@ def sun_abraham(
     (e >= 0) effects coincide; pre-period CS effects are then short differences.
     """
     t0 = _time.perf_counter()
-    check_window(window)
-    _check_literal("control", control, SaControl)
-    _check_inference(bootstrap, n_boot, alpha)
+    opt = parse_options(SunAbrahamOptions, window=window, **control_group_kw(control_group, control, "sun_abraham"),
+                        spelled={"control_group": "control"} if control is not None else None)
+    window, control = opt.window, opt.control_group
+    bootstrap, n_boot, seed, alpha = check_inference(bootstrap, n_boot, seed, alpha)
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
                              weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
                              npartitions=npartitions)
     step = period_step(panel)
-    K, L = (None, None) if window is None else (to_periods(v, step, "window") for v in window)
-    if window is not None and not K <= -1 <= L:
+    if window is not None and not window[0] <= -step <= window[1]:
         raise SpecError(f"window={tuple(window)} must contain the reference event time {-step}")
+    K, L = (None, None) if window is None else clip_window(panel, window)
     cohorts, t1 = _sa_cohorts(panel, control)
     cells = [(g, t - g) for g in cohorts for t in range(t1) if t - g != -1 and (K is None or K <= t - g <= L)]
     spec, names = _sa_design(panel, cohorts, cells, t1, K, L)
+    if bootstrap:
+        check_bootstrap_cost(n_boot, n_entities=panel.n_entities, width=spec.m, kind="rademacher",
+                             block_size=panel.rng_block_size)
     seed = draw_seed(seed, bootstrap)
     fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "sun-abraham-stats")], names,
                   np.arange(spec.m) < spec.n_fe, scores_name="sun-abraham-scores",
@@ -114,7 +119,7 @@ def sun_abraham(
     W /= W.sum(axis=1, keepdims=True)
     by_cohort = _cohort_table(panel, fit, cells, idx, W, events, step, alpha)
     options = dict(estimator="sun_abraham", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
-                   group=panel.spec.group_source, window=window, control=control, weights=panel.spec.weights,
+                   group=panel.spec.group_source, window=window, control_group=control, weights=panel.spec.weights,
                    cluster=panel.spec.cluster, n_boot=n_boot if bootstrap else 0, seed=seed if bootstrap else None)
     return make_result("sun_abraham", panel, fit, W, idx, np.array(events, dtype=np.int64) * step,
                        np.zeros(len(events), dtype=bool), -step, alpha, options, t0, cohorts=by_cohort)
@@ -126,11 +131,11 @@ def _sa_cohorts(panel: Panel, control: str) -> tuple[list[int], int]:
     T = panel.n_periods
     if control == "never_treated":
         if not any(not np.isfinite(g) or g > T - 1 for g in panel.cohort_sizes):
-            raise SpecError(f"control='never_treated': column {panel.spec.group_source!r} has no never-treated "
-                            "units; use control='last_treated'")
+            raise SpecError(f"control_group='never_treated': column {panel.spec.group_source!r} has no never-treated "
+                            "units; use control_group='last_treated'")
         return cohorts, T
     if len(cohorts) < 2:
-        raise SpecError(f"control='last_treated' needs at least two cohorts treated inside the panel, "
+        raise SpecError(f"control_group='last_treated' needs at least two cohorts treated inside the panel, "
                         f"column {panel.spec.group_source!r} has {len(cohorts)}")
     return cohorts[:-1], cohorts[-1]
 

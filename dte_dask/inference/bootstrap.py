@@ -16,10 +16,13 @@ from typing import Literal
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from dte_dask import config
+from dte_dask.exceptions import SpecError
 from dte_dask.graph.reduce import DyadicCover
 from dte_dask.inference.variance import entity_sums
 
 CHUNK = 128  # draws per random stream; part of the algorithm (changing it changes the draws)
+RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
 BootWeights = Literal["rademacher", "mammen"]
 _SQ5 = np.sqrt(5.0)
 _MAMMEN_LO, _MAMMEN_HI = (1.0 - _SQ5) / 2.0, (1.0 + _SQ5) / 2.0
@@ -37,6 +40,56 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
         u = rng.random((n_draws, size))
         return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
     raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
+
+
+def check_bootstrap_cost(n_boot: int, *, n_entities: int | None, width: int | None, kind: str,
+                         block_size: int | None = None) -> None:
+    """Refuse a bootstrap beyond the limits ``dte_dask.bootstrap.*`` before any work starts.
+
+    Multipliers are drawn for whole RNG blocks, CHUNK draws at a time (one CHUNK x block_size
+    matrix in memory, whatever ``n_boot``); what grows with ``n_boot`` is the work,
+    ``n_boot x n_blocks x block_size`` multipliers, and the ``n_boot x width`` draws that come back
+    to the driver. Both are checked against the configured limits. ``n_entities`` / ``width``
+    None (not known yet, before the panel is loaded): one RNG block and one column, a lower bound.
+
+    Raises
+    ------
+    SpecError
+        Stating the estimated cost, the limit and how to raise it.
+    """
+    bs = int(config.get("rng-block-size", block_size))
+    bound = "at least " if n_entities is None or width is None else ""
+    n_blocks = max(1, -(-int(n_entities or 1) // bs))
+    work = float(n_boot) * n_blocks * bs
+    mem = float(n_boot) * max(int(width or 1), 1) * 8.0
+    max_work = float(config.get("bootstrap.max-multipliers"))
+    max_mem = float(config.get("bootstrap.max-draws-bytes"))
+    over = []
+    if work > max_work:
+        over.append(("max-multipliers", f"{max_work:.3g} multipliers"))
+    if mem > max_mem:
+        over.append(("max-draws-bytes", f"{_gib(max_mem)}"))
+    if not over:
+        return
+    secs = work / RATE.get(kind, 1e8)
+    keys = " and ".join(f"dte_dask.bootstrap.{k} ({lim})" for k, lim in over)
+    env = ", ".join(f"DASK_DTE_DASK__BOOTSTRAP__{k.upper().replace('-', '_')}" for k, _ in over)
+    raise SpecError(
+        f"n_boot={n_boot} is too costly: {bound}about {work:.3g} multipliers to draw ({n_blocks} RNG block(s) of "
+        f"{bs} entities x {n_boot} draws; roughly {_duration(secs)} of one core) and {bound}{_gib(mem)} of draws "
+        f"({n_boot} x {width or 1}) on the driver, beyond {keys}. Lower n_boot, or raise the limit with "
+        f"dask.config.set({{'dte_dask.bootstrap.{over[0][0]}': ...}}) or the environment variable(s) {env}")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def _duration(secs: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if secs >= size:
+            return f"{secs / size:.3g} {unit}"
+    return f"{secs:.3g} seconds"
 
 
 def boot_cover(
@@ -77,5 +130,6 @@ def boot_cover_apply(
                 V = multipliers(seed, bid, c, hi - lo, block_size, kind)[:, pos]
                 out[lo:hi] = apply(V, int(a), int(b))
             ids.append(bid)
-            leaves.append(out / n)
+            out /= n  # in place: one n_boot x width array per RNG block, no second copy
+            leaves.append(out)
     return DyadicCover.from_blocks(n_blocks, ids, leaves)

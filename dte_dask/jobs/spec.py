@@ -2,7 +2,9 @@
 
 A job is a YAML (or JSON) mapping validated by pydantic models whose sections are closed:
 unknown keys are errors naming their path (``estimators.0.options.contol_group``). Estimator
-options are checked against the estimator's own signature, so a typo fails before any work.
+options are validated by the estimator's own options model (:mod:`dte_dask.estimators.options`,
+the models the library functions use), so a typo or a bad value fails before any work, at its
+path (``estimators.0.options.control_group``).
 
 Example::
 
@@ -16,17 +18,18 @@ Example::
 """
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from dte_dask.estimators.options import ESTIMATORS as _ENTRIES
+from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
 
-ESTIMATORS = ("att_gt", "event_study", "stacked_did", "sun_abraham")
+ESTIMATORS = tuple(_ENTRIES)
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 # options set from other sections of the spec, not per estimator
 _RESERVED = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
@@ -94,21 +97,22 @@ class EstimatorSpec(_Closed):
     options: dict[str, Any] = Field(default_factory=dict)
     aggregations: list[Literal["simple", "dynamic", "group", "calendar"]] = Field(default_factory=list)
 
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Validate the values against the kind's options model; its errors keep their field path
+        (``estimators.<i>.options.<name>``). Unknown or reserved names are reported by ``_options``."""
+        kind = info.data.get("kind")
+        if kind not in _ENTRIES or _misplaced(kind, options):
+            return options
+        # a ValidationError raised here keeps its locations under estimators.<i>.options
+        return _ENTRIES[kind].options.model_validate(options).model_dump(exclude_unset=True)
+
     @model_validator(mode="after")
     def _options(self) -> EstimatorSpec:
-        import dte_dask
-
-        try:
-            fn = getattr(dte_dask, self.kind)
-        except AttributeError:
-            raise ValueError(f"estimator {self.kind!r} is not available in this version") from None
-        params = inspect.signature(fn).parameters
-        unknown = sorted(set(self.options) - set(params))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for {self.kind}; valid: {sorted(set(params) - _RESERVED)}")
-        reserved = sorted(set(self.options) & _RESERVED)
-        if reserved:
-            raise ValueError(f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator")
+        problem = _misplaced(self.kind, self.options)
+        if problem:
+            raise ValueError(problem)
         if self.aggregations and self.kind != "att_gt":
             raise ValueError("aggregations apply to att_gt only")
         if self.name is None:
@@ -116,13 +120,22 @@ class EstimatorSpec(_Closed):
         return self
 
 
-class InferenceSpec(_Closed):
-    bootstrap: bool = True
-    n_boot: int = Field(999, ge=2)
-    seed: int | None = None
-    alpha: float = Field(0.05, gt=0, lt=1)
-    boot_weights: Literal["rademacher", "mammen"] = "rademacher"
-    uniform_bands: bool = True
+def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
+    """Why some option names do not belong in ``options`` of ``kind`` (None if they all do)."""
+    model = _ENTRIES[kind].options
+    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - _RESERVED)
+    if unknown:
+        return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}"
+    reserved = sorted(set(options) & _RESERVED)
+    if reserved:
+        return f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator"
+    return None
+
+
+class InferenceSpec(InferenceOptions):
+    """The job's ``inference`` section: :class:`~dte_dask.estimators.options.InferenceOptions`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 class ClusterSpec(_Closed):

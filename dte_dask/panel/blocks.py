@@ -111,6 +111,7 @@ class BlockSummary:
     first_rank: int
     last_rank: int
     x_varying: bool = False  # covariates held as (n, T, p)
+    n_weighted: int = -1  # units with a positive sampling weight (-1: not counted)
 
 
 def summarize(block: UnitBlock) -> BlockSummary:
@@ -125,6 +126,7 @@ def summarize(block: UnitBlock) -> BlockSummary:
         first_rank=int(block.rank[0]) if block.n else -1,
         last_rank=int(block.rank[-1]) if block.n else -1,
         x_varying=block.x is not None and block.x.ndim == 3,
+        n_weighted=int(np.count_nonzero(block.w > 0)),
     )
 
 

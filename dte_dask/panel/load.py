@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,16 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask import config, storage
-from dte_dask.exceptions import ColumnTypeError, DuplicateRowsError, MissingColumnError, NoControlGroupError, PanelError
+from dte_dask.exceptions import (
+    ColumnTypeError,
+    DuplicateRowsError,
+    MissingColumnError,
+    NoControlGroupError,
+    PanelError,
+    PanelWarning,
+    SpecError,
+    examples,
+)
 from dte_dask.panel.blocks import UnitBlock, frame_to_block, summarize
 from dte_dask.panel.panel import Panel, _finish
 from dte_dask.panel.periods import PeriodMap
@@ -128,6 +138,7 @@ def load_panel(
     if not allow_unbalanced_panel:
         panel = panel.balance()
     _check_controls(panel)
+    _warn_late_cohorts(panel)
     return panel
 
 
@@ -341,11 +352,26 @@ def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = F
     return UnitBlock.concat(out)
 
 
+def _warn_late_cohorts(panel: Panel) -> None:
+    """One warning for cohorts first treated after the last period (R ``did``: never treated)."""
+    last = panel.n_periods - 1
+    late = {g: c for g, c in panel.cohort_sizes.items() if np.isfinite(g) and g > last}
+    if not late:
+        return
+    labels = examples([panel.group_label(g) for g in late], k=10)
+    warnings.warn(f"{sum(late.values())} units of column {panel.spec.group_source!r} are first treated after the "
+                  f"last period ({examples([panel.periods.labels[-1]])[1:-1]}): cohort(s) {labels}. As R did does, they "
+                  "are treated as never treated (controls in every period).", PanelWarning, stacklevel=3)
+
+
 def _check_controls(panel: Panel) -> None:
     cohorts = panel.cohort_sizes
     treated = [g for g in cohorts if np.isfinite(g)]
     if panel.n_units == 0:
         raise PanelError("no units are left after dropping units treated in the first period and unbalanced units")
+    if panel.spec.weights is not None and all(s.n_weighted == 0 for s in panel.summaries):
+        raise SpecError(f"column {panel.spec.weights!r} (weights) is zero for all {panel.n_units} units: every "
+                        "weighted mean would be 0/0; give positive sampling weights or drop `weights`")
     if not any(not np.isfinite(g) for g in cohorts) and len(treated) < 2:
         raise NoControlGroupError(
             f"column {panel.spec.group_source!r}: every unit is treated in the same period "

@@ -12,7 +12,9 @@ class PanelSpec:
     """Column roles of a long panel (one row per unit and period).
 
     Exactly one of ``group`` (first treated period; 0, NaN or +inf = never treated) and
-    ``treatment`` (an absorbing 0/1 indicator) must be given.
+    ``treatment`` (an absorbing 0/1 indicator) must be given. ``cluster`` equal to ``unit`` is
+    the default clustering by unit (R ``did``'s ``clustervars = idname``, fixest's ``~unit``) and
+    is stored as no cluster column.
 
     ``repeated_cross_section``: every row is its own observation (R ``did``'s ``panel=FALSE``);
     ``unit`` is then a row id, one per row (a generated one when the data has none).
@@ -30,6 +32,8 @@ class PanelSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "covariates", _as_tuple(self.covariates))
+        if self.cluster is not None and self.cluster == self.unit:
+            object.__setattr__(self, "cluster", None)  # clustering by unit is the default
         if (self.group is None) == (self.treatment is None):
             raise SpecError("give exactly one of `group` (first treated period) and `treatment` (0/1 indicator)")
         roles = {"unit": self.unit, "time": self.time, "outcome": self.outcome}
