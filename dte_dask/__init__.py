@@ -26,6 +26,8 @@ _LAZY = {
     "checks": "dte_dask.checks",
     "plotting": "dte_dask.plotting",
     "report": "dte_dask.report",
+    "list_estimators": "dte_dask.registry",
+    "register_estimator": "dte_dask.registry",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -35,6 +37,11 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return module if _LAZY[name] == f"dte_dask.{name}" else getattr(module, name)
+    if not name.startswith("_"):  # an estimator registered by its own module (dte_dask.registry)
+        from dte_dask import registry
+
+        if name in registry.names():
+            return registry.get(name).fn
     raise AttributeError(f"module 'dte_dask' has no attribute {name!r}")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from dte_dask.core.cells import BasePeriod, ControlGroup, make_cells
 from dte_dask.estimators.options import AttGtOptions, BootWeights, EstMethod, InferenceOptions, parse_options
+from dte_dask.registry import AGGREGATIONS, EstimatorEntry, register
 from dte_dask.exceptions import EstimationError, PanelWarning, SpecError
 from dte_dask.graph.attgt import fit_cells
 from dte_dask.inference.bands import band_crit, boot_se
@@ -17,7 +18,7 @@ from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.inference.variance import analytic_se, covariance
 from dte_dask.panel.load import load_panel
 from dte_dask.panel.panel import Panel
-from dte_dask.results import AttgtResult
+from dte_dask.results.attgt import AttgtResult
 
 
 def _check_literal(name: str, value: Any, kind: Any) -> None:
@@ -104,7 +105,7 @@ def att_gt(
     if bootstrap:
         check_bootstrap_cost(n_boot, n_entities=None, width=None, kind=boot_weights)  # a lower bound, before loading
 
-    panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
+    panel = as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
                       allow_unbalanced_panel=allow_unbalanced_panel, panel=panel)
     t_load = _time.perf_counter()
@@ -155,7 +156,7 @@ def _labeler(panel: Panel):
     return label
 
 
-def _as_panel(data: Any, **kw: Any) -> Panel:
+def as_panel(data: Any, **kw: Any) -> Panel:
     """The Panel to fit. ``panel`` (True / False) is passed only by callers that handle repeated
     cross sections (``att_gt``); other estimators refuse a repeated-cross-section Panel."""
     rc_ok = "panel" in kw
@@ -215,3 +216,20 @@ def _cells(panel: Panel, control_group: str, anticipation: int, base_period: str
     if cells.K == 0:
         raise EstimationError("no ATT(g,t) cell can be estimated: no treated cohort has a pre-treatment period")
     return cells, np.array(sorted(set(cells.g.tolist())), dtype=float)
+
+
+_as_panel = as_panel  # the former private name (checks._engine still imports it)
+
+
+def _compare(panel: Panel, window: tuple[int, int]) -> Any:
+    """In :func:`dte_dask.compare_estimators`: the dynamic aggregation with a universal base period
+    (pre-periods comparable with the regressions' reference -1), never-treated controls."""
+    res = att_gt(panel, control_group="never_treated", base_period="universal", bootstrap=False,
+                 allow_unbalanced_panel=not panel.is_balanced)
+    return res.aggregate("dynamic", min_e=window[0], max_e=window[1])
+
+
+register(EstimatorEntry(
+    name="att_gt", function=att_gt, options=AttGtOptions, result="cells", label="Callaway-Sant'Anna",
+    title="Callaway & Sant'Anna (2021) group-time average treatment effects", covariates=True,
+    aggregations=AGGREGATIONS, compare=_compare, cost="cells"))

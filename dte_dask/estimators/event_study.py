@@ -15,14 +15,16 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.core.within import DROP, NONE, DesignSpec
-from dte_dask.estimators.cs import _as_panel
+from dte_dask.estimators.cs import as_panel
 from dte_dask.estimators.options import EventStudyOptions, InferenceOptions, parse_options
+from dte_dask.formatting import plain
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.graph.regress import OlsFit, Part, fit_ols
 from dte_dask.inference.bands import band_crit, boot_se
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
-from dte_dask.regression_results import RegressionResult
+from dte_dask.results.regression import RegressionResult
 
 
 def event_study(
@@ -74,8 +76,9 @@ def event_study(
         Sampling weights (constant within unit) and a cluster column holding whole units; clustering
         is by unit otherwise. A Panel loaded with a cluster column is clustered by it.
     allow_unbalanced_panel : bool, optional
-        Passed to :func:`load_panel` (default False there: unbalanced units are dropped). A Panel is
-        used as loaded unless False is given.
+        Every observed row is kept by default (None or True), as pyfixest and any two-way fixed
+        effects regression: the within transform is exact on unbalanced panels. False balances the
+        panel first (drops units not observed in every period), as R ``did``.
     bootstrap, n_boot, seed : multiplier bootstrap (Rademacher, one multiplier per cluster, keyed by
         RNG block) of the per-cluster scores, giving bootstrap SEs and a sup-t uniform band.
     alpha : float
@@ -180,7 +183,7 @@ def _es_design(panel: Panel, cohorts: list[int], layout: _EsLayout, cov_idx: lis
         codes[r] = [layout.code(t - g) for t in range(T)]
     spec = DesignSpec(rows=tuple((float(g), r) for r, g in enumerate(cohorts)), default_row=len(cohorts),
                       t0=0, t1=T, codes=codes, n_int=len(layout.events), cov_idx=tuple(cov_idx))
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)]
     names += [panel.spec.covariates[j] for j in cov_idx]
     names += [_event_name(e, layout.lo, layout.hi, bin_endpoints, step, bins) for e in layout.events]
     return spec, names
@@ -201,8 +204,8 @@ def resolve_panel(data: Any, *, outcome, unit, time, group, covariates, weights,
     """The Panel to fit and the indices of the requested covariates in its spec."""
     cov = [covariates] if isinstance(covariates, str) else list(covariates or [])
     is_panel = isinstance(data, Panel)
-    keep_unbalanced = (allow_unbalanced_panel is not False) if is_panel else bool(allow_unbalanced_panel)
-    panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=None,
+    keep_unbalanced = allow_unbalanced_panel is not False  # every observed row by default, as pyfixest
+    panel = as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=None,
                       covariates=None if is_panel else cov, weights=weights, cluster=cluster,
                       npartitions=npartitions, allow_unbalanced_panel=keep_unbalanced)
     missing = [c for c in cov if c not in panel.spec.covariates]
@@ -315,7 +318,11 @@ def _coef_frame(fit: OlsFit, idx: np.ndarray, names: list[str]) -> pd.DataFrame 
     return pd.DataFrame({"covariate": names, "coef": p.beta[idx], "se": np.sqrt(np.diag(p.cov)[idx])})
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.datetime64):
-        return str(np.datetime_as_string(v, unit="D"))
-    return v.item() if hasattr(v, "item") else v
+def _compare(panel: Panel, window: tuple[int, int]) -> RegressionResult:
+    return event_study(panel, window=window, bin_endpoints=True)
+
+
+register(EstimatorEntry(
+    name="event_study", function=event_study, options=EventStudyOptions, label="TWFE event study",
+    title="TWFE event study (unit and time effects)", covariates=True, compare=_compare, cost="events",
+    clip_window=True))

@@ -5,20 +5,18 @@ The same models serve the library and the job spec:
 * each estimator validates its arguments at call start with :func:`parse_options`, which turns a
   pydantic error into a :class:`~dte_dask.exceptions.SpecError` naming the argument and, for a
   vocabulary, the allowed values;
-* :class:`dte_dask.jobs.spec.EstimatorSpec` validates ``options`` against ``ESTIMATORS[kind].options``
+* :class:`dte_dask.jobs.spec.EstimatorSpec` validates ``options`` against the registered model
+  (``dte_dask.registry.get(kind).options``)
   and :class:`dte_dask.jobs.spec.InferenceSpec` *is* :class:`InferenceOptions`, so the service
   answers 422 at ``["body", "estimators", i, "options", "<field>"]``.
 
-``ESTIMATORS`` maps each kind to its entry (function, options model, capabilities): the table a
-registry, the job runner, the service and the docs read. Options that are data columns or
+Each estimator registers its model with its entry in :mod:`dte_dask.registry`. Options that are data columns or
 inference settings live in the ``data`` / ``inference`` sections of a job, not in these models.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -151,33 +149,15 @@ class SunAbrahamOptions(_RenamedControl):
     control_group: SaControl = "never_treated"
 
 
-# ----------------------------------------------------------------------------- the table
-@dataclass(frozen=True)
-class EstimatorEntry:
-    """What the rest of the package needs to know about one estimator."""
+# ----------------------------------------------------------------------------- docs
+def describe_field(model: type[Options], name: str) -> str:
+    """``name: type = default`` of one option (the allowed values of a vocabulary), for the docs."""
+    f = model.model_fields[name]
+    allowed = _literal_args(model, name)
+    kind = ("one of " + ", ".join(repr(a) for a in allowed)) if allowed else getattr(
+        f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
+    return f"`{name}` ({kind}; default {f.default!r})"
 
-    name: str
-    function_path: str  # "module:function", imported on first use (no import cycle)
-    options: type[Options]
-    result: str  # "attgt" | "regression"
-    bootstrap: bool = True  # supports the multiplier bootstrap
-    aggregations: bool = False  # results have .aggregate()
-
-    @property
-    def function(self) -> Callable[..., Any]:
-        mod, fn = self.function_path.split(":")
-        return getattr(importlib.import_module(mod), fn)
-
-
-ESTIMATORS: dict[str, EstimatorEntry] = {
-    "att_gt": EstimatorEntry("att_gt", "dte_dask.estimators.cs:att_gt", AttGtOptions, "attgt", aggregations=True),
-    "event_study": EstimatorEntry("event_study", "dte_dask.estimators.event_study:event_study", EventStudyOptions,
-                                  "regression"),
-    "stacked_did": EstimatorEntry("stacked_did", "dte_dask.estimators.stacked:stacked_did", StackedDidOptions,
-                                  "regression"),
-    "sun_abraham": EstimatorEntry("sun_abraham", "dte_dask.estimators.sun_abraham:sun_abraham", SunAbrahamOptions,
-                                  "regression"),
-}
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
     """``{"control_group": ...}`` from a function's ``control_group`` and its deprecated ``control``.

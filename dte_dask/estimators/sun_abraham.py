@@ -10,7 +10,6 @@ from scipy import stats
 
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.event_study import (
-    _plain,
     check_inference,
     clip_window,
     draw_seed,
@@ -20,11 +19,13 @@ from dte_dask.estimators.event_study import (
     treated_cohorts,
 )
 from dte_dask.estimators.options import SaControl, SunAbrahamOptions, control_group_kw, parse_options
+from dte_dask.formatting import plain
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.graph.regress import Part, fit_ols
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
-from dte_dask.regression_results import RegressionResult
+from dte_dask.results.regression import RegressionResult
 
 
 def sun_abraham(
@@ -151,8 +152,8 @@ def _sa_design(panel: Panel, cohorts: list[int], cells: list[tuple[int, int]], t
     spec = DesignSpec(rows=tuple((float(g), r) for r, g in enumerate(cohorts)), default_row=len(cohorts),
                       t0=0, t1=t1, codes=codes, n_int=len(cells))
     step = period_step(panel)
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, t1)]
-    names += [f"cohort={_plain(panel.group_label(g))}:event_time={e * step}" for g, e in cells]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, t1)]
+    names += [f"cohort={plain(panel.group_label(g))}:event_time={e * step}" for g, e in cells]
     return spec, names
 
 
@@ -166,7 +167,17 @@ def _cohort_table(panel: Panel, fit, cells, idx, W, events, step, alpha) -> pd.D
         if not p.kept[i]:
             continue
         se = float(np.sqrt(p.cov[i, i]))
-        rows.append({"cohort": _plain(panel.group_label(g)), "event_time": e * step, "coef": p.beta[i], "se": se,
+        rows.append({"cohort": plain(panel.group_label(g)), "event_time": e * step, "estimate": p.beta[i], "se": se,
                      "ci_lower": p.beta[i] - c * se, "ci_upper": p.beta[i] + c * se,
                      "weight": W[events.index(e), j]})
     return pd.DataFrame(rows)
+
+
+def _compare(panel: Panel, window: tuple[int, int]) -> RegressionResult:
+    return sun_abraham(panel)
+
+
+register(EstimatorEntry(
+    name="sun_abraham", function=sun_abraham, options=SunAbrahamOptions, label="Sun-Abraham",
+    title="Sun & Abraham (2021) interaction-weighted event study", compare=_compare, cost="cells",
+    clip_window=True))

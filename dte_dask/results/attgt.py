@@ -1,52 +1,51 @@
-"""Immutable result objects: ATT(g,t) and its aggregations.
+"""Immutable results of ``att_gt``: ATT(g,t) cells and their aggregations.
 
 Results hold only small arrays: estimates, the augmented covariance (K' x K') and, with the
-bootstrap, the draws (B x K'). Every derived quantity is driver-side algebra on those.
+bootstrap, the draws (B x K'). Every derived quantity is driver-side algebra on those. Both follow
+the result protocol and its ``to_frame()`` schema (:mod:`dte_dask.results.base`).
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from dte_dask.estimators.aggregate import AggKind, aggregate_map
-from dte_dask.exceptions import DteDaskWarning
+from dte_dask.exceptions import DteDaskWarning, SpecError
+from dte_dask.formatting import format_table
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
+from dte_dask.results.aggregate import AggKind, aggregate_map
+from dte_dask.results.base import Result, no_pretest_reason, pointwise_z
 
 _METHOD_NAMES = {"dr": "Doubly Robust", "ipw": "Inverse Probability Weighting", "reg": "Outcome Regression"}
 
 
-def _fmt_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
-    cols = list(df.columns)
-    rows = [[floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v) for v in r]
-            for r in df.itertuples(index=False)]
-    widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
-    return "\n".join([line(cols), *(line(r) for r in rows)])
-
-
-def no_pretest_reason(event_time: np.ndarray, reference: np.ndarray | None, est: np.ndarray) -> str:
-    """Why a set of estimates has no usable pre-treatment estimate (for the pre-test's warning)."""
-    ref = np.zeros(event_time.size, dtype=bool) if reference is None else reference
-    before = event_time < 0
-    if not before.any():
-        return "no estimate has a negative event time (no cohort is observed before its base period)"
-    if not (before & ~ref).any():
-        return "the only pre-treatment estimates are reference periods (fixed at 0)"
-    return f"all {int((before & ~ref).sum())} pre-treatment estimates are NaN"
 
 
 def _interval(att, se, crit):
     return att - crit * se, att + crit * se
 
 
-@dataclass(frozen=True)
-class AggregateResult:
-    """One aggregation of ATT(g,t) (R ``aggte``)."""
+def _canonical(keys: dict[str, Any], est: np.ndarray, se: np.ndarray, alpha: float, crit: float,
+               uniform: bool) -> dict[str, Any]:
+    """Key columns + estimate, se, pointwise CI (normal) and the uniform band (NaN if none)."""
+    lo, hi = _interval(est, se, pointwise_z(alpha))
+    blo, bhi = _interval(est, se, crit) if uniform else (np.full(est.shape, np.nan), np.full(est.shape, np.nan))
+    return {**keys, "estimate": est, "se": se, "ci_lower": lo, "ci_upper": hi, "band_lower": blo, "band_upper": bhi}
+
+
+@dataclass(frozen=True, repr=False)
+class AggregateResult(Result):
+    """One aggregation of ATT(g,t) (R ``aggte``).
+
+    ``crit`` is the critical value of the reported intervals: the sup-t value when ``uniform``
+    (bootstrapped with uniform bands, as R ``aggte``'s ``cband``), else the normal quantile.
+    """
+
+    result_kind: ClassVar[str] = "aggregate"
 
     kind: str
     key_name: str
@@ -59,17 +58,40 @@ class AggregateResult:
     overall_se: float
     alpha: float
     bootstrap: bool
+    uniform: bool = False  # the intervals at ``crit`` are a uniform band
+    cov: np.ndarray | None = None  # analytic covariance of ``att`` (influence functions)
+    boot_draws: np.ndarray | None = None  # (B, m) bootstrap draws of ``att``
+    estimator: str = "att_gt"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def estimates(self) -> np.ndarray:
+        return self.att
+
+    @property
+    def draws(self) -> np.ndarray | None:
+        return self.boot_draws
+
+    def vcov(self) -> np.ndarray:
+        """Analytic covariance of the aggregated estimates (c' Sigma c over the influence functions)."""
+        if self.cov is None:
+            return np.diag(self.se_analytic ** 2)
+        return self.cov
 
     def to_frame(self) -> pd.DataFrame:
-        lo, hi = _interval(self.att, self.se, self.crit)
-        df = pd.DataFrame({self.key_name: self.keys, "att": self.att, "se": self.se,
-                           "ci_lower": lo, "ci_upper": hi, "se_analytic": self.se_analytic})
-        return df
+        """The canonical frame (:mod:`dte_dask.results.base`): key, estimate, se, pointwise CI,
+        uniform band (bootstrap with uniform bands), se_analytic."""
+        cols = _canonical({self.key_name: self.keys}, self.att, self.se, self.alpha, self.crit, self.uniform)
+        return pd.DataFrame({**cols, "se_analytic": self.se_analytic})
+
+    def event_study(self) -> Result:
+        if self.kind != "dynamic":
+            raise SpecError(f"an event study needs the dynamic aggregation, got kind={self.kind!r}")
+        return self
 
     @property
     def overall_ci(self) -> tuple[float, float]:
-        from scipy import stats
-        z = stats.norm.ppf(1 - self.alpha / 2)
+        z = pointwise_z(self.alpha)
         return self.overall_att - z * self.overall_se, self.overall_att + z * self.overall_se
 
     def summary(self) -> str:
@@ -79,33 +101,20 @@ class AggregateResult:
                  "group": "Overall summary of ATT's based on group/cohort aggregation",
                  "calendar": "Overall summary of ATT's based on calendar time aggregation"}[self.kind]
         pct = int(round(100 * (1 - self.alpha)))
-        out = [title, _fmt_table(pd.DataFrame({"ATT": [self.overall_att], "Std. Error": [self.overall_se],
-                                               f"[{pct}% Conf.": [lo], "Int.]": [hi]}))]
+        out = [title, format_table(pd.DataFrame({"ATT": [self.overall_att], "Std. Error": [self.overall_se],
+                                                 f"[{pct}% Conf.": [lo], "Int.]": [hi]}))]
         if self.keys.size:
-            df = self.to_frame()
+            blo, bhi = _interval(self.att, self.se, self.crit)
             band = "Simult. " if self.bootstrap and self.crit else ""
-            tab = pd.DataFrame({self.key_name: df[self.key_name], "Estimate": df["att"], "Std. Error": df["se"],
-                                f"[{pct}% {band}Conf.": df["ci_lower"], "Band]": df["ci_upper"]})
-            sig = np.where((df["ci_lower"] > 0) | (df["ci_upper"] < 0), "*", "")
-            tab[""] = sig
-            out += ["", _fmt_table(tab), "---", "Signif. codes: `*' confidence band does not cover 0"]
+            tab = pd.DataFrame({self.key_name: self.keys, "Estimate": self.att, "Std. Error": self.se,
+                                f"[{pct}% {band}Conf.": blo, "Band]": bhi})
+            tab[""] = np.where((blo > 0) | (bhi < 0), "*", "")
+            out += ["", format_table(tab), "---", "Signif. codes: `*' confidence band does not cover 0"]
         return "\n".join(out)
 
-    def __str__(self) -> str:
-        return self.summary()
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{self.summary()}</pre>"
-
-    def plot(self, *, backend: str = "bokeh", **kwargs: Any) -> Any:
-        """Event study (dynamic) or estimates by key; see :func:`dte_dask.plotting.plot_aggregate`."""
-        from dte_dask.plotting import plot_result
-
-        return plot_result(self, backend=backend, **kwargs)
-
-
-@dataclass(frozen=True)
-class AttgtResult:
+@dataclass(frozen=True, repr=False)
+class AttgtResult(Result):
     """Callaway–Sant'Anna ATT(g,t) estimates with their influence-function inference."""
 
     group: np.ndarray  # labels
@@ -134,6 +143,9 @@ class AttgtResult:
     seed: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     panel: dict[str, Any] = field(default_factory=dict)
+    estimator: str = "att_gt"
+
+    result_kind: ClassVar[str] = "cells"
 
     @property
     def K(self) -> int:
@@ -149,13 +161,40 @@ class AttgtResult:
         """Analytic covariance of the ATT(g,t) estimates."""
         return self.cov_aug[: self.K, : self.K]
 
+    @property
+    def estimates(self) -> np.ndarray:
+        return self.att
+
+    @property
+    def draws(self) -> np.ndarray | None:
+        """(B, K) bootstrap draws of the ATT(g,t) estimates."""
+        return None if self.draws_aug is None else self.draws_aug[:, : self.K]
+
+    @property
+    def uniform(self) -> bool:
+        """The reported intervals (at ``crit``) are the sup-t uniform band."""
+        return self.se_boot is not None and bool(self.options.get("uniform_bands", True))
+
+    def vcov(self) -> np.ndarray:
+        """Analytic (influence-function) covariance of the ATT(g,t) estimates."""
+        return self.cov
+
     def to_frame(self) -> pd.DataFrame:
-        lo, hi = _interval(self.att, self.se, self.crit)
-        return pd.DataFrame({
-            "group": self.group, "time": self.time, "event_time": self.event_time, "att": self.att,
-            "se": self.se, "ci_lower": lo, "ci_upper": hi, "n_treated": self.n_treated.astype(np.int64),
-            "n_control": self.n_control.astype(np.int64), "se_analytic": self.se_analytic,
-        })
+        """The canonical frame (:mod:`dte_dask.results.base`): group, time, event_time, estimate, se,
+        pointwise CI, uniform band (bootstrap with uniform bands), n_treated, n_control, se_analytic."""
+        keys = {"group": self.group, "time": self.time, "event_time": self.event_time}
+        cols = _canonical(keys, self.att, self.se, self.alpha, self.crit, self.uniform)
+        return pd.DataFrame({**cols, "n_treated": self.n_treated.astype(np.int64),
+                             "n_control": self.n_control.astype(np.int64), "se_analytic": self.se_analytic})
+
+    def event_study(self) -> Result:
+        """The dynamic aggregation (with ``na_rm=True`` when some cell is NaN)."""
+        from dte_dask.exceptions import EstimationError
+
+        try:
+            return self.aggregate("dynamic")
+        except EstimationError:
+            return self.aggregate("dynamic", na_rm=True)
 
     def pretrend_test(self) -> dict[str, Any]:
         """Wald test that all pre-treatment ATT(g,t) are zero (R ``att_gt``'s pre-test).
@@ -198,9 +237,12 @@ class AttgtResult:
                 o_se = float(boot_se((self.draws_aug @ m.overall_coef)[:, None], scale)[0])
         crit = band_crit(draws, se, alpha, uniform, fallback=True) if m.keys.size else float("nan")
         key_name = {"simple": "key", "dynamic": "event_time", "group": "group", "calendar": "time"}[kind]
+        agg_cov = m.coef.T @ cov @ m.coef if m.coef.shape[1] else np.empty((0, 0))
         return AggregateResult(kind=kind, key_name=key_name, keys=keys, att=m.att, se=se, se_analytic=se_a,
                                crit=crit, overall_att=m.overall_att, overall_se=o_se, alpha=alpha,
-                               bootstrap=self.draws_aug is not None)
+                               bootstrap=self.draws_aug is not None, uniform=bool(uniform and draws is not None),
+                               cov=agg_cov, boot_draws=draws, estimator=self.estimator,
+                               options={k: self.options[k] for k in ("outcome", "time", "unit") if k in self.options})
 
     def _key_labels(self, kind: str, keys: np.ndarray) -> np.ndarray:
         if kind == "dynamic":
@@ -211,18 +253,18 @@ class AttgtResult:
         return keys
 
     def summary(self) -> str:
-        df = self.to_frame()
         pct = int(round(100 * (1 - self.alpha)))
-        band = "Simult. " if self.se_boot is not None and self.options.get("uniform_bands", True) else "Pointwise "
-        tab = pd.DataFrame({"Group": df["group"], "Time": df["time"], "ATT(g,t)": df["att"], "Std. Error": df["se"],
-                            f"[{pct}% {band}Conf.": df["ci_lower"], "Band]": df["ci_upper"]})
-        tab[""] = np.where((df["ci_lower"] > 0) | (df["ci_upper"] < 0), "*", "")
+        band = "Simult. " if self.uniform else "Pointwise "
+        lo, hi = _interval(self.att, self.se, self.crit)
+        tab = pd.DataFrame({"Group": self.group, "Time": self.time, "ATT(g,t)": self.att, "Std. Error": self.se,
+                            f"[{pct}% {band}Conf.": lo, "Band]": hi})
+        tab[""] = np.where((lo > 0) | (hi < 0), "*", "")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DteDaskWarning)
             pt = self.pretrend_test()
         ptext = f"{pt['p_value']:.5f}" if "reason" not in pt else f"not available ({pt['reason']})"
         o = self.options
-        lines = ["Group-Time Average Treatment Effects:", _fmt_table(tab), "---",
+        lines = ["Group-Time Average Treatment Effects:", format_table(tab), "---",
                  "Signif. codes: `*' confidence band does not cover 0", "",
                  f"P-value for pre-test of parallel trends assumption:  {ptext}",
                  f"Control Group:  {str(o.get('control_group', '')).replace('_', ' ').title()},  "
@@ -231,16 +273,3 @@ class AttgtResult:
                  f"Units: {self.n_units}" + (f", clusters: {self.n_clusters}" if o.get("cluster") else "")
                  + (f", bootstrap draws: {o.get('n_boot')} ({o.get('boot_weights')}), seed: {self.seed}" if self.se_boot is not None else "")]
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{self.summary()}</pre>"
-
-    def plot(self, kind: str = "attgt", *, backend: str = "bokeh", **kwargs: Any) -> Any:
-        """ATT(g,t) by cohort (``"attgt"``, as R ``ggdid``), ``"dynamic"``, ``"cohorts"``, ``"group"``,
-        ``"calendar"``; see :func:`dte_dask.plotting.plot_result`."""
-        from dte_dask.plotting import plot_result
-
-        return plot_result(self, kind, backend=backend, **kwargs)
