@@ -6,6 +6,7 @@ cluster: nothing here creates a ``Client`` or writes a file.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from dte_dask import config as _config  # noqa: F401  (registers dask.config defaults)
@@ -37,11 +38,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return module if _LAZY[name] == f"dte_dask.{name}" else getattr(module, name)
-    if not name.startswith("_"):  # an estimator registered by its own module (dte_dask.registry)
-        from dte_dask import registry
-
-        if name in registry.names():
-            return registry.get(name).fn
+    registry = sys.modules.get("dte_dask.registry")
+    entry = registry.registered(name) if registry is not None else None
+    if entry is not None:  # an estimator registered by its own module (dte_dask.registry)
+        return entry.fn
     raise AttributeError(f"module 'dte_dask' has no attribute {name!r}")
 
 

@@ -7,17 +7,15 @@ result or a sequence / mapping of them and returns an interactive bokeh layout
 
 Inputs
 ------
-* :class:`~dte_dask.results.AttgtResult` (its dynamic aggregation for event studies, its cells for
-  :func:`plot_attgt` / :func:`plot_cohorts`) and :class:`~dte_dask.results.AggregateResult`;
-* any object with ``to_frame()`` (regression results of issue 4) or a ``pandas.DataFrame`` with
-  ``event_time`` and an estimate column (``estimate``, ``coef`` or ``att``), optionally ``se``,
-  ``ci_lower``/``ci_upper`` (read as *pointwise* intervals) and a uniform band as
-  ``band_lower``/``band_upper`` (also accepted: ``uniform_*``, ``cband_*``, ``ci_*_uniform``).
+Any result of the protocol (:mod:`dte_dask.results.base`: ``to_frame()`` in the canonical schema,
+``event_study()``, ``result_kind``, ``label``) or a ``pandas.DataFrame`` in that schema:
+``event_time``, ``estimate``, optionally ``se``, POINTWISE ``ci_lower``/``ci_upper`` (computed from
+``se`` when absent) and a UNIFORM band ``band_lower``/``band_upper`` (NaN when absent).
 
-:func:`event_study_frame` turns any of these into the canonical frame ``event_time, estimate, se,
-ci_lower, ci_upper, band_lower, band_upper`` (pointwise CI and uniform band; NaN where absent);
-the report saves and re-plots exactly these frames. Axis labels come from the panel's column names
-(a result's ``options``, ``spec`` or ``columns``), or from ``outcome=``/``time=``.
+:func:`event_study_frame` gives the frame ``event_time, estimate, se, ci_lower, ci_upper,
+band_lower, band_upper`` of any of these; the report saves and re-plots exactly these frames. Axis
+labels come from the panel's column names (a result's ``options``, ``spec`` or ``columns``), or
+from ``outcome=``/``time=``.
 """
 from __future__ import annotations
 
@@ -38,52 +36,33 @@ from dte_dask._figures import (
     Layer,
     render,
 )
-from dte_dask.exceptions import EstimationError, SpecError
+from dte_dask.exceptions import SpecError
+from dte_dask.formatting import format_label
 
 __all__ = [
     "CANONICAL_COLUMNS", "event_study_frame", "attgt_frame", "axis_names", "plot_event_study", "plot_attgt",
     "plot_cohorts", "plot_aggregate", "plot_result", "plot_placebo", "plot_randomization", "plot_balance",
-    "plot_pretrends", "save_figure",
+    "plot_pretrends", "save_figure", "default_label",
 ]
 
 CANONICAL_COLUMNS = ("event_time", "estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
-_EST_COLS = ("estimate", "coef", "att", "Estimate")
-_SE_COLS = ("se", "std_error", "Std. Error")
-_BAND_PAIRS = (("band_lower", "band_upper"), ("uniform_lower", "uniform_upper"), ("cband_lower", "cband_upper"),
-               ("ci_lower_uniform", "ci_upper_uniform"), ("simult_lower", "simult_upper"))
-_COHORT_COLS = ("cohort", "stack", "group")
-_ESTIMATOR_LABELS = {"event_study": "TWFE event study", "stacked_did": "Stacked DiD", "sun_abraham": "Sun-Abraham"}
 
 
 # ----------------------------------------------------------------------------- normalisation
 def _z(alpha: float) -> float:
-    from scipy import stats
+    from dte_dask.results.base import pointwise_z
 
-    return float(stats.norm.ppf(1.0 - alpha / 2.0))
-
-
-def _is_attgt(obj: Any) -> bool:
-    return type(obj).__name__ == "AttgtResult" and hasattr(obj, "g_index")
-
-
-def _is_aggregate(obj: Any) -> bool:
-    return type(obj).__name__ == "AggregateResult" and hasattr(obj, "key_name")
-
-
-def _first(df: pd.DataFrame, names: Sequence[str]) -> str | None:
-    return next((c for c in names if c in df.columns), None)
+    return pointwise_z(alpha)
 
 
 def _canonical(df: pd.DataFrame, alpha: float, key: str = "event_time") -> pd.DataFrame:
-    """A frame with ``key``, an estimate and optional SE/CI/band columns -> canonical columns."""
-    if key not in df.columns:
-        raise SpecError(f"cannot plot a frame without a {key!r} column (columns: {list(df.columns)})")
-    est = _first(df, _EST_COLS)
-    if est is None:
-        raise SpecError(f"no estimate column (one of {list(_EST_COLS)}) in {list(df.columns)}")
-    se_col = _first(df, _SE_COLS)
-    out = pd.DataFrame({key: df[key].to_numpy(), "estimate": pd.to_numeric(df[est]).to_numpy(float)})
-    out["se"] = pd.to_numeric(df[se_col]).to_numpy(float) if se_col else np.nan
+    """A frame in the canonical schema (optional columns filled: CI from ``se``, band NaN)."""
+    missing = {key, "estimate"} - set(df.columns)
+    if missing:
+        raise SpecError(f"cannot plot a frame without the column(s) {sorted(missing)} of the result schema "
+                        f"(dte_dask.results.base; columns: {list(df.columns)})")
+    out = pd.DataFrame({key: df[key].to_numpy(), "estimate": pd.to_numeric(df["estimate"]).to_numpy(float)})
+    out["se"] = pd.to_numeric(df["se"]).to_numpy(float) if "se" in df else np.nan
     if {"ci_lower", "ci_upper"} <= set(df.columns):
         out["ci_lower"] = df["ci_lower"].to_numpy(float)
         out["ci_upper"] = df["ci_upper"].to_numpy(float)
@@ -91,72 +70,43 @@ def _canonical(df: pd.DataFrame, alpha: float, key: str = "event_time") -> pd.Da
         z = _z(alpha)
         out["ci_lower"] = out["estimate"] - z * out["se"]
         out["ci_upper"] = out["estimate"] + z * out["se"]
-    pair = next((p for p in _BAND_PAIRS if set(p) <= set(df.columns)), None)
-    out["band_lower"] = df[pair[0]].to_numpy(float) if pair else np.nan
-    out["band_upper"] = df[pair[1]].to_numpy(float) if pair else np.nan
+    band = {"band_lower", "band_upper"} <= set(df.columns)
+    out["band_lower"] = df["band_lower"].to_numpy(float) if band else np.nan
+    out["band_upper"] = df["band_upper"].to_numpy(float) if band else np.nan
     return out.sort_values(key, kind="stable").reset_index(drop=True)
 
 
-def _aggregate_frame(agg: Any) -> pd.DataFrame:
-    z = _z(agg.alpha)
-    att, se = np.asarray(agg.att, float), np.asarray(agg.se, float)
-    uniform = bool(agg.bootstrap) and np.isfinite(agg.crit) and agg.crit > z * (1 + 1e-9)
-    return pd.DataFrame({agg.key_name: agg.keys, "estimate": att, "se": se, "ci_lower": att - z * se,
-                         "ci_upper": att + z * se, "band_lower": att - agg.crit * se if uniform else np.nan,
-                         "band_upper": att + agg.crit * se if uniform else np.nan})
+def _is_result(obj: Any) -> bool:
+    return callable(getattr(obj, "to_frame", None)) and isinstance(getattr(obj, "result_kind", None), str)
 
 
-def _dynamic(result: Any) -> Any:
-    try:
-        return result.aggregate("dynamic")
-    except EstimationError:
-        return result.aggregate("dynamic", na_rm=True)
+def _result(obj: Any) -> Any:
+    if not _is_result(obj):
+        raise SpecError(f"cannot plot a {type(obj).__name__}: pass a result (dte_dask.results) or a DataFrame")
+    return obj
 
 
 def event_study_frame(obj: Any, *, alpha: float | None = None) -> pd.DataFrame:
-    """Canonical event-study frame of a result, a regression result or a frame (see module doc)."""
-    if _is_attgt(obj):
-        obj = _dynamic(obj)
-    if _is_aggregate(obj):
-        if obj.kind != "dynamic":
-            raise SpecError(f"an event study needs the dynamic aggregation, got kind={obj.kind!r}")
-        return _aggregate_frame(obj)
-    a = alpha if alpha is not None else float(getattr(obj, "alpha", 0.05) or 0.05)
-    df = obj if isinstance(obj, pd.DataFrame) else _to_frame(obj)
-    return _canonical(df, a)
+    """Canonical event-study frame of a result (its ``event_study()``) or a frame (see module doc)."""
+    if isinstance(obj, pd.DataFrame):
+        return _canonical(obj, alpha if alpha is not None else 0.05)
+    es = _result(obj).event_study()
+    return _canonical(es.to_frame(), es.alpha)[list(CANONICAL_COLUMNS)]
 
 
 def attgt_frame(obj: Any, *, alpha: float | None = None) -> pd.DataFrame:
-    """Canonical ATT(g,t) cells: ``group, time`` + the canonical event-study columns.
-
-    For an :class:`AttgtResult` the uniform band is its sup-t band (when bootstrapped with uniform
-    bands); frames are read as in :func:`event_study_frame`.
-    """
-    if _is_attgt(obj):
-        df = obj.to_frame()
-        z = _z(obj.alpha)
-        uniform = obj.se_boot is not None and np.isfinite(obj.crit) and obj.crit > z * (1 + 1e-9)
-        out = pd.DataFrame({"group": df["group"], "time": df["time"], "event_time": df["event_time"],
-                            "estimate": df["att"], "se": df["se"], "ci_lower": df["att"] - z * df["se"],
-                            "ci_upper": df["att"] + z * df["se"],
-                            "band_lower": df["ci_lower"] if uniform else np.nan,
-                            "band_upper": df["ci_upper"] if uniform else np.nan})
-        return out
-    df = obj if isinstance(obj, pd.DataFrame) else _to_frame(obj)
+    """Canonical ATT(g,t) cells: ``group, time`` + the canonical event-study columns, from a result
+    of kind ``"cells"`` or a frame in the schema."""
+    df = obj if isinstance(obj, pd.DataFrame) else _result(obj).to_frame()
     missing = {"group", "time"} - set(df.columns)
     if missing:
         raise SpecError(f"ATT(g,t) frames need columns 'group' and 'time' (missing {sorted(missing)})")
-    out = _canonical(df, alpha or 0.05)
+    a = alpha if alpha is not None else float(getattr(obj, "alpha", 0.05) or 0.05)
+    out = _canonical(df, a)
     keep = df.sort_values("event_time", kind="stable").reset_index(drop=True)
     out.insert(0, "time", keep["time"].to_numpy())
     out.insert(0, "group", keep["group"].to_numpy())
     return out.sort_values(["group", "time"], kind="stable").reset_index(drop=True)
-
-
-def _to_frame(obj: Any) -> pd.DataFrame:
-    if not hasattr(obj, "to_frame"):
-        raise SpecError(f"cannot plot a {type(obj).__name__}: pass a result with to_frame() or a DataFrame")
-    return obj.to_frame()
 
 
 def axis_names(obj: Any) -> dict[str, str]:
@@ -180,9 +130,9 @@ def _series(results: Any, labels: Sequence[str] | None) -> list[tuple[str, Any]]
     if isinstance(results, Mapping):
         items = [(str(k), v) for k, v in results.items()]
     elif isinstance(results, pd.DataFrame) or not isinstance(results, Sequence):
-        items = [(_default_label(results, 0), results)]
+        items = [(default_label(results, 0), results)]
     else:
-        items = [(_default_label(r, i), r) for i, r in enumerate(results)]
+        items = [(default_label(r, i), r) for i, r in enumerate(results)]
     if labels is not None:
         if len(labels) != len(items):
             raise SpecError(f"{len(labels)} labels for {len(items)} results")
@@ -192,15 +142,11 @@ def _series(results: Any, labels: Sequence[str] | None) -> list[tuple[str, Any]]
     return items
 
 
-def _default_label(obj: Any, i: int) -> str:
-    if _is_attgt(obj) or _is_aggregate(obj):
-        return "Callaway-Sant'Anna"
-    if isinstance(obj, pd.DataFrame):
-        return f"series {i + 1}"
-    kind = getattr(obj, "estimator", None)
-    if isinstance(kind, str):
-        return _ESTIMATOR_LABELS.get(kind, kind)
-    return str(getattr(obj, "name", None) or type(obj).__name__)
+def default_label(obj: Any, i: int = 0) -> str:
+    """A result's ``label`` (the registry's display name); ``series <i+1>`` for a frame."""
+    if _is_result(obj):
+        return str(obj.label)
+    return f"series {i + 1}"
 
 
 def _names(objs: Sequence[Any], outcome: str | None, time: str | None) -> tuple[str | None, str | None]:
@@ -216,14 +162,6 @@ def _es_labels(outcome: str | None, time: str | None) -> tuple[str, str]:
     return x, (f"Effect on {outcome}" if outcome else "Estimated effect")
 
 
-def _label(v: Any) -> str:
-    """A period or cohort label for display (dates without a midnight time part)."""
-    if isinstance(v, (pd.Timestamp, np.datetime64)):
-        ts = pd.Timestamp(v)
-        return str(ts.date()) if ts == ts.normalize() else str(ts)
-    return str(v)
-
-
 def _positions(values: np.ndarray) -> tuple[np.ndarray, tuple[tuple[float, str], ...] | None]:
     """Numeric x positions, and tick labels when the values are not numbers (dates, text)."""
     ser = pd.Series(values)
@@ -232,7 +170,7 @@ def _positions(values: np.ndarray) -> tuple[np.ndarray, tuple[tuple[float, str],
         cats = sorted(pd.unique(pd.to_datetime(ser)))
         pos = {c: float(i) for i, c in enumerate(cats)}
         return (np.array([pos[v] for v in pd.to_datetime(ser)]),
-                tuple((p, _label(c)) for c, p in pos.items()))
+                tuple((p, format_label(c)) for c, p in pos.items()))
     num = pd.to_numeric(ser, errors="coerce")
     if num.notna().all():
         x = num.to_numpy(float)
@@ -342,7 +280,7 @@ def plot_attgt(result: Any, *, backend: Backend = "bokeh", ncols: int = 3, title
             seen.add(part)
             layers.append(Layer("points", f"estimate:{part}", color, label=legend,
                                 x=xx, y=d["estimate"].to_numpy(float), hover=hover))
-        facets.append(Facet(f"Cohort {_label(g)}", xlabel or (tm or "Period"),
+        facets.append(Facet(f"Cohort {format_label(g)}", xlabel or (tm or "Period"),
                             ylabel or (f"ATT(g, t) on {out}" if out else "ATT(g, t)"), tuple(layers), xticks=ticks))
     if not facets:
         raise SpecError("no ATT(g,t) cells to plot")
@@ -353,18 +291,16 @@ def plot_attgt(result: Any, *, backend: Backend = "bokeh", ncols: int = 3, title
 def _cohort_frames(obj: Any) -> list[tuple[str, pd.DataFrame]]:
     if isinstance(obj, Mapping):
         return [(str(k), event_study_frame(v)) for k, v in obj.items()]
-    if _is_attgt(obj):
+    if not isinstance(obj, pd.DataFrame) and _result(obj).result_kind == "cells":
         cells = attgt_frame(obj)
-        return [(_label(g), d.drop(columns=["group", "time"]).reset_index(drop=True))
+        return [(format_label(g), d.drop(columns=["group", "time"]).reset_index(drop=True))
                 for g, d in cells.groupby("group", sort=True)]
-    if isinstance(obj, pd.DataFrame):
-        df = obj
-    else:
-        df = obj.by_cohort() if callable(getattr(obj, "by_cohort", None)) else _to_frame(obj)
-    col = _first(df, _COHORT_COLS)
-    if col is None:
-        raise SpecError(f"a cohort comparison needs a cohort column (one of {list(_COHORT_COLS)})")
-    return [(str(g), _canonical(d, 0.05)) for g, d in df.groupby(col, sort=True)]
+    if isinstance(obj, pd.DataFrame) and {"group", "time"} <= set(obj.columns):  # ATT(g,t) cells
+        return [(format_label(g), _canonical(d, 0.05)) for g, d in obj.groupby("group", sort=True)]
+    df = obj if isinstance(obj, pd.DataFrame) else obj.by_cohort()
+    if "cohort" not in df.columns:
+        raise SpecError(f"a cohort comparison needs a 'cohort' column (columns: {list(df.columns)})")
+    return [(str(g), _canonical(d, 0.05)) for g, d in df.groupby("cohort", sort=True)]
 
 
 def plot_cohorts(obj: Any, *, layout: str = "overlay", backend: Backend = "bokeh", title: str | None = None,
@@ -372,9 +308,9 @@ def plot_cohorts(obj: Any, *, layout: str = "overlay", backend: Backend = "bokeh
                  time: str | None = None, ncols: int = 3) -> Any:
     """Compare cohorts (stacked-DiD sub-experiments, or CS cells by cohort) on the event-time axis.
 
-    ``obj``: a stacked-DiD or Sun-Abraham result (its ``by_cohort()``), such a frame (``cohort``/
-    ``stack``/``group`` and ``event_time`` columns), a mapping ``{cohort: result}``, or an
-    :class:`AttgtResult` (its cells by cohort).
+    ``obj``: a result with ``by_cohort()`` (stacked DiD, Sun-Abraham), such a frame (``cohort``,
+    ``event_time``, ``estimate`` ...), a mapping ``{cohort: result}``, or a result of kind
+    ``"cells"`` (ATT(g,t): its cells by cohort).
     ``layout="overlay"`` draws one dodged series per cohort; ``"grid"`` one panel per cohort.
     """
     if layout not in ("overlay", "grid"):
@@ -408,7 +344,8 @@ def plot_aggregate(agg: Any, *, backend: Backend = "bokeh", title: str | None = 
                            "band_upper": [np.nan]})
         key, xl0 = "key", ""
     else:
-        df, key = _aggregate_frame(agg), agg.key_name
+        key = agg.key_name
+        df = _canonical(agg.to_frame(), agg.alpha, key=key)
         xl0 = f"Cohort (first treated {time})" if agg.kind == "group" and time else (
             "Cohort" if agg.kind == "group" else (time or "Period"))
     yl0 = f"ATT on {outcome}" if outcome else "ATT"
@@ -419,12 +356,14 @@ def plot_aggregate(agg: Any, *, backend: Backend = "bokeh", title: str | None = 
 
 
 def plot_result(obj: Any, kind: str | None = None, *, backend: Backend = "bokeh", **kwargs: Any) -> Any:
-    """What ``result.plot()`` draws: ATT(g,t) by cohort (``kind="attgt"``, the default for an
-    :class:`AttgtResult`, as R ``ggdid``), ``"dynamic"`` (event study), ``"cohorts"``, ``"group"``
-    or ``"calendar"``; an :class:`AggregateResult` is drawn by :func:`plot_aggregate`."""
-    if _is_aggregate(obj):
+    """What ``result.plot()`` draws, by the result's ``result_kind``: for ``"cells"`` (ATT(g,t)) the
+    cells by cohort (``kind="attgt"``, the default, as R ``ggdid``), ``"dynamic"`` (event study),
+    ``"cohorts"``, ``"group"`` or ``"calendar"``; an ``"aggregate"`` by :func:`plot_aggregate`;
+    anything else as an event study."""
+    kind_of = getattr(obj, "result_kind", None)
+    if kind_of == "aggregate":
         return plot_aggregate(obj, backend=backend, **kwargs)
-    if not _is_attgt(obj):
+    if kind_of != "cells":
         return plot_event_study(obj, backend=backend, **kwargs)
     kind = kind or "attgt"
     names = axis_names(obj)
@@ -435,7 +374,7 @@ def plot_result(obj: Any, kind: str | None = None, *, backend: Backend = "bokeh"
     if kind == "cohorts":
         return plot_cohorts(obj, backend=backend, **kwargs)
     if kind in ("dynamic", "group", "calendar", "simple"):
-        agg = _dynamic(obj) if kind == "dynamic" else obj.aggregate(kind)
+        agg = obj.event_study() if kind == "dynamic" else obj.aggregate(kind)
         return plot_aggregate(agg, backend=backend, **kwargs)
     raise SpecError(f"kind={kind!r} is not one of ['attgt', 'dynamic', 'cohorts', 'group', 'calendar', 'simple']")
 

@@ -130,6 +130,11 @@ def get(name: str) -> EstimatorEntry:
         raise SpecError(f"unknown estimator {name!r}; registered: {names()}") from None
 
 
+def registered(name: str) -> EstimatorEntry | None:
+    """The entry of ``name`` if it is registered now (imports nothing)."""
+    return _REGISTRY.get(name)
+
+
 def names() -> list[str]:
     """Registered estimator names, in registration order."""
     _load()

@@ -7,11 +7,11 @@
                                     cluster, timings, user keys), panel description, column
                                     names, and one entry per estimator and per check (kind,
                                     summary text, overall ATT, pre-test, files below)
-      estimators/NAME.csv|.parquet  the result's own table (``to_frame()``)
+      estimators/NAME.csv|.parquet  the result's ``to_frame()`` (the schema of dte_dask.results.base)
       estimators/NAME.event_study.csv   canonical event-study frame (event_time, estimate, se,
                                     ci_lower, ci_upper [pointwise], band_lower, band_upper [uniform])
       estimators/NAME.cells.csv     ATT(g,t) results: canonical cells (group, time + the above)
-      estimators/NAME.AGG.csv       ATT(g,t) results: dynamic / group / calendar aggregations
+      estimators/NAME.AGG.csv       ATT(g,t) results: the registered aggregations (dynamic, group, calendar)
       estimators/NAME.by_cohort.csv stacked DiD: per-sub-experiment estimates (``by_cohort()``)
       checks/NAME.csv|.parquet      a check's table; checks/NAME.PART.csv its other frames
 
@@ -128,10 +128,13 @@ def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {"class": type(obj).__name__, "files": files}
     if hasattr(obj, "summary") and callable(obj.summary):
         entry["summary"] = obj.summary()
-    if plotting._is_attgt(obj):
+    result_kind = None if isinstance(obj, pd.DataFrame) else getattr(obj, "result_kind", None)
+    if result_kind == "cells":
+        from dte_dask.registry import get
+
         entry["kind"] = "attgt"
         files["cells"] = _write(out, f"{rel}.cells", plotting.attgt_frame(obj))["csv"]
-        for kind in ("dynamic", "group", "calendar"):
+        for kind in (k for k in get(obj.estimator).aggregations if k != "simple"):
             try:
                 agg = obj.aggregate(kind, na_rm=True)
             except Exception as exc:  # noqa: BLE001 - an aggregation may not exist for this design
@@ -147,7 +150,7 @@ def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
         entry["pretrend"] = obj.pretrend_test()
         entry["options"] = dict(obj.options)
         return entry
-    if plotting._is_aggregate(obj):
+    if result_kind == "aggregate":
         entry["kind"] = f"aggregate:{obj.kind}"
         lo, hi = obj.overall_ci
         entry["overall"] = {"att": obj.overall_att, "se": obj.overall_se, "ci_lower": lo, "ci_upper": hi,

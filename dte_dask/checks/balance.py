@@ -47,14 +47,14 @@ class BalanceResult(CheckResult):
         return self.table.copy()
 
     def summary(self) -> str:
-        from dte_dask.results import _fmt_table
+        from dte_dask.formatting import format_table
 
         t = self.table
         tab = t[["cohort", "covariate", "n_treated", "n_control", "mean_treated", "mean_control", "smd"]].copy()
         tab[""] = np.where(t["flagged"], "*", "")
         lines = [f"Covariate balance: standardized mean differences, cohort vs "
                  f"{str(self.options.get('control_group', 'never_treated')).replace('_', ' ')} controls",
-                 _fmt_table(tab), "---", f"`*' |SMD| > {self.threshold:g}",
+                 format_table(tab), "---", f"`*' |SMD| > {self.threshold:g}",
                  f"{int(t['flagged'].sum())} of {len(t)} (cohort, covariate) pairs are imbalanced"]
         return "\n".join(lines)
 

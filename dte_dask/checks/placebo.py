@@ -72,7 +72,7 @@ class PlaceboResult(CheckResult):
         return self.table.copy()
 
     def summary(self) -> str:
-        from dte_dask.results import _fmt_table
+        from dte_dask.formatting import format_table
 
         t = self.table
         pct = int(round(100 * (1 - self.alpha)))
@@ -80,7 +80,7 @@ class PlaceboResult(CheckResult):
             columns={"ci_lower": f"[{pct}% Conf.", "ci_upper": "Int.]"})
         n_rej = int((t["p_value"] < self.alpha).sum())
         lines = ["Placebo adoption dates (each cohort shifted k periods earlier; pre-treatment periods only)",
-                 _fmt_table(tab), "---",
+                 format_table(tab), "---",
                  f"{n_rej} of {len(t)} placebo effects differ from zero at the {self.alpha:g} level",
                  (f"Joint Wald test that all placebo effects are zero: chi2({self.wald['df']}) = "
                   f"{self.wald['statistic']:.3f}, p-value = {self.wald['p_value']:.5f}"

@@ -2,12 +2,12 @@
 
 Two complementary questions about the pre-treatment estimates (event times < 0):
 
-* **Wald test** that all of them are zero, with their full analytic covariance (for
-  :class:`~dte_dask.results.AttgtResult`, both its ATT(g,t) cells — R ``did``'s pre-test — and its
-  dynamic aggregation); for other results the result's own ``pretrend_test()`` when it has one,
-  else a diagonal (independence) approximation, flagged as such.
-* **Band check**: does a simultaneous band over the pre-treatment estimates cover zero? For an
-  ``AttgtResult`` with bootstrap draws this is the sup-t band over exactly those estimates (a joint
+* **Wald test** that all of them are zero, with their full analytic covariance (for a result of
+  kind ``"cells"`` (ATT(g,t)), both its cells — R ``did``'s pre-test — and its dynamic
+  aggregation); for other results (the protocol of :mod:`dte_dask.results.base`) the result's own
+  ``pretrend_test()``; for a plain frame a diagonal (independence) approximation, flagged as such.
+* **Band check**: does a simultaneous band over the pre-treatment estimates cover zero? For
+  ATT(g,t) cells with bootstrap draws this is the sup-t band over exactly those estimates (a joint
   test at level ``alpha``); otherwise the result's uniform band if it has one, else Bonferroni
   intervals ``estimate +- z_{1 - alpha / (2 q)} se`` over the q pre-treatment estimates.
 """
@@ -22,7 +22,7 @@ from scipy import stats
 
 from dte_dask.checks._base import CheckResult
 from dte_dask.checks._engine import check_alpha
-from dte_dask.estimators.aggregate import aggregate_map
+from dte_dask.results.aggregate import aggregate_map
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
 
@@ -72,18 +72,19 @@ class PretrendResult(CheckResult):
 
 def pretrend_check(result: Any, *, alpha: float | None = None) -> PretrendResult:
     """Pre-trend checks of an ATT(g,t) result, an aggregation, a regression event study or a frame."""
-    from dte_dask.plotting import _default_label, _is_aggregate, _is_attgt, axis_names, event_study_frame
+    from dte_dask.plotting import axis_names, default_label, event_study_frame
 
     a = check_alpha(alpha if alpha is not None else float(getattr(result, "alpha", 0.05) or 0.05))
-    if _is_attgt(result):
+    kind = None if isinstance(result, pd.DataFrame) else getattr(result, "result_kind", None)
+    if kind == "cells":
         rows = [_attgt_cells(result, a), _attgt_dynamic(result, a)]
-    elif _is_aggregate(result):
+    elif kind == "aggregate":
         rows = [_frame_row(event_study_frame(result), a, "event study (dynamic aggregation)", None,
                            band_name="uniform band of the result" if result.bootstrap else None)]
     else:
         fr = event_study_frame(result, alpha=a)
-        test = result.pretrend_test() if hasattr(result, "pretrend_test") else None
-        label = "frame" if isinstance(result, pd.DataFrame) else _default_label(result, 0)
+        test = result.pretrend_test() if kind is not None else None
+        label = "frame" if kind is None else default_label(result)
         rows = [_frame_row(fr, a, f"event study ({label})", test)]
     return PretrendResult(table=pd.DataFrame(rows, columns=_COLUMNS), estimates=event_study_frame(result, alpha=a),
                           alpha=a, options=axis_names(result))
@@ -143,8 +144,7 @@ def _frame_row(fr: pd.DataFrame, alpha: float, target: str, test: Any, band_name
     pre = pre[~((pre["estimate"] == 0) & ~(pre["se"] > 0))]  # omitted reference period
     est, se = pre["estimate"].to_numpy(float), pre["se"].to_numpy(float)
     if isinstance(test, dict) and test:
-        stat = test.get("statistic", test.get("stat", test.get("wald", np.nan)))
-        wald = (float(stat), int(test.get("df", est.size)), float(test.get("p_value", test.get("pvalue", np.nan))))
+        wald = (float(test["statistic"]), int(test["df"]), float(test["p_value"]))
         wname = "from result"
     else:
         wald = wald_test(est, np.diag(se ** 2)) if np.isfinite(se).all() else (np.nan, est.size, np.nan)

@@ -19,7 +19,7 @@ cell statistics of its units under every permutation of its chunk with ``att_gt`
 (:mod:`dte_dask.checks._engine`: any ``est_method``, with or without covariates; ``ipw`` / ``dr``
 with covariates take one more pass per Newton step of the propensity logit and one for the
 propensity-weighted moments); the sums are tree-reduced per chunk and the driver turns them into
-aggregate ATTs (:func:`dte_dask.estimators.aggregate.aggregate_map`), exactly ``att_gt``'s numbers
+aggregate ATTs (:func:`dte_dask.results.aggregate.aggregate_map`), exactly ``att_gt``'s numbers
 on the permuted data.
 
 With a regression estimator (``estimator="event_study" | "stacked_did" | "sun_abraham"``) the
@@ -50,7 +50,7 @@ from dte_dask.checks._engine import (
     with_g,
 )
 from dte_dask.core.cells import Cells
-from dte_dask.estimators.aggregate import AggKind, aggregate_map
+from dte_dask.results.aggregate import AggKind, aggregate_map
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.panel.blocks import UnitBlock
 

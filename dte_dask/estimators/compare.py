@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dte_dask.estimators.event_study import check_window, clip_window, event_study, resolve_panel
+from dte_dask import registry
+from dte_dask.estimators.event_study import check_window, clip_window, resolve_panel
 from dte_dask.exceptions import DteDaskWarning, SpecError
-from dte_dask.results import AggregateResult, _fmt_table
+from dte_dask.formatting import format_table
 
-ESTIMATORS = ("cs", "event_study", "stacked_did", "sun_abraham")
+
+def comparable() -> tuple[str, ...]:
+    """The registered estimators that declare how to run in a comparison (``compare=``)."""
+    return tuple(e.name for e in registry.list_estimators() if e.compare is not None)
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class EstimatorComparison:
 
     Attributes
     ----------
-    table : frame with ``event_time`` and, per estimator ``<name>``, ``<name>_coef`` and ``<name>_se``
+    table : frame with ``event_time`` and, per estimator ``<name>``, ``<name>_estimate`` and ``<name>_se``
         (NaN where an estimator has no estimate; binned event-study endpoints are left out).
     correlation : Pearson correlation of the estimators' coefficients over the event times that all
         of them estimate (reference period excluded).
@@ -40,9 +44,9 @@ class EstimatorComparison:
 
     def summary(self) -> str:
         common = self.table.dropna()
-        return "\n".join(["Dynamic effects by estimator", _fmt_table(self.table), "",
+        return "\n".join(["Dynamic effects by estimator", format_table(self.table), "",
                           f"Correlation of the coefficients over the {len(common)} event times all estimate:",
-                          _fmt_table(self.correlation.reset_index(names=""))])
+                          format_table(self.correlation.reset_index(names=""))])
 
     def __str__(self) -> str:
         return self.summary()
@@ -59,7 +63,7 @@ def compare_estimators(
     time: str | None = None,
     group: str | None = None,
     window: tuple[int, int] = (-3, 3),
-    estimators: Sequence[str] = ESTIMATORS,
+    estimators: Sequence[str] | None = None,
     weights: str | None = None,
     cluster: str | None = None,
     allow_unbalanced_panel: bool | None = None,
@@ -67,7 +71,9 @@ def compare_estimators(
 ) -> EstimatorComparison:
     """Run the chosen estimators on one panel and line up their effects for event times in ``window``.
 
-    ``cs``: ``att_gt(control_group="never_treated", base_period="universal", bootstrap=False)
+    ``estimators``: registered names (default: every estimator that declares ``compare`` in the
+    registry, :func:`comparable`); each runs as its registration's ``compare(panel, window)`` says:
+    ``att_gt``: ``att_gt(control_group="never_treated", base_period="universal", bootstrap=False)
     .aggregate("dynamic", min_e=K, max_e=L)`` (universal base: pre-periods are comparable with the
     regressions' reference -1); ``event_study``: window with binned endpoints; ``stacked_did``:
     window, not-yet-treated clean controls; ``sun_abraham``: never-treated controls, all event times.
@@ -75,56 +81,51 @@ def compare_estimators(
     stacked DiD (each warns); one with no overlap raises :class:`SpecError` before any fit.
     """
     check_window(window)
-    unknown = [e for e in estimators if e not in ESTIMATORS]
+    offered = comparable()
+    estimators = offered if estimators is None else tuple(estimators)
+    unknown = [e for e in estimators if e not in offered]
     if unknown or not estimators:
-        raise SpecError(f"estimators={list(estimators)!r}: choose among {list(ESTIMATORS)}")
+        raise SpecError(f"estimators={list(estimators)!r}: choose among {list(offered)}")
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
                              weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
                              npartitions=npartitions)
     with warnings.catch_warnings():  # the estimators that size anything by the window clip it and warn
         warnings.simplefilter("ignore", DteDaskWarning)
         clip_window(panel, window)  # a window with no overlap: one SpecError here, before any fit
-    from dte_dask.estimators.cs import att_gt
-    from dte_dask.estimators.stacked import stacked_did
-    from dte_dask.estimators.sun_abraham import sun_abraham
-
-    runs = {
-        "cs": lambda: att_gt(panel, control_group="never_treated", base_period="universal", bootstrap=False,
-                             allow_unbalanced_panel=not panel.is_balanced).aggregate(
-                                 "dynamic", min_e=window[0], max_e=window[1]),
-        "event_study": lambda: event_study(panel, window=window, bin_endpoints=True),
-        "stacked_did": lambda: stacked_did(panel, window=window),
-        "sun_abraham": lambda: sun_abraham(panel),
-    }
-    return line_up({name: runs[name]() for name in estimators}, window=window)
+    return line_up({name: registry.get(name).compare_fn(panel, window) for name in estimators}, window=window)
 
 
 def line_up(results: Mapping[str, Any], window: tuple[int, int] | None = None) -> EstimatorComparison:
-    """Put already computed results (regression results or a CS dynamic aggregation) side by side."""
+    """Put already computed results side by side: each result's estimates by event time
+    (``result.event_study()``: itself, or an ATT(g,t) result's dynamic aggregation), or canonical
+    frames (``event_time``, ``estimate``, ``se``)."""
     frames = []
     for name, res in results.items():
         f = _effects(res)
         if window is not None:
             f = f[(f["event_time"] >= window[0]) & (f["event_time"] <= window[1])]
-        frames.append(f.rename(columns={"coef": f"{name}_coef", "se": f"{name}_se"}).set_index("event_time"))
+        frames.append(f.rename(columns={"estimate": f"{name}_estimate", "se": f"{name}_se"}).set_index("event_time"))
     table = pd.concat(frames, axis=1).sort_index().reset_index()
-    coefs = table.set_index("event_time")[[f"{n}_coef" for n in results]]
-    coefs.columns = list(results)
-    common = coefs.dropna()
+    est = table.set_index("event_time")[[f"{n}_estimate" for n in results]]
+    est.columns = list(results)
+    common = est.dropna()
     common = common[common.index != -1] if len(common) else common
-    corr = common.corr() if len(common) >= 2 else pd.DataFrame(np.nan, index=coefs.columns, columns=coefs.columns)
+    corr = common.corr() if len(common) >= 2 else pd.DataFrame(np.nan, index=est.columns, columns=est.columns)
     return EstimatorComparison(table=table, correlation=corr, results=dict(results))
 
 
 def _effects(res: Any) -> pd.DataFrame:
-    """event_time, coef, se of a result; reference rows and binned endpoints are left out."""
-    if isinstance(res, AggregateResult):
-        if res.kind != "dynamic":
-            raise SpecError(f"a Callaway–Sant'Anna aggregation must be 'dynamic' to be lined up, got {res.kind!r}")
-        df = res.to_frame().rename(columns={"att": "coef"})[["event_time", "coef", "se"]]
-        return df[~((df["coef"] == 0) & df["se"].isna())]  # the universal base period's reference
-    if not hasattr(res, "binned"):
-        raise SpecError(f"cannot line up a {type(res).__name__}: pass regression results or a dynamic aggregation")
-    df = res.to_frame()
-    keep = ~res.binned
-    return df.loc[keep, ["event_time", "coef", "se"]]
+    """event_time, estimate, se of a result; reference rows and binned endpoints are left out."""
+    if isinstance(res, pd.DataFrame):
+        df = res
+    elif callable(getattr(res, "event_study", None)):
+        df = res.event_study().to_frame()
+    else:
+        raise SpecError(f"cannot line up a {type(res).__name__}: pass results (the protocol of dte_dask.results) "
+                        "or frames with event_time, estimate, se")
+    missing = {"event_time", "estimate", "se"} - set(df.columns)
+    if missing:
+        raise SpecError(f"cannot line up a frame without the columns {sorted(missing)} (see dte_dask.results.base)")
+    keep = ~(df["binned"].to_numpy(bool) if "binned" in df else np.zeros(len(df), bool))
+    keep &= ~((df["estimate"] == 0) & df["se"].isna()).to_numpy()  # a universal base period's reference
+    return df.loc[keep, ["event_time", "estimate", "se"]]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from dte_dask import registry
 from dte_dask.jobs.spec import DataSpec, JobSpec
 
 MPDTA_COLUMNS = dict(unit="countyreal", time="year", outcome="lemp", group="first_treat")
@@ -87,8 +88,6 @@ def _cluster_info(client: Any) -> dict[str, Any] | None:
 
 def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
     """Add the job's checks (pre-trend tests) and the comparison of dynamic profiles to ``results``."""
-    from dte_dask.results import AttgtResult
-
     estimates = {e.name: results[e.name] for e in job.estimators}
     if "pretrends" in job.checks:
         from dte_dask.checks import pretrend_check
@@ -100,8 +99,7 @@ def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
         return {}
     from dte_dask.estimators.compare import line_up
 
-    profiles = {n: (r.aggregate("dynamic") if isinstance(r, AttgtResult) else r) for n, r in estimates.items()}
-    comparison = line_up(profiles)
+    comparison = line_up(estimates)  # each result's estimates by event time (result.event_study())
     results["comparison"] = comparison.table
     return {"comparison_correlation": comparison.correlation.to_dict()}
 
@@ -161,7 +159,7 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:
-            fn = getattr(dte_dask, est.kind)
+            fn = registry.get(est.kind).fn
             t = time.perf_counter()
             checkpoint(f"estimator {est.name}")
             with monitor.stage(est.name):

@@ -25,14 +25,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from dte_dask.estimators.options import ESTIMATORS as _ENTRIES
+from dte_dask import registry
 from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
+from dte_dask.registry import AGGREGATIONS
 
-ESTIMATORS = tuple(_ENTRIES)
-AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 # options set from other sections of the spec, not per estimator
-_RESERVED = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
+RESERVED_OPTIONS = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
              "allow_unbalanced_panel", "npartitions", "bootstrap", "n_boot", "seed", "alpha", "boot_weights",
              "uniform_bands"}
 
@@ -91,11 +90,24 @@ class DataSpec(_Closed):
         return self
 
 
+def __getattr__(name: str) -> Any:
+    if name == "ESTIMATORS":  # the registered names, read when asked (estimators may register later)
+        return tuple(registry.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class EstimatorSpec(_Closed):
-    kind: Literal["att_gt", "event_study", "stacked_did", "sun_abraham"]
+    kind: str = Field(..., description="a registered estimator (dte_dask.list_estimators())")
     name: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     aggregations: list[Literal["simple", "dynamic", "group", "calendar"]] = Field(default_factory=list)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in registry.names():
+            raise ValueError(f"unknown estimator {kind!r}; registered: {registry.names()}")
+        return kind
 
     @field_validator("options")
     @classmethod
@@ -103,18 +115,20 @@ class EstimatorSpec(_Closed):
         """Validate the values against the kind's options model; its errors keep their field path
         (``estimators.<i>.options.<name>``). Unknown or reserved names are reported by ``_options``."""
         kind = info.data.get("kind")
-        if kind not in _ENTRIES or _misplaced(kind, options):
+        if kind not in registry.names() or _misplaced(kind, options):
             return options
         # a ValidationError raised here keeps its locations under estimators.<i>.options
-        return _ENTRIES[kind].options.model_validate(options).model_dump(exclude_unset=True)
+        return registry.get(kind).options.model_validate(options).model_dump(exclude_unset=True)
 
     @model_validator(mode="after")
     def _options(self) -> EstimatorSpec:
         problem = _misplaced(self.kind, self.options)
         if problem:
             raise ValueError(problem)
-        if self.aggregations and self.kind != "att_gt":
-            raise ValueError("aggregations apply to att_gt only")
+        offered = registry.get(self.kind).aggregations
+        bad = [a for a in self.aggregations if a not in offered]
+        if bad:
+            raise ValueError(f"aggregations {bad} are not offered by {self.kind} (it offers {list(offered) or 'none'})")
         if self.name is None:
             self.name = self.kind
         return self
@@ -122,11 +136,11 @@ class EstimatorSpec(_Closed):
 
 def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
     """Why some option names do not belong in ``options`` of ``kind`` (None if they all do)."""
-    model = _ENTRIES[kind].options
-    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - _RESERVED)
+    model = registry.get(kind).options
+    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - RESERVED_OPTIONS)
     if unknown:
         return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}"
-    reserved = sorted(set(options) & _RESERVED)
+    reserved = sorted(set(options) & RESERVED_OPTIONS)
     if reserved:
         return f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator"
     return None
