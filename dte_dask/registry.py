@@ -136,15 +136,23 @@ def registered(name: str) -> EstimatorEntry | None:
 
 
 def names() -> list[str]:
-    """Registered estimator names, in registration order."""
+    """Registered estimator names: built-in ones first (in a fixed order), then in registration order."""
     _load()
-    return list(_REGISTRY)
+    order = {m: i for i, m in enumerate(_BUILTIN_MODULES)}
+
+    def key(item: tuple[int, str]) -> tuple[int, int]:
+        i, name = item
+        fn = _REGISTRY[name].function
+        mod = fn.split(":")[0] if isinstance(fn, str) else getattr(fn, "__module__", "")
+        return order.get(mod, len(order)), i
+
+    return [n for _, n in sorted(enumerate(_REGISTRY), key=key)]
 
 
 def list_estimators() -> list[EstimatorEntry]:
-    """Every registered estimator (built-in ones first)."""
+    """Every registered estimator: built-in ones first (in a fixed order), then in registration order."""
     _load()
-    return list(_REGISTRY.values())
+    return [_REGISTRY[n] for n in names()]
 
 
 def estimator_label(name: str) -> str:

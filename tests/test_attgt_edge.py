@@ -43,7 +43,7 @@ def test_anticipation_drops_units_without_clean_pre_period(mpdta):
     wide = mpdta.pivot(index="countyreal", columns="year", values="lemp")
     g = mpdta.groupby("countyreal")["first_treat"].first()
     d = wide[2006] - wide[2004]  # base period g - 1 - anticipation
-    assert row["att"] == pytest.approx(d[g == 2006].mean() - d[g == 0].mean(), abs=1e-12)
+    assert row["estimate"] == pytest.approx(d[g == 2006].mean() - d[g == 0].mean(), abs=1e-12)
 
 
 def test_collinear_covariate_gives_nan_cell_with_warning(mpdta):
@@ -61,8 +61,8 @@ def test_perfect_separation_gives_nan_with_reason(mpdta):
     with pytest.warns(DegenerateCellWarning, match="separation"):
         res = dte_dask.att_gt(df, covariates=["sep"], est_method="ipw", **KW)
     f = res.to_frame()
-    assert f.loc[f["group"] == 2004, "att"].isna().all()
-    assert f.loc[f["group"] == 2006, "att"].notna().all()
+    assert f.loc[f["group"] == 2004, "estimate"].isna().all()
+    assert f.loc[f["group"] == 2006, "estimate"].notna().all()
     assert np.isfinite(res.aggregate("dynamic", na_rm=True).overall_att)
 
 
@@ -90,7 +90,7 @@ def test_unbalanced_without_covariates_matches_four_means(mpdta):
         return sub["lemp"].mean()
     treated, never = (g == 2006), (g == 0)
     expected = (mean(treated, 2007) - mean(treated, 2005)) - (mean(never, 2007) - mean(never, 2005))
-    assert row["att"] == pytest.approx(expected, abs=1e-12)
+    assert row["estimate"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_dates_as_periods(mpdta):
@@ -98,7 +98,7 @@ def test_dates_as_periods(mpdta):
                       gdate=pd.to_datetime(mpdta["first_treat"].where(mpdta["first_treat"] > 0).astype("Int64").astype(str) + "-01-01", errors="coerce"))
     a = dte_dask.att_gt(mpdta, **KW).to_frame()
     b = dte_dask.att_gt(df, outcome="lemp", unit="countyreal", time="date", group="gdate", bootstrap=False).to_frame()
-    np.testing.assert_allclose(b["att"], a["att"], atol=1e-14)
+    np.testing.assert_allclose(b["estimate"], a["estimate"], atol=1e-14)
     assert list(b["event_time"]) == list(a["event_time"])
     assert b["group"].iloc[0] == pd.Timestamp("2004-01-01")
     d = dte_dask.att_gt(df, outcome="lemp", unit="countyreal", time="date", group="gdate", bootstrap=False).aggregate("group").to_frame()

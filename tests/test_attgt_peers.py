@@ -43,7 +43,7 @@ def _compare(ours: pd.DataFrame, ref: pd.DataFrame, atol=ATT_ATOL, rtol=SE_RTOL)
     ref = ref.sort_values(["group", "time"]).reset_index(drop=True)
     np.testing.assert_array_equal(ours["group"].to_numpy(), ref["group"].to_numpy())
     np.testing.assert_array_equal(ours["time"].to_numpy(), ref["time"].to_numpy())
-    np.testing.assert_allclose(ours["att"], ref["att"], rtol=0, atol=atol)
+    np.testing.assert_allclose(ours["estimate"], ref["att"], rtol=0, atol=atol)
     ok = ref["se"].notna()
     np.testing.assert_allclose(ours.loc[ok, "se"], ref.loc[ok, "se"], rtol=rtol)
 
@@ -81,7 +81,7 @@ def test_aggregations_match_csdid(sim, case):
             parts = r[r["key"] != "overall"]
             f = agg.to_frame()
             np.testing.assert_array_equal(f[agg.key_name].astype(str).to_numpy(), parts["key"].to_numpy())
-            np.testing.assert_allclose(f["att"], parts["att"], atol=ATT_ATOL)
+            np.testing.assert_allclose(f["estimate"], parts["att"], atol=ATT_ATOL)
             np.testing.assert_allclose(f["se"], parts["se"], rtol=SE_RTOL)
 
 

@@ -38,7 +38,7 @@ def test_attgt_cells_match_reference(fitted):
     got = res.to_frame()
     np.testing.assert_array_equal(got["group"].to_numpy(), ref["group"].to_numpy())
     np.testing.assert_array_equal(got["time"].to_numpy(), ref["time"].to_numpy())
-    np.testing.assert_allclose(got["att"], ref["att"], rtol=0, atol=ATT_ATOL)
+    np.testing.assert_allclose(got["estimate"], ref["att"], rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(got["se"], ref["se"], rtol=SE_RTOL)
     assert (got["event_time"] == got["time"] - got["group"]).all()
 
@@ -57,7 +57,7 @@ def test_aggregations_match_reference(fitted, kind):
     parts = ref[ref["key"] != "overall"]
     got = agg.to_frame()
     np.testing.assert_array_equal(got[agg.key_name].astype(float).to_numpy(), parts["key"].astype(float).to_numpy())
-    np.testing.assert_allclose(got["att"], parts["att"], rtol=0, atol=ATT_ATOL)
+    np.testing.assert_allclose(got["estimate"], parts["att"], rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(got["se"], parts["se"], rtol=SE_RTOL)
 
 
@@ -65,7 +65,7 @@ def test_vignette_values(mpdta):
     """Printed values of the R `did` vignette (4 decimals)."""
     res = dte_dask.att_gt(mpdta, outcome="lemp", unit="countyreal", time="year", group="first_treat", bootstrap=False)
     f = res.to_frame().set_index(["group", "time"])
-    assert round(f.loc[(2004, 2006), "att"], 4) == -0.1373
+    assert round(f.loc[(2004, 2006), "estimate"], 4) == -0.1373
     assert round(res.aggregate("simple").overall_att, 4) == -0.0400
 
 
@@ -74,7 +74,7 @@ def test_without_covariates_all_estimators_coincide(mpdta):
     kw = dict(outcome="lemp", unit="countyreal", time="year", group="first_treat", bootstrap=False)
     frames = [dte_dask.att_gt(mpdta, est_method=m, **kw).to_frame() for m in ("dr", "ipw", "reg")]
     for f in frames[1:]:
-        np.testing.assert_allclose(f["att"], frames[0]["att"], atol=1e-12)
+        np.testing.assert_allclose(f["estimate"], frames[0]["estimate"], atol=1e-12)
         np.testing.assert_allclose(f["se"], frames[0]["se"], rtol=1e-10)
 
 
@@ -87,7 +87,7 @@ def test_closed_form_2x2(mpdta):
         base = row.time - 1 if row.time < row.group else row.group - 1
         d = wide[row.time] - wide[base]
         expected = d[g == row.group].mean() - d[g == 0].mean()
-        assert row.att == pytest.approx(expected, abs=1e-12)
+        assert row.estimate == pytest.approx(expected, abs=1e-12)
 
 
 def test_treatment_indicator_gives_same_result(mpdta):

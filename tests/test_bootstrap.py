@@ -106,9 +106,9 @@ def test_uniform_band_coverage_of_true_dynamic_effects():
             r = dte_dask.att_gt(df, outcome="y", unit="unit", time="time", group="group", n_boot=299, seed=rep)
             f = r.to_frame()
             true_cell = np.where(f["event_time"] >= 0, 0.5 + 0.25 * f["event_time"], 0.0)
-            hits_cells += bool(np.all((f["ci_lower"] <= true_cell) & (true_cell <= f["ci_upper"])))
+            hits_cells += bool(np.all((f["band_lower"] <= true_cell) & (true_cell <= f["band_upper"])))
             d = r.aggregate("dynamic").to_frame()
             te = d["event_time"].map(truth_e)
-            hits_dyn += bool(np.all((d["ci_lower"] <= te) & (te <= d["ci_upper"])))
+            hits_dyn += bool(np.all((d["band_lower"] <= te) & (te <= d["band_upper"])))
     assert 0.92 <= hits_dyn / reps <= 0.98, hits_dyn / reps
     assert 0.92 <= hits_cells / reps <= 0.98, hits_cells / reps

@@ -58,7 +58,7 @@ def test_placebo_one_period_shift_is_the_pre_period_cell(mpdta, covariates, meth
     for g in (2006, 2007):
         row = t[(t["cohort"] == g) & (t["shift"] == 1)].iloc[0]
         cell = cells[(cells["group"] == g) & (cells["time"] == g - 1)].iloc[0]
-        assert row["estimate"] == pytest.approx(cell["att"], abs=1e-12)
+        assert row["estimate"] == pytest.approx(cell["estimate"], abs=1e-12)
         assert row["se"] == pytest.approx(cell["se_analytic"], rel=1e-9)
         assert row["placebo_period"] == g - 1
     assert pl.wald["statistic"] == pytest.approx(res.pretrend_test()["statistic"], rel=1e-8)
@@ -94,8 +94,17 @@ def test_pretrend_check_on_attgt(mpdta):
 
 
 class EventStudyLike:
+    """A minimal result of the protocol (dte_dask.results.base)."""
+
+    result_kind = "event_study"
+    label = "event study"
+    alpha = 0.05
+
     def __init__(self, frame, test=None):
         self.frame, self.test = frame, test
+
+    def event_study(self):
+        return self
 
     def to_frame(self):
         return self.frame
@@ -105,13 +114,13 @@ class EventStudyLike:
 
 
 def test_pretrend_check_on_event_study_frames():
-    base = pd.DataFrame({"event_time": [-3, -2, -1, 0, 1], "coef": [0.01, -0.02, 0.0, 0.5, 0.6],
+    base = pd.DataFrame({"event_time": [-3, -2, -1, 0, 1], "estimate": [0.01, -0.02, 0.0, 0.5, 0.6],
                          "se": [0.05, 0.05, 0.0, 0.05, 0.05]})  # -1 is the omitted reference
     ok = checks.pretrend_check(base)
     r = ok.to_frame().iloc[0]
     assert r["n_pre"] == 2 and r["band"] == "Bonferroni" and r["wald"] == "diagonal (approximate)"
     assert r["band_covers_zero"] and ok.passed
-    bad = base.assign(coef=[0.3, -0.02, 0.0, 0.5, 0.6], band_lower=[0.1, -0.2, 0, 0.3, 0.4],
+    bad = base.assign(estimate=[0.3, -0.02, 0.0, 0.5, 0.6], band_lower=[0.1, -0.2, 0, 0.3, 0.4],
                       band_upper=[0.5, 0.16, 0, 0.7, 0.8])
     res = checks.pretrend_check(EventStudyLike(bad, {"statistic": 36.2, "df": 2, "p_value": 1e-8}))
     r = res.to_frame().iloc[0]

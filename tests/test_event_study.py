@@ -122,7 +122,7 @@ def test_post_average_pretrend_and_frame():
     w = res.coef[pre] @ np.linalg.solve(res.cov[np.ix_(pre, pre)], res.coef[pre])
     assert pt["df"] == int(pre.sum()) and pt["statistic"] == pytest.approx(w, rel=1e-10)
     out = res.to_frame()
-    assert list(out.columns[:5]) == ["event_time", "coef", "se", "ci_lower", "ci_upper"]
+    assert list(out.columns[:5]) == ["event_time", "estimate", "se", "ci_lower", "ci_upper"]
     assert out.loc[out["binned"], "event_time"].tolist() == [-3, 3]
     text = res.summary()
     assert "event study" in text and "Pre-trend Wald test" in text

@@ -137,7 +137,7 @@ def test_numbers_equal_att_gt_called_directly(run_dir: tuple[Path, str], direct:
                 np.testing.assert_array_equal(got[col].to_numpy(), ref[col].to_numpy(), err_msg=f"{name}.{col}")
     dyn = direct["cs_never"].aggregate("dynamic", na_rm=True).to_frame().reset_index(drop=True)
     got = _csv(out / "estimators" / "cs_never.dynamic.csv")
-    for col in ("event_time", "att", "se", "ci_lower", "ci_upper"):
+    for col in ("event_time", "estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper"):
         np.testing.assert_array_equal(got[col].to_numpy(), dyn[col].to_numpy(), err_msg=col)
 
 

@@ -31,10 +31,12 @@ def mpdta():
 def test_one_table_of_estimators_and_their_models() -> None:
     from dte_dask.jobs import spec
 
-    assert spec.ESTIMATORS == tuple(opts.ESTIMATORS)
+    from dte_dask import registry
+
+    assert spec.ESTIMATORS == tuple(registry.names())
     assert issubclass(InferenceSpec, opts.InferenceOptions)
-    for kind, entry in opts.ESTIMATORS.items():
-        fn = entry.function
+    for entry in registry.list_estimators():
+        kind, fn = entry.name, entry.fn
         assert fn is getattr(dte_dask, kind)
         params = __import__("inspect").signature(fn).parameters
         for name, field in entry.options.model_fields.items():  # every option is an argument, same default

@@ -32,7 +32,7 @@ def test_uniform_band_covers_true_dynamic_effects(run):
     dyn = res["cs_dynamic"].to_frame().set_index("event_time")
     truth = _true_dynamic(sim, res).reindex(dyn.index)
     assert truth.notna().all()
-    inside = (dyn["ci_lower"] <= truth) & (truth <= dyn["ci_upper"])
+    inside = (dyn["band_lower"] <= truth) & (truth <= dyn["band_upper"])
     assert inside.all(), dyn.assign(truth=truth)[~inside]
     assert res["cs"].draws_aug is not None and res["cs_dynamic"].crit > 1.96  # a sup-t band, wider than pointwise
 
@@ -43,7 +43,7 @@ def test_selection_biases_the_unadjusted_stacked_estimates(run):
     _, res, _ = run
     assert res["pretrends_cs"].passed
     table = res["cs_vs_stacked"].set_index("event_time")
-    assert np.nanmax(np.abs(table.loc[table.index < -1, "stacked_coef"])) > 3 * np.nanmax(np.abs(table.loc[table.index < -1, "cs_coef"]))
+    assert np.nanmax(np.abs(table.loc[table.index < -1, "stacked_estimate"])) > 3 * np.nanmax(np.abs(table.loc[table.index < -1, "cs_estimate"]))
 
 
 def test_results_written(run):

@@ -25,9 +25,11 @@ def res():
 
 
 class RegressionLike:
-    """Stands in for issue 4's regression results: ``to_frame()`` with event_time, coef, se, CIs."""
+    """Stands in for a result of the protocol (dte_dask.results.base): canonical ``to_frame()``."""
 
-    name = "event study"
+    label = "event study"
+    result_kind = "event_study"
+    alpha = 0.05
     options = {"outcome": "lemp", "time": "year"}
 
     def __init__(self, frame: pd.DataFrame) -> None:
@@ -36,10 +38,13 @@ class RegressionLike:
     def to_frame(self) -> pd.DataFrame:
         return self._frame.copy()
 
+    def event_study(self) -> "RegressionLike":
+        return self
+
 
 def regression_frame(res, shift: float = 0.01, band: bool = True) -> pd.DataFrame:
     es = plotting.event_study_frame(res)
-    df = pd.DataFrame({"event_time": es["event_time"], "coef": es["estimate"] + shift, "se": es["se"],
+    df = pd.DataFrame({"event_time": es["event_time"], "estimate": es["estimate"] + shift, "se": es["se"],
                        "ci_lower": es["ci_lower"] + shift, "ci_upper": es["ci_upper"] + shift})
     if band:
         df["band_lower"], df["band_upper"] = es["band_lower"] + shift, es["band_upper"] + shift
@@ -101,7 +106,7 @@ def test_frames_from_regression_like_objects(res):
     no_band = plotting.event_study_frame(regression_frame(res, band=False))
     assert no_band["band_lower"].isna().all()
     with pytest.raises(SpecError, match="event_time"):
-        plotting.event_study_frame(pd.DataFrame({"coef": [1.0]}))
+        plotting.event_study_frame(pd.DataFrame({"estimate": [1.0]}))
     with pytest.raises(SpecError, match="dynamic"):
         plotting.event_study_frame(res.aggregate("group"))
 
@@ -294,7 +299,7 @@ def test_overlay_with_the_regression_estimators(res, tmp_path):
     for label, obj in zip(labels[1:], others):
         frame = obj.to_frame()
         assert glyph_n(renderer(fig, f"estimate:{label}")) == len(frame)
-        assert len(list(fig.select(name=f"band:{label}"))) == int("band_lower" in frame)
+        assert len(list(fig.select(name=f"band:{label}"))) == int(np.isfinite(frame["band_lower"]).any())
     cohorts = plotting.plot_cohorts(others[2])  # stacked sub-experiments, from by_cohort()
     by = others[2].by_cohort()
     assert sum(glyph_n(renderer(cohorts, f"estimate:cohort {g}")) for g in by["cohort"].unique()) == len(by)

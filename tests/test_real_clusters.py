@@ -184,10 +184,10 @@ def _assert_same(got: tuple[pd.DataFrame, pd.DataFrame],
     ref_cells, ref_dyn = ref
     np.testing.assert_array_equal(cells[["group", "time"]].to_numpy(),
                                   ref_cells[["group", "time"]].to_numpy())
-    np.testing.assert_array_equal(cells["att"].to_numpy(), ref_cells["att"].to_numpy())
+    np.testing.assert_array_equal(cells["estimate"].to_numpy(), ref_cells["estimate"].to_numpy())
     np.testing.assert_array_equal(cells["se"].to_numpy(), ref_cells["se"].to_numpy())
     np.testing.assert_array_equal(dyn["event_time"].to_numpy(), ref_dyn["event_time"].to_numpy())
-    for col in ("att", "se", "ci_lower", "ci_upper"):
+    for col in ("estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper"):
         np.testing.assert_array_equal(dyn[col].to_numpy(), ref_dyn[col].to_numpy(), err_msg=col)
 
 

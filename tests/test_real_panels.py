@@ -87,10 +87,10 @@ def compare_with_csdid(df: pd.DataFrame, cols: dict, **kw) -> dict[str, float]:
     np.testing.assert_array_equal(ours["group"].to_numpy(), ref["group"].to_numpy())
     np.testing.assert_array_equal(ours["time"].to_numpy(), ref["time"].to_numpy())
     ok = ref["se"].notna()
-    assert ours["att"].notna().all() and ref["att"].notna().all()
-    np.testing.assert_allclose(ours["att"], ref["att"], rtol=0, atol=ATT_ATOL)
+    assert ours["estimate"].notna().all() and ref["att"].notna().all()
+    np.testing.assert_allclose(ours["estimate"], ref["att"], rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(ours.loc[ok, "se_analytic"], ref.loc[ok, "se"], rtol=SE_RTOL)
-    worst = {"cells": len(ours), "att": float(np.max(np.abs(ours["att"] - ref["att"]))),
+    worst = {"cells": len(ours), "att": float(np.max(np.abs(ours["estimate"] - ref["att"]))),
              "se_rel": float(np.max(np.abs(ours.loc[ok, "se_analytic"] / ref.loc[ok, "se"] - 1)))}
     agg = peers.aggte_csdid(df, **cols, **kw, kinds=KINDS)
     for kind in KINDS:
@@ -105,9 +105,9 @@ def compare_with_csdid(df: pd.DataFrame, cols: dict, **kw) -> dict[str, float]:
             parts = r[r["key"] != "overall"]
             f = a.to_frame()
             np.testing.assert_array_equal(f[a.key_name].astype(str).to_numpy(), parts["key"].to_numpy())
-            np.testing.assert_allclose(f["att"], parts["att"], rtol=0, atol=ATT_ATOL)
+            np.testing.assert_allclose(f["estimate"], parts["att"], rtol=0, atol=ATT_ATOL)
             np.testing.assert_allclose(f["se"], parts["se"], rtol=SE_RTOL)
-            att += list(f["att"].to_numpy() - parts["att"].to_numpy())
+            att += list(f["estimate"].to_numpy() - parts["att"].to_numpy())
             se += list(f["se"].to_numpy() / parts["se"].to_numpy() - 1)
         worst[f"{kind}_att"] = float(np.max(np.abs(att)))
         worst[f"{kind}_se_rel"] = float(np.max(np.abs(se)))
@@ -137,7 +137,7 @@ def test_ehec_matches_csdid(ehec, kw):
 def test_ehec_matches_moderndid(ehec):
     res = dte_dask.att_gt(ehec, **EHEC, weights="W", bootstrap=False).to_frame()
     ref = peers.att_gt_moderndid(ehec, **EHEC, weights="W")
-    np.testing.assert_allclose(res["att"], ref["att"], rtol=0, atol=ATT_ATOL)
+    np.testing.assert_allclose(res["estimate"], ref["att"], rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(res["se_analytic"], ref["se"], rtol=SE_RTOL)
 
 
@@ -188,7 +188,7 @@ def test_checks_on_ehec_agree_with_att_gt(ehec):
     assert len(pl) == 5
     for _, row in pl.iterrows():
         cell = cells[(cells["group"] == row["cohort"]) & (cells["time"] == row["cohort"] - 1)].iloc[0]
-        assert row["estimate"] == pytest.approx(cell["att"], abs=1e-12)
+        assert row["estimate"] == pytest.approx(cell["estimate"], abs=1e-12)
         assert row["se"] == pytest.approx(cell["se_analytic"], rel=1e-9)
     ri = checks.randomization_check(ehec, **EHEC, weights="W", est_method="ipw", aggregate="group", n_perm=9, seed=1)
     assert ri.observed == pytest.approx(res.aggregate("group").overall_att, abs=1e-12)

@@ -21,15 +21,22 @@ COLS = dict(outcome="lemp", unit="countyreal", time="year", group="first_treat")
 
 
 class StackedLike:
-    """Stands in for issue 4's stacked-DiD result: to_frame(), by_cohort(), pretrend_test(), summary()."""
+    """Stands in for a stacked-DiD result of the protocol: to_frame(), by_cohort(), pretrend_test(), summary()."""
 
     name = "stacked"
+    estimator = "stacked"
+    label = "stacked"
+    result_kind = "event_study"
+    alpha = 0.05
+
+    def event_study(self) -> "StackedLike":
+        return self
 
     def __init__(self, es: pd.DataFrame) -> None:
         self.es = es
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"event_time": self.es["event_time"], "coef": self.es["estimate"] * 0.9,
+        return pd.DataFrame({"event_time": self.es["event_time"], "estimate": self.es["estimate"] * 0.9,
                              "se": self.es["se"], "ci_lower": self.es["ci_lower"], "ci_upper": self.es["ci_upper"]})
 
     def by_cohort(self) -> pd.DataFrame:

@@ -98,7 +98,7 @@ def test_by_cohort_matches_each_stack_alone(frame):
     for a, sub in st.groupby("stack"):
         ref = _feols(sub, weights="Q").tidy()
         mine = by[by["cohort"] == a]
-        np.testing.assert_allclose(mine["coef"], ref["Estimate"].to_numpy(), atol=1e-8, rtol=0)
+        np.testing.assert_allclose(mine["estimate"], ref["Estimate"].to_numpy(), atol=1e-8, rtol=0)
         np.testing.assert_allclose(mine["se"], ref["Std. Error"].to_numpy(), rtol=1e-6)
         assert (mine["n_treated"] == sub.loc[sub["treat"] == 1, "unit"].nunique()).all()
 

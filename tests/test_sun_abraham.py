@@ -28,10 +28,10 @@ def test_equals_cs_dynamic_with_never_treated_controls(base_period):
     sa = dte_dask.sun_abraham(df, **COLS).to_frame()
     cs = dte_dask.att_gt(df, **COLS, control_group="never_treated", base_period=base_period,
                          bootstrap=False).aggregate("dynamic").to_frame()
-    m = cs.merge(sa, on="event_time")
+    m = cs.merge(sa, on="event_time", suffixes=("_cs", "_sa"))
     post = m["event_time"] >= 0
-    np.testing.assert_allclose(m.loc[post, "coef"], m.loc[post, "att"], atol=1e-10, rtol=0)
-    pre_gap = np.abs(m.loc[~post, "coef"] - m.loc[~post, "att"]).max()
+    np.testing.assert_allclose(m.loc[post, "estimate_sa"], m.loc[post, "estimate_cs"], atol=1e-10, rtol=0)
+    pre_gap = np.abs(m.loc[~post, "estimate_sa"] - m.loc[~post, "estimate_cs"]).max()
     if base_period == "universal":
         assert len(m) == len(sa) and pre_gap < 1e-10
     else:
@@ -100,7 +100,7 @@ def test_by_cohort_weights():
     res = dte_dask.sun_abraham(_frame(0.2), **COLS, allow_unbalanced_panel=True)
     by = res.by_cohort()
     np.testing.assert_allclose(by.groupby("event_time")["weight"].sum(), 1.0, rtol=1e-14)
-    iw = (by["coef"] * by["weight"]).groupby(by["event_time"]).sum()
+    iw = (by["estimate"] * by["weight"]).groupby(by["event_time"]).sum()
     np.testing.assert_allclose(iw.to_numpy(), res.coef, rtol=1e-12)
     assert set(by["cohort"]) == {3, 5, 7}
 
@@ -122,16 +122,16 @@ def test_compare_estimators_lines_up_effects():
     tab = cmp.table
     assert tab["event_time"].tolist() == [-3, -2, 0, 1, 2, 3]
     # Sun–Abraham equals CS (universal base) where both estimate
-    np.testing.assert_allclose(tab["sun_abraham_coef"], tab["cs_coef"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(tab["sun_abraham_estimate"], tab["att_gt_estimate"], atol=1e-10, rtol=0)
     # binned event-study endpoints are not comparable and are left out
-    assert tab.loc[tab["event_time"].isin([-3, 3]), "event_study_coef"].isna().all()
+    assert tab.loc[tab["event_time"].isin([-3, 3]), "event_study_estimate"].isna().all()
     corr = cmp.correlation
-    assert list(corr.columns) == ["cs", "event_study", "stacked_did", "sun_abraham"]
+    assert list(corr.columns) == ["att_gt", "event_study", "stacked_did", "sun_abraham"]
     np.testing.assert_allclose(np.diag(corr), 1.0)
-    assert corr.loc["cs", "sun_abraham"] == pytest.approx(1.0, abs=1e-12)
+    assert corr.loc["att_gt", "sun_abraham"] == pytest.approx(1.0, abs=1e-12)
     assert "Correlation" in cmp.summary()
     from dte_dask.estimators.compare import line_up
-    again = line_up({k: cmp.results[k] for k in ("cs", "sun_abraham")}, window=(-3, 3))
-    np.testing.assert_array_equal(again.table["sun_abraham_coef"], tab["sun_abraham_coef"])
+    again = line_up({k: cmp.results[k] for k in ("att_gt", "sun_abraham")}, window=(-3, 3))
+    np.testing.assert_array_equal(again.table["sun_abraham_estimate"], tab["sun_abraham_estimate"])
     with pytest.raises(SpecError, match="estimators"):
         dte_dask.compare_estimators(df, **COLS, estimators=["twfe"])
