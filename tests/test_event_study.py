@@ -79,6 +79,27 @@ def test_matches_pyfixest(frame, case):
         np.testing.assert_allclose(res.other["se"], cov["Std. Error"], rtol=1e-6)
 
 
+@pytest.mark.peer
+@pytest.mark.parametrize("fn", ["event_study", "stacked_did", "sun_abraham"])
+def test_unbalanced_panel_keeps_every_row_by_default(fn):
+    """No extra argument: the regression estimators use every observed row of an unbalanced panel,
+    as pyfixest does (balancing stays an option: allow_unbalanced_panel=False)."""
+    df = _frame(0.25)
+    assert df.groupby("unit").size().nunique() > 1  # unbalanced
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = getattr(dte_dask, fn)(df, **COLS)
+        kept = getattr(dte_dask, fn)(df, **COLS, allow_unbalanced_panel=True)
+        balanced = getattr(dte_dask, fn)(df, **COLS, allow_unbalanced_panel=False)
+    np.testing.assert_array_equal(default.coef, kept.coef)
+    assert default.n_obs == kept.n_obs == len(df) or fn == "stacked_did"
+    assert balanced.n_units < default.n_units
+    if fn == "event_study":  # pyfixest on the same data: no argument on our side (CRV1 by unit is ours)
+        _, ref = _feols(df, "y ~ i(rel, treated, ref=-1) | unit + time", vcov={"CRV1": "unit"})
+        np.testing.assert_allclose(default.coef, ref["Estimate"].to_numpy(), rtol=0, atol=1e-8)
+        np.testing.assert_allclose(default.se, ref["Std. Error"].to_numpy(), rtol=1e-6)
+
+
 def _lsdv(df: pd.DataFrame, dummies: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Least squares with explicit unit and time dummies, CRV1 with fixest's nested factor."""
     units, periods = np.unique(df["unit"]), np.unique(df["time"])
