@@ -256,8 +256,8 @@ def check_windows(job: Any, shape: PanelShape | None) -> dict[int, tuple[float, 
     out: dict[int, tuple[float, float]] = {}
     for i, est in enumerate(job.estimators):
         w = _window(est.options)
-        if w is None and est.kind == "stacked_did":
-            w = (-3.0, 3.0)
+        if w is None:  # the estimator's own default window, if it has one (registry options model)
+            w = _window({"window": _default_window(est.kind)})
         if w is None or shape is None or shape.events is None:
             if w is not None:
                 out[i] = w
@@ -274,6 +274,13 @@ def check_windows(job: Any, shape: PanelShape | None) -> dict[int, tuple[float, 
     return out
 
 
+def _default_window(kind: str) -> Any:
+    from dte_dask import registry
+
+    field = registry.get(kind).options.model_fields.get("window")
+    return None if field is None else field.default
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
@@ -288,6 +295,8 @@ class Estimate:
 
 def estimate(job: Any, shape: PanelShape, windows: dict[int, tuple[float, float]]) -> Estimate:
     """The job's work and the memory of its largest task (see the module docstring)."""
+    from dte_dask import registry
+
     units = shape.units
     periods = shape.periods or 1
     draws = job.inference.n_boot if job.inference.bootstrap else 0
@@ -297,13 +306,14 @@ def estimate(job: Any, shape: PanelShape, windows: dict[int, tuple[float, float]
     work, max_cells = 0.0, 1
     for i, est in enumerate(job.estimators):
         stacks = 1
-        if est.kind in ("att_gt", "sun_abraham"):
+        cost = registry.get(est.kind).cost  # how the registry says the estimator grows
+        if cost == "cells":
             cells = max(1, gt_cells)
         else:
             w = windows.get(i)
             n_events = (w[1] - w[0]) / shape.step + 1 if w is not None else events_all
             cells = int(max(1, n_events)) + periods + n_cov
-            if est.kind == "stacked_did":
+            if cost == "stacks":
                 stacks = shape.cohorts or max(1, periods - 1)
         max_cells = max(max_cells, cells)
         work += float(units) * stacks * cells * (periods + draws)
@@ -322,13 +332,15 @@ def check_size(job: Any, limits: Limits, source: str) -> list[str]:
     is clipped to them in ``job`` (the same estimates: no observation lies beyond), so the job
     that runs never sees it. Raises :class:`SpecProblem` (422).
     """
+    from dte_dask import registry
+
     shape = panel_shape(job, source)
     windows = check_windows(job, shape)
     warnings = []
     for i, (lo, hi) in windows.items():
         est = job.estimators[i]
         w = _window(est.options)
-        if est.kind in ("event_study", "sun_abraham") and w is not None and w != (lo, hi):
+        if registry.get(est.kind).clip_window and w is not None and w != (lo, hi):
             clipped = [int(x) if float(x).is_integer() else x for x in (lo, hi)]
             est.options["window"] = clipped
             warnings.append(f"estimators.{i}.options.window: clipped to {clipped}, the event times "

@@ -28,7 +28,7 @@ from dte_dask.service.settings import Limits
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 JSON_TYPES = ("application/json",)
 BUILTIN_SOURCES = ("mpdta", "simulate")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as dte_dask.report: it becomes a file name
+RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as dte_dask.report: it becomes a file name
 
 
 class SpecProblem(Exception):
@@ -137,9 +137,9 @@ def check_limits(job: JobSpec, limits: Limits) -> None:
         raise SpecProblem.one(["estimators"], f"at most {limits.max_estimators} estimators per job on this service",
                               "too_long")
     for i, est in enumerate(job.estimators):
-        if est.name is None or not _NAME.match(est.name) or len(est.name) > 100:
+        if est.name is None or not RESULT_NAME.match(est.name) or len(est.name) > 100:
             raise SpecProblem.one(["estimators", i, "name"],
-                                  f"{est.name!r} must match {_NAME.pattern} (at most 100 characters; it becomes a file name)")
+                                  f"{est.name!r} must match {RESULT_NAME.pattern} (at most 100 characters; it becomes a file name)")
     if job.inference.bootstrap and job.inference.n_boot > limits.max_n_boot:
         raise SpecProblem.one(["inference", "n_boot"], f"at most {limits.max_n_boot} bootstrap draws on this service",
                               "less_than_equal")
