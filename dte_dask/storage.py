@@ -213,3 +213,25 @@ def columns(src: Source) -> list[str]:
 
         path = src.fs._strip_protocol(first)
         return list(ds.dataset(path, filesystem=src.fs, format="parquet", partitioning="hive").schema.names)
+
+
+def parse_storage_options(ctx: Any, param: Any, value: tuple[str, ...]) -> dict[str, Any] | None:
+    """A click callback: ``("endpoint_url=http://...", "anon=false")`` as a mapping (values read as
+    YAML scalars); used by ``dte-dask simulate --storage-option`` and ``dte-dask serve --bucket-option``."""
+    import click
+    import yaml
+
+    options = {}
+    for item in value:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    try:
+        check_no_secrets(options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return options or None

@@ -4,7 +4,20 @@ from __future__ import annotations
 import click
 
 
-@click.command(name="run")
+class _RunCommand(click.Command):
+    """``--help`` lists the registered estimators (read from the registry when help is shown)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from dte_dask.registry import list_estimators
+
+        rows = [(e.name, f"{e.label}; options: {', '.join(e.options.model_fields) or '-'}"
+                 + (f"; aggregations: {', '.join(e.aggregations)}" if e.aggregations else ""))
+                for e in list_estimators()]
+        with formatter.section("Estimators (the kind of an entry of `estimators:`)"):
+            formatter.write_dl(rows)
+
+
+@click.command(name="run", cls=_RunCommand)
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", "data", default=None, help="Override the job's data source (path, 'mpdta' or 'simulate').")
 @click.option("--out", "out", default=None, help="Override the job's output folder.")

@@ -9,6 +9,8 @@ import contextlib
 
 import click
 
+from dte_dask.storage import parse_storage_options
+
 from dte_dask.exceptions import PanelError, SpecError
 
 
@@ -33,28 +35,6 @@ def _check_out(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not is_url(value) and os.path.isfile(value):
         raise click.BadParameter(f"{value!r} is a file; expected a directory or an s3:// prefix")
     return value
-
-
-def parse_storage_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
-    """Turn ``("endpoint_url=http://...", "anon=false")`` into a mapping (values read as YAML scalars)."""
-    import yaml
-
-    from dte_dask.storage import check_no_secrets
-
-    options = {}
-    for item in value:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = raw
-    try:
-        check_no_secrets(options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return options or None
 
 
 @click.command(name="simulate")
