@@ -189,5 +189,7 @@ def estimators_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # pragma: no cover
-    print(estimators_markdown(), end="")
+if __name__ == "__main__":  # pragma: no cover - run as a script, read the package's registry
+    from dte_dask.registry import estimators_markdown as _table
+
+    print(_table(), end="")

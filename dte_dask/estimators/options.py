@@ -152,11 +152,22 @@ class SunAbrahamOptions(_RenamedControl):
 # ----------------------------------------------------------------------------- docs
 def describe_field(model: type[Options], name: str) -> str:
     """``name: type = default`` of one option (the allowed values of a vocabulary), for the docs."""
+    from typing import get_args, get_origin
+
     f = model.model_fields[name]
     allowed = _literal_args(model, name)
-    kind = ("one of " + ", ".join(repr(a) for a in allowed)) if allowed else getattr(
-        f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
-    return f"`{name}` ({kind}; default {f.default!r})"
+    if allowed:
+        return f"`{name}` (one of {', '.join(repr(a) for a in allowed)}; default {f.default!r})"
+    words = {int: "integer", bool: "True/False", float: "number", tuple: "pair of integers", type(None): "None"}
+    parts, stack = [], [f.annotation]
+    while stack:
+        a = stack.pop(0)
+        base = get_origin(a) or a
+        if base in words:
+            parts.append(words[base])
+        else:
+            stack += list(get_args(a))
+    return f"`{name}` ({' or '.join(dict.fromkeys(parts)) or 'value'}; default {f.default!r})"
 
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
