@@ -117,7 +117,7 @@ def _bytes_on_scheduler(dask_scheduler: Any, client_ids: list[str]) -> dict[str,
     return {c: plugin.bytes_in_memory(dask_scheduler, c) for c in client_ids} if plugin is not None else {}
 
 
-def _scheduler_tasks(dask_scheduler: Any) -> int:
+def scheduler_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
 
 
@@ -435,6 +435,6 @@ def _compact(summary: Any) -> dict[str, Any] | None:
 def scheduler_task_count(client: Any) -> int | None:
     """Tasks the scheduler holds (all clients); None if it cannot be asked."""
     try:
-        return int(client.run_on_scheduler(_scheduler_tasks))
+        return int(client.run_on_scheduler(scheduler_tasks))
     except Exception:  # noqa: BLE001
         return None

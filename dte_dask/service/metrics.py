@@ -42,11 +42,11 @@ def cluster_snapshot(client: Any, timeout: float = _SCRAPE_TIMEOUT_S) -> dict[st
     """Workers, threads, memory and task count of the cluster; None if it did not answer in time."""
     if client is None:
         return None
-    from dte_dask.service.executor import _scheduler_tasks
+    from dte_dask.service.executor import scheduler_tasks
 
     def ask() -> dict[str, Any]:
         info = client.scheduler_info(n_workers=-1)
-        tasks = client.run_on_scheduler(_scheduler_tasks)
+        tasks = client.run_on_scheduler(scheduler_tasks)
         workers = info.get("workers", {}) or {}
         return {
             "workers": len(workers),
