@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from dte_dask.exceptions import DteDaskWarning, SpecError
+from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.formatting import format_table
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
@@ -59,7 +59,7 @@ class AggregateResult(Result):
     alpha: float
     bootstrap: bool
     uniform: bool = False  # the intervals at ``crit`` are a uniform band
-    cov: np.ndarray | None = None  # analytic covariance of ``att`` (influence functions)
+    cov: np.ndarray | None = field(default=None, repr=False)  # analytic (influence-function) covariance of att
     boot_draws: np.ndarray | None = None  # (B, m) bootstrap draws of ``att``
     estimator: str = "att_gt"
     options: dict[str, Any] = field(default_factory=dict)
@@ -73,10 +73,10 @@ class AggregateResult(Result):
         return self.boot_draws
 
     def vcov(self) -> np.ndarray:
-        """Analytic covariance of the aggregated estimates (c' Sigma c over the influence functions)."""
+        """Analytic covariance of the estimates by key, from the influence functions (c' Sigma c)."""
         if self.cov is None:
-            return np.diag(self.se_analytic ** 2)
-        return self.cov
+            raise EstimationError("this aggregation holds no covariance; recompute it with AttgtResult.aggregate()")
+        return self.cov.copy()
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical frame (:mod:`dte_dask.results.base`): key, estimate, se, pointwise CI,
@@ -177,7 +177,7 @@ class AttgtResult(Result):
 
     def vcov(self) -> np.ndarray:
         """Analytic (influence-function) covariance of the ATT(g,t) estimates."""
-        return self.cov
+        return np.array(self.cov, dtype=float, copy=True)
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical frame (:mod:`dte_dask.results.base`): group, time, event_time, estimate, se,
@@ -189,8 +189,6 @@ class AttgtResult(Result):
 
     def event_study(self) -> Result:
         """The dynamic aggregation (with ``na_rm=True`` when some cell is NaN)."""
-        from dte_dask.exceptions import EstimationError
-
         try:
             return self.aggregate("dynamic")
         except EstimationError:

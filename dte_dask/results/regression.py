@@ -66,8 +66,8 @@ class RegressionResult(Result):
         return self.coef
 
     def vcov(self) -> np.ndarray:
-        """CRV1 covariance of the event-time coefficients (pyfixest's small-sample factor)."""
-        return self.cov
+        """CRV1 covariance of the event-time coefficients (in ``event_time`` order; pyfixest's ssc)."""
+        return np.array(self.cov, dtype=float, copy=True)
 
     @property
     def crit(self) -> float:
