@@ -17,7 +17,7 @@ a LocalCluster) and the worker processes it spawns. Reported:
   cohort-size-weighted mean over cohorts of ``att(g, g+e)``, truth from ``DATA/_truth.csv``, sizes
   from ``DATA/_dte_dask.json`` ``cohort_counts``, over the cohorts that have period ``g+e``) against
   the CS dynamic aggregation's 95% uniform band (``OUT/estimators/cs.dynamic.csv``,
-  ``ci_lower``/``ci_upper``).
+  ``band_lower``/``band_upper`` of the result schema).
 
 Examples (``DATA_DIR`` from ``dte-dask simulate --preset medical --units 2800000 --periods 24
 --out DATA_DIR``; ``--simulate`` writes it first if it is missing)::
@@ -94,10 +94,9 @@ def true_dynamic(data_dir: Path) -> pd.Series:
 def truth_check(data_dir: Path, out_dir: Path, name: str = "cs") -> pd.DataFrame:
     """The truth beside the CS dynamic aggregation and its uniform band, one row per event time."""
     est = pd.read_csv(out_dir / "estimators" / f"{name}.dynamic.csv")
-    tcol = "event_time" if "event_time" in est.columns else est.columns[0]
-    est = est.set_index(tcol).rename(columns={"att": "estimate"})
-    tab = est[["estimate", "ci_lower", "ci_upper"]].join(true_dynamic(data_dir), how="left")
-    tab["inside"] = (tab["truth"] >= tab["ci_lower"]) & (tab["truth"] <= tab["ci_upper"])
+    est = est.set_index("event_time")
+    tab = est[["estimate", "band_lower", "band_upper"]].join(true_dynamic(data_dir), how="left")
+    tab["inside"] = (tab["truth"] >= tab["band_lower"]) & (tab["truth"] <= tab["band_upper"])
     return tab
 
 
