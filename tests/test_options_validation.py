@@ -29,9 +29,8 @@ def mpdta():
 
 # ----------------------------------------------------------------------------- the models
 def test_one_table_of_estimators_and_their_models() -> None:
-    from dte_dask.jobs import spec
-
     from dte_dask import registry
+    from dte_dask.jobs import spec
 
     assert spec.ESTIMATORS == tuple(registry.names())
     assert issubclass(InferenceSpec, opts.InferenceOptions)

@@ -50,9 +50,9 @@ from dte_dask.checks._engine import (
     with_g,
 )
 from dte_dask.core.cells import Cells
-from dte_dask.results.aggregate import AggKind, aggregate_map
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.panel.blocks import UnitBlock
+from dte_dask.results.aggregate import AggKind, aggregate_map
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -9,9 +9,8 @@ import contextlib
 
 import click
 
-from dte_dask.storage import parse_storage_options
-
 from dte_dask.exceptions import PanelError, SpecError
+from dte_dask.storage import parse_storage_options
 
 
 def _parse_cohorts(ctx: click.Context, param: click.Parameter, value: str | None):

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from dte_dask import registry
 from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
-from dte_dask.registry import AGGREGATIONS
+from dte_dask.registry import AGGREGATIONS  # noqa: F401  (re-exported: the aggregation names)
 
 # options set from other sections of the spec, not per estimator
 RESERVED_OPTIONS = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",

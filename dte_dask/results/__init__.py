@@ -5,7 +5,13 @@ algebra in :mod:`dte_dask.results.aggregate`), :class:`RegressionResult` (event-
 the regression estimators). This package imports no estimator.
 """
 from dte_dask.results.attgt import AggregateResult, AttgtResult
-from dte_dask.results.base import EXTRA_COLUMNS, KEY_COLUMNS, SCHEMA, Result, no_pretest_reason
+from dte_dask.results.base import (
+           EXTRA_COLUMNS,
+           KEY_COLUMNS,
+           SCHEMA,
+           Result,
+           no_pretest_reason,
+)
 from dte_dask.results.regression import RegressionResult
 
 __all__ = ["Result", "AttgtResult", "AggregateResult", "RegressionResult", "SCHEMA", "KEY_COLUMNS",

@@ -15,9 +15,10 @@ import pandas as pd
 from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
-from dte_dask.inference.bands import wald_test
 from dte_dask.formatting import format_table
+from dte_dask.inference.bands import wald_test
 from dte_dask.results.base import Result, no_pretest_reason
+
 
 @dataclass(frozen=True, repr=False)
 class RegressionResult(Result):
