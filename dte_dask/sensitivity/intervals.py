@@ -10,7 +10,10 @@ endpoints can be compared grid point for grid point:
 
 Each piece of a union (relative magnitudes: which pre-period difference is largest and its sign)
 is inverted on the same grid and the accepted sets are united; the reported interval runs from
-the first to the last accepted grid point.
+the first to the last accepted grid point. With the dual vertices enumerated (small problems,
+see :func:`dte_dask.sensitivity.arp.dual_vertices`) every grid point is tested, as in R
+``HonestDiD``; otherwise the ends are found by bisection from an accepted point, which assumes the
+accepted set is an interval (as moderndid's port does).
 """
 from __future__ import annotations
 
@@ -121,7 +124,11 @@ def grid_interval(p: Problem, M: float, method: str) -> Interval:
                 cache[i] = not arp.conditional_test(m, float(grid[i]), hyb, p.betahat, p.sigma)
             return cache[i]
 
-        res = arp.accept_interval(accept, p.grid_points, p.grid_points // 2)
+        if m.V is not None:  # cheap closed-form tests: scan the whole grid, as R HonestDiD does
+            hits = np.flatnonzero([accept(i) for i in range(p.grid_points)])
+            res = (int(hits[0]), int(hits[-1])) if hits.size else None
+        else:  # linear programs: bisection from an accepted seed (assumes an interval)
+            res = arp.accept_interval(accept, p.grid_points, p.grid_points // 2)
         if res is not None:
             found.append(res)
     if not found:
