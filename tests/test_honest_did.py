@@ -364,3 +364,41 @@ def test_lazy_export_and_no_dask_import():
     import dte_dask.sensitivity.flci as flci_mod
     for mod in (arp_mod, flci_mod):
         assert "dask" not in mod.__dict__
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-test power (Roth 2022)
+
+
+def test_pretest_power_one_pre_period_closed_form():
+    from dte_dask.sensitivity.pretest import pretest_power
+
+    S = np.array([[0.04, 0.012], [0.012, 0.09]])
+    s = 0.25  # delta_pre = -s at t = -1, delta_post = s at t = 1
+    res = pretest_power(sigma=S, num_pre_periods=1, num_post_periods=1, slope=[s])
+    z, sd = stats.norm.ppf(0.975), 0.2
+    lo, hi = (-z * sd + s) / sd, (z * sd + s) / sd  # standardised box for beta_pre ~ N(-s, sd^2)
+    pass_prob = stats.norm.cdf(hi) - stats.norm.cdf(lo)
+    trunc_mean = -s + sd * (stats.norm.pdf(lo) - stats.norm.pdf(hi)) / pass_prob
+    np.testing.assert_allclose(res.power, [1 - pass_prob], rtol=1e-10)
+    np.testing.assert_allclose(res.conditional_bias[0], [s + 0.012 / 0.04 * (trunc_mean + s)], rtol=1e-10)
+    np.testing.assert_allclose(res.bias[0], [s])
+    detect = res.slope_for_power
+    for p, slope in detect.items():  # power at the reported slopes
+        assert abs(pretest_power(sigma=S, num_pre_periods=1, num_post_periods=1, slope=[slope]).power[0] - p) < 1e-8
+
+
+def test_pretest_power_against_monte_carlo(mpdta_inputs):
+    b, S, _, npre, npost = mpdta_inputs
+    res = dte_dask.pretest_power(betahat=b, sigma=S, num_pre_periods=npre, num_post_periods=npost, slope=[0.02])
+    rng = np.random.default_rng(0)
+    t = np.r_[-np.arange(npre, 0, -1), np.arange(1, npost + 1)].astype(float)
+    X = rng.multivariate_normal(0.02 * t, S, size=200_000)
+    ok = np.all(np.abs(X[:, :npre]) <= stats.norm.ppf(0.975) * np.sqrt(np.diag(S)[:npre]), axis=1)
+    assert abs(res.power[0] - (1 - ok.mean())) < 4 * np.sqrt(0.25 / X.shape[0])
+    mc = X[ok, npre:].mean(axis=0)
+    mc_se = X[ok, npre:].std(axis=0) / np.sqrt(ok.sum())
+    assert np.all(np.abs(res.conditional_bias[0] - mc) < 4 * mc_se)
+    df = res.to_frame()
+    assert list(df.columns) == ["slope", "power", "pass_prob", "event_time", "bias", "conditional_bias"]
+    assert "power" in res.summary()

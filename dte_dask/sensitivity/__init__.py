@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from dte_dask.sensitivity.honest import HonestDiDResult, honest_did
 from dte_dask.sensitivity.inputs import event_study_inputs
+from dte_dask.sensitivity.pretest import PretestPowerResult, pretest_power
 
-__all__ = ["HonestDiDResult", "event_study_inputs", "honest_did"]
+__all__ = ["HonestDiDResult", "PretestPowerResult", "event_study_inputs", "honest_did", "pretest_power"]
