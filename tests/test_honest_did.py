@@ -313,6 +313,26 @@ def test_mpdta_summary_and_frame(mpdta_cs):
     assert "Breakdown value" in text and "event time 0" in text and str(res) == text
 
 
+def test_linear_programming_fallback_agrees_with_vertex_enumeration(mpdta_inputs, monkeypatch):
+    """Large problems solve LPs (and find the truncation ends by Newton steps on the dual value)
+    instead of enumerating dual vertices; both give the same intervals."""
+    from dte_dask.sensitivity import arp
+
+    b, S, _, npre, npost = mpdta_inputs
+    one_post = dict(betahat=b[:npre + 1], sigma=S[:npre + 1, :npre + 1], num_pre_periods=npre, num_post_periods=1)
+    cases = [(_raw(mpdta_inputs), dict(restriction="smoothness", method="Conditional", M=[0.0, 0.02])),
+             (_raw(mpdta_inputs), dict(restriction="combined", method="Conditional", M=[0.5])),
+             (_raw(mpdta_inputs), dict(restriction="smoothness", method="C-F", M=[0.01])),
+             (one_post, dict(restriction="relative_magnitude", method="Conditional", M=[1.0]))]
+    for raw, kw in cases:
+        fast = honest_did(**raw, grid_points=100, **kw)
+        monkeypatch.setattr(arp, "_MAX_SUBSETS", 0)
+        slow = honest_did(**raw, grid_points=100, **kw)
+        monkeypatch.setattr(arp, "_MAX_SUBSETS", 200_000)
+        np.testing.assert_array_equal(fast.lb, slow.lb)
+        np.testing.assert_array_equal(fast.ub, slow.ub)
+
+
 # ---------------------------------------------------------------------------------------------
 # errors
 
