@@ -318,7 +318,7 @@ def test_linear_programming_fallback_agrees_with_vertex_enumeration(mpdta_inputs
     instead of enumerating dual vertices; both give the same intervals."""
     from dte_dask.sensitivity import arp
 
-    b, S, _, npre, npost = mpdta_inputs
+    b, S, _, npre, _ = mpdta_inputs
     one_post = dict(betahat=b[:npre + 1], sigma=S[:npre + 1, :npre + 1], num_pre_periods=npre, num_post_periods=1)
     cases = [(_raw(mpdta_inputs), dict(restriction="smoothness", method="Conditional", M=[0.0, 0.02])),
              (_raw(mpdta_inputs), dict(restriction="combined", method="Conditional", M=[0.5])),

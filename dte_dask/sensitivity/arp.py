@@ -253,7 +253,7 @@ def conditional_test(m: Moments, theta: float, hyb: Hybrid, betahat: Array | Non
     var = float(gamma @ m.sigma_y @ gamma)
     if var <= np.finfo(float).eps:
         return eta > 0
-    vlo, vup, sg, b = truncation(m, y, eta, gamma)
+    vlo, vup, sg, _ = truncation(m, y, eta, gamma)
     if hyb.kind == "LF":
         vup = min(vup, hyb.lf_cv)
     elif hyb.kind == "FLCI":  # first stage accepted: |r + k c - theta| <= h with c = gamma'Y

@@ -51,7 +51,7 @@ def folded_normal_quantile(p: float, t: float) -> float:
     t = abs(float(t))
     if t == 0.0:
         return float(stats.norm.ppf(0.5 + p / 2.0))
-    f = lambda q: stats.norm.cdf(q - t) - stats.norm.cdf(-q - t) - p  # noqa: E731
+    f = lambda q: stats.norm.cdf(q - t) - stats.norm.cdf(-q - t) - p
     return float(optimize.brentq(f, 0.0, t + stats.norm.ppf(p) + 10.0, xtol=1e-14, rtol=4 * np.finfo(float).eps))
 
 

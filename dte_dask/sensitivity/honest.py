@@ -124,7 +124,7 @@ class HonestDiDResult:
         return lo
 
     def summary(self) -> str:
-        pct = int(round(100 * (1 - self.alpha)))
+        pct = round(100 * (1 - self.alpha))
         target = ("event time " + str(self.event_times[self.num_pre_periods + int(np.argmax(self.l_vec))])
                   if self.event_times is not None and np.count_nonzero(self.l_vec) == 1 else f"l = {np.round(self.l_vec, 4)}")
         lines = [f"HonestDiD sensitivity analysis ({self.delta}, {self.method}), theta = {target}",

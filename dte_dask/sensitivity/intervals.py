@@ -23,7 +23,11 @@ import numpy as np
 
 from dte_dask.sensitivity import arp
 from dte_dask.sensitivity.flci import compute_flci
-from dte_dask.sensitivity.restrictions import Polyhedron, identified_set_union, pieces_for
+from dte_dask.sensitivity.restrictions import (
+    Polyhedron,
+    identified_set_union,
+    pieces_for,
+)
 
 Array = np.ndarray
 

@@ -89,7 +89,7 @@ class PretestPowerResult:
 
     def summary(self) -> str:
         lines = [f"Pre-test power against linear violations (Roth 2022), alpha = {self.alpha:g}"]
-        lines += [f"  slope detected with {int(round(100 * p))}% power: {s:.4g}" for p, s in self.slope_for_power.items()]
+        lines += [f"  slope detected with {round(100 * p)}% power: {s:.4g}" for p, s in self.slope_for_power.items()]
         for s, pw, b, cb in zip(self.slopes, self.power, self.bias @ self.l_vec, self.conditional_bias @ self.l_vec):
             lines.append(f"  slope {s:.4g}: power {pw:.3f}; bias of l'beta_post {b:.4g}, given the pre-test passes {cb:.4g}")
         return "\n".join(lines)
@@ -106,7 +106,7 @@ def _power(slope: float, t_pre: Array, crit: Array, S_pre: Array, seed: int) -> 
 def slope_for_power(target: float, t_pre: Array, S_pre: Array, alpha: float = 0.05, seed: int = 0) -> float:
     """Smallest positive slope of a linear violation that the pre-test detects with probability ``target``."""
     crit = stats.norm.ppf(1 - alpha / 2) * np.sqrt(np.diag(S_pre))
-    f = lambda s: _power(s, t_pre, crit, S_pre, seed) - target  # noqa: E731
+    f = lambda s: _power(s, t_pre, crit, S_pre, seed) - target
     if f(0.0) >= 0:
         return 0.0
     hi = float(np.max(crit))
