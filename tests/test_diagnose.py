@@ -38,6 +38,12 @@ def test_classes_on_synthetic_metrics(kw, kind, advice) -> None:  # type: ignore
     assert advice in f.advice
 
 
+def test_too_few_partitions_for_the_slots() -> None:
+    f = classify_stage(_m(busy_s_per_worker={"a": 18.0, "b": 0.0}, partitions=1))
+    assert f.kind == "imbalanced" and "1 partition(s) for 2 compute slots" in f.evidence
+    assert "data.npartitions: 2" in f.advice
+
+
 def test_memory_advice_states_the_numbers() -> None:
     f = classify_stage(_m(spilled_bytes=2 * 2**30, peak_worker_memory=950 * MiB))
     assert "spilled 2.0 GiB" in f.evidence and "950.0 MiB" in f.evidence and "1000.0 MiB limit" in f.evidence

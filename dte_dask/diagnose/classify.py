@@ -113,10 +113,15 @@ def classify_stage(m: StageMetrics) -> Finding:
         mean = sum(busy) / len(busy)
         worst = max(m.busy_s_per_worker, key=lambda w: m.busy_s_per_worker[w])
         if m.busy_s_per_worker[worst] >= IMBALANCE * mean and m.busy_s_per_worker[worst] - mean > 0.1:
+            evidence = (f"worker {worst} was busy {m.busy_s_per_worker[worst]:.2f} s, "
+                        f"{m.busy_s_per_worker[worst] / mean:.1f}x the mean of {mean:.2f} s over {len(busy)} workers")
+            if m.partitions is not None and m.partitions < m.threads:
+                return Finding(m.name, "imbalanced", f"{evidence}; the panel has {m.partitions} partition(s) for "
+                               f"{m.threads} compute slots",
+                               f"cut the panel into at least {m.threads} partitions (data.npartitions: {m.threads}, "
+                               "or a smaller dte_dask.partition-units) so every slot gets work")
             return Finding(
-                m.name, "imbalanced",
-                f"worker {worst} was busy {m.busy_s_per_worker[worst]:.2f} s, {m.busy_s_per_worker[worst] / mean:.1f}x "
-                f"the mean of {mean:.2f} s over {len(busy)} workers",
+                m.name, "imbalanced", evidence,
                 "check that partitions are of similar size (more partitions than slots evens them out) and that "
                 "this worker's host is not slower or oversubscribed (NUMA binding: cluster.pin_cpus / numactl)")
     if m.task_s > 0.5 and m.cpu_share < 0.5:
