@@ -52,7 +52,7 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
     ``Client``'s scheduler and workers, if a client is active). Returns the summary also written
     to ``summary.json``.
     """
-    from dte_dask.checks._base import CheckResult
+    from dte_dask.checks import CheckResult
 
     out = os.fspath(out_dir)
     for sub in ("estimators", "checks"):

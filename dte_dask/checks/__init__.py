@@ -33,6 +33,7 @@ _LAZY = {
     "RandomizationResult": "dte_dask.checks.randomization",
     "balance_check": "dte_dask.checks.balance",
     "BalanceResult": "dte_dask.checks.balance",
+    "CheckResult": "dte_dask.checks._base",
 }
 
 __all__ = sorted(_LAZY)

@@ -88,8 +88,8 @@ class ServiceState:
 def _warm_up() -> None:
     from dte_dask import registry
 
-    for entry in registry.list_estimators():  # imports every estimator module
-        entry.fn
+    for entry in registry.list_estimators():  # imports every estimator module (and its function)
+        _ = entry.fn
 
 
 def iso_time(t: float | None) -> _dt.datetime | None:
