@@ -22,6 +22,7 @@ _LAZY = {
     "event_study": "dte_dask.estimators.event_study",
     "stacked_did": "dte_dask.estimators.stacked",
     "sun_abraham": "dte_dask.estimators.sun_abraham",
+    "bacon_decomposition": "dte_dask.estimators.bacon",
     "compare_estimators": "dte_dask.estimators.compare",
     "honest_did": "dte_dask.sensitivity.honest",
     "pretest_power": "dte_dask.sensitivity.pretest",

@@ -151,6 +151,10 @@ class SunAbrahamOptions(_RenamedControl):
     control_group: SaControl = "never_treated"
 
 
+class BaconOptions(Options):
+    """:func:`dte_dask.bacon_decomposition` (no options beyond the data columns)."""
+
+
 # ----------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class EstimatorEntry:
@@ -177,6 +181,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
                                   "regression"),
     "sun_abraham": EstimatorEntry("sun_abraham", "dte_dask.estimators.sun_abraham:sun_abraham", SunAbrahamOptions,
                                   "regression"),
+    "bacon_decomposition": EstimatorEntry("bacon_decomposition", "dte_dask.estimators.bacon:bacon_decomposition",
+                                          BaconOptions, "bacon", bootstrap=False),
 }
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
