@@ -23,6 +23,7 @@ _LAZY = {
     "stacked_did": "dte_dask.estimators.stacked",
     "sun_abraham": "dte_dask.estimators.sun_abraham",
     "bacon_decomposition": "dte_dask.estimators.bacon",
+    "imputation_did": "dte_dask.estimators.imputation",
     "compare_estimators": "dte_dask.estimators.compare",
     "honest_did": "dte_dask.sensitivity.honest",
     "pretest_power": "dte_dask.sensitivity.pretest",

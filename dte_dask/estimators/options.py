@@ -151,6 +151,15 @@ class SunAbrahamOptions(_RenamedControl):
     control_group: SaControl = "never_treated"
 
 
+class ImputationOptions(Options):
+    """:func:`dte_dask.imputation_did` (Borusyak, Jaravel & Spiess 2024)."""
+
+    horizons: tuple[Int, ...] | None = None
+    pretrends: NonNegInt = 0
+    aux_partition: Literal["cohort_horizon", "cohort", "horizon"] = "cohort_horizon"
+    leave_out: Bool = False
+
+
 class BaconOptions(Options):
     """:func:`dte_dask.bacon_decomposition` (no options beyond the data columns)."""
 
@@ -183,6 +192,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
                                   "regression"),
     "bacon_decomposition": EstimatorEntry("bacon_decomposition", "dte_dask.estimators.bacon:bacon_decomposition",
                                           BaconOptions, "bacon", bootstrap=False),
+    "imputation_did": EstimatorEntry("imputation_did", "dte_dask.estimators.imputation:imputation_did",
+                                     ImputationOptions, "regression", bootstrap=False),
 }
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
