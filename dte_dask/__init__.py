@@ -24,6 +24,7 @@ _LAZY = {
     "sun_abraham": "dte_dask.estimators.sun_abraham",
     "bacon_decomposition": "dte_dask.estimators.bacon",
     "imputation_did": "dte_dask.estimators.imputation",
+    "two_stage_did": "dte_dask.estimators.two_stage",
     "compare_estimators": "dte_dask.estimators.compare",
     "honest_did": "dte_dask.sensitivity.honest",
     "pretest_power": "dte_dask.sensitivity.pretest",

@@ -167,7 +167,8 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
 
 
 def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.ndarray, Nk: np.ndarray,
-                      num: np.ndarray, den: np.ndarray, leave_out: bool) -> np.ndarray:
+                      num: np.ndarray, den: np.ndarray, leave_out: bool,
+                      center: np.ndarray | None = None) -> np.ndarray:
     """(n, K + 1): per unit, :math:`\\psi_i^k = \\sum_{t \\in \\Omega_0} v^k_{it}\\hat\\varepsilon_{it}
     + \\sum_{t\\in\\Omega_1} v^k_{it} (\\hat\\tau_{it} - \\tilde\\tau^k_{c(it)})` for every target k,
     then a 0/1 flag of units in the estimation.
@@ -177,7 +178,9 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     \\tilde x_{it}' z_k)` with :math:`\\omega^k_i` the unit's total target weight and
     :math:`S^0_i = s_i n^0_i`; on treated observations :math:`v^k_{it} = s_i 1\\{h \\in k\\}/N_k`.
     With ``leave_out`` the unit's own observations are left out of its auxiliary averages
-    :math:`\\tilde\\tau` (where another unit remains in the cell).
+    :math:`\\tilde\\tau` (where another unit remains in the cell). With ``center`` (K,) the treated
+    residual is :math:`\\hat\\tau_{it} - c_k` instead (Gardner's second-stage residual: ``c_k`` the
+    target's estimate).
     """
     imp = impute(block, spec, beta)
     n, T = block.y.shape
@@ -206,7 +209,7 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
             ok = (dl > 1e-12 * np.maximum(den[k][None, :], 1e-300)) & (a != 0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cell_t = np.where(ok, (num[k][None, :] - a * b) / dl, cell_t)
-        tt_obs = np.take_along_axis(cell_t, imp.cell, axis=1)
+        tt_obs = np.take_along_axis(cell_t, imp.cell, axis=1) if center is None else center[k]
         resid1 = np.where(imp.u1, imp.tau - tt_obs, 0.0)
         out[:, k] = _rowsum(v0 * imp.eps) + _rowsum(v1 * resid1)
     out[:, K] = (imp.u0.any(axis=1) | imp.u1.any(axis=1)).astype(float)

@@ -99,9 +99,22 @@ def imputation_did(
     panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group,
                                    covariates=covariates, weights=weights, cluster=cluster,
                                    allow_unbalanced_panel=allow_unbalanced_panel, npartitions=npartitions)
+    options = dict(estimator="imputation_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
+                   group=panel.spec.group_source, covariates=[panel.spec.covariates[j] for j in cov_idx],
+                   weights=panel.spec.weights, cluster=panel.spec.cluster, horizons=opt.horizons,
+                   pretrends=opt.pretrends, aux_partition=opt.aux_partition, leave_out=opt.leave_out)
+    return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=opt.pretrends,
+                          aux_partition=opt.aux_partition, leave_out=opt.leave_out, alpha=alpha, options=options,
+                          t0=t0)
+
+
+def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int, aux_partition: str,
+                   leave_out: bool, alpha: float, options: dict, t0: float, two_stage: bool = False,
+                   name: str = "imputation_did") -> RegressionResult:
+    """The shared passes of ``imputation_did`` and ``two_stage_did`` (``two_stage``: the treated
+    residuals are centred at the target's estimate, Gardner's second-stage residuals)."""
     step = period_step(panel)
     T = panel.n_periods
-    cov_names = [panel.spec.covariates[j] for j in cov_idx]
 
     # step 1: time effects and slopes on the untreated observations
     spec1, names1 = _untreated_design(panel, cov_idx, 0)
@@ -120,16 +133,16 @@ def imputation_did(
     # pass 2: imputed effects by horizon, projection right-hand sides, auxiliary sums
     H = T
     all_targets = np.vstack([np.eye(H), np.ones((1, H))])
-    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, opt.aux_partition, all_targets)
+    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets)
     s2 = dask.compute(exact_sum(panel, imputation_stats, ispec, sol.beta, name="imputation-effects"))[0]
-    _warn_dropped(panel, s2, bad)
+    _warn_dropped(panel, s2, bad, name)
     observed = np.flatnonzero(s2["N"] > 0)
     if not observed.size:
         raise EstimationError("no treated observation could be imputed")
-    if opt.horizons is None:
+    if horizons is None:
         hs = [int(h) for h in observed]
     else:
-        hs = [to_periods(h, step, "horizons") for h in opt.horizons]
+        hs = [to_periods(h, step, "horizons") for h in horizons]
         missing = [h * step for h in hs if h < 0 or h >= H or s2["N"][h] <= 0]
         if missing:
             raise SpecError(f"horizons {missing} have no imputed treated observation (observed: "
@@ -140,12 +153,12 @@ def imputation_did(
     est = (targets @ s2["T"]) / Nk
     Rk = (targets @ s2["R"]) / Nk[:, None]
     Z = (sol.inv @ Rk.T).T
-    ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, opt.aux_partition, targets)
+    ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, targets)
     K = len(rows)
 
     # pass 3: per-unit terms of the conservative variance, summed over clusters
     scores = panel.map_blocks(imputation_scores, ispec_k, sol.beta, Z, Nk, s2["num"][rows], s2["den"][rows],
-                              opt.leave_out, name="imputation-scores")
+                              leave_out, est if two_stage else None, name="imputation-scores")
     f = dask.delayed(by_rng_block, pure=True)
     parts = [f(blk, meat, panel.rng_block_size, panel.n_rng_blocks, K, rows=sc,
                dask_key_name=f"imputation-meat-{tokenize(sc, K)}-{i}") for i, (blk, sc) in enumerate(zip(panel.blocks, scores))]
@@ -154,22 +167,18 @@ def imputation_did(
     G = int(mt["G"])
 
     coef, cov, event_time = est[:-1], V[:-1, :-1], np.array(hs, dtype=np.int64) * step
-    if opt.pretrends:
-        pc, pv, pe = _pretrend_fit(panel, cov_idx, opt.pretrends)
+    if pretrends:
+        pc, pv, pe = _pretrend_fit(panel, cov_idx, pretrends)
         coef = np.r_[pc, coef]
         cov = np.block([[pv, np.zeros((len(pc), len(hs)))], [np.zeros((len(hs), len(pc))), cov]])
         event_time = np.r_[pe * step, event_time]
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     other = pd.DataFrame({"term": ["ATT"], "coef": [est[-1]], "se": [float(np.sqrt(max(V[-1, -1], 0.0)))]})
-    options = dict(estimator="imputation_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
-                   group=panel.spec.group_source, covariates=cov_names, weights=panel.spec.weights,
-                   cluster=panel.spec.cluster, horizons=opt.horizons, pretrends=opt.pretrends,
-                   aux_partition=opt.aux_partition, leave_out=opt.leave_out)
     return RegressionResult(
-        estimator="imputation_did", event_time=event_time, coef=coef, se=se, cov=cov,
+        estimator=name, event_time=event_time, coef=coef, se=se, cov=cov,
         binned=np.zeros(len(coef), dtype=bool), alpha=alpha, df_t=max(G - 1, 1),
         n_obs=int(s2["n_obs0"] + s2["n_obs1"]), n_units=int(s2["n_units"]), n_clusters=G,
-        ref=-(opt.pretrends + 1) * step, ssc=1.0, other=other, options=options,
+        ref=-(pretrends + 1) * step, ssc=1.0, other=other, options=options,
         timings={"total": _time.perf_counter() - t0}, panel=panel.describe())
 
 
@@ -207,13 +216,13 @@ def _pretrend_fit(panel: Panel, cov_idx: list[int], pretrends: int):
     return fit.pooled.beta[idx], fit.pooled.cov[np.ix_(idx, idx)], events
 
 
-def _warn_dropped(panel: Panel, s2: dict, bad: np.ndarray) -> None:
+def _warn_dropped(panel: Panel, s2: dict, bad: np.ndarray, name: str) -> None:
     n_drop = int(s2["n_no_untreated"])
     if n_drop:
-        warnings.warn(f"imputation_did: dropped {n_drop} units that are never observed untreated (treated in "
+        warnings.warn(f"{name}: dropped {n_drop} units that are never observed untreated (treated in "
                       "every period they are observed); their effects cannot be imputed (as did_imputation)",
-                      DteDaskWarning, stacklevel=3)
+                      DteDaskWarning, stacklevel=4)
     if bad.any():
         labels = [_plain(panel.periods.labels[t]) for t in np.flatnonzero(bad)]
-        warnings.warn(f"imputation_did: periods {labels} have no untreated observations identifying their time "
-                      "effect; treated observations there are not imputed", DteDaskWarning, stacklevel=3)
+        warnings.warn(f"{name}: periods {labels} have no untreated observations identifying their time "
+                      "effect; treated observations there are not imputed", DteDaskWarning, stacklevel=4)

@@ -160,6 +160,12 @@ class ImputationOptions(Options):
     leave_out: Bool = False
 
 
+class TwoStageOptions(Options):
+    """:func:`dte_dask.two_stage_did` (Gardner 2021)."""
+
+    horizons: tuple[Int, ...] | None = None
+
+
 class BaconOptions(Options):
     """:func:`dte_dask.bacon_decomposition` (no options beyond the data columns)."""
 
@@ -194,6 +200,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
                                           BaconOptions, "bacon", bootstrap=False),
     "imputation_did": EstimatorEntry("imputation_did", "dte_dask.estimators.imputation:imputation_did",
                                      ImputationOptions, "regression", bootstrap=False),
+    "two_stage_did": EstimatorEntry("two_stage_did", "dte_dask.estimators.two_stage:two_stage_did",
+                                    TwoStageOptions, "regression", bootstrap=False),
 }
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
