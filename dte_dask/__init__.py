@@ -25,6 +25,7 @@ _LAZY = {
     "bacon_decomposition": "dte_dask.estimators.bacon",
     "imputation_did": "dte_dask.estimators.imputation",
     "two_stage_did": "dte_dask.estimators.two_stage",
+    "etwfe": "dte_dask.estimators.etwfe",
     "compare_estimators": "dte_dask.estimators.compare",
     "honest_did": "dte_dask.sensitivity.honest",
     "pretest_power": "dte_dask.sensitivity.pretest",

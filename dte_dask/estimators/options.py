@@ -166,6 +166,12 @@ class TwoStageOptions(Options):
     horizons: tuple[Int, ...] | None = None
 
 
+class EtwfeOptions(Options):
+    """:func:`dte_dask.etwfe` (Wooldridge 2021)."""
+
+    control_group: Literal["not_yet_treated", "never_treated"] = "not_yet_treated"
+
+
 class BaconOptions(Options):
     """:func:`dte_dask.bacon_decomposition` (no options beyond the data columns)."""
 
@@ -202,6 +208,7 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
                                      ImputationOptions, "regression", bootstrap=False),
     "two_stage_did": EstimatorEntry("two_stage_did", "dte_dask.estimators.two_stage:two_stage_did",
                                     TwoStageOptions, "regression", bootstrap=False),
+    "etwfe": EstimatorEntry("etwfe", "dte_dask.estimators.etwfe:etwfe", EtwfeOptions, "regression", bootstrap=False),
 }
 
 def control_group_kw(control_group: Any, control: Any, fn: str) -> dict[str, Any]:
