@@ -112,3 +112,13 @@ def test_plot_scatter():
     res = dte_dask.bacon_decomposition(_frame(), **COLS)
     ax = res.plot()
     assert len(ax.collections) == 3  # one scatter per comparison type
+
+
+def test_results_save_and_summary(tmp_path):
+    from dte_dask.report import save_results
+
+    res = dte_dask.bacon_decomposition(dte_dask.datasets.load_mpdta(), **MPDTA)
+    summary = save_results({"bacon": res}, tmp_path)
+    assert summary["estimators"]["bacon"]["kind"] == "bacon_decomposition"
+    back = pd.read_parquet(tmp_path / "estimators" / "bacon.parquet")
+    assert len(back) == len(res.comparisons) and "TWFE" in res.summary()

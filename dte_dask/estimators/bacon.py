@@ -25,8 +25,8 @@ class BaconResult:
     ----------
     twfe, twfe_se : the TWFE coefficient on the treatment dummy and its CRV1 standard error
         (pyfixest's default small-sample factor, clustered by unit or ``cluster``)
-    comparisons : DataFrame with ``type``, ``treated``, ``control`` (group labels; "never_treated"
-        for the untreated bucket), ``estimate``, ``weight`` (summing to one), ``n_treated``,
+    comparisons : DataFrame with ``type``, ``treated``, ``control`` (group labels as strings;
+        "never_treated" for the untreated bucket), ``estimate``, ``weight`` (summing to one), ``n_treated``,
         ``n_control`` (units)
     """
 
@@ -37,6 +37,10 @@ class BaconResult:
     n_periods: int
     options: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+    @property
+    def estimator(self) -> str:
+        return "bacon_decomposition"
 
     @property
     def weighted_sum(self) -> float:
@@ -56,6 +60,13 @@ class BaconResult:
 
     def to_frame(self) -> pd.DataFrame:
         return self.comparisons.copy()
+
+    def summary(self) -> str:
+        by = self.by_type()
+        lines = ["Goodman-Bacon (2021) decomposition of the TWFE coefficient",
+                 f"TWFE = {self.twfe:.6g} (SE {self.twfe_se:.4g}); weighted sum of 2x2 DiDs = {self.weighted_sum:.6g}",
+                 by.to_string(index=False)]
+        return "\n".join(lines)
 
     def plot(self, ax: Any = None) -> Any:
         """Scatter of 2x2 estimates against their weights, by comparison type (matplotlib Axes),
@@ -127,7 +138,7 @@ def bacon_decomposition(
     U = len(timing)
 
     def label(r: int) -> Any:
-        return "never_treated" if r == U else _plain(panel.group_label(timing[r]))
+        return "never_treated" if r == U else str(_plain(panel.group_label(timing[r])))
 
     frame = pd.DataFrame({
         "type": [c.kind for c in comps],
