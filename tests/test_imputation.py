@@ -35,7 +35,7 @@ def _dd(df: pd.DataFrame, cols: dict = COLS, covariates=None, **kw):
     return fit, es
 
 
-def _check(res, fit, es, se_rtol: float = 1e-6) -> None:
+def _check(res, fit, es, se_rtol: float = 1e-10) -> None:
     post = res.event_time >= 0
     ref = es.loc[res.event_time[post]]
     np.testing.assert_allclose(res.coef[post], ref["att"], atol=1e-8, rtol=0)

@@ -95,7 +95,8 @@ def test_matches_pyfixest_did2s_mpdta():
 
 @pytest.mark.peer
 @pytest.mark.parametrize("covariate", [False, True], ids=["nocov", "cov"])
-def test_point_estimates_match_diff_diff(covariate):
+def test_matches_diff_diff(covariate):
+    """Point estimates and GMM SEs (diff-diff keeps first-stage singletons, as we do)."""
     dd = pytest.importorskip("diff_diff")
     df = _frame(0.2, seed=6, covariate=covariate)
     cov = ["x1"] if covariate else None
@@ -107,6 +108,8 @@ def test_point_estimates_match_diff_diff(covariate):
     es = es[~es["is_reference"]].set_index("event_time")
     np.testing.assert_allclose(res.coef, es.loc[res.event_time, "att"], atol=1e-8, rtol=0)
     assert abs(res.other["coef"].iloc[0] - fit.overall_att) < 1e-8
+    np.testing.assert_allclose(res.se, es.loc[res.event_time, "se"], rtol=1e-10)
+    assert abs(res.other["se"].iloc[0] / fit.overall_se - 1.0) < 1e-10
 
 
 @pytest.mark.parametrize("unbalanced", [0.0, 0.2], ids=["balanced", "unbalanced"])

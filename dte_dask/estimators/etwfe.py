@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.core.within import DROP, NONE, DesignSpec
-from dte_dask.estimators.event_study import _plain, make_result, period_step, resolve_panel, treated_cohorts
+from dte_dask.estimators.event_study import (
+    _plain,
+    make_result,
+    period_step,
+    resolve_panel,
+    treated_cohorts,
+)
 from dte_dask.estimators.options import EtwfeOptions, parse_options
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.regress import Part, fit_ols

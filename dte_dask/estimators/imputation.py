@@ -11,9 +11,19 @@ import numpy as np
 import pandas as pd
 from dask.base import tokenize
 
-from dte_dask.core.imputation import ImputationSpec, imputation_scores, imputation_stats, meat
+from dte_dask.core.imputation import (
+    ImputationSpec,
+    imputation_scores,
+    imputation_stats,
+    meat,
+)
 from dte_dask.core.within import DROP, NONE, DesignSpec, gram_stats, guarded_solve
-from dte_dask.estimators.event_study import _plain, period_step, resolve_panel, to_periods
+from dte_dask.estimators.event_study import (
+    _plain,
+    period_step,
+    resolve_panel,
+    to_periods,
+)
 from dte_dask.estimators.options import ImputationOptions, parse_options
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
