@@ -92,7 +92,8 @@ class DataSpec(_Closed):
 
 
 class EstimatorSpec(_Closed):
-    kind: Literal["att_gt", "event_study", "stacked_did", "sun_abraham"]
+    kind: Literal["att_gt", "event_study", "stacked_did", "sun_abraham", "imputation_did", "two_stage_did", "etwfe",
+                  "bacon_decomposition"]
     name: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     aggregations: list[Literal["simple", "dynamic", "group", "calendar"]] = Field(default_factory=list)
