@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import dte_dask
-from dte_dask.exceptions import SpecError
+from dte_dask.exceptions import EstimationError
 
 COLS = dict(outcome="y", unit="unit", time="time", group="group")
 MPDTA = dict(outcome="lemp", unit="countyreal", time="year", group="first_treat")
@@ -103,9 +103,41 @@ def test_not_yet_treated_equals_imputation_on_balanced_panels():
     assert abs(et.other["coef"].iloc[0] - imp.other["coef"].iloc[0]) < 1e-10
 
 
-def test_covariates_refused():
-    with pytest.raises(SpecError, match="covariates are not supported yet"):
-        dte_dask.etwfe(_frame(), **COLS, covariates=["age"])
+def _cov_frame(unbalanced: float, seed: int = 3) -> pd.DataFrame:
+    df = _frame(unbalanced, seed=seed)
+    rng = np.random.default_rng(seed)
+    df["x1"] = rng.normal(size=len(df)) + 0.1 * df["time"] + 0.3 * (df["group"] > 0)
+    df["y"] = df["y"] + 0.5 * df["x1"] * (1 + (df["group"] > 0) * (df["time"] >= df["group"]))
+    return df
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("unbalanced", [0.0, 0.2], ids=["balanced", "unbalanced"])
+@pytest.mark.parametrize("control_group", ["not_yet_treated", "never_treated"])
+def test_covariates_match_diff_diff_xtvar(unbalanced, control_group):
+    """jwdid's xtvar: cell-demeaned covariate interacted with every cell, cohort and period slopes."""
+    dd = pytest.importorskip("diff_diff")
+    df = _cov_frame(unbalanced)
+    res = _fit(df, control_group=control_group, covariates=["x1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = dd.WooldridgeDiD(control_group=control_group).fit(df, outcome="y", unit="unit", time="time",
+                                                              cohort="group", xtvar=["x1"])
+        f.aggregate("event_study")
+    cells = res.by_cohort()
+    ref = [f.group_time_effects[(g, t)]["att"] for g, t in zip(cells["cohort"], cells["period"])]
+    np.testing.assert_allclose(cells["coef"], ref, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(res.coef, [f.event_study_effects[e]["att"] for e in res.event_time], atol=1e-8, rtol=0)
+    assert abs(res.other["coef"].iloc[0] - f.overall_att) < 1e-8
+    ratio = res.se / np.array([f.event_study_effects[e]["se"] for e in res.event_time])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-10)  # equal, or diff-diff's singleton factor
+    assert abs(ratio[0] - 1.0) < 1e-4
+    assert res.options["covariates"] == ["x1"]
+
+
+def test_time_invariant_covariate_is_reported_as_collinear():
+    with pytest.raises(EstimationError, match="collinear"):
+        _fit(_frame(), covariates=["age"])
 
 
 def test_partition_invariance():

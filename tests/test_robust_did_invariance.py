@@ -33,6 +33,7 @@ CASES = {
     "imputation-cohort": lambda p: dte_dask.imputation_did(p, aux_partition="cohort"),
     "two-stage": lambda p: dte_dask.two_stage_did(p, covariates=["x1"]),
     "etwfe": lambda p: dte_dask.etwfe(p, control_group="never_treated"),
+    "etwfe-cov": lambda p: dte_dask.etwfe(p, covariates=["x1"]),
 }
 
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import time as _time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 
+from dte_dask.core.etwfe import EtwfeCovariates, augment, cell_x_sums
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.event_study import (
     _plain,
@@ -18,7 +21,7 @@ from dte_dask.estimators.event_study import (
 )
 from dte_dask.estimators.options import EtwfeOptions, parse_options
 from dte_dask.exceptions import SpecError
-from dte_dask.graph.regress import Part, fit_ols
+from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
 from dte_dask.regression_results import RegressionResult
 
@@ -64,21 +67,26 @@ def etwfe(
     With not-yet-treated controls and no covariates, :math:`\\hat\\delta_{g,t}` is the mean imputed
     effect of cell (g, t) of :func:`dte_dask.imputation_did` (Wooldridge 2021, Borusyak et al. 2024),
     so every aggregation coincides with the imputation estimates.
-    Covariates are not supported yet.
+    Covariates (time-varying) follow Stata ``jwdid`` / diff-diff's ``WooldridgeDiD(xtvar=...)``: x
+    demeaned within cohort x period cells (:math:`\\dot x`), every treatment cell interacted with
+    :math:`\\dot x`, cohort- and period-specific slopes :math:`1\\{G=g\\}x`, :math:`1\\{t=s\\}x`, and
+    :math:`\\dot x` itself (:mod:`dte_dask.core.etwfe`); :math:`\\delta_{g,t}` is then the cell's
+    effect at its mean covariates. (R ``etwfe`` demeans by cohort only and averages predictions with
+    ``emfx``; its numbers differ.)
     """
     t0 = _time.perf_counter()
     opt = parse_options(EtwfeOptions, control_group=control_group)
-    if covariates:
-        raise SpecError("etwfe: covariates are not supported yet (cohort-demeaned interactions as in R etwfe "
-                        "are planned); use imputation_did or two_stage_did for covariate adjustment")
-    panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
-                             weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
-                             npartitions=npartitions)
+    panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=covariates,
+                                   weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
+                                   npartitions=npartitions)
     step = period_step(panel)
     spec, names, cells = _design(panel, opt.control_group)
+    cov_names = [panel.spec.covariates[j] for j in cov_idx]
+    if cov_idx:
+        panel, spec, names = _with_covariates(panel, spec, names, cells, cov_idx)
     fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "etwfe-stats")], names, np.arange(spec.m) < spec.n_fe,
                   scores_name="etwfe-scores")
-    idx = spec.n_fe + np.arange(len(cells))
+    idx = spec.n_fe + spec.p + np.arange(len(cells))
     kept = fit.pooled.kept[idx]
     n_gt = np.where(kept, fit.stats[0]["int_w"], 0.0)
     p = fit.pooled
@@ -114,10 +122,30 @@ def etwfe(
                             "event_time": [(t - g) * step for g, t in cells], "coef": delta, "se": cse,
                             "n": n_gt})[kept].reset_index(drop=True)
     options = dict(estimator="etwfe", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
-                   group=panel.spec.group_source, control_group=opt.control_group, covariates=[],
+                   group=panel.spec.group_source, control_group=opt.control_group, covariates=cov_names,
                    weights=panel.spec.weights, cluster=panel.spec.cluster)
     return make_result("etwfe", panel, fit, W, idx, np.array(events, dtype=np.int64) * step,
                        np.zeros(len(events), dtype=bool), -step, alpha, options, t0, other=other, cohorts=by_cell)
+
+
+def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, cov_idx: list[int]):
+    """The panel with the derived covariate columns of :mod:`dte_dask.core.etwfe` and the design reading them."""
+    groups = tuple(float(g) for g in panel.cohort_sizes if np.isfinite(g))
+    sums = dask.compute(exact_sum(panel, cell_x_sums, groups, tuple(cov_idx), name="etwfe-xmeans"))[0]
+    n = sums["n"][:, :, None]
+    means = np.divide(sums["sx"], n, out=np.zeros_like(sums["sx"]), where=n > 0)
+    treated = tuple(g for g in groups if g > 0)
+    cspec = EtwfeCovariates(groups, treated, tuple(cells), tuple(cov_idx), means)
+    blocks = panel.map_blocks(augment, cspec, name="etwfe-covariates")
+    aug = replace(panel, blocks=tuple(blocks))
+    cv = [panel.spec.covariates[j] for j in cov_idx]
+    T = panel.n_periods
+    cn = [f"{names[spec.n_fe + j]}:{c}_dm" for j in range(len(cells)) for c in cv]
+    cn += [f"cohort={_plain(panel.group_label(g))}:{c}" for g in treated for c in cv]
+    cn += [f"{panel.spec.time}={_plain(panel.periods.labels[t])}:{c}" for t in range(1, T) for c in cv]
+    cn += [f"{c}_dm" for c in cv]
+    spec = replace(spec, cov_idx=tuple(range(cspec.width)))
+    return aug, spec, names[:spec.n_fe] + cn + names[spec.n_fe:]
 
 
 def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tuple[int, int]]]:
