@@ -139,3 +139,54 @@ def test_partition_invariance():
     np.testing.assert_allclose(a.coef, b.coef, atol=1e-12, rtol=0)
     np.testing.assert_allclose(a.cov, b.cov, atol=1e-12, rtol=0)
     pd.testing.assert_frame_equal(a.other, b.other, check_exact=False, atol=1e-12, rtol=0)
+
+
+def _dense_bjs(df: pd.DataFrame, wcol: str):
+    """BJS by brute force (dense design): estimate sum(w tau)/sum(w) and the Theorem 3 SE with
+    cohort x horizon auxiliary averages (eq. 8), clustered by unit."""
+    d = df.dropna(subset=["y"]).reset_index(drop=True)
+    treated = ((d["group"] > 0) & (d["time"] >= d["group"])).to_numpy()
+    units, ui = np.unique(d["unit"], return_inverse=True)
+    times, ti_ = np.unique(d["time"], return_inverse=True)
+    A = np.zeros((len(d), len(units) + len(times) - 1))
+    A[np.arange(len(d)), ui] = 1.0
+    has_t = ti_ > 0
+    A[np.flatnonzero(has_t), len(units) + ti_[has_t] - 1] = 1.0
+    y = d["y"].to_numpy()
+    A0, A1 = A[~treated], A[treated]
+    coef = np.linalg.lstsq(A0, y[~treated], rcond=None)[0]
+    tau = y[treated] - A1 @ coef
+    w = d.loc[treated, wcol].to_numpy()
+    w = w / w.sum()
+    est = w @ tau
+    v = np.zeros(len(d))
+    v[treated] = w
+    v[~treated] = -A0 @ np.linalg.lstsq(A0.T @ A0, A1.T @ w, rcond=None)[0]
+    eps = np.zeros(len(d))
+    eps[~treated] = y[~treated] - A0 @ coef
+    cell = (d.loc[treated, "group"].astype(str) + ":" + (d.loc[treated, "time"] - d.loc[treated, "group"]).astype(str)).to_numpy()
+    tilde = np.zeros(treated.sum())
+    for c in np.unique(cell):
+        m = cell == c
+        tilde[m] = (w[m] ** 2 @ tau[m]) / (w[m] ** 2).sum()  # one observation per unit and cell
+    eps[treated] = tau - tilde
+    psi = np.bincount(ui, v * eps)
+    return est, float(np.sqrt(psi @ psi))
+
+
+def test_estimand_weights():
+    df = _frame(0.0, seed=12, n=120)
+    post = (df["group"] > 0) & (df["time"] >= df["group"])
+    rng = np.random.default_rng(0)
+    df["wtr"] = np.where(post, rng.uniform(0.2, 3.0, len(df)), 0.0)
+    df["h0"] = (post & (df["time"] == df["group"])).astype(float)
+    res = dte_dask.imputation_did(df, **COLS, estimand_weights="wtr")
+    other = res.other.set_index("term")
+    est, se = _dense_bjs(df, "wtr")
+    assert abs(other.loc["weighted", "coef"] - est) < 1e-10
+    assert abs(other.loc["weighted", "se"] / se - 1.0) < 1e-10
+    plain = dte_dask.imputation_did(df, **COLS)
+    np.testing.assert_allclose(res.coef, plain.coef, atol=1e-12)  # the weights column is not a regressor
+    h0 = dte_dask.imputation_did(df, **COLS, estimand_weights="h0").other.set_index("term").loc["weighted"]
+    assert abs(h0["coef"] - plain.coef[plain.event_time == 0][0]) < 1e-12
+    assert abs(h0["se"] - plain.se[plain.event_time == 0][0]) < 1e-12

@@ -30,7 +30,7 @@ def _panel(df, npartitions: int, cluster: str | None = None, balanced: bool = Fa
 
 CASES = {
     "imputation": lambda p: dte_dask.imputation_did(p, covariates=["x1"], pretrends=2, leave_out=True),
-    "imputation-cohort": lambda p: dte_dask.imputation_did(p, aux_partition="cohort"),
+    "imputation-cohort": lambda p: dte_dask.imputation_did(p, aux_partition="cohort", estimand_weights="x1"),
     "two-stage": lambda p: dte_dask.two_stage_did(p, covariates=["x1"]),
     "etwfe": lambda p: dte_dask.etwfe(p, control_group="never_treated"),
     "etwfe-cov": lambda p: dte_dask.etwfe(p, covariates=["x1"]),

@@ -33,6 +33,8 @@ class ImputationSpec:
     cohorts: tuple[float, ...]  # treated cohorts (group indices) for the auxiliary partition
     partition: str
     targets: np.ndarray  # (K, H) 0/1: horizons each target averages
+    user: int = -1  # block covariate holding user weights on treated observations (-1: none)
+    user_rows: tuple[int, ...] = ()  # targets weighted by them
 
     @property
     def H(self) -> int:
@@ -45,7 +47,7 @@ class ImputationSpec:
 
     def __dask_tokenize__(self) -> Any:
         return ("imputation-spec", self.n_fe, self.cov_idx, self.bad.tobytes(), self.cohorts, self.partition,
-                self.targets.tobytes(), self.targets.shape)
+                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,23 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
     return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated)
 
 
+def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
+    if spec.user < 0:
+        return None
+    T = block.y.shape[1]
+    x = block.x[..., spec.user]
+    return np.nan_to_num(np.broadcast_to(x[:, None], (block.n, T)) if x.ndim == 1 else x)
+
+
+def _target_w(imp: _Imputed, spec: ImputationSpec, k: int, s: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+    """Unnormalized weights of target k on the treated observations (zero elsewhere)."""
+    hh = np.where(imp.u1, imp.h, 0)
+    w = s * spec.targets[k][hh]
+    if k in spec.user_rows:
+        w = w * u
+    return np.where(imp.u1, w, 0.0)
+
+
 def _unit_cell_sums(imp: _Imputed, aw: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (unit, cell): a = sum of target weights, b = sum of weight x tau; and each key's cell."""
     n = aw.shape[0]
@@ -153,9 +172,20 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
         R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.u1], minlength=H)
     K, nc = spec.targets.shape[0], spec.n_cells
     num, den = np.zeros((K, nc)), np.zeros((K, nc))
-    hh = np.where(imp.u1, imp.h, 0)
+    u = _user_weights(block, spec)
+    user = {}
+    if u is not None:  # the user-weighted target: its own sums (horizon sums do not give them)
+        su = s * u
+        user["Nu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su, 0.0)))))
+        user["Tu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su * imp.tau, 0.0)))))
+        Ru = np.zeros(m)
+        swu = np.where(imp.u1, su, 0.0)
+        Ru[:spec.n_fe] = swu[:, 1:].sum(axis=0) - (_rowsum(swu)[:, None] * M).sum(axis=0)
+        for j in range(len(spec.cov_idx)):
+            Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
+        user["Ru"] = Ru
     for k in range(K):
-        aw = np.where(imp.u1, s * spec.targets[k][hh], 0.0)
+        aw = _target_w(imp, spec, k, s, u)
         a, b, cells = _unit_cell_sums(imp, aw, nc)
         num[k] = np.bincount(cells, a * b, minlength=nc)
         den[k] = np.bincount(cells, a * a, minlength=nc)
@@ -163,7 +193,7 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
             "n_no_untreated": np.array(float(imp.no_untreated.sum())),
             "n_treated_units": np.array(float(imp.u1.any(axis=1).sum())),
             "n_obs0": np.array(float(imp.u0.sum())), "n_obs1": np.array(float(imp.u1.sum())),
-            "n_units": np.array(float((imp.u0.any(axis=1) | imp.u1.any(axis=1)).sum()))}
+            "n_units": np.array(float((imp.u0.any(axis=1) | imp.u1.any(axis=1)).sum())), **user}
 
 
 def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.ndarray, Nk: np.ndarray,
@@ -187,12 +217,12 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     K, nc = spec.targets.shape[0], spec.n_cells
     s = np.broadcast_to(block.w[:, None], (n, T))
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    hh = np.where(imp.u1, imp.h, 0)
+    u = _user_weights(block, spec)
     out = np.zeros((n, K + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         tilde = np.where(den > 0, num / den, 0.0)
     for k in range(K):
-        v1 = np.where(imp.u1, s * spec.targets[k][hh], 0.0) / Nk[k]
+        v1 = _target_w(imp, spec, k, s, u) / Nk[k]
         omega = _rowsum(v1)
         z = Z[k]
         lam = np.r_[0.0, z[:spec.n_fe]]

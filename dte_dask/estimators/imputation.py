@@ -46,6 +46,7 @@ def imputation_did(
     pretrends: int = 0,
     aux_partition: str = "cohort_horizon",
     leave_out: bool = False,
+    estimand_weights: str | None = None,
     allow_unbalanced_panel: bool | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
@@ -75,6 +76,11 @@ def imputation_did(
         ``did_imputation``'s ``avgeffectsby``; default cohort x horizon).
     leave_out : bool
         Leave each unit out of its own auxiliary averages (``did_imputation``'s ``leaveout``).
+    estimand_weights : column name, optional
+        Weights on the treated observations defining one more estimand
+        :math:`\\sum w_{it}\\hat\\tau_{it} / \\sum w_{it}` (``did_imputation``'s ``wtr``; sampling
+        weights multiply them; untreated rows are ignored). Reported in ``other`` as ``weighted``.
+        For a Panel it must be one of its covariates (it is not a regressor).
 
     Returns
     -------
@@ -106,21 +112,26 @@ def imputation_did(
     t0 = _time.perf_counter()
     opt = parse_options(ImputationOptions, horizons=horizons, pretrends=pretrends, aux_partition=aux_partition,
                         leave_out=leave_out)
-    panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group,
-                                   covariates=covariates, weights=weights, cluster=cluster,
+    cov = [covariates] if isinstance(covariates, str) else list(covariates or [])
+    extra = [estimand_weights] if estimand_weights and estimand_weights not in cov else []
+    panel, idx_all = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group,
+                                   covariates=cov + extra, weights=weights, cluster=cluster,
                                    allow_unbalanced_panel=allow_unbalanced_panel, npartitions=npartitions)
+    user = panel.spec.covariates.index(estimand_weights) if estimand_weights else -1
+    cov_idx = [panel.spec.covariates.index(c) for c in cov]
     options = dict(estimator="imputation_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, covariates=[panel.spec.covariates[j] for j in cov_idx],
                    weights=panel.spec.weights, cluster=panel.spec.cluster, horizons=opt.horizons,
-                   pretrends=opt.pretrends, aux_partition=opt.aux_partition, leave_out=opt.leave_out)
+                   pretrends=opt.pretrends, aux_partition=opt.aux_partition, leave_out=opt.leave_out,
+                   estimand_weights=estimand_weights)
     return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=opt.pretrends,
                           aux_partition=opt.aux_partition, leave_out=opt.leave_out, alpha=alpha, options=options,
-                          t0=t0)
+                          t0=t0, user=user)
 
 
 def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int, aux_partition: str,
                    leave_out: bool, alpha: float, options: dict, t0: float, two_stage: bool = False,
-                   name: str = "imputation_did") -> RegressionResult:
+                   name: str = "imputation_did", user: int = -1) -> RegressionResult:
     """The shared passes of ``imputation_did`` and ``two_stage_did`` (``two_stage``: the treated
     residuals are centred at the target's estimate, Gardner's second-stage residuals)."""
     step = period_step(panel)
@@ -142,8 +153,9 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
 
     # pass 2: imputed effects by horizon, projection right-hand sides, auxiliary sums
     H = T
-    all_targets = np.vstack([np.eye(H), np.ones((1, H))])
-    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets)
+    all_targets = np.vstack([np.eye(H), np.ones((1 if user < 0 else 2, H))])
+    user_rows = () if user < 0 else (H + 1,)
+    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets, user, user_rows)
     s2 = dask.compute(exact_sum(panel, imputation_stats, ispec, sol.beta, name="imputation-effects"))[0]
     _warn_dropped(panel, s2, bad, name)
     observed = np.flatnonzero(s2["N"] > 0)
@@ -157,13 +169,18 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
         if missing:
             raise SpecError(f"horizons {missing} have no imputed treated observation (observed: "
                             f"{[int(h) * step for h in observed]})")
-    rows = hs + [H]  # selected horizons, then the overall ATT
+    rows = hs + [H] + ([H + 1] if user >= 0 else [])  # selected horizons, the overall ATT, the user estimand
     targets = all_targets[rows]
-    Nk = targets @ s2["N"]
-    est = (targets @ s2["T"]) / Nk
-    Rk = (targets @ s2["R"]) / Nk[:, None]
+    Nk, Tk, Rk = targets @ s2["N"], targets @ s2["T"], targets @ s2["R"]
+    if user >= 0:
+        if not s2["Nu"] > 0:
+            raise SpecError("estimand_weights: the weights of the imputed treated observations sum to zero")
+        Nk[-1], Tk[-1], Rk[-1] = s2["Nu"], s2["Tu"], s2["Ru"]
+    est = Tk / Nk
+    Rk = Rk / Nk[:, None]
     Z = (sol.inv @ Rk.T).T
-    ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, targets)
+    ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, targets, user,
+                             () if user < 0 else (len(rows) - 1,))
     K = len(rows)
 
     # pass 3: per-unit terms of the conservative variance, summed over clusters
@@ -176,14 +193,17 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     V = (mt["meat"] + mt["meat"].T) / 2.0
     G = int(mt["G"])
 
-    coef, cov, event_time = est[:-1], V[:-1, :-1], np.array(hs, dtype=np.int64) * step
+    nh = len(hs)
+    coef, cov, event_time = est[:nh], V[:nh, :nh], np.array(hs, dtype=np.int64) * step
     if pretrends:
         pc, pv, pe = _pretrend_fit(panel, cov_idx, pretrends)
         coef = np.r_[pc, coef]
         cov = np.block([[pv, np.zeros((len(pc), len(hs)))], [np.zeros((len(hs), len(pc))), cov]])
         event_time = np.r_[pe * step, event_time]
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    other = pd.DataFrame({"term": ["ATT"], "coef": [est[-1]], "se": [float(np.sqrt(max(V[-1, -1], 0.0)))]})
+    terms = ["ATT"] + (["weighted"] if user >= 0 else [])
+    other = pd.DataFrame({"term": terms, "coef": est[nh:],
+                          "se": np.sqrt(np.clip(np.diag(V)[nh:], 0.0, None))})
     return RegressionResult(
         estimator=name, event_time=event_time, coef=coef, se=se, cov=cov,
         binned=np.zeros(len(coef), dtype=bool), alpha=alpha, df_t=max(G - 1, 1),
