@@ -32,7 +32,7 @@ def _no_singletons(df: pd.DataFrame, cols: dict = COLS) -> pd.DataFrame:
     return df.loc[d.index[n0 >= 2]]
 
 
-def _did2s(df: pd.DataFrame, res, cols: dict = COLS, covariates=None, weights=None):
+def _did2s(df: pd.DataFrame, res, cols: dict = COLS, covariates=None, weights=None, cluster=None):
     """pyfixest did2s, static (~ D) and event-time (~ h0 + h1 + ...) second stages."""
     pf = pytest.importorskip("pyfixest")
     d = df.dropna(subset=[cols["outcome"]]).copy()
@@ -48,7 +48,8 @@ def _did2s(df: pd.DataFrame, res, cols: dict = COLS, covariates=None, weights=No
         d[f"h{h}"] = (rel == h).astype(float)
         names.append(f"h{h}")
     fs = f"~ {' + '.join(covariates) if covariates else '0'} | {cols['unit']} + {cols['time']}"
-    kw = dict(yname=cols["outcome"], first_stage=fs, treatment="D", cluster=cols["unit"], weights=weights)
+    kw = dict(yname=cols["outcome"], first_stage=fs, treatment="D", cluster=cluster or cols["unit"],
+              weights=weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         static = pf.did2s(d.copy(), second_stage="~ D", **kw)
@@ -56,11 +57,14 @@ def _did2s(df: pd.DataFrame, res, cols: dict = COLS, covariates=None, weights=No
     return static, dyn, names
 
 
-def _check(res, static, dyn, names, tol: float = 5e-6) -> None:
+def _check(res, static, dyn, names, tol: float = 5e-6, coef_tol: float | None = None) -> None:
+    """pyfixest's iterative demeaning (its default fixef_tol) leaves its stage-1 fit, hence its
+    coefficients, about 1e-6 off the exact solution (up to 1.5e-5 on some panels)."""
+    coef_tol = tol if coef_tol is None else coef_tol
     att = res.other.set_index("term").loc["ATT"]
-    assert abs(att["coef"] - static.coef().iloc[0]) < tol
+    assert abs(att["coef"] - static.coef().iloc[0]) < coef_tol
     assert abs(att["se"] - static.se().iloc[0]) < tol * max(1.0, static.se().iloc[0])
-    np.testing.assert_allclose(res.coef, dyn.coef()[names], atol=tol, rtol=0)
+    np.testing.assert_allclose(res.coef, dyn.coef()[names], atol=coef_tol, rtol=0)
     np.testing.assert_allclose(res.se, dyn.se()[names], atol=tol, rtol=tol)
 
 
@@ -84,6 +88,15 @@ def test_matches_pyfixest_did2s_weighted():
     df["w"] = df["unit"].map(w)
     res = dte_dask.two_stage_did(df, **COLS, weights="w")
     _check(res, *_did2s(df, res, weights="w"))
+
+
+@pytest.mark.peer
+def test_matches_pyfixest_did2s_clustered():
+    df = _no_singletons(_frame(0.0, seed=7))
+    df["cl"] = df["unit"] // 4
+    res = dte_dask.two_stage_did(df, **COLS, cluster="cl")
+    assert res.n_clusters < res.n_units
+    _check(res, *_did2s(df, res, cluster="cl"), coef_tol=3e-5)
 
 
 @pytest.mark.peer
