@@ -24,8 +24,8 @@ the checks.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,13 +33,12 @@ import dask
 import numpy as np
 
 from dte_dask.core import covariates as cov_kernels
-from dte_dask.core import logit
-from dte_dask.core import twobytwo
+from dte_dask.core import logit, twobytwo
+from dte_dask.core.blocks import UnitBlock, summarize
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import TRIM_LEVEL, guarded_solve
 from dte_dask.exceptions import PanelWarning, SpecError
 from dte_dask.graph.reduce import tree_sum
-from dte_dask.panel.blocks import UnitBlock, summarize
 from dte_dask.panel.panel import Panel
 
 Stats = dict[str, np.ndarray]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
-from dte_dask.exceptions import EstimationError
+from dte_dask.core.errors import EstimationError
 
 DROP = -2  # code of an observation that is left out of the regression
 NONE = -1  # code of an observation that carries no interest dummy

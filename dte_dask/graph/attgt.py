@@ -29,13 +29,13 @@ import dask
 import numpy as np
 
 from dte_dask.core import covariates, logit, moments, rcs, rcs_covariates, twobytwo
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.regression import ILL_CONDITIONED, equilibrated_cond, guarded_solve
 from dte_dask.exceptions import DegenerateCellWarning, NuisanceFitWarning
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
-from dte_dask.panel.blocks import UnitBlock
 from dte_dask.panel.panel import Panel
 
 
