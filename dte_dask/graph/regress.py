@@ -19,7 +19,13 @@ import numpy as np
 from dask.base import tokenize
 from threadpoolctl import threadpool_limits
 
-from dte_dask.core.within import DesignSpec, crv1, gram_stats, guarded_solve, unit_scores
+from dte_dask.core.within import (
+    DesignSpec,
+    crv1,
+    gram_stats,
+    guarded_solve,
+    unit_scores,
+)
 from dte_dask.exceptions import EstimationError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import BootWeights, boot_cover
