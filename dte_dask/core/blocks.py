@@ -116,3 +116,13 @@ def summarize(block: UnitBlock) -> BlockSummary:
         x_varying=block.x is not None and block.x.ndim == 3,
         n_weighted=int(np.count_nonzero(block.w > 0)),
     )
+
+
+def entity_sums(psi: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Sum rows of ``psi`` that share an entity rank (``rank`` sorted, entities contiguous)."""
+    if psi.shape[0] == 0:
+        return psi
+    starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
+    if starts.size == psi.shape[0]:
+        return psi
+    return np.add.reduceat(psi, starts, axis=0)
