@@ -139,3 +139,14 @@ def test_placebo_shifts_beyond_the_panel_are_clipped(panel) -> None:
     with pytest.warns(DteDaskWarning, match=r"shifts=1000000000 is beyond the panel's 5 periods; clipped to 3"):
         big = checks.placebo_check(panel, shifts=10**9)
     assert big.table.equals(checks.placebo_check(panel, shifts=3).table)
+
+
+def test_randomization_check_validates_seed_and_n_perm_before_any_work() -> None:
+    from dte_dask.checks import randomization_check
+
+    df = dte_dask.datasets.load_mpdta()
+    kw = dict(outcome="lemp", unit="countyreal", time="year", group="first_treat")
+    with pytest.raises(SpecError, match="seed"):
+        randomization_check(df, **kw, seed=-1)
+    with pytest.raises(SpecError, match="n_perm"):
+        randomization_check(df, **kw, n_perm=0)

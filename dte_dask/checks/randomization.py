@@ -130,6 +130,11 @@ def randomization_check(
     units (e.g. randomized adoption dates). With a ``cluster`` column the assignment is usually by
     cluster, which this check does not model, so clustered panels are rejected.
     """
+    from dte_dask.estimators.options import InferenceOptions, parse_options
+
+    parse_options(InferenceOptions, seed=seed)  # a non-negative integer or None, refused before any work
+    if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
+        raise SpecError(f"n_perm must be a positive integer, got {n_perm!r}")
     n_perm = check_positive_int("n_perm", n_perm)
     perms_per_task = check_positive_int("perms_per_task", perms_per_task)
     if aggregate not in ("simple", "dynamic", "group", "calendar"):
