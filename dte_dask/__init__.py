@@ -23,6 +23,8 @@ _LAZY = {
     "stacked_did": "dte_dask.estimators.stacked",
     "sun_abraham": "dte_dask.estimators.sun_abraham",
     "compare_estimators": "dte_dask.estimators.compare",
+    "honest_did": "dte_dask.sensitivity.honest",
+    "pretest_power": "dte_dask.sensitivity.pretest",
     "checks": "dte_dask.checks",
     "plotting": "dte_dask.plotting",
     "report": "dte_dask.report",

@@ -70,6 +70,10 @@ class RegressionResult:
         """Pointwise critical value: the t quantile with ``df_t`` degrees of freedom."""
         return float(stats.t.ppf(1.0 - self.alpha / 2.0, self.df_t))
 
+    def vcov(self) -> np.ndarray:
+        """CRV1 covariance of the event-time coefficients (in ``event_time`` order)."""
+        return np.array(self.cov, dtype=float, copy=True)
+
     def to_frame(self) -> pd.DataFrame:
         """event_time, coef, se, ci_lower, ci_upper (+ se_boot, band_lower, band_upper with the bootstrap)."""
         c = self.crit

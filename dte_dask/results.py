@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.estimators.aggregate import AggKind, aggregate_map
-from dte_dask.exceptions import DteDaskWarning
+from dte_dask.exceptions import DteDaskWarning, EstimationError
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
 
@@ -59,6 +59,13 @@ class AggregateResult:
     overall_se: float
     alpha: float
     bootstrap: bool
+    cov: np.ndarray | None = field(default=None, repr=False)  # analytic (influence-function) covariance of att
+
+    def vcov(self) -> np.ndarray:
+        """Analytic covariance of the estimates by key, from the influence functions (c' Sigma c)."""
+        if self.cov is None:
+            raise EstimationError("this aggregation holds no covariance; recompute it with AttgtResult.aggregate()")
+        return self.cov.copy()
 
     def to_frame(self) -> pd.DataFrame:
         lo, hi = _interval(self.att, self.se, self.crit)
@@ -200,7 +207,7 @@ class AttgtResult:
         key_name = {"simple": "key", "dynamic": "event_time", "group": "group", "calendar": "time"}[kind]
         return AggregateResult(kind=kind, key_name=key_name, keys=keys, att=m.att, se=se, se_analytic=se_a,
                                crit=crit, overall_att=m.overall_att, overall_se=o_se, alpha=alpha,
-                               bootstrap=self.draws_aug is not None)
+                               bootstrap=self.draws_aug is not None, cov=m.coef.T @ cov @ m.coef)
 
     def _key_labels(self, kind: str, keys: np.ndarray) -> np.ndarray:
         if kind == "dynamic":

@@ -30,12 +30,20 @@ def _m(**kw) -> StageMetrics:  # type: ignore[no-untyped-def]
     ({"n_tasks": 5000, "median_task_s": 0.002, "task_s": 6.0}, "scheduler-bound", "fewer, larger partitions"),
     ({"busy_s_per_worker": {"a": 16.0, "b": 3.0}}, "imbalanced", "partitions are of similar size"),
     ({"cpu_s": 3.0}, "io-bound", "faster storage"),
+    ({"cpu_s": 3.0, "host_busy": 0.4, "host_iowait": 0.5}, "io-bound", "faster storage"),
+    ({"cpu_s": 3.0, "host_busy": 0.98}, "cpu-contended", "dedicated cores"),
     ({"task_s": 2.0, "cpu_s": 2.0, "busy_s_per_worker": {"a": 1.0, "b": 1.0}}, "idle", "nothing to tune"),
 ])
 def test_classes_on_synthetic_metrics(kw, kind, advice) -> None:  # type: ignore[no-untyped-def]
     f = classify_stage(_m(**kw))
     assert f.kind == kind, f
     assert advice in f.advice
+
+
+def test_too_few_partitions_for_the_slots() -> None:
+    f = classify_stage(_m(busy_s_per_worker={"a": 18.0, "b": 0.0}, partitions=1))
+    assert f.kind == "imbalanced" and "1 partition(s) for 2 compute slots" in f.evidence
+    assert "data.npartitions: 2" in f.advice
 
 
 def test_memory_advice_states_the_numbers() -> None:
@@ -164,7 +172,8 @@ def test_job_summary_has_the_diagnosis(tmp_path) -> None:  # type: ignore[no-unt
     assert [s["name"] for s in diag["stages"]] == ["load", "att_gt"]
     assert diag["threads"] == 2 and diag["core_hours"] > 0 and diag["cost"] == pytest.approx(diag["core_hours"] * 0.1)
     assert all(s["finding_kind"] in {"compute-bound", "memory-bound", "scheduler-bound", "imbalanced", "io-bound",
-                                     "idle"} for s in diag["stages"])
+                                     "cpu-contended", "idle"} for s in diag["stages"])
+    assert all(0 <= s["host_busy"] <= 1 for s in diag["stages"])
     assert summary["diagnosis"]["class"] == diag["class"]
     assert any("core-hours" in ln for ln in lines)
     assert np.isfinite(diag["wall_s"])

@@ -166,18 +166,21 @@ def expected(df: pd.DataFrame, kw: dict) -> dict:
     early = {u for u, v in units.items() if v["g"] <= 0}
     unbalanced = {u for u, v in units.items() if u not in early and v["n"] < T}
     kept = set(units) - early - (set() if kw["allow_unbalanced_panel"] else unbalanced)
-    return {"units": units, "kept": kept, "early": early,
+    late = {u for u in kept if np.isfinite(units[u]["g"]) and units[u]["g"] > T - 1}  # R did: never treated
+    return {"units": units, "kept": kept, "early": early, "late": late,
             "unbalanced": unbalanced if not kw["allow_unbalanced_panel"] else set(), "T": T}
 
 
 def check_panel(p, blocks, df: pd.DataFrame, kw: dict, caught: list) -> None:
     exp = expected(df, kw)
-    # warnings: exactly R did's two, with the right counts
+    # warnings: exactly R did's two, with the right counts, and ours for cohorts after the last period
     msgs = [str(w.message) for w in caught if issubclass(w.category, PanelWarning)]
     assert all(issubclass(w.category, PanelWarning) for w in caught), [str(w.message) for w in caught]
     assert any(f"Dropped {len(exp['early'])} units" in m for m in msgs) == bool(exp["early"])
     assert any(m.startswith(f"{len(exp['unbalanced'])} units are missing") for m in msgs) == bool(exp["unbalanced"])
-    assert len(msgs) == bool(exp["early"]) + bool(exp["unbalanced"])
+    assert any(m.startswith(f"{len(exp['late'])} units of column") and "after the last period" in m
+               for m in msgs) == bool(exp["late"])
+    assert len(msgs) == bool(exp["early"]) + bool(exp["unbalanced"]) + bool(exp["late"])
 
     ids = [_key(v) for b in blocks for v in b.ids]
     assert len(ids) == len(set(ids)) == p.n_units  # every unit once

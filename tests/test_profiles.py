@@ -134,7 +134,7 @@ def test_unknown_override_is_named() -> None:
 
 def test_bad_values_are_reported() -> None:
     with pytest.raises(ProfileError, match="cluster.n_workers"):
-        resolve_profile("local", n_workers=0)
+        resolve_profile("local", n_workers=-1)
     with pytest.raises(ProfileError, match="cluster.walltime"):
         resolve_profile("slurm", walltime="ten minutes")
     with pytest.raises(ProfileError, match="cluster.hosts"):
@@ -513,3 +513,20 @@ def test_ssh_unreachable_host_fails_early_with_a_clear_error() -> None:
     with pytest.raises(ProfileError, match=rf"cannot log in to 127.0.0.1:{port} over SSH"):
         make_cluster("ssh", hosts=["127.0.0.1"] * 2, connect_options={"port": port},
                      security=False)
+
+
+def test_slurm_cluster_survives_a_dask_config_reset(tmp_path) -> None:
+    """A reset of dask.config (dask.config.refresh(), distributed's test harness) drops
+    dask-jobqueue's defaults; the slurm backend puts them back instead of KeyError: 'jobqueue'."""
+    pytest.importorskip("dask_jobqueue")
+    saved = {k: v for k, v in dask.config.config.items()}
+    try:
+        dask.config.config.pop("jobqueue", None)
+        cluster = make_cluster("slurm", security=False, log_directory=str(tmp_path / "logs"))
+        try:
+            assert "#SBATCH" in cluster.job_script()
+        finally:
+            cluster.close()
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)

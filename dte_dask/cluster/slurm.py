@@ -13,7 +13,7 @@ from dte_dask.cluster.schema import ProfileError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NODES_FROM_JOB", "slurm_numactl", "start", "expected_workers", "scale", "timeout_hint"]
+__all__ = ["NODES_FROM_JOB", "slurm_numactl", "ensure_jobqueue_config", "start", "expected_workers", "scale", "timeout_hint"]
 
 NODES_FROM_JOB = ("DTE_DASK_NUMA_NODES=$(numactl --show 2>/dev/null | awk '/^nodebind:/ "
                    "{$1=\"\"; sub(/^ +/, \"\"); sub(/ +$/, \"\"); gsub(/ +/, \",\"); print}'); "
@@ -44,10 +44,27 @@ def slurm_numactl(mode: str, numa_nodes: str, python: str) -> tuple[str, list[st
     return f"$DTE_DASK_NUMACTL {python}", lines
 
 
+def ensure_jobqueue_config() -> None:
+    """Put dask-jobqueue's shipped defaults back if ``dask.config`` lost them (a reset such as
+    ``dask.config.refresh()`` or a test harness restoring an earlier snapshot): SLURMCluster
+    reads ``jobqueue.slurm.*`` and fails with ``KeyError: 'jobqueue'`` without them."""
+    import dask.config
+
+    if dask.config.get("jobqueue.slurm", default=None) is not None:
+        return
+    import dask_jobqueue
+    import yaml
+
+    path = os.path.join(os.path.dirname(dask_jobqueue.__file__), "jobqueue.yaml")
+    with open(path, encoding="utf-8") as fh:
+        dask.config.update_defaults(yaml.safe_load(fh))
+
+
 def start(resolved: Any, security: Any) -> Any:
     """Create the SLURMCluster of a resolved ``slurm`` profile (no job is submitted yet)."""
     try:
         from dask_jobqueue import SLURMCluster
+        ensure_jobqueue_config()
     except ImportError as exc:
         raise ProfileError("Slurm profiles need dask-jobqueue: pip install 'dte_dask[slurm]' "
                            f"(or dask-jobqueue) ({exc})") from None

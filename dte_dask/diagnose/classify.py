@@ -7,8 +7,10 @@ returns its :class:`Finding` (one class per stage, the first that applies in thi
 ``memory-bound``      workers spilled to disk, or their peak memory came within 15 % of the limit;
 ``scheduler-bound``   many tiny tasks (median under 20 ms) with the compute slots mostly idle;
 ``imbalanced``        one worker was busy 1.5x the mean of the workers, or more;
+``cpu-contended``     tasks ran, but their processes got the CPU for under half of that time
+                      while the host's CPUs were 90 % busy or more: other processes took them;
 ``io-bound``          tasks ran, but their processes used the CPU for under half of that time
-                      (waiting on disk or network);
+                      (waiting on disk or network: the host's CPUs were not saturated);
 ``compute-bound``     the slots were busy (60 % or more) and burning CPU: more cores help;
 ``idle``              none of the above: the stage was short or the driver did the work.
 
@@ -28,6 +30,7 @@ SMALL_TASK_S = 0.020
 MANY_TASKS = 200
 MEMORY_HEADROOM = 0.85
 IMBALANCE = 1.5
+HOST_SATURATED = 0.9
 SCHEDULER_TASK_S = 0.001  # distributed documents about 1 ms of scheduler time per task
 
 
@@ -49,6 +52,8 @@ class StageMetrics:
     spilled_bytes: int = 0  # written to disk by the workers during the stage
     transferred_bytes: int = 0  # sent between workers during the stage
     partitions: int | None = None
+    host_busy: float | None = None  # share of the workers' hosts' CPU time that was busy (any process)
+    host_iowait: float | None = None  # share of it waiting on I/O
 
     @property
     def utilization(self) -> float:
@@ -113,17 +118,30 @@ def classify_stage(m: StageMetrics) -> Finding:
         mean = sum(busy) / len(busy)
         worst = max(m.busy_s_per_worker, key=lambda w: m.busy_s_per_worker[w])
         if m.busy_s_per_worker[worst] >= IMBALANCE * mean and m.busy_s_per_worker[worst] - mean > 0.1:
+            evidence = (f"worker {worst} was busy {m.busy_s_per_worker[worst]:.2f} s, "
+                        f"{m.busy_s_per_worker[worst] / mean:.1f}x the mean of {mean:.2f} s over {len(busy)} workers")
+            if m.partitions is not None and m.partitions < m.threads:
+                return Finding(m.name, "imbalanced", f"{evidence}; the panel has {m.partitions} partition(s) for "
+                               f"{m.threads} compute slots",
+                               f"cut the panel into at least {m.threads} partitions (data.npartitions: {m.threads}, "
+                               "or a smaller dte_dask.partition-units) so every slot gets work")
             return Finding(
-                m.name, "imbalanced",
-                f"worker {worst} was busy {m.busy_s_per_worker[worst]:.2f} s, {m.busy_s_per_worker[worst] / mean:.1f}x "
-                f"the mean of {mean:.2f} s over {len(busy)} workers",
+                m.name, "imbalanced", evidence,
                 "check that partitions are of similar size (more partitions than slots evens them out) and that "
                 "this worker's host is not slower or oversubscribed (NUMA binding: cluster.pin_cpus / numactl)")
+    if m.task_s > 0.5 and m.cpu_share < 0.5 and m.host_busy is not None and m.host_busy >= HOST_SATURATED:
+        return Finding(
+            m.name, "cpu-contended",
+            f"the worker processes used {m.cpu_s:.2f} CPU-s in {m.task_s:.2f} s of task time ({m.cpu_share:.0%}) "
+            f"while the host's CPUs were {m.host_busy:.0%} busy: other processes held the cores",
+            "run the workers on dedicated cores (a Slurm allocation, an idle node, or NUMA pinning), or give the "
+            "cluster fewer threads than the cores left free")
     if m.task_s > 0.5 and m.cpu_share < 0.5:
+        iowait = f"; the host's CPUs waited on I/O {m.host_iowait:.0%} of the time" if m.host_iowait is not None else ""
         return Finding(
             m.name, "io-bound",
             f"the worker processes used {m.cpu_s:.2f} CPU-s in {m.task_s:.2f} s of task time "
-            f"({m.cpu_share:.0%}): tasks mostly waited on disk or network",
+            f"({m.cpu_share:.0%}): tasks mostly waited on disk or network{iowait}",
             "read from faster storage, split the input into more files read in parallel, or give workers more "
             "threads than cores for the load stage")
     if util >= 0.6 and m.cpu_share >= 0.7:

@@ -35,6 +35,9 @@ def worker_counters(dask_worker: Any) -> dict[str, float]:
     import psutil
 
     ct = psutil.Process().cpu_times()
+    host = psutil.cpu_times()
+    host_total = float(sum(host))
+    host_idle = float(host.idle + getattr(host, "iowait", 0.0))
     digests = getattr(dask_worker, "digests_total", {}) or {}
     spilled = sum(v for k, v in digests.items()
                   if isinstance(k, tuple) and len(k) >= 3 and k[-2] == "disk-write" and k[-1] == "bytes")
@@ -42,7 +45,9 @@ def worker_counters(dask_worker: Any) -> dict[str, float]:
     return {"cpu_s": float(ct.user + ct.system), "spilled_bytes": float(spilled),
             "sent_bytes": float(getattr(dask_worker, "transfer_outgoing_bytes_total", 0) or 0),
             "memory_limit": float(getattr(mm, "memory_limit", 0) or 0),
-            "nthreads": float(dask_worker.state.nthreads), "pid": float(os.getpid())}
+            "nthreads": float(dask_worker.state.nthreads), "pid": float(os.getpid()),
+            "host_total": host_total, "host_busy": host_total - host_idle,
+            "host_iowait": float(getattr(host, "iowait", 0.0)), "host": os.uname().nodename}
 
 
 class RunMonitor:
@@ -136,8 +141,10 @@ def _stage_metrics(name: str, wall: float, tasks: list[dict[str, Any]], before: 
     def delta(key: str, workers: Any = after) -> float:
         return sum(max(0.0, after[w][key] - before.get(w, {}).get(key, 0.0)) for w in workers)
 
-    # threads-only workers share one process: count its CPU time once
+    # threads-only workers share one process: count its CPU time once; hosts once each
     one_per_process = {c.get("pid"): w for w, c in after.items()}.values()
+    one_per_host = list({c.get("host"): w for w, c in after.items()}.values())
+    host_total = delta("host_total", one_per_host)
     return StageMetrics(
         name=name, wall_s=wall, workers=len(after),
         threads=int(sum(c["nthreads"] for c in after.values())),
@@ -145,4 +152,6 @@ def _stage_metrics(name: str, wall: float, tasks: list[dict[str, Any]], before: 
         median_task_s=float(statistics.median(durations)) if durations else 0.0,
         busy_s_per_worker=busy, peak_worker_memory=int(peak),
         memory_limit=int(min((c["memory_limit"] for c in after.values() if c["memory_limit"]), default=0)),
-        spilled_bytes=int(delta("spilled_bytes")), transferred_bytes=int(delta("sent_bytes")))
+        spilled_bytes=int(delta("spilled_bytes")), transferred_bytes=int(delta("sent_bytes")),
+        host_busy=delta("host_busy", one_per_host) / host_total if host_total > 0 else None,
+        host_iowait=delta("host_iowait", one_per_host) / host_total if host_total > 0 else None)

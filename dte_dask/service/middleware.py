@@ -1,12 +1,13 @@
 """ASGI middleware of the service: the request-body limit (413) and the metrics-port filter."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-
-DRAIN_FACTOR = 64  # a refused body is read and dropped up to 64 x the limit (16 MiB at 256 KiB)
+DRAIN_FACTOR = 64  # a refused body is read and dropped up to 64 x the limit (16 MiB at 256 KiB) ...
+DRAIN_SECONDS = 5.0  # ... and for at most this long
 
 
 class BodySizeLimit:
@@ -37,7 +38,7 @@ class BodySizeLimit:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.limit:
-                return await self._reject(scope, receive, send)
+                return await self._reject(scope, receive, send, more=bool(msg.get("more_body")))
             chunks.append(body)
             if not msg.get("more_body"):
                 break
@@ -53,14 +54,22 @@ class BodySizeLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _reject(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # Read (and drop) what the client is still sending, up to DRAIN_FACTOR x the limit, before
-        # answering: a server that answers mid-upload and closes makes most clients see a reset
-        # connection instead of the 413. Past that bound the connection is closed anyway.
+    async def _reject(self, scope: dict[str, Any], receive: Any, send: Any, *, more: bool = True) -> None:
+        # Read (and drop) what the client is still sending, up to DRAIN_FACTOR x the limit and
+        # DRAIN_SECONDS, before answering: a server that answers mid-upload and closes makes most
+        # clients see a reset connection instead of the 413. Past either bound the connection is
+        # closed anyway. ``more``: whether the client has more body to send (False once its last
+        # chunk was read).
         budget = DRAIN_FACTOR * self.limit
-        more = scope.get("method") in ("POST", "PUT", "PATCH")
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while more and budget > 0:
-            msg = await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(receive(), timeout=left)
+            except asyncio.TimeoutError:
+                break
             if msg["type"] == "http.disconnect":
                 return None
             budget -= len(msg.get("body", b""))
