@@ -92,6 +92,23 @@ class CellKernel(Protocol):
     def influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray: ...
 
 
+class AffineCellKernel(CellKernel, Protocol):
+    """A kernel whose influence functions are affine in a unit's outcome path (``affine = True``):
+    Psi'Psi follows from summed ``moment_stats`` and the bootstrap from ``boot_apply``, Psi is never
+    formed for a whole partition (:class:`MomentsKernel`)."""
+
+    def coefficients(self, est: dict[str, Any], groups: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
+    @staticmethod
+    def moment_stats(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Stats: ...
+
+    @staticmethod
+    def boot_apply(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Callable[..., np.ndarray]: ...
+
+    @staticmethod
+    def gram(mom: Stats, coef: tuple[np.ndarray, ...]) -> np.ndarray: ...
+
+
 # ----------------------------------------------------------------------------- shared pieces
 def with_groups(block: UnitBlock, cells: Cells, stats: Callable[..., Stats], groups: np.ndarray, *args) -> Stats:
     """``stats(block, cells, *args)`` plus the weighted cohort sizes ``Swg`` of ``groups``."""
