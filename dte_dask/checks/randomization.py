@@ -52,7 +52,7 @@ from dte_dask.checks._engine import (
 from dte_dask.core.cells import Cells
 from dte_dask.estimators.aggregate import AggKind, aggregate_map
 from dte_dask.exceptions import EstimationError, SpecError
-from dte_dask.panel.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.cs import _as_panel
 from dte_dask.estimators.options import EventStudyOptions, InferenceOptions, parse_options
@@ -180,7 +181,7 @@ def _es_design(panel: Panel, cohorts: list[int], layout: _EsLayout, cov_idx: lis
         codes[r] = [layout.code(t - g) for t in range(T)]
     spec = DesignSpec(rows=tuple((float(g), r) for r, g in enumerate(cohorts)), default_row=len(cohorts),
                       t0=0, t1=T, codes=codes, n_int=len(layout.events), cov_idx=tuple(cov_idx))
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)]
     names += [panel.spec.covariates[j] for j in cov_idx]
     names += [_event_name(e, layout.lo, layout.hi, bin_endpoints, step, bins) for e in layout.events]
     return spec, names
@@ -313,9 +314,3 @@ def _coef_frame(fit: OlsFit, idx: np.ndarray, names: list[str]) -> pd.DataFrame 
         return None
     p = fit.pooled
     return pd.DataFrame({"covariate": names, "coef": p.beta[idx], "se": np.sqrt(np.diag(p.cov)[idx])})
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.datetime64):
-        return str(np.datetime_as_string(v, unit="D"))
-    return v.item() if hasattr(v, "item") else v

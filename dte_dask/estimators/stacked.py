@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dte_dask.core.labels import plain
 from dte_dask.core.within import NONE, DesignSpec
 from dte_dask.estimators.event_study import (
-    _plain,
     check_inference,
     clip_window,
     draw_seed,
@@ -141,7 +141,7 @@ def stacked_did(
     options = dict(estimator="stacked_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, window=tuple(window), control_group=control, weighting=weighting,
                    weights=panel.spec.weights, cluster=panel.spec.cluster, n_boot=n_boot if bootstrap else 0,
-                   seed=seed if bootstrap else None, stacks=[_plain(panel.group_label(a)) for a, _ in stacks])
+                   seed=seed if bootstrap else None, stacks=[plain(panel.group_label(a)) for a, _ in stacks])
     return make_result("stacked_did", panel, fit, np.eye(n_int)[keep], idx, np.array(events)[keep] * step,
                        np.zeros(int(keep.sum()), dtype=bool), -step, alpha, options, t0, cohorts=cohorts)
 
@@ -170,7 +170,7 @@ def _feasible_stacks(panel: Panel, K: int, L: int, control: str, window) -> list
             stacks.append((a, ctrl))
         else:
             reason = "its window is not inside the panel's periods" if not inside else "it has no clean control units"
-            trimmed.append(f"{_plain(panel.group_label(a))} ({reason})")
+            trimmed.append(f"{plain(panel.group_label(a))} ({reason})")
     if trimmed:
         warnings.warn(f"stacked_did: trimmed adoption events {', '.join(trimmed)} for window={tuple(window)}, "
                       f"control_group={control!r}", DteDaskWarning, stacklevel=3)
@@ -213,7 +213,7 @@ def _stacked_design(panel: Panel, stacks, K: int, L: int, mult: np.ndarray, step
     n_s, nf = len(stacks), Wn - 1
     names = []
     for a, _ in stacks:
-        names += [f"{panel.spec.time}={_plain(panel.periods.labels[a + K + j])}@stack={_plain(panel.group_label(a))}"
+        names += [f"{panel.spec.time}={plain(panel.periods.labels[a + K + j])}@stack={plain(panel.group_label(a))}"
                   for j in range(1, Wn)]
     names += [f"event_time={e * step}" for e in events]
     nuisance = np.arange(len(names)) < n_s * nf
@@ -229,7 +229,7 @@ def _stacked_design(panel: Panel, stacks, K: int, L: int, mult: np.ndarray, step
 
 
 def _safe(label: Any) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", str(_plain(label)))
+    return re.sub(r"[^0-9A-Za-z]+", "_", str(plain(label)))
 
 
 def _by_cohort(panel: Panel, fit, stacks, counts, events, step, alpha) -> pd.DataFrame:
@@ -241,7 +241,7 @@ def _by_cohort(panel: Panel, fit, stacks, counts, events, step, alpha) -> pd.Dat
             if part is not None and part.kept[nf + j]:
                 coef, se = part.beta[nf + j], float(np.sqrt(part.cov[nf + j, nf + j]))
             c = stats.t.ppf(1 - alpha / 2, part.n_clusters - 1) if part is not None else np.nan
-            rows.append({"cohort": _plain(panel.group_label(a)), "event_time": e * step, "coef": coef, "se": se,
+            rows.append({"cohort": plain(panel.group_label(a)), "event_time": e * step, "coef": coef, "se": se,
                          "ci_lower": coef - c * se, "ci_upper": coef + c * se,
                          "n_treated": int(counts["units"][s, 0]), "n_control": int(counts["units"][s, 1]),
                          "n_obs": part.n_obs if part is not None else 0})

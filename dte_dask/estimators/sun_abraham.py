@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.event_study import (
-    _plain,
     check_inference,
     clip_window,
     draw_seed,
@@ -151,8 +151,8 @@ def _sa_design(panel: Panel, cohorts: list[int], cells: list[tuple[int, int]], t
     spec = DesignSpec(rows=tuple((float(g), r) for r, g in enumerate(cohorts)), default_row=len(cohorts),
                       t0=0, t1=t1, codes=codes, n_int=len(cells))
     step = period_step(panel)
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, t1)]
-    names += [f"cohort={_plain(panel.group_label(g))}:event_time={e * step}" for g, e in cells]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, t1)]
+    names += [f"cohort={plain(panel.group_label(g))}:event_time={e * step}" for g, e in cells]
     return spec, names
 
 
@@ -166,7 +166,7 @@ def _cohort_table(panel: Panel, fit, cells, idx, W, events, step, alpha) -> pd.D
         if not p.kept[i]:
             continue
         se = float(np.sqrt(p.cov[i, i]))
-        rows.append({"cohort": _plain(panel.group_label(g)), "event_time": e * step, "coef": p.beta[i], "se": se,
+        rows.append({"cohort": plain(panel.group_label(g)), "event_time": e * step, "coef": p.beta[i], "se": se,
                      "ci_lower": p.beta[i] - c * se, "ci_upper": p.beta[i] + c * se,
                      "weight": W[events.index(e), j]})
     return pd.DataFrame(rows)
