@@ -248,7 +248,7 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
 
 def meat(chunk: Any, rows: np.ndarray, K: int) -> dict[str, np.ndarray]:
     """Cluster sums of the scores of one RNG block: ``meat`` (K, K) and used clusters ``G``."""
-    from dte_dask.inference.variance import entity_sums
+    from dte_dask.core.blocks import entity_sums
 
     S = entity_sums(rows, chunk.rank)
     return {"meat": S[:, :K].T @ S[:, :K], "G": np.array(float(np.count_nonzero(S[:, K] > 0)))}

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.core.bacon import TYPES, cell_sums, decompose
+from dte_dask.core.labels import plain
 from dte_dask.core.within import NONE, DesignSpec
-from dte_dask.estimators.event_study import _plain, resolve_panel
+from dte_dask.estimators.event_study import resolve_panel
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
@@ -138,7 +139,7 @@ def bacon_decomposition(
     U = len(timing)
 
     def label(r: int) -> Any:
-        return "never_treated" if r == U else str(_plain(panel.group_label(timing[r])))
+        return "never_treated" if r == U else str(plain(panel.group_label(timing[r])))
 
     frame = pd.DataFrame({
         "type": [c.kind for c in comps],
@@ -164,7 +165,7 @@ def _twfe(panel: Panel, timing: tuple[float, ...]) -> tuple[float, float]:
         codes[r, int(g):] = 0
     spec = DesignSpec(rows=tuple((g, r) for r, g in enumerate(timing)), default_row=len(timing), t0=0, t1=T,
                       codes=codes, n_int=1)
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)] + ["treated"]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)] + ["treated"]
     fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "bacon-twfe-stats")], names,
                   np.arange(spec.m) < spec.n_fe, scores_name="bacon-twfe-scores")
     j = spec.m - 1

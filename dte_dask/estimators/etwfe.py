@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from dte_dask.core.etwfe import EtwfeCovariates, augment, cell_x_sums
+from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.event_study import (
-    _plain,
     make_result,
     period_step,
     resolve_panel,
@@ -105,20 +105,20 @@ def etwfe(
     for g in sorted({g for g, _ in cells}):
         m = post & np.array([c[0] == g for c in cells])
         if (m & kept).any():
-            rows.append(("group", _plain(panel.group_label(g))))
+            rows.append(("group", plain(panel.group_label(g))))
             Wo.append(agg(m))
     for t in sorted({t for _, t in cells}):
         m = post & np.array([c[1] == t for c in cells])
         if (m & kept).any():
-            rows.append(("calendar", _plain(panel.periods.labels[t])))
+            rows.append(("calendar", plain(panel.periods.labels[t])))
             Wo.append(agg(m))
     Wo = np.array(Wo)
     oc = Wo @ delta
     ose = np.sqrt(np.clip(np.diag(Wo @ V @ Wo.T), 0.0, None))
     other = pd.DataFrame({"type": [r[0] for r in rows], "label": [r[1] for r in rows], "coef": oc, "se": ose})
     cse = np.sqrt(np.clip(np.diag(V), 0.0, None))
-    by_cell = pd.DataFrame({"cohort": [_plain(panel.group_label(g)) for g, _ in cells],
-                            "period": [_plain(panel.periods.labels[t]) for _, t in cells],
+    by_cell = pd.DataFrame({"cohort": [plain(panel.group_label(g)) for g, _ in cells],
+                            "period": [plain(panel.periods.labels[t]) for _, t in cells],
                             "event_time": [(t - g) * step for g, t in cells], "coef": delta, "se": cse,
                             "n": n_gt})[kept].reset_index(drop=True)
     options = dict(estimator="etwfe", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
@@ -141,8 +141,8 @@ def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, co
     cv = [panel.spec.covariates[j] for j in cov_idx]
     T = panel.n_periods
     cn = [f"{names[spec.n_fe + j]}:{c}_dm" for j in range(len(cells)) for c in cv]
-    cn += [f"cohort={_plain(panel.group_label(g))}:{c}" for g in treated for c in cv]
-    cn += [f"{panel.spec.time}={_plain(panel.periods.labels[t])}:{c}" for t in range(1, T) for c in cv]
+    cn += [f"cohort={plain(panel.group_label(g))}:{c}" for g in treated for c in cv]
+    cn += [f"{panel.spec.time}={plain(panel.periods.labels[t])}:{c}" for t in range(1, T) for c in cv]
     cn += [f"{c}_dm" for c in cv]
     spec = replace(spec, cov_idx=tuple(range(cspec.width)))
     return aug, spec, names[:spec.n_fe] + cn + names[spec.n_fe:]
@@ -178,7 +178,7 @@ def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tup
     codes[:, t_end:] = DROP
     spec = DesignSpec(rows=tuple((g, r) for r, g in enumerate(groups)), default_row=len(groups), t0=0, t1=T,
                       codes=codes, n_int=len(cells))
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)]
-    names += [f"cohort={_plain(panel.group_label(g))}:{panel.spec.time}={_plain(panel.periods.labels[t])}"
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)]
+    names += [f"cohort={plain(panel.group_label(g))}:{panel.spec.time}={plain(panel.periods.labels[t])}"
               for g, t in cells]
     return spec, names, cells

@@ -17,9 +17,15 @@ from dte_dask.core.imputation import (
     imputation_stats,
     meat,
 )
-from dte_dask.core.within import DROP, NONE, DesignSpec, gram_stats, guarded_solve
+from dte_dask.core.labels import plain
+from dte_dask.core.within import (
+    DROP,
+    NONE,
+    DesignSpec,
+    gram_stats,
+    solve_dropping_collinear,
+)
 from dte_dask.estimators.event_study import (
-    _plain,
     period_step,
     resolve_panel,
     to_periods,
@@ -143,7 +149,7 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     nuis = np.arange(spec1.m) < spec1.n_fe
     present = st["col_n"] > 0
     present[spec1.n_fe:] = True
-    sol = guarded_solve(st["A"], st["b"], st["raw"], names1, nuis, present,
+    sol = solve_dropping_collinear(st["A"], st["b"], st["raw"], names1, nuis, present,
                         "the unit and time effects on the untreated observations")
     bad = np.zeros(T, dtype=bool)
     bad[1:] = ~sol.kept[:spec1.n_fe]
@@ -228,7 +234,7 @@ def _untreated_design(panel: Panel, cov_idx: list[int], pretrends: int) -> tuple
     spec = DesignSpec(rows=tuple((g, r) for r, g in enumerate(groups)), default_row=len(groups), t0=0, t1=T,
                       codes=codes, n_int=pretrends, cov_idx=tuple(cov_idx))
     step = period_step(panel)
-    names = [f"{panel.spec.time}={_plain(panel.periods.labels[t])}" for t in range(1, T)]
+    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)]
     names += [panel.spec.covariates[j] for j in cov_idx]
     names += [f"pre{(pretrends - j) * step}" for j in range(pretrends)]
     return spec, names
@@ -253,6 +259,6 @@ def _warn_dropped(panel: Panel, s2: dict, bad: np.ndarray, name: str) -> None:
                       "every period they are observed); their effects cannot be imputed (as did_imputation)",
                       DteDaskWarning, stacklevel=4)
     if bad.any():
-        labels = [_plain(panel.periods.labels[t]) for t in np.flatnonzero(bad)]
+        labels = [plain(panel.periods.labels[t]) for t in np.flatnonzero(bad)]
         warnings.warn(f"{name}: periods {labels} have no untreated observations identifying their time "
                       "effect; treated observations there are not imputed", DteDaskWarning, stacklevel=4)
