@@ -7,11 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
+from dte_dask.core.errors import (
+    DegenerateCellWarning,
+    DteDaskError,
+    DteDaskWarning,
+    EstimationError,
+    NuisanceFitWarning,
+)
+from dte_dask.core.labels import plain
 
-
-class DteDaskError(Exception):
-    """Base class of all dte_dask errors."""
+__all__ = [
+    "ColumnTypeError", "DegenerateCellWarning", "DteDaskError", "DteDaskWarning", "DuplicateRowsError",
+    "EstimationError", "GroupError", "MissingColumnError", "MissingValuesError", "NoControlGroupError",
+    "NuisanceFitWarning", "PanelError", "PanelWarning", "PeriodError", "SpecError", "examples",
+]
 
 
 class PanelError(DteDaskError, ValueError):
@@ -53,23 +62,6 @@ class SpecError(DteDaskError, ValueError):
     """An option passed to an estimator or a job spec is invalid."""
 
 
-class EstimationError(DteDaskError, RuntimeError):
-    """The estimator could not produce a result (e.g. every cell is degenerate)."""
-
-
-class DteDaskWarning(UserWarning):
-    """Base class of dte_dask warnings (dropped units, degenerate cells, ...)."""
-
-
-class DegenerateCellWarning(DteDaskWarning):
-    """An ATT(g,t) cell could not be estimated and is reported as NaN."""
-
-
-class NuisanceFitWarning(DteDaskWarning):
-    """A nuisance fit of an ATT(g,t) cell (the propensity-score logit) met a numerical problem
-    (no convergence, fitted probabilities numerically 0 or 1); the estimate is kept, as R does."""
-
-
 class PanelWarning(DteDaskWarning):
     """The panel was changed on load, as R `did` does (dropped units, balancing)."""
 
@@ -77,15 +69,7 @@ class PanelWarning(DteDaskWarning):
 def examples(values: Iterable[object], k: int = 5) -> str:
     """Format up to ``k`` example values for an error message."""
     vals = list(values)
-    shown = ", ".join(repr(_plain(v)) for v in vals[:k])
+    shown = ", ".join(repr(plain(v)) for v in vals[:k])
     more = f", ... ({len(vals)} in all)" if len(vals) > k else ""
     return f"[{shown}{more}]"
 
-
-def _plain(v: object) -> object:
-    """A numpy scalar as a plain Python value (dates as ISO strings); tuples element-wise."""
-    if isinstance(v, tuple):
-        return tuple(_plain(x) for x in v)
-    if isinstance(v, np.datetime64):
-        return str(np.datetime_as_string(v, unit="auto"))
-    return v.item() if hasattr(v, "item") else v

@@ -1,11 +1,13 @@
 """Display helpers shared by results, checks, plots and reports: one table formatter, one value
-formatter for labels (dates without a midnight time part), one converter to plain Python values."""
+formatter for labels (through the one date formatter, :func:`dte_dask.core.labels.plain`)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from dte_dask.core.labels import plain
 
 __all__ = ["format_table", "format_label", "plain"]
 
@@ -24,15 +26,6 @@ def format_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
 
 
 def format_label(v: Any) -> str:
-    """A period or cohort label for display (dates without a midnight time part)."""
-    if isinstance(v, (pd.Timestamp, np.datetime64)):
-        ts = pd.Timestamp(v)
-        return str(ts.date()) if ts == ts.normalize() else str(ts)
-    return str(v)
-
-
-def plain(v: Any) -> Any:
-    """A numpy scalar as a plain Python value; a ``datetime64`` as its ``YYYY-MM-DD`` text."""
-    if isinstance(v, np.datetime64):
-        return str(np.datetime_as_string(v, unit="D"))
-    return v.item() if hasattr(v, "item") else v
+    """A period or cohort label for display: :func:`dte_dask.core.labels.plain` as text (a date
+    without a midnight time part)."""
+    return str(plain(v.to_datetime64() if hasattr(v, "to_datetime64") else v))

@@ -50,9 +50,9 @@ CANONICAL_COLUMNS = ("event_time", "estimate", "se", "ci_lower", "ci_upper", "ba
 
 # ----------------------------------------------------------------------------- normalisation
 def _z(alpha: float) -> float:
-    from dte_dask.results.base import pointwise_z
+    from scipy import stats
 
-    return pointwise_z(alpha)
+    return float(stats.norm.ppf(1.0 - alpha / 2.0))
 
 
 def _canonical(df: pd.DataFrame, alpha: float, key: str = "event_time") -> pd.DataFrame:

@@ -146,13 +146,13 @@ def missing(url: str, fs: Any, detail: str = "") -> PanelError:
     b = bucket(fs, path)
     if b is not None:
         with errors(url, fs):
-            exists = _bucket_exists(fs, b)
+            exists = bucket_exists(fs, b)
         if not exists:
             return PanelError(f"{url!r}: bucket {b!r} does not exist at {endpoint(fs)}")
     return PanelError(f"{url!r}: no such object or prefix (no file or directory matches)")
 
 
-def _bucket_exists(fs: Any, name: str) -> bool:
+def bucket_exists(fs: Any, name: str) -> bool:
     try:
         fs.ls(name, detail=False)
         return True

@@ -285,8 +285,9 @@ def test_influence_function_is_the_derivative_of_the_estimate(method):
     formulas; it also settles the sign of drdid_rc's pre-period outcome-regression terms, where
     csdid (and we) follow the delta method (R DRDID's source and moderndid 0.2 add them instead)."""
     from dte_dask.core.rcs_covariates import rc_influence
+    from dte_dask.core.routes import select
     from dte_dask.estimators.cs import _cells
-    from dte_dask.graph.attgt import _fit_rc_covariates
+    from dte_dask.graph.attgt import run_kernel
 
     rng = np.random.default_rng(7)
     n = 400
@@ -297,7 +298,10 @@ def test_influence_function_is_the_derivative_of_the_estimate(method):
     df = pd.DataFrame({"y": y, "t": t, "g": g, "x": x, "w": 1.0})
     panel = dte_dask.load_panel(df, time="t", outcome="y", group="g", covariates="x", weights="w", panel=False)
     cells, groups = _cells(panel, "never_treated", 0, "varying")
-    att, ok, est, _ = _fit_rc_covariates(panel, cells, method, 2, groups, str)
+    kernel = select(cells, method=method, p=2, repeated=True, moments=False, n=panel.n_units, groups=groups,
+                    weighted=True, label=str)
+    fit = run_kernel(panel, cells, kernel)
+    ok, est = fit.ok, fit.est
     block = panel.blocks[0].compute()
     psi = rc_influence(block, cells, {**est, "ok": ok})[:, 0]
     eps = 1e-6

@@ -9,8 +9,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 import dte_dask
-from dte_dask.graph.reduce import DyadicCover
-from dte_dask.panel.blocks import BlockSummary
+from dte_dask.core.blocks import BlockSummary
+from dte_dask.core.dyadic import DyadicCover
 
 N_UNITS = 5003  # distinctive, larger than K, K', B
 

@@ -3,19 +3,19 @@ modified data.
 
 The placebo and randomization checks re-estimate ATT(g,t) many times on modified data (shifted
 adoption dates, permuted cohort labels). Each modified data set is an *experiment*: a pure
-function of a partition's :class:`~dte_dask.panel.blocks.UnitBlock` returns, per experiment, the
+function of a partition's :class:`~dte_dask.core.blocks.UnitBlock` returns, per experiment, the
 modified block and the cells to estimate on it. The experiments are estimated with
-:func:`dte_dask.att_gt`'s own kernels (:mod:`dte_dask.core.twobytwo` without covariates,
-:mod:`dte_dask.core.covariates` with them: outcome regression, propensity logit, weighted moments and
-influence functions), wired as ``dask.delayed`` tasks and computed with whatever scheduler is active
+:func:`dte_dask.att_gt`'s own cell kernels (:mod:`dte_dask.core.kernels`, picked by
+:func:`dte_dask.core.routes.select`: the 2x2 sums without covariates; with them outcome regression,
+propensity logit, weighted moments and influence functions), wired as ``dask.delayed`` tasks and computed with whatever scheduler is active
 (the user's ``Client`` if there is one; none is ever created). Every pass sums small statistics of
 all experiments at once, so the driver only ever holds K-sized arrays per experiment.
 
 Estimator: ``est_method`` "dr" | "ipw" | "reg" as ``att_gt``: without covariates the unconditional
 2x2 DiD (``att_gt``'s numbers for every ``est_method``, including DRDID's trimming of cells whose
 controls all have a propensity score >= 0.995); with covariates DRDID's panel estimators, the
-propensity logit fitted as ``att_gt`` fits it (:func:`fit_logit`, one reduction over the partitions
-per IRLS iteration for every experiment still iterating).
+propensity logit fitted as ``att_gt`` fits it (one reduction over the partitions per IRLS iteration
+for every experiment still iterating).
 
 The panel is prepared exactly as ``att_gt`` prepares it (balanced, units treated in the first period
 dropped, the same cells for the given ``control_group`` and ``base_period``; for the regression
@@ -24,22 +24,20 @@ the checks.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
 import numpy as np
 
-from dte_dask.core import covariates as cov_kernels
-from dte_dask.core import logit
-from dte_dask.core import twobytwo
+from dte_dask.core.blocks import UnitBlock, summarize
 from dte_dask.core.cells import Cells
-from dte_dask.core.regression import TRIM_LEVEL, guarded_solve
+from dte_dask.core.kernels import CellKernel, Pass
+from dte_dask.core.routes import select
 from dte_dask.exceptions import PanelWarning, SpecError
 from dte_dask.graph.reduce import tree_sum
-from dte_dask.panel.blocks import UnitBlock, summarize
 from dte_dask.panel.panel import Panel
 
 Stats = dict[str, np.ndarray]
@@ -143,40 +141,22 @@ def truncate(block: UnitBlock, keep: np.ndarray, n_periods: int, g: np.ndarray) 
     return UnitBlock(b.ids, b.rank, np.asarray(g, dtype=float), b.w, b.cluster, b.y[:, :n_periods], x)
 
 
-def cell_stats(block: UnitBlock, cells: Cells, p: int, groups: np.ndarray | None = None) -> Stats:
-    """Additive per-cell sums (and weighted cohort sizes ``Swg`` when ``groups`` is given)."""
-    s = twobytwo.uncond_stats(block, cells) if p == 1 else cov_kernels.ols_stats(block, cells, p)
-    if groups is not None:
-        G = cells.effective_g(block.g)
-        s["Swg"] = (G[:, None] == groups[None, :]).astype(float).T @ block.w
-    return s
+def _kernel(cells: Cells, p: int, method: str, groups: np.ndarray | None, weighted: bool) -> CellKernel:
+    """``att_gt``'s kernel for a balanced panel (the 2x2 sums, or DRDID's panel estimators with
+    covariates), silent and on the estimate's scale (``n = 1``)."""
+    return select(cells, method=method, p=p, repeated=False, moments=False, n=1.0, groups=groups,
+                  weighted=weighted, label=None)
 
 
 def influence(block: UnitBlock, cells: Cells, est: dict[str, Any], p: int) -> np.ndarray:
     """(n_block, K) influence functions on the estimate's scale (covariance = sum of outer products)."""
-    if p == 1:
-        return twobytwo.uncond_influence(block, cells, est)
-    return cov_kernels.cov_influence(block, cells, est)
+    return _kernel(cells, p, est.get("method", "dr"), None, False).influence(block, cells, est)
 
 
-def _apply(block: UnitBlock, expand: Expand, kernel: Callable[..., Stats], args: dict[int, tuple]) -> dict[int, Stats]:
-    """``kernel(modified block, cells, *args[j])`` for the experiments j of ``args``."""
+def _apply(block: UnitBlock, expand: Expand, passes: dict[int, Pass]) -> dict[int, Stats]:
+    """``stats(modified block, cells, *args)`` of the pass of each experiment j of ``passes``."""
     exps = expand(block)
-    return {j: kernel(exps[j][0], exps[j][1], *a) for j, a in args.items()}
-
-
-def sums(panel: Panel, batches: Sequence[Expand], kernel: Callable[..., Stats],
-         args: Sequence[dict[int, tuple]], name: str) -> list[dict[int, Stats]]:
-    """Per batch, the sums over all partitions of ``kernel`` for the experiments in ``args[batch]``.
-
-    One ``compute`` for every batch together; batches with no experiment are skipped (``{}``).
-    """
-    todo = [(c, tree_sum(panel.map_blocks(_apply, ex, kernel, a, name=f"{name}-{c}"), name=f"{name}-sum-{c}"))
-            for c, (ex, a) in enumerate(zip(batches, args)) if a]
-    out: list[dict[int, Stats]] = [{} for _ in batches]
-    for (c, _), s in zip(todo, compute(*[t for _, t in todo])):
-        out[c] = s
-    return out
+    return {j: st.stats(exps[j][0], exps[j][1], *st.args) for j, st in passes.items()}
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -184,139 +164,33 @@ def fit(panel: Panel, batches: Sequence[Expand], sizes: Sequence[int], cells: Se
         method: str, groups: np.ndarray | None = None, name: str = "check") -> list[list[tuple[np.ndarray, dict]]]:
     """Estimate every experiment of every batch: ``[batch][j] -> (att (K,), est)``.
 
-    ``est`` holds the summed statistics (``est["stats"]``) and what :func:`influence` needs; its
+    Each experiment runs ``att_gt``'s own cell kernel (:func:`dte_dask.core.routes.select`: outcome
+    regression, the IRLS propensity logit with R did's overlap check, the reg / ipw / dr algebra).
+    The kernels advance in lock-step: every round sums the pending pass of every experiment over
+    the partitions, in one ``compute`` (one task per partition, batch and pass). ``est`` holds the
+    first pass's summed statistics (``est["stats"]``) and what :func:`influence` needs; its
     influence functions are on the estimate's scale (``n = 1``). Cells that cannot be estimated
-    (no treated or control units, singular designs, non-converged logit) are NaN with ``ok`` False.
+    (no treated or control units, singular designs, failed logit) are NaN with ``ok`` False.
     """
-    s = sums(panel, batches, cell_stats, [{j: (p, groups) for j in range(m)} for m in sizes], f"{name}-stats")
-    out: list[list[tuple[np.ndarray, dict]]] = [[None] * m for m in sizes]  # type: ignore[list-item]
-    logit_jobs: dict[tuple[int, int], dict[str, Any]] = {}
-    for c, m in enumerate(sizes):
-        for j in range(m):
-            sj = s[c][j]
-            if p == 1 or method == "reg":
-                att, est = _closed_form(sj, p, method)
-                out[c][j] = (att, {**est, "stats": sj})
-            else:
-                logit_jobs[(c, j)] = _logit_start(sj, cells[c][j], p, method)
-    if not logit_jobs:
-        return out
-    fit_logit(panel, batches, logit_jobs, name)
-    mom = sums(panel, batches, cov_kernels.ps_moments,
-               [{j: (logit_jobs[(c, j)]["gamma"], logit_jobs[(c, j)]["beta"]) for j in range(m)} for c, m in enumerate(sizes)],
-               f"{name}-moments")
-    for (c, j), job in logit_jobs.items():
-        att, est = _ps_estimate(job, mom[c][j], method)
-        out[c][j] = (att, {**est, "stats": job["s"]})
+    weighted = panel.spec.weights is not None
+    kernels = [[_kernel(cells[c][j], p, method, groups, weighted) for j in range(m)] for c, m in enumerate(sizes)]
+    steps = {(c, j): k.start() for c, ks in enumerate(kernels) for j, k in enumerate(ks)}
+    while steps:
+        rounds: dict[tuple[str, int], dict[int, Pass]] = {}
+        for (c, j), st in steps.items():
+            rounds.setdefault((st.name, c), {})[j] = st
+        todo = [(c, tree_sum(panel.map_blocks(_apply, batches[c], passes, name=f"{name}-{stage}-{c}"),
+                             name=f"{name}-{stage}-sum-{c}")) for (stage, c), passes in rounds.items()]
+        steps = {}
+        for (c, _), res in zip(todo, compute(*[t for _, t in todo])):
+            for j, s in res.items():
+                if (nxt := kernels[c][j].solve(s)) is not None:
+                    steps[(c, j)] = nxt
+    out: list[list[tuple[np.ndarray, dict]]] = []
+    for ks in kernels:
+        fits = [k.result() for k in ks]
+        out.append([(f.att, {**f.est, "stats": f.stats}) for f in fits])
     return out
-
-
-def _closed_form(s: Stats, p: int, method: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Unconditional 2x2 (any method) or outcome regression: estimates straight from the sums."""
-    if p == 1:
-        ok = (s["SwD"] > 0) & (s["SwC"] > 0)
-        if method in ("dr", "ipw"):  # DRDID trims controls with ps >= 0.995 (att_gt's rule)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ok &= ~(np.minimum(s["SwD"] / (s["SwD"] + s["SwC"]), 1 - 1e-6) >= TRIM_LEVEL)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mu1, mu0 = s["SwDdY"] / s["SwD"], s["SwCdY"] / s["SwC"]
-        att = np.where(ok, mu1 - mu0, np.nan)
-        return att, {**s, "mu1": mu1, "mu0": mu0, "ok": ok, "n": 1.0}
-    ok = (s["SwD"] > 0) & (s["nC"] > 0)
-    beta, ok = _solve_each(s["XtWX"], s["XtWdY"], ok)
-    v_t, ok = _solve_each(s["XtWX"], s["SwDX"], ok)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        eta_t = s["SwDdY"] / s["SwD"]
-        eta_c = np.einsum("kp,kp->k", np.nan_to_num(s["SwDX"]), np.nan_to_num(beta)) / s["SwD"]
-    att = np.where(ok, eta_t - eta_c, np.nan)
-    return att, {"method": "reg", "n": 1.0, "beta": beta, "v_t": v_t, "eta_t": eta_t, "eta_c": eta_c,
-                 "St": s["SwD"], "ok": ok}
-
-
-def _solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    out = np.full(b.shape, np.nan)
-    good = ok.copy()
-    for k in np.flatnonzero(ok):
-        x = guarded_solve(A[k], b[k])
-        if x is None:
-            good[k] = False
-        else:
-            out[k] = x
-    return out, good
-
-
-def _logit_start(s: Stats, cells: Cells, p: int, method: str) -> dict[str, Any]:
-    """``att_gt``'s starting point: outcome regression (dr) and the intercept-only logit MLE."""
-    ok = (s["SwD"] > 0) & (s["nC"] > 0)
-    beta = np.zeros((cells.K, p))
-    if method == "dr":
-        beta, ok = _solve_each(s["XtWX"], s["XtWdY"], ok)
-    gamma = np.zeros((cells.K, p))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gamma[:, 0] = np.log(s["SwD"] / s["XtWX"][:, 0, 0])
-    gamma[~ok] = 0.0
-    return {"s": s, "ok": ok, "active": ok.copy(), "gamma": gamma, "beta": np.nan_to_num(beta) if method == "dr" else beta}
-
-
-def fit_logit(panel: Panel, batches: Sequence[Expand], jobs: dict[tuple[int, int], dict[str, Any]], name: str) -> None:
-    """Propensity logit of every cell of every experiment (in place on ``jobs``: ``gamma``, ``ok``).
-
-    ``att_gt``'s algorithm and checks, :class:`dte_dask.core.logit.IrlsLogit` (IRLS with
-    step-halving, glm.fit's convergence rule, separation, R did's overlap check on the unweighted
-    logit): one reduction over the partitions per iteration, for all experiments still iterating.
-    Each step reads the summed :func:`dte_dask.core.covariates.logit_stats` per cell.
-    """
-    def run(starts: dict[tuple[int, int], tuple], unweighted: bool) -> dict[tuple[int, int], logit.LogitFit]:
-        fits = {key: logit.IrlsLogit(*start) for key, start in starts.items()}
-        while True:
-            args: list[dict[int, tuple]] = [{} for _ in batches]
-            for (c, j), f in fits.items():
-                if (prop := f.proposal()) is not None:
-                    args[c][j] = (*prop, unweighted)
-            if not any(args):
-                return {key: f.result() for key, f in fits.items()}
-            res = sums(panel, batches, cov_kernels.logit_stats, args, f"{name}-logit")
-            for c, a in enumerate(args):
-                for j in a:
-                    st = res[c][j]
-                    fits[(c, j)].update(st["grad"], st["hess"], -2.0 * st["ll"], st["n01"], st["n999"])
-
-    def scale(s: Stats) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (s["nD"] + s["nC"]) / (s["SwD"] + s["XtWX"][:, 0, 0])
-
-    fits = run({key: (job["gamma"], job["ok"], scale(job["s"])) for key, job in jobs.items()}, False)
-    pre = fits
-    if panel.spec.weights is not None:
-        p = next(iter(jobs.values()))["gamma"].shape[1]
-        pre = run({key: (logit.intercept_start(job["s"]["nD"], job["s"]["nC"], p), job["ok"] & fits[key].ok, None)
-                   for key, job in jobs.items()}, True)
-    for key, job in jobs.items():
-        f, q = fits[key], pre[key]
-        bad = q.overlap if q is f else q.overlap | q.separated
-        job["gamma"], job["ok"] = f.gamma, job["ok"] & f.ok & ~bad
-
-
-def _ps_estimate(job: dict[str, Any], m: Stats, method: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """ipw / dr estimates and influence ingredients from the propensity-weighted moments."""
-    s, b = job["s"], job["beta"]
-    ok = job["ok"] & (m["Sc"] > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if method == "dr":
-            eta_t = (m["At"] - np.einsum("kp,kp->k", m["StX"], b)) / m["St"]
-            eta_c = (m["Ac"] - np.einsum("kp,kp->k", m["ScX"], b)) / m["Sc"]
-            M2 = m["ScdYX"] - np.einsum("kpq,kq->kp", m["ScXX"], b) - eta_c[:, None] * m["ScX"]
-        else:
-            eta_t, eta_c = m["At"] / m["St"], m["Ac"] / m["Sc"]
-            M2 = m["ScdYX"] - eta_c[:, None] * m["ScX"]
-    v_ps, ok = _solve_each(m["H"], M2, ok)
-    est = {"method": method, "n": 1.0, "beta": b, "gamma": job["gamma"], "eta_t": eta_t, "eta_c": eta_c,
-           "St": m["St"], "Sc": m["Sc"], "v_ps": v_ps}
-    if method == "dr":
-        est["v_t"], _ = _solve_each(s["XtWX"], m["StX"], ok)
-        est["v_c"], _ = _solve_each(s["XtWX"], m["ScX"], ok)
-    est["ok"] = ok
-    return np.where(ok, eta_t - eta_c, np.nan), est
 
 
 # ----------------------------------------------------------------------------- derived panels

@@ -26,7 +26,7 @@ from dte_dask.checks._base import CheckResult
 from dte_dask.checks._engine import compute, prepare
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.reduce import tree_sum
-from dte_dask.panel.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -53,7 +53,7 @@ from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import tree_sum
 from dte_dask.inference.bands import wald_test
 from dte_dask.inference.variance import analytic_se, gram
-from dte_dask.panel.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock
 
 
 @dataclass(frozen=True, repr=False, eq=False)

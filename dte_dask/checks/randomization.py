@@ -51,7 +51,7 @@ from dte_dask.checks._engine import (
 )
 from dte_dask.core.cells import Cells
 from dte_dask.exceptions import EstimationError, SpecError
-from dte_dask.panel.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.results.aggregate import AggKind, aggregate_map
 
 

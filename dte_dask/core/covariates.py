@@ -12,11 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.logit import eta_extreme, overlap_count
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess, with_intercept
+from dte_dask.core.regression import (
+    PS_CAP,
+    TRIM_LEVEL,
+    expit,
+    logit_grad_hess,
+    with_intercept,
+)
 from dte_dask.core.twobytwo import Stats, delta_y
-from dte_dask.panel.blocks import UnitBlock
 
 
 def designs(cells: Cells, x_varying: bool) -> list[np.ndarray]:

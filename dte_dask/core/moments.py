@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.panel.blocks import UnitBlock
 
 
 def category_index(block: UnitBlock, cells: Cells, cats: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.panel.blocks import UnitBlock
 
 _PARTS = ("D1", "D0", "C1", "C0")
 

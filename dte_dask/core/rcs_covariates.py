@@ -44,9 +44,15 @@ from typing import Any
 
 import numpy as np
 
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess, with_intercept
-from dte_dask.panel.blocks import UnitBlock
+from dte_dask.core.regression import (
+    PS_CAP,
+    TRIM_LEVEL,
+    expit,
+    logit_grad_hess,
+    with_intercept,
+)
 
 Stats = dict[str, np.ndarray]
 SUBSETS = ("c1", "c0", "t1", "t0")  # index 0..3 in the stacked statistics

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
-from dte_dask.exceptions import EstimationError
+from dte_dask.core.errors import EstimationError
 
 DROP = -2  # code of an observation that is left out of the regression
 NONE = -1  # code of an observation that carries no interest dummy
@@ -335,9 +335,14 @@ def collinear_columns(A: np.ndarray, candidates: np.ndarray, raw: np.ndarray, to
     return dropped
 
 
-def guarded_solve(A: np.ndarray, b: np.ndarray, raw: np.ndarray, names: list[str], nuisance: np.ndarray,
-                  present: np.ndarray, what: str = "the unit and time effects") -> Solution:
+def solve_dropping_collinear(A: np.ndarray, b: np.ndarray, raw: np.ndarray, names: list[str], nuisance: np.ndarray,
+                             present: np.ndarray, what: str = "the unit and time effects") -> Solution:
     """Solve the normal equations; drop collinear nuisance columns, raise on any other.
+
+    Not :func:`dte_dask.core.regression.guarded_solve` (the one guarded solve: an equilibrated
+    positive semi-definite system, None when singular, for the nuisance fits of ATT(g,t) cells):
+    here the design may be rank-deficient by construction (absorbed fixed-effect dummies), so the
+    collinear columns are found by a pivoted Cholesky, nuisance ones dropped and any other reported.
 
     Parameters
     ----------

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.cs import as_panel
 from dte_dask.estimators.options import EventStudyOptions, InferenceOptions, parse_options

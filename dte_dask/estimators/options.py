@@ -149,6 +149,31 @@ class SunAbrahamOptions(_RenamedControl):
     control_group: SaControl = "never_treated"
 
 
+class ImputationOptions(Options):
+    """:func:`dte_dask.imputation_did` (Borusyak, Jaravel & Spiess 2024)."""
+
+    horizons: tuple[Int, ...] | None = None
+    pretrends: NonNegInt = 0
+    aux_partition: Literal["cohort_horizon", "cohort", "horizon"] = "cohort_horizon"
+    leave_out: Bool = False
+
+
+class TwoStageOptions(Options):
+    """:func:`dte_dask.two_stage_did` (Gardner 2021)."""
+
+    horizons: tuple[Int, ...] | None = None
+
+
+class EtwfeOptions(Options):
+    """:func:`dte_dask.etwfe` (Wooldridge 2021)."""
+
+    control_group: Literal["not_yet_treated", "never_treated"] = "not_yet_treated"
+
+
+class BaconOptions(Options):
+    """:func:`dte_dask.bacon_decomposition` (no options beyond the data columns)."""
+
+
 # ----------------------------------------------------------------------------- docs
 def describe_field(model: type[Options], name: str) -> str:
     """``name: type = default`` of one option (the allowed values of a vocabulary), for the docs."""

@@ -1,8 +1,9 @@
 """Tree reductions over partition results.
 
-``tree_sum`` adds small statistics (dicts of arrays) with a fixed fan-in. ``DyadicCover`` makes a
-sum *bit-identical* for any partitioning: values are attached to RNG blocks, and blocks are only
-ever added along one fixed binary tree over block indices, whatever partition computed them.
+``tree_sum`` adds small statistics (dicts of arrays) with a fixed fan-in. ``by_rng_block`` and
+``tree_merge`` make a sum *bit-identical* for any partitioning: values are attached to RNG blocks
+(:class:`~dte_dask.core.dyadic.DyadicCover`), and blocks are only ever added along one fixed binary
+tree over block indices, whatever partition computed them.
 """
 from __future__ import annotations
 
@@ -15,14 +16,11 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from threadpoolctl import threadpool_limits
 
+from dte_dask.core.dyadic import DyadicCover, add
+
+__all__ = ["DyadicCover", "add", "by_rng_block", "tree_merge", "tree_sum"]
+
 SPLIT_EVERY = 8
-
-
-def add(a: Any, b: Any) -> Any:
-    """Add two statistics: arrays, numbers, or dicts of them."""
-    if isinstance(a, dict):
-        return {k: add(a[k], b[k]) for k in a}
-    return a + b
 
 
 def _sum_all(items: Sequence[Any]) -> Any:
@@ -45,58 +43,6 @@ def tree_sum(parts: Sequence[Delayed], name: str, split_every: int = SPLIT_EVERY
     if len(level) == 1 and depth == 0:
         return f([level[0]], dask_key_name=f"{name}-{token}")
     return level[0]
-
-
-# --------------------------------------------------------------------------------- dyadic cover
-class DyadicCover:
-    """Values attached to nodes ``(level, j)`` of the binary tree over RNG blocks ``0..n_blocks-1``.
-
-    Node (L, j) covers blocks ``[j 2^L, (j+1) 2^L)``; its value is, by definition, the value of its
-    left child plus that of its right child (or the left child alone when the right one covers no
-    block). Merging covers of adjacent ranges and coalescing siblings therefore always performs
-    the same additions in the same order, so the root is identical for any partitioning.
-    """
-
-    def __init__(self, n_blocks: int, nodes: dict[tuple[int, int], np.ndarray]) -> None:
-        self.n_blocks = n_blocks
-        self.nodes = nodes
-        self._coalesce()
-
-    @classmethod
-    def from_blocks(cls, n_blocks: int, block_ids: Sequence[int], values: Sequence[np.ndarray]) -> DyadicCover:
-        return cls(n_blocks, {(0, int(b)): v for b, v in zip(block_ids, values)})
-
-    def _exists(self, level: int, j: int) -> bool:
-        return j * (1 << level) < self.n_blocks
-
-    def _coalesce(self) -> None:
-        changed = True
-        while changed:
-            changed = False
-            for (lvl, j) in sorted(self.nodes):
-                if (lvl, j) not in self.nodes:
-                    continue
-                left, right = (lvl, j & ~1), (lvl, j | 1)
-                parent = (lvl + 1, j >> 1)
-                if (1 << lvl) >= self.n_blocks and j == 0:
-                    continue  # root
-                if left in self.nodes and right in self.nodes:
-                    self.nodes[parent] = add(self.nodes.pop(left), self.nodes.pop(right))
-                    changed = True
-                elif left in self.nodes and not self._exists(*right):
-                    self.nodes[parent] = self.nodes.pop(left)
-                    changed = True
-
-    def merge(self, other: DyadicCover) -> DyadicCover:
-        overlap = set(self.nodes) & set(other.nodes)
-        if overlap:
-            raise ValueError(f"covers overlap at {sorted(overlap)[:3]}")
-        return DyadicCover(self.n_blocks, {**self.nodes, **other.nodes})
-
-    def root(self) -> np.ndarray:
-        if len(self.nodes) != 1:
-            raise ValueError(f"cover is incomplete: {len(self.nodes)} nodes left")
-        return next(iter(self.nodes.values()))
 
 
 def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: Any, rows: np.ndarray | None = None) -> DyadicCover:

@@ -19,11 +19,20 @@ import numpy as np
 from dask.base import tokenize
 from threadpoolctl import threadpool_limits
 
-from dte_dask.core.within import DesignSpec, crv1, gram_stats, guarded_solve, unit_scores
+from dte_dask.core.ols import (
+    CrvFit,
+    block_scores,
+    coef_draws,
+    crv_fit,
+    local_nuisance,
+    score_meat,
+    solve_part,
+    solve_pooled,
+)
+from dte_dask.core.within import DesignSpec, gram_stats
 from dte_dask.exceptions import EstimationError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import BootWeights, boot_cover
-from dte_dask.inference.variance import entity_sums
 from dte_dask.panel.panel import Panel
 
 
@@ -37,20 +46,6 @@ class Part:
 
     def __dask_tokenize__(self) -> object:
         return ("regress-part", self.spec, self.place.tobytes(), self.name)
-
-
-@dataclass(frozen=True)
-class CrvFit:
-    """Coefficients and CRV1 covariance of one least-squares problem."""
-
-    beta: np.ndarray  # (m,) zeros on dropped columns
-    kept: np.ndarray  # (m,) bool
-    cov: np.ndarray  # (m, m)
-    n_obs: int
-    n_clusters: int
-    n_units: int
-    df_k: int
-    ssc: float
 
 
 @dataclass(frozen=True)
@@ -73,18 +68,15 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     """
     m = len(names)
     stats = dask.compute(*[exact_sum(panel, gram_stats, p.spec, name=p.name) for p in parts])
-    A, b, raw, present, n_obs, levels = _assemble(parts, stats, m)
-    if n_obs == 0:
-        raise EstimationError("no observation is left in the regression (every unit is a singleton or dropped)")
-    sol = guarded_solve(A, b, raw, names, nuisance, present, what)
-    local = [_solve_part(p, st, names) if per_part else None for p, st in zip(parts, stats)]
+    sol, n_obs, levels = solve_pooled(parts, stats, names, nuisance, what)
+    local = [solve_part(p, st, names) if per_part else None for p, st in zip(parts, stats)]
 
     betas = [sol.beta[p.place] for p in parts]
     part_betas = [None if s is None else s.beta for s in local]
-    scores = panel.map_blocks(_one_thread, _block_scores, parts, m, betas, part_betas, name=scores_name)
+    scores = panel.map_blocks(_one_thread, block_scores, parts, m, betas, part_betas, name=scores_name)
     widths = [m] + [p.spec.m for p, s in zip(parts, local) if s is not None]
     f = dask.delayed(_one_thread, pure=True)
-    meats = [f(blk, by_rng_block, _meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
+    meats = [f(blk, by_rng_block, score_meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
                dask_key_name=f"{scores_name}-meat-{tokenize(s)}-{i}") for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
     todo = [tree_merge(meats, name=f"{scores_name}-meat-sum")]
     if n_boot > 0:
@@ -96,62 +88,21 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
         todo.append(tree_merge(covers, name="mboot-merge"))
     out = dask.compute(*todo)
     meat = out[0]
-    pooled = _crv(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
+    pooled = crv_fit(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
     fits, j = [], 1
     for p, st, s in zip(parts, stats, local):
         fit = None
         if s is not None:
             lv = int(np.count_nonzero(st["level_n"]))
             try:
-                fit = _crv(s, meat[f"meat{j}"], float(st["n_obs"]), lv, meat[f"G{j}"], meat[f"units{j}"],
-                           _local_nuisance(p.spec))
+                fit = crv_fit(s, meat[f"meat{j}"], float(st["n_obs"]), lv, meat[f"G{j}"], meat[f"units{j}"],
+                              local_nuisance(p.spec))
             except EstimationError:  # a design with a single cluster has no clustered SE
                 fit = None
             j += 1
         fits.append(fit)
-    draws = None if n_boot <= 0 else out[1] @ sol.inv
+    draws = None if n_boot <= 0 else coef_draws(out[1], sol.inv)
     return OlsFit(pooled=pooled, parts=tuple(fits), stats=tuple(stats), draws=draws)
-
-
-def _assemble(parts: list[Part], stats: tuple[dict, ...], m: int):
-    """The global normal equations from the designs' statistics (placed by their columns)."""
-    A, b, raw, present, n_obs, levels = np.zeros((m, m)), np.zeros(m), np.zeros(m), np.zeros(m, dtype=bool), 0.0, 0
-    for p, st in zip(parts, stats):
-        A[np.ix_(p.place, p.place)] += st["A"]
-        b[p.place] += st["b"]
-        raw[p.place] += st["raw"]
-        present[p.place] |= _present(p.spec, st)
-        n_obs += float(st["n_obs"])
-        levels += int(np.count_nonzero(st["level_n"]))  # fixed-effect levels observed
-    return A, b, raw, present, n_obs, levels
-
-
-def _present(spec: DesignSpec, st: dict) -> np.ndarray:
-    """Local columns that take part: dummies with observations, and every covariate."""
-    present = st["col_n"] > 0
-    present[spec.n_fe:spec.n_fe + spec.p] = True
-    return present
-
-
-def _local_nuisance(spec: DesignSpec) -> np.ndarray:
-    nuis = np.zeros(spec.m, dtype=bool)
-    nuis[:spec.n_fe] = True
-    return nuis
-
-
-def _solve_part(p: Part, st: dict, names: list[str]):
-    local_names = [names[j] for j in p.place]
-    try:
-        return guarded_solve(st["A"], st["b"], st["raw"], local_names, _local_nuisance(p.spec), _present(p.spec, st))
-    except EstimationError:
-        return None
-
-
-def _crv(sol, meat: np.ndarray, n_obs: float, levels: int, G: float, units: float, nuisance: np.ndarray) -> CrvFit:
-    df_k = int(np.count_nonzero(sol.kept & ~nuisance)) + levels
-    cov, c = crv1(sol.inv, meat, n_obs, df_k, int(G))
-    return CrvFit(beta=sol.beta, kept=sol.kept, cov=cov, n_obs=int(n_obs), n_clusters=int(G),
-                  n_units=int(units), df_k=df_k, ssc=c)
 
 
 # ----------------------------------------------------------------------------- block kernels
@@ -168,42 +119,6 @@ def _one_thread(block, func, *args, **kwargs):
     core, and the small Gram products of a kernel are slower with BLAS threads competing for them."""
     with threadpool_limits(limits=1):
         return func(block, *args, **kwargs)
-
-
-def _block_scores(block, parts: list[Part], m: int, betas: list[np.ndarray], part_betas: list) -> np.ndarray:
-    """(n, m + sum of per-design widths + 1 + per-design count) array: pooled scores in global
-    columns (summed over designs), per-design scores at the per-design fits, then 0/1 flags of
-    units used in the pooled fit and in each per-design fit."""
-    n = block.n
-    pooled = np.zeros((n, m))
-    used_any = np.zeros((n, 1))
-    local, flags = [], []
-    for p, beta, pb in zip(parts, betas, part_betas):
-        sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
-        pooled[np.ix_(sel, p.place)] += scores[0]
-        used_any[sel[used], 0] = 1.0
-        if pb is not None:
-            loc = np.zeros((n, p.spec.m))
-            loc[sel] = scores[1]
-            flag = np.zeros((n, 1))
-            flag[sel[used], 0] = 1.0
-            local.append(loc)
-            flags.append(flag)
-    return np.hstack([pooled, *local, used_any, *flags])
-
-
-def _meat(chunk, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:
-    """Per segment j of columns: cluster-score outer products ``meat<j>``, used clusters ``G<j>``
-    and used units ``units<j>``."""
-    S = entity_sums(rows, chunk.rank)
-    off = np.cumsum([0, *widths])
-    out = {}
-    for j in range(len(widths)):
-        s = S[:, off[j]:off[j + 1]]
-        out[f"meat{j}"] = s.T @ s
-        out[f"G{j}"] = np.array(float(np.count_nonzero(S[:, off[-1] + j] > 0)))
-        out[f"units{j}"] = np.array(float(np.count_nonzero(rows[:, off[-1] + j] > 0)))
-    return out
 
 
 def _boot(block, scores: np.ndarray, m: int, **kw):

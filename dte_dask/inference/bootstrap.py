@@ -5,41 +5,25 @@ b = r // block_size. Draws ``[c*CHUNK, (c+1)*CHUNK)`` of block b come from
 ``SeedSequence(seed, spawn_key=(b, c))``: a matrix (CHUNK x block_size) whose column r - b*block_size
 is entity r's multiplier. Each partition turns its blocks into B x K partial sums
 ``sum_i V_ib psi_i / n``, and partial sums are added along the fixed tree of
-:class:`~dte_dask.graph.reduce.DyadicCover`: the draws are bit-identical for any number of
+:class:`~dte_dask.core.dyadic.DyadicCover`: the draws are bit-identical for any number of
 partitions, workers or threads.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dte_dask import config
+from dte_dask.core.dyadic import DyadicCover
+from dte_dask.core.multipliers import CHUNK, BootWeights, multipliers
 from dte_dask.exceptions import SpecError
-from dte_dask.graph.reduce import DyadicCover
 from dte_dask.inference.variance import entity_sums
 
-CHUNK = 128  # draws per random stream; part of the algorithm (changing it changes the draws)
+__all__ = ["CHUNK", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost", "multipliers"]
+
 RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
-BootWeights = Literal["rademacher", "mammen"]
-_SQ5 = np.sqrt(5.0)
-_MAMMEN_LO, _MAMMEN_HI = (1.0 - _SQ5) / 2.0, (1.0 + _SQ5) / 2.0
-_MAMMEN_P = (_SQ5 + 1.0) / (2.0 * _SQ5)  # P(V = (1 - sqrt5)/2)
-
-
-def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind: BootWeights) -> np.ndarray:
-    """(n_draws, size) multipliers of RNG block ``block``, draws ``chunk*CHUNK ..``."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
-    if kind == "rademacher":
-        nbytes = -(-(n_draws * size) // 8)
-        bits = np.unpackbits(np.frombuffer(rng.bytes(nbytes), dtype=np.uint8))[: n_draws * size]
-        return (1.0 - 2.0 * bits.astype(np.float64)).reshape(n_draws, size)
-    if kind == "mammen":
-        u = rng.random((n_draws, size))
-        return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
-    raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
 
 
 def check_bootstrap_cost(n_boot: int, *, n_entities: int | None, width: int | None, kind: str,

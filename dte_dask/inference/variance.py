@@ -3,15 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dte_dask.core.blocks import entity_sums
 
-def entity_sums(psi: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """Sum rows of ``psi`` that share an entity rank (``rank`` sorted, entities contiguous)."""
-    if psi.shape[0] == 0:
-        return psi
-    starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
-    if starts.size == psi.shape[0]:
-        return psi
-    return np.add.reduceat(psi, starts, axis=0)
+__all__ = ["analytic_se", "covariance", "entity_sums", "gram"]
 
 
 def gram(psi: np.ndarray, rank: np.ndarray, clustered: bool) -> np.ndarray:

@@ -25,6 +25,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask import config, storage
+from dte_dask.core.blocks import UnitBlock, summarize
 from dte_dask.exceptions import (
     ColumnTypeError,
     DuplicateRowsError,
@@ -35,11 +36,10 @@ from dte_dask.exceptions import (
     SpecError,
     examples,
 )
-from dte_dask.panel.blocks import UnitBlock, frame_to_block, summarize
-from dte_dask.panel.panel import Panel, _finish
+from dte_dask.panel.blocks import frame_to_block
+from dte_dask.panel.panel import Panel, finish
 from dte_dask.panel.periods import PeriodMap
 from dte_dask.panel.spec import PanelSpec
-
 
 ROW_ID = "_dte_row"  # the generated row id of a repeated cross section without one
 
@@ -250,7 +250,7 @@ def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | 
         lo, hi = np.searchsorted(block.rank, [a, b])
         parts.append(dask.delayed(block.take(slice(int(lo), int(hi))), name=f"panel-block-{token}-{i}"))
     panel = Panel(spec=spec, periods=periods, blocks=tuple(parts), summaries=(), rng_block_size=bs, n_entities=n_ent)
-    return _finish(panel)
+    return finish(panel)
 
 
 def _partition_bounds(n_entities: int, bs: int, npartitions: int | None) -> list[int]:
@@ -328,7 +328,7 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
                   if offsets[i] < b and offsets[i + 1] > a]
         blocks.append(dask.delayed(_assemble, pure=True)(pieces, varying, dask_key_name=f"panel-layout-{tok}-{j}"))
     panel = Panel(spec=spec, periods=periods, blocks=tuple(blocks), summaries=(), rng_block_size=bs, n_entities=n_ent)
-    return _finish(panel)
+    return finish(panel)
 
 
 def _disjoint_sorted(scans: list[dict[str, Any]]) -> bool:

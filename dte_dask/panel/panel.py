@@ -12,8 +12,10 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+import dte_dask.panel.blocks  # noqa: F401  (registers Dask's sizeof of a block)
+from dte_dask.core.blocks import BlockSummary, UnitBlock, summarize
+from dte_dask.core.labels import plain
 from dte_dask.exceptions import PanelWarning
-from dte_dask.panel.blocks import BlockSummary, UnitBlock, summarize
 from dte_dask.panel.periods import PeriodMap
 from dte_dask.panel.spec import PanelSpec
 
@@ -85,11 +87,11 @@ class Panel:
         return g
 
     def describe(self) -> dict[str, Any]:
-        cohorts = {str(_plain(self.group_label(g))) if np.isfinite(g) else "never treated": c
+        cohorts = {str(plain(self.group_label(g))) if np.isfinite(g) else "never treated": c
                    for g, c in self.cohort_sizes.items()}
         return {
             "units": self.n_units, "periods": self.n_periods, "rows": self.n_rows,
-            "first_period": _plain(self.periods.labels[0]), "last_period": _plain(self.periods.labels[-1]),
+            "first_period": plain(self.periods.labels[0]), "last_period": plain(self.periods.labels[-1]),
             "cohorts": cohorts, "balanced": self.is_balanced, "partitions": self.npartitions,
             "clusters": self.n_clusters if self.spec.cluster else None,
             **({"repeated_cross_section": True} if self.spec.repeated_cross_section else {}),
@@ -110,14 +112,14 @@ class Panel:
     def select_units(self, func: Callable[[UnitBlock], np.ndarray], name: str = "panel-select") -> Panel:
         """A new panel keeping, in every block, the units where ``func(block)`` is True."""
         blocks = self.map_blocks(_select, func, name=name)
-        return _finish(replace(self, blocks=tuple(blocks)))
+        return finish(replace(self, blocks=tuple(blocks)))
 
     def drop_early_treated(self, anticipation: int = 0) -> Panel:
         """Drop units treated in or before the first period + ``anticipation`` (R ``did``'s rule)."""
         n_drop = sum(c for g, c in self.cohort_sizes.items() if g <= anticipation)
         if n_drop == 0:
             return self
-        first = _plain(self.periods.labels[0])
+        first = plain(self.periods.labels[0])
         warnings.warn(
             f"Dropped {n_drop} units that were already treated in the first period ({first})"
             + (f" or within the anticipation window of {anticipation} periods" if anticipation else "")
@@ -161,16 +163,9 @@ def _select(block: UnitBlock, func: Callable[[UnitBlock], np.ndarray]) -> UnitBl
     return block.take(np.asarray(func(block), dtype=bool))
 
 
-def _finish(panel: Panel) -> Panel:
+def finish(panel: Panel) -> Panel:
     """Persist the blocks (on the active client's workers, if any) and recompute their summaries."""
     blocks = dask.persist(*panel.blocks)
     summaries = dask.compute(*[dask.delayed(summarize, pure=True)(b) for b in blocks])
     return replace(panel, blocks=tuple(blocks), summaries=tuple(summaries))
 
-
-def _plain(v: Any) -> Any:
-    """A numpy scalar as a plain Python value; dates as ISO strings (``.item()`` of a
-    ``datetime64[ns]`` would be an integer count of nanoseconds)."""
-    if isinstance(v, np.datetime64):
-        return str(np.datetime_as_string(v, unit="auto"))
-    return v.item() if hasattr(v, "item") else v

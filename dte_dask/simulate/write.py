@@ -88,7 +88,7 @@ class _FsDir:
         b = storage.bucket(self.fs, self.path)
         if b is not None:
             with self.errors():
-                if not storage._bucket_exists(self.fs, b):
+                if not storage.bucket_exists(self.fs, b):
                     raise storage.missing(self.url, self.fs)
 
     def makedirs(self) -> None:

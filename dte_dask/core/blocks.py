@@ -1,0 +1,128 @@
+"""Per-partition wide blocks: one row per unit, one column per period (numpy only).
+
+A :class:`UnitBlock` holds every unit of one partition (whole clusters when clustering), sorted by
+(entity, unit). Every kernel of :mod:`dte_dask.core` reads these blocks; building one from a long
+pandas frame (and validating the panel on the way) is :func:`dte_dask.panel.blocks.frame_to_block`,
+and Dask's ``sizeof`` of a block is registered there too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class UnitBlock:
+    """Wide arrays for the units of one partition.
+
+    Attributes
+    ----------
+    ids : (n,) unit ids, sorted within each entity
+    rank : (n,) int64 stable index of the unit's entity (cluster if clustering, else unit) among
+        all entities of the panel; RNG blocks are ``rank // rng_block_size``
+    g : (n,) float64 first treated period as a period index; ``inf`` = never treated
+    w : (n,) float64 sampling weights (ones if none)
+    cluster : (n,) cluster ids or None
+    y : (n, T) float64 outcomes, NaN where a period is not observed
+    x : (n, p) time-invariant covariates, (n, T, p) time-varying ones, or None
+    """
+
+    ids: np.ndarray
+    rank: np.ndarray
+    g: np.ndarray
+    w: np.ndarray
+    cluster: np.ndarray | None
+    y: np.ndarray
+    x: np.ndarray | None
+
+    def __sizeof__(self) -> int:
+        """Bytes held by the arrays (a fallback for processes that have not imported
+        :mod:`dte_dask.panel.blocks`, where Dask's ``sizeof`` of a block is registered)."""
+        return int(sum(a.nbytes for a in (self.ids, self.rank, self.g, self.w, self.cluster, self.y, self.x)
+                       if a is not None))
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def nobs(self) -> np.ndarray:
+        """Observed periods per unit."""
+        return (~np.isnan(self.y)).sum(axis=1)
+
+    def take(self, index: np.ndarray | slice) -> UnitBlock:
+        """Rows ``index`` (a boolean mask, integer positions or a slice)."""
+        def sub(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+        return UnitBlock(self.ids[index], self.rank[index], self.g[index], self.w[index],
+                         sub(self.cluster), self.y[index], sub(self.x))
+
+    def x_at(self, period: int) -> np.ndarray:
+        """Covariates as of ``period`` (n, p); time-invariant covariates ignore it."""
+        if self.x is None:
+            return np.empty((self.n, 0))
+        return self.x if self.x.ndim == 2 else self.x[:, period, :]
+
+    def with_varying_x(self) -> UnitBlock:
+        """Time-invariant covariates (n, p) as time-varying ones (n, T, p), NaN where y is not
+        observed: the layout a block gets when any unit of the panel has varying covariates."""
+        if self.x is None or self.x.ndim == 3:
+            return self
+        x = np.where(np.isnan(self.y)[:, :, None], np.nan, self.x[:, None, :])
+        return replace(self, x=x)
+
+    def with_rank_offset(self, offset: int) -> UnitBlock:
+        return replace(self, rank=self.rank + offset)
+
+    @staticmethod
+    def concat(blocks: list[UnitBlock]) -> UnitBlock:
+        if len(blocks) == 1:
+            return blocks[0]
+        def cat(name: str) -> Any:
+            parts = [getattr(b, name) for b in blocks]
+            return None if parts[0] is None else np.concatenate(parts)
+        return UnitBlock(*(cat(f) for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
+
+
+
+@dataclass(frozen=True)
+class BlockSummary:
+    """What the driver learns about a block: counts only, never per-unit arrays."""
+
+    n_units: int
+    n_entities: int
+    n_rows: int
+    cohorts: dict[float, int]  # group index -> units
+    n_unbalanced: int  # units not observed in every period
+    first_rank: int
+    last_rank: int
+    x_varying: bool = False  # covariates held as (n, T, p)
+    n_weighted: int = -1  # units with a positive sampling weight (-1: not counted)
+
+
+def summarize(block: UnitBlock) -> BlockSummary:
+    gs, counts = np.unique(block.g, return_counts=True)
+    nobs = block.nobs
+    return BlockSummary(
+        n_units=block.n,
+        n_entities=int(np.unique(block.rank).size),
+        n_rows=int(nobs.sum()),
+        cohorts={float(k): int(c) for k, c in zip(gs, counts)},
+        n_unbalanced=int(np.count_nonzero(nobs < block.y.shape[1])),
+        first_rank=int(block.rank[0]) if block.n else -1,
+        last_rank=int(block.rank[-1]) if block.n else -1,
+        x_varying=block.x is not None and block.x.ndim == 3,
+        n_weighted=int(np.count_nonzero(block.w > 0)),
+    )
+
+
+def entity_sums(psi: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Sum rows of ``psi`` that share an entity rank (``rank`` sorted, entities contiguous)."""
+    if psi.shape[0] == 0:
+        return psi
+    starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
+    if starts.size == psi.shape[0]:
+        return psi
+    return np.add.reduceat(psi, starts, axis=0)

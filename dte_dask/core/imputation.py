@@ -1,0 +1,254 @@
+"""Borusyak, Jaravel & Spiess (2024) imputation estimator: per-block algebra.
+
+Pure numpy (no dask). Step 1 (time effects and covariate slopes on the untreated observations) is
+the within-unit least squares of :mod:`dte_dask.core.within`; the kernels here take its solution
+and, per unit,
+
+* impute the unit effect :math:`\\hat\\alpha_i` (mean over the unit's untreated observations of
+  :math:`y - \\hat\\lambda_t - x'\\hat\\delta`) and the effects :math:`\\hat\\tau_{it}` of its treated
+  observations (:func:`imputation_stats` sums them by horizon, with the right-hand sides of the
+  imputation-weight projection and the auxiliary-partition sums);
+* form the per-unit terms of the BJS Theorem 3 conservative variance (:func:`imputation_scores`).
+
+Sampling weights are constant within units. Every per-unit quantity is computed in period order;
+cross-unit sums are ``bincount`` / small products over one RNG block at a time (the caller).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PARTITIONS = ("cohort_horizon", "cohort", "horizon")
+
+
+@dataclass(frozen=True)
+class ImputationSpec:
+    """What the kernels need from the driver (all small)."""
+
+    n_fe: int  # time-effect columns (periods 1..T-1)
+    cov_idx: tuple[int, ...]
+    bad: np.ndarray  # (T,) bool, periods whose time effect is not identified on untreated data
+    cohorts: tuple[float, ...]  # treated cohorts (group indices) for the auxiliary partition
+    partition: str
+    targets: np.ndarray  # (K, H) 0/1: horizons each target averages
+    user: int = -1  # block covariate holding user weights on treated observations (-1: none)
+    user_rows: tuple[int, ...] = ()  # targets weighted by them
+
+    @property
+    def H(self) -> int:
+        return self.targets.shape[1]
+
+    @property
+    def n_cells(self) -> int:
+        nc = len(self.cohorts)
+        return {"cohort_horizon": nc * self.H, "cohort": nc, "horizon": self.H}[self.partition]
+
+    def __dask_tokenize__(self) -> Any:
+        return ("imputation-spec", self.n_fe, self.cov_idx, self.bad.tobytes(), self.cohorts, self.partition,
+                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows)
+
+
+@dataclass(frozen=True)
+class _Imputed:
+    u0: np.ndarray  # (n, T) untreated observations used
+    u1: np.ndarray  # (n, T) treated observations imputed
+    n0: np.ndarray  # (n,) untreated observations per unit
+    eps: np.ndarray  # (n, T) step-1 residual on u0, 0 elsewhere
+    tau: np.ndarray  # (n, T) imputed effect on u1, 0 elsewhere
+    h: np.ndarray  # (n, T) horizon t - g on u1, 0 elsewhere
+    cell: np.ndarray  # (n, T) auxiliary cell on u1, 0 elsewhere
+    xc: np.ndarray | None  # (n, T, p) covariates minus the unit's untreated mean
+    no_untreated: np.ndarray  # (n,) units with treated but no untreated observations
+
+
+def _rowsum(a: np.ndarray) -> np.ndarray:
+    out = np.array(a[:, 0], dtype=np.float64, copy=True)
+    for t in range(1, a.shape[1]):
+        out += a[:, t]
+    return out
+
+
+def _covariates(block: Any, cov_idx: tuple[int, ...], T: int) -> np.ndarray | None:
+    if not cov_idx:
+        return None
+    x = block.x
+    x = x[:, None, list(cov_idx)] if x.ndim == 2 else x[:, :, list(cov_idx)]
+    return np.broadcast_to(x, (block.n, T, len(cov_idx)))
+
+
+def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
+    """Unit effects, residuals and imputed effects of one block at step-1 coefficients ``beta``."""
+    y = block.y
+    n, T = y.shape
+    tt = np.arange(T)
+    obs = ~np.isnan(y)
+    D = tt[None, :] >= block.g[:, None]
+    u0 = obs & ~D
+    u1 = obs & D & ~spec.bad[None, :]
+    n0 = u0.sum(axis=1)
+    no_untreated = (n0 == 0) & (obs & D).any(axis=1)
+    u1 &= (n0 > 0)[:, None]
+    lam = np.r_[0.0, beta[:spec.n_fe]]
+    f = np.broadcast_to(lam[None, :], (n, T)).copy()
+    x = _covariates(block, spec.cov_idx, T)
+    xc = None
+    if x is not None:
+        delta = beta[spec.n_fe:spec.n_fe + len(spec.cov_idx)]
+        for j in range(len(spec.cov_idx)):
+            f += x[:, :, j] * delta[j]
+        inv0 = np.divide(1.0, n0, out=np.zeros(n), where=n0 > 0)
+        xbar = np.stack([_rowsum(np.where(u0, x[:, :, j], 0.0)) * inv0 for j in range(x.shape[2])], axis=1)
+        xc = x - xbar[:, None, :]
+    r = np.where(u0, np.nan_to_num(y) - f, 0.0)
+    alpha = np.divide(_rowsum(r), n0, out=np.zeros(n), where=n0 > 0)
+    eps = np.where(u0, r - alpha[:, None], 0.0)
+    tau = np.where(u1, np.nan_to_num(y) - f - alpha[:, None], 0.0)
+    gi = np.where(np.isfinite(block.g), block.g, 0).astype(np.int64)
+    h = np.where(u1, tt[None, :] - gi[:, None], 0)
+    cidx = np.zeros(n, dtype=np.int64)
+    for c, value in enumerate(spec.cohorts):
+        cidx[block.g == value] = c
+    if spec.partition == "cohort_horizon":
+        cell = cidx[:, None] * spec.H + h
+    elif spec.partition == "cohort":
+        cell = np.broadcast_to(cidx[:, None], (n, T))
+    else:
+        cell = h
+    cell = np.where(u1, cell, 0)
+    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated)
+
+
+def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
+    if spec.user < 0:
+        return None
+    T = block.y.shape[1]
+    x = block.x[..., spec.user]
+    return np.nan_to_num(np.broadcast_to(x[:, None], (block.n, T)) if x.ndim == 1 else x)
+
+
+def _target_w(imp: _Imputed, spec: ImputationSpec, k: int, s: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+    """Unnormalized weights of target k on the treated observations (zero elsewhere)."""
+    hh = np.where(imp.u1, imp.h, 0)
+    w = s * spec.targets[k][hh]
+    if k in spec.user_rows:
+        w = w * u
+    return np.where(imp.u1, w, 0.0)
+
+
+def _unit_cell_sums(imp: _Imputed, aw: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (unit, cell): a = sum of target weights, b = sum of weight x tau; and each key's cell."""
+    n = aw.shape[0]
+    key = (np.arange(n)[:, None] * n_cells + imp.cell)[imp.u1]
+    a = np.bincount(key, aw[imp.u1], minlength=n * n_cells)
+    b = np.bincount(key, (aw * imp.tau)[imp.u1], minlength=n * n_cells)
+    return a, b, np.tile(np.arange(n_cells), n)
+
+
+def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict[str, np.ndarray]:
+    """Sums of one block: ``N`` (H,) weighted treated observations per horizon, ``T`` (H,) weighted
+    imputed effects, ``R`` (H, m) right-hand sides :math:`\\sum s_i (x_{it} - \\bar x^0_i)` of the
+    imputation-weight projection (time dummies, covariates), ``num`` / ``den`` (K, cells) the
+    auxiliary-partition sums :math:`\\sum_i a_{ic} b_{ic}`, :math:`\\sum_i a_{ic}^2`, and counts."""
+    imp = impute(block, spec, beta)
+    n, T = block.y.shape
+    H, m = spec.H, spec.n_fe + len(spec.cov_idx)
+    s = np.broadcast_to(block.w[:, None], (n, T))
+    h1, s1 = imp.h[imp.u1], s[imp.u1]
+    N = np.bincount(h1, s1, minlength=H)
+    Tsum = np.bincount(h1, s1 * imp.tau[imp.u1], minlength=H)
+    R = np.zeros((H, m))
+    tt = np.broadcast_to(np.arange(T)[None, :], (n, T))
+    t1 = tt[imp.u1]
+    fe = t1 >= 1
+    np.add.at(R, (h1[fe], t1[fe] - 1), s1[fe])  # + s at the treated period's dummy
+    inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
+    C = np.zeros((n, H))  # s_i per horizon the unit is treated at
+    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.u1], h1), s1)
+    M = np.where(imp.u0, inv0[:, None], 0.0)[:, 1:]  # untreated mean of the dummy rows
+    R[:, :spec.n_fe] -= C.T @ M
+    for j in range(len(spec.cov_idx)):
+        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.u1], minlength=H)
+    K, nc = spec.targets.shape[0], spec.n_cells
+    num, den = np.zeros((K, nc)), np.zeros((K, nc))
+    u = _user_weights(block, spec)
+    user = {}
+    if u is not None:  # the user-weighted target: its own sums (horizon sums do not give them)
+        su = s * u
+        user["Nu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su, 0.0)))))
+        user["Tu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su * imp.tau, 0.0)))))
+        Ru = np.zeros(m)
+        swu = np.where(imp.u1, su, 0.0)
+        Ru[:spec.n_fe] = swu[:, 1:].sum(axis=0) - (_rowsum(swu)[:, None] * M).sum(axis=0)
+        for j in range(len(spec.cov_idx)):
+            Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
+        user["Ru"] = Ru
+    for k in range(K):
+        aw = _target_w(imp, spec, k, s, u)
+        a, b, cells = _unit_cell_sums(imp, aw, nc)
+        num[k] = np.bincount(cells, a * b, minlength=nc)
+        den[k] = np.bincount(cells, a * a, minlength=nc)
+    return {"N": N, "T": Tsum, "R": R, "num": num, "den": den,
+            "n_no_untreated": np.array(float(imp.no_untreated.sum())),
+            "n_treated_units": np.array(float(imp.u1.any(axis=1).sum())),
+            "n_obs0": np.array(float(imp.u0.sum())), "n_obs1": np.array(float(imp.u1.sum())),
+            "n_units": np.array(float((imp.u0.any(axis=1) | imp.u1.any(axis=1)).sum())), **user}
+
+
+def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.ndarray, Nk: np.ndarray,
+                      num: np.ndarray, den: np.ndarray, leave_out: bool,
+                      center: np.ndarray | None = None) -> np.ndarray:
+    """(n, K + 1): per unit, :math:`\\psi_i^k = \\sum_{t \\in \\Omega_0} v^k_{it}\\hat\\varepsilon_{it}
+    + \\sum_{t\\in\\Omega_1} v^k_{it} (\\hat\\tau_{it} - \\tilde\\tau^k_{c(it)})` for every target k,
+    then a 0/1 flag of units in the estimation.
+
+    ``Z`` (K, m) solves the step-1 normal equations for the target's normalized right-hand side,
+    so the untreated imputation weights are :math:`v^k_{it} = -s_i(\\omega^k_i / S^0_i +
+    \\tilde x_{it}' z_k)` with :math:`\\omega^k_i` the unit's total target weight and
+    :math:`S^0_i = s_i n^0_i`; on treated observations :math:`v^k_{it} = s_i 1\\{h \\in k\\}/N_k`.
+    With ``leave_out`` the unit's own observations are left out of its auxiliary averages
+    :math:`\\tilde\\tau` (where another unit remains in the cell). With ``center`` (K,) the treated
+    residual is :math:`\\hat\\tau_{it} - c_k` instead (Gardner's second-stage residual: ``c_k`` the
+    target's estimate).
+    """
+    imp = impute(block, spec, beta)
+    n, T = block.y.shape
+    K, nc = spec.targets.shape[0], spec.n_cells
+    s = np.broadcast_to(block.w[:, None], (n, T))
+    inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
+    u = _user_weights(block, spec)
+    out = np.zeros((n, K + 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tilde = np.where(den > 0, num / den, 0.0)
+    for k in range(K):
+        v1 = _target_w(imp, spec, k, s, u) / Nk[k]
+        omega = _rowsum(v1)
+        z = Z[k]
+        lam = np.r_[0.0, z[:spec.n_fe]]
+        xz = np.broadcast_to(lam[None, :], (n, T)).copy()
+        xz -= (_rowsum(np.where(imp.u0, xz, 0.0)) * inv0)[:, None]
+        for j in range(len(spec.cov_idx)):
+            xz += imp.xc[:, :, j] * z[spec.n_fe + j]
+        v0 = np.where(imp.u0, -(omega * inv0)[:, None] - s * xz, 0.0)
+        a, b, _ = _unit_cell_sums(imp, v1 * Nk[k], nc)
+        a, b = a.reshape(n, nc), b.reshape(n, nc)
+        cell_t = np.broadcast_to(tilde[k][None, :], (n, nc))
+        if leave_out:
+            dl = den[k][None, :] - a * a
+            ok = (dl > 1e-12 * np.maximum(den[k][None, :], 1e-300)) & (a != 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cell_t = np.where(ok, (num[k][None, :] - a * b) / dl, cell_t)
+        tt_obs = np.take_along_axis(cell_t, imp.cell, axis=1) if center is None else center[k]
+        resid1 = np.where(imp.u1, imp.tau - tt_obs, 0.0)
+        out[:, k] = _rowsum(v0 * imp.eps) + _rowsum(v1 * resid1)
+    out[:, K] = (imp.u0.any(axis=1) | imp.u1.any(axis=1)).astype(float)
+    return out
+
+
+def meat(chunk: Any, rows: np.ndarray, K: int) -> dict[str, np.ndarray]:
+    """Cluster sums of the scores of one RNG block: ``meat`` (K, K) and used clusters ``G``."""
+    from dte_dask.core.blocks import entity_sums
+
+    S = entity_sums(rows, chunk.rank)
+    return {"meat": S[:, :K].T @ S[:, :K], "G": np.array(float(np.count_nonzero(S[:, K] > 0)))}

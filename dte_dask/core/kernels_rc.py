@@ -1,0 +1,132 @@
+"""DRDID's repeated-cross-section estimators with covariates (``reg_did_rc``, ``std_ipw_did_rc``,
+``drdid_rc``) as a cell kernel (numpy only); formulas in :mod:`dte_dask.core.rcs_covariates`.
+
+Passes (:class:`~dte_dask.core.kernels.CellKernel`): ``stats`` (the four outcome regressions,
+:func:`dte_dask.core.rcs_covariates.or_stats`); for ipw / dr the ``logit`` passes of the propensity
+score and one ``moments`` pass of the propensity-weighted sums
+(:func:`dte_dask.core.rcs_covariates.ps_stats`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dte_dask.core import rcs_covariates
+from dte_dask.core.kernels import (
+    CellFit,
+    KernelArgs,
+    LogitPasses,
+    Pass,
+    Reporter,
+    Stats,
+    dot,
+    first_pass,
+    solve_each,
+)
+from dte_dask.core.logit import LogitFit
+
+_OR_FITS = {"reg": (0, 1), "ipw": (), "dr": (0, 1, 2, 3)}  # outcome regressions (c1, c0, t1, t0) per method
+
+
+class RcCovKernel:
+    """Repeated cross sections (or an unbalanced panel) with covariates."""
+
+    affine = False
+    influence = staticmethod(rcs_covariates.rc_influence)
+
+    def __init__(self, a: KernelArgs) -> None:
+        self.a, self.report = a, Reporter(a.cells, a.label)
+        self._on = self._stats
+
+    def start(self) -> Pass:
+        return first_pass(rcs_covariates.or_stats, self.a.groups, self.a.p, ~self.a.cells.reference)
+
+    def solve(self, sums: Stats) -> Pass | None:
+        return self._on(sums)
+
+    def result(self) -> CellFit:
+        return self.fit
+
+    # ------------------------------------------------------------------ stages
+    def _stats(self, s: Stats) -> Pass | None:
+        a, report = self.a, self.report
+        K, p, method = a.cells.K, a.p, a.method
+        active = ~a.cells.reference
+        self.s = s
+        S = s["SX"][:, :, 0]  # weights of c1, c0, t1, t0
+        ok = active & (S[:, 2] > 0) & (S[:, 3] > 0) & (s["rows"][:, 0] > 0) & (s["rows"][:, 1] > 0)
+        report.nan(active & ~ok, "no treated or no control observations in one of its two periods")
+        SD, SDX = S[:, 2] + S[:, 3], s["SX"][:, 2] + s["SX"][:, 3]
+        beta = np.zeros((K, 4, p))
+        for j in _OR_FITS[method]:
+            beta[:, j], good = solve_each(s["A"][:, j], s["b"][:, j], ok)
+            who = "controls" if j < 2 else "treated"
+            report.nan(ok & ~good, f"singular outcome-regression design among {who} (collinear covariates?)")
+            ok = good
+        beta[~ok] = 0.0
+        self.S, self.SD, self.SDX, self.beta = S, SD, SDX, beta
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.sdx = SDX / SD[:, None]
+            if method == "reg":
+                eta_c = dot(SDX, beta[:, 0] - beta[:, 1]) / SD
+                a_t = s["b"][:, 2:, 0] / S[:, 2:]
+                att = np.where(ok, a_t[:, 0] - a_t[:, 1] - eta_c, np.nan)
+                u = np.stack([solve_each(s["A"][:, j], self.sdx, ok)[0] for j in (0, 1)], axis=1)
+                acoef = np.column_stack([np.zeros((K, 2)), a_t])
+                est = {"method": "reg", "n": a.n, "S": S, "SD": SD, "a": acoef, "eta_c": eta_c, "beta": beta,
+                       "u": u, "ok": ok}
+                self.fit = CellFit(att, ok, est, s)
+                return None
+            gamma = np.zeros((K, p))
+            gamma[:, 0] = np.log(SD / (S[:, 0] + S[:, 1]))
+        gamma[~ok] = 0.0
+        return self._iterate(LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy()))
+
+    def _iterate(self, passes: LogitPasses) -> Pass | None:
+        step = passes.next()
+        if step is not None:
+            def on(s: Stats) -> Pass | None:
+                passes.feed(s)
+                return self._iterate(passes)
+            self._on = on
+            return step
+        return self._logit_done(passes.result())
+
+    def _logit_done(self, fit: LogitFit) -> Pass:
+        self.report.logit_failed(fit)
+        self.report.logit_notes(fit, fit.ok)
+        self.gamma, self.ok = fit.gamma, fit.ok
+        self._on = self._moments
+        return Pass(rcs_covariates.ps_stats, (fit.gamma, fit.ok), "moments")
+
+    def _moments(self, m: Stats) -> None:
+        a, s, report = self.a, self.s, self.report
+        ok, beta, S, SD, SDX, sdx = self.ok, self.beta, self.S, self.SD, self.SDX, self.sdx
+        Sc = m["ScX"][:, :, 0]  # ps-weighted controls, post and pre
+        bad = ok & ~((Sc[:, 0] > 0) & (Sc[:, 1] > 0))
+        report.nan(bad, "every control has a propensity score >= 0.995 and is trimmed")
+        ok &= ~bad
+        bc = beta[:, :2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a_c = (m["ScyX"][:, :, 0] - np.einsum("ksp,ksp->ks", m["ScX"], bc)) / Sc
+            a_t = (s["b"][:, 2:, 0] - np.einsum("ksp,ksp->ks", s["SX"][:, 2:], bc)) / S[:, 2:]
+            M2 = (m["ScyX"] - np.einsum("kspq,ksq->ksp", m["ScXX"], bc) - a_c[:, :, None] * m["ScX"]) / Sc[:, :, None]
+            att = (a_t[:, 0] - a_t[:, 1]) - (a_c[:, 0] - a_c[:, 1])
+            a_eff = None
+            if a.method == "dr":
+                f1, f0 = beta[:, 2] - beta[:, 0], beta[:, 3] - beta[:, 1]
+                a_eff = np.column_stack([dot(SDX, f1) / SD, dot(s["SX"][:, 2], f1) / S[:, 2],
+                                         dot(SDX, f0) / SD, dot(s["SX"][:, 3], f0) / S[:, 3]])
+                att = att + (a_eff[:, 0] - a_eff[:, 1]) - (a_eff[:, 2] - a_eff[:, 3])
+        v_ps, good = solve_each(m["H"], M2[:, 0] - M2[:, 1], ok)
+        report.nan(ok & ~good, "singular propensity-score information matrix")
+        ok = good
+        est = {"method": a.method, "n": a.n, "S": S, "SD": SD, "a": np.column_stack([a_c, a_t]), "beta": beta,
+               "gamma": self.gamma, "Sc": Sc, "v_ps": v_ps, "ok": ok}
+        if a.method == "dr":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rhs = (m["ScX"][:, 0] / Sc[:, 0:1] - sdx, sdx - m["ScX"][:, 1] / Sc[:, 1:2],
+                       sdx - s["SX"][:, 2] / S[:, 2:3], sdx - s["SX"][:, 3] / S[:, 3:4])
+            est["u"] = np.stack([solve_each(s["A"][:, j], rhs[j], ok)[0] for j in range(4)], axis=1)
+            est["a_eff"] = a_eff
+        self.fit = CellFit(np.where(ok, att, np.nan), ok, est, s)
+        return None

@@ -1,0 +1,122 @@
+"""Driver-side steps of the within-unit least squares of :mod:`dte_dask.core.within` (numpy only):
+assembling the designs' normal equations, solving them, per-unit scores of a block, the cluster
+score "meat" and CRV1 covariances. :mod:`dte_dask.graph.regress` maps the block steps over the
+partitions and reduces them.
+
+A *part* is one design of a regression and the global column of each of its columns (``part.spec``,
+``part.place``; :class:`dte_dask.graph.regress.Part`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dte_dask.core.blocks import entity_sums
+from dte_dask.core.errors import EstimationError
+from dte_dask.core.within import DesignSpec, crv1, solve_dropping_collinear, unit_scores
+
+
+@dataclass(frozen=True)
+class CrvFit:
+    """Coefficients and CRV1 covariance of one least-squares problem."""
+
+    beta: np.ndarray  # (m,) zeros on dropped columns
+    kept: np.ndarray  # (m,) bool
+    cov: np.ndarray  # (m, m)
+    n_obs: int
+    n_clusters: int
+    n_units: int
+    df_k: int
+    ssc: float
+
+
+def assemble(parts: list[Any], stats: tuple[dict, ...], m: int):
+    """The global normal equations from the designs' statistics (placed by their columns)."""
+    A, b, raw, present, n_obs, levels = np.zeros((m, m)), np.zeros(m), np.zeros(m), np.zeros(m, dtype=bool), 0.0, 0
+    for p, st in zip(parts, stats):
+        A[np.ix_(p.place, p.place)] += st["A"]
+        b[p.place] += st["b"]
+        raw[p.place] += st["raw"]
+        present[p.place] |= present_columns(p.spec, st)
+        n_obs += float(st["n_obs"])
+        levels += int(np.count_nonzero(st["level_n"]))  # fixed-effect levels observed
+    return A, b, raw, present, n_obs, levels
+
+
+def solve_pooled(parts: list[Any], stats: tuple[dict, ...], names: list[str], nuisance: np.ndarray, what: str):
+    """The pooled regression: its solution, observations and observed fixed-effect levels."""
+    A, b, raw, present, n_obs, levels = assemble(parts, stats, len(names))
+    if n_obs == 0:
+        raise EstimationError("no observation is left in the regression (every unit is a singleton or dropped)")
+    return solve_dropping_collinear(A, b, raw, names, nuisance, present, what), n_obs, levels
+
+
+def present_columns(spec: DesignSpec, st: dict) -> np.ndarray:
+    """Local columns that take part: dummies with observations, and every covariate."""
+    present = st["col_n"] > 0
+    present[spec.n_fe:spec.n_fe + spec.p] = True
+    return present
+
+
+def local_nuisance(spec: DesignSpec) -> np.ndarray:
+    nuis = np.zeros(spec.m, dtype=bool)
+    nuis[:spec.n_fe] = True
+    return nuis
+
+
+def solve_part(p: Any, st: dict, names: list[str]):
+    local_names = [names[j] for j in p.place]
+    try:
+        return solve_dropping_collinear(st["A"], st["b"], st["raw"], local_names, local_nuisance(p.spec), present_columns(p.spec, st))
+    except EstimationError:
+        return None
+
+
+def crv_fit(sol, meat: np.ndarray, n_obs: float, levels: int, G: float, units: float, nuisance: np.ndarray) -> CrvFit:
+    df_k = int(np.count_nonzero(sol.kept & ~nuisance)) + levels
+    cov, c = crv1(sol.inv, meat, n_obs, df_k, int(G))
+    return CrvFit(beta=sol.beta, kept=sol.kept, cov=cov, n_obs=int(n_obs), n_clusters=int(G),
+                  n_units=int(units), df_k=df_k, ssc=c)
+
+
+def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], part_betas: list) -> np.ndarray:
+    """(n, m + sum of per-design widths + 1 + per-design count) array: pooled scores in global
+    columns (summed over designs), per-design scores at the per-design fits, then 0/1 flags of
+    units used in the pooled fit and in each per-design fit."""
+    n = block.n
+    pooled = np.zeros((n, m))
+    used_any = np.zeros((n, 1))
+    local, flags = [], []
+    for p, beta, pb in zip(parts, betas, part_betas):
+        sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
+        pooled[np.ix_(sel, p.place)] += scores[0]
+        used_any[sel[used], 0] = 1.0
+        if pb is not None:
+            loc = np.zeros((n, p.spec.m))
+            loc[sel] = scores[1]
+            flag = np.zeros((n, 1))
+            flag[sel[used], 0] = 1.0
+            local.append(loc)
+            flags.append(flag)
+    return np.hstack([pooled, *local, used_any, *flags])
+
+
+def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:
+    """Per segment j of columns: cluster-score outer products ``meat<j>``, used clusters ``G<j>``
+    and used units ``units<j>``."""
+    S = entity_sums(rows, chunk.rank)
+    off = np.cumsum([0, *widths])
+    out = {}
+    for j in range(len(widths)):
+        s = S[:, off[j]:off[j + 1]]
+        out[f"meat{j}"] = s.T @ s
+        out[f"G{j}"] = np.array(float(np.count_nonzero(S[:, off[-1] + j] > 0)))
+        out[f"units{j}"] = np.array(float(np.count_nonzero(rows[:, off[-1] + j] > 0)))
+    return out
+
+
+def coef_draws(score_draws: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Bootstrap draws of the coefficients from draws of the pooled score sums."""
+    return score_draws @ inv
