@@ -286,7 +286,7 @@ def test_influence_function_is_the_derivative_of_the_estimate(method):
     csdid (and we) follow the delta method (R DRDID's source and moderndid 0.2 add them instead)."""
     from dte_dask.core.rcs_covariates import rc_influence
     from dte_dask.core.routes import select
-    from dte_dask.estimators.cs import _cells
+    from dte_dask.estimators.cs import cells_for
     from dte_dask.graph.attgt import run_kernel
 
     rng = np.random.default_rng(7)
@@ -297,7 +297,7 @@ def test_influence_function_is_the_derivative_of_the_estimate(method):
     y = 1 + 0.5 * x + 0.4 * (g > 0) + t * (0.3 + 0.2 * x) + 0.8 * ((g > 0) & (t >= 2)) + rng.normal(size=n)
     df = pd.DataFrame({"y": y, "t": t, "g": g, "x": x, "w": 1.0})
     panel = dte_dask.load_panel(df, time="t", outcome="y", group="g", covariates="x", weights="w", panel=False)
-    cells, groups = _cells(panel, "never_treated", 0, "varying")
+    cells, groups = cells_for(panel, "never_treated", 0, "varying")
     kernel = select(cells, method=method, p=2, repeated=True, moments=False, n=panel.n_units, groups=groups,
                     weighted=True, label=str)
     fit = run_kernel(panel, cells, kernel)

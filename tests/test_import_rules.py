@@ -41,11 +41,7 @@ CORE_ALLOWED = {"numpy", "scipy", "__future__"} | set(sys.stdlib_module_names)
 # regression_results; cli <-> service via service.__main__ -> cli.serve): (importer unit, imported unit)
 TEMPORARY_CYCLE_EDGES: set[tuple[str, str]] = set()
 # h/proto owns these modules: (importer, module imported from, private name)
-TEMPORARY_PRIVATE = {
-    ("dte_dask.checks._engine", "dte_dask.estimators.cs", "_as_panel"),  # cs is h/proto's (it makes as_panel public)
-    ("dte_dask.checks._engine", "dte_dask.estimators.cs", "_cells"),
-    ("dte_dask.checks._engine", "dte_dask.estimators.cs", "_check_literal"),
-}
+TEMPORARY_PRIVATE: set[tuple[str, str, str]] = set()
 # h/proto's presentation modules still format dates themselves (use core.labels.plain)
 TEMPORARY_DATE_FORMATTERS = {"dte_dask.report._jsonable"}
 

@@ -85,23 +85,23 @@ def prepare(data: Any, *, outcome: str | None, unit: str | None, time: str | Non
             estimator: str = "att_gt") -> Prepared:
     """Load (or take) the panel, balance it and drop early-treated units exactly as ``att_gt`` does."""
     from dte_dask.core.cells import BasePeriod, ControlGroup
-    from dte_dask.estimators.cs import _as_panel, _cells, _check_literal
+    from dte_dask.estimators.cs import as_panel, cells_for, check_literal
 
-    _check_literal("control_group", control_group, ControlGroup)
-    _check_literal("base_period", base_period, BasePeriod)
+    check_literal("control_group", control_group, ControlGroup)
+    check_literal("base_period", base_period, BasePeriod)
     if covariates and estimator in ("stacked_did", "sun_abraham"):
         raise SpecError(f"{estimator} takes no covariates; use estimator='att_gt' (est_method 'dr', 'ipw' or "
                         "'reg') or 'event_study' to condition on them")
-    panel = _as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
+    panel = as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=treatment,
                       covariates=covariates, weights=weights, cluster=cluster, npartitions=npartitions,
                       allow_unbalanced_panel=False)
     if estimator == "att_gt":
         panel = panel.drop_early_treated(0)
-        cells, groups = _cells(panel, control_group, 0, base_period)
+        cells, groups = cells_for(panel, control_group, 0, base_period)
     else:  # the regression estimators keep units treated from the first period: so do their checks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PanelWarning)
-            cells, groups = _cells(panel.drop_early_treated(0), control_group, 0, base_period)
+            cells, groups = cells_for(panel.drop_early_treated(0), control_group, 0, base_period)
     spec = panel.spec
     if estimator == "att_gt":
         name = f"att_gt ({est_method})" if spec.covariates else f"att_gt ({est_method}; unconditional 2x2)"

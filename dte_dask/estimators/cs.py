@@ -21,7 +21,7 @@ from dte_dask.panel.panel import Panel
 from dte_dask.results.attgt import AttgtResult
 
 
-def _check_literal(name: str, value: Any, kind: Any) -> None:
+def check_literal(name: str, value: Any, kind: Any) -> None:
     allowed = get_args(kind)
     if value not in allowed:
         raise SpecError(f"{name}={value!r} is not one of {list(allowed)}")
@@ -112,7 +112,7 @@ def att_gt(
     panel = panel.drop_early_treated(int(anticipation))
     rcs = panel.spec.repeated_cross_section
     unbalanced = rcs or (allow_unbalanced_panel and not panel.is_balanced)
-    cells, glist = _cells(panel, control_group, int(anticipation), base_period)
+    cells, glist = cells_for(panel, control_group, int(anticipation), base_period)
     if bootstrap:
         check_bootstrap_cost(n_boot, n_entities=panel.n_entities, width=cells.K + glist.size, kind=boot_weights,
                              block_size=panel.rng_block_size)
@@ -188,7 +188,7 @@ def as_panel(data: Any, **kw: Any) -> Panel:
                       allow_unbalanced_panel=kw["allow_unbalanced_panel"], panel=kw["panel"])
 
 
-def _cells(panel: Panel, control_group: str, anticipation: int, base_period: str):
+def cells_for(panel: Panel, control_group: str, anticipation: int, base_period: str):
     T = panel.n_periods
     never_above = T - 1 + anticipation
     cohorts = panel.cohort_sizes
@@ -218,7 +218,6 @@ def _cells(panel: Panel, control_group: str, anticipation: int, base_period: str
     return cells, np.array(sorted(set(cells.g.tolist())), dtype=float)
 
 
-_as_panel = as_panel  # the former private name (checks._engine still imports it)
 
 
 def _compare(panel: Panel, window: tuple[int, int]) -> Any:
