@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dte_dask.core.labels import plain
 from dte_dask.exceptions import SpecError
 
 FORMAT = "dte_dask.results/1"
@@ -234,7 +235,7 @@ def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, (pd.Timestamp, _dt.date, np.datetime64)):
-        return str(v)
+        return plain(pd.Timestamp(v).to_datetime64())  # the one date formatter (core.labels)
     return str(v)
 
 

@@ -43,7 +43,7 @@ TEMPORARY_CYCLE_EDGES: set[tuple[str, str]] = set()
 # h/proto owns these modules: (importer, module imported from, private name)
 TEMPORARY_PRIVATE: set[tuple[str, str, str]] = set()
 # h/proto's presentation modules still format dates themselves (use core.labels.plain)
-TEMPORARY_DATE_FORMATTERS = {"dte_dask.report._jsonable"}
+TEMPORARY_DATE_FORMATTERS: set[str] = set()
 
 GRAPH_FORBIDDEN_CORE = {f"{ROOT}.core.{m}" for m in
                         ("logit", "regression", "twobytwo", "covariates", "rcs", "rcs_covariates", "moments")}
