@@ -2,6 +2,7 @@
 formatter for labels (through the one date formatter, :func:`dte_dask.core.labels.plain`)."""
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from dte_dask.core.labels import plain
 
-__all__ = ["format_table", "format_label", "plain"]
+__all__ = ["format_table", "format_label", "plain", "SummaryText"]
 
 
 def format_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
@@ -29,3 +30,19 @@ def format_label(v: Any) -> str:
     """A period or cohort label for display: :func:`dte_dask.core.labels.plain` as text (a date
     without a midnight time part)."""
     return str(plain(v.to_datetime64() if hasattr(v, "to_datetime64") else v))
+
+
+class SummaryText:
+    """``str``, ``repr`` and the notebook view of an object, all from its ``summary()`` text."""
+
+    def summary(self) -> str:  # pragma: no cover - defined by the subclass
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.summary())}</pre>"

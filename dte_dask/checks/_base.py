@@ -1,13 +1,14 @@
 """The common face of check results: ``summary()`` drives ``__str__`` and ``_repr_html_``."""
 from __future__ import annotations
 
-import html
 from typing import Any, ClassVar
 
 import pandas as pd
 
+from dte_dask.formatting import SummaryText
 
-class CheckResult:
+
+class CheckResult(SummaryText):
     """Mixin for the frozen check-result dataclasses.
 
     Subclasses define ``check_kind`` (the report's dispatch key), ``summary()``, ``to_frame()``
@@ -28,11 +29,3 @@ class CheckResult:
     def plot(self, *, backend: str = "bokeh") -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __str__(self) -> str:
-        return self.summary()
-
-    def __repr__(self) -> str:
-        return self.summary()
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(self.summary())}</pre>"

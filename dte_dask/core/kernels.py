@@ -262,6 +262,38 @@ class KernelArgs:
 
 
 # ----------------------------------------------------------------------------- no covariates
+
+class StagedKernel:
+    """Base of the kernels with a propensity logit: a chain of stages, each fed the sums of the pass
+    the previous one asked for (``self._on``); subclasses define ``start``, ``_stats`` (the first
+    stage) and set ``self.fit`` when done."""
+
+    affine = False
+
+    def __init__(self, a: KernelArgs) -> None:
+        self.a, self.report = a, Reporter(a.cells, a.label)
+        self._on: Callable[[Stats], Pass | None] = self._stats
+
+    def _stats(self, s: Stats) -> Pass | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def solve(self, sums: Stats) -> Pass | None:
+        return self._on(sums)
+
+    def result(self) -> CellFit:
+        return self.fit
+
+    def _iterate(self, passes: LogitPasses, done: Callable[[LogitFit], Pass | None]) -> Pass | None:
+        """The next logit pass, or (every cell done) the stage after it: ``done(fit)``."""
+        step = passes.next()
+        if step is not None:
+            def on(s: Stats) -> Pass | None:
+                passes.feed(s)
+                return self._iterate(passes, done)
+            self._on = on
+            return step
+        return done(passes.result())
+
 class UncondKernel:
     """Balanced panel, no covariates: the unconditional 2x2 DiD of every cell (any est_method)."""
 

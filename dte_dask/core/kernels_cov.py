@@ -16,10 +16,10 @@ import numpy as np
 from dte_dask.core import covariates
 from dte_dask.core.kernels import (
     CellFit,
-    KernelArgs,
     LogitPasses,
     Pass,
     Reporter,
+    StagedKernel,
     Stats,
     dot,
     first_pass,
@@ -28,24 +28,13 @@ from dte_dask.core.kernels import (
 from dte_dask.core.logit import LogitFit, intercept_start
 
 
-class PanelCovKernel:
+class PanelCovKernel(StagedKernel):
     """Balanced panel with covariates: outcome regression, propensity logit, weighted moments."""
 
-    affine = False
     influence = staticmethod(covariates.cov_influence)
-
-    def __init__(self, a: KernelArgs) -> None:
-        self.a, self.report = a, Reporter(a.cells, a.label)
-        self._on = self._stats
 
     def start(self) -> Pass:
         return first_pass(covariates.ols_stats, self.a.groups, self.a.p)
-
-    def solve(self, sums: Stats) -> Pass | None:
-        return self._on(sums)
-
-    def result(self) -> CellFit:
-        return self.fit
 
     # ------------------------------------------------------------------ stages
     def _stats(self, s: Stats) -> Pass | None:
@@ -77,17 +66,6 @@ class PanelCovKernel:
             dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
         self.logit = LogitPasses(covariates.logit_stats, gamma, ok.copy(), dev_scale)
         return self._iterate(self.logit, self._logit_done)
-
-    def _iterate(self, passes: LogitPasses, done) -> Pass | None:
-        """The next logit pass, or (every cell done) the stage after it."""
-        step = passes.next()
-        if step is not None:
-            def on(s: Stats) -> Pass | None:
-                passes.feed(s)
-                return self._iterate(passes, done)
-            self._on = on
-            return step
-        return done(passes.result())
 
     def _logit_done(self, fit: LogitFit) -> Pass | None:
         self.report.logit_failed(fit)

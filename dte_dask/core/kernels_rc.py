@@ -13,10 +13,9 @@ import numpy as np
 from dte_dask.core import rcs_covariates
 from dte_dask.core.kernels import (
     CellFit,
-    KernelArgs,
     LogitPasses,
     Pass,
-    Reporter,
+    StagedKernel,
     Stats,
     dot,
     first_pass,
@@ -27,24 +26,13 @@ from dte_dask.core.logit import LogitFit
 _OR_FITS = {"reg": (0, 1), "ipw": (), "dr": (0, 1, 2, 3)}  # outcome regressions (c1, c0, t1, t0) per method
 
 
-class RcCovKernel:
+class RcCovKernel(StagedKernel):
     """Repeated cross sections (or an unbalanced panel) with covariates."""
 
-    affine = False
     influence = staticmethod(rcs_covariates.rc_influence)
-
-    def __init__(self, a: KernelArgs) -> None:
-        self.a, self.report = a, Reporter(a.cells, a.label)
-        self._on = self._stats
 
     def start(self) -> Pass:
         return first_pass(rcs_covariates.or_stats, self.a.groups, self.a.p, ~self.a.cells.reference)
-
-    def solve(self, sums: Stats) -> Pass | None:
-        return self._on(sums)
-
-    def result(self) -> CellFit:
-        return self.fit
 
     # ------------------------------------------------------------------ stages
     def _stats(self, s: Stats) -> Pass | None:
@@ -79,17 +67,7 @@ class RcCovKernel:
             gamma = np.zeros((K, p))
             gamma[:, 0] = np.log(SD / (S[:, 0] + S[:, 1]))
         gamma[~ok] = 0.0
-        return self._iterate(LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy()))
-
-    def _iterate(self, passes: LogitPasses) -> Pass | None:
-        step = passes.next()
-        if step is not None:
-            def on(s: Stats) -> Pass | None:
-                passes.feed(s)
-                return self._iterate(passes)
-            self._on = on
-            return step
-        return self._logit_done(passes.result())
+        return self._iterate(LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy()), self._logit_done)
 
     def _logit_done(self, fit: LogitFit) -> Pass:
         self.report.logit_failed(fit)

@@ -18,7 +18,6 @@ from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.cs import as_panel
 from dte_dask.estimators.options import EventStudyOptions, InferenceOptions, parse_options
-from dte_dask.formatting import plain
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.graph.regress import OlsFit, Part, fit_ols

@@ -37,7 +37,6 @@ from dte_dask.estimators.options import (
     parse_options,
 )
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
-from dte_dask.formatting import plain
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel

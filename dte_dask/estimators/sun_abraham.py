@@ -20,7 +20,6 @@ from dte_dask.estimators.event_study import (
     treated_cohorts,
 )
 from dte_dask.estimators.options import SaControl, SunAbrahamOptions, control_group_kw, parse_options
-from dte_dask.formatting import plain
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.graph.regress import Part, fit_ols

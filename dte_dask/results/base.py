@@ -46,7 +46,6 @@ protocol; nothing there tests class names or guesses column spellings.
 """
 from __future__ import annotations
 
-import html
 import os
 import warnings
 from typing import Any, ClassVar
@@ -56,6 +55,7 @@ import pandas as pd
 from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, SpecError
+from dte_dask.formatting import SummaryText
 
 __all__ = ["Result", "SCHEMA", "KEY_COLUMNS", "EXTRA_COLUMNS", "pointwise_z", "no_pretest_reason"]
 
@@ -80,7 +80,7 @@ def no_pretest_reason(event_time: np.ndarray, reference: np.ndarray | None, est:
     return f"all {int((before & ~ref).sum())} pre-treatment estimates are NaN"
 
 
-class Result:
+class Result(SummaryText):
     """Base of every result: the shared methods of the protocol (see the module docstring).
 
     Subclasses are frozen dataclasses (declared with ``repr=False`` so that ``summary()`` drives
@@ -157,11 +157,3 @@ class Result:
         df.to_parquet(path, index=False, **kwargs)
         return os.fspath(path)
 
-    def __str__(self) -> str:
-        return self.summary()
-
-    def __repr__(self) -> str:
-        return self.summary()
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(self.summary())}</pre>"
