@@ -1,0 +1,185 @@
+"""Continuous-treatment DiD (Callaway, Goodman-Bacon & Sant'Anna 2024): per-block kernels (numpy/scipy).
+
+Every cell (g, t) compares the change ``dY = Y_t - Y_base`` of cohort g's units, regressed on a
+B-spline basis of their dose, with the mean change of the cell's comparison units (not yet treated
+by t, or never treated). The B-spline basis is R ``splines2::bSpline`` / moderndid's: a clamped knot
+sequence on the cohort's dose range, interior knots at dose quantiles, the first column replaced
+by an intercept. The regression reduces to the sums X'X, X'dY (pass ``stats``); the influence
+functions are formed per unit on the workers (``influence``), never shipped.
+
+Columns of the influence matrix (dose aggregation): ATT(d) at every grid dose, ACRT(d) at every
+grid dose, ATT^o, ACRT^o, then one column per cell for ATT(g,t) and one for ACRT(g,t) (the event
+study aggregates those).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.interpolate import BSpline
+
+from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.cells import Cells
+
+
+def knot_sequence(boundary: tuple[float, float], knots: np.ndarray, degree: int) -> np.ndarray:
+    lo, hi = boundary
+    return np.r_[np.full(degree + 1, lo), np.asarray(knots, dtype=float), np.full(degree + 1, hi)]
+
+
+def design(x: np.ndarray, boundary: tuple[float, float], knots: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Regressors [1, B_2(x) .. B_m(x)] and their derivatives in x [0, B_2'(x) .. B_m'(x)]."""
+    t = knot_sequence(boundary, knots, degree)
+    m = t.size - degree - 1
+    x = np.asarray(x, dtype=float)
+    if x.size == 0:
+        return np.empty((0, m)), np.empty((0, m))
+    spl = BSpline(t, np.eye(m), degree, extrapolate=True)
+    b = BSpline.design_matrix(x, t, degree, extrapolate=True).toarray()
+    db = spl.derivative(1)(x)
+    b[:, 0] = 1.0
+    db[:, 0] = 0.0
+    return b, db
+
+
+def quantile_knots(doses: np.ndarray, counts: np.ndarray, num_knots: int) -> np.ndarray:
+    """Interior knots: quantiles (numpy's linear rule) of the doses repeated ``counts`` times."""
+    if num_knots <= 0 or doses.size == 0:
+        return np.empty(0)
+    x = np.repeat(doses, counts)
+    return np.quantile(x, np.linspace(0.0, 1.0, num_knots + 2))[1:-1]
+
+
+@dataclass(frozen=True)
+class DoseSetup:
+    """What every block kernel needs: the cells, their groups' dose ranges, knots and the grid."""
+
+    cells: Cells
+    dose_col: int
+    degree: int
+    knots: np.ndarray
+    lo: np.ndarray  # (K,) lower boundary knot of each cell's cohort
+    hi: np.ndarray  # (K,) upper boundary knot
+
+    def basis(self, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return design(x, (float(self.lo[k]), float(self.hi[k])), self.knots, self.degree)
+
+    @property
+    def p(self) -> int:
+        return self.degree + self.knots.size + 1
+
+
+def dose_of(block: UnitBlock, col: int) -> np.ndarray:
+    x = block.x_at(0)
+    return x[:, col]
+
+
+def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: int) -> dict:
+    """Per cohort: min and max dose; all cohorts: (dose, post periods) pairs of treated units."""
+    d = dose_of(block, dose_col)
+    lo = np.full(groups.size, np.inf)
+    hi = np.full(groups.size, -np.inf)
+    for j, g in enumerate(groups):
+        m = block.g == g
+        if m.any():
+            lo[j], hi[j] = d[m].min(), d[m].max()
+    treated = np.isin(block.g, groups)
+    return {"lo": lo, "hi": hi, "dose": d[treated], "post": (n_periods - block.g[treated]).astype(np.int64)}
+
+
+def _masks(block: UnitBlock, cells: Cells, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    g = cells.effective_g(block.g)
+    dy = block.y[:, int(cells.t[k])] - block.y[:, int(cells.base[k])]
+    tr = g == cells.g[k]
+    ct = (g > cells.ctrl_min[k]) & ~tr
+    return dy, tr, ct
+
+
+def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
+    """Sums per cell: X'X, X'dY, sum of derivatives over treated, counts and dY sums."""
+    cells, p, K = setup.cells, setup.p, setup.cells.K
+    out = {"xx": np.zeros((K, p, p)), "xy": np.zeros((K, p)), "dsum": np.zeros((K, p)),
+           "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
+    d = dose_of(block, setup.dose_col)
+    for k in range(K):
+        dy, tr, ct = _masks(block, cells, k)
+        X, dX = setup.basis(k, d[tr])
+        out["xx"][k] = X.T @ X
+        out["xy"][k] = X.T @ dy[tr]
+        out["dsum"][k] = dX.sum(axis=0)
+        out["n_t"][k], out["y_t"][k] = tr.sum(), dy[tr].sum()
+        out["n_c"][k], out["y_c"][k] = ct.sum(), dy[ct].sum()
+    return out
+
+
+@dataclass(frozen=True)
+class DoseFit:
+    """Driver-side solution of every cell (small arrays)."""
+
+    coef: np.ndarray  # (K, p)
+    bread: np.ndarray  # (K, p, p) inv(X'X / n_t)
+    mean_t: np.ndarray
+    mean_c: np.ndarray
+    n_t: np.ndarray
+    n_c: np.ndarray
+    avg_deriv: np.ndarray  # (K, p)
+    att: np.ndarray  # (K,) ATT(g,t) = mean_t - mean_c
+    acrt: np.ndarray  # (K,) ACRT(g,t): average derivative over the cohort
+    att_d: np.ndarray  # (K, D)
+    acrt_d: np.ndarray  # (K, D)
+    grid_b: np.ndarray  # (K, D, p)
+    grid_db: np.ndarray  # (K, D, p)
+
+
+def solve_cells(s: dict, setup: DoseSetup, grid: np.ndarray) -> DoseFit:
+    K, p, D = setup.cells.K, setup.p, grid.size
+    coef, bread = np.full((K, p), np.nan), np.full((K, p, p), np.nan)
+    gb, gdb = np.zeros((K, D, p)), np.zeros((K, D, p))
+    n_t, n_c = s["n_t"], s["n_c"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_t, mean_c = s["y_t"] / n_t, s["y_c"] / n_c
+        avg = s["dsum"] / n_t[:, None]
+    for k in range(K):
+        if n_t[k] > 0 and np.linalg.matrix_rank(s["xx"][k]) == p:
+            coef[k] = np.linalg.solve(s["xx"][k], s["xy"][k])
+            bread[k] = np.linalg.inv(s["xx"][k] / n_t[k])
+        gb[k], gdb[k] = setup.basis(k, grid)
+    att_d = np.einsum("kdp,kp->kd", gb, coef) - mean_c[:, None]
+    acrt_d = np.einsum("kdp,kp->kd", gdb, coef)
+    return DoseFit(coef=coef, bread=bread, mean_t=mean_t, mean_c=mean_c, n_t=n_t, n_c=n_c, avg_deriv=avg,
+                   att=mean_t - mean_c, acrt=np.einsum("kp,kp->k", avg, coef), att_d=att_d, acrt_d=acrt_d,
+                   grid_b=gb, grid_db=gdb)
+
+
+def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int) -> np.ndarray:
+    """(n_block, 2D + 2 + 2K) influence functions, scaled so that Var = Psi'Psi / n^2.
+
+    ``w`` (K,) are the dose-aggregation weights of the cells (zero for pre-treatment cells).
+    """
+    cells, K = setup.cells, setup.cells.K
+    D = fit.att_d.shape[1]
+    psi = np.zeros((block.n, 2 * D + 2 + 2 * K))
+    d = dose_of(block, setup.dose_col)
+    for k in range(K):
+        if not np.isfinite(fit.coef[k]).all():
+            continue
+        dy, tr, ct = _masks(block, cells, k)
+        X, dX = setup.basis(k, d[tr])
+        a = ((dy[tr] - X @ fit.coef[k])[:, None] * X) @ fit.bread[k]  # IF of the coefficients (treated scale)
+        st, sc = n / fit.n_t[k], n / fit.n_c[k]
+        att_t = st * (dy[tr] - fit.mean_t[k])
+        att_c = -sc * (dy[ct] - fit.mean_c[k])
+        acrt_t = st * (dX @ fit.coef[k] - fit.acrt[k] + a @ fit.avg_deriv[k])
+        col = 2 * D + 2 + k
+        psi[tr, col] += att_t
+        psi[ct, col] += att_c
+        psi[tr, col + K] += acrt_t
+        if w[k] == 0:
+            continue
+        psi[np.ix_(tr, np.arange(D))] += w[k] * st * (a @ fit.grid_b[k].T)
+        psi[np.ix_(ct, np.arange(D))] += w[k] * att_c[:, None]
+        psi[np.ix_(tr, np.arange(D, 2 * D))] += w[k] * st * (a @ fit.grid_db[k].T)
+        psi[tr, 2 * D] += w[k] * att_t
+        psi[ct, 2 * D] += w[k] * att_c
+        psi[tr, 2 * D + 1] += w[k] * acrt_t
+    return psi
