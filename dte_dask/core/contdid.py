@@ -91,7 +91,8 @@ def _masks(block: UnitBlock, cells: Cells, k: int) -> tuple[np.ndarray, np.ndarr
     g = cells.effective_g(block.g)
     dy = block.y[:, int(cells.t[k])] - block.y[:, int(cells.base[k])]
     tr = g == cells.g[k]
-    ct = (g > cells.ctrl_min[k]) & ~tr
+    cm = cells.ctrl_min[k]
+    ct = (np.isinf(g) if np.isinf(cm) else g > cm) & ~tr
     return dy, tr, ct
 
 

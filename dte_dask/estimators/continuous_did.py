@@ -130,7 +130,7 @@ def continuous_did(
     # pass 2: regression sums per cell
     s = _exact_sum(panel, cell_stats, setup, name="contdid-stats").compute()
     fit = solve_cells(s, setup, grid)
-    bad = ~np.isfinite(fit.coef).all(axis=1) & (cells.t >= cells.g)
+    bad = ~(np.isfinite(fit.coef).all(axis=1) & np.isfinite(fit.mean_c)) & (cells.t >= cells.g)
     if bad.any():
         k = int(np.argmax(bad))
         raise PanelError(f"cell (group {panel.group_label(cells.g[k])}, time {panel.group_label(cells.t[k])}): the "
@@ -167,9 +167,10 @@ def continuous_did(
 
     D, K = grid.size, cells.K
     step = panel.periods.event_step
-    att_d = w @ fit.att_d
-    acrt_d = w @ fit.acrt_d
-    overall = {"att": float(w @ fit.att), "acrt": float(w @ fit.acrt)}
+    on = w > 0  # pre-treatment cells carry no weight (and may be NaN)
+    att_d = w[on] @ fit.att_d[on]
+    acrt_d = w[on] @ fit.acrt_d[on]
+    overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
     if opt.aggregation == "dose":
         sl = slice(0, D) if opt.target == "level" else slice(D, 2 * D)
         est = att_d if opt.target == "level" else acrt_d
