@@ -11,8 +11,8 @@ from dte_dask.estimators.continuous_did import continuous_did
 from dte_dask.exceptions import SpecError
 
 pytest.importorskip("moderndid")
-import moderndid  # noqa: E402
-import polars as pl  # noqa: E402
+import moderndid
+import polars as pl
 
 COLS = dict(outcome="Y", unit="id", time="time_period", group="G", dose="D")
 

@@ -87,8 +87,7 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: 
     return {"lo": lo, "hi": hi, "dose": d[treated], "post": (n_periods - block.g[treated]).astype(np.int64)}
 
 
-def _masks(block: UnitBlock, cells: Cells, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    g = cells.effective_g(block.g)
+def _masks(block: UnitBlock, cells: Cells, k: int, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dy = block.y[:, int(cells.t[k])] - block.y[:, int(cells.base[k])]
     tr = g == cells.g[k]
     cm = cells.ctrl_min[k]
@@ -96,15 +95,29 @@ def _masks(block: UnitBlock, cells: Cells, k: int) -> tuple[np.ndarray, np.ndarr
     return dy, tr, ct
 
 
+class _CohortBases:
+    """Regressors of each cohort's units (one basis per cohort, shared by its cells)."""
+
+    def __init__(self, block: UnitBlock, setup: DoseSetup) -> None:
+        self.setup, self.dose, self.cache = setup, dose_of(block, setup.dose_col), {}
+        self.g = setup.cells.effective_g(block.g)
+
+    def __call__(self, k: int, tr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = float(self.setup.cells.g[k])
+        if key not in self.cache:
+            self.cache[key] = self.setup.basis(k, self.dose[tr])
+        return self.cache[key]
+
+
 def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
     """Sums per cell: X'X, X'dY, sum of derivatives over treated, counts and dY sums."""
     cells, p, K = setup.cells, setup.p, setup.cells.K
     out = {"xx": np.zeros((K, p, p)), "xy": np.zeros((K, p)), "dsum": np.zeros((K, p)),
            "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
-    d = dose_of(block, setup.dose_col)
+    bases = _CohortBases(block, setup)
     for k in range(K):
-        dy, tr, ct = _masks(block, cells, k)
-        X, dX = setup.basis(k, d[tr])
+        dy, tr, ct = _masks(block, cells, k, bases.g)
+        X, dX = bases(k, tr)
         out["xx"][k] = X.T @ X
         out["xy"][k] = X.T @ dy[tr]
         out["dsum"][k] = dX.sum(axis=0)
@@ -152,35 +165,54 @@ def solve_cells(s: dict, setup: DoseSetup, grid: np.ndarray) -> DoseFit:
                    grid_b=gb, grid_db=gdb)
 
 
-def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int) -> np.ndarray:
-    """(n_block, 2D + 2 + 2K) influence functions, scaled so that Var = Psi'Psi / n^2.
+def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int,
+              ev_w: np.ndarray, ev_col: np.ndarray, n_events: int, slope: bool) -> np.ndarray:
+    """(n_block, 2D + 2 + n_events) influence functions, scaled so that Var = Psi'Psi / n^2.
 
-    ``w`` (K,) are the dose-aggregation weights of the cells (zero for pre-treatment cells).
+    Columns: ATT(d) and ACRT(d) on the grid, ATT^o, ACRT^o (dose-aggregation weights ``w``, zero
+    for pre-treatment cells), then the event-study estimates: cell k's ATT(g,t) (ACRT(g,t) if
+    ``slope``) enters column ``ev_col[k]`` with weight ``ev_w[k]``.
+
+    The curves' influence runs through the coefficients only, whose basis on the grid depends on
+    the cohort alone: each unit accumulates its weighted coefficient influence over its cohort's
+    cells (a p-vector) and the comparison units their weighted mean deviations (a scalar), and
+    both are mapped to the D grid doses once.
     """
     cells, K = setup.cells, setup.cells.K
     D = fit.att_d.shape[1]
-    psi = np.zeros((block.n, 2 * D + 2 + 2 * K))
-    d = dose_of(block, setup.dose_col)
+    psi = np.zeros((block.n, 2 * D + 2 + n_events))
+    acc = np.zeros((block.n, setup.p))
+    ctrl = np.zeros(block.n)
+    grid_of: dict[float, int] = {}
+    bases = _CohortBases(block, setup)
     for k in range(K):
         if not np.isfinite(fit.coef[k]).all():
             continue
-        dy, tr, ct = _masks(block, cells, k)
-        X, dX = setup.basis(k, d[tr])
+        dy, tr, ct = _masks(block, cells, k, bases.g)
+        X, dX = bases(k, tr)
         a = ((dy[tr] - X @ fit.coef[k])[:, None] * X) @ fit.bread[k]  # IF of the coefficients (treated scale)
         st, sc = n / fit.n_t[k], n / fit.n_c[k]
         att_t = st * (dy[tr] - fit.mean_t[k])
         att_c = -sc * (dy[ct] - fit.mean_c[k])
         acrt_t = st * (dX @ fit.coef[k] - fit.acrt[k] + a @ fit.avg_deriv[k])
-        col = 2 * D + 2 + k
-        psi[tr, col] += att_t
-        psi[ct, col] += att_c
-        psi[tr, col + K] += acrt_t
+        if n_events and ev_w[k] != 0:
+            col = 2 * D + 2 + int(ev_col[k])
+            if slope:
+                psi[tr, col] += ev_w[k] * acrt_t
+            else:
+                psi[tr, col] += ev_w[k] * att_t
+                psi[ct, col] += ev_w[k] * att_c
         if w[k] == 0:
             continue
-        psi[np.ix_(tr, np.arange(D))] += w[k] * st * (a @ fit.grid_b[k].T)
-        psi[np.ix_(ct, np.arange(D))] += w[k] * att_c[:, None]
-        psi[np.ix_(tr, np.arange(D, 2 * D))] += w[k] * st * (a @ fit.grid_db[k].T)
+        grid_of.setdefault(float(cells.g[k]), k)
+        acc[tr] += (w[k] * st) * a
+        ctrl[ct] += w[k] * att_c
         psi[tr, 2 * D] += w[k] * att_t
         psi[ct, 2 * D] += w[k] * att_c
         psi[tr, 2 * D + 1] += w[k] * acrt_t
+    for g, k in grid_of.items():
+        tr = bases.g == g
+        psi[tr, :D] = acc[tr] @ fit.grid_b[k].T
+        psi[tr, D:2 * D] = acc[tr] @ fit.grid_db[k].T
+    psi[:, :D] += ctrl[:, None]
     return psi

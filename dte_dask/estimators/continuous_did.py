@@ -22,8 +22,16 @@ from typing import Any, Literal
 
 import dask
 import numpy as np
+from pydantic import Field
 
-from dte_dask.core.contdid import DoseSetup, cell_stats, dose_bounds, influence, quantile_knots, solve_cells
+from dte_dask.core.contdid import (
+    DoseSetup,
+    cell_stats,
+    dose_bounds,
+    influence,
+    quantile_knots,
+    solve_cells,
+)
 from dte_dask.estimators.cs import as_panel, cells_for
 from dte_dask.estimators.options import InferenceOptions, Options, parse_options
 from dte_dask.exceptions import PanelError, SpecError
@@ -51,6 +59,8 @@ class ContinuousDidOptions(Options):
     num_knots: int = 0
     control_group: ContControl = "not_yet_treated"
     n_grid: int = 50
+    dose: str | None = Field(None, description="the dose column (in a job: also listed in data.covariates); "
+                                               "default: the panel's first covariate")
 
 
 def continuous_did(
@@ -144,17 +154,21 @@ def continuous_did(
     w = np.where(post, (n_g / n_g.sum())[gpos] / n_post[gpos], 0.0)
     n = panel.n_units
 
+    D = grid.size
+    ev_w, ev_col, events = _event_weights(cells, gpos, n_g)
+    n_ev = events.size if opt.aggregation == "eventstudy" else 0
+
     # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws
     boot_kw = None
     if inf.bootstrap:
-        D = grid.size
-        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=2 * D + 2 + 2 * cells.K,
+        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=2 * D + 2 + n_ev,
                              kind=inf.boot_weights, block_size=panel.rng_block_size)
     seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
     if inf.bootstrap:
         boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                        n=n, kind=inf.boot_weights)
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, panel.rng_block_size, panel.n_rng_blocks, boot_kw,
+    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, (ev_w, ev_col, n_ev, opt.target == "slope"),
+                             panel.rng_block_size, panel.n_rng_blocks, boot_kw,
                              name="contdid-influence")
     pick = dask.delayed(operator.getitem, pure=True)
     todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
@@ -165,7 +179,6 @@ def continuous_did(
     cov = covariance(out[0], n)
     draws = out[1] if boot_kw is not None else None
 
-    D, K = grid.size, cells.K
     step = panel.periods.event_step
     on = w > 0  # pre-treatment cells carry no weight (and may be NaN)
     att_d = w[on] @ fit.att_d[on]
@@ -179,10 +192,11 @@ def continuous_did(
         keys = grid
         key_name = "dose"
     else:
-        A, keys, est = _event_map(cells, gpos, n_g, fit, opt.target, D, K)
-        keys = (keys * step).astype(np.int64)
+        A = np.eye(cov.shape[0])[2 * D + 2:]
+        vals = fit.att if opt.target == "level" else fit.acrt
+        est = np.array([ev_w[ev_col == i] @ vals[ev_col == i] for i in range(events.size)])
+        keys = (events * step).astype(np.int64)
         key_name = "event_time"
-    o_col = 2 * D if opt.target == "level" else 2 * D + 1
     A_all = np.vstack([A, np.eye(cov.shape[0])[[2 * D, 2 * D + 1]]])
     if opt.aggregation == "eventstudy":  # overall: the mean of the post-treatment event times
         pe = keys >= 0
@@ -198,7 +212,6 @@ def continuous_did(
         ov = est[keys >= 0].mean()
         overall["att" if opt.target == "level" else "acrt"] = float(ov)
     overall_se = {"att": float(se[m]), "acrt": float(se[m + 1])}
-    del o_col
     options = dict(target=opt.target, aggregation=opt.aggregation, dose_method=opt.dose_method, degree=opt.degree,
                    num_knots=opt.num_knots, control_group=opt.control_group, dose=dose, knots=knots.tolist(),
                    bootstrap=inf.bootstrap, n_boot=inf.n_boot if inf.bootstrap else 0, alpha=inf.alpha,
@@ -214,21 +227,13 @@ def continuous_did(
     )
 
 
-def _event_map(cells, gpos, n_g, fit, target, D, K):
-    """Linear map from the cell columns of Psi to the event-time estimates (cohort-share weights)."""
+def _event_weights(cells, gpos, n_g):
+    """Event time of every cell (column index) and its weight: cohort shares within the event time."""
     e = (cells.t - cells.g).astype(np.int64)
-    ev = np.unique(e)
-    width = 2 * D + 2 + 2 * K
-    A = np.zeros((ev.size, width))
-    vals = fit.att if target == "level" else fit.acrt
-    off = 2 * D + 2 + (0 if target == "level" else K)
-    est = np.zeros(ev.size)
-    for i, v in enumerate(ev):
-        sel = np.flatnonzero(e == v)
-        wt = n_g[gpos[sel]] / n_g[gpos[sel]].sum()
-        A[i, off + sel] = wt
-        est[i] = wt @ vals[sel]
-    return A, ev, est
+    events, col = np.unique(e, return_inverse=True)
+    wt = n_g[gpos]
+    tot = np.bincount(col, weights=wt)
+    return wt / tot[col], col, events
 
 
 def _exact_sum(panel: Panel, func, *args, name: str):
@@ -240,8 +245,8 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
     return gram(psi, block.rank, False)
 
 
-def _psi_reductions(block, setup, fit, w, n, block_size, n_blocks, boot_kw):
-    psi = influence(block, setup, fit, w, n)
+def _psi_reductions(block, setup, fit, w, n, events, block_size, n_blocks, boot_kw):
+    psi = influence(block, setup, fit, w, n, *events)
     g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b

@@ -93,7 +93,7 @@ class ContDidResult(Result):
         name = "ATT" if self.target == "level" else "ACRT"
         xlabel = "dose" if self.key_name == "dose" else "event time"
         title = kwargs.pop("title", f"{name}({'d' if self.key_name == 'dose' else 'e'}) with "
-                                    f"{int(round((1 - self.alpha) * 100))}% bands")
+                                    f"{round((1 - self.alpha) * 100)}% bands")
         if backend == "bokeh":
             from bokeh.plotting import figure
 
