@@ -106,10 +106,12 @@ def test_event_study(staggered):
     lv = _ours(pdf, aggregation="eventstudy", target="level")
     ref = aggte_csdid(pdf, "Y", "id", "time_period", "G", control_group="not_yet_treated", est_method="reg",
                       kinds=("dynamic",))
+    ov = ref[ref["key"] == "overall"].iloc[0]
+    assert lv.overall["att"] == pytest.approx(ov["att"], abs=1e-8)
+    assert lv.overall_se_analytic["att"] == pytest.approx(ov["se"], rel=1e-6)
     ref = ref[ref["key"] != "overall"]
     np.testing.assert_allclose(lv.estimates, ref["att"].to_numpy(float), atol=1e-8, rtol=0)
-    # csdid's SEs include the estimated weights' influence; ours treat them as known
-    np.testing.assert_allclose(lv.to_frame()["se"], ref["se"].to_numpy(float), rtol=0.1)
+    np.testing.assert_allclose(lv.to_frame()["se"], ref["se"].to_numpy(float), rtol=1e-6, atol=0)
 
 
 def test_bootstrap_partition_invariant_and_consistent(staggered):

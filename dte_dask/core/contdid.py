@@ -166,12 +166,14 @@ def solve_cells(s: dict, setup: DoseSetup, grid: np.ndarray) -> DoseFit:
 
 
 def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int,
-              ev_w: np.ndarray, ev_col: np.ndarray, n_events: int, slope: bool) -> np.ndarray:
+              ev_w: np.ndarray, ev_col: np.ndarray, ev_wif: np.ndarray, n_events: int, slope: bool) -> np.ndarray:
     """(n_block, 2D + 2 + n_events) influence functions, scaled so that Var = Psi'Psi / n^2.
 
     Columns: ATT(d) and ACRT(d) on the grid, ATT^o, ACRT^o (dose-aggregation weights ``w``, zero
     for pre-treatment cells), then the event-study estimates: cell k's ATT(g,t) (ACRT(g,t) if
-    ``slope``) enters column ``ev_col[k]`` with weight ``ev_w[k]``.
+    ``slope``) enters column ``ev_col[k]`` with weight ``ev_w[k]``, and cohort g_k's units add
+    ``ev_wif[k]`` = (estimate_k - event-time estimate) / (cohort shares of the event time): the
+    influence of the estimated weights (R ``did``'s ``wif``).
 
     The curves' influence runs through the coefficients only, whose basis on the grid depends on
     the cohort alone: each unit accumulates its weighted coefficient influence over its cohort's
@@ -197,10 +199,8 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
         acrt_t = st * (dX @ fit.coef[k] - fit.acrt[k] + a @ fit.avg_deriv[k])
         if n_events and ev_w[k] != 0:
             col = 2 * D + 2 + int(ev_col[k])
-            if slope:
-                psi[tr, col] += ev_w[k] * acrt_t
-            else:
-                psi[tr, col] += ev_w[k] * att_t
+            psi[tr, col] += ev_w[k] * (acrt_t if slope else att_t) + ev_wif[k]
+            if not slope:
                 psi[ct, col] += ev_w[k] * att_c
         if w[k] == 0:
             continue

@@ -157,6 +157,11 @@ def continuous_did(
     D = grid.size
     ev_w, ev_col, events = _event_weights(cells, gpos, n_g)
     n_ev = events.size if opt.aggregation == "eventstudy" else 0
+    vals = fit.att if opt.target == "level" else fit.acrt
+    ok = np.isfinite(vals)
+    theta = np.bincount(ev_col[ok], weights=(ev_w * vals)[ok], minlength=events.size)
+    share = np.bincount(ev_col, weights=n_g[gpos], minlength=events.size) / n
+    ev_wif = np.where(ok, (vals - theta[ev_col]) / share[ev_col], 0.0)
 
     # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws
     boot_kw = None
@@ -167,7 +172,7 @@ def continuous_did(
     if inf.bootstrap:
         boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                        n=n, kind=inf.boot_weights)
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, (ev_w, ev_col, n_ev, opt.target == "slope"),
+    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope"),
                              panel.rng_block_size, panel.n_rng_blocks, boot_kw,
                              name="contdid-influence")
     pick = dask.delayed(operator.getitem, pure=True)
@@ -193,8 +198,7 @@ def continuous_did(
         key_name = "dose"
     else:
         A = np.eye(cov.shape[0])[2 * D + 2:]
-        vals = fit.att if opt.target == "level" else fit.acrt
-        est = np.array([ev_w[ev_col == i] @ vals[ev_col == i] for i in range(events.size)])
+        est = theta
         keys = (events * step).astype(np.int64)
         key_name = "event_time"
     A_all = np.vstack([A, np.eye(cov.shape[0])[[2 * D, 2 * D + 1]]])
