@@ -163,58 +163,47 @@ def continuous_did(
     share = np.bincount(ev_col, weights=n_g[gpos], minlength=events.size) / n
     ev_wif = np.where(ok, (vals - theta[ev_col]) / share[ev_col], 0.0)
 
-    # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws
+    step = panel.periods.event_step
+    on = w > 0  # pre-treatment cells carry no weight (and may be NaN)
+    att_d = w[on] @ fit.att_d[on]
+    acrt_d = w[on] @ fit.acrt_d[on]
+    overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
+    # the reported columns of Psi: the curve (or the event times), then ATT^o and ACRT^o
+    if opt.aggregation == "dose":
+        est, keys, key_name = (att_d, grid, "dose") if opt.target == "level" else (acrt_d, grid, "dose")
+        cols = np.r_[np.arange(D) + (0 if opt.target == "level" else D), 2 * D, 2 * D + 1]
+        mean_of = None
+    else:
+        est, keys, key_name = theta, (events * step).astype(np.int64), "event_time"
+        cols = np.r_[2 * D + 2 + np.arange(events.size), 2 * D, 2 * D + 1]
+        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
+        mean_of = (events.size + (0 if opt.target == "level" else 1), 2 * D + 2 + np.flatnonzero(events >= 0))
+        overall["att" if opt.target == "level" else "acrt"] = float(est[events >= 0].mean())
+    m = est.size
+
+    # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws of the reported columns
     boot_kw = None
-    if inf.bootstrap:
-        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=2 * D + 2 + n_ev,
-                             kind=inf.boot_weights, block_size=panel.rng_block_size)
     seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
     if inf.bootstrap:
+        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=cols.size, kind=inf.boot_weights,
+                             block_size=panel.rng_block_size)
         boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                        n=n, kind=inf.boot_weights)
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope"),
-                             panel.rng_block_size, panel.n_rng_blocks, boot_kw,
-                             name="contdid-influence")
+    ev = (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope")
+    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, ev, (cols, mean_of), panel.rng_block_size,
+                             panel.n_rng_blocks, boot_kw, name="contdid-influence")
     pick = dask.delayed(operator.getitem, pure=True)
     todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
     if boot_kw is not None:
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
                                name="contdid-mboot-merge"))
     out = dask.compute(*todo)
-    cov = covariance(out[0], n)
-    draws = out[1] if boot_kw is not None else None
-
-    step = panel.periods.event_step
-    on = w > 0  # pre-treatment cells carry no weight (and may be NaN)
-    att_d = w[on] @ fit.att_d[on]
-    acrt_d = w[on] @ fit.acrt_d[on]
-    overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
-    if opt.aggregation == "dose":
-        sl = slice(0, D) if opt.target == "level" else slice(D, 2 * D)
-        est = att_d if opt.target == "level" else acrt_d
-        A = np.zeros((D, cov.shape[0]))
-        A[:, sl] = np.eye(D)
-        keys = grid
-        key_name = "dose"
-    else:
-        A = np.eye(cov.shape[0])[2 * D + 2:]
-        est = theta
-        keys = (events * step).astype(np.int64)
-        key_name = "event_time"
-    A_all = np.vstack([A, np.eye(cov.shape[0])[[2 * D, 2 * D + 1]]])
-    if opt.aggregation == "eventstudy":  # overall: the mean of the post-treatment event times
-        pe = keys >= 0
-        A_all[-2 if opt.target == "level" else -1] = A[pe].mean(axis=0)
-    V = A_all @ cov @ A_all.T
-    dr = draws @ A_all.T if draws is not None else None
-    m = est.size
+    V = covariance(out[0], n)
+    dr = out[1] if boot_kw is not None else None
     se_a = np.sqrt(np.clip(np.diag(V), 0, None))
     se_b = boot_se(dr, np.sqrt(n)) if dr is not None else None
     se = se_b if se_b is not None else se_a
     crit = band_crit(dr[:, :m] if dr is not None else None, se[:m], inf.alpha, inf.uniform_bands, fallback=True)
-    if opt.aggregation == "eventstudy":
-        ov = est[keys >= 0].mean()
-        overall["att" if opt.target == "level" else "acrt"] = float(ov)
     overall_se = {"att": float(se[m]), "acrt": float(se[m + 1])}
     options = dict(target=opt.target, aggregation=opt.aggregation, dose_method=opt.dose_method, degree=opt.degree,
                    num_knots=opt.num_knots, control_group=opt.control_group, dose=dose, knots=knots.tolist(),
@@ -249,8 +238,12 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
     return gram(psi, block.rank, False)
 
 
-def _psi_reductions(block, setup, fit, w, n, events, block_size, n_blocks, boot_kw):
-    psi = influence(block, setup, fit, w, n, *events)
+def _psi_reductions(block, setup, fit, w, n, events, columns, block_size, n_blocks, boot_kw):
+    full = influence(block, setup, fit, w, n, *events)
+    cols, mean_of = columns
+    psi = full[:, cols]
+    if mean_of is not None:  # row by row, so the same in any partitioning
+        psi[:, mean_of[0]] = full[:, mean_of[1]].sum(axis=1) / mean_of[1].size
     g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
