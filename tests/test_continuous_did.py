@@ -158,3 +158,26 @@ def test_errors_and_plot(staggered):
     assert len(ax.lines) >= 1 and len(ax.collections) == 2
     assert "dose" in r.to_frame().columns and "ATT^o" in r.summary()
     assert isinstance(r.to_frame(), pd.DataFrame)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_knots_are_exact_quantiles_without_gathering_doses(discrete):
+    """The histogram-then-gather knots equal np.quantile of every treated dose repeated by its post periods."""
+    from dte_dask.core.blocks import UnitBlock
+    from dte_dask.core.contdid import N_BINS, dose_histogram, doses_in_bins, knots_from, needed_bins
+
+    rng = np.random.default_rng(7)
+    n, T = 3000, 6
+    g = rng.choice([1.0, 2.0, 4.0, np.inf], n)
+    d = np.where(np.isfinite(g), rng.integers(1, 6, n) / 2 if discrete else rng.lognormal(size=n), 0.0)
+    blocks = [UnitBlock(np.arange(a, b), np.arange(a, b), g[a:b], np.ones(b - a), None, np.zeros((b - a, T)),
+                        d[a:b, None]) for a, b in ((0, 1000), (1000, 1700), (1700, n))]
+    groups = np.array([1.0, 2.0, 4.0])
+    tr = np.isfinite(g)
+    edges = np.linspace(d[tr].min(), d[tr].max(), N_BINS + 1)
+    for num_knots in (1, 3, 7):
+        hist = sum(dose_histogram(b, 0, groups, T, edges) for b in blocks)
+        bins = needed_bins(hist, num_knots)
+        got = knots_from(hist, edges, [doses_in_bins(b, 0, groups, T, edges, bins) for b in blocks], num_knots)
+        want = np.quantile(np.repeat(d[tr], (T - g[tr]).astype(int)), np.linspace(0, 1, num_knots + 2))[1:-1]
+        np.testing.assert_array_equal(got, want)

@@ -42,12 +42,74 @@ def design(x: np.ndarray, boundary: tuple[float, float], knots: np.ndarray, degr
     return b, db
 
 
-def quantile_knots(doses: np.ndarray, counts: np.ndarray, num_knots: int) -> np.ndarray:
-    """Interior knots: quantiles (numpy's linear rule) of the doses repeated ``counts`` times."""
-    if num_knots <= 0 or doses.size == 0:
+N_BINS = 4096
+
+
+def _treated_doses(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: int):
+    """Doses of the cohorts' units and their numbers of post-treatment periods (the knots' weights)."""
+    treated = np.isin(block.g, groups)
+    return dose_of(block, dose_col)[treated], (n_periods - block.g[treated]).astype(np.int64)
+
+
+def _bin_of(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
+
+
+def dose_histogram(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: int,
+                   edges: np.ndarray) -> np.ndarray:
+    """Post-period-weighted counts of the treated doses in the bins ``edges`` (integers: exact sums)."""
+    x, c = _treated_doses(block, dose_col, groups, n_periods)
+    return np.bincount(_bin_of(x, edges), weights=c, minlength=edges.size - 1).astype(np.int64)
+
+
+def doses_in_bins(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: int, edges: np.ndarray,
+                  bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct treated doses falling in ``bins`` and their weighted counts."""
+    x, c = _treated_doses(block, dose_col, groups, n_periods)
+    keep = np.isin(_bin_of(x, edges), bins)
+    vals, inv = np.unique(x[keep], return_inverse=True)
+    return vals, np.bincount(inv, weights=c[keep], minlength=vals.size).astype(np.int64)
+
+
+def knot_ranks(total: int, num_knots: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's linear quantile rule on ``total`` sorted values: the order statistics j, j+1 and the
+    fractions for the interior probabilities linspace(0, 1, num_knots + 2)[1:-1]."""
+    h = (total - 1) * np.linspace(0.0, 1.0, num_knots + 2)[1:-1]
+    j = np.floor(h).astype(np.int64)
+    return j, h - j
+
+
+def needed_bins(hist: np.ndarray, num_knots: int) -> np.ndarray:
+    """Bins holding the order statistics that the interior knots interpolate."""
+    j, _ = knot_ranks(int(hist.sum()), num_knots)
+    ranks = np.minimum(np.r_[j, j + 1], int(hist.sum()) - 1)
+    return np.unique(np.searchsorted(np.cumsum(hist), ranks, side="right"))
+
+
+def knots_from(hist: np.ndarray, edges: np.ndarray, gathered: list[tuple[np.ndarray, np.ndarray]],
+               num_knots: int) -> np.ndarray:
+    """Interior knots, equal to ``np.quantile`` of every treated dose repeated by its post periods.
+
+    Only the doses in the bins holding the needed order statistics were gathered (``gathered``).
+    """
+    total = int(hist.sum())
+    if num_knots <= 0 or total == 0:
         return np.empty(0)
-    x = np.repeat(doses, counts)
-    return np.quantile(x, np.linspace(0.0, 1.0, num_knots + 2))[1:-1]
+    j, frac = knot_ranks(total, num_knots)
+    uv, inv = np.unique(np.concatenate([v for v, _ in gathered]), return_inverse=True)
+    uc = np.bincount(inv, weights=np.concatenate([c for _, c in gathered]), minlength=uv.size).astype(np.int64)
+    b = _bin_of(uv, edges)
+    run = np.cumsum(uc)
+    first = np.r_[True, b[1:] != b[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(uv.size), 0))  # first gathered value of its bin
+    within = run - np.r_[0, run][start]
+    after = np.r_[0, np.cumsum(hist)][b] + within  # global weighted rank just after each value
+
+    def value(r: np.ndarray) -> np.ndarray:
+        return uv[np.searchsorted(after, np.minimum(r, total - 1), side="right")]
+
+    lo, hi = value(j), value(j + 1)
+    return np.array([np.quantile(np.array([a, c]), f) for a, c, f in zip(lo, hi, frac)])
 
 
 @dataclass(frozen=True)
@@ -74,8 +136,8 @@ def dose_of(block: UnitBlock, col: int) -> np.ndarray:
     return x[:, col]
 
 
-def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: int) -> dict:
-    """Per cohort: min and max dose; all cohorts: (dose, post periods) pairs of treated units."""
+def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
+    """Per cohort: min and max dose."""
     d = dose_of(block, dose_col)
     lo = np.full(groups.size, np.inf)
     hi = np.full(groups.size, -np.inf)
@@ -83,8 +145,7 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray, n_periods: 
         m = block.g == g
         if m.any():
             lo[j], hi[j] = d[m].min(), d[m].max()
-    treated = np.isin(block.g, groups)
-    return {"lo": lo, "hi": hi, "dose": d[treated], "post": (n_periods - block.g[treated]).astype(np.int64)}
+    return {"lo": lo, "hi": hi}
 
 
 def _masks(block: UnitBlock, cells: Cells, k: int, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,11 +25,15 @@ import numpy as np
 from pydantic import Field
 
 from dte_dask.core.contdid import (
+    N_BINS,
     DoseSetup,
     cell_stats,
     dose_bounds,
+    dose_histogram,
+    doses_in_bins,
     influence,
-    quantile_knots,
+    knots_from,
+    needed_bins,
     solve_cells,
 )
 from dte_dask.estimators.cs import as_panel, cells_for
@@ -113,10 +117,9 @@ def continuous_did(
     dose_col = list(panel.spec.covariates).index(dose)
     panel = panel.balance().drop_early_treated(0)
     cells, glist = cells_for(panel, opt.control_group, 0, "varying")
-    T = panel.n_periods
 
     # pass 1: dose ranges of the cohorts (and the knots' dose distribution if there are knots)
-    parts = panel.map_blocks(dose_bounds, dose_col, glist, T, name="contdid-bounds")
+    parts = panel.map_blocks(dose_bounds, dose_col, glist, name="contdid-bounds")
     bounds = dask.compute(*parts)
     lo = np.min([b["lo"] for b in bounds], axis=0)
     hi = np.max([b["hi"] for b in bounds], axis=0)
@@ -129,9 +132,8 @@ def continuous_did(
         raise PanelError(f"cohort {panel.group_label(glist[j])}: every unit has the same dose; a dose-response "
                         "curve needs at least two distinct doses per cohort")
     knots = np.empty(0)
-    if opt.num_knots > 0:  # exact quantiles need the treated doses (one float per treated unit)
-        knots = quantile_knots(np.concatenate([b["dose"] for b in bounds]),
-                               np.concatenate([b["post"] for b in bounds]), opt.num_knots)
+    if opt.num_knots > 0:
+        knots = _knots(panel, dose_col, glist, lo.min(), hi.max(), opt.num_knots)
     grid = (np.linspace(lo.min(), hi.max(), opt.n_grid) if dose_grid is None
             else np.asarray(dose_grid, dtype=float).ravel())
     gpos = np.searchsorted(glist, cells.g)
@@ -218,6 +220,17 @@ def continuous_did(
         n_units=n, seed=seed_ if inf.bootstrap else None, options=options,
         timings={"total": _time.perf_counter() - t0}, panel=panel.describe(),
     )
+
+
+def _knots(panel: Panel, dose_col: int, glist: np.ndarray, lo: float, hi: float, num_knots: int) -> np.ndarray:
+    """Exact dose quantiles without shipping the doses: a histogram pass, then only the doses of the
+    bins that hold the needed order statistics."""
+    T = panel.n_periods
+    edges = np.linspace(lo, hi, N_BINS + 1)
+    hist = sum(dask.compute(*panel.map_blocks(dose_histogram, dose_col, glist, T, edges, name="contdid-knot-hist")))
+    bins = needed_bins(hist, num_knots)
+    gathered = dask.compute(*panel.map_blocks(doses_in_bins, dose_col, glist, T, edges, bins, name="contdid-knot-doses"))
+    return knots_from(hist, edges, list(gathered), num_knots)
 
 
 def _event_weights(cells, gpos, n_g):
