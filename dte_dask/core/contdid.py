@@ -7,9 +7,9 @@ sequence on the cohort's dose range, interior knots at dose quantiles, the first
 by an intercept. The regression reduces to the sums X'X, X'dY (pass ``stats``); the influence
 functions are formed per unit on the workers (``influence``), never shipped.
 
-Columns of the influence matrix (dose aggregation): ATT(d) at every grid dose, ACRT(d) at every
-grid dose, ATT^o, ACRT^o, then one column per cell for ATT(g,t) and one for ACRT(g,t) (the event
-study aggregates those).
+Columns of the influence matrix: ATT(d) and ACRT(d) at every grid dose, ATT^o, ACRT^o, then (event
+study) one column per event time. Knots are exact dose quantiles found without shipping the doses:
+a histogram pass, then only the doses of the bins that hold the needed order statistics.
 """
 from __future__ import annotations
 

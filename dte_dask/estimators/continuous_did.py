@@ -7,12 +7,18 @@ the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event 
 
 Inference: influence functions computed per unit on the workers, reduced to Psi'Psi (analytic SEs)
 and to multiplier-bootstrap draws keyed by RNG blocks (uniform sup-t bands over the dose grid or the
-event times), bit-identical for any partitioning. The aggregation weights are treated as known.
+event times), bit-identical for any partitioning. The dose aggregation treats its weights as
+known (as moderndid); the event study adds the influence of the estimated cohort shares (R ``did``).
 
-Deliberate differences from moderndid 0.x ``cont_did`` (whose estimates are matched exactly):
-ATT(d) and ATT^o include the comparison units' variance (moderndid leaves it out), ATT^o's
-influence function is the binary DiD's (moderndid uses ACRT's), and ACRT^o / ACRT(g,t) scale each
-cohort's influence function by n / n_cohort (moderndid by n / n_cell).
+Deliberate differences from moderndid 0.x ``cont_did`` (whose dose curves, ATT^o, ACRT^o and ACRT
+event study are matched to ~1e-14):
+* ATT(d) and ATT^o include the comparison units' variance (moderndid leaves it out), ATT^o's
+  influence function is the binary DiD's (moderndid uses ACRT's), and ACRT^o / ACRT(g,t) scale each
+  cohort's influence function by n / n_cohort (moderndid by n / n_cell);
+* ACRT(d)'s influence function uses the same per-cohort basis as the estimate (moderndid the grid's
+  range); with one cohort the two coincide;
+* the ATT event study is the binary DiD by cell aggregated as R ``did``'s dynamic aggregation
+  (moderndid passes the dose itself as the treatment indicator of its DR DiD there).
 """
 from __future__ import annotations
 
