@@ -43,7 +43,7 @@ from dte_dask.core.contdid import (
     solve_cells,
 )
 from dte_dask.estimators.cs import as_panel, cells_for
-from dte_dask.estimators.options import InferenceOptions, Options, parse_options
+from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
 from dte_dask.exceptions import PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.inference.bands import band_crit, boot_se
@@ -65,10 +65,10 @@ class ContinuousDidOptions(Options):
     target: Target = "level"
     aggregation: Aggregation = "dose"
     dose_method: DoseMethod = "parametric"
-    degree: int = 3
-    num_knots: int = 0
+    degree: NonNegInt = Field(3, description="B-spline degree (>= 1)")
+    num_knots: NonNegInt = 0
     control_group: ContControl = "not_yet_treated"
-    n_grid: int = 50
+    n_grid: NBoot = Field(50, description="doses of the default grid (>= 2)")
     dose: str | None = Field(None, description="the dose column (in a job: also listed in data.covariates); "
                                                "default: the panel's first covariate")
 
