@@ -154,8 +154,10 @@ def test_errors_and_plot(staggered):
 
     matplotlib.use("Agg")
     r = _ours(pdf, bootstrap=True, n_boot=100, seed=1)
-    ax = r.plot()
+    ax = r.plot(backend="matplotlib")
     assert len(ax.lines) >= 1 and len(ax.collections) == 2
+    fig = r.plot()  # bokeh: estimate line, pointwise interval and uniform band
+    assert len(fig.renderers) == 3
     assert "dose" in r.to_frame().columns and "ATT^o" in r.summary()
     assert isinstance(r.to_frame(), pd.DataFrame)
 

@@ -84,10 +84,10 @@ class ContDidResult(Result):
                      f"{self.options.get('num_knots')} interior knots; control group: {self.options.get('control_group')}")
         return "\n".join(lines)
 
-    def plot(self, kind: str | None = None, *, backend: str = "matplotlib", **kwargs: Any) -> Any:
+    def plot(self, kind: str | None = None, *, backend: str = "bokeh", **kwargs: Any) -> Any:
         """The curve (ATT(d) / ACRT(d), or by event time) with its pointwise interval and uniform band.
 
-        ``backend="matplotlib"`` (an Axes) or ``"bokeh"`` (a figure)."""
+        ``backend="bokeh"`` (a figure, the default of every result) or ``"matplotlib"`` (an Axes)."""
         df = self.to_frame()
         x = df[self.key_name].to_numpy(float)
         name = "ATT" if self.target == "level" else "ACRT"
