@@ -21,11 +21,13 @@ partition indicator travels as a covariate column of the blocks (``qcol``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
+from dte_dask.core.covariates import cov_influence
 from dte_dask.core.regression import with_intercept
 
 
@@ -155,6 +157,24 @@ def gmm_weights(lay: DddLayout, K: int, att_d: np.ndarray, ok_d: np.ndarray, gra
     return W, att, np.isfinite(att), se_gmm
 
 
-def ddd_columns(psi_j: np.ndarray, comb: np.ndarray) -> np.ndarray:
-    """Influence functions of the DDD columns from the comparisons'."""
-    return psi_j @ comb
+def combination(lay: DddLayout, W: np.ndarray) -> np.ndarray:
+    """(J, K): each cell's influence function as a combination of the comparisons'."""
+    return lay.comb @ W
+
+
+# ----------------------------------------------------------------------------- block tasks
+def gmm_stats(block: UnitBlock, lay: DddLayout, kest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Gram and column sums of the per-cohort DDD influence functions of a block (GMM weights)."""
+    psi = cov_influence(block, lay.comp, kest) @ lay.comb
+    return {"gram": psi.T @ psi, "sum": psi.sum(axis=0)}
+
+
+def ddd_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
+    """(n_block, K) influence functions of the cells (panel scale; zero for reference cells)."""
+    return cov_influence(block, est["comp"], est["kernel"]) @ est["A"]
+
+
+def cohort_shares(block: UnitBlock, cells: Cells, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Weighted sizes of the cohorts ``groups`` (the aggregation weights P(G = g))."""
+    G = cells.effective_g(block.g)
+    return {"Swg": (G[:, None] == groups[None, :]).astype(float).T @ block.w}

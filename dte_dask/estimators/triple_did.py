@@ -173,8 +173,12 @@ def _partition_faults(block: UnitBlock, qcol: int) -> np.ndarray:
         first = q[np.arange(block.n), np.argmax(obs, axis=1)]
         varying = np.any(obs & (q != first[:, None]), axis=1)
     return np.array([int(bad_value.sum()), int(varying.sum()),
-                     block.ids[bad_value][0] if bad_value.any() else None,
-                     block.ids[varying][0] if varying.any() else None], dtype=object)
+                     _plain(block.ids[bad_value][0]) if bad_value.any() else None,
+                     _plain(block.ids[varying][0]) if varying.any() else None], dtype=object)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
 
 
 def _check_partition(panel: Panel, name: str, qcol: int) -> None:

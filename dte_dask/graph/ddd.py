@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any
 
 import dask
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.core.covariates import cov_influence
-from dte_dask.core.ddd import DddLayout, ddd_columns, ddd_estimates, gmm_weights, layout
+from dte_dask.core.ddd import (
+    cohort_shares,
+    combination,
+    ddd_estimates,
+    ddd_influence,
+    gmm_stats,
+    gmm_weights,
+    layout,
+)
 from dte_dask.core.kernels import KernelArgs, influence_with_groups
 from dte_dask.core.kernels_cov import PanelCovKernel
 from dte_dask.graph.attgt import AttgtFit, run_kernel
@@ -37,26 +43,12 @@ class DddFit:
     n_comparisons: np.ndarray  # (K,) comparison cohorts combined per cell
 
 
-def _ddd_psi(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
-    return ddd_columns(cov_influence(block, est["comp"], est["kernel"]), est["A"])
-
-
-def _gmm_stats(block: UnitBlock, lay: DddLayout, kest: dict[str, Any]) -> dict[str, np.ndarray]:
-    psi = ddd_columns(cov_influence(block, lay.comp, kest), lay.comb)
-    return {"gram": psi.T @ psi, "sum": psi.sum(axis=0)}
-
-
 def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, clustered: bool,
                 block_size: int, n_blocks: int, boot_kw: dict | None):
-    psi = influence_with_groups(block, cells, est, groups, _ddd_psi)
+    psi = influence_with_groups(block, cells, est, groups, ddd_influence)
     g = by_rng_block(block, lambda b, rows: gram(rows, b.rank, clustered), block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
-
-
-def _cohort_counts(block: UnitBlock, cells: Cells, groups: np.ndarray) -> dict[str, np.ndarray]:
-    G = cells.effective_g(block.g)
-    return {"Swg": (G[:, None] == groups[None, :]).astype(float).T @ block.w}
 
 
 def _sum(panel: Panel, func, *args, name: str):
@@ -81,7 +73,7 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     K = cells.K
     gram_d = sum_d = None
     if np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1:
-        s = _sum(panel, _gmm_stats, lay, kfit.est, name="ddd-gmm").compute()
+        s = _sum(panel, gmm_stats, lay, kfit.est, name="ddd-gmm").compute()
         gram_d, sum_d = s["gram"], s["sum"]
     n_cell = np.zeros(K)
     for d in range(lay.cell.size):
@@ -91,8 +83,8 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     W, att, ok, se_gmm = gmm_weights(lay, K, att_d, ok_d, gram_d, sum_d, n_cell, n)
     ok &= ~cells.reference
     att = np.where(cells.reference, 0.0, att)
-    pg = _sum(panel, _cohort_counts, cells, groups, name="ddd-cohorts").compute()["Swg"] / n
-    est = {"comp": lay.comp, "kernel": kfit.est, "A": lay.comb @ W, "pg": pg}
+    pg = _sum(panel, cohort_shares, cells, groups, name="ddd-cohorts").compute()["Swg"] / n
+    est = {"comp": lay.comp, "kernel": kfit.est, "A": combination(lay, W), "pg": pg}
 
     boot_kw = None
     if n_boot > 0:
