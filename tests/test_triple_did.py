@@ -76,20 +76,40 @@ def dr_pair(mp):
     return peer(mp), ours(mp)
 
 
+def r_agg_se(m, keepers: np.ndarray) -> float:
+    """R triplediff's (and R did's) aggregation SE from moderndid's cell influence functions:
+    pg-weighted average plus the estimated-weights term ``wif`` (get_weight_influence)."""
+    pg = np.array([np.mean(m.unit_groups == g) for g in m.groups])
+    w = pg[keepers] / pg[keepers].sum()
+    ind = (m.unit_groups[:, None] == m.groups[keepers][None, :]) - pg[keepers][None, :]
+    wif = ind / pg[keepers].sum() - ind.sum(axis=1, keepdims=True) * (pg[keepers] / pg[keepers].sum() ** 2)[None, :]
+    psi = m.inf_func_mat[:, keepers] @ w + wif @ m.att[keepers]
+    return float(np.sqrt(np.mean(psi ** 2) / m.n))
+
+
 @pytest.mark.parametrize("kind, peer_kind", [("simple", "simple"), ("dynamic", "eventstudy"), ("group", "group"),
                                              ("calendar", "calendar")])
 def test_aggregations_match_agg_ddd(dr_pair, kind, peer_kind) -> None:
     m, r = dr_pair
     a = quiet(md.agg_ddd, m, type=peer_kind, boot=False, cband=False)
     agg = r.aggregate(kind)
+    f = agg.to_frame()
     assert agg.overall_att == pytest.approx(a.overall_att, abs=1e-8)
     if kind != "simple":
-        np.testing.assert_allclose(agg.to_frame()["estimate"], a.att_egt, atol=1e-8)
-    if kind == "group":  # no estimated weights inside a group: the SEs agree too
+        np.testing.assert_allclose(f["estimate"], a.att_egt, atol=1e-8)
+    post = m.groups <= m.times
+    if kind == "group":  # no estimated weights inside a group: agg_ddd's SEs are R's
         assert agg.overall_se == pytest.approx(a.overall_se, rel=1e-7)
-        np.testing.assert_allclose(agg.to_frame()["se"], a.se_egt, rtol=1e-7)
-    else:  # R did's aggte adds the estimated-weights term that agg_ddd leaves out: never smaller here
-        assert agg.overall_se >= a.overall_se - 1e-12
+        np.testing.assert_allclose(f["se"], a.se_egt, rtol=1e-7)
+    elif kind == "simple":  # agg_ddd leaves out the estimated-weights term that R triplediff / did add
+        assert agg.overall_se == pytest.approx(r_agg_se(m, np.flatnonzero(post)), rel=1e-7)
+    elif kind == "dynamic":
+        for e, se in zip(f["event_time"], f["se"]):
+            if e != -1:
+                assert se == pytest.approx(r_agg_se(m, np.flatnonzero(m.times - m.groups == e)), rel=1e-7)
+    else:
+        for t, se in zip(f["time"], f["se"]):
+            assert se == pytest.approx(r_agg_se(m, np.flatnonzero(post & (m.times == t))), rel=1e-7)
 
 
 def test_two_period_with_weights_matches_moderndid() -> None:
@@ -115,9 +135,7 @@ def test_clustered_se_is_the_cluster_sum_of_moderndids_influence_functions(mp, d
     clusters = mp.drop_duplicates("id").sort_values("id")["cluster"].to_numpy()
     idx = by_cell(r)
     k = np.array([idx[(int(g), int(t))] for g, t in zip(m.groups, m.times)])
-    S = pd.DataFrame(m.inf_func_mat).groupby(clusters).sum().to_numpy()
-    want = np.sqrt(np.diag(S.T @ S)) / m.n
-    np.testing.assert_allclose(r.se_analytic[k], np.where(want > 1e-7, want, np.nan), rtol=1e-7, equal_nan=True)
+    np.testing.assert_allclose(r.se_analytic[k], cluster_se(m.inf_func_mat, clusters, m.n), rtol=1e-7, equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +170,52 @@ def test_known_effects_are_recovered() -> None:
     r = ours(df)
     k = by_cell(r)[(2, 2)]
     assert abs(r.att[k] - sim["true_att"]) < 1.96 * r.se_analytic[k]
+
+
+def cluster_se(inf_func_mat: np.ndarray, clusters: np.ndarray, n: int) -> np.ndarray:
+    S = pd.DataFrame(inf_func_mat).groupby(clusters).sum().to_numpy()
+    se = np.sqrt(np.diag(S.T @ S)) / n
+    return np.where(se > 1e-7, se, np.nan)
+
+
+def test_real_household_panel_unbalanced_with_covariates_and_clusters() -> None:
+    """Cai (2016), shipped with moderndid: 3,659 households, 2000-2008, unbalanced (361 households
+    miss years), insurance for tobacco farmers (sector) in treated counties from 2003, clustered by
+    county; covariates held at each household's first observed year (triplediff wants them time
+    invariant)."""
+    df = md.load_cai2016().to_pandas()
+    df["G"] = np.where(df["treatment"] == 1, 2003, 0)
+    covs = ["hhsize", "age", "educ_scale"]
+    for c in covs:
+        df[c] = df.groupby("hhno")[c].transform("first")
+    m = quiet(md.ddd, df, yname="checksaving_ratio", tname="year", idname="hhno", gname="G", pname="sector",
+              xformla="~hhsize+age+educ_scale", allow_unbalanced_panel=True, boot=False)
+    r = quiet(dte_dask.triple_did, df, outcome="checksaving_ratio", unit="hhno", time="year", group="G",
+              partition="sector", covariates=covs, cluster="county", allow_unbalanced_panel=True, bootstrap=False)
+    assert r.n_units == df["hhno"].nunique() == m.n
+    idx = by_cell(r)
+    k = np.array([idx[(int(g), int(t))] for g, t in zip(m.groups, m.times)])
+    np.testing.assert_allclose(r.att[k], m.att, rtol=0, atol=1e-8)
+    counties = df.drop_duplicates("hhno").sort_values("hhno")["county"].to_numpy()
+    np.testing.assert_allclose(r.se_analytic[k], cluster_se(m.inf_func_mat, counties, m.n), rtol=1e-7,
+                               equal_nan=True)
+
+
+def test_unbalanced_staggered_gmm_matches_moderndid(mp) -> None:
+    """Rows missing at random; not-yet-treated controls: cell (2, 2) combines two comparison
+    cohorts over the units observed in both periods."""
+    d = mp[np.random.default_rng(1).random(len(mp)) >= 0.08]
+    m = peer(d, "not_yet_treated", allow_unbalanced_panel=True)
+    r = ours(d, control_group="not_yet_treated", allow_unbalanced_panel=True)
+    idx = by_cell(r)
+    k = np.array([idx[(int(g), int(t))] for g, t in zip(m.groups, m.times)])
+    np.testing.assert_allclose(r.att[k], m.att, rtol=0, atol=1e-8)
+    se_gmm = np.array([np.nan if v is None else v for v in r.options["se_gmm"]])[k]
+    assert np.isfinite(se_gmm).sum() == 1
+    np.testing.assert_allclose(np.where(np.isfinite(se_gmm), se_gmm, r.se_analytic[k]), m.se, rtol=1e-7,
+                               equal_nan=True)
+    np.testing.assert_allclose(r.cov_aug[np.ix_(k, k)], m.inf_func_mat.T @ m.inf_func_mat / m.n ** 2, rtol=1e-6,
+                               atol=1e-9)
 
 
 def test_job_spec_runs_triple_did(mp, dr_pair, tmp_path: Path) -> None:
@@ -189,5 +253,5 @@ def test_bad_input_is_named(mp) -> None:
     bad.loc[(bad["id"] == 7) & (bad["time"] == 3), "partition"] = 1 - bad.loc[bad["id"] == 7, "partition"].iloc[0]
     with pytest.raises(PanelError, match="constant within a unit"):
         ours(bad)
-    with pytest.raises(SpecError, match="unbalanced"):
-        ours(mp[~((mp["id"] == 3) & (mp["time"] == 2))], allow_unbalanced_panel=True)
+    with pytest.raises(SpecError, match="cannot also be a covariate"):
+        quiet(dte_dask.triple_did, mp, **COLS, covariates=["partition"])

@@ -42,6 +42,7 @@ class Comparisons:
     q: np.ndarray  # (J,) control partition (0 / 1)
     never_above: float = np.inf
     qcol: int = 0  # the covariate column holding the partition
+    complete_cases: bool = False  # unbalanced panel: each column keeps the units observed at t and base
 
     @property
     def K(self) -> int:
@@ -55,7 +56,10 @@ class Comparisons:
         xper = np.minimum(self.base, self.t) if x_varying else np.zeros(self.K, dtype=np.int64)
         keys: dict[tuple, list[int]] = {}
         for j in range(self.K):
-            keys.setdefault((int(self.g[j]), float(self.gc[j]), int(self.q[j]), int(xper[j])), []).append(j)
+            key = (int(self.g[j]), float(self.gc[j]), int(self.q[j]), int(xper[j]))
+            if self.complete_cases:
+                key += (int(self.t[j]), int(self.base[j]))
+            keys.setdefault(key, []).append(j)
         return [np.array(v) for v in keys.values()]
 
     def design_rows(self, block: UnitBlock, ks: np.ndarray):
@@ -66,7 +70,14 @@ class Comparisons:
         D = (G == self.g[j]) & (Q == 1)
         C = (G == self.gc[j]) & (Q == self.q[j])
         m = D | C
+        if self.complete_cases:
+            m &= observed(block, self.t[j], self.base[j])
         return m, with_intercept(np.delete(x[m], self.qcol, axis=1)), D[m].astype(float), block.w[m]
+
+
+def observed(block: UnitBlock, t: int, base: int) -> np.ndarray:
+    """Units observed in both periods of a 2x2."""
+    return ~np.isnan(block.y[:, t]) & ~np.isnan(block.y[:, base])
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class DddLayout:
     gc: np.ndarray  # (D,)
 
 
-def layout(cells: Cells, cohorts: list[float], qcol: int = 0) -> DddLayout:
+def layout(cells: Cells, cohorts: list[float], qcol: int = 0, complete_cases: bool = False) -> DddLayout:
     """Comparisons of every non-reference cell: the own-cohort ineligible units once per cell, and
     for each comparison cohort gc (never treated; with not-yet-treated controls every cohort
     gc > max(t, base), gc != g, present in the panel) its eligible and ineligible units."""
@@ -111,7 +122,8 @@ def layout(cells: Cells, cohorts: list[float], qcol: int = 0) -> DddLayout:
     arr = list(zip(*rows)) if rows else [[]] * 5
     comp = Comparisons(np.array(arr[0], dtype=np.int64), np.array(arr[1], dtype=np.int64),
                        np.array(arr[2], dtype=np.int64), np.array(arr[3], dtype=float),
-                       np.array(arr[4], dtype=np.int64), never_above=cells.never_above, qcol=qcol)
+                       np.array(arr[4], dtype=np.int64), never_above=cells.never_above, qcol=qcol,
+                       complete_cases=complete_cases)
     return DddLayout(comp, comb, np.array(cell_of, dtype=np.int64), np.array(gc_of, dtype=float))
 
 
@@ -163,10 +175,19 @@ def combination(lay: DddLayout, W: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- block tasks
-def gmm_stats(block: UnitBlock, lay: DddLayout, kest: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Gram and column sums of the per-cohort DDD influence functions of a block (GMM weights)."""
-    psi = cov_influence(block, lay.comp, kest) @ lay.comb
-    return {"gram": psi.T @ psi, "sum": psi.sum(axis=0)}
+def cell_stats(block: UnitBlock, cells: Cells, lay: DddLayout, kest: dict[str, Any], gmm: bool) -> dict[str, np.ndarray]:
+    """Units of each cell (its cohort and comparison cohorts, observed at t and base) and, with
+    ``gmm``, the Gram and column sums of the per-cohort DDD influence functions (GMM weights)."""
+    G = cells.effective_g(block.g)
+    n_cell = np.zeros(cells.K)
+    for k in np.unique(lay.cell):
+        member = np.isin(G, np.r_[float(cells.g[k]), lay.gc[lay.cell == k]])
+        n_cell[k] = np.count_nonzero(member & observed(block, cells.t[k], cells.base[k]))
+    out = {"n_cell": n_cell}
+    if gmm:
+        psi = cov_influence(block, lay.comp, kest) @ lay.comb
+        out.update(gram=psi.T @ psi, sum=psi.sum(axis=0))
+    return out
 
 
 def ddd_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:

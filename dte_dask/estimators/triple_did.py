@@ -74,8 +74,9 @@ def triple_did(
     base_period : "universal" (default, as triplediff) | "varying"
     est_method : "dr" | "reg" | "ipw"
     allow_unbalanced_panel : bool
-        Not supported yet: an unbalanced panel is refused (moderndid estimates it with its
-        repeated-cross-section DDD).
+        Keep units missing in some periods: each 2x2 uses the units observed in both of its
+        periods (moderndid's ``ddd`` with ``allow_unbalanced_panel=True``); influence functions
+        stay on the scale of all units. False drops the units not observed in every period.
     bootstrap, n_boot, boot_weights, uniform_bands, alpha, seed : the multiplier bootstrap of
         :func:`dte_dask.att_gt` (sup-t uniform bands over the cells; unit blocks keyed RNG).
 
@@ -111,9 +112,6 @@ def triple_did(
                      covariates=None if covs is None else [opt.partition, *covs], weights=weights, cluster=cluster,
                      npartitions=npartitions, allow_unbalanced_panel=allow_unbalanced_panel)
     qcol = list(panel.spec.covariates).index(opt.partition)
-    if not panel.is_balanced:
-        raise SpecError("triple_did: unbalanced panels are not supported yet; pass a balanced panel "
-                        "(allow_unbalanced_panel=False keeps the units observed in every period)")
     _check_partition(panel, opt.partition, qcol)
     t_load = _time.perf_counter()
     cells, glist = cells_for(panel, opt.control_group, 0, opt.base_period)
@@ -193,5 +191,5 @@ def _check_partition(panel: Panel, name: str, qcol: int) -> None:
 
 register(EstimatorEntry(
     name="triple_did", function=triple_did, options=TripleDidOptions, result="cells", label="Triple DiD",
-    title="Ortiz-Villavicencio & Sant'Anna (2025) triple differences", covariates=True, unbalanced=False,
+    title="Ortiz-Villavicencio & Sant'Anna (2025) triple differences", covariates=True,
     aggregations=AGGREGATIONS, cost="cells"))

@@ -19,11 +19,11 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.ddd import (
+    cell_stats,
     cohort_shares,
     combination,
     ddd_estimates,
     ddd_influence,
-    gmm_stats,
     gmm_weights,
     layout,
 )
@@ -65,21 +65,16 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     for g, c in panel.cohort_sizes.items():
         key = float(np.inf if g > cells.never_above else g)
         sizes[key] = sizes.get(key, 0) + c
-    lay = layout(cells, sorted(sizes), qcol)
+    lay = layout(cells, sorted(sizes), qcol, complete_cases=not panel.is_balanced)
     kernel = PanelCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, None,
                                        panel.spec.weights is not None, None, label))
     kfit = run_kernel(panel, lay.comp, kernel)
     att_d, ok_d = ddd_estimates(lay, kfit.att, kfit.ok)
     K = cells.K
-    gram_d = sum_d = None
-    if np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1:
-        s = _sum(panel, gmm_stats, lay, kfit.est, name="ddd-gmm").compute()
-        gram_d, sum_d = s["gram"], s["sum"]
-    n_cell = np.zeros(K)
-    for d in range(lay.cell.size):
-        k = lay.cell[d]
-        n_cell[k] += sizes.get(float(lay.gc[d]), 0)
-    n_cell += np.array([sizes.get(float(g), 0) for g in cells.g])
+    gmm = bool(np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1)
+    s = _sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells").compute()
+    n_cell = s["n_cell"]
+    gram_d, sum_d = (s["gram"], s["sum"]) if gmm else (None, None)
     W, att, ok, se_gmm = gmm_weights(lay, K, att_d, ok_d, gram_d, sum_d, n_cell, n)
     ok &= ~cells.reference
     att = np.where(cells.reference, 0.0, att)
