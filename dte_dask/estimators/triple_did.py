@@ -154,7 +154,7 @@ def triple_did(
         n_periods=panel.n_periods, step=step, alpha=inf.alpha, options=options,
         seed=seed if inf.bootstrap else None,
         timings={"load": t_load - t0, "estimate": t_fit - t_load, "total": _time.perf_counter() - t0},
-        panel=panel.describe(),
+        panel=panel.describe(), estimator="triple_did",
     )
 
 
