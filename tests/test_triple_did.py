@@ -255,3 +255,15 @@ def test_bad_input_is_named(mp) -> None:
         ours(bad)
     with pytest.raises(SpecError, match="cannot also be a covariate"):
         quiet(dte_dask.triple_did, mp, **COLS, covariates=["partition"])
+
+
+def test_without_never_treated_the_last_cohort_is_the_control(mp) -> None:
+    d = mp[mp["group"] != 0]
+    m = peer(d, "not_yet_treated")
+    for cg in ("not_yet_treated", "never_treated"):  # never_treated: the last cohort is coerced (R did)
+        r = ours(d, control_group=cg)
+        k = by_cell(r)[(2, 2)]
+        j = int(np.flatnonzero((m.groups == 2) & (m.times == 2))[0])
+        assert r.att[k] == pytest.approx(m.att[j], abs=1e-8)
+        assert r.se_analytic[k] == pytest.approx(m.se[j], rel=1e-8)
+        assert 3 not in set(r.group.astype(int))

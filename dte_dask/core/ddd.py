@@ -41,6 +41,7 @@ class Comparisons:
     gc: np.ndarray  # (J,) control cohort (inf: never treated)
     q: np.ndarray  # (J,) control partition (0 / 1)
     never_above: float = np.inf
+    never_alias: float = np.nan  # a cohort coerced to never treated (no never-treated units)
     qcol: int = 0  # the covariate column holding the partition
     complete_cases: bool = False  # unbalanced panel: each column keeps the units observed at t and base
 
@@ -49,7 +50,7 @@ class Comparisons:
         return int(self.g.shape[0])
 
     def effective_g(self, G: np.ndarray) -> np.ndarray:
-        return np.where(G > self.never_above, np.inf, G)
+        return np.where((G > self.never_above) | (G == self.never_alias), np.inf, G)
 
     def designs(self, x_varying: bool) -> list[np.ndarray]:
         """Columns sharing units, covariates and nuisance fits: same (g, gc, q, covariate period)."""
@@ -122,7 +123,8 @@ def layout(cells: Cells, cohorts: list[float], qcol: int = 0, complete_cases: bo
     arr = list(zip(*rows)) if rows else [[]] * 5
     comp = Comparisons(np.array(arr[0], dtype=np.int64), np.array(arr[1], dtype=np.int64),
                        np.array(arr[2], dtype=np.int64), np.array(arr[3], dtype=float),
-                       np.array(arr[4], dtype=np.int64), never_above=cells.never_above, qcol=qcol,
+                       np.array(arr[4], dtype=np.int64), never_above=cells.never_above,
+                       never_alias=cells.never_alias, qcol=qcol,
                        complete_cases=complete_cases)
     return DddLayout(comp, comb, np.array(cell_of, dtype=np.int64), np.array(gc_of, dtype=float))
 

@@ -63,7 +63,7 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     clustered = panel.spec.cluster is not None
     sizes: dict[float, int] = {}
     for g, c in panel.cohort_sizes.items():
-        key = float(np.inf if g > cells.never_above else g)
+        key = float(np.inf if g > cells.never_above or g == cells.never_alias else g)
         sizes[key] = sizes.get(key, 0) + c
     lay = layout(cells, sorted(sizes), qcol, complete_cases=not panel.is_balanced)
     kernel = PanelCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, None,
