@@ -150,6 +150,10 @@ def test_errors_and_plot(staggered):
     bad.loc[bad["G"] == 3, "D"] = 0.0
     with pytest.raises(ValueError, match="cohort 3 .*dose <= 0"):
         _ours(bad)
+    pre = pdf.copy()
+    pre.loc[(pre["G"] > 0) & (pre["time_period"] < pre["G"]), "D"] = 0.0  # dose coded 0 before treatment
+    with pytest.raises(ValueError, match="unit .* changes over time"):
+        _ours(pre)
     import matplotlib
 
     matplotlib.use("Agg")

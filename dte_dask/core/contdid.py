@@ -137,15 +137,21 @@ def dose_of(block: UnitBlock, col: int) -> np.ndarray:
 
 
 def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
-    """Per cohort: min and max dose."""
+    """Per cohort: min and max dose; ``varying``: a unit whose dose changes over time (or None)."""
     d = dose_of(block, dose_col)
+    varying = None
+    if block.x is not None and block.x.ndim == 3:
+        x = block.x[:, :, dose_col]
+        bad = np.flatnonzero(np.nanmax(x, axis=1) != np.nanmin(x, axis=1))
+        if bad.size:
+            varying = block.ids[bad[0]]
     lo = np.full(groups.size, np.inf)
     hi = np.full(groups.size, -np.inf)
     for j, g in enumerate(groups):
         m = block.g == g
         if m.any():
             lo[j], hi[j] = d[m].min(), d[m].max()
-    return {"lo": lo, "hi": hi}
+    return {"lo": lo, "hi": hi, "varying": varying}
 
 
 def _masks(block: UnitBlock, cells: Cells, k: int, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

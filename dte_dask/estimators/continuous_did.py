@@ -127,6 +127,11 @@ def continuous_did(
     # pass 1: dose ranges of the cohorts (and the knots' dose distribution if there are knots)
     parts = panel.map_blocks(dose_bounds, dose_col, glist, name="contdid-bounds")
     bounds = dask.compute(*parts)
+    varying = [b["varying"] for b in bounds if b["varying"] is not None]
+    if varying:
+        raise PanelError(f"the dose {dose!r} of unit {varying[0]!r} changes over time: continuous_did needs each "
+                         "unit's dose constant in every period (code the dose a unit receives once treated, "
+                         "also before its treatment starts)")
     lo = np.min([b["lo"] for b in bounds], axis=0)
     hi = np.max([b["hi"] for b in bounds], axis=0)
     if np.any(lo <= 0):
