@@ -154,42 +154,35 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
     return {"lo": lo, "hi": hi, "varying": varying}
 
 
-def _masks(block: UnitBlock, cells: Cells, k: int, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dy = block.y[:, int(cells.t[k])] - block.y[:, int(cells.base[k])]
-    tr = g == cells.g[k]
-    cm = cells.ctrl_min[k]
-    ct = (np.isinf(g) if np.isinf(cm) else g > cm) & ~tr
-    return dy, tr, ct
-
-
-class _CohortBases:
-    """Regressors of each cohort's units (one basis per cohort, shared by its cells)."""
-
-    def __init__(self, block: UnitBlock, setup: DoseSetup) -> None:
-        self.setup, self.dose, self.cache = setup, dose_of(block, setup.dose_col), {}
-        self.g = setup.cells.effective_g(block.g)
-
-    def __call__(self, k: int, tr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = float(self.setup.cells.g[k])
-        if key not in self.cache:
-            self.cache[key] = self.setup.basis(k, self.dose[tr])
-        return self.cache[key]
+def _cohorts(block: UnitBlock, cells: Cells):
+    """Each cohort of the block (never treated included): its rows, outcomes, the cells where it is
+    the treated cohort and those where it is a comparison cohort, and its outcome changes there."""
+    G = cells.effective_g(block.g)
+    never_only = np.isinf(cells.ctrl_min)
+    for c in np.unique(G):
+        rows = np.flatnonzero(G == c)
+        y = block.y[rows]
+        kt = np.flatnonzero(cells.g == c)
+        kc = np.flatnonzero(np.where(never_only, np.isinf(c), c > cells.ctrl_min) & (cells.g != c))
+        yield rows, kt, kc, y[:, cells.t[kt]] - y[:, cells.base[kt]], y[:, cells.t[kc]] - y[:, cells.base[kc]]
 
 
 def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
     """Sums per cell: X'X, X'dY, sum of derivatives over treated, counts and dY sums."""
-    cells, p, K = setup.cells, setup.p, setup.cells.K
+    p, K = setup.p, setup.cells.K
     out = {"xx": np.zeros((K, p, p)), "xy": np.zeros((K, p)), "dsum": np.zeros((K, p)),
            "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
-    bases = _CohortBases(block, setup)
-    for k in range(K):
-        dy, tr, ct = _masks(block, cells, k, bases.g)
-        X, dX = bases(k, tr)
-        out["xx"][k] = X.T @ X
-        out["xy"][k] = X.T @ dy[tr]
-        out["dsum"][k] = dX.sum(axis=0)
-        out["n_t"][k], out["y_t"][k] = tr.sum(), dy[tr].sum()
-        out["n_c"][k], out["y_c"][k] = ct.sum(), dy[ct].sum()
+    d = dose_of(block, setup.dose_col)
+    for rows, kt, kc, dyt, dyc in _cohorts(block, setup.cells):
+        if kt.size:  # one basis per cohort: X'X is shared by its cells
+            X, dX = setup.basis(int(kt[0]), d[rows])
+            out["xx"][kt] = X.T @ X
+            out["xy"][kt] = (X.T @ dyt).T
+            out["dsum"][kt] = dX.sum(axis=0)
+            out["n_t"][kt] = rows.size
+            out["y_t"][kt] = dyt.sum(axis=0)
+        out["n_c"][kc] += rows.size
+        out["y_c"][kc] += dyc.sum(axis=0)
     return out
 
 
@@ -242,44 +235,54 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
     ``ev_wif[k]`` = (estimate_k - event-time estimate) / (cohort shares of the event time): the
     influence of the estimated weights (R ``did``'s ``wif``).
 
-    The curves' influence runs through the coefficients only, whose basis on the grid depends on
-    the cohort alone: each unit accumulates its weighted coefficient influence over its cohort's
-    cells (a p-vector) and the comparison units their weighted mean deviations (a scalar), and
-    both are mapped to the D grid doses once.
+    Work is by cohort (all its cells at once). The curves' influence runs through the coefficients
+    only, and their basis on the grid depends on the cohort alone: each unit's weighted coefficient
+    influence over its cohort's cells (a p-vector) and, as a comparison unit, its weighted mean
+    deviations (a scalar) are mapped to the D grid doses once.
     """
-    cells, K = setup.cells, setup.cells.K
+    cells, p = setup.cells, setup.p
     D = fit.att_d.shape[1]
     psi = np.zeros((block.n, 2 * D + 2 + n_events))
-    acc = np.zeros((block.n, setup.p))
-    ctrl = np.zeros(block.n)
-    grid_of: dict[float, int] = {}
-    bases = _CohortBases(block, setup)
-    for k in range(K):
-        if not np.isfinite(fit.coef[k]).all():
-            continue
-        dy, tr, ct = _masks(block, cells, k, bases.g)
-        X, dX = bases(k, tr)
-        a = ((dy[tr] - X @ fit.coef[k])[:, None] * X) @ fit.bread[k]  # IF of the coefficients (treated scale)
-        st, sc = n / fit.n_t[k], n / fit.n_c[k]
-        att_t = st * (dy[tr] - fit.mean_t[k])
-        att_c = -sc * (dy[ct] - fit.mean_c[k])
-        acrt_t = st * (dX @ fit.coef[k] - fit.acrt[k] + a @ fit.avg_deriv[k])
-        if n_events and ev_w[k] != 0:
-            col = 2 * D + 2 + int(ev_col[k])
-            psi[tr, col] += ev_w[k] * (acrt_t if slope else att_t) + ev_wif[k]
-            if not slope:
-                psi[ct, col] += ev_w[k] * att_c
-        if w[k] == 0:
-            continue
-        grid_of.setdefault(float(cells.g[k]), k)
-        acc[tr] += (w[k] * st) * a
-        ctrl[ct] += w[k] * att_c
-        psi[tr, 2 * D] += w[k] * att_t
-        psi[ct, 2 * D] += w[k] * att_c
-        psi[tr, 2 * D + 1] += w[k] * acrt_t
-    for g, k in grid_of.items():
-        tr = bases.g == g
-        psi[tr, :D] = acc[tr] @ fit.grid_b[k].T
-        psi[tr, D:2 * D] = acc[tr] @ fit.grid_db[k].T
-    psi[:, :D] += ctrl[:, None]
+    valid = np.isfinite(fit.coef).all(axis=1)
+    with np.errstate(divide="ignore"):
+        st, sc = n / fit.n_t, n / fit.n_c
+    agg = np.zeros((cells.K, n_events))
+    if n_events:
+        agg[np.flatnonzero(valid), ev_col[valid]] = ev_w[valid]
+    u = np.einsum("kpq,kq->kp", np.nan_to_num(fit.bread), fit.avg_deriv)  # bread_k @ avg_k
+    d = dose_of(block, setup.dose_col)
+    ev = slice(2 * D + 2, 2 * D + 2 + n_events)
+    for rows, kt, kc, dyt, dyc in _cohorts(block, cells):
+        keep = valid[kt]
+        kt, dyt = kt[keep], dyt[:, keep]
+        if kt.size:
+            X, dX = setup.basis(int(kt[0]), d[rows])
+            coef = fit.coef[kt]
+            resid = dyt - X @ coef.T
+            att_t = st[kt] * (dyt - fit.mean_t[kt])
+            acrt_t = st[kt] * (dX @ coef.T - fit.acrt[kt] + resid * (X @ u[kt].T))
+            if n_events:
+                wif = np.zeros(n_events)
+                np.add.at(wif, ev_col[kt], ev_wif[kt])
+                psi[rows, ev] += (acrt_t if slope else att_t) @ agg[kt] + wif
+            wk = w[kt]
+            on = np.flatnonzero(wk)
+            if on.size:
+                m, q = rows.size, kt.size
+                z = ((resid * (wk * st[kt]))[:, :, None] * X[:, None, :]).reshape(m, q * p)
+                acc = z @ fit.bread[kt].reshape(q * p, p)  # sum_k w_k n/n_k (IF of the coefficients)
+                k0 = int(kt[on[0]])
+                psi[rows, :D] = acc @ fit.grid_b[k0].T
+                psi[rows, D:2 * D] = acc @ fit.grid_db[k0].T
+                psi[rows, 2 * D] += att_t @ wk
+                psi[rows, 2 * D + 1] += acrt_t @ wk
+        keep = valid[kc]
+        kc, dyc = kc[keep], dyc[:, keep]
+        if kc.size:
+            att_c = -sc[kc] * (dyc - fit.mean_c[kc])
+            if n_events and not slope:
+                psi[rows, ev] += att_c @ agg[kc]
+            cv = att_c @ w[kc]
+            psi[rows, :D] += cv[:, None]
+            psi[rows, 2 * D] += cv
     return psi
