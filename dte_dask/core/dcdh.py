@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DcdhBlock", "Ctx", "meta_stats", "design_stats", "control_stats", "switcher_stats",
+from dte_dask.core.blocks import UnitBlock
+
+__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "meta_stats", "design_stats", "control_stats", "switcher_stats",
            "influence_stats", "unit_design"]
 
 
@@ -55,6 +57,16 @@ class DcdhBlock:
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
                          self.present[index], self.cl[index])
+
+
+def from_unit_block(block: UnitBlock) -> DcdhBlock:
+    """A binary absorbing panel block (cohort ``g`` as a period index) as a dCDH block: D = 1{t >= g};
+    the entity rank serves as the cluster code (units, or the panel's clusters)."""
+    T = block.y.shape[1]
+    d = (np.arange(T)[None, :] >= block.g[:, None]).astype(np.float64)
+    present = ~np.isnan(block.y)
+    w = np.broadcast_to(block.w[:, None], block.y.shape).astype(np.float64)
+    return DcdhBlock(block.ids, block.rank, block.y, d, w, present, block.rank.astype(np.int64))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dte_dask.core.dcdh import (
     cell_means,
     control_stats,
     design_stats,
+    from_unit_block,
     influence_stats,
     meta_stats,
     switcher_stats,
@@ -31,6 +32,7 @@ from dte_dask.core.dcdh import (
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, MissingColumnError, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.base import Result
 
@@ -167,7 +169,8 @@ def _reduce(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
 
 
-def did_multiplegt(data: Any, outcome: str, unit: str, time: str, treatment: str, *, effects: int = 1,
+def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = None, time: str | None = None,
+                   treatment: str | None = None, *, effects: int = 1,
                    placebo: int = 0, cluster: str | None = None, weights: str | None = None,
                    controls: Any = None, normalized: bool = False, switchers: str = "",
                    only_never_switchers: bool = False, same_switchers: bool = False, trends_lin: bool = False,
@@ -178,7 +181,9 @@ def did_multiplegt(data: Any, outcome: str, unit: str, time: str, treatment: str
 
     Parameters
     ----------
-    data : pandas or dask DataFrame, long (one row per unit and period; rows may be missing)
+    data : pandas or dask DataFrame, long (one row per unit and period; rows may be missing), or a
+        :class:`~dte_dask.Panel` (binary absorbing treatment D = 1{t >= group}; its weights and
+        clusters are used and the column arguments are ignored; job specs and the service pass one)
     outcome, unit, time, treatment : columns; ``time`` equally spaced; ``treatment`` any non-negative
         number, may switch on and off
     effects, placebo : number of effects DID_1..DID_effects and placebos DID^pl_1..
@@ -212,11 +217,19 @@ def did_multiplegt(data: Any, outcome: str, unit: str, time: str, treatment: str
         raise SpecError("effects must be >= 1")
     if not 0 < opt.ci_level < 100:
         raise SpecError(f"ci_level={opt.ci_level}: must be in (0, 100)")
-    df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
-                       "weights": weights, "cluster": cluster})
-    parts, T, nb, _ = _blocks(df, outcome, unit, time, treatment, weights, cluster, max(int(npartitions), 1),
-                              int(rng_block_size))
-    bs = int(rng_block_size)
+    if isinstance(data, Panel):
+        parts = data.map_blocks(from_unit_block, name="dcdh-blocks")
+        T, nb, bs = data.n_periods, data.n_rng_blocks, data.rng_block_size
+        cluster = data.spec.cluster
+    else:
+        for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
+            if col is None:
+                raise SpecError(f"did_multiplegt: name the `{role}` column")
+        df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
+                           "weights": weights, "cluster": cluster})
+        bs = int(rng_block_size)
+        parts, T, nb, _ = _blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
+                                  max(int(npartitions), 1), bs)
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
