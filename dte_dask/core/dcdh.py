@@ -240,16 +240,20 @@ def _switcher_rows(block: DcdhBlock, u: dict, a: dict, ell: int, j: int, ctx: Ct
     return g[live], t[live]
 
 
-def _cohort_index(u: dict, g: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
-    dfg = np.searchsorted(ctx.dfg_vals, u["d_fg"][g])
-    return (u["dsq"][g] * T + u["F"][g].astype(np.int64)) * len(ctx.dfg_vals) + dfg
+def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
+    """Cohort (baseline, F_g, D at F_g) of switcher rows. As in moderndid, a row absent from the data
+    (a placebo's target period need not be observed) has no D at F_g: it joins the cohort
+    (baseline, F_g, missing) of every such row."""
+    nf = len(ctx.dfg_vals) + 1
+    dfg = np.where(u["present"][g, t], np.searchsorted(ctx.dfg_vals, u["d_fg"][g]), nf - 1)
+    return (u["dsq"][g] * T + u["F"][g].astype(np.int64)) * nf + dfg
 
 
 def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     """Switcher cells (t, baseline), cohorts (baseline, F_g, D at F_g) and normalisation sums."""
     u = unit_design(block, ctx, 3)
     T, nd, H = block.y.shape[1], len(ctx.dsq_vals), len(ctx.horizons)
-    nco = nd * T * max(len(ctx.dfg_vals), 1)
+    nco = nd * T * (len(ctx.dfg_vals) + 1)
     out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
     out["rows"] = np.zeros((H, T, nd), np.int64)
     out["un_cl"] = np.zeros((H, T, nd), np.int64)
@@ -262,7 +266,7 @@ def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         out["w"][j] = _cell_add((T, nd), t, dq, wv)
         out["wd"][j] = _cell_add((T, nd), t, dq, wv * dv)
         out["rows"][j] = _cell_add((T, nd), t, dq, np.ones(g.size)).astype(np.int64)
-        co = _cohort_index(u, g, T, ctx)
+        co = _cohort_index(u, g, t, T, ctx)
         np.add.at(out["co_w"][j], co, wv)
         np.add.at(out["co_wd"][j], co, wv * dv)
         if ctx.clustered:
@@ -348,7 +352,7 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         g, t = _switcher_rows(block, u, a, ell, j, ctx)
         sw_w = scale * a["w"][g, t] * (1.0 - ratio[t, dq[g]] * a["never"][g, t])
         sd = a["diff0"][g, t]
-        co = _cohort_index(u, g, T, ctx)
+        co = _cohort_index(u, g, t, T, ctx)
         s_n, s_un = means["co_dof"][j][co], means["u_dof"][j][t, dq[g]]
         e_s = np.where(s_n >= 2, means["co_mean"][j][co],
                        np.where((s_n == 1) & (s_un >= 2), means["u_mean"][j][t, dq[g]], 0.0))
