@@ -36,7 +36,7 @@ from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.base import Result
 
-__all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult"]
+__all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "dcdh_blocks", "reduce_blocks"]
 
 _UNSUPPORTED = ("controls", "trends_lin", "trends_nonparam", "continuous", "bootstrap")
 
@@ -119,7 +119,7 @@ def _check(data: Any, cols: dict[str, str | None]) -> pd.DataFrame:
     return data
 
 
-def _blocks(df: pd.DataFrame, outcome: str, unit: str, time: str, treatment: str, weights: str | None,
+def dcdh_blocks(df: pd.DataFrame, outcome: str, unit: str, time: str, treatment: str, weights: str | None,
             cluster: str | None, npartitions: int, block_size: int) -> tuple[list, int, int, int]:
     """Wide blocks of whole entities (cluster, else unit) in contiguous RNG blocks."""
     if df.duplicated([unit, time]).any():
@@ -164,7 +164,7 @@ def _blocks(df: pd.DataFrame, outcome: str, unit: str, time: str, treatment: str
     return parts, T, nb, ent
 
 
-def _reduce(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
+def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     covers = [dask.delayed(by_rng_block)(p, func, bs, nb, *args) for p in parts]
     return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
 
@@ -228,19 +228,19 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
                            "weights": weights, "cluster": cluster})
         bs = int(rng_block_size)
-        parts, T, nb, _ = _blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
+        parts, T, nb, _ = dcdh_blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
                                   max(int(npartitions), 1), bs)
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
     dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))
     ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None)
-    a = _reduce(parts, design_stats, bs, nb, ctx, 1)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
     ctx = replace(ctx, keep_dsq=keep_dsq)
-    a = _reduce(parts, design_stats, bs, nb, ctx, 2)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
     ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
-    a = _reduce(parts, design_stats, bs, nb, ctx, 3)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
     G = int(a["n_units"])
     if G == 0:
         raise PanelError("no units left: every baseline treatment group lacks variation in the first switch "
@@ -248,12 +248,12 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     effects_n, placebo_n = _clip(a, T, opt.effects, opt.placebo)
     horizons = tuple(range(1, effects_n + 1)) + tuple(-h for h in range(1, placebo_n + 1))
     ctx = replace(ctx, horizons=horizons, n_units=G, same_switchers=effects_n if opt.same_switchers else 0)
-    c = _reduce(parts, control_stats, bs, nb, ctx)
+    c = reduce_blocks(parts, control_stats, bs, nb, ctx)
     ctx = replace(ctx, nc=c["w"], ctrl=c)
-    s = _reduce(parts, switcher_stats, bs, nb, ctx)
+    s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
     ctx = replace(ctx, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
-    f = _reduce(parts, influence_stats, bs, nb, ctx, means)
+    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
     return _finish(opt, ctx, s, f, horizons, G, cluster, effects_n, placebo_n)
 
 
