@@ -176,7 +176,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                    only_never_switchers: bool = False, same_switchers: bool = False, trends_lin: bool = False,
                    trends_nonparam: Any = None, continuous: int = 0, effects_equal: bool = False,
                    ci_level: float = 95.0, bootstrap: bool = False, n_boot: int = 1000, seed: int | None = None,
-                   npartitions: int = 1, rng_block_size: int = 256) -> DidMultiplegtResult:
+                   npartitions: int = 1, rng_block_size: int = 16384) -> DidMultiplegtResult:
     """de Chaisemartin & D'Haultfœuille (2024) DID_ℓ event-study estimators (R ``did_multiplegt_dyn``).
 
     Parameters

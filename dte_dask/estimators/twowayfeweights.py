@@ -58,7 +58,7 @@ def _cell_weights(block: Any, gamma: np.ndarray, denom: float, times: np.ndarray
 
 
 def twowayfeweights(data: Any, outcome: str, unit: str, time: str, treatment: str, *, cells: bool = False,
-                    npartitions: int = 1, rng_block_size: int = 256) -> TwfeWeightsResult:
+                    npartitions: int = 1, rng_block_size: int = 16384) -> TwfeWeightsResult:
     """Weights of the TWFE coefficient on the treated (unit, period) cells.
 
     Parameters
