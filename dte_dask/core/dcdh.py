@@ -192,9 +192,7 @@ def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx) -> dict[str, 
 
 
 def _cell_add(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, v: np.ndarray) -> np.ndarray:
-    out = np.zeros(shape)
-    np.add.at(out, (tt, gg), v)
-    return out
+    return np.bincount(tt * shape[1] + gg, weights=v, minlength=shape[0] * shape[1]).reshape(shape)
 
 
 def _cluster_count(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, cl: np.ndarray) -> np.ndarray:
@@ -267,8 +265,8 @@ def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         out["wd"][j] = _cell_add((T, nd), t, dq, wv * dv)
         out["rows"][j] = _cell_add((T, nd), t, dq, np.ones(g.size)).astype(np.int64)
         co = _cohort_index(u, g, t, T, ctx)
-        np.add.at(out["co_w"][j], co, wv)
-        np.add.at(out["co_wd"][j], co, wv * dv)
+        out["co_w"][j] = np.bincount(co, weights=wv, minlength=nco)
+        out["co_wd"][j] = np.bincount(co, weights=wv * dv, minlength=nco)
         if ctx.clustered:
             pairs = np.unique(np.stack([co, block.cl[g]]), axis=1) if g.size else np.zeros((2, 0), np.int64)
             np.add.at(out["co_n"][j], pairs[0], 1)
@@ -277,7 +275,7 @@ def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
             out["un_cl"][j] = _cluster_count((T, nd), tt, u["dsq"][np.concatenate([gi, g])],
                                              block.cl[np.concatenate([gi, g])])
         else:
-            np.add.at(out["co_n"][j], co, 1)
+            out["co_n"][j] = np.bincount(co, minlength=nco)
         out["n_sw"][j] = g.size
         # normalisation: Σ_{k=0}^{|ell|-1} (D_{F+k} - d_sq), signed by the switch direction
         h = abs(ell)
@@ -312,8 +310,23 @@ def cell_means(ctx: Ctx, n_units_dsq: np.ndarray, T: int) -> dict[str, np.ndarra
         co_dof = s["co_n"] + (pl & (T > 1))
     else:
         c_dof, u_dof, co_dof = c["n"], c["n"] + s["rows"], s["co_n"]
-    return {"c_mean": c_mean, "u_mean": u_mean, "co_mean": co_mean,
-            "c_dof": c_dof, "u_dof": u_dof, "co_dof": co_dof}
+    # controls: their (t, baseline) cell, else the union of the cell when the cell is a singleton
+    e_c = np.where(c_dof >= 2, c_mean, np.where((c_dof == 1) & (u_dof >= 2), u_mean, 0.0))
+    f_c = np.where(c_dof > 1, _dof_factor(c_dof), np.where((c_dof == 1) & (u_dof >= 2), _dof_factor(u_dof), 1.0))
+    # switchers: their cohort, else the union of their (t = F_g - 1 + |l|, baseline) cell
+    H, nco = co_dof.shape
+    nf = nco // (T * max(len(ctx.dsq_vals), 1))
+    dsq, F = np.divmod(np.arange(nco) // nf, T)
+    e_s, f_s = np.zeros((H, nco)), np.ones((H, nco))
+    for j, ell in enumerate(ctx.horizons):
+        t = F - 1 + abs(ell)
+        ok = (t >= 0) & (t < T)
+        tt = np.clip(t, 0, T - 1)
+        un, um = np.where(ok, u_dof[j][tt, dsq], 0), u_mean[j][tt, dsq]
+        sn = co_dof[j]
+        e_s[j] = np.where(sn >= 2, co_mean[j], np.where((sn == 1) & (un >= 2), um, 0.0))
+        f_s[j] = np.where(sn > 1, _dof_factor(sn), np.where((sn == 1) & (un >= 2), _dof_factor(un), 1.0))
+    return {"e_c": e_c, "f_c": f_c, "e_s": e_s, "f_s": f_s}
 
 
 def _dof_factor(n: np.ndarray) -> np.ndarray:
@@ -344,22 +357,16 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         gi, ti = np.nonzero(a["never"])
         cw = -scale * a["w"][gi, ti] * ratio[ti, dq[gi]]
         cd = a["diff0"][gi, ti]
-        ns, un = means["c_dof"][j][ti, dq[gi]], means["u_dof"][j][ti, dq[gi]]
-        e_c = np.where(ns >= 2, means["c_mean"][j][ti, dq[gi]],
-                       np.where((ns == 1) & (un >= 2), means["u_mean"][j][ti, dq[gi]], 0.0))
-        f_c = np.where(ns > 1, _dof_factor(ns), np.where((ns == 1) & (un >= 2), _dof_factor(un), 1.0))
+        e_c, f_c = means["e_c"][j][ti, dq[gi]], means["f_c"][j][ti, dq[gi]]
         # switchers
         g, t = _switcher_rows(block, u, a, ell, j, ctx)
         sw_w = scale * a["w"][g, t] * (1.0 - ratio[t, dq[g]] * a["never"][g, t])
         sd = a["diff0"][g, t]
         co = _cohort_index(u, g, t, T, ctx)
-        s_n, s_un = means["co_dof"][j][co], means["u_dof"][j][t, dq[g]]
-        e_s = np.where(s_n >= 2, means["co_mean"][j][co],
-                       np.where((s_n == 1) & (s_un >= 2), means["u_mean"][j][t, dq[g]], 0.0))
-        f_s = np.where(s_n > 1, _dof_factor(s_n), np.where((s_n == 1) & (s_un >= 2), _dof_factor(s_un), 1.0))
+        e_s, f_s = means["e_s"][j][co], means["f_s"][j][co]
         num[j] = np.sum(cw * cd) + np.sum(sw_w * sd)
-        np.add.at(psi[:, j], gi, cw * f_c * (cd - e_c))
-        np.add.at(psi[:, j], g, sw_w * f_s * (sd - e_s))
+        psi[:, j] = (np.bincount(gi, weights=cw * f_c * (cd - e_c), minlength=n)
+                     + np.bincount(g, weights=sw_w * f_s * (sd - e_s), minlength=n))
         # observations used: rows with a first difference and a non-zero term, or a zero difference
         term = np.zeros((n, T))
         term[gi, ti] += cw * cd
@@ -367,8 +374,8 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         nobs[j] = int(np.sum(a["ok"] & ((term != 0) | (a["diff0"] == 0))))
     if ctx.clustered:
         codes, inv = np.unique(block.cl, return_inverse=True)
-        csum = np.zeros((codes.size, H))
-        np.add.at(csum, inv.ravel(), psi)
+        csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes.size) for j in range(H)],
+                        axis=1).reshape(codes.size, H)
         cross = csum.T @ csum
     else:
         cross = psi.T @ psi
