@@ -64,7 +64,7 @@ def test_favara_clustered_vs_moderndid(favara):
     sub = favara[favara[G].isin(favara.loc[favara[T] == favara[T].min(), G])]
     res = dte_dask.did_multiplegt(sub, Y, G, T, D, effects=4, placebo=2, cluster="state_n", npartitions=4)
     _compare(res, _md(sub, effects=4, placebo=2, cluster="state_n"), clustered=True)
-    assert res.n_units == ref_units(sub)
+    assert res.n_units == ref_units(sub) and res.n_clusters == sub["state_n"].nunique()
 
 
 def ref_units(df):

@@ -221,6 +221,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         parts = data.map_blocks(from_unit_block, name="dcdh-blocks")
         T, nb, bs = data.n_periods, data.n_rng_blocks, data.rng_block_size
         cluster = data.spec.cluster
+        n_ent = data.n_clusters
     else:
         for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
             if col is None:
@@ -228,7 +229,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
                            "weights": weights, "cluster": cluster})
         bs = int(rng_block_size)
-        parts, T, nb, _ = dcdh_blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
+        parts, T, nb, n_ent = dcdh_blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
                                   max(int(npartitions), 1), bs)
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
@@ -254,7 +255,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     ctx = replace(ctx, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
     f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
-    return _finish(opt, ctx, s, f, horizons, G, cluster, effects_n, placebo_n)
+    return _finish(opt, ctx, s, f, horizons, G, n_ent if cluster is not None else None, effects_n, placebo_n)
 
 
 def _clip(a: dict, T: int, effects: int, placebo: int) -> tuple[int, int]:
@@ -289,7 +290,7 @@ def _wald(est: np.ndarray, V: np.ndarray, contrast: np.ndarray | None = None) ->
 
 
 def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tuple, G: int,
-            cluster: str | None, effects_n: int, placebo_n: int) -> DidMultiplegtResult:
+            n_clusters: int | None, effects_n: int, placebo_n: int) -> DidMultiplegtResult:
     H = len(horizons)
     N_sw = s["w"].reshape(H, -1).sum(axis=1)
     has = s["n_sw"] > 0
@@ -320,7 +321,7 @@ def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tup
     return DidMultiplegtResult(estimator="did_multiplegt", alpha=1 - opt.ci_level / 100,
                                horizon=np.array(horizons, int), coef=coef, cov=cov, n_switchers=s["n_sw"],
                                n_obs=f["nobs"], ate=ate, placebo_test=placebo_test, effects_equal_test=eq,
-                               n_units=G, n_clusters=None)
+                               n_units=G, n_clusters=n_clusters)
 
 
 register(EstimatorEntry(
