@@ -155,8 +155,8 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
 
 
 def _cohorts(block: UnitBlock, cells: Cells):
-    """Each cohort of the block (never treated included): its rows, outcomes, the cells where it is
-    the treated cohort and those where it is a comparison cohort, and its outcome changes there."""
+    """Each cohort of the block (never treated included): its rows, its outcomes, the cells where
+    it is the treated cohort (and its outcome changes there) and those where it is a comparison."""
     G = cells.effective_g(block.g)
     never_only = np.isinf(cells.ctrl_min)
     for c in np.unique(G):
@@ -164,7 +164,16 @@ def _cohorts(block: UnitBlock, cells: Cells):
         y = block.y[rows]
         kt = np.flatnonzero(cells.g == c)
         kc = np.flatnonzero(np.where(never_only, np.isinf(c), c > cells.ctrl_min) & (cells.g != c))
-        yield rows, kt, kc, y[:, cells.t[kt]] - y[:, cells.base[kt]], y[:, cells.t[kc]] - y[:, cells.base[kc]]
+        yield rows, y, kt, kc, y[:, cells.t[kt]] - y[:, cells.base[kt]]
+
+
+def _changes(cells: Cells, kc: np.ndarray, coef: np.ndarray, n_periods: int) -> np.ndarray:
+    """(T, m): y_i @ M = sum_k coef[k] (y_i[t_k] - y_i[base_k]) for the cells ``kc``: a linear map of
+    the outcome changes without forming the n x K changes of the comparison units."""
+    M = np.zeros((n_periods,) + coef.shape[1:])
+    np.add.at(M, cells.t[kc], coef)
+    np.add.at(M, cells.base[kc], -coef)
+    return M
 
 
 def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
@@ -173,7 +182,8 @@ def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
     out = {"xx": np.zeros((K, p, p)), "xy": np.zeros((K, p)), "dsum": np.zeros((K, p)),
            "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
     d = dose_of(block, setup.dose_col)
-    for rows, kt, kc, dyt, dyc in _cohorts(block, setup.cells):
+    cells = setup.cells
+    for rows, y, kt, kc, dyt in _cohorts(block, cells):
         if kt.size:  # one basis per cohort: X'X is shared by its cells
             X, dX = setup.basis(int(kt[0]), d[rows])
             out["xx"][kt] = X.T @ X
@@ -181,8 +191,9 @@ def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
             out["dsum"][kt] = dX.sum(axis=0)
             out["n_t"][kt] = rows.size
             out["y_t"][kt] = dyt.sum(axis=0)
+        ys = y.sum(axis=0)
         out["n_c"][kc] += rows.size
-        out["y_c"][kc] += dyc.sum(axis=0)
+        out["y_c"][kc] += ys[cells.t[kc]] - ys[cells.base[kc]]
     return out
 
 
@@ -252,7 +263,8 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
     u = np.einsum("kpq,kq->kp", np.nan_to_num(fit.bread), fit.avg_deriv)  # bread_k @ avg_k
     d = dose_of(block, setup.dose_col)
     ev = slice(2 * D + 2, 2 * D + 2 + n_events)
-    for rows, kt, kc, dyt, dyc in _cohorts(block, cells):
+    T = block.y.shape[1]
+    for rows, y, kt, kc, dyt in _cohorts(block, cells):
         keep = valid[kt]
         kt, dyt = kt[keep], dyt[:, keep]
         if kt.size:
@@ -276,13 +288,14 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
                 psi[rows, D:2 * D] = acc @ fit.grid_db[k0].T
                 psi[rows, 2 * D] += att_t @ wk
                 psi[rows, 2 * D + 1] += acrt_t @ wk
-        keep = valid[kc]
-        kc, dyc = kc[keep], dyc[:, keep]
-        if kc.size:
-            att_c = -sc[kc] * (dyc - fit.mean_c[kc])
+        kc = kc[valid[kc]]
+        if kc.size:  # comparison units: -n/n_c (dY - mean_c) of each cell, weighted, as maps of y
+            a = -sc[kc]
             if n_events and not slope:
-                psi[rows, ev] += att_c @ agg[kc]
-            cv = att_c @ w[kc]
+                ca = a[:, None] * agg[kc]
+                psi[rows, ev] += y @ _changes(cells, kc, ca, T) - fit.mean_c[kc] @ ca
+            cw = a * w[kc]
+            cv = y @ _changes(cells, kc, cw, T) - fit.mean_c[kc] @ cw
             psi[rows, :D] += cv[:, None]
             psi[rows, 2 * D] += cv
     return psi
