@@ -29,6 +29,7 @@ from typing import Any, Literal
 import dask
 import numpy as np
 from pydantic import Field
+from threadpoolctl import threadpool_limits
 
 from dte_dask.core.contdid import (
     N_BINS,
@@ -263,7 +264,8 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
 
 
 def _psi_reductions(block, setup, fit, w, n, events, columns, block_size, n_blocks, boot_kw):
-    full = influence(block, setup, fit, w, n, *events)
+    with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
+        full = influence(block, setup, fit, w, n, *events)
     cols, mean_of = columns
     psi = full[:, cols]
     if mean_of is not None:  # row by row, so the same in any partitioning
