@@ -151,13 +151,13 @@ def apply_frame(df: pd.DataFrame, policy: DisclosureSpec | Mapping[str, Any] | N
         mask = np.array([bool(r) for r in reasons], dtype=bool)
         stats_cols = [c for c in out.columns if c not in LABEL_COLUMNS and c not in COUNT_COLUMNS
                       and pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c])]
-        for c in stats_cols:
-            out[c] = out[c].astype(float)
-            out.loc[mask, c] = np.nan
-        for c in out.columns:  # textual statistics (e.g. a check's verdict) of a suppressed row
-            if c not in LABEL_COLUMNS and c not in COUNT_COLUMNS and c not in stats_cols:
-                out[c] = out[c].astype(object)
-                out.loc[mask, c] = None
+        for c in list(out.columns):
+            if c in LABEL_COLUMNS or c in COUNT_COLUMNS:
+                continue
+            if c in stats_cols:
+                out[c] = np.where(mask, np.nan, out[c].to_numpy(float))
+            else:  # textual statistics (e.g. a check's verdict) of a suppressed row
+                out[c] = np.where(mask, None, out[c].to_numpy(object))
         out["suppressed"] = mask
         out["suppression_reason"] = reasons
     k = pol.min_cell_size
