@@ -1,9 +1,10 @@
 """Disclosure control (issue 19 point 4): small cells suppressed and counts rounded in every output.
 
-A simulated panel (300 units, 6 periods) gets distinctive unit ids (``PID-<12 hex digits>``), raw
+A simulated panel (303 units, 6 periods) gets distinctive unit ids (``PID-<12 hex digits>``), raw
 outcomes with full float precision and one cohort of only 3 units (first treated in period 6).
-One job runs every registered estimator (with the four aggregations, the pre-trend check, the
-comparison and the report) through :func:`dte_dask.jobs.runner.run_job` with
+One job runs ``att_gt`` (four aggregations), ``event_study``, ``sun_abraham`` and ``imputation_did``
+(the two paths every regression estimator's counts come from), the pre-trend check, the
+comparison, the report and Dask's performance report through :func:`dte_dask.jobs.runner.run_job` with
 ``disclosure: {min_cell_size: 10, round_counts: 5}``; the same panel goes through the service
 (FastAPI's test client) whose default ``min_cell_size`` is 10. Then
 
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::dte_dask.exceptions.DteDaskWar
 
 SMALL_COHORT = 6  # first treated in the last period, 3 units
 N_SMALL = 3
+N_UNITS = 303  # rounds to 305
 COLS = dict(unit="unit", time="time", outcome="y", group="group")
 POLICY = {"min_cell_size": 10, "round_counts": 5}
 ESTIMATORS = [{"kind": "att_gt", "aggregations": ["simple", "dynamic", "group", "calendar"]},
@@ -48,7 +50,7 @@ ESTIMATORS = [{"kind": "att_gt", "aggregations": ["simple", "dynamic", "group", 
 
 @pytest.fixture(scope="module")
 def raw() -> pd.DataFrame:
-    sim = dte_dask.simulate_panel(300, 6, seed=3)
+    sim = dte_dask.simulate_panel(N_UNITS, 6, seed=3)
     df = sim.data.compute() if hasattr(sim.data, "compute") else sim.data.copy()
     df = df[["unit", "time", "y", "group"]].copy()
     rng = np.random.default_rng(20261130)
@@ -224,7 +226,8 @@ def test_summary_report_and_checks_carry_the_suppression(job_out: dict[str, Any]
     assert s["disclosure"]["min_cell_size"] == 10 and s["disclosure"]["round_counts"] == 5
     assert s["panel"]["cohorts"][str(SMALL_COHORT)] is None  # 3 units: not published
     assert all(c is None or c % 5 == 0 for c in s["panel"]["cohorts"].values())
-    assert s["panel"]["units"] % 5 == 0 and s["metadata"]["panel_shape"]["units"] % 5 == 0
+    assert s["panel"]["units"] == s["metadata"]["panel_shape"]["units"] == 305  # 303, rounded
+    assert not re.search(r"\b303\b", (out / "summary.json").read_text()), "the exact number of units is not published"
     assert "comparison_correlation" not in s["metadata"]
     att = s["estimators"]["att_gt"]
     assert att["overall"]["suppressed"] is False and att["overall"]["att"] is not None
