@@ -40,12 +40,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DisclosureSpec", "apply", "apply_frame", "looser_fields", "effective"]
+__all__ = ["DisclosureSpec", "apply", "apply_frame", "effective", "looser_fields"]
 
-COUNT_COLUMNS = ("n_treated", "n_control", "n_units", "n_obs", "n_clusters", "units", "obs", "n")
+COUNT_COLUMNS = ("n_treated", "n_control", "n_units", "n_obs", "n_clusters", "n_switchers", "units", "obs", "n")
 # labels of a row: never blanked (event times, cohorts, periods, names of terms and checks)
-LABEL_COLUMNS = ("group", "time", "event_time", "key", "cohort", "term", "covariate", "target", "wald", "band",
-                 "binned", "suppressed", "suppression_reason", "estimator", "name", "kind")
+LABEL_COLUMNS = ("group", "time", "event_time", "horizon", "key", "cohort", "term", "covariate", "target", "wald",
+                 "band", "binned", "suppressed", "suppression_reason", "estimator", "name", "kind")
 
 
 class DisclosureSpec(BaseModel):
@@ -113,14 +113,14 @@ def looser_fields(job: DisclosureSpec, service: DisclosureSpec) -> list[tuple[st
     job leaves unset is not: the service's applies, :func:`effective`)."""
     out = []
     if service.min_cell_size is not None and job.min_cell_size is not None and job.min_cell_size < service.min_cell_size:
-        out.append(("min_cell_size", f"must be >= the service's min_cell_size={service.min_cell_size} "
-                                     f"(got {job.min_cell_size})"))
+        out.append(("min_cell_size", (f"must be >= the service's min_cell_size={service.min_cell_size} "
+                                      f"(got {job.min_cell_size})")))
     rank = (lambda r: 0 if r is None else (math.inf if r == "suppress" else int(r)))
     sr, jr = service.round_counts, job.round_counts
     if sr is not None and jr is not None and (rank(jr) < rank(sr) or (sr != "suppress" and jr != "suppress"
                                                                           and int(jr) % int(sr))):
-        out.append(("round_counts", f"must be as coarse as the service's round_counts={sr!r} (a multiple of it, "
-                                    f"or 'suppress'; got {jr!r})"))
+        out.append(("round_counts", (f"must be as coarse as the service's round_counts={sr!r} (a multiple of "
+                                     f"it, or 'suppress'; got {jr!r})")))
     return out
 
 

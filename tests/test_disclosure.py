@@ -23,7 +23,6 @@ import base64
 import io
 import json
 import re
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::dte_dask.exceptions.DteDaskWar
 SMALL_COHORT = 6  # first treated in the last period, 3 units
 N_SMALL = 3
 N_UNITS = 303  # rounds to 305
-COLS = dict(unit="unit", time="time", outcome="y", group="group")
+COLS = {"unit": "unit", "time": "time", "outcome": "y", "group": "group"}
 POLICY = {"min_cell_size": 10, "round_counts": 5}
 ESTIMATORS = [{"kind": "att_gt", "aggregations": ["simple", "dynamic", "group", "calendar"]},
               {"kind": "event_study"}, {"kind": "sun_abraham"}, {"kind": "imputation_did"}]
