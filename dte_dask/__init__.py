@@ -36,6 +36,7 @@ _LAZY = {
     "pretest_power": "dte_dask.sensitivity.pretest",
     "checks": "dte_dask.checks",
     "plotting": "dte_dask.plotting",
+    "disclosure": "dte_dask.disclosure",
     "report": "dte_dask.report",
     "list_estimators": "dte_dask.registry",
     "register_estimator": "dte_dask.registry",
