@@ -42,7 +42,7 @@ from dte_dask.formatting import format_label
 __all__ = [
     "CANONICAL_COLUMNS", "event_study_frame", "attgt_frame", "axis_names", "plot_event_study", "plot_attgt",
     "plot_cohorts", "plot_aggregate", "plot_result", "plot_placebo", "plot_randomization", "plot_balance",
-    "plot_pretrends", "save_figure", "default_label",
+    "plot_pretrends", "plot_curve", "save_figure", "default_label",
 ]
 
 CANONICAL_COLUMNS = ("event_time", "estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
@@ -401,6 +401,43 @@ def plot_result(obj: Any, kind: str | None = None, *, backend: Backend = "bokeh"
         agg = obj.event_study() if kind == "dynamic" else obj.aggregate(kind)
         return plot_aggregate(agg, backend=backend, **kwargs)
     raise SpecError(f"kind={kind!r} is not one of ['attgt', 'dynamic', 'cohorts', 'group', 'calendar', 'simple']")
+
+
+def plot_curve(frame: pd.DataFrame, *, key: str = "dose", backend: Backend = "bokeh", title: str | None = None,
+               xlabel: str | None = None, ylabel: str = "ATT", width: int = 700, height: int = 400,
+               ax: Any = None) -> Any:
+    """A curve over a continuous key (the dose of ``continuous_did``'s ATT(d) / ACRT(d)) from a frame
+    in the canonical schema keyed by ``key``: the estimate as a line, the pointwise interval and
+    the uniform band (when finite) as shaded areas. A bokeh figure, or with ``backend="matplotlib"``
+    the Axes drawn on (``ax``, or a new one)."""
+    x = frame[key].to_numpy(float)
+    xlabel = xlabel or ("event time" if key == "event_time" else key)
+    title = title or f"{ylabel} by {xlabel}"
+    has_band = "band_lower" in frame and np.isfinite(frame["band_lower"].to_numpy(float)).any()
+    if backend == "bokeh":
+        from bokeh.plotting import figure
+
+        fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, width=width, height=height)
+        if has_band:
+            fig.varea(x=x, y1=frame["band_lower"], y2=frame["band_upper"], fill_alpha=0.15,
+                      legend_label="uniform band", name="band")
+        fig.varea(x=x, y1=frame["ci_lower"], y2=frame["ci_upper"], fill_alpha=0.3, legend_label="pointwise",
+                  name="ci")
+        fig.line(x, frame["estimate"], line_width=2, legend_label=ylabel, name="estimate")
+        return fig
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.subplots(figsize=(width / 100, height / 100))[1]
+    if has_band:
+        ax.fill_between(x, frame["band_lower"], frame["band_upper"], alpha=0.15, label="uniform band")
+    ax.fill_between(x, frame["ci_lower"], frame["ci_upper"], alpha=0.3, label="pointwise interval")
+    ax.plot(x, frame["estimate"], lw=2, label=ylabel)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax
 
 
 # ----------------------------------------------------------------------------- checks

@@ -210,14 +210,24 @@ def _save_estimator_files(out: str, name: str, obj: Any, pol: Any) -> dict[str, 
             files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj), pol)["csv"]
         return entry
     entry["kind"] = "table" if isinstance(obj, pd.DataFrame) else str(getattr(obj, "estimator", "regression"))
+    if result_kind:
+        entry["result_kind"] = result_kind
     try:
         files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj), pol)["csv"]
     except SpecError:
         pass
+    overall_frame = getattr(obj, "overall_frame", None)
+    if callable(overall_frame):  # overall parameters beyond one ATT (continuous_did: ATT^o and ACRT^o)
+        ov = overall_frame()
+        files["overall"] = _write(out, f"{rel}.overall", ov, pol)["csv"]
+        lo, hi = float(ov["ci_lower"].iloc[0]), float(ov["ci_upper"].iloc[0])
+        entry["overall"] = {"att": float(ov["estimate"].iloc[0]), "se": float(ov["se"].iloc[0]), "ci_lower": lo,
+                            "ci_upper": hi, "aggregation": str(ov["parameter"].iloc[0])}
+    by_event_time = "event_time" in table.columns
     for attr in ("by_cohort", "pretrend_test", "post_average"):
         fn = getattr(obj, attr, None)
-        if not callable(fn):
-            continue
+        if not callable(fn) or (attr != "by_cohort" and not by_event_time):
+            continue  # a pre-trend test or post-period average needs estimates by event time
         try:
             val = fn()
         except Exception as exc:  # noqa: BLE001 - record, do not fail the save
@@ -379,6 +389,14 @@ def _estimator_section(page: Any, rd: str, name: str, e: dict[str, Any], cols: d
     if e.get("summary"):
         page.pre(e["summary"])
     kw = {"outcome": cols.get("outcome"), "time": cols.get("time")}
+    overall = _frame(rd, files.get("overall"))
+    if overall is not None and len(overall):
+        page.table(overall, caption=f"{name}: overall parameters")
+    table = _frame(rd, files.get("table"))
+    if e.get("result_kind") == "dose_response" and table is not None and len(table):
+        ylabel = "ACRT" if (e.get("options") or {}).get("target") == "slope" else "ATT"
+        page.figure(plotting.plot_curve(table, key="dose", ylabel=ylabel, title=f"{ylabel}(d) by dose with "
+                                        f"pointwise intervals and uniform bands: {name}"))
     es = _frame(rd, files.get("event_study"))
     if es is not None and len(es):
         es_frames[name] = es
@@ -390,7 +408,6 @@ def _estimator_section(page: Any, rd: str, name: str, e: dict[str, Any], cols: d
     by_cohort = _frame(rd, files.get("by_cohort"))
     if by_cohort is not None and len(by_cohort) and "estimate" in by_cohort.columns:
         page.figure(plotting.plot_cohorts(by_cohort, title=f"Sub-experiments by cohort: {name}", **kw))
-    table = _frame(rd, files.get("table"))
     if table is not None:
         page.table(table, caption=f"{name}: table ({files.get('table')})", collapsed=True)
     for note in e.get("notes", []):

@@ -6,8 +6,9 @@ and so has:
 
 ==================  =================================================================================
 ``estimator``       the registry name of the estimator that produced it (``"att_gt"``, ...)
-``result_kind``     ``"cells"`` (ATT(g,t)), ``"aggregate"`` (an aggregation of cells) or
-                    ``"event_study"`` (estimates by event time)
+``result_kind``     ``"cells"`` (ATT(g,t)), ``"aggregate"`` (an aggregation of cells),
+                    ``"event_study"`` (estimates by event time) or ``"dose_response"`` (a curve
+                    keyed by ``dose``: continuous_did's ATT(d) / ACRT(d))
 ``label``           a display name ("Callaway-Sant'Anna", "TWFE event study", ...)
 ``alpha``           the level of the intervals
 ``estimates``       (K,) the reported estimates, in the row order of ``to_frame()``
@@ -19,6 +20,9 @@ and so has:
 ``plot()``          :func:`dte_dask.plotting.plot_result`
 ``pretrend_test()`` Wald test that every pre-treatment estimate is zero
 ``to_parquet()``    ``to_frame()`` written as parquet
+``overall_frame()`` optional: overall parameters (rows ``parameter``; ``estimate``, ``se``,
+                    ``ci_lower``, ``ci_upper``), e.g. continuous_did's ATT^o and ACRT^o; the
+                    report saves and shows it
 ==================  =================================================================================
 
 The canonical ``to_frame()`` schema (the same names and meanings for every estimator)

@@ -84,36 +84,22 @@ class ContDidResult(Result):
                      f"{self.options.get('num_knots')} interior knots; control group: {self.options.get('control_group')}")
         return "\n".join(lines)
 
-    def plot(self, kind: str | None = None, *, backend: str = "bokeh", **kwargs: Any) -> Any:
-        """The curve (ATT(d) / ACRT(d), or by event time) with its pointwise interval and uniform band.
+    def overall_frame(self) -> pd.DataFrame:
+        """The overall parameters ATT^o and ACRT^o (rows ``parameter``) with ``estimate``, ``se``
+        and the pointwise interval ``ci_lower``/``ci_upper``; the report shows this table."""
+        z = pointwise_z(self.alpha)
+        est = np.array([self.overall["att"], self.overall["acrt"]], float)
+        se = np.array([self.overall_se["att"], self.overall_se["acrt"]], float)
+        return pd.DataFrame({"parameter": ["ATT^o", "ACRT^o"], "estimate": est, "se": se,
+                             "ci_lower": est - z * se, "ci_upper": est + z * se})
 
-        ``backend="bokeh"`` (a figure, the default of every result) or ``"matplotlib"`` (an Axes)."""
-        df = self.to_frame()
-        x = df[self.key_name].to_numpy(float)
+    def plot(self, kind: str | None = None, *, backend: str = "bokeh", **kwargs: Any) -> Any:
+        """The curve (ATT(d) / ACRT(d), or by event time) with its pointwise interval and uniform band
+        (:func:`dte_dask.plotting.plot_curve`): a bokeh figure (the default) or, with
+        ``backend="matplotlib"``, an Axes."""
+        from dte_dask.plotting import plot_curve
+
         name = "ATT" if self.target == "level" else "ACRT"
-        xlabel = "dose" if self.key_name == "dose" else "event time"
         title = kwargs.pop("title", f"{name}({'d' if self.key_name == 'dose' else 'e'}) with "
                                     f"{round((1 - self.alpha) * 100)}% bands")
-        if backend == "bokeh":
-            from bokeh.plotting import figure
-
-            fig = figure(title=title, x_axis_label=xlabel, y_axis_label=name, width=kwargs.get("width", 700),
-                         height=kwargs.get("height", 400))
-            if np.isfinite(df["band_lower"]).any():
-                fig.varea(x=x, y1=df["band_lower"], y2=df["band_upper"], fill_alpha=0.15, legend_label="uniform band")
-            fig.varea(x=x, y1=df["ci_lower"], y2=df["ci_upper"], fill_alpha=0.3, legend_label="pointwise")
-            fig.line(x, df["estimate"], line_width=2, legend_label=name)
-            return fig
-        import matplotlib.pyplot as plt
-
-        ax = kwargs.get("ax") or plt.subplots(figsize=(7, 4))[1]
-        if np.isfinite(df["band_lower"]).any():
-            ax.fill_between(x, df["band_lower"], df["band_upper"], alpha=0.15, label="uniform band")
-        ax.fill_between(x, df["ci_lower"], df["ci_upper"], alpha=0.3, label="pointwise interval")
-        ax.plot(x, df["estimate"], lw=2, label=name)
-        ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(name)
-        ax.set_title(title)
-        ax.legend()
-        return ax
+        return plot_curve(self.to_frame(), key=self.key_name, backend=backend, title=title, ylabel=name, **kwargs)
