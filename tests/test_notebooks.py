@@ -14,8 +14,9 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 NAMES = sorted(f for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb")) if os.path.isdir(NOTEBOOKS) else []
 
 
-def test_there_are_three_notebooks():
-    assert NAMES == ["01_quickstart_mpdta.ipynb", "02_cluster_walkthrough.ipynb", "03_medical_policy.ipynb"]
+def test_there_are_four_notebooks():
+    assert NAMES == ["01_quickstart_mpdta.ipynb", "02_cluster_walkthrough.ipynb", "03_medical_policy.ipynb",
+                     "04_triple_and_continuous.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,3 +36,5 @@ def test_notebook_runs(name):
         assert "dashboard: http" in text and "Placebo adoption dates" in text
     if name.startswith("03"):
         assert "Covariate balance" in text and "true overall ATT" in text
+    if name.startswith("04"):
+        assert "true ATT(e)" in text and "true ACRT^o" in text and "covers the true ACRT(d)" in text
