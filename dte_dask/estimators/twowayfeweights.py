@@ -14,8 +14,8 @@ import dask
 import numpy as np
 import pandas as pd
 
-from dte_dask.core.twfeweights import gram_stats, residuals, weight_stats
 from dte_dask.core.dcdh import DcdhBlock
+from dte_dask.core.twfeweights import gram_stats, residuals, weight_stats
 from dte_dask.estimators.did_multiplegt import reduce_blocks
 from dte_dask.exceptions import EstimationError
 from dte_dask.panel.wide import WideColumns, wide_blocks

@@ -27,7 +27,7 @@ from dask.base import tokenize
 from dte_dask.core.dcdh import DcdhBlock
 from dte_dask.exceptions import MissingColumnError, PanelError, SpecError
 
-__all__ = ["WideColumns", "WideBlocks", "wide_blocks", "frame_to_dcdh", "concat_dcdh"]
+__all__ = ["WideBlocks", "WideColumns", "concat_dcdh", "frame_to_dcdh", "wide_blocks"]
 
 
 @dataclass(frozen=True)
