@@ -169,26 +169,32 @@ def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray
     return {"fcount": fcount, "never_rows": nrows, "rows_t": rows_t, "n_units": np.int64(k.sum())}
 
 
-def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx) -> dict[str, np.ndarray]:
-    """Per (unit, t) arrays of horizon ``ell``: first difference, weight, control indicator."""
-    n, T = block.y.shape
+def _base_arrays(block: DcdhBlock, u: dict) -> dict[str, np.ndarray]:
+    """Per (unit, t) arrays shared by every horizon: outcome, treatment (NaN off the sample), weight."""
     pres = u["present"]
     y = np.where(pres, block.y, np.nan)
     dv = np.where(pres, block.d, np.nan)
+    w = np.where(pres & ~np.isnan(y) & ~np.isnan(dv), np.nan_to_num(block.w), 0.0)
+    return {"y": y, "dv": dv, "w": w, "t": np.arange(block.y.shape[1])[None, :], "F": u["F"][:, None],
+            "never_sw": ~np.isfinite(u["F"])[:, None]}
+
+
+def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx, base: dict | None = None) -> dict[str, np.ndarray]:
+    """Per (unit, t) arrays of horizon ``ell``: first difference, weight, control indicator."""
+    b = _base_arrays(block, u) if base is None else base
+    n, T = block.y.shape
+    y = b["y"]
     h = abs(ell)
     diff = np.full((n, T), np.nan)
     if ell > 0 and h < T:
-        diff[:, h:] = y[:, h:] - y[:, :-h]
+        np.subtract(y[:, h:], y[:, :-h], out=diff[:, h:])
     elif ell < 0 and 2 * h < T:
-        diff[:, 2 * h:] = y[:, :-2 * h] - y[:, h:-h]
-    w = np.where(pres & ~np.isnan(y) & ~np.isnan(dv), np.nan_to_num(block.w), 0.0)
+        np.subtract(y[:, :-2 * h], y[:, h:-h], out=diff[:, 2 * h:])
     ok = ~np.isnan(diff)
-    t = np.arange(T)[None, :]
-    F = u["F"][:, None]
-    never = ok & (F > t)
+    never = ok & (b["F"] > b["t"])
     if ctx.only_never_switchers:
-        never &= ~np.isfinite(F)
-    return {"diff": diff, "diff0": np.where(ok, diff, 0.0), "ok": ok, "w": w, "never": never, "dv": dv}
+        never &= b["never_sw"]
+    return {"diff": diff, "diff0": np.where(ok, diff, 0.0), "ok": ok, "w": b["w"], "never": never, "dv": b["dv"]}
 
 
 def _cell_add(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -211,8 +217,9 @@ def control_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
     out["n"] = np.zeros((H, T, nd), np.int64)
     out["rows"] = np.zeros((H, T, nd), np.int64)
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         gi, ti = np.nonzero(a["never"])
         dq = u["dsq"][gi]
         out["w"][j] = _cell_add((T, nd), ti, dq, a["w"][gi, ti])
@@ -257,8 +264,9 @@ def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out["un_cl"] = np.zeros((H, T, nd), np.int64)
     out.update({"co_w": np.zeros((H, nco)), "co_wd": np.zeros((H, nco)), "co_n": np.zeros((H, nco), np.int64),
                 "n_sw": np.zeros(H, np.int64), "dd_num": np.zeros(H), "dd_w": np.zeros(H)})
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         g, t = _switcher_rows(block, u, a, ell, j, ctx)
         dq, wv, dv = u["dsq"][g], a["w"][g, t], a["diff0"][g, t]
         out["w"][j] = _cell_add((T, nd), t, dq, wv)
@@ -343,8 +351,9 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
     psi = np.zeros((n, H))
     num = np.zeros(H)
     nobs = np.zeros(H, np.int64)
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         N_sw = ctx.sw["w"][j].sum()
         if N_sw == 0:
             continue
@@ -368,10 +377,9 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         psi[:, j] = (np.bincount(gi, weights=cw * f_c * (cd - e_c), minlength=n)
                      + np.bincount(g, weights=sw_w * f_s * (sd - e_s), minlength=n))
         # observations used: rows with a first difference and a non-zero term, or a zero difference
-        term = np.zeros((n, T))
-        term[gi, ti] += cw * cd
-        term[g, t] += sw_w * sd
-        nobs[j] = int(np.sum(a["ok"] & ((term != 0) | (a["diff0"] == 0))))
+        # (control and switcher rows are distinct cells: a switcher's row is not yet a control's)
+        nobs[j] = (int(np.count_nonzero(a["ok"] & (a["diff0"] == 0))) + int(np.count_nonzero(cw * cd))
+                   + int(np.count_nonzero(sw_w * sd)))
     if ctx.clustered:
         codes, inv = np.unique(block.cl, return_inverse=True)
         csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes.size) for j in range(H)],
