@@ -23,13 +23,13 @@ small-sample factor :math:`\\sqrt{n/(n-1)}` (n = units, or clusters, of the cell
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 
-__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "meta_stats", "design_stats", "control_stats", "switcher_stats",
+__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "prepare", "meta_stats", "design_stats", "control_stats", "switcher_stats",
            "influence_stats", "unit_design"]
 
 
@@ -39,7 +39,8 @@ class DcdhBlock:
 
     ids : (n,) unit ids; rank : (n,) stable index of the unit's entity (cluster, else unit);
     y, d, w : (n, T) outcome, treatment, row weight (NaN where the row is absent or missing);
-    present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters).
+    present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters);
+    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass.
     """
 
     ids: np.ndarray
@@ -49,14 +50,21 @@ class DcdhBlock:
     w: np.ndarray
     present: np.ndarray
     cl: np.ndarray
+    pre: dict | None = None
 
     @property
     def n(self) -> int:
         return int(self.ids.shape[0])
 
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
+        pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
-                         self.present[index], self.cl[index])
+                         self.present[index], self.cl[index], pre)
+
+
+def prepare(block: DcdhBlock) -> DcdhBlock:
+    """The block with its options-independent unit design attached (computed once, used by every pass)."""
+    return replace(block, pre=_unit_base(block))
 
 
 def from_unit_block(block: UnitBlock) -> DcdhBlock:
@@ -110,9 +118,9 @@ def _first_switch(d: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.nd
     return d_sq, F, S, last
 
 
-def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
-    """Per-unit design after the sample filters up to ``stage`` (1: unit filters, 2: + baseline
-    groups without variation in F_g, 3: + cells without never-switchers)."""
+def _unit_base(block: DcdhBlock) -> dict[str, np.ndarray]:
+    """Options-independent unit design: rows kept, baseline, first switch, its sign and treatment,
+    number of periods from the switch on."""
     y, d, present = block.y, block.d, block.present.copy()
     n, T = d.shape
     # units with no observed outcome or no observed treatment are dropped
@@ -126,6 +134,17 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     inc = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) > 0), axis=1)
     dec = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) < 0), axis=1)
     present &= ~(inc & dec)
+    Fi = np.where(np.isfinite(F), F, 0).astype(np.int64)
+    d_fg = np.where(np.isfinite(F), d[np.arange(n), Fi], np.nan)
+    return {"present": present, "d_sq": d_sq, "F": F, "S": S, "L": L, "d_fg": d_fg}
+
+
+def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
+    """Per-unit design after the sample filters up to ``stage`` (1: unit filters, 2: + baseline
+    groups without variation in F_g, 3: + cells without never-switchers)."""
+    b = block.pre if block.pre is not None else _unit_base(block)
+    d_sq, F, S = b["d_sq"], b["F"], b["S"]
+    present = b["present"]
     keep = present.any(axis=1)
     if ctx.switchers == "in":
         keep &= S >= 0
@@ -136,14 +155,12 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     keep &= ~np.isnan(d_sq)
     if stage >= 2 and ctx.keep_dsq is not None:
         keep &= ctx.keep_dsq[dsq_code]
-    present &= keep[:, None]
+    present = present & keep[:, None]
     if stage >= 3 and ctx.ctrl_ok is not None:
         present &= ctx.ctrl_ok[:, dsq_code].T
         keep &= present.any(axis=1)
-    Fi = np.where(np.isfinite(F), F, 0).astype(np.int64)
-    d_fg = np.where(np.isfinite(F), d[np.arange(n), Fi], np.nan)
-    return {"keep": keep, "present": present, "d_sq": d_sq, "dsq": dsq_code, "F": F, "S": S, "L": L,
-            "d_fg": d_fg}
+    return {"keep": keep, "present": present, "d_sq": d_sq, "dsq": dsq_code, "F": F, "S": S, "L": b["L"],
+            "d_fg": b["d_fg"]}
 
 
 def meta_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:

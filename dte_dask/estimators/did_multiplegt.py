@@ -26,6 +26,7 @@ from dte_dask.core.dcdh import (
     from_unit_block,
     influence_stats,
     meta_stats,
+    prepare,
     switcher_stats,
 )
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
@@ -176,6 +177,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         wide = wide_blocks(data, WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster),
                            max(int(npartitions), 1), bs, "did_multiplegt")
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
+    # the options-independent unit design once per block, kept with the block for every pass
+    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))

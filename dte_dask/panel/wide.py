@@ -71,11 +71,8 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     """Pivot the long rows of whole entities to a wide block; ``rank`` is the entity's index among the
     frame's sorted entities (local: add the offset of earlier partitions)."""
     unit, time = cols.unit, cols.time
-    ut = df[[unit, time]]
-    dup = ut.duplicated()
-    if dup.any():
-        bad = ut.loc[dup].iloc[0].tolist()
-        raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
+    if df[time].isna().any():
+        raise PanelError(f"column {time!r} (time) has {int(df[time].isna().sum())} missing values")
     units = np.sort(pd.unique(df[unit]))
     ui = np.searchsorted(units, df[unit].to_numpy())
     ti = np.searchsorted(times, df[time].to_numpy())
@@ -99,6 +96,10 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     W[ui, ti] = (1.0 if cols.weights is None
                  else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
     P[ui, ti] = True
+    if np.count_nonzero(P) != len(df):
+        ut = df[[unit, time]]
+        bad = ut.loc[ut.duplicated()].iloc[0].tolist()
+        raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
     rank = cl[order]
     return DcdhBlock(units[order], rank, Y[order], D[order], W[order], P[order], rank.copy())
 
