@@ -62,20 +62,22 @@ def main() -> None:
     tiny = panel(500, a.periods, seed=3)
     dte_dask.did_multiplegt(tiny, "y", "id", "t", "d", **kw)
     md.did_multiplegt(tiny, yname="y", idname="id", tname="t", dname="d", **kw)
-    # the peer comparison first (its peak memory is then not counted in the large run's)
-    small = panel(a.peer_units, a.periods, seed=1)
-    print(f"load average before dte_dask: {os.getloadavg()}")
-    t0 = time.perf_counter()
-    ours = dte_dask.did_multiplegt(small, "y", "id", "t", "d", npartitions=a.npartitions, **kw)
-    t_ours = time.perf_counter() - t0
+    # the peer comparison first (its peak memory is then not counted in the large run's);
+    # --peer-units 0 skips it, to measure the large run's own peak memory
+    if a.peer_units:
+        small = panel(a.peer_units, a.periods, seed=1)
+        print(f"load average before dte_dask: {os.getloadavg()}")
+        t0 = time.perf_counter()
+        ours = dte_dask.did_multiplegt(small, "y", "id", "t", "d", npartitions=a.npartitions, **kw)
+        t_ours = time.perf_counter() - t0
 
-    print(f"load average before moderndid: {os.getloadavg()}")
-    t0 = time.perf_counter()
-    ref = md.did_multiplegt(small, yname="y", idname="id", tname="t", dname="d", **kw)
-    t_md = time.perf_counter() - t0
-    diff = np.max(np.abs(ours.estimates[:a.effects] - ref.effects.estimates))
-    print(f"peer panel {a.peer_units} units x {a.periods}: dte_dask {t_ours:.2f} s, moderndid (polars, "
-          f"in-memory) {t_md:.2f} s, ratio {t_md / t_ours:.2f}x; max |estimate diff| {diff:.2e}")
+        print(f"load average before moderndid: {os.getloadavg()}")
+        t0 = time.perf_counter()
+        ref = md.did_multiplegt(small, yname="y", idname="id", tname="t", dname="d", **kw)
+        t_md = time.perf_counter() - t0
+        diff = np.max(np.abs(ours.estimates[:a.effects] - ref.effects.estimates))
+        print(f"peer panel {a.peer_units} units x {a.periods}: dte_dask {t_ours:.2f} s, moderndid (polars, "
+              f"in-memory) {t_md:.2f} s, ratio {t_md / t_ours:.2f}x; max |estimate diff| {diff:.2e}")
     with tempfile.TemporaryDirectory() as tmp:
         chunk = 125_000
         for i, lo in enumerate(range(0, a.units, chunk)):
