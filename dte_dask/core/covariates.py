@@ -15,7 +15,7 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.logit import eta_extreme, overlap_count
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess
+from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_terms
 from dte_dask.core.twobytwo import Stats, delta_y
 
 
@@ -64,12 +64,13 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
         _, X, d, w = cells.design_rows(block, ks)
         if unweighted:
             w = np.ones_like(w)
-        for gam in np.unique(gamma[ks], axis=0):  # cells of a design move together
-            sel = ks[np.all(gamma[ks] == gam, axis=1)]
-            gr, he, ll = logit_grad_hess(X, d, w, gam)
+        gk = gamma[ks]
+        same = bool(np.all(gk == gk[0]))
+        for gam in gk[:1] if same else np.unique(gk, axis=0):  # cells of a design move together
+            sel = ks if same else ks[np.all(gk == gam, axis=1)]
+            gr, he, ll, eta, ps = logit_terms(X, d, w, gam)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
-            eta = X @ gam
-            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta)
+            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
     return out
 
 

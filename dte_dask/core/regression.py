@@ -69,10 +69,15 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
 
 def logit_grad_hess(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Gradient, Hessian (information) and log-likelihood of a weighted logit at ``gamma``."""
+    return logit_terms(X, d, w, gamma)[:3]
+
+
+def logit_terms(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray):
+    """:func:`logit_grad_hess` and the linear predictor and fitted probabilities it used."""
     z = X @ gamma
     p = expit(z)
     grad = X.T @ (w * (d - p))
     hess = (X * (w * p * (1.0 - p))[:, None]).T @ X
     # log-likelihood, stable: d*z - log(1+exp(z))
     ll = float(np.sum(w * (d * z - np.logaddexp(0.0, z))))
-    return grad, hess, ll
+    return grad, hess, ll, z, p
