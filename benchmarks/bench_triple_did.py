@@ -15,6 +15,9 @@ with covariate-specific trends, so only conditional parallel trends hold; ATT(g,
 for eligible treated units from g on), written as unit-sorted parquet files that
 ``triple_did`` reads itself; the clock covers load + fit (dr, analytic SEs, no bootstrap).
 
+``cpu_total`` in the JSON lines is the subprocess's CPU time (user + system, imports and data
+included): on a shared machine it moves less with the other jobs than the wall-clock seconds.
+
 Peak memory: the largest resident set of the subprocess and all its children, polled every
 50 ms, and at least the subprocess's own ``ru_maxrss`` (it includes the data and the imports).
 
@@ -72,7 +75,9 @@ else:
                 xformla="~" + "+".join(covs), boot=False, n_jobs=-1 if tool == "moderndid-jobs" else 1)
         out = {"att": [float(a) for a in m.att]}
 out["seconds"] = time.perf_counter() - t0
-out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ru = resource.getrusage(resource.RUSAGE_SELF)
+out["ru_maxrss_mib"] = ru.ru_maxrss / 1024
+out["cpu_total"] = ru.ru_utime + ru.ru_stime  # whole process, imports and data included
 print(json.dumps(out))
 """
 

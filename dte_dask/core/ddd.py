@@ -246,7 +246,7 @@ def cell_stats(block: UnitBlock, cells: Cells, lay: DddLayout, kest: dict[str, A
 def ddd_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
     """(n_block, K) influence functions of the cells (panel scale; zero for reference cells)."""
     parts = block.pieces() if isinstance(block, DesignBlock) else [block]
-    return np.vstack([cov_influence(b, est["comp"], est["kernel"]) for b in parts]) @ est["A"]
+    return np.vstack([cov_influence(b, est["comp"], est["kernel"]) @ est["A"] for b in parts])
 
 
 def cohort_shares(block: UnitBlock, cells: Cells, groups: np.ndarray) -> dict[str, np.ndarray]:

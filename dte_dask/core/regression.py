@@ -17,7 +17,7 @@ def expit(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+def guarded_solve(a: np.ndarray, b: np.ndarray, check: bool = True) -> np.ndarray | None:
     """``solve(a, b)`` for a symmetric positive semi-definite ``a`` (a Gram or information matrix),
     or None when ``a`` is singular or badly conditioned.
 
@@ -25,7 +25,8 @@ def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     every column of the design divided by its root mean square: solve, transform back), and DRDID's
     ``rcond(XpX) < .Machine$double.eps`` check is applied to the equilibrated matrix, so neither the
     solution nor the verdict depends on the units of a covariate. A zero or non-finite diagonal
-    (a column that is zero throughout) is singular.
+    (a column that is zero throughout) is singular. ``check=False`` skips the rcond check (for a
+    matrix that already passed it).
     """
     if a.size == 0 or not np.all(np.isfinite(a)):
         return None
@@ -36,7 +37,7 @@ def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     ae = a / s[:, None] / s[None, :]
     bs = b / (s[:, None] if np.ndim(b) == 2 else s)
     try:
-        if 1.0 / np.linalg.cond(ae, 1) < np.finfo(float).eps:
+        if check and 1.0 / np.linalg.cond(ae, 1) < np.finfo(float).eps:
             return None
         x = np.linalg.solve(ae, bs)
     except np.linalg.LinAlgError:
