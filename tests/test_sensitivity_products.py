@@ -47,7 +47,7 @@ def test_honest_did_on_every_event_study_estimator(panel: pd.DataFrame, name: st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = fn(panel, **COLS, **ESTIMATORS[name])
-    h = dte_dask.honest_did(res, M=[0.0, 1.0], grid_points=60)
+    h = dte_dask.honest_did(res, M=[0.0, 1.0], grid_points=40)
     assert np.all(np.isfinite(h.lb)) and np.all(np.isfinite(h.ub)) and np.all(h.lb < h.ub)
     assert h.lb[1] <= h.lb[0] + h.grid_step.max() and h.ub[1] >= h.ub[0] - h.grid_step.max()
     # the original interval is the result's own pointwise CI at event time 0 (its critical value:
@@ -106,9 +106,8 @@ def test_sensitivity_plot_shows_the_intervals_and_the_original(sens, tmp_path: P
     bk = h.plot()
     names = {r.name for r in bk.renderers}
     assert {"robust:FLCI", "original"} <= names
-    html = plotting.save_figure(bk, str(tmp_path / "s.html"))
-    png = plotting.save_figure(fig, str(tmp_path / "s.png"))
-    assert Path(html).read_text().count("robust:FLCI") >= 1 and Path(png).read_bytes()[:4] == b"\x89PNG"
+    png = plotting.save_figure(fig, str(tmp_path / "s.png"))  # HTML: the job test
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pretest_power_plot_marks_the_detectable_slopes(sens) -> None:
@@ -169,7 +168,7 @@ def job_run(tmp_path_factory: pytest.TempPathFactory):
                      "estimators": [{"kind": "att_gt", "options": {"base_period": "universal"}},
                                     {"kind": "two_stage_did"}],
                      "inference": {"bootstrap": False},
-                     "checks": ["pretrends", {"honest_did": {"M": [0, 0.5, 1], "grid_points": 60}}, "pretest_power"],
+                     "checks": ["pretrends", {"honest_did": {"M": [0, 0.5, 1], "grid_points": 40}}, "pretest_power"],
                      "cluster": {"performance_report": False}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,7 +193,7 @@ def test_job_writes_the_checks_tables_plots_and_summary(job_run) -> None:
         warnings.simplefilter("ignore")
         cs = dte_dask.att_gt(mp, outcome="lemp", unit="countyreal", time="year", group="first_treat",
                              base_period="universal", bootstrap=False)
-    direct = dte_dask.honest_did(cs, M=[0, 0.5, 1], grid_points=60)
+    direct = dte_dask.honest_did(cs, M=[0, 0.5, 1], grid_points=40)
     want = direct.to_frame()
     pd.testing.assert_frame_equal(table[["M", "lb", "ub"]], want[["M", "lb", "ub"]])
     assert table["method"].tolist() == want["method"].tolist()
