@@ -100,7 +100,7 @@ def test_sensitivity_plot_shows_the_intervals_and_the_original(sens, tmp_path: P
     np.testing.assert_allclose([s[0, 0] for s in robust], h.M)
     orig = by_gid["original"].get_segments()[0]
     np.testing.assert_allclose(orig[:, 1], h.original) and np.testing.assert_array_less(orig[0, 0], h.M.min())
-    assert [t.get_text() for t in ax.get_xticklabels()][0] == "Original"
+    assert ax.get_xticklabels()[0].get_text() == "Original"
     if np.isfinite(h.breakdown):
         assert any(line.get_gid() == "breakdown" for line in ax.lines)
     bk = h.plot()

@@ -20,7 +20,14 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from dte_dask import registry
 from dte_dask.exceptions import DteDaskError
@@ -43,23 +50,23 @@ class HonestDiDOptions(_Closed):
     event_time: int | None = 0
     l_vec: list[float] | None = Field(None, min_length=1)
     restriction: Literal["relative_magnitude", "smoothness", "combined"] = "relative_magnitude"
-    M: list[float] | float | None = None
+    M: list[float] | float | None = Field(None, description="bounds (at most 200)")
     method: Literal["FLCI", "Conditional", "C-F", "C-LF"] | None = None
     alpha: float | None = Field(None, gt=0, lt=1)
     bias_direction: Literal["positive", "negative"] | None = None
     monotonicity_direction: Literal["increasing", "decreasing"] | None = None
-    grid_points: int = Field(1000, ge=3, le=100_000)
+    grid_points: int = Field(1000, ge=3, le=20_000)
     grid_lb: float | None = None
     grid_ub: float | None = None
-    lf_sims: int = Field(1000, ge=10, le=1_000_000)
+    lf_sims: int = Field(1000, ge=10, le=100_000)
     seed: int = 0
 
     @field_validator("M")
     @classmethod
     def _bounds(cls, M: list[float] | float | None) -> list[float] | float | None:
         Ms = M if isinstance(M, list) else [] if M is None else [M]
-        if any(not (0 <= m < float("inf")) for m in Ms) or (isinstance(M, list) and not Ms):
-            raise ValueError(f"M must be finite non-negative bounds, got {M!r}")
+        if any(not (0 <= m < float("inf")) for m in Ms) or (isinstance(M, list) and not 0 < len(Ms) <= 200):
+            raise ValueError(f"M must be 1 to 200 finite non-negative bounds, got {M!r}")
         return M
 
     @model_validator(mode="after")
