@@ -4,7 +4,7 @@ Prints, per data set: FLCI endpoint differences (smoothness), conditional / C-LF
 differences against the grid step (smoothness; relative magnitudes restricted to moderndid's
 pre-period differences, see tests/test_honest_did.py), and breakdown values on the grid.
 
-    python benchmarks/honest_did_parity.py [--grid 100]
+    python benchmarks/honest_did_parity.py [--grid 100] [--only NAME]
 """
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ def _breakdown(M, lb, ub):
     return float(np.asarray(M)[ok][-1]) if ok.any() else float("nan")
 
 
-def run(name, inputs, grid, event_time_idx=0):
+def run(name, inputs, grid, event_time_idx=0, only=""):
     import moderndid.didhonest as mh
 
+    if only not in name:
+        return
     b, S, _, npre, npost = inputs
     raw = dict(betahat=b, sigma=S, num_pre_periods=npre, num_post_periods=npost)
     l_vec = np.eye(npost)[event_time_idx]
@@ -65,16 +67,18 @@ def run(name, inputs, grid, event_time_idx=0):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--grid", type=int, default=100)
+    ap.add_argument("--only", default="", help="run the data sets whose name contains this text")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     mp = dte_dask.datasets.load_mpdta()
     cs = dte_dask.att_gt(mp, outcome="lemp", unit="countyreal", time="year", group="first_treat",
                          control_group="never_treated", base_period="universal", bootstrap=False)
-    run("mpdta (att_gt dynamic, e = 0)", event_study_inputs(cs), args.grid)
+    run("mpdta (att_gt dynamic, e = 0)", event_study_inputs(cs), args.grid, only=args.only)
+    run("mpdta (att_gt dynamic, e = 3)", event_study_inputs(cs), args.grid, event_time_idx=3, only=args.only)
     df = dte_dask.simulate_panel(400, 8, seed=3).data.compute(scheduler="sync")
     es = dte_dask.event_study(df, outcome="y", unit="unit", time="time", group="group", window=(-4, 3),
                               bin_endpoints=False)
-    run("simulated (event_study, e = 0)", event_study_inputs(es), args.grid)
+    run("simulated (event_study, e = 0)", event_study_inputs(es), args.grid, only=args.only)
 
 
 if __name__ == "__main__":
