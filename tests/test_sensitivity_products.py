@@ -20,6 +20,7 @@ COLS = dict(outcome="y", unit="unit", time="time", group="group")
 # every event-study estimator, with the options that give it pre-period estimates
 ESTIMATORS = {
     "att_gt": dict(base_period="universal", bootstrap=False),  # its dynamic aggregation
+    "triple_did": dict(partition="eligible", bootstrap=False),  # its dynamic aggregation
     "sun_abraham": {},
     "event_study": dict(bin_endpoints=False),
     "stacked_did": dict(window=(-2, 2)),
@@ -31,7 +32,8 @@ ESTIMATORS = {
 
 @pytest.fixture(scope="module")
 def panel() -> pd.DataFrame:
-    return dte_dask.simulate_panel(200, 6, seed=3).data.compute(scheduler="sync")
+    df = dte_dask.simulate_panel(200, 6, seed=3).data.compute(scheduler="sync")
+    return df.assign(eligible=(df["unit"].rank(method="dense").astype(int) % 2))  # for triple_did
 
 
 def test_every_event_study_estimator_is_covered() -> None:
