@@ -23,6 +23,8 @@ _LAZY = {
     "event_study": "dte_dask.estimators.event_study",
     "stacked_did": "dte_dask.estimators.stacked",
     "sun_abraham": "dte_dask.estimators.sun_abraham",
+    "did_multiplegt": "dte_dask.estimators.did_multiplegt",
+    "twowayfeweights": "dte_dask.estimators.twowayfeweights",
     "bacon_decomposition": "dte_dask.estimators.bacon",
     "imputation_did": "dte_dask.estimators.imputation",
     "two_stage_did": "dte_dask.estimators.two_stage",
