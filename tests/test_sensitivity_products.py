@@ -27,13 +27,15 @@ ESTIMATORS = {
     "imputation_did": dict(pretrends=2),
     "two_stage_did": dict(pretrends=2),
     "etwfe": dict(control_group="never_treated"),  # its event-time aggregation
+    "did_multiplegt": dict(effects=3, placebo=2),  # effects from event time 1, placebos before
 }
 
 
 @pytest.fixture(scope="module")
 def panel() -> pd.DataFrame:
     df = dte_dask.simulate_panel(200, 6, seed=3).data.compute(scheduler="sync")
-    return df.assign(eligible=(df["unit"].rank(method="dense").astype(int) % 2))  # for triple_did
+    return df.assign(eligible=(df["unit"].rank(method="dense").astype(int) % 2),  # for triple_did
+                     d=((df["group"] > 0) & (df["time"] >= df["group"])).astype(float))  # did_multiplegt
 
 
 def test_every_event_study_estimator_is_covered() -> None:
@@ -46,17 +48,20 @@ def test_every_event_study_estimator_is_covered() -> None:
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_honest_did_on_every_event_study_estimator(panel: pd.DataFrame, name: str) -> None:
     fn = getattr(dte_dask, name)
+    cols = dict(COLS) if name != "did_multiplegt" else dict(outcome="y", unit="unit", time="time", treatment="d")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = fn(panel, **COLS, **ESTIMATORS[name])
+        res = fn(panel, **cols, **ESTIMATORS[name])
     h = dte_dask.honest_did(res, M=[0.0, 1.0], grid_points=40)
     assert np.all(np.isfinite(h.lb)) and np.all(np.isfinite(h.ub)) and np.all(h.lb < h.ub)
     assert h.lb[1] <= h.lb[0] + h.grid_step.max() and h.ub[1] >= h.ub[0] - h.grid_step.max()
-    # the original interval is the result's own pointwise CI at event time 0 (its critical value:
-    # normal for att_gt, t with clusters - 1 df for the regressions)
+    # the original interval is the result's own pointwise CI at the first post-period (its critical
+    # value: normal for att_gt, t with clusters - 1 df for the regressions)
     es = res.event_study().to_frame().set_index("event_time")
-    np.testing.assert_allclose(h.original, es.loc[0, ["ci_lower", "ci_upper"]].to_numpy(float), rtol=1e-12)
-    assert h.estimate == es.loc[0, "estimate"]
+    e0 = h.event_times[h.num_pre_periods]
+    assert e0 == (1 if name == "did_multiplegt" else 0)
+    np.testing.assert_allclose(h.original, es.loc[e0, ["ci_lower", "ci_upper"]].to_numpy(float), rtol=1e-12)
+    assert h.estimate == es.loc[e0, "estimate"]
     # and for an average of the post-periods, l'b +- c sqrt(l'Vl) with the same critical value
     n_post = h.num_post_periods
     avg = dte_dask.honest_did(res, l_vec=np.full(n_post, 1 / n_post), restriction="smoothness", M=[0.0])
@@ -64,7 +69,7 @@ def test_honest_did_on_every_event_study_estimator(panel: pd.DataFrame, name: st
     V = res.event_study().vcov()
     keep = ~((es["estimate"].to_numpy() == 0) & ~(es["se"].to_numpy() > 0))
     Vp = V[np.ix_(post & keep, post & keep)]
-    c = (es.loc[0, "ci_upper"] - es.loc[0, "estimate"]) / es.loc[0, "se"]
+    c = (es.loc[e0, "ci_upper"] - es.loc[e0, "estimate"]) / es.loc[e0, "se"]
     half = c * np.sqrt(np.full(n_post, 1 / n_post) @ Vp @ np.full(n_post, 1 / n_post))
     np.testing.assert_allclose(avg.original, (avg.estimate - half, avg.estimate + half), rtol=1e-10)
     assert np.isfinite(avg.lb[0]) and np.isfinite(avg.ub[0])

@@ -47,7 +47,7 @@ class PretrendsOptions(_Closed):
 class HonestDiDOptions(_Closed):
     """``honest_did``: the keywords of :func:`dte_dask.honest_did` (see docs/sensitivity.md)."""
 
-    event_time: int | None = 0
+    event_time: int | None = None
     l_vec: list[float] | None = Field(None, min_length=1)
     restriction: Literal["relative_magnitude", "smoothness", "combined"] = "relative_magnitude"
     M: list[float] | float | None = Field(None, description="bounds (at most 200)")

@@ -185,7 +185,7 @@ def original_cs(betahat: np.ndarray, sigma: np.ndarray, n_pre: int, l_vec: np.nd
 
 
 def honest_did(
-    result: Any = None, *, event_time: int | None = 0, l_vec: Any = None,
+    result: Any = None, *, event_time: int | None = None, l_vec: Any = None,
     restriction: Restriction = "relative_magnitude", M: Any = None, method: Method | None = None,
     alpha: float | None = None, bias_direction: str | None = None, monotonicity_direction: str | None = None,
     grid_points: int = 1000, grid_lb: float | None = None, grid_ub: float | None = None,
@@ -199,11 +199,13 @@ def honest_did(
     result : an event-study result of any estimator (its ``event_study()``: the dynamic
         aggregation of ``att_gt``, the coefficients of ``event_study``, ``sun_abraham``,
         ``stacked_did``, ``imputation_did(pretrends=k)``, ``two_stage_did(pretrends=k)``,
-        ``etwfe(control_group="never_treated")``), with the full covariance ``vcov()``; or pass
+        ``etwfe(control_group="never_treated")``, ``triple_did``, ``did_multiplegt(placebo=k)``), with
+        the full covariance ``vcov()``; or pass
         ``betahat``, ``sigma``, ``num_pre_periods``, ``num_post_periods`` instead (as
         ``createSensitivityResults``), the reference period excluded.
-    event_time : the post-period event time of interest (default 0, the first post-period); with raw
-        inputs, post-periods are numbered 0, 1, ... Ignored when ``l_vec`` is given.
+    event_time : the post-period event time of interest (default: the first post-period, event time 0;
+        1 for ``did_multiplegt``, whose effects start at 1); with raw inputs, post-periods are
+        numbered 0, 1, ... Ignored when ``l_vec`` is given.
     l_vec : weights on the post-period coefficients (theta = l' tau_post).
     restriction : "relative_magnitude" (default), "smoothness", "combined".
     M : bounds (Mbar for relative magnitudes); non-negative. Default: 0, 0.5, ..., 2 (Mbar), or ten
@@ -273,7 +275,7 @@ def _l_vec(l_vec: Any, event_time: int | None, event_times: np.ndarray | None, n
             raise SpecError(f"l_vec must be {n_post} finite weights (one per post-period), not all zero; got {lv.tolist()}")
         return lv
     post = np.arange(n_post) if event_times is None else np.asarray(event_times)[n_pre:]
-    e = 0 if event_time is None else event_time
+    e = post[0] if event_time is None else event_time
     hits = np.flatnonzero(post == e)
     if hits.size != 1:
         raise SpecError(f"event_time={event_time!r} is not a post-period event time; available: {post.tolist()}")

@@ -56,7 +56,8 @@ def event_study_inputs(result: Any) -> tuple[Array, Array, Array, int, int]:
     if n_pre == 0:
         raise SpecError("result has no pre-period estimates (event time < 0 besides the reference period): "
                         "honest_did needs at least one; estimate pre-treatment event times (e.g. "
-                        "imputation_did / two_stage_did with pretrends=k, etwfe with control_group='never_treated')")
+                        "imputation_did / two_stage_did with pretrends=k, etwfe with control_group='never_treated', "
+                        "did_multiplegt with placebo=k)")
     if n_post == 0:
         raise SpecError("result has no post-period estimates (event time >= 0)")
     _check_spacing(e, n_pre)
