@@ -28,6 +28,7 @@ ESTIMATORS = {
     "two_stage_did": dict(pretrends=2),
     "etwfe": dict(control_group="never_treated"),  # its event-time aggregation
     "did_multiplegt": dict(effects=3, placebo=2),  # effects from event time 1, placebos before
+    "continuous_did": dict(dose="dose", aggregation="eventstudy", bootstrap=False),  # ATT by event time
 }
 
 
@@ -35,7 +36,8 @@ ESTIMATORS = {
 def panel() -> pd.DataFrame:
     df = dte_dask.simulate_panel(200, 6, seed=3).data.compute(scheduler="sync")
     return df.assign(eligible=(df["unit"].rank(method="dense").astype(int) % 2),  # for triple_did
-                     d=((df["group"] > 0) & (df["time"] >= df["group"])).astype(float))  # did_multiplegt
+                     d=((df["group"] > 0) & (df["time"] >= df["group"])).astype(float),  # did_multiplegt
+                     dose=np.where(df["group"] > 0, 1.0 + df["unit"].rank(method="dense") % 5, 0.0))  # continuous_did
 
 
 def test_every_event_study_estimator_is_covered() -> None:

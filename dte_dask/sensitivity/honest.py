@@ -199,7 +199,8 @@ def honest_did(
     result : an event-study result of any estimator (its ``event_study()``: the dynamic
         aggregation of ``att_gt``, the coefficients of ``event_study``, ``sun_abraham``,
         ``stacked_did``, ``imputation_did(pretrends=k)``, ``two_stage_did(pretrends=k)``,
-        ``etwfe(control_group="never_treated")``, ``triple_did``, ``did_multiplegt(placebo=k)``), with
+        ``etwfe(control_group="never_treated")``, ``triple_did``, ``did_multiplegt(placebo=k)``,
+        ``continuous_did(aggregation="eventstudy")``), with
         the full covariance ``vcov()``; or pass
         ``betahat``, ``sigma``, ``num_pre_periods``, ``num_post_periods`` instead (as
         ``createSensitivityResults``), the reference period excluded.
