@@ -107,9 +107,7 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
     tau = np.where(u1, np.nan_to_num(y) - f - alpha[:, None], 0.0)
     gi = np.where(np.isfinite(block.g), block.g, 0).astype(np.int64)
     h = np.where(u1, tt[None, :] - gi[:, None], 0)
-    cidx = np.zeros(n, dtype=np.int64)
-    for c, value in enumerate(spec.cohorts):
-        cidx[block.g == value] = c
+    cidx = _cohort_index(block, spec)
     if spec.partition == "cohort_horizon":
         cell = cidx[:, None] * spec.H + h
     elif spec.partition == "cohort":
@@ -128,22 +126,61 @@ def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
     return np.nan_to_num(np.broadcast_to(x[:, None], (block.n, T)) if x.ndim == 1 else x)
 
 
-def _target_w(imp: _Imputed, spec: ImputationSpec, k: int, s: np.ndarray, u: np.ndarray | None) -> np.ndarray:
-    """Unnormalized weights of target k on the treated observations (zero elsewhere)."""
-    hh = np.where(imp.u1, imp.h, 0)
-    w = s * spec.targets[k][hh]
+@dataclass(frozen=True)
+class _Treated:
+    """The imputed treated observations of a block as flat arrays, in unit-major, period-minor order."""
+
+    unit: np.ndarray  # row of the unit
+    h: np.ndarray  # horizon
+    cell: np.ndarray  # auxiliary cell
+    s: np.ndarray  # sampling weight
+    tau: np.ndarray  # imputed effect
+    u: np.ndarray | None  # user weight (None: no user weights)
+
+
+def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None) -> _Treated:
+    n, T = imp.u1.shape
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.u1]
+    return _Treated(rows, imp.h[imp.u1], imp.cell[imp.u1], s[imp.u1], imp.tau[imp.u1],
+                    None if u is None else u[imp.u1])
+
+
+def _target_obs(tr: _Treated, spec: ImputationSpec, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The treated observations target k weights (indices into ``tr``) and their unnormalized weights."""
+    wk = spec.targets[k][tr.h]
+    idx = np.flatnonzero(wk != 0)
+    aw = tr.s[idx] * wk[idx]
     if k in spec.user_rows:
-        w = w * u
-    return np.where(imp.u1, w, 0.0)
+        aw = aw * tr.u[idx]
+    return idx, aw
 
 
-def _unit_cell_sums(imp: _Imputed, aw: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (unit, cell): a = sum of target weights, b = sum of weight x tau; and each key's cell."""
-    n = aw.shape[0]
-    key = (np.arange(n)[:, None] * n_cells + imp.cell)[imp.u1]
-    a = np.bincount(key, aw[imp.u1], minlength=n * n_cells)
-    b = np.bincount(key, (aw * imp.tau)[imp.u1], minlength=n * n_cells)
-    return a, b, np.tile(np.arange(n_cells), n)
+def _cell_sums(tr: _Treated, idx: np.ndarray, aw: np.ndarray, spec: ImputationSpec, cidx: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per (unit, cell) group of target k's observations: a = sum of weights, b = sum of weight x tau,
+    the group's cell, and each observation's group (None: every observation is its own group, as
+    under the cohort x horizon and horizon partitions, where a unit has one observation per cell)."""
+    if spec.partition == "cohort":
+        a = np.bincount(tr.unit[idx], aw, minlength=n)
+        b = np.bincount(tr.unit[idx], aw * tr.tau[idx], minlength=n)
+        return a, b, cidx, tr.unit[idx]
+    return aw, aw * tr.tau[idx], tr.cell[idx], None
+
+
+def _cohort_index(block: Any, spec: ImputationSpec) -> np.ndarray:
+    cidx = np.zeros(block.n, dtype=np.int64)
+    for c, value in enumerate(spec.cohorts):
+        cidx[block.g == value] = c
+    return cidx
+
+
+def _rowdot(a: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(n, T) x (T, K) -> (n, K), each entry summed over t in period order (no BLAS: the same bits
+    whatever the number of rows)."""
+    out = a[:, 0, None] * B[0][None, :]
+    for t in range(1, a.shape[1]):
+        out += a[:, t, None] * B[t][None, :]
+    return out
 
 
 def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,9 +221,10 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
         for j in range(len(spec.cov_idx)):
             Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
         user["Ru"] = Ru
+    tr, cidx = _treated(imp, s, u), _cohort_index(block, spec)
     for k in range(K):
-        aw = _target_w(imp, spec, k, s, u)
-        a, b, cells = _unit_cell_sums(imp, aw, nc)
+        idx, aw = _target_obs(tr, spec, k)
+        a, b, cells, _ = _cell_sums(tr, idx, aw, spec, cidx, n)
         num[k] = np.bincount(cells, a * b, minlength=nc)
         den[k] = np.bincount(cells, a * a, minlength=nc)
     return {"N": N, "T": Tsum, "R": R, "num": num, "den": den,
@@ -214,34 +252,38 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     """
     imp = impute(block, spec, beta)
     n, T = block.y.shape
-    K, nc = spec.targets.shape[0], spec.n_cells
+    K = spec.targets.shape[0]
     s = np.broadcast_to(block.w[:, None], (n, T))
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    u = _user_weights(block, spec)
+    tr, cidx = _treated(imp, s, _user_weights(block, spec)), _cohort_index(block, spec)
     out = np.zeros((n, K + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         tilde = np.where(den > 0, num / den, 0.0)
+    omega = np.zeros((n, K))  # per unit, the target's total (normalized) weight on its treated observations
     for k in range(K):
-        v1 = _target_w(imp, spec, k, s, u) / Nk[k]
-        omega = _rowsum(v1)
-        z = Z[k]
-        lam = np.r_[0.0, z[:spec.n_fe]]
-        xz = np.broadcast_to(lam[None, :], (n, T)).copy()
-        xz -= (_rowsum(np.where(imp.u0, xz, 0.0)) * inv0)[:, None]
-        for j in range(len(spec.cov_idx)):
-            xz += imp.xc[:, :, j] * z[spec.n_fe + j]
-        v0 = np.where(imp.u0, -(omega * inv0)[:, None] - s * xz, 0.0)
-        a, b, _ = _unit_cell_sums(imp, v1 * Nk[k], nc)
-        a, b = a.reshape(n, nc), b.reshape(n, nc)
-        cell_t = np.broadcast_to(tilde[k][None, :], (n, nc))
-        if leave_out:
-            dl = den[k][None, :] - a * a
-            ok = (dl > 1e-12 * np.maximum(den[k][None, :], 1e-300)) & (a != 0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cell_t = np.where(ok, (num[k][None, :] - a * b) / dl, cell_t)
-        tt_obs = np.take_along_axis(cell_t, imp.cell, axis=1) if center is None else center[k]
-        resid1 = np.where(imp.u1, imp.tau - tt_obs, 0.0)
-        out[:, k] = _rowsum(v0 * imp.eps) + _rowsum(v1 * resid1)
+        idx, aw = _target_obs(tr, spec, k)
+        v1 = aw / Nk[k]
+        omega[:, k] = np.bincount(tr.unit[idx], v1, minlength=n)
+        if center is None:
+            a, b, cells, group = _cell_sums(tr, idx, aw, spec, cidx, n)
+            cell_t = tilde[k][cells]
+            if leave_out:
+                dl = den[k][cells] - a * a
+                ok = (dl > 1e-12 * np.maximum(den[k][cells], 1e-300)) & (a != 0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cell_t = np.where(ok, (num[k][cells] - a * b) / dl, cell_t)
+            tt_obs = cell_t if group is None else cell_t[group]
+        else:
+            tt_obs = center[k]
+        out[:, k] = np.bincount(tr.unit[idx], v1 * (tr.tau[idx] - tt_obs), minlength=n)
+    # untreated observations: v_it = -(omega_i / n0_i + s_i xz_it), xz_it = lam_t - mean_0(lam) + xc_it'z
+    # (lam = [0, time effects of z]), so sum_t v_it eps_it needs only per-unit sums of eps
+    lam = np.vstack([np.zeros((1, K)), Z[:, :spec.n_fe].T])  # (T, K)
+    E = _rowsum(imp.eps)
+    xz_eps = _rowdot(imp.eps, lam) - _rowdot(imp.u0.astype(np.float64), lam) * (inv0 * E)[:, None]
+    for j in range(len(spec.cov_idx)):
+        xz_eps += _rowsum(np.where(imp.u0, imp.xc[:, :, j], 0.0) * imp.eps)[:, None] * Z[:, spec.n_fe + j][None, :]
+    out[:, :K] += -omega * (inv0 * E)[:, None] - block.w[:, None] * xz_eps
     out[:, K] = (imp.u0.any(axis=1) | imp.u1.any(axis=1)).astype(float)
     return out
 
