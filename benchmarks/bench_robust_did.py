@@ -61,7 +61,7 @@ PEERS = {  # (tool, task) -> the dte_dask estimator it is compared with
 # ------------------------------------------------------------------------------------ workers
 def _overall(name: str, res) -> float:
     if name == "bacon_decomposition":
-        return float(res.twfe_estimate)
+        return float(res.twfe)
     other = res.other
     row = other[other["type"] == "simple"] if "type" in other else other[other["term"] == "ATT"]
     return float(row["coef"].iloc[0])
@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ooc-workers", type=int, default=2)
     ap.add_argument("--ooc-memory", default="2GiB")
     ap.add_argument("--ooc-estimator", default="imputation_did")
+    ap.add_argument("--ooc-partition-units", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=3, help="runs per measurement at the peers' size (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800)
@@ -327,6 +328,8 @@ def main(argv=None) -> int:
                     print(f"{tool} {task} / dte_dask {est} (load + fit): {a['seconds'] / b['seconds']:.1f}x{diff}")
         if "ooc" in what:
             path = panel(scratch, args.ooc_units, args.big_periods, args.seed, files=args.ooc_files)
+            # one task must fit a worker: ~64k-unit partitions (as the issue-6 out-of-core runs)
+            os.environ.setdefault("DASK_DTE_DASK__PARTITION_UNITS", str(args.ooc_partition_units))
             spill = scratch / "dask-scratch"
             spill.mkdir(exist_ok=True)
             res = measure({"tool": "dte_dask", "task": args.ooc_estimator, "source": "parquet", "path": str(path),

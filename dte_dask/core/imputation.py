@@ -35,6 +35,8 @@ class ImputationSpec:
     targets: np.ndarray  # (K, H) 0/1: horizons each target averages
     user: int = -1  # block covariate holding user weights on treated observations (-1: none)
     user_rows: tuple[int, ...] = ()  # targets weighted by them
+    leads: tuple[int, ...] = ()  # event times < -1 of treated units' untreated observations with their own
+    # target columns T, T+1, ... (Gardner's second-stage leads: their residual in place of tau)
 
     @property
     def H(self) -> int:
@@ -47,7 +49,7 @@ class ImputationSpec:
 
     def __dask_tokenize__(self) -> Any:
         return ("imputation-spec", self.n_fe, self.cov_idx, self.bad.tobytes(), self.cohorts, self.partition,
-                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows)
+                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows, self.leads)
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,12 @@ class _Imputed:
     u1: np.ndarray  # (n, T) treated observations imputed
     n0: np.ndarray  # (n,) untreated observations per unit
     eps: np.ndarray  # (n, T) step-1 residual on u0, 0 elsewhere
-    tau: np.ndarray  # (n, T) imputed effect on u1, 0 elsewhere
-    h: np.ndarray  # (n, T) horizon t - g on u1, 0 elsewhere
-    cell: np.ndarray  # (n, T) auxiliary cell on u1, 0 elsewhere
+    tau: np.ndarray  # (n, T) imputed effect on u1, step-1 residual on lead observations, 0 elsewhere
+    h: np.ndarray  # (n, T) target column on ut (the horizon t - g on u1), 0 elsewhere
+    cell: np.ndarray  # (n, T) auxiliary cell on ut, 0 elsewhere
     xc: np.ndarray | None  # (n, T, p) covariates minus the unit's untreated mean
     no_untreated: np.ndarray  # (n,) units with treated but no untreated observations
+    ut: np.ndarray  # (n, T) observations targets average: u1 and the lead observations
 
 
 def _rowsum(a: np.ndarray) -> np.ndarray:
@@ -107,6 +110,15 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
     tau = np.where(u1, np.nan_to_num(y) - f - alpha[:, None], 0.0)
     gi = np.where(np.isfinite(block.g), block.g, 0).astype(np.int64)
     h = np.where(u1, tt[None, :] - gi[:, None], 0)
+    ut = u1
+    if spec.leads:
+        e = tt[None, :] - gi[:, None]
+        col = np.full(T + 1, -1)
+        col[[-int(v) for v in spec.leads]] = T + np.arange(len(spec.leads))
+        lead = u0 & np.isin(block.g, spec.cohorts)[:, None] & (e < 0)
+        c = np.where(lead, col[np.clip(-e, 0, T)], -1)
+        lead &= c >= 0
+        ut, h, tau = u1 | lead, np.where(lead, c, h), np.where(lead, eps, tau)
     cidx = _cohort_index(block, spec)
     if spec.partition == "cohort_horizon":
         cell = cidx[:, None] * spec.H + h
@@ -114,8 +126,8 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
         cell = np.broadcast_to(cidx[:, None], (n, T))
     else:
         cell = h
-    cell = np.where(u1, cell, 0)
-    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated)
+    cell = np.where(ut, cell, 0)
+    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated, ut)
 
 
 def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
@@ -139,10 +151,10 @@ class _Treated:
 
 
 def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None) -> _Treated:
-    n, T = imp.u1.shape
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.u1]
-    return _Treated(rows, imp.h[imp.u1], imp.cell[imp.u1], s[imp.u1], imp.tau[imp.u1],
-                    None if u is None else u[imp.u1])
+    n, T = imp.ut.shape
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut]
+    return _Treated(rows, imp.h[imp.ut], imp.cell[imp.ut], s[imp.ut], imp.tau[imp.ut],
+                    None if u is None else u[imp.ut])
 
 
 def _target_obs(tr: _Treated, spec: ImputationSpec, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,21 +204,21 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
     n, T = block.y.shape
     H, m = spec.H, spec.n_fe + len(spec.cov_idx)
     s = np.broadcast_to(block.w[:, None], (n, T))
-    h1, s1 = imp.h[imp.u1], s[imp.u1]
+    h1, s1 = imp.h[imp.ut], s[imp.ut]
     N = np.bincount(h1, s1, minlength=H)
-    Tsum = np.bincount(h1, s1 * imp.tau[imp.u1], minlength=H)
+    Tsum = np.bincount(h1, s1 * imp.tau[imp.ut], minlength=H)
     R = np.zeros((H, m))
     tt = np.broadcast_to(np.arange(T)[None, :], (n, T))
-    t1 = tt[imp.u1]
+    t1 = tt[imp.ut]
     fe = t1 >= 1
     np.add.at(R, (h1[fe], t1[fe] - 1), s1[fe])  # + s at the treated period's dummy
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
     C = np.zeros((n, H))  # s_i per horizon the unit is treated at
-    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.u1], h1), s1)
+    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut], h1), s1)
     M = np.where(imp.u0, inv0[:, None], 0.0)[:, 1:]  # untreated mean of the dummy rows
     R[:, :spec.n_fe] -= C.T @ M
     for j in range(len(spec.cov_idx)):
-        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.u1], minlength=H)
+        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.ut], minlength=H)
     K, nc = spec.targets.shape[0], spec.n_cells
     num, den = np.zeros((K, nc)), np.zeros((K, nc))
     u = _user_weights(block, spec)
