@@ -148,20 +148,30 @@ class _Treated:
     s: np.ndarray  # sampling weight
     tau: np.ndarray  # imputed effect
     u: np.ndarray | None  # user weight (None: no user weights)
+    order: np.ndarray  # observations sorted by target column (stable: unit-major within a column)
+    starts: np.ndarray  # (H + 1,) where each target column starts in ``order``
 
 
-def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None) -> _Treated:
+def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None, H: int) -> _Treated:
     n, T = imp.ut.shape
     rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut]
-    return _Treated(rows, imp.h[imp.ut], imp.cell[imp.ut], s[imp.ut], imp.tau[imp.ut],
-                    None if u is None else u[imp.ut])
+    h = imp.h[imp.ut]
+    order = np.argsort(h, kind="stable")
+    starts = np.searchsorted(h[order], np.arange(H + 1))
+    return _Treated(rows, h, imp.cell[imp.ut], s[imp.ut], imp.tau[imp.ut], None if u is None else u[imp.ut],
+                    order, starts)
 
 
 def _target_obs(tr: _Treated, spec: ImputationSpec, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The treated observations target k weights (indices into ``tr``) and their unnormalized weights."""
-    wk = spec.targets[k][tr.h]
-    idx = np.flatnonzero(wk != 0)
-    aw = tr.s[idx] * wk[idx]
+    nz = np.flatnonzero(spec.targets[k])
+    if nz.size == 1:  # one target column (a horizon or a lead): its observations, in unit order
+        idx = tr.order[tr.starts[nz[0]]:tr.starts[nz[0] + 1]]
+        aw = tr.s[idx] * spec.targets[k][nz[0]]
+    else:
+        wk = spec.targets[k][tr.h]
+        idx = np.flatnonzero(wk != 0)
+        aw = tr.s[idx] * wk[idx]
     if k in spec.user_rows:
         aw = aw * tr.u[idx]
     return idx, aw
@@ -190,8 +200,10 @@ def _rowdot(a: np.ndarray, B: np.ndarray) -> np.ndarray:
     """(n, T) x (T, K) -> (n, K), each entry summed over t in period order (no BLAS: the same bits
     whatever the number of rows)."""
     out = a[:, 0, None] * B[0][None, :]
+    tmp = np.empty_like(out)
     for t in range(1, a.shape[1]):
-        out += a[:, t, None] * B[t][None, :]
+        np.multiply(a[:, t, None], B[t][None, :], out=tmp)
+        out += tmp
     return out
 
 
@@ -233,7 +245,7 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
         for j in range(len(spec.cov_idx)):
             Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
         user["Ru"] = Ru
-    tr, cidx = _treated(imp, s, u), _cohort_index(block, spec)
+    tr, cidx = _treated(imp, s, u, spec.H), _cohort_index(block, spec)
     for k in range(K):
         idx, aw = _target_obs(tr, spec, k)
         a, b, cells, _ = _cell_sums(tr, idx, aw, spec, cidx, n)
@@ -267,7 +279,7 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     K = spec.targets.shape[0]
     s = np.broadcast_to(block.w[:, None], (n, T))
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    tr, cidx = _treated(imp, s, _user_weights(block, spec)), _cohort_index(block, spec)
+    tr, cidx = _treated(imp, s, _user_weights(block, spec), spec.H), _cohort_index(block, spec)
     out = np.zeros((n, K + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         tilde = np.where(den > 0, num / den, 0.0)
@@ -292,7 +304,7 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     # (lam = [0, time effects of z]), so sum_t v_it eps_it needs only per-unit sums of eps
     lam = np.vstack([np.zeros((1, K)), Z[:, :spec.n_fe].T])  # (T, K)
     E = _rowsum(imp.eps)
-    xz_eps = _rowdot(imp.eps, lam) - _rowdot(imp.u0.astype(np.float64), lam) * (inv0 * E)[:, None]
+    xz_eps = _rowdot(imp.eps - np.where(imp.u0, (inv0 * E)[:, None], 0.0), lam)
     for j in range(len(spec.cov_idx)):
         xz_eps += _rowsum(np.where(imp.u0, imp.xc[:, :, j], 0.0) * imp.eps)[:, None] * Z[:, spec.n_fe + j][None, :]
     out[:, :K] += -omega * (inv0 * E)[:, None] - block.w[:, None] * xz_eps
