@@ -25,7 +25,7 @@ __all__ = ["EstimatorEntry", "register", "register_estimator", "unregister", "ge
 
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 _BUILTIN_MODULES = ("dte_dask.estimators.cs", "dte_dask.estimators.event_study", "dte_dask.estimators.stacked",
-                    "dte_dask.estimators.sun_abraham")
+                    "dte_dask.estimators.sun_abraham", "dte_dask.estimators.triple_did")
 
 
 @dataclass(frozen=True)
