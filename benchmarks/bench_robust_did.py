@@ -251,7 +251,9 @@ def panel(scratch: Path, n: int, T: int, seed: int, files: int | None = None) ->
 
 def _row(tool, task, n, T, res):
     if "seconds" not in res:
-        return [tool, task, f"{n:,} x {T}", "error: " + res.get("error", "?"), "", "", "", ""]
+        err = res.get("error", "?").replace("\n", " ").replace("|", "/")[:200]
+        return [tool, task, f"{n:,} x {T}", "error: " + err, "", "", f"{res['peak_mib']:.0f}",
+                "{:.1f} / {:.1f}".format(*res["load_avg"])]
     split = f"{res['load']:.2f} + {res['fit']:.2f}" if "load" in res else ""
     la = "{:.1f} / {:.1f}".format(*res["load_avg"])
     return [tool, task, f"{n:,} x {T}", f"{res['seconds']:.2f}", split, f"{res['cpu']:.1f}",
