@@ -121,12 +121,15 @@ def _declared() -> tuple[EstimatorEntry, ...]:
     ImputationOptions, TwoStageOptions = opts.ImputationOptions, opts.TwoStageOptions
     return (
         EstimatorEntry(name="imputation_did", function="dte_dask.estimators.imputation:imputation_did",
+                       compare="dte_dask.estimators.imputation:for_comparison",
                        options=ImputationOptions, label="Imputation (BJS)", covariates=True, bootstrap=False,
                        title="Borusyak, Jaravel & Spiess (2024) imputation estimator"),
         EstimatorEntry(name="two_stage_did", function="dte_dask.estimators.two_stage:two_stage_did",
+                       compare="dte_dask.estimators.two_stage:for_comparison",
                        options=TwoStageOptions, label="Two-stage DiD", covariates=True, bootstrap=False,
                        title="Gardner (2021) two-stage DiD"),
-        EstimatorEntry(name="etwfe", function="dte_dask.estimators.etwfe:etwfe", options=EtwfeOptions,
+        EstimatorEntry(name="etwfe", function="dte_dask.estimators.etwfe:etwfe",
+                       compare="dte_dask.estimators.etwfe:for_comparison", options=EtwfeOptions,
                        label="ETWFE", covariates=True, bootstrap=False, cost="cells",
                        title="Wooldridge (2021) extended TWFE"),
         EstimatorEntry(name="bacon_decomposition", function="dte_dask.estimators.bacon:bacon_decomposition",

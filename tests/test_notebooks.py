@@ -32,6 +32,7 @@ def test_notebook_runs(name):
     assert "Traceback" not in text
     if name.startswith("01"):
         assert "Group-Time Average Treatment Effects" in text and "Randomization inference" in text
+        assert "two_stage_did_estimate" in text and "etwfe_estimate" in text  # the robust-estimator section
     if name.startswith("02"):
         assert "dashboard: http" in text and "Placebo adoption dates" in text
     if name.startswith("03"):

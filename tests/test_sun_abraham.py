@@ -126,7 +126,8 @@ def test_compare_estimators_lines_up_effects():
     # binned event-study endpoints are not comparable and are left out
     assert tab.loc[tab["event_time"].isin([-3, 3]), "event_study_estimate"].isna().all()
     corr = cmp.correlation
-    assert list(corr.columns) == ["att_gt", "event_study", "stacked_did", "sun_abraham"]
+    assert list(corr.columns) == ["att_gt", "event_study", "stacked_did", "sun_abraham", "imputation_did",
+                                 "two_stage_did", "etwfe"]
     np.testing.assert_allclose(np.diag(corr), 1.0)
     assert corr.loc["att_gt", "sun_abraham"] == pytest.approx(1.0, abs=1e-12)
     assert "Correlation" in cmp.summary()

@@ -147,3 +147,39 @@ def test_partition_invariance():
         b = dte_dask.two_stage_did(df, **COLS, **kw, npartitions=4)
     np.testing.assert_allclose(a.coef, b.coef, atol=1e-12, rtol=0)
     np.testing.assert_allclose(a.cov, b.cov, atol=1e-12, rtol=0)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("covariate", [False, True], ids=["nocov", "cov"])
+def test_leads_match_pyfixest_did2s(covariate):
+    """Second-stage leads: did2s with ``second_stage = ~ i(rel_year, ref = c(-1, Inf))`` (one dummy per
+    event time but -1, never treated left out); the post-treatment rows are those without leads."""
+    pf = pytest.importorskip("pyfixest")
+    df = _no_singletons(_frame(0.0, seed=11, covariate=covariate))
+    cov = ["x1"] if covariate else None
+    res = dte_dask.two_stage_did(df, **COLS, covariates=cov, pretrends=10)
+    base = dte_dask.two_stage_did(df, **COLS, covariates=cov)
+    g, t = df["group"], df["time"]
+    leads = sorted({int(e) for e in (t - g)[(g > 0) & (t - g < -1)]})
+    assert len(leads) >= 3 and res.event_time.tolist() == leads + base.event_time.tolist() and res.ref == -1
+    post = res.event_time >= 0
+    np.testing.assert_array_equal(res.coef[post], base.coef)
+    np.testing.assert_allclose(res.se[post], base.se, rtol=1e-13)
+    d = df.copy()
+    d["D"] = ((d["group"] > 0) & (d["time"] >= d["group"])).astype(float)
+    rel = np.where(d["group"] > 0, d["time"] - d["group"], -999)
+    names = []
+    for e in res.event_time:
+        names.append(f"e{e}".replace("-", "m"))
+        d[names[-1]] = (rel == e).astype(float)
+    fs = f"~ {'x1' if covariate else '0'} | unit + time"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = pf.did2s(d, yname="y", first_stage=fs, second_stage="~ " + " + ".join(names), treatment="D",
+                     cluster="unit")
+    np.testing.assert_allclose(res.coef, m.coef()[names], atol=3e-5, rtol=0)  # pyfixest demeaning: see _check
+    np.testing.assert_allclose(res.se, m.se()[names], atol=5e-6, rtol=5e-6)
+    # fewer leads: the latest pre-periods only, the others unchanged
+    two = dte_dask.two_stage_did(df, **COLS, covariates=cov, pretrends=2)
+    assert two.event_time.tolist() == [-3, -2] + base.event_time.tolist()
+    np.testing.assert_array_equal(two.coef[:2], res.coef[len(leads) - 2:len(leads)])

@@ -35,6 +35,8 @@ class ImputationSpec:
     targets: np.ndarray  # (K, H) 0/1: horizons each target averages
     user: int = -1  # block covariate holding user weights on treated observations (-1: none)
     user_rows: tuple[int, ...] = ()  # targets weighted by them
+    leads: tuple[int, ...] = ()  # event times < -1 of treated units' untreated observations with their own
+    # target columns T, T+1, ... (Gardner's second-stage leads: their residual in place of tau)
 
     @property
     def H(self) -> int:
@@ -47,7 +49,7 @@ class ImputationSpec:
 
     def __dask_tokenize__(self) -> Any:
         return ("imputation-spec", self.n_fe, self.cov_idx, self.bad.tobytes(), self.cohorts, self.partition,
-                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows)
+                self.targets.tobytes(), self.targets.shape, self.user, self.user_rows, self.leads)
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,12 @@ class _Imputed:
     u1: np.ndarray  # (n, T) treated observations imputed
     n0: np.ndarray  # (n,) untreated observations per unit
     eps: np.ndarray  # (n, T) step-1 residual on u0, 0 elsewhere
-    tau: np.ndarray  # (n, T) imputed effect on u1, 0 elsewhere
-    h: np.ndarray  # (n, T) horizon t - g on u1, 0 elsewhere
-    cell: np.ndarray  # (n, T) auxiliary cell on u1, 0 elsewhere
+    tau: np.ndarray  # (n, T) imputed effect on u1, step-1 residual on lead observations, 0 elsewhere
+    h: np.ndarray  # (n, T) target column on ut (the horizon t - g on u1), 0 elsewhere
+    cell: np.ndarray  # (n, T) auxiliary cell on ut, 0 elsewhere
     xc: np.ndarray | None  # (n, T, p) covariates minus the unit's untreated mean
     no_untreated: np.ndarray  # (n,) units with treated but no untreated observations
+    ut: np.ndarray  # (n, T) observations targets average: u1 and the lead observations
 
 
 def _rowsum(a: np.ndarray) -> np.ndarray:
@@ -107,17 +110,24 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
     tau = np.where(u1, np.nan_to_num(y) - f - alpha[:, None], 0.0)
     gi = np.where(np.isfinite(block.g), block.g, 0).astype(np.int64)
     h = np.where(u1, tt[None, :] - gi[:, None], 0)
-    cidx = np.zeros(n, dtype=np.int64)
-    for c, value in enumerate(spec.cohorts):
-        cidx[block.g == value] = c
+    ut = u1
+    if spec.leads:
+        e = tt[None, :] - gi[:, None]
+        col = np.full(T + 1, -1)
+        col[[-int(v) for v in spec.leads]] = T + np.arange(len(spec.leads))
+        lead = u0 & np.isin(block.g, spec.cohorts)[:, None] & (e < 0)
+        c = np.where(lead, col[np.clip(-e, 0, T)], -1)
+        lead &= c >= 0
+        ut, h, tau = u1 | lead, np.where(lead, c, h), np.where(lead, eps, tau)
+    cidx = _cohort_index(block, spec)
     if spec.partition == "cohort_horizon":
         cell = cidx[:, None] * spec.H + h
     elif spec.partition == "cohort":
         cell = np.broadcast_to(cidx[:, None], (n, T))
     else:
         cell = h
-    cell = np.where(u1, cell, 0)
-    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated)
+    cell = np.where(ut, cell, 0)
+    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated, ut)
 
 
 def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
@@ -128,22 +138,73 @@ def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
     return np.nan_to_num(np.broadcast_to(x[:, None], (block.n, T)) if x.ndim == 1 else x)
 
 
-def _target_w(imp: _Imputed, spec: ImputationSpec, k: int, s: np.ndarray, u: np.ndarray | None) -> np.ndarray:
-    """Unnormalized weights of target k on the treated observations (zero elsewhere)."""
-    hh = np.where(imp.u1, imp.h, 0)
-    w = s * spec.targets[k][hh]
+@dataclass(frozen=True)
+class _Treated:
+    """The imputed treated observations of a block as flat arrays, in unit-major, period-minor order."""
+
+    unit: np.ndarray  # row of the unit
+    h: np.ndarray  # horizon
+    cell: np.ndarray  # auxiliary cell
+    s: np.ndarray  # sampling weight
+    tau: np.ndarray  # imputed effect
+    u: np.ndarray | None  # user weight (None: no user weights)
+    order: np.ndarray  # observations sorted by target column (stable: unit-major within a column)
+    starts: np.ndarray  # (H + 1,) where each target column starts in ``order``
+
+
+def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None, H: int) -> _Treated:
+    n, T = imp.ut.shape
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut]
+    h = imp.h[imp.ut]
+    order = np.argsort(h, kind="stable")
+    starts = np.searchsorted(h[order], np.arange(H + 1))
+    return _Treated(rows, h, imp.cell[imp.ut], s[imp.ut], imp.tau[imp.ut], None if u is None else u[imp.ut],
+                    order, starts)
+
+
+def _target_obs(tr: _Treated, spec: ImputationSpec, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The treated observations target k weights (indices into ``tr``) and their unnormalized weights."""
+    nz = np.flatnonzero(spec.targets[k])
+    if nz.size == 1:  # one target column (a horizon or a lead): its observations, in unit order
+        idx = tr.order[tr.starts[nz[0]]:tr.starts[nz[0] + 1]]
+        aw = tr.s[idx] * spec.targets[k][nz[0]]
+    else:
+        wk = spec.targets[k][tr.h]
+        idx = np.flatnonzero(wk != 0)
+        aw = tr.s[idx] * wk[idx]
     if k in spec.user_rows:
-        w = w * u
-    return np.where(imp.u1, w, 0.0)
+        aw = aw * tr.u[idx]
+    return idx, aw
 
 
-def _unit_cell_sums(imp: _Imputed, aw: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (unit, cell): a = sum of target weights, b = sum of weight x tau; and each key's cell."""
-    n = aw.shape[0]
-    key = (np.arange(n)[:, None] * n_cells + imp.cell)[imp.u1]
-    a = np.bincount(key, aw[imp.u1], minlength=n * n_cells)
-    b = np.bincount(key, (aw * imp.tau)[imp.u1], minlength=n * n_cells)
-    return a, b, np.tile(np.arange(n_cells), n)
+def _cell_sums(tr: _Treated, idx: np.ndarray, aw: np.ndarray, spec: ImputationSpec, cidx: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per (unit, cell) group of target k's observations: a = sum of weights, b = sum of weight x tau,
+    the group's cell, and each observation's group (None: every observation is its own group, as
+    under the cohort x horizon and horizon partitions, where a unit has one observation per cell)."""
+    if spec.partition == "cohort":
+        a = np.bincount(tr.unit[idx], aw, minlength=n)
+        b = np.bincount(tr.unit[idx], aw * tr.tau[idx], minlength=n)
+        return a, b, cidx, tr.unit[idx]
+    return aw, aw * tr.tau[idx], tr.cell[idx], None
+
+
+def _cohort_index(block: Any, spec: ImputationSpec) -> np.ndarray:
+    cidx = np.zeros(block.n, dtype=np.int64)
+    for c, value in enumerate(spec.cohorts):
+        cidx[block.g == value] = c
+    return cidx
+
+
+def _rowdot(a: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(n, T) x (T, K) -> (n, K), each entry summed over t in period order (no BLAS: the same bits
+    whatever the number of rows)."""
+    out = a[:, 0, None] * B[0][None, :]
+    tmp = np.empty_like(out)
+    for t in range(1, a.shape[1]):
+        np.multiply(a[:, t, None], B[t][None, :], out=tmp)
+        out += tmp
+    return out
 
 
 def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict[str, np.ndarray]:
@@ -155,21 +216,21 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
     n, T = block.y.shape
     H, m = spec.H, spec.n_fe + len(spec.cov_idx)
     s = np.broadcast_to(block.w[:, None], (n, T))
-    h1, s1 = imp.h[imp.u1], s[imp.u1]
+    h1, s1 = imp.h[imp.ut], s[imp.ut]
     N = np.bincount(h1, s1, minlength=H)
-    Tsum = np.bincount(h1, s1 * imp.tau[imp.u1], minlength=H)
+    Tsum = np.bincount(h1, s1 * imp.tau[imp.ut], minlength=H)
     R = np.zeros((H, m))
     tt = np.broadcast_to(np.arange(T)[None, :], (n, T))
-    t1 = tt[imp.u1]
+    t1 = tt[imp.ut]
     fe = t1 >= 1
     np.add.at(R, (h1[fe], t1[fe] - 1), s1[fe])  # + s at the treated period's dummy
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
     C = np.zeros((n, H))  # s_i per horizon the unit is treated at
-    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.u1], h1), s1)
+    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut], h1), s1)
     M = np.where(imp.u0, inv0[:, None], 0.0)[:, 1:]  # untreated mean of the dummy rows
     R[:, :spec.n_fe] -= C.T @ M
     for j in range(len(spec.cov_idx)):
-        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.u1], minlength=H)
+        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.ut], minlength=H)
     K, nc = spec.targets.shape[0], spec.n_cells
     num, den = np.zeros((K, nc)), np.zeros((K, nc))
     u = _user_weights(block, spec)
@@ -184,9 +245,10 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
         for j in range(len(spec.cov_idx)):
             Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
         user["Ru"] = Ru
+    tr, cidx = _treated(imp, s, u, spec.H), _cohort_index(block, spec)
     for k in range(K):
-        aw = _target_w(imp, spec, k, s, u)
-        a, b, cells = _unit_cell_sums(imp, aw, nc)
+        idx, aw = _target_obs(tr, spec, k)
+        a, b, cells, _ = _cell_sums(tr, idx, aw, spec, cidx, n)
         num[k] = np.bincount(cells, a * b, minlength=nc)
         den[k] = np.bincount(cells, a * a, minlength=nc)
     return {"N": N, "T": Tsum, "R": R, "num": num, "den": den,
@@ -214,34 +276,38 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     """
     imp = impute(block, spec, beta)
     n, T = block.y.shape
-    K, nc = spec.targets.shape[0], spec.n_cells
+    K = spec.targets.shape[0]
     s = np.broadcast_to(block.w[:, None], (n, T))
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    u = _user_weights(block, spec)
+    tr, cidx = _treated(imp, s, _user_weights(block, spec), spec.H), _cohort_index(block, spec)
     out = np.zeros((n, K + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         tilde = np.where(den > 0, num / den, 0.0)
+    omega = np.zeros((n, K))  # per unit, the target's total (normalized) weight on its treated observations
     for k in range(K):
-        v1 = _target_w(imp, spec, k, s, u) / Nk[k]
-        omega = _rowsum(v1)
-        z = Z[k]
-        lam = np.r_[0.0, z[:spec.n_fe]]
-        xz = np.broadcast_to(lam[None, :], (n, T)).copy()
-        xz -= (_rowsum(np.where(imp.u0, xz, 0.0)) * inv0)[:, None]
-        for j in range(len(spec.cov_idx)):
-            xz += imp.xc[:, :, j] * z[spec.n_fe + j]
-        v0 = np.where(imp.u0, -(omega * inv0)[:, None] - s * xz, 0.0)
-        a, b, _ = _unit_cell_sums(imp, v1 * Nk[k], nc)
-        a, b = a.reshape(n, nc), b.reshape(n, nc)
-        cell_t = np.broadcast_to(tilde[k][None, :], (n, nc))
-        if leave_out:
-            dl = den[k][None, :] - a * a
-            ok = (dl > 1e-12 * np.maximum(den[k][None, :], 1e-300)) & (a != 0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cell_t = np.where(ok, (num[k][None, :] - a * b) / dl, cell_t)
-        tt_obs = np.take_along_axis(cell_t, imp.cell, axis=1) if center is None else center[k]
-        resid1 = np.where(imp.u1, imp.tau - tt_obs, 0.0)
-        out[:, k] = _rowsum(v0 * imp.eps) + _rowsum(v1 * resid1)
+        idx, aw = _target_obs(tr, spec, k)
+        v1 = aw / Nk[k]
+        omega[:, k] = np.bincount(tr.unit[idx], v1, minlength=n)
+        if center is None:
+            a, b, cells, group = _cell_sums(tr, idx, aw, spec, cidx, n)
+            cell_t = tilde[k][cells]
+            if leave_out:
+                dl = den[k][cells] - a * a
+                ok = (dl > 1e-12 * np.maximum(den[k][cells], 1e-300)) & (a != 0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cell_t = np.where(ok, (num[k][cells] - a * b) / dl, cell_t)
+            tt_obs = cell_t if group is None else cell_t[group]
+        else:
+            tt_obs = center[k]
+        out[:, k] = np.bincount(tr.unit[idx], v1 * (tr.tau[idx] - tt_obs), minlength=n)
+    # untreated observations: v_it = -(omega_i / n0_i + s_i xz_it), xz_it = lam_t - mean_0(lam) + xc_it'z
+    # (lam = [0, time effects of z]), so sum_t v_it eps_it needs only per-unit sums of eps
+    lam = np.vstack([np.zeros((1, K)), Z[:, :spec.n_fe].T])  # (T, K)
+    E = _rowsum(imp.eps)
+    xz_eps = _rowdot(imp.eps - np.where(imp.u0, (inv0 * E)[:, None], 0.0), lam)
+    for j in range(len(spec.cov_idx)):
+        xz_eps += _rowsum(np.where(imp.u0, imp.xc[:, :, j], 0.0) * imp.eps)[:, None] * Z[:, spec.n_fe + j][None, :]
+    out[:, :K] += -omega * (inv0 * E)[:, None] - block.w[:, None] * xz_eps
     out[:, K] = (imp.u0.any(axis=1) | imp.u1.any(axis=1)).astype(float)
     return out
 

@@ -182,3 +182,9 @@ def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tup
     names += [f"cohort={plain(panel.group_label(g))}:{panel.spec.time}={plain(panel.periods.labels[t])}"
               for g, t in cells]
     return spec, names, cells
+
+
+def for_comparison(panel: Panel, window: tuple[int, int]) -> RegressionResult:
+    """In :func:`dte_dask.compare_estimators`: not-yet-treated controls, the event-time aggregation
+    (post-treatment event times)."""
+    return etwfe(panel, allow_unbalanced_panel=not panel.is_balanced)

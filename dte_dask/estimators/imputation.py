@@ -137,9 +137,10 @@ def imputation_did(
 
 def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int, aux_partition: str,
                    leave_out: bool, alpha: float, options: dict, t0: float, two_stage: bool = False,
-                   name: str = "imputation_did", user: int = -1) -> RegressionResult:
+                   name: str = "imputation_did", user: int = -1, leads: int = 0) -> RegressionResult:
     """The shared passes of ``imputation_did`` and ``two_stage_did`` (``two_stage``: the treated
-    residuals are centred at the target's estimate, Gardner's second-stage residuals)."""
+    residuals are centred at the target's estimate, Gardner's second-stage residuals; ``leads``:
+    second-stage dummies for event times -2, ..., -(leads + 1), reference -1)."""
     step = period_step(panel)
     T = panel.n_periods
 
@@ -159,12 +160,17 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
 
     # pass 2: imputed effects by horizon, projection right-hand sides, auxiliary sums
     H = T
-    all_targets = np.vstack([np.eye(H), np.ones((1 if user < 0 else 2, H))])
-    user_rows = () if user < 0 else (H + 1,)
-    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets, user, user_rows)
+    lead_e = tuple(range(-2, -min(leads, T - 2) - 2, -1))  # target columns H, H + 1, ...
+    HL = H + len(lead_e)
+    all_targets = np.vstack([np.eye(HL), np.ones((1 if user < 0 else 2, HL))])
+    all_targets[HL:, H:] = 0.0  # the overall ATT and the user estimand average post-treatment effects only
+    user_rows = () if user < 0 else (HL + 1,)
+    ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets, user, user_rows,
+                           lead_e)
     s2 = dask.compute(exact_sum(panel, imputation_stats, ispec, sol.beta, name="imputation-effects"))[0]
     _warn_dropped(panel, s2, bad, name)
-    observed = np.flatnonzero(s2["N"] > 0)
+    observed = np.flatnonzero(s2["N"][:H] > 0)
+    lead_rows = [H + j for j in range(len(lead_e))[::-1] if s2["N"][H + j] > 0]  # event time ascending
     if not observed.size:
         raise EstimationError("no treated observation could be imputed")
     if horizons is None:
@@ -175,7 +181,8 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
         if missing:
             raise SpecError(f"horizons {missing} have no imputed treated observation (observed: "
                             f"{[int(h) * step for h in observed]})")
-    rows = hs + [H] + ([H + 1] if user >= 0 else [])  # selected horizons, the overall ATT, the user estimand
+    # leads, selected horizons, the overall ATT, the user estimand
+    rows = lead_rows + hs + [HL] + ([HL + 1] if user >= 0 else [])
     targets = all_targets[rows]
     Nk, Tk, Rk = targets @ s2["N"], targets @ s2["T"], targets @ s2["R"]
     if user >= 0:
@@ -186,7 +193,7 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     Rk = Rk / Nk[:, None]
     Z = (sol.inv @ Rk.T).T
     ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, targets, user,
-                             () if user < 0 else (len(rows) - 1,))
+                             () if user < 0 else (len(rows) - 1,), lead_e)
     K = len(rows)
 
     # pass 3: per-unit terms of the conservative variance, summed over clusters
@@ -199,8 +206,9 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     V = (mt["meat"] + mt["meat"].T) / 2.0
     G = int(mt["G"])
 
-    nh = len(hs)
-    coef, cov, event_time = est[:nh], V[:nh, :nh], np.array(hs, dtype=np.int64) * step
+    nh = len(lead_rows) + len(hs)
+    coef, cov = est[:nh], V[:nh, :nh]
+    event_time = np.array([lead_e[r - H] for r in lead_rows] + hs, dtype=np.int64) * step
     if pretrends:
         pc, pv, pe = _pretrend_fit(panel, cov_idx, pretrends)
         coef = np.r_[pc, coef]
@@ -264,3 +272,9 @@ def _warn_dropped(panel: Panel, s2: dict, bad: np.ndarray, name: str) -> None:
         labels = [plain(panel.periods.labels[t]) for t in np.flatnonzero(bad)]
         warnings.warn(f"{name}: periods {labels} have no untreated observations identifying their time "
                       "effect; treated observations there are not imputed", DteDaskWarning, stacklevel=4)
+
+
+def for_comparison(panel: Panel, window: tuple[int, int]) -> RegressionResult:
+    """In :func:`dte_dask.compare_estimators`: the post-treatment effects (Test 1's pre-period
+    coefficients have another reference period and are left out)."""
+    return imputation_did(panel, allow_unbalanced_panel=not panel.is_balanced)

@@ -38,8 +38,8 @@ def two_stage_did(
     Parameters
     ----------
     see :func:`dte_dask.imputation_did` (``horizons``: the event-time dummies of stage 2; None:
-    every horizon observed; ``pretrends``: pre-treatment coefficients as ``imputation_did``'s, BJS
-    Test 1, reported at negative event times, for pre-trend tests and ``honest_did``).
+    every horizon observed; ``pretrends``: the number of lead dummies, see Notes; a number beyond
+    the panel's pre-periods keeps every lead observed).
 
     Returns
     -------
@@ -58,8 +58,12 @@ def two_stage_did(
 
     with no small-sample factor. The unit-effect block of :math:`(X_{10}'WX_{10})^{-1}` is never
     formed: first-stage residuals sum to zero within units, so only the within-unit (time dummy and
-    covariate) block enters, solved on the driver at the size of the time effects. Stage-2 dummies
-    for pre-treatment event times (did2s's leads) are not offered; ``pretrends`` adds BJS Test 1's.
+    covariate) block enters, solved on the driver at the size of the time effects.
+    With ``pretrends`` = L > 0, stage 2 also has dummies for the pre-treatment event times -2, ...,
+    -(L + 1) of treated units (reference -1 and the never treated, as did2s' ``second_stage =
+    ~ i(rel_year, ref = c(-1, Inf))``; earlier pre-periods get no dummy): their coefficients are the
+    means of the stage-1 residuals there, reported at negative ``event_time`` with the same GMM
+    covariance (Butts & Gardner's pre-trend event study).
     Units never observed untreated are dropped with a warning.
     """
     t0 = _time.perf_counter()
@@ -71,6 +75,12 @@ def two_stage_did(
                    group=panel.spec.group_source, covariates=[panel.spec.covariates[j] for j in cov_idx],
                    weights=panel.spec.weights, cluster=panel.spec.cluster, horizons=opt.horizons,
                    pretrends=opt.pretrends)
-    return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=opt.pretrends, aux_partition="horizon",
+    return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=0, aux_partition="horizon",
                           leave_out=False, alpha=alpha, options=options, t0=t0, two_stage=True,
-                          name="two_stage_did")
+                          name="two_stage_did", leads=opt.pretrends)
+
+
+def for_comparison(panel: Any, window: tuple[int, int]) -> RegressionResult:
+    """In :func:`dte_dask.compare_estimators`: every event time of the window, the pre-treatment ones
+    as second-stage leads (reference -1, like the other estimators)."""
+    return two_stage_did(panel, pretrends=max(-int(window[0]) - 1, 0), allow_unbalanced_panel=not panel.is_balanced)
