@@ -25,7 +25,8 @@ __all__ = ["EstimatorEntry", "register", "register_estimator", "unregister", "ge
 
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 _BUILTIN_MODULES = ("dte_dask.estimators.cs", "dte_dask.estimators.event_study", "dte_dask.estimators.stacked",
-                    "dte_dask.estimators.sun_abraham")
+                    "dte_dask.estimators.sun_abraham", "dte_dask.estimators.imputation",
+                    "dte_dask.estimators.two_stage", "dte_dask.estimators.etwfe", "dte_dask.estimators.bacon")
 
 
 @dataclass(frozen=True)
@@ -112,36 +113,12 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _declared() -> tuple[EstimatorEntry, ...]:
-    """Built-in estimators declared here by function path (their modules do not register themselves
-    yet; moving each declaration into its module is the one-module form of docs/adding-an-estimator.md)."""
-    opts = importlib.import_module("dte_dask.estimators.options")
-    BaconOptions, EtwfeOptions = opts.BaconOptions, opts.EtwfeOptions
-    ImputationOptions, TwoStageOptions = opts.ImputationOptions, opts.TwoStageOptions
-    return (
-        EstimatorEntry(name="imputation_did", function="dte_dask.estimators.imputation:imputation_did",
-                       options=ImputationOptions, label="Imputation (BJS)", covariates=True, bootstrap=False,
-                       title="Borusyak, Jaravel & Spiess (2024) imputation estimator"),
-        EstimatorEntry(name="two_stage_did", function="dte_dask.estimators.two_stage:two_stage_did",
-                       options=TwoStageOptions, label="Two-stage DiD", covariates=True, bootstrap=False,
-                       title="Gardner (2021) two-stage DiD"),
-        EstimatorEntry(name="etwfe", function="dte_dask.estimators.etwfe:etwfe", options=EtwfeOptions,
-                       label="ETWFE", covariates=True, bootstrap=False, cost="cells",
-                       title="Wooldridge (2021) extended TWFE"),
-        EstimatorEntry(name="bacon_decomposition", function="dte_dask.estimators.bacon:bacon_decomposition",
-                       options=BaconOptions, result="decomposition", label="Bacon decomposition", bootstrap=False,
-                       unbalanced=False, cost="cells", title="Goodman-Bacon (2021) decomposition of TWFE"),
-    )
-
-
 def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
         for mod in _BUILTIN_MODULES:
             importlib.import_module(mod)
-        for entry in _declared():
-            _REGISTRY.setdefault(entry.name, entry)
 
 
 def get(name: str) -> EstimatorEntry:
@@ -161,9 +138,7 @@ def registered(name: str) -> EstimatorEntry | None:
 def names() -> list[str]:
     """Registered estimator names: built-in ones first (in a fixed order), then in registration order."""
     _load()
-    order = {m: i for i, m in enumerate((*_BUILTIN_MODULES, "dte_dask.estimators.imputation",
-                                         "dte_dask.estimators.two_stage", "dte_dask.estimators.etwfe",
-                                         "dte_dask.estimators.bacon"))}
+    order = {m: i for i, m in enumerate(_BUILTIN_MODULES)}
 
     def key(item: tuple[int, str]) -> tuple[int, int]:
         i, name = item

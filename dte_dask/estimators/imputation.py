@@ -35,6 +35,7 @@ from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
 
 
@@ -262,3 +263,8 @@ def _warn_dropped(panel: Panel, s2: dict, bad: np.ndarray, name: str) -> None:
         labels = [plain(panel.periods.labels[t]) for t in np.flatnonzero(bad)]
         warnings.warn(f"{name}: periods {labels} have no untreated observations identifying their time "
                       "effect; treated observations there are not imputed", DteDaskWarning, stacklevel=4)
+
+
+register(EstimatorEntry(
+    name="imputation_did", function=imputation_did, options=ImputationOptions, label="Imputation (BJS)",
+    title="Borusyak, Jaravel & Spiess (2024) imputation estimator", covariates=True, bootstrap=False))

@@ -8,6 +8,7 @@ from typing import Any
 from dte_dask.estimators.event_study import resolve_panel
 from dte_dask.estimators.imputation import fit_imputation
 from dte_dask.estimators.options import TwoStageOptions, parse_options
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
 
 
@@ -71,3 +72,8 @@ def two_stage_did(
     return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=0, aux_partition="horizon",
                           leave_out=False, alpha=alpha, options=options, t0=t0, two_stage=True,
                           name="two_stage_did")
+
+
+register(EstimatorEntry(
+    name="two_stage_did", function=two_stage_did, options=TwoStageOptions, label="Two-stage DiD",
+    title="Gardner (2021) two-stage DiD", covariates=True, bootstrap=False))

@@ -36,6 +36,8 @@ class RegressionResult(Result):
         when the bootstrap ran
     other : coefficients not indexed by event time (covariates), as a frame
     cohorts : per-cohort estimates (stacked DiD: each sub-experiment; Sun–Abraham: delta(g, e))
+    aggregations : results of the other aggregations the estimator computes (``etwfe``: simple, group,
+        calendar), by kind; :meth:`aggregate` returns them
     """
 
     estimator: str
@@ -59,6 +61,7 @@ class RegressionResult(Result):
     options: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     panel: dict[str, Any] = field(default_factory=dict)
+    aggregations: dict[str, Result] = field(default_factory=dict)
 
     result_kind: ClassVar[str] = "event_study"
 
@@ -117,6 +120,15 @@ class RegressionResult(Result):
         c = self.crit
         return {"estimate": est, "se": se, "ci_lower": est - c * se, "ci_upper": est + c * se,
                 "n_event_times": int(post.sum())}
+
+    def aggregate(self, kind: str) -> Result:
+        """The aggregation ``kind``: ``"dynamic"`` is this result (the estimates by event time); the
+        others are those the estimator computed (``etwfe``: ``simple``, ``group``, ``calendar``)."""
+        if kind == "dynamic":
+            return self
+        if kind not in self.aggregations:
+            raise SpecError(f"{self.estimator} offers the aggregations {['dynamic', *self.aggregations]}, not {kind!r}")
+        return self.aggregations[kind]
 
     def by_cohort(self) -> pd.DataFrame:
         """Per-cohort estimates: each sub-experiment (stacked DiD) or each delta(g, e) (Sun–Abraham)."""
