@@ -69,6 +69,8 @@ def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, A
     inf = job.inference
     offered = dict(bootstrap=inf.bootstrap, n_boot=inf.n_boot, seed=inf.seed, alpha=inf.alpha,
                    boot_weights=inf.boot_weights, uniform_bands=inf.uniform_bands)
+    if job.data.allow_unbalanced_panel is not None:  # a job-wide choice; else each function's default
+        offered["allow_unbalanced_panel"] = job.data.allow_unbalanced_panel
     params = inspect.signature(fn).parameters
     return {**{k: v for k, v in offered.items() if k in params}, **options}
 
@@ -88,7 +90,8 @@ def _cluster_info(client: Any) -> dict[str, Any] | None:
 
 def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
     """Add the job's checks (pre-trend tests) and the comparison of dynamic profiles to ``results``."""
-    estimates = {e.name: results[e.name] for e in job.estimators}
+    # results with estimates by event time (a decomposition has none to test or line up)
+    estimates = {e.name: results[e.name] for e in job.estimators if registry.get(e.kind).result != "decomposition"}
     if "pretrends" in job.checks:
         from dte_dask.checks import pretrend_check
 
@@ -154,8 +157,10 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         checkpoint("loading the data")
         with monitor.stage("load"):
             src, cols = resolve_data(job.data)
+            # every observed row is loaded (unless the job balances): each estimator then keeps the rows
+            # its function keeps by default, so a job gives what a direct call on the data gives
             panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
-                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel)
+                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:
