@@ -39,7 +39,8 @@ class EstimatorEntry:
     function : the estimator, ``function(data, *, <column roles>, <options>, <inference>) -> Result``;
         a callable or ``"module:function"`` (imported on first use)
     options : the options model (types, vocabularies, bounds) of its estimator-specific keywords
-    result : the kind of result: ``"cells"`` (ATT(g,t)) or ``"event_study"`` (event-time estimates)
+    result : the kind of result: ``"cells"`` (ATT(g,t)), ``"event_study"`` (event-time estimates) or
+        ``"decomposition"`` (pieces of one coefficient, no estimates by event time)
     label, title : short and long display names
     covariates, weights, clusters, unbalanced, bootstrap : capabilities (accepts covariates, sampling
         weights, a cluster column, keeps an unbalanced panel, runs the multiplier bootstrap)

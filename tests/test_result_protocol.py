@@ -124,3 +124,16 @@ def test_etwfe_aggregations_are_the_rows_checked_against_diff_diff(fitted) -> No
         np.testing.assert_allclose(agg.to_frame()["ci_upper"] - agg.estimates, t * agg.to_frame()["se"], rtol=1e-12)
     assert res.aggregate("simple").overall_se == other.loc[other["type"] == "simple", "se"].item()
     assert res.aggregate("dynamic") is res
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_capabilities_match_the_function(name: str) -> None:
+    """What the registry declares (docs/estimators.md, the service's validation) is what the function takes."""
+    entry = registry.get(name)
+    params = inspect.signature(entry.fn).parameters
+    assert entry.covariates == ("covariates" in params), "covariates"
+    assert entry.weights == ("weights" in params), "weights"
+    assert entry.clusters == ("cluster" in params), "clusters"
+    assert entry.bootstrap == ("bootstrap" in params), "bootstrap"
+    assert entry.unbalanced == ("allow_unbalanced_panel" in params), "unbalanced"
+    assert set(entry.options.model_fields) <= set(params)

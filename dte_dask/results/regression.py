@@ -26,7 +26,7 @@ class RegressionResult(Result):
 
     Attributes
     ----------
-    estimator : "event_study" | "stacked_did" | "sun_abraham"
+    estimator : the registry name ("event_study", "stacked_did", "sun_abraham", "imputation_did", "two_stage_did", "etwfe")
     event_time : (K,) event times in the time column's units (period index x step)
     coef, se : (K,) estimates and CRV1 standard errors
     cov : (K, K) CRV1 covariance (pyfixest's default small-sample factor ``ssc``)
