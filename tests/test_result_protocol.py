@@ -137,3 +137,19 @@ def test_declared_capabilities_match_the_function(name: str) -> None:
     assert entry.bootstrap == ("bootstrap" in params), "bootstrap"
     assert entry.unbalanced == ("allow_unbalanced_panel" in params), "unbalanced"
     assert set(entry.options.model_fields) <= set(params)
+
+
+def test_sensitivity_results_share_the_protocol_views(fitted, tmp_path: Path) -> None:
+    """honest_did's result is no estimator's result (intervals by M, no covariance) but has the views."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    res = dte_dask.honest_did(fitted["event_study"], restriction="smoothness", M=[0.0, 0.05], grid_points=100)
+    text = res.summary()
+    assert str(res) == repr(res) == text and res._repr_html_().startswith("<pre>")
+    df = res.to_frame()
+    back = pd.read_parquet(res.to_parquet(tmp_path / "honest.parquet"))
+    assert list(back.columns) == list(df.columns)
+    pd.testing.assert_frame_equal(back[["M", "lb", "ub", "method"]], df[["M", "lb", "ub", "method"]], check_dtype=False)
+    ax = res.plot()
+    assert len(ax.collections) == 2  # the robust intervals and the original one

@@ -149,7 +149,7 @@ def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
     """Why some option names do not belong in ``options`` of ``kind`` (None if they all do)."""
     entry = registry.get(kind)
     model = entry.options
-    rows = sorted(set(options) & PANEL_OPTIONS) if _takes(entry, "allow_unbalanced_panel") else []
+    rows = row_options(entry)
     unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - RESERVED_OPTIONS
                      - set(rows))
     if unknown:
@@ -160,11 +160,13 @@ def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
     return None
 
 
-def _takes(entry: registry.EstimatorEntry, keyword: str) -> bool:
-    """Whether the estimator's function takes ``keyword`` (and can keep an unbalanced panel)."""
+def row_options(entry: registry.EstimatorEntry) -> list[str]:
+    """The options of :data:`PANEL_OPTIONS` that ``entry``'s function takes (none if it needs a
+    balanced panel)."""
     import inspect
 
-    return entry.unbalanced and keyword in inspect.signature(entry.fn).parameters
+    params = inspect.signature(entry.fn).parameters
+    return sorted(k for k in PANEL_OPTIONS if entry.unbalanced and k in params)
 
 
 class InferenceSpec(InferenceOptions):

@@ -24,6 +24,7 @@ C-F: the FLCI ignores them).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -33,6 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from dte_dask.exceptions import SpecError
+from dte_dask.formatting import SummaryText
 from dte_dask.sensitivity.intervals import Interval, Problem, robust_interval
 
 Restriction = Literal["relative_magnitude", "smoothness", "combined"]
@@ -43,9 +45,13 @@ _DELTA = {"relative_magnitude": "DeltaRM", "smoothness": "DeltaSD", "combined": 
 _M_NAME = {"relative_magnitude": "Mbar", "smoothness": "M", "combined": "Mbar"}
 
 
-@dataclass(frozen=True)
-class HonestDiDResult:
+@dataclass(frozen=True, repr=False)
+class HonestDiDResult(SummaryText):
     """Robust confidence intervals by M, the original interval and the breakdown value.
+
+    A sensitivity analysis of one estimate, not an estimator's result: it has no estimates by event
+    time and no covariance, and shares the protocol's views (``summary()`` driving ``str`` / ``repr``
+    / ``_repr_html_``, ``to_frame()``, ``to_parquet()``, ``plot()``) with its own frame of intervals.
 
     Attributes
     ----------
@@ -140,11 +146,28 @@ class HonestDiDResult:
             lines.append("Warning: some intervals reach the end of the theta grid (pass grid_lb / grid_ub)")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
+    def to_parquet(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
+        """Write :meth:`to_frame` as parquet; returns ``path``."""
+        self.to_frame().to_parquet(path, index=False, **kwargs)
+        return os.fspath(path)
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{self.summary()}</pre>"
+    def plot(self, *, ax: Any = None, **kwargs: Any) -> Any:
+        """The robust intervals against M, the original interval at the left (as HonestDiD's
+        ``createSensitivityPlot``); a matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4))
+        M = np.asarray(self.M, dtype=float)
+        step = float(np.min(np.diff(np.unique(M)))) if np.unique(M).size > 1 else 1.0
+        x0 = float(M.min()) - step
+        ax.vlines(M, self.lb, self.ub, colors="tab:blue", label=f"{self.delta} ({self.method})", **kwargs)
+        ax.vlines([x0], [self.original[0]], [self.original[1]], colors="tab:red", label="Original")
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xlabel(_M_NAME[self.restriction])
+        ax.set_ylabel(f"{round(100 * (1 - self.alpha))}% robust confidence interval")
+        ax.legend(frameon=False, fontsize="small")
+        return ax
 
 
 def original_cs(betahat: np.ndarray, sigma: np.ndarray, n_pre: int, l_vec: np.ndarray,

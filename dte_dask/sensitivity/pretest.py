@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from dte_dask.exceptions import SpecError
+from dte_dask.formatting import SummaryText
 
 Array = np.ndarray
 
@@ -66,8 +67,8 @@ def truncated_normal_mean(mu: Array, cov: Array, lo: Array, hi: Array, seed: int
     return mu + cov @ (F[:, 0] - F[:, 1]) / P, P
 
 
-@dataclass(frozen=True)
-class PretestPowerResult:
+@dataclass(frozen=True, repr=False)
+class PretestPowerResult(SummaryText):
     """Power and bias of the pre-test at each hypothesised slope; detectable slopes."""
 
     slopes: Array
@@ -93,9 +94,6 @@ class PretestPowerResult:
         for s, pw, b, cb in zip(self.slopes, self.power, self.bias @ self.l_vec, self.conditional_bias @ self.l_vec):
             lines.append(f"  slope {s:.4g}: power {pw:.3f}; bias of l'beta_post {b:.4g}, given the pre-test passes {cb:.4g}")
         return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
 
 
 def _power(slope: float, t_pre: Array, crit: Array, S_pre: Array, seed: int) -> float:
