@@ -60,7 +60,7 @@ def toy():
 # ----------------------------------------------------------------------------- the registry
 def test_builtin_estimators_are_registered_once_with_their_capabilities() -> None:
     names = [e.name for e in dte_dask.list_estimators()]
-    assert names == ["att_gt", "event_study", "stacked_did", "sun_abraham", "imputation_did", "two_stage_did",
+    assert names == ["att_gt", "event_study", "stacked_did", "sun_abraham", "triple_did", "imputation_did", "two_stage_did",
                      "etwfe", "bacon_decomposition"]
     att = registry.get("att_gt")
     assert att.result == "cells" and att.aggregations == ("simple", "dynamic", "group", "calendar")
@@ -70,7 +70,8 @@ def test_builtin_estimators_are_registered_once_with_their_capabilities() -> Non
     assert [registry.get(n).fn.__module__ for n in names] == list(registry._BUILTIN_MODULES)
     assert registry.get("etwfe").aggregations == ("simple", "dynamic", "group", "calendar")
     assert not registry.get("bacon_decomposition").unbalanced and registry.get("bacon_decomposition").result == "decomposition"
-    assert {n for n in names if registry.get(n).bootstrap} == {"att_gt", "event_study", "stacked_did", "sun_abraham"}
+    assert {n for n in names if registry.get(n).bootstrap} == {"att_gt", "event_study", "stacked_did", "sun_abraham",
+                                                                "triple_did"}
     with pytest.raises(SpecError, match="unknown estimator 'cs'"):
         registry.get("cs")  # one name per estimator: att_gt
     with pytest.raises(SpecError, match="already registered"):

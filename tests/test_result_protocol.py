@@ -25,6 +25,8 @@ from dte_dask.results import KEY_COLUMNS, SCHEMA, Result
 from dte_dask.results.bacon import BACON_KEYS
 
 COLS = dict(outcome="y", unit="unit", time="time", group="group")
+# arguments an estimator needs beyond the column roles on this panel (a new estimator that needs one adds it here)
+REQUIRED = {"triple_did": {"partition": "female"}}
 NAMES = [e.name for e in dte_dask.list_estimators()]
 CASES = [(e.name, kind) for e in dte_dask.list_estimators() for kind in (None, *e.aggregations)]
 
@@ -39,7 +41,7 @@ def fitted() -> dict[str, Result]:
         for entry in dte_dask.list_estimators():
             params = inspect.signature(entry.fn).parameters
             inference = {k: v for k, v in dict(n_boot=49, seed=1).items() if k in params}
-            out[entry.name] = entry.fn(df, **COLS, **inference)
+            out[entry.name] = entry.fn(df, **COLS, **inference, **REQUIRED.get(entry.name, {}))
     return out
 
 

@@ -18,6 +18,9 @@ from typing import Literal
 
 import numpy as np
 
+from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.regression import with_intercept
+
 ControlGroup = Literal["never_treated", "not_yet_treated"]
 BasePeriod = Literal["varying", "universal"]
 
@@ -56,6 +59,25 @@ class Cells:
         never = np.isinf(G)[:, None]
         nyt = (G[:, None] > self.ctrl_min[None, :]) & (G[:, None] != self.g[None, :])
         return np.where(np.isinf(self.ctrl_min)[None, :], never, nyt)
+
+    def designs(self, x_varying: bool) -> list[np.ndarray]:
+        """Cell indices grouped by design (treated cohort, control threshold, covariate period):
+        the cells of a design share their units, covariates and nuisance fits."""
+        xper = np.minimum(self.base, self.t) if x_varying else np.zeros(self.K, dtype=np.int64)
+        keys: dict[tuple, list[int]] = {}
+        for k in range(self.K):
+            keys.setdefault((int(self.g[k]), float(self.ctrl_min[k]), int(xper[k])), []).append(k)
+        return [np.array(v) for v in keys.values()]
+
+    def design_rows(self, block: UnitBlock, ks: np.ndarray):
+        """Rows of a design: mask, X = [1, covariates] (earlier period of the 2x2, as R did), d, w."""
+        k0 = int(ks[0])
+        G = self.effective_g(block.g)
+        D = G == self.g[k0]
+        C = np.isinf(G) if np.isinf(self.ctrl_min[k0]) else (G > self.ctrl_min[k0]) & ~D
+        m = D | C
+        X = with_intercept(block.x_at(int(min(self.base[k0], self.t[k0])))[m])
+        return m, X, D[m].astype(float), block.w[m]
 
 
 def make_cells(

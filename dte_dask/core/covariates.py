@@ -15,37 +15,14 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.logit import eta_extreme, overlap_count
-from dte_dask.core.regression import (
-    PS_CAP,
-    TRIM_LEVEL,
-    expit,
-    logit_grad_hess,
-    with_intercept,
-)
+from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess
 from dte_dask.core.twobytwo import Stats, delta_y
 
 
 def designs(cells: Cells, x_varying: bool) -> list[np.ndarray]:
-    """Cell indices grouped by design (treated cohort, control threshold, covariate period)."""
-    xper = np.minimum(cells.base, cells.t) if x_varying else np.zeros(cells.K, dtype=np.int64)
-    keys: dict[tuple, list[int]] = {}
-    for k in range(cells.K):
-        keys.setdefault((int(cells.g[k]), float(cells.ctrl_min[k]), int(xper[k])), []).append(k)
-    return [np.array(v) for v in keys.values()]
-
-
-def _design(block: UnitBlock, cells: Cells, ks: np.ndarray):
-    """Rows of a design: mask, X = [1, covariates] (earlier period of the 2x2, as R did), d, w."""
-    k0 = int(ks[0])
-    G = cells.effective_g(block.g)
-    D = G == cells.g[k0]
-    if np.isinf(cells.ctrl_min[k0]):
-        C = np.isinf(G)
-    else:
-        C = (G > cells.ctrl_min[k0]) & ~D
-    m = D | C
-    X = with_intercept(block.x_at(int(min(cells.base[k0], cells.t[k0])))[m])
-    return m, X, D[m].astype(float), block.w[m]
+    """Cell indices grouped by design (treated cohort, control threshold, covariate period);
+    ``cells`` may be any cell set with ``designs`` / ``design_rows`` (:meth:`Cells.designs`)."""
+    return cells.designs(x_varying)
 
 
 def _x_varying(block: UnitBlock) -> bool:
@@ -59,7 +36,7 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
     dY = delta_y(block, cells)
     for ks in designs(cells, _x_varying(block)):
-        m, X, d, w = _design(block, cells, ks)
+        m, X, d, w = cells.design_rows(block, ks)
         dYm = dY[m][:, ks]
         wc, wd = w * (1.0 - d), w * d
         out["XtWX"][ks] = (X * wc[:, None]).T @ X
@@ -84,7 +61,7 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
         ks = ks[active[ks]]
         if ks.size == 0:
             continue
-        _, X, d, w = _design(block, cells, ks)
+        _, X, d, w = cells.design_rows(block, ks)
         if unweighted:
             w = np.ones_like(w)
         for gam in np.unique(gamma[ks], axis=0):  # cells of a design move together
@@ -112,7 +89,7 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
            "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
     dY = delta_y(block, cells)
     for ks in designs(cells, _x_varying(block)):
-        m, X, d, w = _design(block, cells, ks)
+        m, X, d, w = cells.design_rows(block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
         dYm = dY[m][:, ks]
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
@@ -133,7 +110,7 @@ def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.nda
         ks = ks[ok[ks]]
         if ks.size == 0:
             continue
-        m, X, d, w = _design(block, cells, ks)
+        m, X, d, w = cells.design_rows(block, ks)
         dYm = dY[m][:, ks]
         if method == "reg":
             Xb = X @ est["beta"][ks].T  # (n_m, |ks|)

@@ -126,6 +126,15 @@ class AttGtOptions(Options):
     est_method: EstMethod = "dr"
 
 
+class TripleDidOptions(Options):
+    """:func:`dte_dask.triple_did` (R ``triplediff::ddd``)."""
+
+    partition: str | None = Field(None, description="eligibility column (1 eligible, 0 not): the third difference")
+    control_group: ControlGroup = "never_treated"
+    base_period: BasePeriod = "universal"
+    est_method: EstMethod = "dr"
+
+
 class EventStudyOptions(Options):
     """:func:`dte_dask.event_study`."""
 

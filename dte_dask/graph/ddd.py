@@ -1,0 +1,102 @@
+"""The triple-differences task graph (wiring only; the estimator is in :mod:`dte_dask.core.ddd`).
+
+passes 1..k  the DRDID kernel of every 2x2 comparison (:class:`dte_dask.core.kernels_cov.PanelCovKernel`
+             on the comparison set): outcome regressions, propensity logits, weighted moments;
+gmm          only when a cell has several comparison cohorts (not-yet-treated controls): the
+             Gram and sums of the cells' per-cohort DDD influence functions, for the GMM weights;
+influence    Psi (n_block x (K + groups)) formed and reduced on the worker to Psi'Psi and the
+             block's bootstrap draws, as in :mod:`dte_dask.graph.attgt`.
+Every reduction goes through the RNG-block tree: bit-identical for any partitioning.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+
+from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.cells import Cells
+from dte_dask.core.ddd import (
+    cell_stats,
+    cohort_shares,
+    combination,
+    ddd_estimates,
+    ddd_influence,
+    gmm_weights,
+    layout,
+)
+from dte_dask.core.kernels import KernelArgs, influence_with_groups
+from dte_dask.core.kernels_cov import PanelCovKernel
+from dte_dask.graph.attgt import AttgtFit, run_kernel
+from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.inference.bootstrap import boot_cover
+from dte_dask.inference.variance import gram
+from dte_dask.panel.panel import Panel
+
+
+@dataclass(frozen=True)
+class DddFit:
+    fit: AttgtFit
+    se_gmm: np.ndarray  # (K,) triplediff's GMM standard error of cells with several comparison cohorts
+    n_comparisons: np.ndarray  # (K,) comparison cohorts combined per cell
+
+
+def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, clustered: bool,
+                block_size: int, n_blocks: int, boot_kw: dict | None):
+    psi = influence_with_groups(block, cells, est, groups, ddd_influence)
+    g = by_rng_block(block, lambda b, rows: gram(rows, b.rank, clustered), block_size, n_blocks, rows=psi)
+    b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
+    return g, b
+
+
+def _sum(panel: Panel, func, *args, name: str):
+    parts = panel.map_blocks(by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks, *args, name=name)
+    return tree_merge(parts, name=f"{name}-sum")
+
+
+def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.ndarray, n_boot: int, seed: int,
+            boot_weights: str, label) -> DddFit:
+    """Estimate every DDD cell; influence functions stay on the workers."""
+    n = panel.n_units
+    clustered = panel.spec.cluster is not None
+    sizes: dict[float, int] = {}
+    for g, c in panel.cohort_sizes.items():
+        key = float(np.inf if g > cells.never_above or g == cells.never_alias else g)
+        sizes[key] = sizes.get(key, 0) + c
+    lay = layout(cells, sorted(sizes), qcol, complete_cases=not panel.is_balanced)
+    kernel = PanelCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, None,
+                                       panel.spec.weights is not None, None, label))
+    kfit = run_kernel(panel, lay.comp, kernel)
+    att_d, ok_d = ddd_estimates(lay, kfit.att, kfit.ok)
+    K = cells.K
+    gmm = bool(np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1)
+    s = _sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells").compute()
+    n_cell = s["n_cell"]
+    gram_d, sum_d = (s["gram"], s["sum"]) if gmm else (None, None)
+    W, att, ok, se_gmm = gmm_weights(lay, K, att_d, ok_d, gram_d, sum_d, n_cell, n)
+    ok &= ~cells.reference
+    att = np.where(cells.reference, 0.0, att)
+    pg = _sum(panel, cohort_shares, cells, groups, name="ddd-cohorts").compute()["Swg"] / n
+    est = {"comp": lay.comp, "kernel": kfit.est, "A": combination(lay, W), "pg": pg}
+
+    boot_kw = None
+    if n_boot > 0:
+        boot_kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
+                       n=n, kind=boot_weights)
+    parts = panel.map_blocks(_reductions, cells, est, groups, clustered, panel.rng_block_size, panel.n_rng_blocks,
+                             boot_kw, name="ddd-influence")
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"ddd-gram-{p.key}") for p in parts], name="ddd-gram-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"ddd-mboot-{p.key}") for p in parts], name="ddd-mboot"))
+    results = dask.compute(*todo)
+    n_treated = np.zeros(K)
+    for d in range(lay.cell.size):  # the treated-and-eligible units of the cell
+        n_treated[lay.cell[d]] = kfit.stats["nD"][np.flatnonzero(lay.comb[:, d])[0]]
+    n_control = np.where(n_cell > 0, n_cell - n_treated, 0.0)  # every other unit of the cell
+    fit = AttgtFit(att=att, ok=ok, n_treated=n_treated, n_control=n_control, groups=groups, pg=pg,
+                   gram=results[0], draws=results[1] if boot_kw is not None else None, n=n,
+                   n_clusters=panel.n_clusters if clustered else n)
+    return DddFit(fit, se_gmm, np.bincount(lay.cell[ok_d], minlength=K))
