@@ -71,6 +71,8 @@ class Page:
         self.parts.append(f'<p class="overall">Overall ATT ({html.escape(str(o.get("aggregation", "")))}): '
                           f'<b>{f(o.get("att"))}</b> (SE {f(o.get("se"))}; 95% CI [{f(o.get("ci_lower"))}, '
                           f'{f(o.get("ci_upper"))}])</p>')
+        if o.get("suppressed"):
+            self.note(f"Overall ATT suppressed (disclosure control): {o.get('suppression_reason')}")
 
     def panel(self, panel: dict[str, Any] | None, cols: dict[str, str]) -> None:
         if not panel:
@@ -85,9 +87,10 @@ class Page:
         self.table(pd.DataFrame(rows, columns=["", "value"]).astype(str), caption="Panel")
         cohorts = panel.get("cohorts") or {}
         if cohorts:
-            n = sum(cohorts.values()) or 1
-            df = pd.DataFrame({"cohort (first treated)": list(cohorts), "units": list(cohorts.values()),
-                               "share": [c / n for c in cohorts.values()]})
+            units = pd.to_numeric(pd.Series(list(cohorts.values()), dtype=object), errors="coerce")
+            n = units.sum() or 1  # sizes may be rounded or suppressed (None) by disclosure control
+            df = pd.DataFrame({"cohort (first treated)": list(cohorts), "units": units.astype("Int64"),
+                               "share": units / n})
             self.table(df, caption="Cohorts and their sizes")
 
     def compare_table(self, frames: dict[str, pd.DataFrame]) -> None:

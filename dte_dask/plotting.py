@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 CANONICAL_COLUMNS = ("event_time", "estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
+PASS_THROUGH = ("n_treated", "n_control", "suppressed", "suppression_reason")
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -73,6 +74,9 @@ def _canonical(df: pd.DataFrame, alpha: float, key: str = "event_time") -> pd.Da
     band = {"band_lower", "band_upper"} <= set(df.columns)
     out["band_lower"] = df["band_lower"].to_numpy(float) if band else np.nan
     out["band_upper"] = df["band_upper"].to_numpy(float) if band else np.nan
+    for c in PASS_THROUGH:  # unit counts and disclosure marks travel with the estimates
+        if c in df.columns:
+            out[c] = df[c].to_numpy()
     return out.sort_values(key, kind="stable").reset_index(drop=True)
 
 
@@ -91,7 +95,8 @@ def event_study_frame(obj: Any, *, alpha: float | None = None) -> pd.DataFrame:
     if isinstance(obj, pd.DataFrame):
         return _canonical(obj, alpha if alpha is not None else 0.05)
     es = _result(obj).event_study()
-    return _canonical(es.to_frame(), es.alpha)[list(CANONICAL_COLUMNS)]
+    df = _canonical(es.to_frame(), es.alpha)
+    return df[list(CANONICAL_COLUMNS) + [c for c in PASS_THROUGH if c in df.columns]]
 
 
 def attgt_frame(obj: Any, *, alpha: float | None = None) -> pd.DataFrame:
@@ -221,7 +226,25 @@ def _coef_facet(series: list[tuple[str, pd.DataFrame, str]], *, key: str, title:
                  **{c: df[c].to_numpy(float) for c in ("estimate", "se", "ci_lower", "ci_upper")}}
         layers.append(Layer("points", f"estimate:{nm}", color, label=label if m > 1 else None, x=x,
                             y=df["estimate"].to_numpy(float), hover=hover))
+        layers += suppressed_marks(df, x, nm)
     return Facet(title, xlabel, ylabel, tuple(layers), xticks=ticks)
+
+
+SUPPRESSED_COLOR = "#9e9e9e"
+
+
+def suppressed_marks(df: pd.DataFrame, x: np.ndarray, name: str) -> list[Layer]:
+    """Grey markers on the zero line where estimates were suppressed (disclosure control): the
+    estimate is not drawn, its place is marked and the hover says why."""
+    if "suppressed" not in df.columns:
+        return []
+    mask = df["suppressed"].astype(bool).to_numpy()
+    if not mask.any():
+        return []
+    reasons = df["suppression_reason"].astype(str).to_numpy()[mask] if "suppression_reason" in df else None
+    return [Layer("points", f"suppressed:{name}", SUPPRESSED_COLOR, label="suppressed (disclosure control)",
+                  x=np.asarray(x, float)[mask], y=np.zeros(int(mask.sum())),
+                  hover=None if reasons is None else {"suppressed": reasons})]
 
 
 def _colors(n: int) -> list[str]:
@@ -280,6 +303,7 @@ def plot_attgt(result: Any, *, backend: Backend = "bokeh", ncols: int = 3, title
             seen.add(part)
             layers.append(Layer("points", f"estimate:{part}", color, label=legend,
                                 x=xx, y=d["estimate"].to_numpy(float), hover=hover))
+            layers += suppressed_marks(d, xx, part)
         facets.append(Facet(f"Cohort {format_label(g)}", xlabel or (tm or "Period"),
                             ylabel or (f"ATT(g, t) on {out}" if out else "ATT(g, t)"), tuple(layers), xticks=ticks))
     if not facets:

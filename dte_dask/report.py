@@ -45,15 +45,21 @@ _PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "pandas", "scipy", "pya
 
 # ----------------------------------------------------------------------------- saving
 def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadata: Mapping[str, Any] | None = None,
-                 ) -> dict[str, Any]:
+                 *, disclosure: Any = None) -> dict[str, Any]:
     """Write ``{name: result}`` (estimator results, aggregations, check results or frames) to ``out_dir``.
 
     ``metadata`` (JSON-able: job spec, cluster profile, ...) is merged over what is collected
     automatically (package versions, platform, time, each result's seed and timings, the active
     ``Client``'s scheduler and workers, if a client is active). Returns the summary also written
     to ``summary.json``.
+
+    ``disclosure`` (a :class:`dte_dask.disclosure.DisclosureSpec` or its mapping) suppresses small
+    cells and rounds counts in every file and in the summary (:mod:`dte_dask.disclosure`).
     """
     from dte_dask.checks import CheckResult
+    from dte_dask.disclosure import DisclosureSpec
+
+    pol = disclosure if isinstance(disclosure, DisclosureSpec) else DisclosureSpec.model_validate(disclosure or {})
 
     out = os.fspath(out_dir)
     for sub in ("estimators", "checks"):
@@ -64,9 +70,9 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
         if not isinstance(name, str) or not _NAME.match(name):
             raise SpecError(f"result name {name!r} must match {_NAME.pattern} (it becomes a file name)")
         if isinstance(obj, CheckResult):
-            summary["checks"][name] = _save_check(out, name, obj)
+            summary["checks"][name] = _save_check(out, name, obj, pol)
             continue
-        entry = _save_estimator(out, name, obj)
+        entry = _save_estimator(out, name, obj, pol)
         summary["estimators"][name] = entry
         if getattr(obj, "seed", None) is not None:
             seeds[name] = obj.seed
@@ -84,7 +90,11 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
     meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "platform": platform.platform(), "seeds": seeds, "timings": timings, "cluster": _cluster_info()}
     user = dict(metadata or {})
-    summary["panel"] = user.pop("panel", None) or panel
+    from dte_dask.disclosure import panel_description
+
+    summary["panel"] = panel_description(user.pop("panel", None) or panel, pol)
+    if pol.active:
+        summary["disclosure"] = {**pol.model_dump(), "description": pol.describe()}
     summary["columns"] = user.pop("columns", None) or columns
     if user.get("diagnosis") is not None:  # a job's run diagnosis (dte_dask.diagnose): top level
         summary["diagnosis"] = user.pop("diagnosis")
@@ -95,8 +105,10 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
     return summary
 
 
-def _write(out: str, rel: str, df: pd.DataFrame, parquet: bool = False) -> dict[str, str]:
-    df = df.reset_index(drop=True)
+def _write(out: str, rel: str, df: pd.DataFrame, pol: Any, parquet: bool = False) -> dict[str, str]:
+    from dte_dask.disclosure import apply_frame
+
+    df = apply_frame(df, pol).reset_index(drop=True)
     df.to_csv(os.path.join(out, rel + ".csv"), index=False)
     files = {"csv": rel + ".csv"}
     if parquet:
@@ -105,11 +117,13 @@ def _write(out: str, rel: str, df: pd.DataFrame, parquet: bool = False) -> dict[
     return files
 
 
-def _save_check(out: str, name: str, obj: Any) -> dict[str, Any]:
+def _save_check(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
+    from dte_dask.disclosure import apply_frame, table_text
+
     files = {}
     for part, df in obj.frames().items():
         rel = f"checks/{name}" if part == "table" else f"checks/{name}.{part}"
-        files[part] = _write(out, rel, df, parquet=part == "table")["csv"]
+        files[part] = _write(out, rel, df, pol, parquet=part == "table")["csv"]
     entry = {"kind": obj.check_kind, "class": type(obj).__name__, "summary": obj.summary(), "files": files,
              "options": dict(getattr(obj, "options", {}) or {})}
     for attr in ("alpha", "threshold", "observed", "p_value", "statistic", "n_perm", "seed", "wald"):
@@ -117,15 +131,51 @@ def _save_check(out: str, name: str, obj: Any) -> dict[str, Any]:
             entry[attr] = getattr(obj, attr)
     if hasattr(obj, "passed"):
         entry["passed"] = obj.passed
+    if pol.active:
+        table = apply_frame(obj.to_frame(), pol)
+        entry["summary"] = table_text(table, pol, f"{type(obj).__name__} ({obj.check_kind})")
+        if "suppressed" in table and table["suppressed"].any():  # a verdict over a suppressed row
+            for attr in ("observed", "p_value", "statistic", "passed"):
+                if attr in entry:
+                    entry[attr] = None
+            entry["suppressed"] = True
     return entry
 
 
-def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
+def _save_estimator(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
+    entry = _save_estimator_files(out, name, obj, pol)
+    if pol.active:
+        _disclose_entry(entry, obj, pol)
+    return entry
+
+
+def _disclose_entry(entry: dict[str, Any], obj: Any, pol: Any) -> None:
+    """The summary entry of a result under disclosure control: its text from the disclosed
+    table, its overall estimate, pre-test and post-period average judged by their own counts."""
+    from dte_dask.disclosure import apply_frame, entry_values, frame_counts, table_text
+
+    table = obj if isinstance(obj, pd.DataFrame) else obj.to_frame()
+    entry["summary"] = table_text(apply_frame(table, pol), pol, str(entry.get("class", "")))
+    if entry.get("overall") is not None:
+        src = obj.aggregate("simple", na_rm=True) if getattr(obj, "result_kind", None) == "cells" else obj
+        entry["overall"] = entry_values(entry["overall"], getattr(src, "overall_n_treated", None),
+                                        getattr(src, "overall_n_control", None), pol)
+    if "event_time" in table.columns:
+        et = table["event_time"].to_numpy()
+        for key, rows in (("pretrend", et < 0), ("post_average", et >= 0)):
+            if isinstance(entry.get(key), Mapping):
+                entry[key] = entry_values(entry[key], *frame_counts(table, rows), pol)
+    for key in ("pretrend", "post_average"):
+        if isinstance(entry.get(key), Mapping) and "suppressed" not in entry[key]:
+            entry[key] = entry_values(entry[key], None, None, pol)
+
+
+def _save_estimator_files(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
     from dte_dask import plotting
 
     rel = f"estimators/{name}"
     table = obj if isinstance(obj, pd.DataFrame) else obj.to_frame()
-    files = {"table": _write(out, rel, table, parquet=True)["csv"]}
+    files = {"table": _write(out, rel, table, pol, parquet=True)["csv"]}
     entry: dict[str, Any] = {"class": type(obj).__name__, "files": files}
     if hasattr(obj, "summary") and callable(obj.summary):
         entry["summary"] = obj.summary()
@@ -134,16 +184,16 @@ def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
         from dte_dask.registry import get
 
         entry["kind"] = "attgt"
-        files["cells"] = _write(out, f"{rel}.cells", plotting.attgt_frame(obj))["csv"]
+        files["cells"] = _write(out, f"{rel}.cells", plotting.attgt_frame(obj), pol)["csv"]
         for kind in (k for k in get(obj.estimator).aggregations if k != "simple"):
             try:
                 agg = obj.aggregate(kind, na_rm=True)
             except Exception as exc:  # noqa: BLE001 - an aggregation may not exist for this design
                 entry.setdefault("notes", []).append(f"{kind} aggregation not available: {exc}")
                 continue
-            files[kind] = _write(out, f"{rel}.{kind}", agg.to_frame())["csv"]
+            files[kind] = _write(out, f"{rel}.{kind}", agg.to_frame(), pol)["csv"]
             if kind == "dynamic":
-                files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(agg))["csv"]
+                files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(agg), pol)["csv"]
         simple = obj.aggregate("simple", na_rm=True)
         lo, hi = simple.overall_ci
         entry["overall"] = {"att": simple.overall_att, "se": simple.overall_se, "ci_lower": lo, "ci_upper": hi,
@@ -157,11 +207,11 @@ def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
         entry["overall"] = {"att": obj.overall_att, "se": obj.overall_se, "ci_lower": lo, "ci_upper": hi,
                             "aggregation": obj.kind}
         if obj.kind == "dynamic":
-            files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj))["csv"]
+            files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj), pol)["csv"]
         return entry
     entry["kind"] = "table" if isinstance(obj, pd.DataFrame) else str(getattr(obj, "estimator", "regression"))
     try:
-        files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj))["csv"]
+        files["event_study"] = _write(out, f"{rel}.event_study", plotting.event_study_frame(obj), pol)["csv"]
     except SpecError:
         pass
     for attr in ("by_cohort", "pretrend_test", "post_average"):
@@ -175,7 +225,7 @@ def _save_estimator(out: str, name: str, obj: Any) -> dict[str, Any]:
             continue
         if attr == "by_cohort":
             val = val if isinstance(val, pd.DataFrame) else val.to_frame()
-            files["by_cohort"] = _write(out, f"{rel}.by_cohort", val)["csv"]
+            files["by_cohort"] = _write(out, f"{rel}.by_cohort", val, pol)["csv"]
         else:
             entry["pretrend" if attr == "pretrend_test" else "post_average"] = _plain_value(val)
     for attr in ("options", "name", "alpha"):
@@ -279,6 +329,9 @@ def build_report(results_dir: str | os.PathLike, *, title: str | None = None) ->
     s = load_summary(rd)
     cols = s.get("columns") or {}
     page = Page(title or "dte_dask report")
+    if s.get("disclosure"):
+        page.note(f"{s['disclosure'].get('description')}. Suppressed estimates are not drawn (grey marks on "
+                  "the zero line) and are NaN in the tables, with suppressed = True and suppression_reason.")
     page.section("Panel", anchor="panel")
     page.panel(s.get("panel"), cols)
     es_frames: dict[str, pd.DataFrame] = {}
@@ -335,7 +388,7 @@ def _estimator_section(page: Any, rd: str, name: str, e: dict[str, Any], cols: d
         page.figure(plotting.plot_attgt(cells, title=f"ATT(g, t) by cohort: {name}", **kw))
         page.figure(plotting.plot_cohorts(cells, title=f"Cohorts compared on event time: {name}", **kw))
     by_cohort = _frame(rd, files.get("by_cohort"))
-    if by_cohort is not None and len(by_cohort):
+    if by_cohort is not None and len(by_cohort) and "estimate" in by_cohort.columns:
         page.figure(plotting.plot_cohorts(by_cohort, title=f"Sub-experiments by cohort: {name}", **kw))
     table = _frame(rd, files.get("table"))
     if table is not None:

@@ -91,7 +91,10 @@ def png_ok(fig, path) -> np.ndarray:
 def test_event_study_frame_pointwise_ci_and_uniform_band(res):
     dyn = res.aggregate("dynamic")
     es = plotting.event_study_frame(res)
-    assert list(es.columns) == list(plotting.CANONICAL_COLUMNS)
+    k = len(plotting.CANONICAL_COLUMNS)
+    assert list(es.columns)[:k] == list(plotting.CANONICAL_COLUMNS)
+    assert list(es.columns)[k:] == ["n_treated", "n_control"]  # the unit counts travel with the estimates
+    np.testing.assert_array_equal(es["n_treated"], dyn.n_treated)
     np.testing.assert_array_equal(es["event_time"], dyn.keys)
     np.testing.assert_allclose(es["estimate"], dyn.att)
     np.testing.assert_allclose(es["ci_upper"] - es["estimate"], 1.959963984540054 * dyn.se)

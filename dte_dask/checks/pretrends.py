@@ -22,6 +22,7 @@ from scipy import stats
 
 from dte_dask.checks._base import CheckResult
 from dte_dask.checks._engine import check_alpha
+from dte_dask.disclosure import frame_counts
 from dte_dask.results.aggregate import aggregate_map
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
 from dte_dask.inference.variance import analytic_se
@@ -86,8 +87,15 @@ def pretrend_check(result: Any, *, alpha: float | None = None) -> PretrendResult
         test = result.pretrend_test() if kind is not None else None
         label = "frame" if kind is None else default_label(result)
         rows = [_frame_row(fr, a, f"event study ({label})", test)]
-    return PretrendResult(table=pd.DataFrame(rows, columns=_COLUMNS), estimates=event_study_frame(result, alpha=a),
-                          alpha=a, options=axis_names(result))
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    estimates = event_study_frame(result, alpha=a)
+    if kind is not None:  # the units behind each test: the smallest counts of the estimates it tests
+        pre_frames = [result.to_frame() if kind == "cells" else estimates, estimates][: len(rows)]
+        counts = [frame_counts(f, f["event_time"].to_numpy() < 0) for f in pre_frames]
+        if all(np.isfinite(c).all() for c in counts):
+            table["n_treated"] = [int(c[0]) for c in counts]
+            table["n_control"] = [int(c[1]) for c in counts]
+    return PretrendResult(table=table, estimates=estimates, alpha=a, options=axis_names(result))
 
 
 def _bonferroni(q: int, alpha: float) -> float:

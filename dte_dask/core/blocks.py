@@ -100,6 +100,7 @@ class BlockSummary:
     last_rank: int
     x_varying: bool = False  # covariates held as (n, T, p)
     n_weighted: int = -1  # units with a positive sampling weight (-1: not counted)
+    cohort_obs: dict[float, tuple[int, ...]] | None = None  # group index -> units observed in each period
 
 
 def summarize(block: UnitBlock) -> BlockSummary:
@@ -115,6 +116,7 @@ def summarize(block: UnitBlock) -> BlockSummary:
         last_rank=int(block.rank[-1]) if block.n else -1,
         x_varying=block.x is not None and block.x.ndim == 3,
         n_weighted=int(np.count_nonzero(block.w > 0)),
+        cohort_obs={float(k): tuple(int(c) for c in (~np.isnan(block.y[block.g == k])).sum(axis=0)) for k in gs},
     )
 
 

@@ -303,7 +303,9 @@ def make_result(estimator: str, panel: Panel, fit: OlsFit, W: np.ndarray, idx: n
         draws = fit.draws[:, idx] @ W.T
         se_b = boot_se(draws, np.sqrt(p.n_clusters))
         crit = band_crit(draws, se_b, alpha, True, fallback=True)
+    n_t, n_c = panel.event_time_counts(np.asarray(event_time, dtype=np.int64) // period_step(panel))
     return RegressionResult(
+        n_treated=n_t, n_control=n_c,
         estimator=estimator, event_time=np.asarray(event_time, dtype=np.int64), coef=coef, se=se, cov=cov,
         binned=np.asarray(binned, dtype=bool), alpha=alpha, df_t=p.n_clusters - 1, n_obs=p.n_obs,
         n_units=p.n_units, n_clusters=p.n_clusters, ref=int(ref), ssc=p.ssc, se_boot=se_b, band_crit=crit,

@@ -211,7 +211,9 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     terms = ["ATT"] + (["weighted"] if user >= 0 else [])
     other = pd.DataFrame({"term": terms, "coef": est[nh:],
                           "se": np.sqrt(np.clip(np.diag(V)[nh:], 0.0, None))})
+    n_t, n_c = panel.event_time_counts(np.asarray(event_time, dtype=np.int64) // step)
     return RegressionResult(
+        n_treated=n_t, n_control=n_c,
         estimator=name, event_time=event_time, coef=coef, se=se, cov=cov,
         binned=np.zeros(len(coef), dtype=bool), alpha=alpha, df_t=max(G - 1, 1),
         n_obs=int(s2["n_obs0"] + s2["n_obs1"]), n_units=int(s2["n_units"]), n_clusters=G,

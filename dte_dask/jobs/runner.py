@@ -183,14 +183,17 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         stage.partitions = panel.npartitions
     diagnosis = monitor.diagnosis(price_per_core_hour=price_per_core_hour, total_wall_s=timings["total"])
     echo(format_diagnosis(diagnosis))
+    pol = job.disclosure
+    if pol.active:  # a correlation of estimate profiles would mix in suppressed estimates
+        extra_meta.pop("comparison_correlation", None)
     meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
-            "panel_shape": {"units": panel.n_units, "periods": panel.n_periods, "rows": panel.n_rows,
-                            "partitions": panel.npartitions},
+            "panel_shape": {"units": pol.count(panel.n_units), "periods": panel.n_periods,
+                            "rows": pol.count(panel.n_rows), "partitions": panel.npartitions},
             "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
             "diagnosis": diagnosis, **extra_meta}
     checkpoint("writing the results")
     summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
-                           metadata=meta)
+                           metadata=meta, disclosure=pol)
     if job.report:
         checkpoint("writing the report")
         write_report(out, out / "report.html", title=job.name)

@@ -14,6 +14,7 @@ Example::
       - {kind: att_gt, options: {control_group: never_treated}, aggregations: [simple, dynamic]}
     inference: {bootstrap: true, n_boot: 999, seed: 1}
     cluster: {profile: local}
+    disclosure: {min_cell_size: 10, round_counts: 5}   # optional: see dte_dask.disclosure
     output: results/mpdta
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dte_dask import registry
+from dte_dask.disclosure import DisclosureSpec
 from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
 from dte_dask.registry import AGGREGATIONS  # noqa: F401  (re-exported: the aggregation names)
@@ -191,6 +193,9 @@ class JobSpec(_Closed):
     report: bool = True
     checks: list[Literal["pretrends"]] = Field(default_factory=list, description="diagnostics run on every estimator")
     compare: bool = Field(False, description="line up the estimators' dynamic effects (table + correlation)")
+    disclosure: DisclosureSpec = Field(default_factory=DisclosureSpec,
+                                       description="small-cell suppression and count rounding of every output "
+                                                   "(dte_dask.disclosure)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> JobSpec:

@@ -72,6 +72,36 @@ class Panel:
         return dict(sorted(out.items()))
 
     @property
+    def cohort_obs(self) -> dict[float, np.ndarray]:
+        """Units observed per group index (``inf`` = never treated) and period: (T,) counts each,
+        summed from the partitions' summaries (counted on the workers)."""
+        out: dict[float, np.ndarray] = {}
+        for s in self.summaries:
+            for g, c in (s.cohort_obs or {}).items():
+                out[g] = out.get(g, np.zeros(self.n_periods, dtype=np.int64)) + np.asarray(c, dtype=np.int64)
+        return dict(sorted(out.items()))
+
+    def event_time_counts(self, event_periods: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Units behind each event-time estimate of a regression, for disclosure control.
+
+        ``n_treated[e]``: units of the treated cohorts g observed in period g + e (summed over g);
+        ``n_control[e]``: the smallest number, over those periods, of units not yet treated (later
+        cohorts and never treated) observed there. Both come from the per-partition counts.
+        """
+        obs = self.cohort_obs
+        T = self.n_periods
+        ev = np.asarray(event_periods, dtype=np.int64)
+        n_t = np.zeros(ev.size, dtype=np.int64)
+        n_c = np.zeros(ev.size, dtype=np.int64)
+        treated = [g for g in obs if np.isfinite(g) and 0 <= g <= T - 1]
+        for i, e in enumerate(ev):
+            periods = [(g, int(g + e)) for g in treated if 0 <= g + e <= T - 1]
+            n_t[i] = sum(int(obs[g][t]) for g, t in periods)
+            ctrl = [sum(int(c[t]) for h, c in obs.items() if h > t) for _, t in periods]
+            n_c[i] = min(ctrl) if ctrl else 0
+        return n_t, n_c
+
+    @property
     def is_balanced(self) -> bool:
         return all(s.n_unbalanced == 0 for s in self.summaries)
 

@@ -26,6 +26,23 @@ _METHOD_NAMES = {"dr": "Doubly Robust", "ipw": "Inverse Probability Weighting", 
 
 
 
+def cell_counts(used: np.ndarray, group: np.ndarray, n_treated: np.ndarray, n_control: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Units behind estimates built from ATT(g,t) cells: ``used`` (K, m) marks the cells of each.
+
+    ``n_treated``: the units of the cohorts involved (each cohort counted once, at its largest
+    cell); ``n_control``: the smallest comparison group of any cell involved. Zero where no cell is.
+    """
+    m = used.shape[1]
+    n_t, n_c = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64)
+    for j in range(m):
+        cells = used[:, j]
+        if cells.any():
+            n_t[j] = sum(int(n_treated[cells & (group == g)].max()) for g in np.unique(group[cells]))
+            n_c[j] = int(n_control[cells].min())
+    return n_t, n_c
+
+
 def _interval(att, se, crit):
     return att - crit * se, att + crit * se
 
@@ -66,6 +83,10 @@ class AggregateResult(Result):
     boot_draws: np.ndarray | None = None  # (B, m) bootstrap draws of ``att``
     estimator: str = "att_gt"
     options: dict[str, Any] = field(default_factory=dict)
+    n_treated: np.ndarray | None = None  # (m,) units behind each estimate (see cell_counts)
+    n_control: np.ndarray | None = None
+    overall_n_treated: int | None = None  # the same for the overall estimate
+    overall_n_control: int | None = None
     df_t: int | None = None
 
     @property
@@ -88,9 +109,12 @@ class AggregateResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical frame (:mod:`dte_dask.results.base`): key, estimate, se, pointwise CI,
-        uniform band (bootstrap with uniform bands), se_analytic."""
+        uniform band (bootstrap with uniform bands), n_treated, n_control (see :func:`cell_counts`),
+        se_analytic."""
         cols = _canonical({self.key_name: self.keys}, self.att, self.se, self.alpha, self.crit, self.uniform, self._z)
-        return pd.DataFrame({**cols, "se_analytic": self.se_analytic})
+        counts = {} if self.n_treated is None or self.n_control is None else {
+            "n_treated": np.asarray(self.n_treated, dtype=np.int64), "n_control": np.asarray(self.n_control, dtype=np.int64)}
+        return pd.DataFrame({**cols, **counts, "se_analytic": self.se_analytic})
 
     def event_study(self) -> Result:
         if self.kind != "dynamic":
@@ -244,10 +268,14 @@ class AttgtResult(Result):
         crit = band_crit(draws, se, alpha, uniform, fallback=True) if m.keys.size else float("nan")
         key_name = {"simple": "key", "dynamic": "event_time", "group": "group", "calendar": "time"}[kind]
         agg_cov = m.coef.T @ cov @ m.coef if m.coef.shape[1] else np.empty((0, 0))
+        used = np.column_stack([m.coef[: self.K] != 0, np.nan_to_num(m.overall_coef[: self.K]) != 0])
+        n_t, n_c = cell_counts(used, self.g_index, self.n_treated, self.n_control)
         return AggregateResult(kind=kind, key_name=key_name, keys=keys, att=m.att, se=se, se_analytic=se_a,
                                crit=crit, overall_att=m.overall_att, overall_se=o_se, alpha=alpha,
                                bootstrap=self.draws_aug is not None, uniform=bool(uniform and draws is not None),
                                cov=agg_cov, boot_draws=draws, estimator=self.estimator,
+                               n_treated=n_t[:-1], n_control=n_c[:-1], overall_n_treated=int(n_t[-1]),
+                               overall_n_control=int(n_c[-1]),
                                options={k: self.options[k] for k in ("outcome", "time", "unit") if k in self.options})
 
     def _key_labels(self, kind: str, keys: np.ndarray) -> np.ndarray:

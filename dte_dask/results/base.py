@@ -35,7 +35,8 @@ key columns                     what the estimator indexes its estimates by: ``g
                                 with clusters - 1 df for the regressions, as pyfixest)
 ``band_lower``, ``band_upper``  UNIFORM (simultaneous, sup-t multiplier bootstrap) band; NaN when
                                 no uniform band was computed
-``n_treated``, ``n_control``    units in the comparison, where known (ATT(g,t) cells)
+``n_treated``, ``n_control``    units behind each estimate (cells, aggregations, regressions; see
+                                docs/results.md); disclosure control reads them
 extras                          ``se_analytic`` (influence-function SE, when ``se`` is the bootstrap's),
                                 ``se_boot`` (bootstrap SE, when ``se`` is analytic), ``binned``
                                 (an endpoint that pools every event time beyond it)
@@ -59,7 +60,7 @@ from dte_dask.formatting import SummaryText
 
 __all__ = ["Result", "SCHEMA", "KEY_COLUMNS", "EXTRA_COLUMNS", "pointwise_z", "no_pretest_reason"]
 
-KEY_COLUMNS = ("group", "time", "event_time", "key")
+KEY_COLUMNS = ("group", "time", "event_time", "key", "dose")
 SCHEMA = ("estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
 EXTRA_COLUMNS = ("n_treated", "n_control", "n_obs", "se_analytic", "se_boot", "binned")
 

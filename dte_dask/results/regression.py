@@ -36,6 +36,9 @@ class RegressionResult(Result):
         when the bootstrap ran
     other : coefficients not indexed by event time (covariates), as a frame
     cohorts : per-cohort estimates (stacked DiD: each sub-experiment; Sun–Abraham: delta(g, e))
+    n_treated, n_control : (K,) treated units observed at each event time, and the fewest
+        not-yet-treated units observed in the same periods (counted on the workers; for
+        disclosure control, :mod:`dte_dask.disclosure`)
     aggregations : results of the other aggregations the estimator computes (``etwfe``: simple, group,
         calendar), by kind; :meth:`aggregate` returns them
     """
@@ -61,6 +64,8 @@ class RegressionResult(Result):
     options: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     panel: dict[str, Any] = field(default_factory=dict)
+    n_treated: np.ndarray | None = None  # (K,) units behind each estimate (Panel.event_time_counts)
+    n_control: np.ndarray | None = None
     aggregations: dict[str, Result] = field(default_factory=dict)
 
     result_kind: ClassVar[str] = "event_study"
@@ -80,7 +85,8 @@ class RegressionResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical frame (:mod:`dte_dask.results.base`): event_time, estimate, se (CRV1),
-        pointwise t interval, uniform band (sup-t bootstrap; NaN without it), binned (+ se_boot)."""
+        pointwise t interval, uniform band (sup-t bootstrap; NaN without it), binned (+ se_boot,
+        n_treated, n_control)."""
         c = self.crit
         nan = np.full(self.coef.shape, np.nan)
         boot = self.se_boot is not None and self.band_crit is not None
@@ -91,6 +97,9 @@ class RegressionResult(Result):
                            "binned": self.binned})
         if boot:
             df["se_boot"] = self.se_boot
+        if self.n_treated is not None and self.n_control is not None:
+            df["n_treated"] = np.asarray(self.n_treated, dtype=np.int64)
+            df["n_control"] = np.asarray(self.n_control, dtype=np.int64)
         return df
 
     def pretrend_test(self) -> dict[str, float]:

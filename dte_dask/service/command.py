@@ -50,6 +50,12 @@ from dte_dask.storage import parse_storage_options
 @click.option("--retain-days", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Delete finished jobs and their results this many days after they ended "
                    "(checked at startup and hourly); 0: keep them.")
+@click.option("--min-cell-size", default=None, type=click.IntRange(1),
+              help="Disclosure control: suppress every estimate with fewer treated or control units than "
+                   "this, in every job's outputs; jobs may ask for more, never less. Default: off.")
+@click.option("--round-counts", default=None, metavar="B|suppress",
+              help="Disclosure control: publish unit counts rounded to a multiple of B, or 'suppress' to "
+                   "publish none; jobs may ask for coarser, never finer. Default: exact counts.")
 @click.option("--ssl-certfile", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile. See docs/security.md.")
 @click.option("--ssl-keyfile", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -60,8 +66,8 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
             token_file: str | None, data_roots: tuple[str, ...], data_buckets: tuple[str, ...],
             bucket_options: dict | None, max_concurrent: int, max_queued: int,
             max_request_bytes: int, max_simulate_rows: int, max_n_boot: int, max_work: float, max_task_memory: str,
-            job_timeout: float, job_memory: str | None, retain_days: float, ssl_certfile: str | None,
-            ssl_keyfile: str | None, log_level: str) -> None:
+            job_timeout: float, job_memory: str | None, retain_days: float, min_cell_size: int | None,
+            round_counts: str | None, ssl_certfile: str | None, ssl_keyfile: str | None, log_level: str) -> None:
     """Serve the job API: POST /jobs, GET /jobs[/ID[/results[/NAME]]], DELETE /jobs/ID, /metrics, /health.
 
     Every route but /health needs `Authorization: Bearer TOKEN` (TOKEN from $DTE_DASK_TOKEN or
@@ -89,6 +95,15 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
         job_bytes = parse_bytes(job_memory) if job_memory else None
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(f"not a size ({exc}); e.g. 512MiB, 8GiB") from None
+    from pydantic import ValidationError
+
+    from dte_dask.disclosure import DisclosureSpec
+
+    try:
+        rc = int(round_counts) if round_counts is not None and round_counts.strip().isdigit() else round_counts
+        disclosure = DisclosureSpec(min_cell_size=min_cell_size, round_counts=rc)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--round-counts") from None
     try:
         resolve_profile(profile)  # fail fast, before binding anything
         settings = ServiceSettings(
@@ -96,7 +111,7 @@ def command(profile: str, host: str, port: int, metrics_port: int | None, db: st
             data_roots=tuple(data_roots), data_buckets=tuple(data_buckets),
             bucket_options=bucket_options or {}, max_concurrent=max_concurrent, max_queued=max_queued,
             max_request_bytes=max_request_bytes, job_timeout_s=job_timeout or None, job_memory_bytes=job_bytes,
-            retain_days=retain_days or None,
+            retain_days=retain_days or None, disclosure=disclosure,
             limits=Limits(max_simulate_rows=max_simulate_rows, max_n_boot=max_n_boot, max_work=max_work,
                           max_task_bytes=task_bytes))
         serve(settings, host=host, port=port, metrics_port=metrics_port, log_level=log_level,

@@ -45,6 +45,7 @@ from dte_dask.service.validate import (
     SpecProblem,
     UnsupportedMediaType,
     check_columns,
+    check_disclosure,
     check_limits,
     load_body,
     validate_spec,
@@ -111,6 +112,7 @@ def api_router(st: ServiceState, *, require_token: Callable[..., None],
                 job.data.storage_options = dict(settings.bucket_options)
             check_columns(job, source)
             warnings = check_size(job, settings.limits, source)
+            job.disclosure = check_disclosure(job.disclosure, settings.disclosure)
         except UnsupportedMediaType as exc:
             st.metrics.rejected.labels(reason="media_type").inc()
             raise HTTPException(415, f"send the job as {JSON_TYPES[0]} or {YAML_TYPES[0]}, not {exc}") from None

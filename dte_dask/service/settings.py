@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dte_dask.disclosure import DisclosureSpec
 from dte_dask.exceptions import DteDaskError
 
 TOKEN_ENV = "DTE_DASK_TOKEN"
@@ -70,6 +71,9 @@ class ServiceSettings:
         Memory budget of a running job on the workers: the bytes of its results held in worker
         memory (the scheduler's ``nbytes`` of the tasks it submitted); past it the job is stopped
         and marked ``failed``. None: no budget.
+    disclosure : DisclosureSpec
+        The service's disclosure control (``--min-cell-size``, ``--round-counts``): applied to every
+        job that sets none; a job may ask for stricter settings, never looser ones (422).
     retain_days : float or None
         Finished jobs older than this (by their end) are deleted with their results, at startup
         and every ``purge_interval_s``. None: kept for ever.
@@ -95,6 +99,7 @@ class ServiceSettings:
     job_memory_bytes: int | None = None
     retain_days: float | None = 30.0
     purge_interval_s: float = 3600.0
+    disclosure: DisclosureSpec = field(default_factory=DisclosureSpec)
 
     def __post_init__(self) -> None:
         if not self.token:

@@ -7,6 +7,7 @@ which the API answers with 422. On top of the spec's own rules the service check
 
 * its :class:`~dte_dask.service.settings.Limits` (simulated panel size, bootstrap draws,
   estimators, partitions) and that estimator names can become file names;
+* that the job's disclosure control is at least as strict as the service's (:func:`check_disclosure`);
 * that a file source lies inside one of the configured data roots: see
   :mod:`dte_dask.service.paths` (decided lexically first; one answer for every refused path).
 
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dte_dask.disclosure import DisclosureSpec
 from dte_dask.jobs.spec import JobSpec
 from dte_dask.service.settings import Limits
 
@@ -180,3 +182,14 @@ def check_columns(job: JobSpec, source: str) -> None:
         msg = str(exc).removeprefix("invalid job spec: ")
         m = _FIELD.search(msg)
         raise SpecProblem.one(["data", m.group(1)] if m else ["data"], msg) from None
+
+
+def check_disclosure(job: DisclosureSpec, service: DisclosureSpec) -> DisclosureSpec:
+    """The job's disclosure control with the service's defaults filled in; a setting looser than
+    the service's is a 422 naming the field (``disclosure.min_cell_size``)."""
+    from dte_dask.disclosure import effective, looser_fields
+
+    bad = looser_fields(job, service)
+    if bad:
+        raise SpecProblem([{"loc": ["body", "disclosure", f], "msg": msg, "type": "value_error"} for f, msg in bad])
+    return effective(job, service)

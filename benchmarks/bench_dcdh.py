@@ -1,0 +1,83 @@
+"""Benchmark ``did_multiplegt`` (issue 16): a multi-valued switching treatment on a large panel (time,
+peak memory) and, in the same run, a smaller panel against moderndid's ``did_multiplegt`` (ratio).
+
+    python benchmarks/bench_dcdh.py --units 1000000 --periods 24 --peer-units 100000
+
+Peak memory is the process's peak RSS (``resource.getrusage``), measured after each stage.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+
+def panel(n: int, periods: int, seed: int = 0) -> pd.DataFrame:
+    """Baselines 0/1/2, one switch (up 1 or 2, or down 1) at a random period (a third never switch),
+    some switching back; Y = unit + period effects + 0.5 D + noise; 1 % of outcomes missing."""
+    rng = np.random.default_rng(seed)
+    d0 = rng.integers(0, 3, n).astype(np.float64)
+    F = np.where(rng.random(n) < 1 / 3, periods + 1, rng.integers(2, periods, n))
+    step = rng.choice([-1.0, 1.0, 2.0], n)
+    step[d0 + step < 0] = 1.0
+    back = rng.integers(4, 2 * periods, n)
+    t = np.arange(periods, dtype=np.int64)
+    on = (t[None, :] >= F[:, None]) & (t[None, :] < F[:, None] + back[:, None])
+    D = d0[:, None] + step[:, None] * on
+    Y = rng.normal(size=(n, 1)) + 0.1 * t[None, :] + 0.5 * D + rng.normal(size=(n, periods))
+    Y[rng.random((n, periods)) < 0.01] = np.nan
+    return pd.DataFrame({"id": np.repeat(np.arange(n, dtype=np.int64), periods), "t": np.tile(t + 1, n),
+                         "y": Y.ravel(), "d": D.ravel()})
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--units", type=int, default=1_000_000)
+    ap.add_argument("--periods", type=int, default=24)
+    ap.add_argument("--peer-units", type=int, default=100_000)
+    ap.add_argument("--effects", type=int, default=5)
+    ap.add_argument("--placebo", type=int, default=3)
+    ap.add_argument("--npartitions", type=int, default=8)
+    a = ap.parse_args()
+    import dte_dask
+
+    warnings.simplefilter("ignore")
+    kw = dict(effects=a.effects, placebo=a.placebo)
+    import moderndid as md
+
+    # warm-up on a tiny panel: imports and first-call costs are left out of every timing
+    tiny = panel(500, a.periods, seed=3)
+    dte_dask.did_multiplegt(tiny, "y", "id", "t", "d", **kw)
+    md.did_multiplegt(tiny, yname="y", idname="id", tname="t", dname="d", **kw)
+    # the peer comparison first (its peak memory is then not counted in the large run's)
+    small = panel(a.peer_units, a.periods, seed=1)
+    t0 = time.perf_counter()
+    ours = dte_dask.did_multiplegt(small, "y", "id", "t", "d", npartitions=a.npartitions, **kw)
+    t_ours = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ref = md.did_multiplegt(small, yname="y", idname="id", tname="t", dname="d", **kw)
+    t_md = time.perf_counter() - t0
+    diff = np.max(np.abs(ours.estimates[:a.effects] - ref.effects.estimates))
+    print(f"peer panel {a.peer_units} units x {a.periods}: dte_dask {t_ours:.2f} s, moderndid (polars, "
+          f"in-memory) {t_md:.2f} s, ratio {t_md / t_ours:.2f}x; max |estimate diff| {diff:.2e}")
+    big = panel(a.units, a.periods, seed=2)
+    base = peak_mib()
+    t0 = time.perf_counter()
+    res = dte_dask.did_multiplegt(big, "y", "id", "t", "d", npartitions=a.npartitions, **kw)
+    t_big = time.perf_counter() - t0
+    print(f"large panel {a.units} units x {a.periods} ({len(big)} rows): {t_big:.2f} s; peak RSS "
+          f"{peak_mib():.0f} MiB (data frame built before: {base:.0f} MiB)")
+    print(res.to_frame()[["horizon", "estimate", "se", "n_switchers"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""de Chaisemartin & D'Haultfœuille (2024) intertemporal event-study estimator: ``did_multiplegt``.
+
+Non-binary, non-absorbing treatments: DID_ℓ compares the outcome change from F_g - 1 to
+F_g - 1 + ℓ of units whose treatment first changed at F_g with that of units with the same baseline
+treatment that have not switched yet (R ``did_multiplegt_dyn``; conventions of moderndid's port, see
+``docs/did_multiplegt.md``). Kernels: :mod:`dte_dask.core.dcdh`; each pass maps a kernel over entity
+partitions and adds its small statistics along the fixed tree of RNG blocks (bit-identical for any
+partitioning); the per-unit influence functions never leave the partitions.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dte_dask.core.dcdh import (
+    Ctx,
+    DcdhBlock,
+    cell_means,
+    control_stats,
+    design_stats,
+    from_unit_block,
+    influence_stats,
+    meta_stats,
+    switcher_stats,
+)
+from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
+from dte_dask.exceptions import DteDaskWarning, MissingColumnError, PanelError, SpecError
+from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
+from dte_dask.results.base import Result
+
+__all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "dcdh_blocks", "reduce_blocks"]
+
+_UNSUPPORTED = ("controls", "trends_lin", "trends_nonparam", "continuous", "bootstrap")
+
+
+class DidMultiplegtOptions(Options):
+    """Options of :func:`did_multiplegt` (R ``did_multiplegt_dyn`` names and defaults)."""
+
+    effects: NonNegInt = 1
+    placebo: NonNegInt = 0
+    normalized: Bool = False
+    switchers: str = ""
+    only_never_switchers: Bool = False
+    same_switchers: Bool = False
+    effects_equal: Bool = False
+    ci_level: float = 95.0
+
+
+@dataclass(frozen=True, repr=False)
+class DidMultiplegtResult(Result):
+    """Effects DID_ℓ (horizon ℓ ≥ 1) and placebos (horizon -ℓ), their covariance, the average total
+    effect per unit of treatment and the joint tests."""
+
+    estimator: str = "did_multiplegt"
+    alpha: float = 0.05
+    horizon: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    n_switchers: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    n_obs: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    ate: dict[str, float] = field(default_factory=dict)
+    placebo_test: dict[str, float] | None = None
+    effects_equal_test: dict[str, float] | None = None
+    n_units: int = 0
+    n_clusters: int | None = None
+
+    @property
+    def estimates(self) -> np.ndarray:
+        return self.coef
+
+    def vcov(self) -> np.ndarray:
+        return self.cov
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.cov))
+
+    def to_frame(self) -> pd.DataFrame:
+        z = stats.norm.ppf(1 - self.alpha / 2)
+        se = self.se
+        return pd.DataFrame({"horizon": self.horizon, "event_time": self.horizon, "estimate": self.coef, "se": se,
+                             "ci_lower": self.coef - z * se, "ci_upper": self.coef + z * se,
+                             "band_lower": np.nan, "band_upper": np.nan,
+                             "n_switchers": self.n_switchers, "n_obs": self.n_obs})
+
+    def summary(self) -> str:
+        df = self.to_frame()
+        lines = ["de Chaisemartin & D'Haultfoeuille (2024) DID_l estimators", "",
+                 f"{'horizon':>8} {'estimate':>12} {'se':>10} {'ci_lower':>10} {'ci_upper':>10} {'N_sw':>6} {'N':>7}"]
+        for r in df.itertuples():
+            lines.append(f"{r.horizon:>8d} {r.estimate:>12.5f} {r.se:>10.5f} {r.ci_lower:>10.5f} "
+                         f"{r.ci_upper:>10.5f} {r.n_switchers:>6d} {r.n_obs:>7d}")
+        if self.ate:
+            lines.append(f"Average total effect per unit of treatment: {self.ate['estimate']:.5f} "
+                         f"(se {self.ate['se']:.5f})")
+        for name, t in (("placebos jointly zero", self.placebo_test), ("effects equal", self.effects_equal_test)):
+            if t:
+                lines.append(f"Test {name}: chi2({t['df']}) = {t['statistic']:.4f}, p = {t['p_value']:.4f}")
+        lines.append(f"Units: {self.n_units}" + (f", clusters: {self.n_clusters}" if self.n_clusters else ""))
+        return "\n".join(lines)
+
+
+def _check(data: Any, cols: dict[str, str | None]) -> pd.DataFrame:
+    if hasattr(data, "compute") and not isinstance(data, pd.DataFrame):
+        data = data.compute()
+    if not isinstance(data, pd.DataFrame):
+        raise SpecError("did_multiplegt: `data` must be a pandas or dask DataFrame")
+    for role, c in cols.items():
+        if c is not None and c not in data.columns:
+            raise MissingColumnError(f"column {c!r} ({role}) is not in the data")
+    return data
+
+
+def dcdh_blocks(df: pd.DataFrame, outcome: str, unit: str, time: str, treatment: str, weights: str | None,
+            cluster: str | None, npartitions: int, block_size: int) -> tuple[list, int, int, int]:
+    """Wide blocks of whole entities (cluster, else unit) in contiguous RNG blocks."""
+    if df.duplicated([unit, time]).any():
+        bad = df.loc[df.duplicated([unit, time]), [unit, time]].iloc[0].tolist()
+        raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
+    times = np.sort(pd.unique(df[time].dropna()))
+    steps = np.diff(times.astype(float))
+    if steps.size and not np.allclose(steps, steps[0]):
+        raise PanelError(f"column {time!r}: periods must be equally spaced (got {times[:6].tolist()}...)")
+    T = times.size
+    units = np.sort(pd.unique(df[unit]))
+    ui = np.searchsorted(units, df[unit].to_numpy())
+    ti = np.searchsorted(times, df[time].to_numpy())
+    n = units.size
+    if cluster is not None:
+        per = df.groupby(unit)[cluster].nunique(dropna=False)
+        if (per > 1).any():
+            raise PanelError(f"column {cluster!r} (cluster) varies within unit {per.index[per > 1][0]!r}")
+        cl_u = pd.Series(df[cluster].to_numpy(), index=ui).groupby(level=0).first().reindex(range(n))
+        clv, cl = np.unique(cl_u.to_numpy(), return_inverse=True)
+        order = np.lexsort((np.arange(n), cl))
+    else:
+        cl = np.arange(n)
+        order = np.arange(n)
+    Y, D, W = (np.full((n, T), np.nan) for _ in range(3))
+    P = np.zeros((n, T), bool)
+    Y[ui, ti] = df[outcome].to_numpy(dtype=float, na_value=np.nan)
+    D[ui, ti] = df[treatment].to_numpy(dtype=float, na_value=np.nan)
+    W[ui, ti] = 1.0 if weights is None else np.nan_to_num(df[weights].to_numpy(dtype=float, na_value=np.nan))
+    P[ui, ti] = True
+    rank = cl[order]
+    ent = int(rank.max()) + 1 if n else 0
+    nb = -(-ent // block_size)
+    cuts = np.linspace(0, nb, min(npartitions, max(nb, 1)) + 1).round().astype(int) * block_size
+    lo = np.searchsorted(rank, cuts[:-1])
+    hi = np.searchsorted(rank, cuts[1:])
+    parts = []
+    for a, b in zip(lo, hi):
+        idx = order[a:b]
+        parts.append(dask.delayed(DcdhBlock(units[idx], rank[a:b], Y[idx], D[idx], W[idx], P[idx], cl[idx]),
+                                  pure=False))
+    return parts, T, nb, ent
+
+
+def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
+    covers = [dask.delayed(by_rng_block)(p, func, bs, nb, *args) for p in parts]
+    return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
+
+
+def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = None, time: str | None = None,
+                   treatment: str | None = None, *, effects: int = 1,
+                   placebo: int = 0, cluster: str | None = None, weights: str | None = None,
+                   controls: Any = None, normalized: bool = False, switchers: str = "",
+                   only_never_switchers: bool = False, same_switchers: bool = False, trends_lin: bool = False,
+                   trends_nonparam: Any = None, continuous: int = 0, effects_equal: bool = False,
+                   ci_level: float = 95.0, bootstrap: bool = False, n_boot: int = 1000, seed: int | None = None,
+                   npartitions: int = 1, rng_block_size: int = 16384) -> DidMultiplegtResult:
+    """de Chaisemartin & D'Haultfœuille (2024) DID_ℓ event-study estimators (R ``did_multiplegt_dyn``).
+
+    Parameters
+    ----------
+    data : pandas or dask DataFrame, long (one row per unit and period; rows may be missing), or a
+        :class:`~dte_dask.Panel` (binary absorbing treatment D = 1{t >= group}; its weights and
+        clusters are used and the column arguments are ignored; job specs and the service pass one)
+    outcome, unit, time, treatment : columns; ``time`` equally spaced; ``treatment`` any non-negative
+        number, may switch on and off
+    effects, placebo : number of effects DID_1..DID_effects and placebos DID^pl_1..
+    cluster : column constant within unit (default: clustered at the unit)
+    weights : row weights (missing = 0)
+    normalized : divide DID_ℓ by the average cumulative treatment change δ^D_ℓ
+    switchers : "" (all), "in" (increases only), "out" (decreases only)
+    only_never_switchers, same_switchers : as in R
+    effects_equal : chi² test that all effects are equal
+    ci_level : pointwise confidence level (percent)
+    controls, trends_lin, trends_nonparam, continuous, bootstrap : not implemented yet (an error)
+
+    Notes
+    -----
+    Units whose treatment both rises and falls relative to the baseline are dropped from the period
+    where both have happened (moderndid's default, ``keep_bidirectional_switchers=False``). SEs are
+    analytic, from influence functions demeaned within cohorts (see :mod:`dte_dask.core.dcdh`);
+    ``vcov()`` is Σ_c (Σ_{g∈c} ψ_g)(·)'/G², whose diagonal is the squared SE.
+    """
+    for name, val, default in (("controls", controls, None), ("trends_lin", trends_lin, False),
+                               ("trends_nonparam", trends_nonparam, None), ("continuous", continuous, 0),
+                               ("bootstrap", bootstrap, False)):
+        if val not in (default,) and not (val is None and default is None):
+            raise NotImplementedError(f"did_multiplegt: option {name}={val!r} is not implemented yet")
+    opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
+                        switchers=switchers, only_never_switchers=only_never_switchers,
+                        same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level)
+    if opt.switchers not in ("", "in", "out"):
+        raise SpecError(f"switchers={opt.switchers!r}: use '', 'in' or 'out'")
+    if opt.effects < 1:
+        raise SpecError("effects must be >= 1")
+    if not 0 < opt.ci_level < 100:
+        raise SpecError(f"ci_level={opt.ci_level}: must be in (0, 100)")
+    if isinstance(data, Panel):
+        parts = data.map_blocks(from_unit_block, name="dcdh-blocks")
+        T, nb, bs = data.n_periods, data.n_rng_blocks, data.rng_block_size
+        cluster = data.spec.cluster
+        n_ent = data.n_clusters
+    else:
+        for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
+            if col is None:
+                raise SpecError(f"did_multiplegt: name the `{role}` column")
+        df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
+                           "weights": weights, "cluster": cluster})
+        bs = int(rng_block_size)
+        parts, T, nb, n_ent = dcdh_blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
+                                  max(int(npartitions), 1), bs)
+    metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
+                           for p in parts])
+    dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
+    dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))
+    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
+    keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
+    ctx = replace(ctx, keep_dsq=keep_dsq)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
+    ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
+    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
+    G = int(a["n_units"])
+    if G == 0:
+        raise PanelError("no units left: every baseline treatment group lacks variation in the first switch "
+                         "period or never-switchers")
+    effects_n, placebo_n = _clip(a, T, opt.effects, opt.placebo)
+    horizons = tuple(range(1, effects_n + 1)) + tuple(-h for h in range(1, placebo_n + 1))
+    ctx = replace(ctx, horizons=horizons, n_units=G, same_switchers=effects_n if opt.same_switchers else 0)
+    c = reduce_blocks(parts, control_stats, bs, nb, ctx)
+    ctx = replace(ctx, nc=c["w"], ctrl=c)
+    s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
+    ctx = replace(ctx, sw=s)
+    means = cell_means(ctx, a["fcount"].sum(axis=1), T)
+    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
+    return _finish(opt, ctx, s, f, horizons, G, n_ent if cluster is not None else None, effects_n, placebo_n)
+
+
+def _clip(a: dict, T: int, effects: int, placebo: int) -> tuple[int, int]:
+    rows = np.flatnonzero(a["rows_t"] > 0)
+    fsw = np.flatnonzero(a["fcount"][:, :T].sum(axis=0) > 0)
+    if fsw.size == 0:
+        raise PanelError("no switchers: the treatment never changes in the sample")
+    max_eff = int(rows[-1] - fsw[0] + 1)
+    max_pl = int(fsw[-1] - rows[0] - 1)
+    if effects > max_eff:
+        warnings.warn(f"effects={effects} but only {max_eff} post-switch periods: using {max_eff}",
+                      DteDaskWarning, stacklevel=3)
+    if placebo > max(max_pl, 0):
+        warnings.warn(f"placebo={placebo} but only {max(max_pl, 0)} pre-switch periods: using {max(max_pl, 0)}",
+                      DteDaskWarning, stacklevel=3)
+    return min(effects, max_eff), min(placebo, max(max_pl, 0))
+
+
+def _wald(est: np.ndarray, V: np.ndarray, contrast: np.ndarray | None = None) -> dict[str, float] | None:
+    ok = np.isfinite(est)
+    est, V = est[ok], V[np.ix_(ok, ok)]
+    if contrast is not None:
+        k = est.size
+        if k < 2:
+            return None
+        D = np.eye(k - 1, k) - np.ones((k - 1, k)) / k
+        est, V = D @ est, D @ V @ D.T
+    if est.size == 0:
+        return None
+    stat = float(est @ np.linalg.pinv(V) @ est)
+    return {"statistic": stat, "df": int(est.size), "p_value": float(stats.chi2.sf(stat, est.size))}
+
+
+def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tuple, G: int,
+            n_clusters: int | None, effects_n: int, placebo_n: int) -> DidMultiplegtResult:
+    H = len(horizons)
+    N_sw = s["w"].reshape(H, -1).sum(axis=1)
+    has = s["n_sw"] > 0
+    raw = np.where(has, f["num"] / G, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(s["dd_w"] > 0, s["dd_num"] / np.where(s["dd_w"] > 0, s["dd_w"], 1.0), np.nan)
+    norm = np.where(opt.normalized & np.isfinite(delta) & (delta != 0), delta, 1.0)
+    cross = f["cross"] / G ** 2
+    cov_raw = np.where(np.outer(has, has), cross, np.nan)
+    coef = raw / norm
+    cov = cov_raw / np.outer(norm, norm)
+    ate: dict[str, float] = {}
+    eff = np.arange(effects_n)
+    valid = has[eff] & np.isfinite(raw[eff])
+    if valid.any():
+        wts = np.where(valid, N_sw[eff], 0.0) / N_sw[eff][valid].sum()
+        dd = np.where(np.isfinite(delta[eff]), delta[eff], 0.0)
+        denom = float(np.sum(wts * np.diff(dd, prepend=0.0)))
+        if denom == 0:
+            denom = dd[0] if dd[0] != 0 else 1.0
+        a = np.zeros(H)
+        a[eff] = wts / denom
+        ate = {"estimate": float(np.nansum(a * raw)), "se": float(np.sqrt(a @ np.nan_to_num(cov_raw) @ a)),
+               "n_switchers": float(N_sw[eff][valid].sum())}
+    pl = np.arange(effects_n, H)
+    placebo_test = _wald(coef[pl], cov[np.ix_(pl, pl)]) if placebo_n > 1 else None
+    eq = _wald(coef[eff], cov[np.ix_(eff, eff)], contrast=np.ones(1)) if opt.effects_equal and effects_n > 1 else None
+    return DidMultiplegtResult(estimator="did_multiplegt", alpha=1 - opt.ci_level / 100,
+                               horizon=np.array(horizons, int), coef=coef, cov=cov, n_switchers=s["n_sw"],
+                               n_obs=f["nobs"], ate=ate, placebo_test=placebo_test, effects_equal_test=eq,
+                               n_units=G, n_clusters=n_clusters)
+
+
+register(EstimatorEntry(
+    name="did_multiplegt", function=did_multiplegt, options=DidMultiplegtOptions, label="dCDH",
+    title="de Chaisemartin & D'Haultfoeuille (2024) intertemporal event study (non-binary, non-absorbing)",
+    covariates=False, weights=True, clusters=True, unbalanced=True, bootstrap=False, compare=None,
+    cost="events"))
