@@ -16,7 +16,7 @@ a LocalCluster) and the worker processes it spawns. Reported:
 * the **truth check**: the simulator's true dynamic effect at each event time e (the
   cohort-size-weighted mean over cohorts of ``att(g, g+e)``, truth from ``DATA/_truth.csv``, sizes
   from ``DATA/_dte_dask.json`` ``cohort_counts``, over the cohorts that have period ``g+e``) against
-  the CS dynamic aggregation's 95% uniform band (``OUT/estimators/cs.dynamic.csv``,
+  the CS dynamic aggregation's 95% uniform band (``OUT/estimators/att_gt.dynamic.csv``,
   ``band_lower``/``band_upper`` of the result schema).
 
 Examples (``DATA_DIR`` from ``dte-dask simulate --preset medical --units 2800000 --periods 24
@@ -91,7 +91,7 @@ def true_dynamic(data_dir: Path) -> pd.Series:
     return agg
 
 
-def truth_check(data_dir: Path, out_dir: Path, name: str = "cs") -> pd.DataFrame:
+def truth_check(data_dir: Path, out_dir: Path, name: str = "att_gt") -> pd.DataFrame:
     """The truth beside the CS dynamic aggregation and its uniform band, one row per event time."""
     est = pd.read_csv(out_dir / "estimators" / f"{name}.dynamic.csv")
     est = est.set_index("event_time")

@@ -26,7 +26,9 @@ __all__ = ["EstimatorEntry", "register", "register_estimator", "unregister", "ge
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 _BUILTIN_MODULES = ("dte_dask.estimators.cs", "dte_dask.estimators.event_study", "dte_dask.estimators.stacked",
                     "dte_dask.estimators.sun_abraham", "dte_dask.estimators.triple_did",
-                    "dte_dask.estimators.did_multiplegt", "dte_dask.estimators.continuous_did")
+                    "dte_dask.estimators.did_multiplegt", "dte_dask.estimators.imputation",
+                    "dte_dask.estimators.two_stage", "dte_dask.estimators.etwfe", "dte_dask.estimators.bacon",
+                    "dte_dask.estimators.continuous_did")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class EstimatorEntry:
     function : the estimator, ``function(data, *, <column roles>, <options>, <inference>) -> Result``;
         a callable or ``"module:function"`` (imported on first use)
     options : the options model (types, vocabularies, bounds) of its estimator-specific keywords
-    result : the kind of result: ``"cells"`` (ATT(g,t)) or ``"event_study"`` (event-time estimates)
+    result : the kind of result: ``"cells"`` (ATT(g,t)), ``"event_study"`` (event-time estimates) or
+        ``"decomposition"`` (pieces of one coefficient, no estimates by event time)
     label, title : short and long display names
     covariates, weights, clusters, unbalanced, bootstrap : capabilities (accepts covariates, sampling
         weights, a cluster column, keeps an unbalanced panel, runs the multiplier bootstrap)
@@ -113,39 +116,12 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _declared() -> tuple[EstimatorEntry, ...]:
-    """Built-in estimators declared here by function path (their modules do not register themselves
-    yet; moving each declaration into its module is the one-module form of docs/adding-an-estimator.md)."""
-    opts = importlib.import_module("dte_dask.estimators.options")
-    BaconOptions, EtwfeOptions = opts.BaconOptions, opts.EtwfeOptions
-    ImputationOptions, TwoStageOptions = opts.ImputationOptions, opts.TwoStageOptions
-    return (
-        EstimatorEntry(name="imputation_did", function="dte_dask.estimators.imputation:imputation_did",
-                       compare="dte_dask.estimators.imputation:for_comparison",
-                       options=ImputationOptions, label="Imputation (BJS)", covariates=True, bootstrap=False,
-                       title="Borusyak, Jaravel & Spiess (2024) imputation estimator"),
-        EstimatorEntry(name="two_stage_did", function="dte_dask.estimators.two_stage:two_stage_did",
-                       compare="dte_dask.estimators.two_stage:for_comparison",
-                       options=TwoStageOptions, label="Two-stage DiD", covariates=True, bootstrap=False,
-                       title="Gardner (2021) two-stage DiD"),
-        EstimatorEntry(name="etwfe", function="dte_dask.estimators.etwfe:etwfe",
-                       compare="dte_dask.estimators.etwfe:for_comparison", options=EtwfeOptions,
-                       label="ETWFE", covariates=True, bootstrap=False, cost="cells",
-                       title="Wooldridge (2021) extended TWFE"),
-        EstimatorEntry(name="bacon_decomposition", function="dte_dask.estimators.bacon:bacon_decomposition",
-                       options=BaconOptions, result="decomposition", label="Bacon decomposition", bootstrap=False,
-                       unbalanced=False, cost="cells", title="Goodman-Bacon (2021) decomposition of TWFE"),
-    )
-
-
 def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
         for mod in _BUILTIN_MODULES:
             importlib.import_module(mod)
-        for entry in _declared():
-            _REGISTRY.setdefault(entry.name, entry)
 
 
 def get(name: str) -> EstimatorEntry:
@@ -165,9 +141,7 @@ def registered(name: str) -> EstimatorEntry | None:
 def names() -> list[str]:
     """Registered estimator names: built-in ones first (in a fixed order), then in registration order."""
     _load()
-    order = {m: i for i, m in enumerate((*_BUILTIN_MODULES, "dte_dask.estimators.imputation",
-                                         "dte_dask.estimators.two_stage", "dte_dask.estimators.etwfe",
-                                         "dte_dask.estimators.bacon", "dte_dask.estimators.continuous_did"))}
+    order = {m: i for i, m in enumerate(_BUILTIN_MODULES)}
 
     def key(item: tuple[int, str]) -> tuple[int, int]:
         i, name = item

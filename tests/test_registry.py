@@ -67,6 +67,12 @@ def test_builtin_estimators_are_registered_once_with_their_capabilities() -> Non
     assert att.result == "cells" and att.aggregations == ("simple", "dynamic", "group", "calendar")
     assert att.covariates and not registry.get("stacked_did").covariates
     assert all(registry.get(n).fn is getattr(dte_dask, n) for n in names)
+    # each built-in declares itself in its own module (one module per estimator), listed in _BUILTIN_MODULES
+    assert [registry.get(n).fn.__module__ for n in names] == list(registry._BUILTIN_MODULES)
+    assert registry.get("etwfe").aggregations == ("simple", "dynamic", "group", "calendar")
+    assert not registry.get("bacon_decomposition").unbalanced and registry.get("bacon_decomposition").result == "decomposition"
+    assert {n for n in names if registry.get(n).bootstrap} == {"att_gt", "event_study", "stacked_did", "sun_abraham",
+                                                                "triple_did", "continuous_did"}
     with pytest.raises(SpecError, match="unknown estimator 'cs'"):
         registry.get("cs")  # one name per estimator: att_gt
     with pytest.raises(SpecError, match="already registered"):

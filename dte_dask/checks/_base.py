@@ -1,6 +1,7 @@
 """The common face of check results: ``summary()`` drives ``__str__`` and ``_repr_html_``."""
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -34,4 +35,9 @@ class CheckResult(SummaryText):
 
     def plot(self, *, backend: str = "bokeh") -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def to_parquet(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
+        """Write :meth:`to_frame` as parquet; returns ``path``."""
+        self.to_frame().to_parquet(path, index=False, **kwargs)
+        return os.fspath(path)
 

@@ -2,94 +2,24 @@
 from __future__ import annotations
 
 import time as _time
-from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
 
-from dte_dask.core.bacon import TYPES, cell_sums, decompose
+from dte_dask.core.bacon import cell_sums, decompose
 from dte_dask.core.labels import plain
 from dte_dask.core.within import NONE, DesignSpec
 from dte_dask.estimators.event_study import resolve_panel
+from dte_dask.estimators.options import BaconOptions
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
+from dte_dask.results.bacon import BaconResult
 
-
-@dataclass(frozen=True)
-class BaconResult:
-    """The 2x2 comparisons, their weights and the TWFE coefficient they decompose.
-
-    Attributes
-    ----------
-    twfe, twfe_se : the TWFE coefficient on the treatment dummy and its CRV1 standard error
-        (pyfixest's default small-sample factor, clustered by unit or ``cluster``)
-    comparisons : DataFrame with ``type``, ``treated``, ``control`` (group labels as strings;
-        "never_treated" for the untreated bucket), ``estimate``, ``weight`` (summing to one), ``n_treated``,
-        ``n_control`` (units)
-    """
-
-    twfe: float
-    twfe_se: float
-    comparisons: pd.DataFrame
-    n_units: int
-    n_periods: int
-    options: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def estimator(self) -> str:
-        return "bacon_decomposition"
-
-    @property
-    def weighted_sum(self) -> float:
-        """Sum of weight x estimate over the comparisons: the TWFE coefficient (Theorem 1)."""
-        c = self.comparisons
-        return float(np.sum(c["weight"].to_numpy() * c["estimate"].to_numpy()))
-
-    def by_type(self) -> pd.DataFrame:
-        """Total weight and weighted mean estimate per comparison type."""
-        rows = []
-        for kind in TYPES:
-            c = self.comparisons[self.comparisons["type"] == kind]
-            w = float(c["weight"].sum())
-            est = float((c["weight"] * c["estimate"]).sum() / w) if w > 0 else np.nan
-            rows.append({"type": kind, "weight": w, "estimate": est, "n_comparisons": len(c)})
-        return pd.DataFrame(rows)
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.comparisons.copy()
-
-    def summary(self) -> str:
-        by = self.by_type()
-        lines = ["Goodman-Bacon (2021) decomposition of the TWFE coefficient",
-                 f"TWFE = {self.twfe:.6g} (SE {self.twfe_se:.4g}); weighted sum of 2x2 DiDs = {self.weighted_sum:.6g}",
-                 by.to_string(index=False)]
-        return "\n".join(lines)
-
-    def plot(self, ax: Any = None) -> Any:
-        """Scatter of 2x2 estimates against their weights, by comparison type (matplotlib Axes),
-        with the TWFE coefficient as a horizontal line."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
-        markers = {"treated_vs_never": "o", "earlier_vs_later": "^", "later_vs_earlier": "s"}
-        for kind in TYPES:
-            c = self.comparisons[self.comparisons["type"] == kind]
-            if len(c):
-                ax.scatter(c["weight"], c["estimate"], marker=markers[kind], label=kind.replace("_", " "))
-        ax.axhline(self.twfe, color="black", linewidth=0.8, linestyle="--", label=f"TWFE = {self.twfe:.4g}")
-        ax.set_xlabel("weight")
-        ax.set_ylabel("2x2 DiD estimate")
-        ax.legend(frameon=False, fontsize="small")
-        return ax
-
-    def __repr__(self) -> str:
-        return (f"BaconResult(twfe={self.twfe:.6g}, comparisons={len(self.comparisons)}, "
-                f"weighted_sum={self.weighted_sum:.6g})")
+__all__ = ["bacon_decomposition", "BaconResult"]
 
 
 def bacon_decomposition(
@@ -170,3 +100,9 @@ def _twfe(panel: Panel, timing: tuple[float, ...]) -> tuple[float, float]:
                   np.arange(spec.m) < spec.n_fe, scores_name="bacon-twfe-scores")
     j = spec.m - 1
     return float(fit.pooled.beta[j]), float(np.sqrt(fit.pooled.cov[j, j]))
+
+
+register(EstimatorEntry(
+    name="bacon_decomposition", function=bacon_decomposition, options=BaconOptions, result="decomposition",
+    label="Bacon decomposition", title="Goodman-Bacon (2021) decomposition of TWFE", covariates=False,
+    unbalanced=False, bootstrap=False, cost="cells"))

@@ -9,6 +9,7 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from dte_dask.core.etwfe import EtwfeCovariates, augment, cell_x_sums
 from dte_dask.core.labels import plain
@@ -23,7 +24,9 @@ from dte_dask.estimators.options import EtwfeOptions, parse_options
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
+from dte_dask.results import AggregateResult
 
 
 def etwfe(
@@ -61,6 +64,8 @@ def etwfe(
         aggregations, columns ``type``, ``label``, ``coef``, ``se``. Every aggregation is
         :math:`W\\hat\\delta` with cell-count weights (Stata ``jwdid_estat``; diff-diff's "cell" weights)
         and covariance :math:`WVW'`, V the CRV1 covariance (pyfixest's small-sample factor).
+        ``aggregate("simple" | "group" | "calendar")`` returns them as results of the protocol
+        (``vcov()`` is their block of :math:`WVW'`); ``aggregate("dynamic")`` is the result itself.
 
     Notes
     -----
@@ -114,7 +119,8 @@ def etwfe(
             Wo.append(agg(m))
     Wo = np.array(Wo)
     oc = Wo @ delta
-    ose = np.sqrt(np.clip(np.diag(Wo @ V @ Wo.T), 0.0, None))
+    Vo = Wo @ V @ Wo.T
+    ose = np.sqrt(np.clip(np.diag(Vo), 0.0, None))
     other = pd.DataFrame({"type": [r[0] for r in rows], "label": [r[1] for r in rows], "coef": oc, "se": ose})
     cse = np.sqrt(np.clip(np.diag(V), 0.0, None))
     by_cell = pd.DataFrame({"cohort": [plain(panel.group_label(g)) for g, _ in cells],
@@ -124,8 +130,27 @@ def etwfe(
     options = dict(estimator="etwfe", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, control_group=opt.control_group, covariates=cov_names,
                    weights=panel.spec.weights, cluster=panel.spec.cluster)
+    aggs = _aggregations([r[0] for r in rows], [r[1] for r in rows], oc, ose, Vo, alpha, p.n_clusters - 1, options)
     return make_result("etwfe", panel, fit, W, idx, np.array(events, dtype=np.int64) * step,
-                       np.zeros(len(events), dtype=bool), -step, alpha, options, t0, other=other, cohorts=by_cell)
+                       np.zeros(len(events), dtype=bool), -step, alpha, options, t0, other=other, cohorts=by_cell,
+                       aggregations=aggs)
+
+
+def _aggregations(kinds: list[str], labels: list[Any], est: np.ndarray, se: np.ndarray, cov: np.ndarray,
+                  alpha: float, df_t: int, options: dict) -> dict[str, AggregateResult]:
+    """The simple, group and calendar aggregations as results of the protocol (``result.aggregate(kind)``):
+    CRV1 covariance ``W V W'``, t intervals with ``df_t`` degrees of freedom; their overall
+    estimate is the simple ATT (``jwdid_estat``'s cell-count weights)."""
+    crit = float(stats.t.ppf(1.0 - alpha / 2.0, df_t))
+    out = {}
+    for kind, key_name in (("simple", "key"), ("group", "group"), ("calendar", "time")):
+        m = np.array([k == kind for k in kinds]) & (kind != "simple")
+        out[kind] = AggregateResult(
+            kind=kind, key_name=key_name, keys=np.array([lab for lab, k in zip(labels, m) if k], dtype=object),
+            att=est[m], se=se[m], se_analytic=se[m], crit=crit, overall_att=float(est[0]),
+            overall_se=float(se[0]), alpha=alpha, bootstrap=False, cov=cov[np.ix_(m, m)], estimator="etwfe",
+            options={k: options[k] for k in ("outcome", "time", "unit")}, df_t=df_t)
+    return out
 
 
 def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, cov_idx: list[int]):
@@ -188,3 +213,9 @@ def for_comparison(panel: Panel, window: tuple[int, int]) -> RegressionResult:
     """In :func:`dte_dask.compare_estimators`: not-yet-treated controls, the event-time aggregation
     (post-treatment event times)."""
     return etwfe(panel, allow_unbalanced_panel=not panel.is_balanced)
+
+
+register(EstimatorEntry(
+    name="etwfe", function=etwfe, options=EtwfeOptions, label="ETWFE", title="Wooldridge (2021) extended TWFE",
+    covariates=True, bootstrap=False, compare=for_comparison, aggregations=("simple", "dynamic", "group", "calendar"),
+    cost="cells"))

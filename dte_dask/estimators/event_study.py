@@ -292,7 +292,7 @@ def treated_cohorts(panel: Panel) -> list[int]:
 def make_result(estimator: str, panel: Panel, fit: OlsFit, W: np.ndarray, idx: np.ndarray,
                 event_time: np.ndarray, binned: np.ndarray, ref: int, alpha: float,
                 options: dict, t0: float, *, other: pd.DataFrame | None = None,
-                cohorts: pd.DataFrame | None = None) -> RegressionResult:
+                cohorts: pd.DataFrame | None = None, aggregations: dict | None = None) -> RegressionResult:
     """Result for the linear combinations ``W @ beta[idx]`` of the pooled coefficients."""
     p = fit.pooled
     coef = W @ p.beta[idx]
@@ -309,7 +309,7 @@ def make_result(estimator: str, panel: Panel, fit: OlsFit, W: np.ndarray, idx: n
         estimator=estimator, event_time=np.asarray(event_time, dtype=np.int64), coef=coef, se=se, cov=cov,
         binned=np.asarray(binned, dtype=bool), alpha=alpha, df_t=p.n_clusters - 1, n_obs=p.n_obs,
         n_units=p.n_units, n_clusters=p.n_clusters, ref=int(ref), ssc=p.ssc, se_boot=se_b, band_crit=crit,
-        draws=draws, other=other, cohorts=cohorts, options=options,
+        draws=draws, other=other, cohorts=cohorts, options=options, aggregations=dict(aggregations or {}),
         timings={"total": _time.perf_counter() - t0}, panel=panel.describe())
 
 

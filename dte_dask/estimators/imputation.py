@@ -35,6 +35,7 @@ from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
 
 
@@ -278,3 +279,8 @@ def for_comparison(panel: Panel, window: tuple[int, int]) -> RegressionResult:
     """In :func:`dte_dask.compare_estimators`: the post-treatment effects (Test 1's pre-period
     coefficients have another reference period and are left out)."""
     return imputation_did(panel, allow_unbalanced_panel=not panel.is_balanced)
+
+
+register(EstimatorEntry(
+    name="imputation_did", function=imputation_did, options=ImputationOptions, label="Imputation (BJS)",
+    title="Borusyak, Jaravel & Spiess (2024) imputation estimator", covariates=True, bootstrap=False, compare=for_comparison))

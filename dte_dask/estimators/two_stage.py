@@ -8,6 +8,7 @@ from typing import Any
 from dte_dask.estimators.event_study import resolve_panel
 from dte_dask.estimators.imputation import fit_imputation
 from dte_dask.estimators.options import TwoStageOptions, parse_options
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
 
 
@@ -84,3 +85,8 @@ def for_comparison(panel: Any, window: tuple[int, int]) -> RegressionResult:
     """In :func:`dte_dask.compare_estimators`: every event time of the window, the pre-treatment ones
     as second-stage leads (reference -1, like the other estimators)."""
     return two_stage_did(panel, pretrends=max(-int(window[0]) - 1, 0), allow_unbalanced_panel=not panel.is_balanced)
+
+
+register(EstimatorEntry(
+    name="two_stage_did", function=two_stage_did, options=TwoStageOptions, label="Two-stage DiD",
+    title="Gardner (2021) two-stage DiD", covariates=True, bootstrap=False, compare=for_comparison))

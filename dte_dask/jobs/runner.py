@@ -69,6 +69,8 @@ def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, A
     inf = job.inference
     offered = dict(bootstrap=inf.bootstrap, n_boot=inf.n_boot, seed=inf.seed, alpha=inf.alpha,
                    boot_weights=inf.boot_weights, uniform_bands=inf.uniform_bands)
+    if job.data.allow_unbalanced_panel is not None:  # a job-wide choice; else each function's default
+        offered["allow_unbalanced_panel"] = job.data.allow_unbalanced_panel
     params = inspect.signature(fn).parameters
     return {**{k: v for k, v in offered.items() if k in params}, **options}
 
@@ -90,7 +92,8 @@ def _diagnostics(job: JobSpec, results: dict[str, Any], echo: Callable[[str], No
     """Add the job's checks (:mod:`dte_dask.jobs.checks`) and the comparison of dynamic profiles to ``results``."""
     from dte_dask.jobs.checks import run_checks
 
-    estimates = {e.name: results[e.name] for e in job.estimators}
+    # results with estimates by event time (a decomposition has none to line up)
+    estimates = {e.name: results[e.name] for e in job.estimators if registry.get(e.kind).result != "decomposition"}
     notes = run_checks(job.checks, {e.name: (e.kind, results[e.name]) for e in job.estimators}, results, echo)
     extra: dict[str, Any] = {"check_notes": notes} if notes else {}
     if not job.compare or len(estimates) < 2:
@@ -152,8 +155,10 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         checkpoint("loading the data")
         with monitor.stage("load"):
             src, cols = resolve_data(job.data)
+            # every observed row is loaded (unless the job balances): each estimator then keeps the rows
+            # its function keeps by default, so a job gives what a direct call on the data gives
             panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
-                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel)
+                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:

@@ -35,8 +35,9 @@ from dte_dask.registry import AGGREGATIONS  # noqa: F401  (re-exported: the aggr
 
 # options set from other sections of the spec, not per estimator
 RESERVED_OPTIONS = {"data", "outcome", "unit", "time", "group", "treatment", "covariates", "weights", "cluster",
-             "allow_unbalanced_panel", "npartitions", "bootstrap", "n_boot", "seed", "alpha", "boot_weights",
-             "uniform_bands"}
+             "npartitions", "bootstrap", "n_boot", "seed", "alpha", "boot_weights", "uniform_bands"}
+# which rows an estimator keeps: per estimator (its function's keyword), as in a direct call
+PANEL_OPTIONS = {"allow_unbalanced_panel"}
 
 
 class _Closed(BaseModel):
@@ -66,7 +67,11 @@ class DataSpec(_Closed):
     covariates: list[str] = Field(default_factory=list)
     weights: str | None = None
     cluster: str | None = None
-    allow_unbalanced_panel: bool = False
+    allow_unbalanced_panel: bool | None = Field(
+        None, description="None (default): each estimator keeps the rows its function keeps by default (the "
+                          "regressions every observed row, as pyfixest; att_gt balances the panel, as R did, unless "
+                          "its options say allow_unbalanced_panel: true); true / false: every estimator keeps "
+                          "every row / only the units observed in every period")
     npartitions: int | None = Field(None, ge=1)
     storage_options: dict[str, Any] | None = Field(
         None, description="options of an object-store source's filesystem (endpoint_url, profile, anon, "
@@ -120,8 +125,14 @@ class EstimatorSpec(_Closed):
         kind = info.data.get("kind")
         if kind not in registry.names() or _misplaced(kind, options):
             return options
+        rows = {k: options[k] for k in PANEL_OPTIONS if k in options}
+        for k, v in rows.items():
+            if not isinstance(v, bool):
+                raise ValueError(f"{k} must be true or false, got {v!r}")
         # a ValidationError raised here keeps its locations under estimators.<i>.options
-        return registry.get(kind).options.model_validate(options).model_dump(exclude_unset=True)
+        model = registry.get(kind).options
+        rest = {k: v for k, v in options.items() if k not in PANEL_OPTIONS}
+        return {**model.model_validate(rest).model_dump(exclude_unset=True), **rows}
 
     @model_validator(mode="after")
     def _options(self) -> EstimatorSpec:
@@ -139,14 +150,26 @@ class EstimatorSpec(_Closed):
 
 def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
     """Why some option names do not belong in ``options`` of ``kind`` (None if they all do)."""
-    model = registry.get(kind).options
-    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - RESERVED_OPTIONS)
+    entry = registry.get(kind)
+    model = entry.options
+    rows = row_options(entry)
+    unknown = sorted(set(options) - set(model.model_fields) - set(model.deprecated_names) - RESERVED_OPTIONS
+                     - set(rows))
     if unknown:
-        return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields)}"
+        return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields) + rows}"
     reserved = sorted(set(options) & RESERVED_OPTIONS)
     if reserved:
         return f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator"
     return None
+
+
+def row_options(entry: registry.EstimatorEntry) -> list[str]:
+    """The options of :data:`PANEL_OPTIONS` that ``entry``'s function takes (none if it needs a
+    balanced panel)."""
+    import inspect
+
+    params = inspect.signature(entry.fn).parameters
+    return sorted(k for k in PANEL_OPTIONS if entry.unbalanced and k in params)
 
 
 class InferenceSpec(InferenceOptions):

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.formatting import format_table
@@ -47,9 +48,9 @@ def _interval(att, se, crit):
 
 
 def _canonical(keys: dict[str, Any], est: np.ndarray, se: np.ndarray, alpha: float, crit: float,
-               uniform: bool) -> dict[str, Any]:
-    """Key columns + estimate, se, pointwise CI (normal) and the uniform band (NaN if none)."""
-    lo, hi = _interval(est, se, pointwise_z(alpha))
+               uniform: bool, z: float | None = None) -> dict[str, Any]:
+    """Key columns + estimate, se, pointwise CI (normal, or the quantile ``z``) and the uniform band (NaN if none)."""
+    lo, hi = _interval(est, se, pointwise_z(alpha) if z is None else z)
     blo, bhi = _interval(est, se, crit) if uniform else (np.full(est.shape, np.nan), np.full(est.shape, np.nan))
     return {**keys, "estimate": est, "se": se, "ci_lower": lo, "ci_upper": hi, "band_lower": blo, "band_upper": bhi}
 
@@ -59,7 +60,9 @@ class AggregateResult(Result):
     """One aggregation of ATT(g,t) (R ``aggte``).
 
     ``crit`` is the critical value of the reported intervals: the sup-t value when ``uniform``
-    (bootstrapped with uniform bands, as R ``aggte``'s ``cband``), else the normal quantile.
+    (bootstrapped with uniform bands, as R ``aggte``'s ``cband``), else the pointwise quantile.
+    ``df_t``: the pointwise intervals use the t quantile with these degrees of freedom (aggregations of
+    a regression's coefficients, e.g. ``etwfe``); None: the normal quantile.
     """
 
     result_kind: ClassVar[str] = "aggregate"
@@ -84,10 +87,15 @@ class AggregateResult(Result):
     n_control: np.ndarray | None = None
     overall_n_treated: int | None = None  # the same for the overall estimate
     overall_n_control: int | None = None
+    df_t: int | None = None
 
     @property
     def estimates(self) -> np.ndarray:
         return self.att
+
+    @property
+    def _z(self) -> float:
+        return pointwise_z(self.alpha) if self.df_t is None else float(stats.t.ppf(1.0 - self.alpha / 2.0, self.df_t))
 
     @property
     def draws(self) -> np.ndarray | None:
@@ -103,7 +111,7 @@ class AggregateResult(Result):
         """The canonical frame (:mod:`dte_dask.results.base`): key, estimate, se, pointwise CI,
         uniform band (bootstrap with uniform bands), n_treated, n_control (see :func:`cell_counts`),
         se_analytic."""
-        cols = _canonical({self.key_name: self.keys}, self.att, self.se, self.alpha, self.crit, self.uniform)
+        cols = _canonical({self.key_name: self.keys}, self.att, self.se, self.alpha, self.crit, self.uniform, self._z)
         counts = {} if self.n_treated is None or self.n_control is None else {
             "n_treated": np.asarray(self.n_treated, dtype=np.int64), "n_control": np.asarray(self.n_control, dtype=np.int64)}
         return pd.DataFrame({**cols, **counts, "se_analytic": self.se_analytic})
@@ -115,7 +123,7 @@ class AggregateResult(Result):
 
     @property
     def overall_ci(self) -> tuple[float, float]:
-        z = pointwise_z(self.alpha)
+        z = self._z
         return self.overall_att - z * self.overall_se, self.overall_att + z * self.overall_se
 
     def summary(self) -> str:

@@ -26,7 +26,7 @@ class RegressionResult(Result):
 
     Attributes
     ----------
-    estimator : "event_study" | "stacked_did" | "sun_abraham"
+    estimator : the registry name ("event_study", "stacked_did", "sun_abraham", "imputation_did", "two_stage_did", "etwfe")
     event_time : (K,) event times in the time column's units (period index x step)
     coef, se : (K,) estimates and CRV1 standard errors
     cov : (K, K) CRV1 covariance (pyfixest's default small-sample factor ``ssc``)
@@ -39,6 +39,8 @@ class RegressionResult(Result):
     n_treated, n_control : (K,) treated units observed at each event time, and the fewest
         not-yet-treated units observed in the same periods (counted on the workers; for
         disclosure control, :mod:`dte_dask.disclosure`)
+    aggregations : results of the other aggregations the estimator computes (``etwfe``: simple, group,
+        calendar), by kind; :meth:`aggregate` returns them
     """
 
     estimator: str
@@ -64,6 +66,7 @@ class RegressionResult(Result):
     panel: dict[str, Any] = field(default_factory=dict)
     n_treated: np.ndarray | None = None  # (K,) units behind each estimate (Panel.event_time_counts)
     n_control: np.ndarray | None = None
+    aggregations: dict[str, Result] = field(default_factory=dict)
 
     result_kind: ClassVar[str] = "event_study"
 
@@ -126,6 +129,15 @@ class RegressionResult(Result):
         c = self.crit
         return {"estimate": est, "se": se, "ci_lower": est - c * se, "ci_upper": est + c * se,
                 "n_event_times": int(post.sum())}
+
+    def aggregate(self, kind: str) -> Result:
+        """The aggregation ``kind``: ``"dynamic"`` is this result (the estimates by event time); the
+        others are those the estimator computed (``etwfe``: ``simple``, ``group``, ``calendar``)."""
+        if kind == "dynamic":
+            return self
+        if kind not in self.aggregations:
+            raise SpecError(f"{self.estimator} offers the aggregations {['dynamic', *self.aggregations]}, not {kind!r}")
+        return self.aggregations[kind]
 
     def by_cohort(self) -> pd.DataFrame:
         """Per-cohort estimates: each sub-experiment (stacked DiD) or each delta(g, e) (Sun–Abraham)."""

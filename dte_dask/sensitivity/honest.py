@@ -48,6 +48,10 @@ _M_NAME = {"relative_magnitude": "Mbar", "smoothness": "M", "combined": "Mbar"}
 class HonestDiDResult(CheckResult):
     """Robust confidence intervals by M, the original interval and the breakdown value.
 
+    A sensitivity analysis of one estimate, not an estimator's result: it has no estimates by event
+    time and no covariance, and shares the protocol's views (``summary()`` driving ``str`` / ``repr``
+    / ``_repr_html_``, ``to_frame()``, ``to_parquet()``, ``plot()``) with its own frame of intervals.
+
     Attributes
     ----------
     M, lb, ub : (k,) bounds and interval ends (NaN when the confidence set is empty)

@@ -30,7 +30,7 @@ def openapi_document(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
 def document_service_rules(schemas: dict[str, Any], settings: ServiceSettings) -> None:
     """Spell the service's own checks (limits, names, option names, sources) in the JobSpec schema."""
     from dte_dask import registry
-    from dte_dask.jobs.spec import RESERVED_OPTIONS
+    from dte_dask.jobs.spec import RESERVED_OPTIONS, row_options
     from dte_dask.service.validate import BUILTIN_SOURCES, RESULT_NAME
 
     lim = settings.limits
@@ -46,6 +46,11 @@ def document_service_rules(schemas: dict[str, Any], settings: ServiceSettings) -
             aggs = {"type": "array", "items": {"type": "string"}, "maxItems": 0, "title": "Aggregations"}
         options = model.model_json_schema(ref_template="#/components/schemas/{model}")
         options.pop("$defs", None)
+        rows = row_options(entry)  # which rows the estimator keeps: its function's keyword
+        params += rows
+        options.setdefault("properties", {}).update(
+            {k: {"type": "boolean", "title": "Allow Unbalanced Panel",
+                 "description": "keep every observed row (default: the function's own default)"} for k in rows})
         variants.append({
             "type": "object", "title": f"EstimatorSpec ({kind})", "additionalProperties": False, "required": ["kind"],
             "properties": {
