@@ -40,7 +40,7 @@ def test_true_dynamic_is_the_cohort_size_weighted_truth(bench, tmp_path):
     est.mkdir(parents=True)
     pd.DataFrame({"event_time": [-2, -1, 0, 1], "estimate": [0.1, 0.0, 2.4, 2.1],
                   "band_lower": [-0.2, -0.1, 2.45, 1.5], "band_upper": [0.2, 0.1, 2.6, 2.5]}).to_csv(
-        est / "cs.dynamic.csv", index=False)
+        est / "att_gt.dynamic.csv", index=False)
     tab = run_medical.truth_check(tmp_path, tmp_path / "out")
     assert tab["inside"].tolist() == [True, True, True, True]
     assert tab.loc[0, "truth"] == pytest.approx(2.5)
