@@ -30,6 +30,7 @@ _LAZY = {
     "two_stage_did": "dte_dask.estimators.two_stage",
     "etwfe": "dte_dask.estimators.etwfe",
     "triple_did": "dte_dask.estimators.triple_did",
+    "continuous_did": "dte_dask.estimators.continuous_did",
     "compare_estimators": "dte_dask.estimators.compare",
     "honest_did": "dte_dask.sensitivity.honest",
     "pretest_power": "dte_dask.sensitivity.pretest",

@@ -16,7 +16,7 @@ import numpy as np
 from dte_dask.exceptions import SpecError
 
 Backend = Literal["bokeh", "matplotlib"]
-LayerKind = Literal["points", "whisker", "band", "bars", "hline", "vline", "span"]
+LayerKind = Literal["points", "line", "whisker", "band", "bars", "hline", "vline", "span"]
 
 #: Colour cycle (matplotlib's tab10), used in the same order by both backends.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -32,7 +32,7 @@ _EMPTY = np.empty(0)
 class Layer:
     """One thing drawn on a facet.
 
-    kinds: ``points`` (markers at x, y), ``whisker`` (vertical segments lo..hi at x; horizontal
+    kinds: ``points`` (markers at x, y), ``line`` (x, y joined), ``whisker`` (vertical segments lo..hi at x; horizontal
     when ``horizontal``), ``band`` (translucent boxes lo..hi of ``width`` at x: uniform bands),
     ``bars`` (histogram boxes from ``x``=left edges, ``width``, ``hi``=heights), ``hline``/``vline``
     (a reference line at ``value``), ``span`` (shaded x-range ``lo[0]..hi[0]``).
@@ -132,6 +132,10 @@ def _bokeh_facet(facet: Facet, width: int, height: int, outside_legend: bool = F
             if lay.hover:
                 p.add_tools(HoverTool(renderers=[r], tooltips=[(k, f"@{{{k}}}{{0.0000}}" if np.asarray(v).dtype.kind == "f"
                                                                 else f"@{{{k}}}") for k, v in lay.hover.items()]))
+        elif lay.kind == "line":
+            kw = {"legend_label": lay.label} if lay.label else {}
+            p.line(lay.x, lay.y, color=lay.color, line_width=2, line_dash=dash, name=lay.name, **kw)
+            legend = legend or bool(lay.label)
         elif lay.kind == "whisker":
             kw = {"legend_label": lay.label} if lay.label else {}
             if lay.horizontal:
@@ -203,6 +207,9 @@ def _mpl_facet(ax: Any, facet: Facet) -> None:
             ax.axvline(lay.value, color=lay.color, ls=ls, lw=1.0, zorder=1, gid=lay.name)
         elif lay.kind == "points":
             ax.scatter(lay.x, lay.y, s=30, color=lay.color, label=lay.label, zorder=4, gid=lay.name)
+            legend = legend or bool(lay.label)
+        elif lay.kind == "line":
+            ax.plot(lay.x, lay.y, color=lay.color, ls=ls, lw=2, zorder=3, gid=lay.name, label=lay.label)
             legend = legend or bool(lay.label)
         elif lay.kind == "whisker":
             f = ax.hlines if lay.horizontal else ax.vlines

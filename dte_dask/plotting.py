@@ -42,7 +42,7 @@ from dte_dask.formatting import format_label
 __all__ = [
     "CANONICAL_COLUMNS", "event_study_frame", "attgt_frame", "axis_names", "plot_event_study", "plot_attgt",
     "plot_cohorts", "plot_aggregate", "plot_result", "plot_placebo", "plot_randomization", "plot_balance",
-    "plot_pretrends", "save_figure", "default_label",
+    "plot_pretrends", "plot_honest_did", "plot_pretest_power", "save_figure", "default_label",
 ]
 
 CANONICAL_COLUMNS = ("event_time", "estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
@@ -461,6 +461,55 @@ def plot_pretrends(estimates: pd.DataFrame, *, backend: Backend = "bokeh", outco
     """The event study behind a pre-trend check (pre-treatment estimates in the shaded region)."""
     return plot_event_study(estimates, labels=["estimate"], backend=backend, outcome=outcome, time=time,
                             title=title or "Pre-trends: estimates before adoption")
+
+
+def plot_honest_did(table: pd.DataFrame, *, breakdown: float | None = None, backend: Backend = "bokeh",
+                    m_name: str = "M", outcome: str | None = None, title: str | None = None) -> Any:
+    """Robust confidence intervals against M with the original interval on the left (R HonestDiD's
+    ``createSensitivityPlot``), from ``honest_did(...).to_frame()`` (``M, lb, ub, method``; the
+    original interval is the row of method ``"Original"``); the breakdown value as a dashed line."""
+    missing = {"M", "lb", "ub", "method"} - set(table.columns)
+    if missing:
+        raise SpecError(f"a sensitivity plot needs the columns {sorted(missing)} of honest_did(...).to_frame()")
+    orig = table[table["method"] == "Original"]
+    rob = table[table["method"] != "Original"].sort_values("M", kind="stable")
+    m = rob["M"].to_numpy(float)
+    um = np.unique(m)
+    gap = float(np.min(np.diff(um))) if um.size > 1 else max(float(um[0]) if um.size else 0.0, 1.0) * 0.5
+    x0 = (float(m.min()) if m.size else 0.0) - gap
+    layers: list[Layer] = [Layer("hline", "zero", "#000000", value=0.0, dashed=True)]
+    for i, (meth, d) in enumerate(rob.groupby("method", sort=False)):
+        x, lo, hi = d["M"].to_numpy(float), d["lb"].to_numpy(float), d["ub"].to_numpy(float)
+        layers.append(Layer("whisker", f"robust:{meth}", PALETTE[i % len(PALETTE)], label=str(meth), x=x, lo=lo, hi=hi))
+    if len(orig):
+        lo, hi = orig["lb"].to_numpy(float)[:1], orig["ub"].to_numpy(float)[:1]
+        layers.append(Layer("whisker", "original", PRE_COLOR, label="Original", x=np.array([x0]), lo=lo, hi=hi))
+    if breakdown is not None and np.isfinite(breakdown):
+        layers.append(Layer("vline", "breakdown", "#555555", value=float(breakdown), dashed=True))
+    ticks = None
+    if m.size <= 15:
+        ticks = ((x0, "Original"),) * bool(len(orig)) + tuple((float(v), f"{v:g}") for v in np.unique(m))
+    head = title or "Sensitivity to violations of parallel trends"
+    ylabel = "Robust confidence interval" + (f" (effect on {outcome})" if outcome else "")
+    facet = Facet(head, m_name, ylabel, tuple(layers), xticks=ticks)
+    return render(FigureSpec(head, (facet,)), backend)
+
+
+def plot_pretest_power(curve: pd.DataFrame, slope_for_power: Mapping[Any, float] | None = None, *,
+                       backend: Backend = "bokeh", title: str | None = None) -> Any:
+    """Power of the pre-test against the slope of a linear violation (``pretest_power(...).curve()``:
+    ``slope, power``), with the slopes detected with 50% / 80% (``slope_for_power``) marked."""
+    layers: list[Layer] = [Layer("line", "power", PALETTE[0], x=curve["slope"].to_numpy(float),
+                                 y=curve["power"].to_numpy(float), label="power of the pre-test")]
+    for i, (pw, s) in enumerate((slope_for_power or {}).items()):
+        layers.append(Layer("vline", f"slope:{float(pw):g}", PALETTE[(i + 1) % len(PALETTE)], value=float(s), dashed=True))
+        layers.append(Layer("points", f"detect:{float(pw):g}", PALETTE[(i + 1) % len(PALETTE)],
+                            label=f"{100 * float(pw):g}% power: slope {s:.3g}", x=np.array([float(s)]),
+                            y=np.array([float(pw)])))
+    head = title or "Pre-test power against linear violations of parallel trends (Roth 2022)"
+    facet = Facet(head, "Slope of the linear violation (per period)", "Probability the pre-test rejects",
+                  tuple(layers))
+    return render(FigureSpec(head, (facet,)), backend)
 
 
 # ----------------------------------------------------------------------------- saving

@@ -26,7 +26,7 @@ __all__ = ["EstimatorEntry", "register", "register_estimator", "unregister", "ge
 AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 _BUILTIN_MODULES = ("dte_dask.estimators.cs", "dte_dask.estimators.event_study", "dte_dask.estimators.stacked",
                     "dte_dask.estimators.sun_abraham", "dte_dask.estimators.triple_did",
-                    "dte_dask.estimators.did_multiplegt")
+                    "dte_dask.estimators.did_multiplegt", "dte_dask.estimators.continuous_did")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def names() -> list[str]:
     _load()
     order = {m: i for i, m in enumerate((*_BUILTIN_MODULES, "dte_dask.estimators.imputation",
                                          "dte_dask.estimators.two_stage", "dte_dask.estimators.etwfe",
-                                         "dte_dask.estimators.bacon"))}
+                                         "dte_dask.estimators.bacon", "dte_dask.estimators.continuous_did"))}
 
     def key(item: tuple[int, str]) -> tuple[int, int]:
         i, name = item

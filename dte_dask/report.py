@@ -14,6 +14,7 @@
       estimators/NAME.AGG.csv       ATT(g,t) results: the registered aggregations (dynamic, group, calendar)
       estimators/NAME.by_cohort.csv stacked DiD: per-sub-experiment estimates (``by_cohort()``)
       checks/NAME.csv|.parquet      a check's table; checks/NAME.PART.csv its other frames
+      checks/NAME.html|.png         the plot of a check that saves one (honest_did, pretest_power)
 
 :func:`write_report` turns such a directory into one HTML file that opens offline (bokeh's JS is
 inlined; no network access): the panel description, each estimator's table and plots, the
@@ -131,6 +132,9 @@ def _save_check(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
             entry[attr] = getattr(obj, attr)
     if hasattr(obj, "passed"):
         entry["passed"] = obj.passed
+    entry.update(obj.facts())
+    if obj.save_plots:
+        files.update(_save_plots(out, f"checks/{name}", obj, entry))
     if pol.active:
         table = apply_frame(obj.to_frame(), pol)
         entry["summary"] = table_text(table, pol, f"{type(obj).__name__} ({obj.check_kind})")
@@ -140,6 +144,18 @@ def _save_check(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
                     entry[attr] = None
             entry["suppressed"] = True
     return entry
+
+
+def _save_plots(out: str, rel: str, obj: Any, entry: dict[str, Any]) -> dict[str, str]:
+    """The check's ``plot()`` as ``rel.html`` (bokeh, opens offline) and ``rel.png`` (matplotlib)."""
+    from dte_dask.plotting import save_figure
+
+    files = {"plot_html": save_figure(obj.plot(backend="bokeh"), os.path.join(out, rel + ".html"))}
+    try:
+        files["plot_png"] = save_figure(obj.plot(backend="matplotlib"), os.path.join(out, rel + ".png"))
+    except ImportError as exc:  # matplotlib is an optional extra
+        entry.setdefault("notes", []).append(f"no PNG plot: {exc}")
+    return {k: os.path.relpath(v, out).replace(os.sep, "/") for k, v in files.items()}
 
 
 def _save_estimator(out: str, name: str, obj: Any, pol: Any) -> dict[str, Any]:
@@ -420,8 +436,22 @@ def _check_section(page: Any, rd: str, name: str, c: dict[str, Any], cols: dict[
         est = _frame(rd, files.get("estimates"))
         if est is not None and len(est):
             fig = plotting.plot_pretrends(est, outcome=cols.get("outcome"), time=cols.get("time"))
+    elif kind == "honest_did" and table is not None and len(table):
+        bd = c.get("breakdown")
+        page.note(f"Breakdown value ({c.get('delta')}, {c.get('method')}, {c.get('target')}): "
+                  + (f"{bd:.4g}" if bd is not None else "none on the grid (the interval at the smallest M covers 0)"))
+        fig = plotting.plot_honest_did(table, breakdown=bd, outcome=cols.get("outcome"),
+                                       m_name="M" if c.get("restriction") == "smoothness" else "Mbar",
+                                       title=f"Sensitivity to parallel-trends violations: {name}")
+    elif kind == "pretest_power":
+        curve = _frame(rd, files.get("curve"))
+        if curve is not None and len(curve):
+            fig = plotting.plot_pretest_power(curve, {float(k): v for k, v in (c.get("slope_for_power") or {}).items()})
     if fig is not None:
         page.figure(fig)
+    for note in c.get("notes") or []:
+        page.note(note)
     if table is not None:
-        page.table(table, caption=f"{name}: table ({files.get('table')})", collapsed=kind != "pretrends")
+        page.table(table, caption=f"{name}: table ({files.get('table')})",
+                   collapsed=kind not in ("pretrends", "honest_did"))
 

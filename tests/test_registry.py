@@ -62,7 +62,7 @@ def test_builtin_estimators_are_registered_once_with_their_capabilities() -> Non
     names = [e.name for e in dte_dask.list_estimators()]
     assert names == ["att_gt", "event_study", "stacked_did", "sun_abraham", "triple_did", "did_multiplegt",
                      "imputation_did", "two_stage_did",
-                     "etwfe", "bacon_decomposition"]
+                     "etwfe", "bacon_decomposition", "continuous_did"]
     att = registry.get("att_gt")
     assert att.result == "cells" and att.aggregations == ("simple", "dynamic", "group", "calendar")
     assert att.covariates and not registry.get("stacked_did").covariates

@@ -12,10 +12,12 @@ class CheckResult(SummaryText):
     """Mixin for the frozen check-result dataclasses.
 
     Subclasses define ``check_kind`` (the report's dispatch key), ``summary()``, ``to_frame()``
-    (the main table), ``frames()`` (every table worth saving, ``"table"`` first) and ``plot()``.
+    (the main table), ``frames()`` (every table worth saving, ``"table"`` first), ``facts()``
+    (scalars for ``summary.json``) and ``plot()``.
     """
 
     check_kind: ClassVar[str] = ""
+    save_plots: ClassVar[bool] = False  # save_results writes plot() as HTML and PNG next to the tables
 
     def summary(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -25,6 +27,10 @@ class CheckResult(SummaryText):
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {"table": self.to_frame()}
+
+    def facts(self) -> dict[str, Any]:
+        """Scalars worth recording in ``summary.json`` beyond the tables (none by default)."""
+        return {}
 
     def plot(self, *, backend: str = "bokeh") -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

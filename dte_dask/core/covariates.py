@@ -15,8 +15,8 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.logit import eta_extreme, overlap_count
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_grad_hess
-from dte_dask.core.twobytwo import Stats, delta_y
+from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_terms
+from dte_dask.core.twobytwo import Stats
 
 
 def designs(cells: Cells, x_varying: bool) -> list[np.ndarray]:
@@ -29,15 +29,20 @@ def _x_varying(block: UnitBlock) -> bool:
     return block.x is not None and block.x.ndim == 3
 
 
+def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns)."""
+    y = block.y[m]
+    return y[:, cells.t[ks]] - y[:, cells.base[ks]]
+
+
 def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
     """Per cell: controls' X'WX and X'W dY (outcome regression), treated sums and X totals."""
     K = cells.K
     out = {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
-    dY = delta_y(block, cells)
     for ks in designs(cells, _x_varying(block)):
         m, X, d, w = cells.design_rows(block, ks)
-        dYm = dY[m][:, ks]
+        dYm = design_dy(block, cells, m, ks)
         wc, wd = w * (1.0 - d), w * d
         out["XtWX"][ks] = (X * wc[:, None]).T @ X
         out["XtWdY"][ks] = (X.T @ (wc[:, None] * dYm)).T
@@ -64,12 +69,13 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
         _, X, d, w = cells.design_rows(block, ks)
         if unweighted:
             w = np.ones_like(w)
-        for gam in np.unique(gamma[ks], axis=0):  # cells of a design move together
-            sel = ks[np.all(gamma[ks] == gam, axis=1)]
-            gr, he, ll = logit_grad_hess(X, d, w, gam)
+        gk = gamma[ks]
+        same = bool(np.all(gk == gk[0]))
+        for gam in gk[:1] if same else np.unique(gk, axis=0):  # cells of a design move together
+            sel = ks if same else ks[np.all(gk == gam, axis=1)]
+            gr, he, ll, eta, ps = logit_terms(X, d, w, gam)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
-            eta = X @ gam
-            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta)
+            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
     return out
 
 
@@ -87,11 +93,10 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     z = np.zeros
     out = {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
            "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
-    dY = delta_y(block, cells)
     for ks in designs(cells, _x_varying(block)):
         m, X, d, w = cells.design_rows(block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
-        dYm = dY[m][:, ks]
+        dYm = design_dy(block, cells, m, ks)
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
         out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
         out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
@@ -104,14 +109,13 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
 def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
     """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells)."""
     method, n, ok = est["method"], est["n"], est["ok"]
-    dY = delta_y(block, cells)
     psi = np.zeros((block.n, cells.K))
     for ks in designs(cells, _x_varying(block)):
         ks = ks[ok[ks]]
         if ks.size == 0:
             continue
         m, X, d, w = cells.design_rows(block, ks)
-        dYm = dY[m][:, ks]
+        dYm = design_dy(block, cells, m, ks)
         if method == "reg":
             Xb = X @ est["beta"][ks].T  # (n_m, |ks|)
             wd = (w * d)[:, None]

@@ -23,13 +23,13 @@ small-sample factor :math:`\\sqrt{n/(n-1)}` (n = units, or clusters, of the cell
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 
-__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "meta_stats", "design_stats", "control_stats", "switcher_stats",
+__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "prepare", "meta_stats", "design_stats", "control_stats", "switcher_stats",
            "influence_stats", "unit_design"]
 
 
@@ -39,7 +39,8 @@ class DcdhBlock:
 
     ids : (n,) unit ids; rank : (n,) stable index of the unit's entity (cluster, else unit);
     y, d, w : (n, T) outcome, treatment, row weight (NaN where the row is absent or missing);
-    present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters).
+    present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters);
+    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass.
     """
 
     ids: np.ndarray
@@ -49,14 +50,21 @@ class DcdhBlock:
     w: np.ndarray
     present: np.ndarray
     cl: np.ndarray
+    pre: dict | None = None
 
     @property
     def n(self) -> int:
         return int(self.ids.shape[0])
 
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
+        pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
-                         self.present[index], self.cl[index])
+                         self.present[index], self.cl[index], pre)
+
+
+def prepare(block: DcdhBlock) -> DcdhBlock:
+    """The block with its options-independent unit design attached (computed once, used by every pass)."""
+    return replace(block, pre=_unit_base(block))
 
 
 def from_unit_block(block: UnitBlock) -> DcdhBlock:
@@ -110,9 +118,9 @@ def _first_switch(d: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.nd
     return d_sq, F, S, last
 
 
-def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
-    """Per-unit design after the sample filters up to ``stage`` (1: unit filters, 2: + baseline
-    groups without variation in F_g, 3: + cells without never-switchers)."""
+def _unit_base(block: DcdhBlock) -> dict[str, np.ndarray]:
+    """Options-independent unit design: rows kept, baseline, first switch, its sign and treatment,
+    number of periods from the switch on."""
     y, d, present = block.y, block.d, block.present.copy()
     n, T = d.shape
     # units with no observed outcome or no observed treatment are dropped
@@ -126,6 +134,17 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     inc = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) > 0), axis=1)
     dec = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) < 0), axis=1)
     present &= ~(inc & dec)
+    Fi = np.where(np.isfinite(F), F, 0).astype(np.int64)
+    d_fg = np.where(np.isfinite(F), d[np.arange(n), Fi], np.nan)
+    return {"present": present, "d_sq": d_sq, "F": F, "S": S, "L": L, "d_fg": d_fg}
+
+
+def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
+    """Per-unit design after the sample filters up to ``stage`` (1: unit filters, 2: + baseline
+    groups without variation in F_g, 3: + cells without never-switchers)."""
+    b = block.pre if block.pre is not None else _unit_base(block)
+    d_sq, F, S = b["d_sq"], b["F"], b["S"]
+    present = b["present"]
     keep = present.any(axis=1)
     if ctx.switchers == "in":
         keep &= S >= 0
@@ -136,14 +155,12 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     keep &= ~np.isnan(d_sq)
     if stage >= 2 and ctx.keep_dsq is not None:
         keep &= ctx.keep_dsq[dsq_code]
-    present &= keep[:, None]
+    present = present & keep[:, None]
     if stage >= 3 and ctx.ctrl_ok is not None:
         present &= ctx.ctrl_ok[:, dsq_code].T
         keep &= present.any(axis=1)
-    Fi = np.where(np.isfinite(F), F, 0).astype(np.int64)
-    d_fg = np.where(np.isfinite(F), d[np.arange(n), Fi], np.nan)
-    return {"keep": keep, "present": present, "d_sq": d_sq, "dsq": dsq_code, "F": F, "S": S, "L": L,
-            "d_fg": d_fg}
+    return {"keep": keep, "present": present, "d_sq": d_sq, "dsq": dsq_code, "F": F, "S": S, "L": b["L"],
+            "d_fg": b["d_fg"]}
 
 
 def meta_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
@@ -169,26 +186,32 @@ def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray
     return {"fcount": fcount, "never_rows": nrows, "rows_t": rows_t, "n_units": np.int64(k.sum())}
 
 
-def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx) -> dict[str, np.ndarray]:
-    """Per (unit, t) arrays of horizon ``ell``: first difference, weight, control indicator."""
-    n, T = block.y.shape
+def _base_arrays(block: DcdhBlock, u: dict) -> dict[str, np.ndarray]:
+    """Per (unit, t) arrays shared by every horizon: outcome, treatment (NaN off the sample), weight."""
     pres = u["present"]
     y = np.where(pres, block.y, np.nan)
     dv = np.where(pres, block.d, np.nan)
+    w = np.where(pres & ~np.isnan(y) & ~np.isnan(dv), np.nan_to_num(block.w), 0.0)
+    return {"y": y, "dv": dv, "w": w, "t": np.arange(block.y.shape[1])[None, :], "F": u["F"][:, None],
+            "never_sw": ~np.isfinite(u["F"])[:, None]}
+
+
+def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx, base: dict | None = None) -> dict[str, np.ndarray]:
+    """Per (unit, t) arrays of horizon ``ell``: first difference, weight, control indicator."""
+    b = _base_arrays(block, u) if base is None else base
+    n, T = block.y.shape
+    y = b["y"]
     h = abs(ell)
     diff = np.full((n, T), np.nan)
     if ell > 0 and h < T:
-        diff[:, h:] = y[:, h:] - y[:, :-h]
+        np.subtract(y[:, h:], y[:, :-h], out=diff[:, h:])
     elif ell < 0 and 2 * h < T:
-        diff[:, 2 * h:] = y[:, :-2 * h] - y[:, h:-h]
-    w = np.where(pres & ~np.isnan(y) & ~np.isnan(dv), np.nan_to_num(block.w), 0.0)
+        np.subtract(y[:, :-2 * h], y[:, h:-h], out=diff[:, 2 * h:])
     ok = ~np.isnan(diff)
-    t = np.arange(T)[None, :]
-    F = u["F"][:, None]
-    never = ok & (F > t)
+    never = ok & (b["F"] > b["t"])
     if ctx.only_never_switchers:
-        never &= ~np.isfinite(F)
-    return {"diff": diff, "diff0": np.where(ok, diff, 0.0), "ok": ok, "w": w, "never": never, "dv": dv}
+        never &= b["never_sw"]
+    return {"diff": diff, "diff0": np.where(ok, diff, 0.0), "ok": ok, "w": b["w"], "never": never, "dv": b["dv"]}
 
 
 def _cell_add(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -211,8 +234,9 @@ def control_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
     out["n"] = np.zeros((H, T, nd), np.int64)
     out["rows"] = np.zeros((H, T, nd), np.int64)
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         gi, ti = np.nonzero(a["never"])
         dq = u["dsq"][gi]
         out["w"][j] = _cell_add((T, nd), ti, dq, a["w"][gi, ti])
@@ -257,8 +281,9 @@ def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out["un_cl"] = np.zeros((H, T, nd), np.int64)
     out.update({"co_w": np.zeros((H, nco)), "co_wd": np.zeros((H, nco)), "co_n": np.zeros((H, nco), np.int64),
                 "n_sw": np.zeros(H, np.int64), "dd_num": np.zeros(H), "dd_w": np.zeros(H)})
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         g, t = _switcher_rows(block, u, a, ell, j, ctx)
         dq, wv, dv = u["dsq"][g], a["w"][g, t], a["diff0"][g, t]
         out["w"][j] = _cell_add((T, nd), t, dq, wv)
@@ -343,8 +368,9 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
     psi = np.zeros((n, H))
     num = np.zeros(H)
     nobs = np.zeros(H, np.int64)
+    base = _base_arrays(block, u)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx)
+        a = _horizon_arrays(block, u, ell, ctx, base)
         N_sw = ctx.sw["w"][j].sum()
         if N_sw == 0:
             continue
@@ -368,10 +394,9 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         psi[:, j] = (np.bincount(gi, weights=cw * f_c * (cd - e_c), minlength=n)
                      + np.bincount(g, weights=sw_w * f_s * (sd - e_s), minlength=n))
         # observations used: rows with a first difference and a non-zero term, or a zero difference
-        term = np.zeros((n, T))
-        term[gi, ti] += cw * cd
-        term[g, t] += sw_w * sd
-        nobs[j] = int(np.sum(a["ok"] & ((term != 0) | (a["diff0"] == 0))))
+        # (control and switcher rows are distinct cells: a switcher's row is not yet a control's)
+        nobs[j] = (int(np.count_nonzero(a["ok"] & (a["diff0"] == 0))) + int(np.count_nonzero(cw * cd))
+                   + int(np.count_nonzero(sw_w * sd)))
     if ctx.clustered:
         codes, inv = np.unique(block.cl, return_inverse=True)
         csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes.size) for j in range(H)],

@@ -20,7 +20,7 @@ partition indicator travels as a covariate column of the blocks (``qcol``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,20 +52,31 @@ class Comparisons:
     def effective_g(self, G: np.ndarray) -> np.ndarray:
         return np.where((G > self.never_above) | (G == self.never_alias), np.inf, G)
 
+    def design_key(self, j: int, x_varying: bool) -> tuple:
+        """What the rows of column j depend on: (g, gc, q, covariate period[, t, base])."""
+        key = (int(self.g[j]), float(self.gc[j]), int(self.q[j]),
+               int(min(self.base[j], self.t[j])) if x_varying else 0)
+        return key + (int(self.t[j]), int(self.base[j])) if self.complete_cases else key
+
     def designs(self, x_varying: bool) -> list[np.ndarray]:
         """Columns sharing units, covariates and nuisance fits: same (g, gc, q, covariate period)."""
-        xper = np.minimum(self.base, self.t) if x_varying else np.zeros(self.K, dtype=np.int64)
         keys: dict[tuple, list[int]] = {}
         for j in range(self.K):
-            key = (int(self.g[j]), float(self.gc[j]), int(self.q[j]), int(xper[j]))
-            if self.complete_cases:
-                key += (int(self.t[j]), int(self.base[j]))
-            keys.setdefault(key, []).append(j)
+            keys.setdefault(self.design_key(j, x_varying), []).append(j)
         return [np.array(v) for v in keys.values()]
 
     def design_rows(self, block: UnitBlock, ks: np.ndarray):
-        """Rows of a design: mask, X = [1, covariates], treated indicator d, weights."""
+        """Rows of a design: mask, X = [1, covariates], treated indicator d, weights (picked once
+        per block when ``block`` is a :class:`DesignBlock`)."""
         j = int(ks[0])
+        cache = getattr(block, "rows", None)
+        if cache:
+            hit = cache.get(self.design_key(j, block.x is not None and block.x.ndim == 3))
+            if hit is not None:
+                return hit
+        return self.pick_rows(block, j)
+
+    def pick_rows(self, block: UnitBlock, j: int):
         x = block.x_at(int(min(self.base[j], self.t[j])))
         G, Q = self.effective_g(block.g), x[:, self.qcol]
         D = (G == self.g[j]) & (Q == 1)
@@ -74,6 +85,46 @@ class Comparisons:
         if self.complete_cases:
             m &= observed(block, self.t[j], self.base[j])
         return m, with_intercept(np.delete(x[m], self.qcol, axis=1)), D[m].astype(float), block.w[m]
+
+
+@dataclass(frozen=True, eq=False)
+class DesignBlock(UnitBlock):
+    """A partition block with every comparison design's rows picked once, for all the passes.
+
+    ``rows`` maps :meth:`Comparisons.design_key` to :meth:`Comparisons.pick_rows`; ``parts`` maps
+    the (start, stop) slice of each RNG block to its own DesignBlock, which ``take`` hands back, so
+    :func:`~dte_dask.graph.reduce.by_rng_block` reuses them in every pass."""
+
+    rows: dict = field(default_factory=dict, repr=False)
+    parts: dict = field(default_factory=dict, repr=False)
+
+    def take(self, index: np.ndarray | slice) -> UnitBlock:
+        if isinstance(index, slice) and (index.start, index.stop) in self.parts:
+            return self.parts[(index.start, index.stop)]
+        return super().take(index)
+
+    def pieces(self) -> list[UnitBlock]:
+        """The RNG-block parts in row order (the block itself when it has none)."""
+        return [self.parts[k] for k in sorted(self.parts)] or [self]
+
+
+def design_block(block: UnitBlock, comp: Comparisons, block_size: int) -> DesignBlock:
+    """``block`` with the rows of every design of ``comp`` picked once per RNG block (the slices
+    :func:`~dte_dask.graph.reduce.by_rng_block` takes)."""
+    varying = block.x is not None and block.x.ndim == 3
+    firsts = [int(ks[0]) for ks in comp.designs(varying)]
+
+    def build(b: UnitBlock, parts: dict) -> DesignBlock:
+        rows = {comp.design_key(j, varying): comp.pick_rows(b, j) for j in firsts}
+        return DesignBlock(b.ids, b.rank, b.g, b.w, b.cluster, b.y, b.x, rows=rows, parts=parts)
+
+    if block.n == 0:
+        return build(block, {})
+    blk = block.rank // block_size
+    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+    parts = {(int(a), int(c)): build(UnitBlock.take(block, slice(int(a), int(c))), {})
+             for a, c in zip(cuts[:-1], cuts[1:])}
+    return DesignBlock(block.ids, block.rank, block.g, block.w, block.cluster, block.y, block.x, parts=parts)
 
 
 def observed(block: UnitBlock, t: int, base: int) -> np.ndarray:
@@ -194,7 +245,8 @@ def cell_stats(block: UnitBlock, cells: Cells, lay: DddLayout, kest: dict[str, A
 
 def ddd_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
     """(n_block, K) influence functions of the cells (panel scale; zero for reference cells)."""
-    return cov_influence(block, est["comp"], est["kernel"]) @ est["A"]
+    parts = block.pieces() if isinstance(block, DesignBlock) else [block]
+    return np.vstack([cov_influence(b, est["comp"], est["kernel"]) @ est["A"] for b in parts])
 
 
 def cohort_shares(block: UnitBlock, cells: Cells, groups: np.ndarray) -> dict[str, np.ndarray]:

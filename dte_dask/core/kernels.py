@@ -132,8 +132,12 @@ def solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray
     """Per cell k with ``ok[k]``: ``guarded_solve(A[k], b[k])``; NaN and not ok where it fails."""
     out = np.full(b.shape, np.nan)
     good = ok.copy()
+    verdict: dict[bytes, bool] = {}  # cells of one design share A: its conditioning is checked once
     for k in np.flatnonzero(ok):
-        x = guarded_solve(A[k], b[k])
+        key = A[k].tobytes()
+        seen = verdict.get(key)
+        x = None if seen is False else guarded_solve(A[k], b[k], check=seen is None)
+        verdict[key] = x is not None
         if x is None:
             good[k] = False
         else:
@@ -178,7 +182,14 @@ class Reporter:
         if self.label is None:
             return
         for what, A in mats.items():
-            c = np.array([equilibrated_cond(A[k]) if ok[k] else 0.0 for k in range(self.cells.K)])
+            conds: dict[bytes, float] = {}  # cells of one design share A
+
+            def cond(a: np.ndarray) -> float:
+                key = a.tobytes()
+                if key not in conds:
+                    conds[key] = equilibrated_cond(a)
+                return conds[key]
+            c = np.array([cond(A[k]) if ok[k] else 0.0 for k in range(self.cells.K)])
             bad = ok & (c > ILL_CONDITIONED)
             if bad.any():
                 self.note(bad, f"nearly collinear covariates: the {what} is ill-conditioned (condition number "

@@ -220,6 +220,7 @@ def eta_extreme(eta: np.ndarray) -> int:
     return int(np.count_nonzero(np.abs(eta) > ETA_LIMIT))
 
 
-def overlap_count(eta: np.ndarray) -> int:
-    """Rows with a fitted probability of at least :data:`OVERLAP_LIMIT` (R did's overlap check)."""
-    return int(np.count_nonzero(expit(eta) >= OVERLAP_LIMIT))
+def overlap_count(eta: np.ndarray, ps: np.ndarray | None = None) -> int:
+    """Rows with a fitted probability (``ps`` = expit(eta) when already at hand) of at least
+    :data:`OVERLAP_LIMIT` (R did's overlap check)."""
+    return int(np.count_nonzero((expit(eta) if ps is None else ps) >= OVERLAP_LIMIT))

@@ -17,7 +17,7 @@ def expit(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+def guarded_solve(a: np.ndarray, b: np.ndarray, check: bool = True) -> np.ndarray | None:
     """``solve(a, b)`` for a symmetric positive semi-definite ``a`` (a Gram or information matrix),
     or None when ``a`` is singular or badly conditioned.
 
@@ -25,7 +25,8 @@ def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     every column of the design divided by its root mean square: solve, transform back), and DRDID's
     ``rcond(XpX) < .Machine$double.eps`` check is applied to the equilibrated matrix, so neither the
     solution nor the verdict depends on the units of a covariate. A zero or non-finite diagonal
-    (a column that is zero throughout) is singular.
+    (a column that is zero throughout) is singular. ``check=False`` skips the rcond check (for a
+    matrix that already passed it).
     """
     if a.size == 0 or not np.all(np.isfinite(a)):
         return None
@@ -36,7 +37,7 @@ def guarded_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     ae = a / s[:, None] / s[None, :]
     bs = b / (s[:, None] if np.ndim(b) == 2 else s)
     try:
-        if 1.0 / np.linalg.cond(ae, 1) < np.finfo(float).eps:
+        if check and 1.0 / np.linalg.cond(ae, 1) < np.finfo(float).eps:
             return None
         x = np.linalg.solve(ae, bs)
     except np.linalg.LinAlgError:
@@ -69,10 +70,15 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
 
 def logit_grad_hess(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Gradient, Hessian (information) and log-likelihood of a weighted logit at ``gamma``."""
+    return logit_terms(X, d, w, gamma)[:3]
+
+
+def logit_terms(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray):
+    """:func:`logit_grad_hess` and the linear predictor and fitted probabilities it used."""
     z = X @ gamma
     p = expit(z)
     grad = X.T @ (w * (d - p))
     hess = (X * (w * p * (1.0 - p))[:, None]).T @ X
     # log-likelihood, stable: d*z - log(1+exp(z))
     ll = float(np.sum(w * (d * z - np.logaddexp(0.0, z))))
-    return grad, hess, ll
+    return grad, hess, ll, z, p

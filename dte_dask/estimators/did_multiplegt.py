@@ -20,23 +20,24 @@ from scipy import stats
 
 from dte_dask.core.dcdh import (
     Ctx,
-    DcdhBlock,
     cell_means,
     control_stats,
     design_stats,
     from_unit_block,
     influence_stats,
     meta_stats,
+    prepare,
     switcher_stats,
 )
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
-from dte_dask.exceptions import DteDaskWarning, MissingColumnError, PanelError, SpecError
+from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.panel.panel import Panel
+from dte_dask.panel.wide import WideColumns, wide_blocks
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.base import Result
 
-__all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "dcdh_blocks", "reduce_blocks"]
+__all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
 _UNSUPPORTED = ("controls", "trends_lin", "trends_nonparam", "continuous", "bootstrap")
 
@@ -108,62 +109,6 @@ class DidMultiplegtResult(Result):
         return "\n".join(lines)
 
 
-def _check(data: Any, cols: dict[str, str | None]) -> pd.DataFrame:
-    if hasattr(data, "compute") and not isinstance(data, pd.DataFrame):
-        data = data.compute()
-    if not isinstance(data, pd.DataFrame):
-        raise SpecError("did_multiplegt: `data` must be a pandas or dask DataFrame")
-    for role, c in cols.items():
-        if c is not None and c not in data.columns:
-            raise MissingColumnError(f"column {c!r} ({role}) is not in the data")
-    return data
-
-
-def dcdh_blocks(df: pd.DataFrame, outcome: str, unit: str, time: str, treatment: str, weights: str | None,
-            cluster: str | None, npartitions: int, block_size: int) -> tuple[list, int, int, int]:
-    """Wide blocks of whole entities (cluster, else unit) in contiguous RNG blocks."""
-    if df.duplicated([unit, time]).any():
-        bad = df.loc[df.duplicated([unit, time]), [unit, time]].iloc[0].tolist()
-        raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
-    times = np.sort(pd.unique(df[time].dropna()))
-    steps = np.diff(times.astype(float))
-    if steps.size and not np.allclose(steps, steps[0]):
-        raise PanelError(f"column {time!r}: periods must be equally spaced (got {times[:6].tolist()}...)")
-    T = times.size
-    units = np.sort(pd.unique(df[unit]))
-    ui = np.searchsorted(units, df[unit].to_numpy())
-    ti = np.searchsorted(times, df[time].to_numpy())
-    n = units.size
-    if cluster is not None:
-        per = df.groupby(unit)[cluster].nunique(dropna=False)
-        if (per > 1).any():
-            raise PanelError(f"column {cluster!r} (cluster) varies within unit {per.index[per > 1][0]!r}")
-        cl_u = pd.Series(df[cluster].to_numpy(), index=ui).groupby(level=0).first().reindex(range(n))
-        clv, cl = np.unique(cl_u.to_numpy(), return_inverse=True)
-        order = np.lexsort((np.arange(n), cl))
-    else:
-        cl = np.arange(n)
-        order = np.arange(n)
-    Y, D, W = (np.full((n, T), np.nan) for _ in range(3))
-    P = np.zeros((n, T), bool)
-    Y[ui, ti] = df[outcome].to_numpy(dtype=float, na_value=np.nan)
-    D[ui, ti] = df[treatment].to_numpy(dtype=float, na_value=np.nan)
-    W[ui, ti] = 1.0 if weights is None else np.nan_to_num(df[weights].to_numpy(dtype=float, na_value=np.nan))
-    P[ui, ti] = True
-    rank = cl[order]
-    ent = int(rank.max()) + 1 if n else 0
-    nb = -(-ent // block_size)
-    cuts = np.linspace(0, nb, min(npartitions, max(nb, 1)) + 1).round().astype(int) * block_size
-    lo = np.searchsorted(rank, cuts[:-1])
-    hi = np.searchsorted(rank, cuts[1:])
-    parts = []
-    for a, b in zip(lo, hi):
-        idx = order[a:b]
-        parts.append(dask.delayed(DcdhBlock(units[idx], rank[a:b], Y[idx], D[idx], W[idx], P[idx], cl[idx]),
-                                  pure=False))
-    return parts, T, nb, ent
-
-
 def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     covers = [dask.delayed(by_rng_block)(p, func, bs, nb, *args) for p in parts]
     return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
@@ -181,7 +126,9 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
 
     Parameters
     ----------
-    data : pandas or dask DataFrame, long (one row per unit and period; rows may be missing), or a
+    data : pandas or dask DataFrame or parquet path (file, directory or glob), long (one row per unit
+        and period; rows may be missing); a dask frame or parquet is never gathered on the driver
+        (entity-partitioned on the workers, see :mod:`dte_dask.panel.wide`), or a
         :class:`~dte_dask.Panel` (binary absorbing treatment D = 1{t >= group}; its weights and
         clusters are used and the column arguments are ignored; job specs and the service pass one)
     outcome, unit, time, treatment : columns; ``time`` equally spaced; ``treatment`` any non-negative
@@ -226,11 +173,12 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
             if col is None:
                 raise SpecError(f"did_multiplegt: name the `{role}` column")
-        df = _check(data, {"outcome": outcome, "unit": unit, "time": time, "treatment": treatment,
-                           "weights": weights, "cluster": cluster})
         bs = int(rng_block_size)
-        parts, T, nb, n_ent = dcdh_blocks(df, str(outcome), str(unit), str(time), str(treatment), weights, cluster,
-                                  max(int(npartitions), 1), bs)
+        wide = wide_blocks(data, WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster),
+                           max(int(npartitions), 1), bs, "did_multiplegt")
+        parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
+    # the options-independent unit design once per block, kept with the block for every pass
+    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))

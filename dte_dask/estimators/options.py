@@ -171,6 +171,7 @@ class TwoStageOptions(Options):
     """:func:`dte_dask.two_stage_did` (Gardner 2021)."""
 
     horizons: tuple[Int, ...] | None = None
+    pretrends: NonNegInt = 0
 
 
 class EtwfeOptions(Options):

@@ -22,6 +22,7 @@ def two_stage_did(
     weights: str | None = None,
     cluster: str | None = None,
     horizons: Sequence[int] | None = None,
+    pretrends: int = 0,
     allow_unbalanced_panel: bool | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
@@ -37,7 +38,8 @@ def two_stage_did(
     Parameters
     ----------
     see :func:`dte_dask.imputation_did` (``horizons``: the event-time dummies of stage 2; None:
-    every horizon observed).
+    every horizon observed; ``pretrends``: pre-treatment coefficients as ``imputation_did``'s, BJS
+    Test 1, reported at negative event times, for pre-trend tests and ``honest_did``).
 
     Returns
     -------
@@ -57,17 +59,18 @@ def two_stage_did(
     with no small-sample factor. The unit-effect block of :math:`(X_{10}'WX_{10})^{-1}` is never
     formed: first-stage residuals sum to zero within units, so only the within-unit (time dummy and
     covariate) block enters, solved on the driver at the size of the time effects. Stage-2 dummies
-    for pre-treatment event times are not offered (use ``imputation_did(pretrends=...)``).
+    for pre-treatment event times (did2s's leads) are not offered; ``pretrends`` adds BJS Test 1's.
     Units never observed untreated are dropped with a warning.
     """
     t0 = _time.perf_counter()
-    opt = parse_options(TwoStageOptions, horizons=horizons)
+    opt = parse_options(TwoStageOptions, horizons=horizons, pretrends=pretrends)
     panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group,
                                    covariates=covariates, weights=weights, cluster=cluster,
                                    allow_unbalanced_panel=allow_unbalanced_panel, npartitions=npartitions)
     options = dict(estimator="two_stage_did", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, covariates=[panel.spec.covariates[j] for j in cov_idx],
-                   weights=panel.spec.weights, cluster=panel.spec.cluster, horizons=opt.horizons)
-    return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=0, aux_partition="horizon",
+                   weights=panel.spec.weights, cluster=panel.spec.cluster, horizons=opt.horizons,
+                   pretrends=opt.pretrends)
+    return fit_imputation(panel, cov_idx, horizons=opt.horizons, pretrends=opt.pretrends, aux_partition="horizon",
                           leave_out=False, alpha=alpha, options=options, t0=t0, two_stage=True,
                           name="two_stage_did")

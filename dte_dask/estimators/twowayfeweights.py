@@ -14,9 +14,11 @@ import dask
 import numpy as np
 import pandas as pd
 
+from dte_dask.core.dcdh import DcdhBlock
 from dte_dask.core.twfeweights import gram_stats, residuals, weight_stats
-from dte_dask.estimators.did_multiplegt import dcdh_blocks, reduce_blocks
-from dte_dask.exceptions import EstimationError, MissingColumnError, SpecError
+from dte_dask.estimators.did_multiplegt import reduce_blocks
+from dte_dask.exceptions import EstimationError
+from dte_dask.panel.wide import WideColumns, wide_blocks
 
 __all__ = ["twowayfeweights", "TwfeWeightsResult"]
 
@@ -57,13 +59,19 @@ def _cell_weights(block: Any, gamma: np.ndarray, denom: float, times: np.ndarray
                          "weight": eps[gi, ti] * d[gi, ti] / denom})
 
 
+def _non_binary(block: DcdhBlock) -> bool:
+    d = block.d[block.present & ~np.isnan(block.d)]
+    return bool(np.any((d != 0) & (d != 1)))
+
+
 def twowayfeweights(data: Any, outcome: str, unit: str, time: str, treatment: str, *, cells: bool = False,
                     npartitions: int = 1, rng_block_size: int = 16384) -> TwfeWeightsResult:
     """Weights of the TWFE coefficient on the treated (unit, period) cells.
 
     Parameters
     ----------
-    data : pandas or dask DataFrame, long; cells with a missing outcome or treatment are left out
+    data : pandas or dask DataFrame or parquet path, long (a dask frame is never gathered on the
+        driver); cells with a missing outcome or treatment are left out
     outcome, unit, time, treatment : columns (treatment binary or not: cells with D != 0 are "treated"
         and weights are w_gt = ε_gt D_gt / Σ ε D, R's ``feTR``)
     cells : also return every treated cell's weight (a frame as long as the treated cells: it
@@ -76,15 +84,10 @@ def twowayfeweights(data: Any, outcome: str, unit: str, time: str, treatment: st
     treatment and no noise, :math:`\\hat\\beta_{fe} = \\sum w_{gt} Δ_{gt}`. ``sigma_fe`` (binary
     treatment only, NaN otherwise) is |β_fe| / sd of the weights under the cells' shares.
     """
-    if hasattr(data, "compute") and not isinstance(data, pd.DataFrame):
-        data = data.compute()
-    if not isinstance(data, pd.DataFrame):
-        raise SpecError("twowayfeweights: `data` must be a pandas or dask DataFrame")
-    for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
-        if col not in data.columns:
-            raise MissingColumnError(f"column {col!r} ({role}) is not in the data")
     bs = int(rng_block_size)
-    parts, T, nb, _ = dcdh_blocks(data, outcome, unit, time, treatment, None, None, max(int(npartitions), 1), bs)
+    wide = wide_blocks(data, WideColumns(outcome, unit, time, treatment), max(int(npartitions), 1), bs,
+                       "twowayfeweights")
+    parts, nb, times = wide.parts, wide.n_blocks, wide.times
     g = reduce_blocks(parts, gram_stats, bs, nb)
     gamma = np.linalg.lstsq(g["xx"], g["xd"], rcond=None)[0]
     s = reduce_blocks(parts, weight_stats, bs, nb, gamma)
@@ -92,8 +95,7 @@ def twowayfeweights(data: Any, outcome: str, unit: str, time: str, treatment: st
         raise EstimationError("twowayfeweights: no treated cell, or the treatment is collinear with the unit "
                               "and period effects (Σ ε D = 0)")
     denom = float(s["ed"])
-    times = np.sort(pd.unique(data[time].dropna()))
-    binary = bool(np.isin(data[treatment].dropna().unique(), [0, 1]).all())
+    binary = not any(dask.compute(*[dask.delayed(_non_binary)(p) for p in parts]))
     n1 = int(s["n_tr"])
     var_w = n1 * float(s["e2_tr"]) / float(s["e_tr"]) ** 2 - 1.0 if binary and s["e_tr"] != 0 else 0.0
     beta = float(s["ey"]) / denom

@@ -11,7 +11,7 @@ Every reduction goes through the RNG-block tree: bit-identical for any partition
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask
 import numpy as np
@@ -24,6 +24,7 @@ from dte_dask.core.ddd import (
     combination,
     ddd_estimates,
     ddd_influence,
+    design_block,
     gmm_weights,
     layout,
 )
@@ -66,6 +67,9 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
         key = float(np.inf if g > cells.never_above or g == cells.never_alias else g)
         sizes[key] = sizes.get(key, 0) + c
     lay = layout(cells, sorted(sizes), qcol, complete_cases=not panel.is_balanced)
+    # every comparison's rows picked once per RNG block and kept on the workers for all passes
+    panel = replace(panel, blocks=tuple(dask.persist(*panel.map_blocks(design_block, lay.comp, panel.rng_block_size,
+                                                                       name="ddd-designs"))))
     kernel = PanelCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, None,
                                        panel.spec.weights is not None, None, label))
     kfit = run_kernel(panel, lay.comp, kernel)

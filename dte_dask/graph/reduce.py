@@ -8,19 +8,26 @@ tree over block indices, whatever partition computed them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import dask
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from dte_dask.core.dyadic import DyadicCover, add
 
 __all__ = ["DyadicCover", "add", "by_rng_block", "tree_merge", "tree_sum"]
 
 SPLIT_EVERY = 8
+
+
+@lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    """The process's BLAS / OpenMP pools, inspected once (a fresh inspection costs ~30 ms a call)."""
+    return ThreadpoolController()
 
 
 def _sum_all(items: Sequence[Any]) -> Any:
@@ -55,7 +62,7 @@ def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: A
     cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, vals = [], []
     # small matrix products: multi-threaded BLAS inside a (multi-threaded) task only oversubscribes
-    with threadpool_limits(limits=1):
+    with _threadpools().limit(limits=1):
         for a, b in zip(cuts[:-1], cuts[1:]):
             sl = slice(int(a), int(b))
             part = block.take(sl)

@@ -88,22 +88,20 @@ def _cluster_info(client: Any) -> dict[str, Any] | None:
             "dashboard": getattr(client, "dashboard_link", None)}
 
 
-def _diagnostics(job: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
-    """Add the job's checks (pre-trend tests) and the comparison of dynamic profiles to ``results``."""
-    estimates = {e.name: results[e.name] for e in job.estimators}
-    if "pretrends" in job.checks:
-        from dte_dask.checks import pretrend_check
+def _diagnostics(job: JobSpec, results: dict[str, Any], echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Add the job's checks (:mod:`dte_dask.jobs.checks`) and the comparison of dynamic profiles to ``results``."""
+    from dte_dask.jobs.checks import run_checks
 
-        for name, res in estimates.items():
-            if hasattr(res, "pretrend_test"):
-                results[f"{name}.pretrends"] = pretrend_check(res)
+    estimates = {e.name: results[e.name] for e in job.estimators}
+    notes = run_checks(job.checks, {e.name: (e.kind, results[e.name]) for e in job.estimators}, results, echo)
+    extra: dict[str, Any] = {"check_notes": notes} if notes else {}
     if not job.compare or len(estimates) < 2:
-        return {}
+        return extra
     from dte_dask.estimators.compare import line_up
 
     comparison = line_up(estimates)  # each result's estimates by event time (result.event_study())
     results["comparison"] = comparison.table
-    return {"comparison_correlation": comparison.correlation.to_dict()}
+    return {**extra, "comparison_correlation": comparison.correlation.to_dict()}
 
 
 def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
@@ -176,7 +174,7 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         checkpoint("the checks")
         bar.set_stage("checks")
         with clock.stage("checks"):
-            extra_meta = _diagnostics(job, results)
+            extra_meta = _diagnostics(job, results, echo)
         cluster = _cluster_info(client)  # while the client is still connected
     timings["total"] = time.perf_counter() - t0
     from dte_dask.diagnose import format_diagnosis

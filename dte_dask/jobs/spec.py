@@ -30,6 +30,7 @@ from dte_dask import registry
 from dte_dask.disclosure import DisclosureSpec
 from dte_dask.estimators.options import InferenceOptions
 from dte_dask.exceptions import SpecError
+from dte_dask.jobs.checks import CheckSpec
 from dte_dask.registry import AGGREGATIONS  # noqa: F401  (re-exported: the aggregation names)
 
 # options set from other sections of the spec, not per estimator
@@ -168,7 +169,8 @@ class JobSpec(_Closed):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     output: str = "results"
     report: bool = True
-    checks: list[Literal["pretrends"]] = Field(default_factory=list, description="diagnostics run on every estimator")
+    checks: list[CheckSpec] = Field(default_factory=list, description="diagnostics run on every estimator: "
+                                    "pretrends, honest_did, pretest_power, or {name: options} (dte_dask.jobs.checks)")
     compare: bool = Field(False, description="line up the estimators' dynamic effects (table + correlation)")
     disclosure: DisclosureSpec = Field(default_factory=DisclosureSpec,
                                        description="small-cell suppression and count rounding of every output "

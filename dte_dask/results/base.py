@@ -60,7 +60,7 @@ from dte_dask.formatting import SummaryText
 
 __all__ = ["Result", "SCHEMA", "KEY_COLUMNS", "EXTRA_COLUMNS", "pointwise_z", "no_pretest_reason"]
 
-KEY_COLUMNS = ("group", "time", "event_time", "key")
+KEY_COLUMNS = ("group", "time", "event_time", "key", "dose")
 SCHEMA = ("estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
 EXTRA_COLUMNS = ("n_treated", "n_control", "n_obs", "se_analytic", "se_boot", "binned")
 

@@ -1,6 +1,9 @@
 """Sensitivity analysis of event studies: HonestDiD (Rambachan & Roth 2023) and pre-test power (Roth 2022).
 
-Pure driver-side algebra on (betahat, Sigma): numpy and scipy only, no dask.
+Pure driver-side algebra on (betahat, Sigma) read through the result protocol: numpy and scipy, no
+dask. The results are check results (:class:`dte_dask.checks.CheckResult`: ``summary``,
+``to_frame``, ``plot``), so jobs, ``save_results`` and the report handle them as the other checks
+(docs/sensitivity.md).
 """
 from __future__ import annotations
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dte_dask.checks import CheckResult
 from dte_dask.exceptions import SpecError
 from dte_dask.sensitivity.intervals import Interval, Problem, robust_interval
 
@@ -43,17 +44,24 @@ _DELTA = {"relative_magnitude": "DeltaRM", "smoothness": "DeltaSD", "combined": 
 _M_NAME = {"relative_magnitude": "Mbar", "smoothness": "M", "combined": "Mbar"}
 
 
-@dataclass(frozen=True)
-class HonestDiDResult:
+@dataclass(frozen=True, repr=False, eq=False)
+class HonestDiDResult(CheckResult):
     """Robust confidence intervals by M, the original interval and the breakdown value.
 
     Attributes
     ----------
     M, lb, ub : (k,) bounds and interval ends (NaN when the confidence set is empty)
-    original : (lb, ub) of the interval that assumes exact parallel trends
+    original : (lb, ub) of the interval that assumes exact parallel trends: the result's own
+        pointwise interval (its critical value, ``vcov()``) for a result, the normal Wald interval
+        (HonestDiD's ``constructOriginalCS``) for raw inputs
     grid_step : (k,) spacing of the theta grid the interval was read from (NaN for the FLCI)
     open_end : (k,) True where the last accepted grid point is an end of the grid
+    options : column names and the estimator of the result (axis labels, the report)
+    notes : warnings raised while computing (varying base period, binned endpoints, grid ends)
     """
+
+    check_kind: ClassVar[str] = "honest_did"
+    save_plots: ClassVar[bool] = True
 
     restriction: str
     method: str
@@ -73,6 +81,8 @@ class HonestDiDResult:
     bias_direction: str | None = None
     monotonicity_direction: str | None = None
     problem: Problem | None = field(default=None, repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def delta(self) -> str:
@@ -125,9 +135,7 @@ class HonestDiDResult:
 
     def summary(self) -> str:
         pct = round(100 * (1 - self.alpha))
-        target = ("event time " + str(self.event_times[self.num_pre_periods + int(np.argmax(self.l_vec))])
-                  if self.event_times is not None and np.count_nonzero(self.l_vec) == 1 else f"l = {np.round(self.l_vec, 4)}")
-        lines = [f"HonestDiD sensitivity analysis ({self.delta}, {self.method}), theta = {target}",
+        lines = [f"HonestDiD sensitivity analysis ({self.delta}, {self.method}), theta = {self.target}",
                  f"Estimate {self.estimate:.4f}; original {pct}% CI [{self.original[0]:.4f}, {self.original[1]:.4f}]",
                  f"{'M' if self.restriction == 'smoothness' else 'Mbar':>8}  {'lb':>10}  {'ub':>10}  excludes 0"]
         for m, lo, hi in zip(self.M, self.lb, self.ub):
@@ -138,28 +146,48 @@ class HonestDiDResult:
                                                              if np.isfinite(step) else "")]
         if self.open_end.any():
             lines.append("Warning: some intervals reach the end of the theta grid (pass grid_lb / grid_ub)")
+        lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
+    @property
+    def target(self) -> str:
+        """What theta is: ``event time e`` or the weights ``l``."""
+        if self.event_times is not None and np.count_nonzero(self.l_vec) == 1:
+            return f"event time {self.event_times[self.num_pre_periods + int(np.argmax(self.l_vec))]}"
+        return f"l = {np.round(self.l_vec, 4).tolist()}"
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{self.summary()}</pre>"
+    def facts(self) -> dict[str, Any]:
+        """Scalars for ``summary.json``: the breakdown value, the original interval, the set and method."""
+        return {"breakdown": self.breakdown, "original": list(self.original), "estimate": self.estimate,
+                "restriction": self.restriction, "method": self.method, "delta": self.delta, "target": self.target,
+                "grid_points": self.grid_points, "notes": list(self.notes)}
+
+    def plot(self, *, backend: str = "bokeh") -> Any:
+        """Robust intervals against M next to the original one (HonestDiD's ``createSensitivityPlot``)."""
+        from dte_dask.plotting import plot_honest_did
+
+        return plot_honest_did(self.to_frame(), breakdown=self.breakdown, backend=backend,  # type: ignore[arg-type]
+                               title=f"Sensitivity to parallel-trends violations ({self.delta}, {self.target})",
+                               m_name=_M_NAME[self.restriction], outcome=self.options.get("outcome"))
 
 
 def original_cs(betahat: np.ndarray, sigma: np.ndarray, n_pre: int, l_vec: np.ndarray,
-                alpha: float) -> tuple[float, float]:
-    """Wald interval for l' beta_post assuming exact parallel trends (HonestDiD ``constructOriginalCS``)."""
+                alpha: float, crit: float | None = None) -> tuple[float, float]:
+    """Wald interval for l' beta_post assuming exact parallel trends (HonestDiD ``constructOriginalCS``).
+
+    ``crit``: the critical value (default the normal quantile, as HonestDiD; a result's own
+    pointwise critical value, e.g. the t quantile of the regressions, to reproduce its interval).
+    """
     est = float(l_vec @ betahat[n_pre:])
     se = float(np.sqrt(l_vec @ sigma[n_pre:, n_pre:] @ l_vec))
-    z = stats.norm.ppf(1 - alpha / 2)
+    z = stats.norm.ppf(1 - alpha / 2) if crit is None else crit
     return est - z * se, est + z * se
 
 
 def honest_did(
-    result: Any = None, *, event_time: int | None = 0, l_vec: Any = None,
+    result: Any = None, *, event_time: int | None = None, l_vec: Any = None,
     restriction: Restriction = "relative_magnitude", M: Any = None, method: Method | None = None,
-    alpha: float = 0.05, bias_direction: str | None = None, monotonicity_direction: str | None = None,
+    alpha: float | None = None, bias_direction: str | None = None, monotonicity_direction: str | None = None,
     grid_points: int = 1000, grid_lb: float | None = None, grid_ub: float | None = None,
     betahat: Any = None, sigma: Any = None, num_pre_periods: int | None = None,
     num_post_periods: int | None = None, lf_sims: int = 1000, seed: int = 0,
@@ -168,18 +196,26 @@ def honest_did(
 
     Parameters
     ----------
-    result : an event-study result (``AttgtResult``/``AggregateResult`` of a dynamic aggregation,
-        ``RegressionResult`` of ``event_study``/``sun_abraham``/``stacked_did``); or pass
+    result : an event-study result of any estimator (its ``event_study()``: the dynamic
+        aggregation of ``att_gt``, the coefficients of ``event_study``, ``sun_abraham``,
+        ``stacked_did``, ``imputation_did(pretrends=k)``, ``two_stage_did(pretrends=k)``,
+        ``etwfe(control_group="never_treated")``, ``triple_did``, ``did_multiplegt(placebo=k)``,
+        ``continuous_did(aggregation="eventstudy")``), with
+        the full covariance ``vcov()``; or pass
         ``betahat``, ``sigma``, ``num_pre_periods``, ``num_post_periods`` instead (as
         ``createSensitivityResults``), the reference period excluded.
-    event_time : the post-period event time of interest (default 0, the first post-period); with raw
-        inputs, post-periods are numbered 0, 1, ... Ignored when ``l_vec`` is given.
+    event_time : the post-period event time of interest (default: the first post-period, event time 0;
+        1 for ``did_multiplegt``, whose effects start at 1); with raw inputs, post-periods are
+        numbered 0, 1, ... Ignored when ``l_vec`` is given.
     l_vec : weights on the post-period coefficients (theta = l' tau_post).
     restriction : "relative_magnitude" (default), "smoothness", "combined".
     M : bounds (Mbar for relative magnitudes); non-negative. Default: 0, 0.5, ..., 2 (Mbar), or ten
         values from 0 to a pre-period upper bound (smoothness).
     method : "C-LF" (default for relative magnitudes), "FLCI" (default for smoothness),
         "Conditional", "C-F" (smoothness only; default there with a sign/shape restriction).
+    alpha : level; default the result's ``alpha`` (0.05 for raw inputs). The original interval of a
+        result uses the result's own pointwise critical value at its own ``alpha`` (so it is the
+        interval the result reports), the normal quantile otherwise.
     grid_points, grid_lb, grid_ub : the theta grid the conditional/hybrid tests are inverted on.
     lf_sims, seed : draws and seed of the simulated least-favourable critical value (C-LF).
 
@@ -187,31 +223,50 @@ def honest_did(
     -------
     HonestDiDResult
     """
-    from dte_dask.sensitivity.inputs import event_study_inputs, validate_inputs
+    from dte_dask.sensitivity.inputs import event_study_inputs, pointwise_crit, validate_inputs
 
-    if result is not None:
-        if any(v is not None for v in (betahat, sigma, num_pre_periods, num_post_periods)):
-            raise SpecError("pass either result or betahat/sigma/num_pre_periods/num_post_periods, not both")
-        betahat, sigma, event_times, num_pre_periods, num_post_periods = event_study_inputs(result)
-    else:
-        event_times = None
-    b, S, n_pre, n_post = validate_inputs(betahat, sigma, num_pre_periods, num_post_periods)
-    lv = _l_vec(l_vec, event_time, event_times, n_pre, n_post)
-    method = _check_options(restriction, method, bias_direction, monotonicity_direction, alpha, grid_points, n_pre)
-    Ms = _m_grid(M, restriction, b, S, n_pre)
-    p = Problem(b, S, n_pre, lv, float(alpha), restriction, bias_direction, monotonicity_direction,
-                int(grid_points), grid_lb, grid_ub, int(lf_sims), int(seed))
-    ivs: list[Interval] = [robust_interval(p, float(m), method) for m in Ms]
-    if any(iv.open_end for iv in ivs):
-        warnings.warn("a robust interval reaches the end of the theta grid; widen it with grid_lb / grid_ub",
-                      stacklevel=2)
+    crit, options = None, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if result is not None:
+            if any(v is not None for v in (betahat, sigma, num_pre_periods, num_post_periods)):
+                raise SpecError("pass either result or betahat/sigma/num_pre_periods/num_post_periods, not both")
+            betahat, sigma, event_times, num_pre_periods, num_post_periods = event_study_inputs(result)
+            r_alpha = float(getattr(result, "alpha", 0.05) or 0.05)
+            alpha = r_alpha if alpha is None else alpha
+            crit = pointwise_crit(result) if alpha == r_alpha else None
+            options = result_axis_names(result)
+        else:
+            event_times = None
+            alpha = 0.05 if alpha is None else alpha
+        b, S, n_pre, n_post = validate_inputs(betahat, sigma, num_pre_periods, num_post_periods)
+        lv = _l_vec(l_vec, event_time, event_times, n_pre, n_post)
+        method = _check_options(restriction, method, bias_direction, monotonicity_direction, alpha, grid_points, n_pre)
+        Ms = _m_grid(M, restriction, b, S, n_pre)
+        p = Problem(b, S, n_pre, lv, float(alpha), restriction, bias_direction, monotonicity_direction,
+                    int(grid_points), grid_lb, grid_ub, int(lf_sims), int(seed))
+        ivs: list[Interval] = [robust_interval(p, float(m), method) for m in Ms]
+        if any(iv.open_end for iv in ivs):
+            warnings.warn("a robust interval reaches the end of the theta grid; widen it with grid_lb / grid_ub",
+                          stacklevel=2)
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught))
+    for w in caught:  # passed on to the caller, recorded on the result too
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return HonestDiDResult(
         restriction=restriction, method=method, M=Ms, lb=np.array([iv.lb for iv in ivs]),
-        ub=np.array([iv.ub for iv in ivs]), original=original_cs(b, S, n_pre, lv, alpha),
+        ub=np.array([iv.ub for iv in ivs]), original=original_cs(b, S, n_pre, lv, alpha, crit),
         estimate=float(lv @ b[n_pre:]), l_vec=lv, num_pre_periods=n_pre, num_post_periods=n_post,
         alpha=float(alpha), grid_points=int(grid_points), grid_step=np.array([iv.step for iv in ivs]),
         open_end=np.array([iv.open_end for iv in ivs]), event_times=event_times,
-        bias_direction=bias_direction, monotonicity_direction=monotonicity_direction, problem=p)
+        bias_direction=bias_direction, monotonicity_direction=monotonicity_direction, problem=p,
+        options=options, notes=notes)
+
+
+def result_axis_names(result: Any) -> dict[str, Any]:
+    """Column names and the estimator's label of a result (the plot's axis labels, the report)."""
+    from dte_dask.plotting import axis_names, default_label
+
+    return {**axis_names(result), "estimator": default_label(result)}
 
 
 def _l_vec(l_vec: Any, event_time: int | None, event_times: np.ndarray | None, n_pre: int, n_post: int) -> np.ndarray:
@@ -221,7 +276,7 @@ def _l_vec(l_vec: Any, event_time: int | None, event_times: np.ndarray | None, n
             raise SpecError(f"l_vec must be {n_post} finite weights (one per post-period), not all zero; got {lv.tolist()}")
         return lv
     post = np.arange(n_post) if event_times is None else np.asarray(event_times)[n_pre:]
-    e = 0 if event_time is None else event_time
+    e = post[0] if event_time is None else event_time
     hits = np.flatnonzero(post == e)
     if hits.size != 1:
         raise SpecError(f"event_time={event_time!r} is not a post-period event time; available: {post.tolist()}")

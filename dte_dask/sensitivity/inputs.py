@@ -55,12 +55,27 @@ def event_study_inputs(result: Any) -> tuple[Array, Array, Array, int, int]:
     n_post = int((e >= 0).sum())
     if n_pre == 0:
         raise SpecError("result has no pre-period estimates (event time < 0 besides the reference period): "
-                        "honest_did needs at least one; estimate more pre-treatment event times")
+                        "honest_did needs at least one; estimate pre-treatment event times (e.g. "
+                        "imputation_did / two_stage_did with pretrends=k, etwfe with control_group='never_treated', "
+                        "did_multiplegt with placebo=k)")
     if n_post == 0:
         raise SpecError("result has no post-period estimates (event time >= 0)")
     _check_spacing(e, n_pre)
     et = e.astype(np.int64) if np.all(e == np.round(e)) else e
     return b, S, et, n_pre, n_post
+
+
+def pointwise_crit(result: Any) -> float | None:
+    """The critical value of a result's own pointwise intervals, read from its canonical frame
+    (``(ci_upper - estimate) / se``: the normal quantile for ``att_gt``, the t quantile with
+    clusters - 1 df for the regressions); None when the frame gives none."""
+    df = result.event_study().to_frame()
+    se = df["se"].to_numpy(float)
+    ok = np.isfinite(se) & (se > 0)
+    if not ok.any():
+        return None
+    c = (df["ci_upper"].to_numpy(float)[ok] - df["estimate"].to_numpy(float)[ok]) / se[ok]
+    return float(np.median(c)) if np.all(np.isfinite(c)) else None
 
 
 def _check_spacing(e: Array, n_pre: int) -> None:

@@ -24,26 +24,27 @@ Manjunath & Wilhelm 2012). Rectangle probabilities use scipy's Genz algorithm wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from dte_dask.checks import CheckResult
 from dte_dask.exceptions import SpecError
 
 Array = np.ndarray
 
 
-def _box_prob(lo: Array, hi: Array, cov: Array, seed: int) -> float:
+def _box_prob(lo: Array, hi: Array, cov: Array, seed: int, eps: float = 1e-6) -> float:
     if lo.size == 0:
         return 1.0
     if lo.size == 1:
         s = float(np.sqrt(cov[0, 0]))
         return float(stats.norm.cdf(hi[0] / s) - stats.norm.cdf(lo[0] / s))
-    mvn = stats.multivariate_normal(mean=np.zeros(lo.size), cov=cov, seed=seed, maxpts=200_000 * lo.size,
-                                    abseps=1e-7, releps=1e-7)
+    mvn = stats.multivariate_normal(mean=np.zeros(lo.size), cov=cov, seed=seed,
+                                    maxpts=int(0.02 / eps) * lo.size, abseps=eps, releps=eps)
     return float(mvn.cdf(hi, lower_limit=lo))
 
 
@@ -66,9 +67,12 @@ def truncated_normal_mean(mu: Array, cov: Array, lo: Array, hi: Array, seed: int
     return mu + cov @ (F[:, 0] - F[:, 1]) / P, P
 
 
-@dataclass(frozen=True)
-class PretestPowerResult:
+@dataclass(frozen=True, repr=False, eq=False)
+class PretestPowerResult(CheckResult):
     """Power and bias of the pre-test at each hypothesised slope; detectable slopes."""
+
+    check_kind: ClassVar[str] = "pretest_power"
+    save_plots: ClassVar[bool] = True
 
     slopes: Array
     power: Array  # probability that some pre-period coefficient is significant
@@ -78,6 +82,37 @@ class PretestPowerResult:
     post_labels: Array
     alpha: float
     l_vec: Array
+    sigma_pre: Array = field(repr=False, default_factory=lambda: np.empty((0, 0)))
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self, points: int = 41) -> pd.DataFrame:
+        """Power against the slope, from 0 to 1.5 x the largest slope of ``slope_for_power`` (or of
+        ``slopes``), to 1e-5 (the precision of a plot)."""
+        if points == 41 and "power_curve" in self.__dict__:
+            return self.__dict__["power_curve"].copy()
+        n_pre = self.sigma_pre.shape[0]
+        t_pre = -np.arange(n_pre, 0, -1, dtype=float)
+        crit = stats.norm.ppf(1 - self.alpha / 2) * np.sqrt(np.diag(self.sigma_pre))
+        top = max([*self.slope_for_power.values(), *np.abs(self.slopes)], default=0.0) * 1.5
+        grid = np.linspace(0.0, top if top > 0 else float(np.max(crit)), points)
+        df = pd.DataFrame({"slope": grid, "power": [_power(s, t_pre, crit, self.sigma_pre, self.seed, 1e-5)
+                                                    for s in grid]})
+        if points == 41:  # cached (the dataclass is frozen: written to the instance dict directly)
+            self.__dict__["power_curve"] = df.copy()
+        return df
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"table": self.to_frame(), "curve": self.curve()}
+
+    def facts(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "slope_for_power": {f"{p:g}": s for p, s in self.slope_for_power.items()}}
+
+    def plot(self, *, backend: str = "bokeh") -> Any:
+        """Power of the pre-test against the slope of a linear violation, the detectable slopes marked."""
+        from dte_dask.plotting import plot_pretest_power
+
+        return plot_pretest_power(self.curve(), self.slope_for_power, backend=backend)  # type: ignore[arg-type]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (slope, post-period): power, pass probability, bias, conditional bias."""
@@ -94,13 +129,10 @@ class PretestPowerResult:
             lines.append(f"  slope {s:.4g}: power {pw:.3f}; bias of l'beta_post {b:.4g}, given the pre-test passes {cb:.4g}")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
 
-
-def _power(slope: float, t_pre: Array, crit: Array, S_pre: Array, seed: int) -> float:
+def _power(slope: float, t_pre: Array, crit: Array, S_pre: Array, seed: int, eps: float = 1e-6) -> float:
     mu = slope * t_pre
-    return 1.0 - _box_prob(-crit - mu, crit - mu, S_pre, seed)
+    return 1.0 - _box_prob(-crit - mu, crit - mu, S_pre, seed, eps)
 
 
 def slope_for_power(target: float, t_pre: Array, S_pre: Array, alpha: float = 0.05, seed: int = 0) -> float:
@@ -130,6 +162,7 @@ def pretest_power(result: Any = None, *, slope: Any = None, powers: tuple[float,
     powers : target powers for :attr:`PretestPowerResult.slope_for_power`.
     l_vec : weights for the summary's ``l' beta_post`` (default: the average post-period effect).
     """
+    from dte_dask.sensitivity.honest import result_axis_names
     from dte_dask.sensitivity.inputs import event_study_inputs, validate_inputs
 
     labels = None
@@ -164,4 +197,5 @@ def pretest_power(result: Any = None, *, slope: Any = None, powers: tuple[float,
     post_labels = np.asarray(labels)[n_pre:] if labels is not None else np.arange(n_post)
     return PretestPowerResult(slopes=slopes, power=np.array(power), bias=np.array(bias),
                               conditional_bias=np.array(cbias), slope_for_power=found, post_labels=post_labels,
-                              alpha=float(alpha), l_vec=lv)
+                              alpha=float(alpha), l_vec=lv, sigma_pre=S_pre, seed=seed,
+                              options={} if result is None else result_axis_names(result))

@@ -413,8 +413,8 @@ def _run_job(job: Any, client: Any, should_stop: Callable[[], bool]) -> dict[str
 
 
 def _compact(summary: Any) -> dict[str, Any] | None:
-    """The part of ``summary.json`` kept in the job record: each estimator's kind and overall, and
-    the run's diagnosis (class, core-hours, cost, each stage's finding and advice)."""
+    """The part of ``summary.json`` kept in the job record: each estimator's kind and overall, each
+    check's verdict, and the run's diagnosis (class, core-hours, cost, each stage's finding and advice)."""
     if not isinstance(summary, dict):
         return None
     out: dict[str, Any] = {}
@@ -422,6 +422,10 @@ def _compact(summary: Any) -> dict[str, Any] | None:
         if isinstance(entry, dict):
             out[name] = {k: entry[k] for k in ("kind", "class", "overall") if k in entry}
     compact: dict[str, Any] = {"estimators": out}
+    checks = {name: {k: entry[k] for k in ("kind", "passed", "breakdown", "original", "slope_for_power") if k in entry}
+              for name, entry in (summary.get("checks") or {}).items() if isinstance(entry, dict)}
+    if checks:  # each check's verdict: pre-trend test passed, HonestDiD breakdown value, ...
+        compact["checks"] = checks
     diag = summary.get("diagnosis")
     if isinstance(diag, dict):  # the run's class, cost and each stage's finding (dte_dask.diagnose)
         compact["diagnosis"] = {

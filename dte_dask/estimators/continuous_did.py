@@ -1,0 +1,281 @@
+"""Continuous treatments (Callaway, Goodman-Bacon & Sant'Anna 2024; R ``contdid``): ``continuous_did``.
+
+Dose-response curves ATT(d) and ACRT(d) by B-spline regressions of each cohort's outcome change on
+its dose, compared with not-yet-treated (or never-treated) units, averaged over the post-treatment
+cells (weights: cohort shares / the cohort's number of post periods, as moderndid ``cont_did``);
+the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event time.
+
+Inference: influence functions computed per unit on the workers, reduced to Psi'Psi (analytic SEs)
+and to multiplier-bootstrap draws keyed by RNG blocks (uniform sup-t bands over the dose grid or the
+event times), bit-identical for any partitioning. The dose aggregation treats its weights as
+known (as moderndid); the event study adds the influence of the estimated cohort shares (R ``did``).
+
+Deliberate differences from moderndid 0.x ``cont_did`` (whose dose curves, ATT^o, ACRT^o and ACRT
+event study are matched to ~1e-14):
+* ATT(d) and ATT^o include the comparison units' variance (moderndid leaves it out), ATT^o's
+  influence function is the binary DiD's (moderndid uses ACRT's), and ACRT^o / ACRT(g,t) scale each
+  cohort's influence function by n / n_cohort (moderndid by n / n_cell);
+* ACRT(d)'s influence function uses the same per-cohort basis as the estimate (moderndid the grid's
+  range); with one cohort the two coincide;
+* the ATT event study is the binary DiD by cell aggregated as R ``did``'s dynamic aggregation
+  (moderndid passes the dose itself as the treatment indicator of its DR DiD there).
+"""
+from __future__ import annotations
+
+import operator
+import time as _time
+from typing import Any, Literal
+
+import dask
+import numpy as np
+from pydantic import Field
+from threadpoolctl import threadpool_limits
+
+from dte_dask.core.contdid import (
+    N_BINS,
+    DoseSetup,
+    cell_stats,
+    dose_bounds,
+    dose_histogram,
+    doses_in_bins,
+    influence,
+    knots_from,
+    needed_bins,
+    solve_cells,
+)
+from dte_dask.estimators.cs import as_panel, cells_for
+from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
+from dte_dask.exceptions import PanelError, SpecError
+from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.inference.bands import band_crit, boot_se
+from dte_dask.inference.bootstrap import boot_cover, check_bootstrap_cost
+from dte_dask.inference.variance import covariance, gram
+from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
+from dte_dask.results.contdid import ContDidResult
+
+Target = Literal["level", "slope"]
+Aggregation = Literal["dose", "eventstudy"]
+DoseMethod = Literal["parametric", "cck"]
+ContControl = Literal["not_yet_treated", "never_treated"]
+
+
+class ContinuousDidOptions(Options):
+    """:func:`dte_dask.continuous_did` (R ``contdid::cont_did``)."""
+
+    target: Target = "level"
+    aggregation: Aggregation = "dose"
+    dose_method: DoseMethod = "parametric"
+    degree: NonNegInt = Field(3, description="B-spline degree (>= 1)")
+    num_knots: NonNegInt = 0
+    control_group: ContControl = "not_yet_treated"
+    n_grid: NBoot = Field(50, description="doses of the default grid (>= 2)")
+    dose: str | None = Field(None, description="the dose column (in a job: also listed in data.covariates); "
+                                               "default: the panel's first covariate")
+
+
+def continuous_did(
+    data: Any, *, outcome: str | None = None, unit: str | None = None, time: str | None = None,
+    group: str | None = None, dose: str | None = None, target: Target = "level", aggregation: Aggregation = "dose",
+    dose_method: DoseMethod = "parametric", degree: int = 3, num_knots: int = 0,
+    control_group: ContControl = "not_yet_treated", dose_grid: Any = None, n_grid: int = 50,
+    bootstrap: bool = True, n_boot: int = 999, boot_weights: str = "rademacher", uniform_bands: bool = True,
+    alpha: float = 0.05, seed: int | None = None, npartitions: int | None = None,
+) -> ContDidResult:
+    """Difference-in-differences with a continuous, time-invariant dose (staggered adoption).
+
+    Parameters
+    ----------
+    data : Panel, or anything :func:`dte_dask.load_panel` accepts
+    outcome, unit, time, group : column names (``group``: first treated period, 0 = never treated)
+    dose : column of the unit's dose (constant over time; 0 for never-treated units, > 0 for treated)
+    target : "level" (ATT) or "slope" (ACRT); with ``aggregation="dose"`` both curves are returned
+        and ``target`` picks the one in ``estimates`` / ``to_frame()``
+    aggregation : "dose" (curves over the dose grid) or "eventstudy" (ATT or ACRT by event time)
+    dose_method : "parametric" (B-splines); "cck" (nonparametric) is not implemented yet
+    degree, num_knots : B-spline degree and number of interior knots (at dose quantiles)
+    control_group : "not_yet_treated" or "never_treated"
+    dose_grid : doses at which to evaluate the curves; default ``n_grid`` equally spaced points
+        over the treated doses' range
+    bootstrap, n_boot, boot_weights, uniform_bands, alpha, seed : multiplier bootstrap and bands
+    """
+    t0 = _time.perf_counter()
+    opt = parse_options(ContinuousDidOptions, target=target, aggregation=aggregation, dose_method=dose_method,
+                        degree=degree, num_knots=num_knots, control_group=control_group, n_grid=n_grid)
+    inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha,
+                        boot_weights=boot_weights, uniform_bands=uniform_bands)
+    if opt.dose_method == "cck":
+        raise SpecError("dose_method='cck' (the nonparametric estimator of Chen, Christensen & Kankanala) is not "
+                        "implemented yet; use dose_method='parametric'")
+    if opt.degree < 1 or opt.num_knots < 0 or opt.n_grid < 2:
+        raise SpecError(f"degree={opt.degree} must be >= 1, num_knots={opt.num_knots} >= 0, n_grid={opt.n_grid} >= 2")
+    if isinstance(data, Panel):
+        panel = data
+        if not panel.spec.covariates:
+            raise SpecError("load the panel with covariates=[<dose column>] to pass it to continuous_did")
+        dose = dose or panel.spec.covariates[0]
+        if dose not in panel.spec.covariates:
+            raise SpecError(f"dose={dose!r} is not a column of the panel ({list(panel.spec.covariates)})")
+    else:
+        if dose is None:
+            raise SpecError("name the dose column: dose=...")
+        panel = as_panel(data, outcome=outcome, unit=unit, time=time, group=group, treatment=None, covariates=[dose],
+                         weights=None, cluster=None, npartitions=npartitions, allow_unbalanced_panel=False)
+    dose_col = list(panel.spec.covariates).index(dose)
+    panel = panel.balance().drop_early_treated(0)
+    cells, glist = cells_for(panel, opt.control_group, 0, "varying")
+
+    # pass 1: dose ranges of the cohorts (and the knots' dose distribution if there are knots)
+    parts = panel.map_blocks(dose_bounds, dose_col, glist, name="contdid-bounds")
+    bounds = dask.compute(*parts)
+    varying = [b["varying"] for b in bounds if b["varying"] is not None]
+    if varying:
+        raise PanelError(f"the dose {dose!r} of unit {varying[0]!r} changes over time: continuous_did needs each "
+                         "unit's dose constant in every period (code the dose a unit receives once treated, "
+                         "also before its treatment starts)")
+    lo = np.min([b["lo"] for b in bounds], axis=0)
+    hi = np.max([b["hi"] for b in bounds], axis=0)
+    if np.any(lo <= 0):
+        j = int(np.argmax(lo <= 0))
+        raise PanelError(f"cohort {panel.group_label(glist[j])} has units with dose <= 0 (column {dose!r}): treated "
+                        "units need a positive dose")
+    if np.any(~(hi > lo)):
+        j = int(np.argmax(~(hi > lo)))
+        raise PanelError(f"cohort {panel.group_label(glist[j])}: every unit has the same dose; a dose-response "
+                        "curve needs at least two distinct doses per cohort")
+    knots = np.empty(0)
+    if opt.num_knots > 0:
+        knots = _knots(panel, dose_col, glist, lo.min(), hi.max(), opt.num_knots)
+    grid = (np.linspace(lo.min(), hi.max(), opt.n_grid) if dose_grid is None
+            else np.asarray(dose_grid, dtype=float).ravel())
+    gpos = np.searchsorted(glist, cells.g)
+    setup = DoseSetup(cells=cells, dose_col=dose_col, degree=opt.degree, knots=knots, lo=lo[gpos], hi=hi[gpos])
+
+    # pass 2: regression sums per cell
+    s = _exact_sum(panel, cell_stats, setup, name="contdid-stats").compute()
+    fit = solve_cells(s, setup, grid)
+    bad = ~(np.isfinite(fit.coef).all(axis=1) & np.isfinite(fit.mean_c)) & (cells.t >= cells.g)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise PanelError(f"cell (group {panel.group_label(cells.g[k])}, time {panel.group_label(cells.t[k])}): the "
+                        f"B-spline regression is singular (too few distinct doses for degree={opt.degree} and "
+                        f"num_knots={opt.num_knots})")
+
+    # weights of the dose aggregation: cohort share / number of its post-treatment cells
+    n_g = np.array([panel.cohort_sizes.get(g, 0) for g in glist], dtype=float)
+    post = cells.t >= cells.g
+    n_post = np.array([np.sum(post & (cells.g == g)) for g in glist], dtype=float)
+    w = np.where(post, (n_g / n_g.sum())[gpos] / n_post[gpos], 0.0)
+    n = panel.n_units
+
+    D = grid.size
+    ev_w, ev_col, events = _event_weights(cells, gpos, n_g)
+    n_ev = events.size if opt.aggregation == "eventstudy" else 0
+    vals = fit.att if opt.target == "level" else fit.acrt
+    ok = np.isfinite(vals)
+    theta = np.bincount(ev_col[ok], weights=(ev_w * vals)[ok], minlength=events.size)
+    share = np.bincount(ev_col, weights=n_g[gpos], minlength=events.size) / n
+    ev_wif = np.where(ok, (vals - theta[ev_col]) / share[ev_col], 0.0)
+
+    step = panel.periods.event_step
+    on = w > 0  # pre-treatment cells carry no weight (and may be NaN)
+    att_d = w[on] @ fit.att_d[on]
+    acrt_d = w[on] @ fit.acrt_d[on]
+    overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
+    # the reported columns of Psi: the curve (or the event times), then ATT^o and ACRT^o
+    if opt.aggregation == "dose":
+        est, keys, key_name = (att_d, grid, "dose") if opt.target == "level" else (acrt_d, grid, "dose")
+        cols = np.r_[np.arange(D) + (0 if opt.target == "level" else D), 2 * D, 2 * D + 1]
+        mean_of = None
+    else:
+        est, keys, key_name = theta, (events * step).astype(np.int64), "event_time"
+        cols = np.r_[2 * D + 2 + np.arange(events.size), 2 * D, 2 * D + 1]
+        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
+        mean_of = (events.size + (0 if opt.target == "level" else 1), 2 * D + 2 + np.flatnonzero(events >= 0))
+        overall["att" if opt.target == "level" else "acrt"] = float(est[events >= 0].mean())
+    m = est.size
+
+    # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws of the reported columns
+    boot_kw = None
+    seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
+    if inf.bootstrap:
+        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=cols.size, kind=inf.boot_weights,
+                             block_size=panel.rng_block_size)
+        boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
+                       n=n, kind=inf.boot_weights)
+    ev = (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope")
+    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, ev, (cols, mean_of), panel.rng_block_size,
+                             panel.n_rng_blocks, boot_kw, name="contdid-influence")
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
+                               name="contdid-mboot-merge"))
+    out = dask.compute(*todo)
+    V = covariance(out[0], n)
+    dr = out[1] if boot_kw is not None else None
+    se_a = np.sqrt(np.clip(np.diag(V), 0, None))
+    se_b = boot_se(dr, np.sqrt(n)) if dr is not None else None
+    se = se_b if se_b is not None else se_a
+    crit = band_crit(dr[:, :m] if dr is not None else None, se[:m], inf.alpha, inf.uniform_bands, fallback=True)
+    overall_se = {"att": float(se[m]), "acrt": float(se[m + 1])}
+    options = dict(target=opt.target, aggregation=opt.aggregation, dose_method=opt.dose_method, degree=opt.degree,
+                   num_knots=opt.num_knots, control_group=opt.control_group, dose=dose, knots=knots.tolist(),
+                   bootstrap=inf.bootstrap, n_boot=inf.n_boot if inf.bootstrap else 0, alpha=inf.alpha,
+                   uniform_bands=inf.uniform_bands, outcome=panel.spec.outcome, unit=panel.spec.unit,
+                   time=panel.spec.time)
+    return ContDidResult(
+        estimator="continuous_did", alpha=inf.alpha, key_name=key_name, keys=keys, est=est, V=V[:m, :m],
+        se_main=se[:m], se_analytic=se_a[:m], boot_draws=dr[:, :m] if dr is not None else None, crit=crit,
+        dose_grid=grid, att_d=att_d, acrt_d=acrt_d, overall=overall, overall_se=overall_se,
+        overall_se_analytic={"att": float(se_a[m]), "acrt": float(se_a[m + 1])}, target=opt.target,
+        n_units=n, seed=seed_ if inf.bootstrap else None, options=options,
+        timings={"total": _time.perf_counter() - t0}, panel=panel.describe(),
+    )
+
+
+def _knots(panel: Panel, dose_col: int, glist: np.ndarray, lo: float, hi: float, num_knots: int) -> np.ndarray:
+    """Exact dose quantiles without shipping the doses: a histogram pass, then only the doses of the
+    bins that hold the needed order statistics."""
+    T = panel.n_periods
+    edges = np.linspace(lo, hi, N_BINS + 1)
+    hist = sum(dask.compute(*panel.map_blocks(dose_histogram, dose_col, glist, T, edges, name="contdid-knot-hist")))
+    bins = needed_bins(hist, num_knots)
+    gathered = dask.compute(*panel.map_blocks(doses_in_bins, dose_col, glist, T, edges, bins, name="contdid-knot-doses"))
+    return knots_from(hist, edges, list(gathered), num_knots)
+
+
+def _event_weights(cells, gpos, n_g):
+    """Event time of every cell (column index) and its weight: cohort shares within the event time."""
+    e = (cells.t - cells.g).astype(np.int64)
+    events, col = np.unique(e, return_inverse=True)
+    wt = n_g[gpos]
+    tot = np.bincount(col, weights=wt)
+    return wt / tot[col], col, events
+
+
+def _exact_sum(panel: Panel, func, *args, name: str):
+    parts = panel.map_blocks(by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks, *args, name=name)
+    return tree_merge(parts, name=f"{name}-sum")
+
+
+def _gram(block, psi: np.ndarray) -> np.ndarray:
+    return gram(psi, block.rank, False)
+
+
+def _psi_reductions(block, setup, fit, w, n, events, columns, block_size, n_blocks, boot_kw):
+    with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
+        full = influence(block, setup, fit, w, n, *events)
+    cols, mean_of = columns
+    psi = full[:, cols]
+    if mean_of is not None:  # row by row, so the same in any partitioning
+        psi[:, mean_of[0]] = full[:, mean_of[1]].sum(axis=1) / mean_of[1].size
+    g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
+    b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
+    return g, b
+
+
+register(EstimatorEntry(
+    name="continuous_did", function=continuous_did, options=ContinuousDidOptions, result="event_study",
+    label="Continuous DiD", title="Callaway, Goodman-Bacon & Sant'Anna (2024) continuous-treatment DiD",
+    covariates=False, weights=False, clusters=False, unbalanced=False, aggregations=(), compare=None, cost="cells"))
