@@ -20,12 +20,12 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dte_dask.diagnose.classify import StageMetrics, diagnose_run
 
-__all__ = ["RunMonitor", "worker_counters"]
+__all__ = ["RunMonitor", "busy_seconds", "worker_counters"]
 
 
 def worker_counters(dask_worker: Any) -> dict[str, float]:
@@ -126,6 +126,24 @@ class RunMonitor:
         return diagnose_run(self.stages, total_wall_s=wall, price_per_core_hour=price_per_core_hour)
 
 
+def busy_seconds(tasks: Iterable[dict[str, Any]], prefix: str = "mboot") -> float:
+    """Wall seconds during which some task whose key prefix contains ``prefix`` was computing.
+
+    ``tasks`` are records of :func:`distributed.get_task_stream` (``key``, ``startstops``);
+    overlapping tasks (several threads or workers) count once.
+    """
+    from dask.utils import key_split
+
+    spans = sorted((float(ss["start"]), float(ss["stop"])) for rec in tasks if prefix in key_split(rec.get("key"))
+                   for ss in rec.get("startstops", ()) if ss.get("action") == "compute")
+    out, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            out += stop - max(start, end)
+            end = stop
+    return out
+
+
 def _stage_metrics(name: str, wall: float, tasks: list[dict[str, Any]], before: dict[str, dict[str, float]],
                    after: dict[str, dict[str, float]], peak: int) -> StageMetrics:
     durations: list[float] = []
@@ -153,5 +171,6 @@ def _stage_metrics(name: str, wall: float, tasks: list[dict[str, Any]], before: 
         busy_s_per_worker=busy, peak_worker_memory=int(peak),
         memory_limit=int(min((c["memory_limit"] for c in after.values() if c["memory_limit"]), default=0)),
         spilled_bytes=int(delta("spilled_bytes")), transferred_bytes=int(delta("sent_bytes")),
+        bootstrap_s=busy_seconds(tasks),
         host_busy=delta("host_busy", one_per_host) / host_total if host_total > 0 else None,
         host_iowait=delta("host_iowait", one_per_host) / host_total if host_total > 0 else None)

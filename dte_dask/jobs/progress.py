@@ -53,15 +53,20 @@ def _snapshot(dask_scheduler: Any) -> dict[str, Any] | None:
 class ProgressMonitor:
     """Context manager: register the counter and draw ``[stage] done/total ETA`` until exit."""
 
-    def __init__(self, client: Any, *, enabled: bool = True, interval: float = 0.25) -> None:
+    def __init__(self, client: Any, *, enabled: bool = True, interval: float = 0.25,
+                 plan: list[str] | None = None) -> None:
         self.client, self.enabled, self.interval = client, enabled, interval
+        self.plan = list(plan or [])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stage = "starting"
 
     def set_stage(self, name: str) -> None:
-        """Name the job's current stage (load, an estimator, report) in front of the task prefix."""
-        self.stage = name
+        """Name the job's current stage (load, an estimator, checks) in front of the task prefix.
+
+        With a ``plan`` (the job's stage names in order) the stage is shown as ``[i/n] name``.
+        """
+        self.stage = f"[{self.plan.index(name) + 1}/{len(self.plan)}] {name}" if name in self.plan else name
 
     def __enter__(self) -> ProgressMonitor:
         if not self.enabled:
@@ -85,6 +90,7 @@ class ProgressMonitor:
                 total, done = sum(snap["added"].values()), sum(snap["done"].values())
                 running = [p for p in snap["added"] if snap["done"].get(p, 0) < snap["added"][p]]
                 what = running[-1] if running else "idle"
+                what = "bootstrap" if "mboot" in what else what
                 bar.update(task, total=max(total, 1), completed=done, description=f"{self.stage}: {what}")
             snap = self._poll()
             if snap is not None:

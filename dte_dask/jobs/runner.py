@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -11,6 +12,7 @@ from typing import Any
 
 from dte_dask import registry
 from dte_dask.jobs.spec import DataSpec, JobSpec
+from dte_dask.jobs.stages import StageClock, format_stages
 
 MPDTA_COLUMNS = dict(unit="countyreal", time="year", outcome="lemp", group="first_treat")
 
@@ -133,12 +135,14 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
     out = Path(job.output)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    clock = StageClock()
+    t0 = clock.t0
     with contextlib.ExitStack() as stack:
         if client is None:
             from dte_dask.cluster import connect
 
-            client = stack.enter_context(connect(job.cluster.profile, **job.cluster.overrides))
+            with clock.stage("cluster_start", "cluster"):
+                client = stack.enter_context(connect(job.cluster.profile, **job.cluster.overrides))
             timings["cluster_start"] = time.perf_counter() - t0
         echo(f"dashboard: {client.dashboard_link}")
         if job.cluster.performance_report:
@@ -147,13 +151,14 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
         from dte_dask.jobs.progress import ProgressMonitor
 
-        bar = stack.enter_context(ProgressMonitor(client, enabled=progress))
+        plan = ["load", *(e.name for e in job.estimators), "checks"]  # the stages that run on the cluster
+        bar = stack.enter_context(ProgressMonitor(client, enabled=progress, plan=plan))
         from dte_dask.diagnose import RunMonitor
 
         monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
         t = time.perf_counter()
         checkpoint("loading the data")
-        with monitor.stage("load"):
+        with clock.stage("load"), monitor.stage("load"):
             src, cols = resolve_data(job.data)
             # every observed row is loaded (unless the job balances): each estimator then keeps the rows
             # its function keeps by default, so a job gives what a direct call on the data gives
@@ -165,20 +170,24 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             fn = registry.get(est.kind).fn
             t = time.perf_counter()
             checkpoint(f"estimator {est.name}")
-            with monitor.stage(est.name):
+            with clock.stage(est.name, "estimator"), monitor.stage(est.name):
                 results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
                 for kind in est.aggregations:
                     checkpoint(f"aggregation {est.name}.{kind}")
                     results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
             timings[est.name] = time.perf_counter() - t
         checkpoint("the checks")
-        extra_meta = _diagnostics(job, results, echo)
+        bar.set_stage("checks")
+        with clock.stage("checks"):
+            extra_meta = _diagnostics(job, results, echo)
         cluster = _cluster_info(client)  # while the client is still connected
     timings["total"] = time.perf_counter() - t0
     from dte_dask.diagnose import format_diagnosis
 
     for stage in monitor.stages:
         stage.partitions = panel.npartitions
+        if stage.name in clock.kinds and clock.kinds[stage.name] == "estimator":
+            clock.bootstrap[stage.name] = stage.bootstrap_s
     diagnosis = monitor.diagnosis(price_per_core_hour=price_per_core_hour, total_wall_s=timings["total"])
     echo(format_diagnosis(diagnosis))
     pol = job.disclosure
@@ -190,10 +199,16 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
             "diagnosis": diagnosis, **extra_meta}
     checkpoint("writing the results")
-    summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
-                           metadata=meta, disclosure=pol)
+    with clock.stage("save"):
+        meta["stages"] = clock.table()  # provisional: rewritten below with the save and report stages
+        summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
+                               metadata=meta, disclosure=pol)
     if job.report:
         checkpoint("writing the report")
-        write_report(out, out / "report.html", title=job.name)
+        with clock.stage("report"):
+            write_report(out, out / "report.html", title=job.name)
+    summary["metadata"]["stages"] = clock.table()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+    echo(format_stages(summary["metadata"]["stages"]))
     echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
     return summary

@@ -1,0 +1,89 @@
+"""A job's stages and their share of the wall time (``summary.json``'s ``metadata.stages`` and the
+table ``dte-dask run`` prints): the shares sum to 1, every estimator of the job is a stage, the
+regression estimators' multiplier bootstrap is a stage of its own, and the bootstrap's wall time is
+the union of its tasks' compute intervals (checked on constructed task records with known union).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dte_dask.diagnose.monitor import busy_seconds
+from dte_dask.jobs.stages import StageClock, format_stages
+
+
+def _rec(key: str, *spans: tuple[float, float]) -> dict[str, Any]:
+    return {"key": key, "startstops": [{"action": "compute", "start": a, "stop": b} for a, b in spans]}
+
+
+def test_busy_seconds_is_the_union_of_intervals() -> None:
+    tasks = [_rec("mboot-abc-0", (0.0, 2.0)), _rec("mboot-abc-1", (1.0, 3.0)),  # overlap: [0, 3]
+             _rec("mboot-merge-7", (5.0, 6.0)), _rec("mboot-abc-2", (5.5, 5.8)),  # nested: [5, 6]
+             _rec("es-scores-9", (0.0, 10.0)),  # not a bootstrap task
+             {"key": "mboot-x", "startstops": [{"action": "transfer", "start": 10.0, "stop": 20.0}]}]
+    assert busy_seconds(tasks) == pytest.approx(4.0)
+    assert busy_seconds([]) == 0.0
+
+
+def test_clock_shares_sum_to_one_and_split_the_bootstrap() -> None:
+    clock = StageClock()
+    with clock.stage("load"):
+        time.sleep(0.02)
+    with clock.stage("es", "estimator"):
+        time.sleep(0.04)
+    clock.bootstrap["es"] = 0.01
+    rows = clock.table()
+    assert [r["name"] for r in rows] == ["load", "es", "es.bootstrap", "other"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    by = {r["name"]: r for r in rows}
+    assert by["es.bootstrap"]["seconds"] == 0.01 and by["es.bootstrap"]["estimator"] == "es"
+    assert by["es"]["seconds"] + 0.01 >= 0.04 and by["load"]["seconds"] >= 0.02
+    text = format_stages(rows)
+    assert "es.bootstrap" in text and "100.0%" in text
+
+
+@pytest.fixture(scope="module")
+def job_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[str], Path]:
+    from distributed import Client, LocalCluster
+
+    from dte_dask.jobs.runner import run_job
+    from dte_dask.jobs.spec import parse_job
+
+    out = tmp_path_factory.mktemp("stages") / "out"
+    job = parse_job({"name": "stages", "data": {"source": "mpdta", "unit": "countyreal", "time": "year",
+                                                "outcome": "lemp", "group": "first_treat"},
+                     "estimators": [{"kind": "att_gt", "name": "cs"}, {"kind": "event_study", "name": "es"}],
+                     "inference": {"bootstrap": True, "n_boot": 99, "seed": 3},
+                     "output": str(out), "report": False, "cluster": {"performance_report": False}})
+    lines: list[str] = []
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c, Client(c) as cl:
+        summary = run_job(job, client=cl, progress=False, echo=lines.append)
+    return summary, lines, out
+
+
+def test_summary_stages(job_run: tuple[dict[str, Any], list[str], Path]) -> None:
+    summary, lines, out = job_run
+    saved = json.loads((out / "summary.json").read_text())
+    stages = saved["metadata"]["stages"]
+    assert stages == summary["metadata"]["stages"]
+    names = [s["name"] for s in stages]
+    assert names[:2] == ["load", "cs"] and {"es", "checks", "save", "other"} <= set(names)
+    assert sum(s["share"] for s in stages) == pytest.approx(1.0, abs=1e-9)
+    assert all(s["seconds"] >= 0 and 0 <= s["share"] <= 1 for s in stages)
+    # event_study draws its multipliers in tasks of their own: a bootstrap stage beside its estimator
+    boot = [s for s in stages if s["kind"] == "bootstrap"]
+    es_boot = next(s for s in boot if s["name"] == "es.bootstrap")
+    assert es_boot["seconds"] > 0 and es_boot["estimator"] == "es"
+    assert {s["name"] for s in boot} <= {"es.bootstrap", "cs.bootstrap"}  # cs: only merging its draw sums
+    diag = {s["name"]: s for s in saved["diagnosis"]["stages"]}
+    assert es_boot["seconds"] == pytest.approx(diag["es"]["bootstrap_s"])
+    # the stages' seconds add up to the job's wall time, which covers the timed load and estimators
+    total = sum(s["seconds"] for s in stages)
+    timings = saved["metadata"]["job_timings"]
+    assert total >= timings["load"] + timings["cs"] + timings["es"]
+    table = next(ln for ln in lines if ln.startswith("job stage"))
+    assert "es.bootstrap" in table and "share" in table and "total" in table
