@@ -10,7 +10,7 @@ import pytest
 
 import dte_dask
 from dte_dask.exceptions import SpecError
-from dte_dask.jobs.runner import _estimator_kwargs, resolve_data
+from dte_dask.jobs.runner import fit_estimator, load_job_panel
 from dte_dask.jobs.spec import parse_job
 from dte_dask.report import save_results
 
@@ -30,14 +30,12 @@ def test_job_runs_continuous_did(tmp_path: Path) -> None:
     ests = [{"kind": "continuous_did", "name": "dose", "options": {"dose": "D", "target": "slope", "num_knots": 1}},
             {"kind": "continuous_did", "name": "es", "options": {"aggregation": "eventstudy"}}]
     job = parse_job(_job(tmp_path, ests))
-    src, cols = resolve_data(job.data)
-    panel = dte_dask.load_panel(src, **cols)
+    panel = load_job_panel(job)
     results = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for est in job.estimators:
-            fn = dte_dask.registry.get(est.kind).fn
-            results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+            results[est.name] = fit_estimator(job, est, panel)
         import pandas as pd
 
         direct = dte_dask.continuous_did(pd.read_csv(tmp_path / "dose.csv"), outcome="Y", unit="id",

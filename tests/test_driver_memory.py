@@ -2,50 +2,22 @@
 K'xK' Gram matrices and BxK' draws."""
 from __future__ import annotations
 
-import dask
-import dask.base
-import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
 import dte_dask
-from dte_dask.core.blocks import BlockSummary
-from dte_dask.core.dyadic import DyadicCover
+from tests.driver_spy import spy_on_driver
 
 N_UNITS = 5003  # distinctive, larger than K, K', B
-
-
-def _arrays(obj):
-    if isinstance(obj, np.ndarray):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _arrays(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _arrays(v)
-    elif isinstance(obj, DyadicCover):
-        yield from _arrays(obj.nodes)
-    elif isinstance(obj, BlockSummary):
-        yield from _arrays(obj.cohorts)
 
 
 @pytest.mark.parametrize("est_method,covariates", [("dr", None), ("dr", ["age", "bmi"]), ("ipw", ["age"])])
 def test_driver_receives_no_unit_length_array(monkeypatch, est_method, covariates):
     df = dte_dask.simulate_panel(N_UNITS, 6, seed=1).data.compute(scheduler="synchronous")
-    seen: list[tuple[int, ...]] = []
-    real = dask.base.compute
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        seen.extend(a.shape for a in _arrays(out))
-        return out
-
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl, Client(cl):
         panel = dte_dask.load_panel(df, unit="unit", time="time", outcome="y", group="group",
                                     covariates=covariates or (), npartitions=3, rng_block_size=512)
-        monkeypatch.setattr(dask.base, "compute", spy)
-        monkeypatch.setattr(dask, "compute", spy)
+        seen = spy_on_driver(monkeypatch)
         res = dte_dask.att_gt(panel, est_method=est_method, n_boot=99, seed=1)
         res.aggregate("dynamic")
     assert seen, "the spy saw no computation"

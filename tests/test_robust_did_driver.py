@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-import dask
-import dask.base
 import numpy as np
 import pytest
 
 import dte_dask
+from tests.driver_spy import spy_on_driver
 
 N_UNITS = 5003  # distinctive, far larger than any period, cohort, cell or target axis
-
-
-def _arrays(obj):
-    if isinstance(obj, np.ndarray):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _arrays(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _arrays(v)
 
 
 FITS = {
@@ -42,18 +30,9 @@ def frame():
 
 @pytest.mark.parametrize("name", list(FITS))
 def test_driver_receives_no_unit_length_array(monkeypatch, frame, name):
-    seen: list[tuple[int, ...]] = []
-    real = dask.base.compute
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        seen.extend(a.shape for a in _arrays(out))
-        return out
-
     panel = dte_dask.load_panel(frame, unit="unit", time="time", outcome="y", group="group", covariates=["x1"],
                                 npartitions=3, rng_block_size=512)
-    monkeypatch.setattr(dask.base, "compute", spy)
-    monkeypatch.setattr(dask, "compute", spy)
+    seen = spy_on_driver(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = FITS[name](panel)

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import dte_dask
 from dte_dask.exceptions import SpecError
-from dte_dask.jobs.runner import _estimator_kwargs, resolve_data
+from dte_dask.jobs.runner import fit_estimator, load_job_panel
 from dte_dask.jobs.spec import parse_job
 from dte_dask.report import save_results
 
@@ -32,14 +31,12 @@ def _job(tmp_path: Path, estimators) -> dict:
 
 def test_jobs_run_the_new_estimators(tmp_path: Path) -> None:
     job = parse_job(_job(tmp_path, ESTIMATORS))
-    src, cols = resolve_data(job.data)
-    panel = dte_dask.load_panel(src, **cols)
+    panel = load_job_panel(job)
     results = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for est in job.estimators:
-            fn = getattr(dte_dask, est.kind)
-            results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+            results[est.name] = fit_estimator(job, est, panel)
     assert list(results["two_stage_did"].event_time) == [0, 1]
     assert results["imputation_did"].event_time[0] == -1
     summary = save_results(results, tmp_path / "saved")

@@ -305,6 +305,7 @@ class StagedKernel:
             return step
         return done(passes.result())
 
+
 class UncondKernel:
     """Balanced panel, no covariates: the unconditional 2x2 DiD of every cell (any est_method)."""
 

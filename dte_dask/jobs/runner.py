@@ -67,6 +67,24 @@ def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
     return src, {k: v for k, v in cols.items() if v is not None and v != []}
 
 
+def load_job_panel(job: JobSpec) -> Any:
+    """The job's panel as :func:`run_job` loads it: every observed row (unless the job balances), so
+    that each estimator then keeps the rows its function keeps by default and a job gives what a
+    direct call on the data gives."""
+    import dte_dask  # the package's lazy API (a top-level import would be circular)
+
+    src, cols = resolve_data(job.data)
+    return dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
+                               allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
+
+
+def fit_estimator(job: JobSpec, est: Any, panel: Any) -> Any:
+    """One estimator of the job on its panel: the registered function with the job's inference settings
+    (those the function takes) and the estimator's options."""
+    fn = registry.get(est.kind).fn
+    return fn(panel, **_estimator_kwargs(fn, job, est.options))
+
+
 def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, Any]) -> dict[str, Any]:
     inf = job.inference
     offered = dict(bootstrap=inf.bootstrap, n_boot=inf.n_boot, seed=inf.seed, alpha=inf.alpha,
@@ -127,7 +145,6 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         if should_stop is not None and should_stop():
             raise JobStopped(f"stopped before {stage}")
 
-    import dte_dask
     from dte_dask.jobs.spec import check_data_source
     from dte_dask.report import save_results, write_report
 
@@ -159,19 +176,14 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         t = time.perf_counter()
         checkpoint("loading the data")
         with clock.stage("load"), monitor.stage("load"):
-            src, cols = resolve_data(job.data)
-            # every observed row is loaded (unless the job balances): each estimator then keeps the rows
-            # its function keeps by default, so a job gives what a direct call on the data gives
-            panel = dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
-                                        allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
+            panel = load_job_panel(job)
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:
-            fn = registry.get(est.kind).fn
             t = time.perf_counter()
             checkpoint(f"estimator {est.name}")
             with clock.stage(est.name, "estimator"), monitor.stage(est.name):
-                results[est.name] = fn(panel, **_estimator_kwargs(fn, job, est.options))
+                results[est.name] = fit_estimator(job, est, panel)
                 for kind in est.aggregations:
                     checkpoint(f"aggregation {est.name}.{kind}")
                     results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)

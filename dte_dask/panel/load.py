@@ -298,7 +298,7 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     times = np.concatenate(times) if times else np.array([], dtype=np.int64)
     periods = PeriodMap.from_values(pd.Series(times), spec.time)
     scans_ne = [s for s in scans if s["rows"]]
-    if not _disjoint_sorted(scans_ne):
+    if not disjoint_sorted(scans_ne):
         ent_dtype = ddf.dtypes[spec.entity]
         if isinstance(ent_dtype, pd.CategoricalDtype):
             # shuffle on the values: a categorical index is not range-partitioned in value order
@@ -331,7 +331,9 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     return finish(panel)
 
 
-def _disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
+def disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
+    """Whether partitions scanned as ``{"sorted", "min", "max"}`` of their entity column each hold one
+    sorted, disjoint entity range (then no shuffle is needed to put each entity in one partition)."""
     if not all(s["sorted"] for s in scans):
         return False
     try:

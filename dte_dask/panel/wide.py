@@ -26,6 +26,7 @@ from dask.base import tokenize
 
 from dte_dask.core.dcdh import DcdhBlock
 from dte_dask.exceptions import MissingColumnError, PanelError, SpecError
+from dte_dask.panel.load import disjoint_sorted
 
 __all__ = ["WideBlocks", "WideColumns", "concat_dcdh", "frame_to_dcdh", "wide_blocks"]
 
@@ -170,16 +171,6 @@ def _scan(df: pd.DataFrame, entity: str, time: str) -> dict[str, Any]:
             "time_na": int(df[time].isna().sum())}
 
 
-def _disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
-    if not all(s["sorted"] for s in scans):
-        return False
-    try:
-        ordered = sorted(scans, key=lambda s: s["min"])
-        return all(a["max"] < b["min"] for a, b in zip(ordered[:-1], ordered[1:]))
-    except TypeError:
-        return False
-
-
 def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int) -> WideBlocks:
     parts = ddf.to_delayed()
     token = tokenize(ddf, cols)
@@ -192,7 +183,7 @@ def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_siz
     full = [s for s in scans if s["rows"]]
     times = _check_times(pd.unique(np.concatenate([np.asarray(s["times"]) for s in full]))
                          if full else np.zeros(0), cols.time)
-    if _disjoint_sorted(full):
+    if disjoint_sorted(full):
         keep = sorted((i for i, s in enumerate(scans) if s["rows"]), key=lambda i: scans[i]["min"])
         parts = [parts[i] for i in keep]
     else:
