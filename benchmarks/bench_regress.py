@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import tree_rss  # noqa: E402
+from _measure import median_timings, tree_rss  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "_data"
@@ -98,8 +98,6 @@ def _worker(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     out: dict = {}
     try:
-        import statistics
-
         import pandas as pd
 
         src = spec["path"] if spec["source"] == "parquet" else pd.read_parquet(spec["path"])
@@ -107,15 +105,8 @@ def _worker(spec_file: str) -> None:
             run = _pyfixest(src, spec["task"])
         else:
             run = _dte_dask(src, spec["task"], spec["source"])
-        times, coefs = [], None
-        for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
-            parts, coefs = run()
-            times.append({"total": time.perf_counter() - t0, **parts})
-        out["seconds"] = statistics.median(t["total"] for t in times)
-        for k in ("load", "fit"):
-            if k in times[0]:
-                out[k] = statistics.median(t[k] for t in times)
+        medians, coefs = median_timings(run, spec["repeats"])
+        out.update(medians)
         out["coefs"] = {str(k): v for k, v in coefs.items()}
     except BaseException as exc:  # noqa: BLE001 - record any failure as the measurement
         out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

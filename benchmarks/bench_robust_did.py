@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import tree_rss  # noqa: E402
+from _measure import median_timings, tree_rss  # noqa: E402
 
 ESTIMATORS = ("imputation_did", "two_stage_did", "etwfe", "bacon_decomposition")
 COLS = dict(unit="unit", time="time", outcome="y", group="group")
@@ -148,7 +148,6 @@ def _worker(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     out: dict = {}
     try:
-        import statistics
 
         import pandas as pd
 
@@ -164,15 +163,8 @@ def _worker(spec_file: str) -> None:
         run = {"dte_dask": lambda: _dte_dask(src, spec["task"], spec), "diff-diff": lambda: _diff_diff(src, spec["task"]),
                "pyfixest": lambda: _pyfixest(src, spec["task"])}[spec["tool"]]()
         out["cpu0"] = sum(os.times()[:4])
-        times, value = [], None
-        for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
-            parts, value = run()
-            times.append({"total": time.perf_counter() - t0, **parts})
-        out["seconds"] = statistics.median(t["total"] for t in times)
-        for k in ("load", "fit"):
-            if k in times[0]:
-                out[k] = statistics.median(t[k] for t in times)
+        medians, value = median_timings(run, spec["repeats"])
+        out.update(medians)
         out["att"] = value
         if client is not None:
             out["spill"] = _spilled(client)
