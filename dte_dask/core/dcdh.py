@@ -40,7 +40,9 @@ class DcdhBlock:
     ids : (n,) unit ids; rank : (n,) stable index of the unit's entity (cluster, else unit);
     y, d, w : (n, T) outcome, treatment, row weight (NaN where the row is absent or missing);
     present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters);
-    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass.
+    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass;
+    key : (n,) int codes ``0..Ctx.n_keys-1`` of further variables that comparisons must match
+    (``trends_nonparam``, :mod:`dte_dask.core.dcdh_options`), or None.
     """
 
     ids: np.ndarray
@@ -51,6 +53,7 @@ class DcdhBlock:
     present: np.ndarray
     cl: np.ndarray
     pre: dict | None = None
+    key: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -59,7 +62,7 @@ class DcdhBlock:
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
         pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
-                         self.present[index], self.cl[index], pre)
+                         self.present[index], self.cl[index], pre, None if self.key is None else self.key[index])
 
 
 def prepare(block: DcdhBlock) -> DcdhBlock:
@@ -94,6 +97,12 @@ class Ctx:
     nc: np.ndarray | None = None         # (H, T, n_dsq) Σ w of controls
     ctrl: dict | None = None             # control cell sums for the variance
     sw: dict | None = None               # switcher cell / cohort sums
+    n_keys: int = 1                      # values of DcdhBlock.key: comparison groups = baseline × key
+
+    @property
+    def n_groups(self) -> int:
+        """Comparison groups (baseline treatment × matched variables): the second axis of the cells."""
+        return len(self.dsq_vals) * self.n_keys
 
 
 def _first_switch(d: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,6 +162,8 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     dsq_code = np.searchsorted(ctx.dsq_vals, np.nan_to_num(d_sq, nan=np.inf))
     dsq_code = np.minimum(dsq_code, len(ctx.dsq_vals) - 1) if len(ctx.dsq_vals) else dsq_code
     keep &= ~np.isnan(d_sq)
+    if block.key is not None:  # comparison group: baseline × the matched variables' values
+        dsq_code = dsq_code * ctx.n_keys + block.key
     if stage >= 2 and ctx.keep_dsq is not None:
         keep &= ctx.keep_dsq[dsq_code]
     present = present & keep[:, None]
@@ -173,7 +184,7 @@ def meta_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
 def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
     """Counts for the filters: units by (baseline, F) and never-switcher rows by (t, baseline)."""
     u = unit_design(block, ctx, stage)
-    T, nd = block.y.shape[1], len(ctx.dsq_vals)
+    T, nd = block.y.shape[1], ctx.n_groups
     k = u["keep"]
     fcol = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
     fcount = np.zeros((nd, T + 1), np.int64)
@@ -230,7 +241,7 @@ def _cluster_count(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, cl: n
 def control_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     """Control cells (t, baseline) per horizon: Σ w, Σ w·ΔY, rows (or clusters)."""
     u = unit_design(block, ctx, 3)
-    T, nd, H = block.y.shape[1], len(ctx.dsq_vals), len(ctx.horizons)
+    T, nd, H = block.y.shape[1], ctx.n_groups, len(ctx.horizons)
     out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
     out["n"] = np.zeros((H, T, nd), np.int64)
     out["rows"] = np.zeros((H, T, nd), np.int64)
@@ -274,7 +285,7 @@ def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np
 def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     """Switcher cells (t, baseline), cohorts (baseline, F_g, D at F_g) and normalisation sums."""
     u = unit_design(block, ctx, 3)
-    T, nd, H = block.y.shape[1], len(ctx.dsq_vals), len(ctx.horizons)
+    T, nd, H = block.y.shape[1], ctx.n_groups, len(ctx.horizons)
     nco = nd * T * (len(ctx.dfg_vals) + 1)
     out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
     out["rows"] = np.zeros((H, T, nd), np.int64)
@@ -340,7 +351,7 @@ def cell_means(ctx: Ctx, n_units_dsq: np.ndarray, T: int) -> dict[str, np.ndarra
     f_c = np.where(c_dof > 1, _dof_factor(c_dof), np.where((c_dof == 1) & (u_dof >= 2), _dof_factor(u_dof), 1.0))
     # switchers: their cohort, else the union of their (t = F_g - 1 + |l|, baseline) cell
     H, nco = co_dof.shape
-    nf = nco // (T * max(len(ctx.dsq_vals), 1))
+    nf = nco // (T * max(ctx.n_groups, 1))
     dsq, F = np.divmod(np.arange(nco) // nf, T)
     e_s, f_s = np.zeros((H, nco)), np.ones((H, nco))
     for j, ell in enumerate(ctx.horizons):

@@ -29,6 +29,8 @@ from dte_dask.core.dcdh import (
     prepare,
     switcher_stats,
 )
+from dte_dask.core.dcdh_options import cumulation_matrix
+from dte_dask.estimators.dcdh_extras import column_list, with_first_differences, with_matched_variables
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
@@ -39,7 +41,7 @@ from dte_dask.results.base import Result
 
 __all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
-_UNSUPPORTED = ("controls", "trends_lin", "trends_nonparam", "continuous", "bootstrap")
+_UNSUPPORTED = ("controls", "continuous", "bootstrap")
 
 
 class DidMultiplegtOptions(Options):
@@ -53,6 +55,7 @@ class DidMultiplegtOptions(Options):
     same_switchers: Bool = False
     effects_equal: Bool = False
     ci_level: float = 95.0
+    trends_lin: Bool = False
 
 
 @dataclass(frozen=True, repr=False)
@@ -150,14 +153,16 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     analytic, from influence functions demeaned within cohorts (see :mod:`dte_dask.core.dcdh`);
     ``vcov()`` is Σ_c (Σ_{g∈c} ψ_g)(·)'/G², whose diagonal is the squared SE.
     """
-    for name, val, default in (("controls", controls, None), ("trends_lin", trends_lin, False),
-                               ("trends_nonparam", trends_nonparam, None), ("continuous", continuous, 0),
+    for name, val, default in (("controls", controls, None), ("continuous", continuous, 0),
                                ("bootstrap", bootstrap, False)):
         if val not in (default,) and not (val is None and default is None):
             raise NotImplementedError(f"did_multiplegt: option {name}={val!r} is not implemented yet")
     opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
                         switchers=switchers, only_never_switchers=only_never_switchers,
-                        same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level)
+                        same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level,
+                        trends_lin=trends_lin)
+    matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
+    n_keys = 1
     if opt.switchers not in ("", "in", "out"):
         raise SpecError(f"switchers={opt.switchers!r}: use '', 'in' or 'out'")
     if opt.effects < 1:
@@ -169,26 +174,33 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         T, nb, bs = data.n_periods, data.n_rng_blocks, data.rng_block_size
         cluster = data.spec.cluster
         n_ent = data.n_clusters
+        if matched:
+            raise SpecError("did_multiplegt: trends_nonparam needs the long data frame (a Panel has no such columns)")
     else:
         for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
             if col is None:
                 raise SpecError(f"did_multiplegt: name the `{role}` column")
         bs = int(rng_block_size)
-        wide = wide_blocks(data, WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster),
-                           max(int(npartitions), 1), bs, "did_multiplegt")
+        cols = WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster)
+        wide = wide_blocks(data, cols, max(int(npartitions), 1), bs, "did_multiplegt")
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
+        if matched:
+            parts, n_keys = with_matched_variables(parts, data, cols, matched, max(int(npartitions), 1), bs)
     # the options-independent unit design once per block, kept with the block for every pass
     parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
     dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))
-    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None)
+    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None,
+              n_keys=n_keys)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
     ctx = replace(ctx, keep_dsq=keep_dsq)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
     ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
+    if opt.trends_lin:
+        parts = with_first_differences(parts, ctx)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
     G = int(a["n_units"])
     if G == 0:
@@ -250,10 +262,13 @@ def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tup
     cov_raw = np.where(np.outer(has, has), cross, np.nan)
     coef = raw / norm
     cov = cov_raw / np.outer(norm, norm)
+    if opt.trends_lin:  # effects of the differenced outcome, cumulated (R: no average total effect)
+        A = cumulation_matrix(horizons)
+        coef, cov = A @ coef, A @ cov @ A.T
     ate: dict[str, float] = {}
     eff = np.arange(effects_n)
     valid = has[eff] & np.isfinite(raw[eff])
-    if valid.any():
+    if valid.any() and not opt.trends_lin:
         wts = np.where(valid, N_sw[eff], 0.0) / N_sw[eff][valid].sum()
         dd = np.where(np.isfinite(delta[eff]), delta[eff], 0.0)
         denom = float(np.sum(wts * np.diff(dd, prepend=0.0)))

@@ -1,0 +1,90 @@
+"""Options of ``did_multiplegt`` (R ``did_multiplegt_dyn``) as transformations of the per-unit inputs.
+
+The kernels of :mod:`dte_dask.core.dcdh` compare switchers with not-yet-switchers of the same
+comparison group and take first differences of the block's outcome matrix. The options below
+change only those inputs, block by block (so results stay bit-identical for any partitioning):
+
+* ``trends_nonparam=[cols]``: the comparison group is the baseline treatment × the values of
+  time-invariant variables: each unit gets an integer code of its values
+  (:func:`unit_values`, :func:`attach_key`), ``Ctx.n_keys`` codes in all. Every grouping of the
+  estimator (the filters on variation in F_g and on never-switchers, the control cells, the
+  demeaning cells of the variance) then uses (baseline, code), as in R.
+* ``trends_lin=True``: group-specific linear trends. As in R, units whose first switch is at the
+  second period are dropped, the outcome is replaced by its first difference (period one is
+  dropped) after the sample filters, and the DID_ℓ of the differenced outcome are cumulated over
+  ℓ (:func:`first_difference`, :func:`cumulate`), with their influence functions, so the
+  covariance becomes A V A' with A the lower-triangular matrix of ones (effects and placebos apart).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from dte_dask.core.dcdh import Ctx, DcdhBlock, unit_design
+
+__all__ = ["unit_values", "value_rows", "attach_key", "first_difference", "cumulation_matrix"]
+
+
+def unit_values(block: DcdhBlock) -> tuple[np.ndarray, int]:
+    """Each unit's value of a time-invariant variable held in ``block.y`` (first non-missing value
+    among its rows), and the index of the first unit whose value changes over time (-1: none)."""
+    v = np.where(block.present, block.y, np.nan)
+    has = ~np.isnan(v)
+    first = np.argmax(has, axis=1)
+    val = np.where(has.any(axis=1), v[np.arange(block.n), first], np.nan)
+    varies = (has & (v != val[:, None])).any(axis=1)
+    return val, int(np.argmax(varies)) if varies.any() else -1
+
+
+def value_rows(vals: np.ndarray) -> np.ndarray:
+    """Distinct rows of the (n, k) unit values of a block (NaN rows, units without a value, left out)."""
+    vals = vals[~np.isnan(vals).any(axis=1)]
+    return np.unique(vals, axis=0) if vals.size else vals.reshape(0, vals.shape[1])
+
+
+def _radix(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Mixed-radix integer code of value rows, by each column's rank among the table's values."""
+    code = np.zeros(rows.shape[0], np.int64)
+    for j in range(table.shape[1]):
+        levels = np.unique(table[:, j])
+        code = code * levels.size + np.searchsorted(levels, rows[:, j])
+    return code
+
+
+def attach_key(block: DcdhBlock, vals: np.ndarray, table: np.ndarray) -> DcdhBlock:
+    """The block with ``key``: each unit's row index in ``table`` (the distinct value rows of the
+    whole panel). Units without a value (every row missing) lose their rows, as units without an
+    outcome do."""
+    ok = ~np.isnan(vals).any(axis=1)
+    tcode = _radix(table, table)
+    order = np.argsort(tcode, kind="stable")
+    key = np.zeros(block.n, np.int64)
+    if ok.any():
+        key[ok] = order[np.searchsorted(tcode[order], _radix(vals[ok], table))]
+    present = block.present & ok[:, None]
+    pre = None if block.pre is None else {**block.pre, "present": block.pre["present"] & ok[:, None]}
+    return replace(block, present=present, pre=pre, key=key)
+
+
+def first_difference(block: DcdhBlock, ctx: Ctx) -> DcdhBlock:
+    """``trends_lin``: the block after the sample filters of ``ctx`` (stage 3), with the outcome
+    replaced by its first difference Y_t - Y_{t-1} (missing unless both rows are in the sample),
+    period one dropped, and the units whose first switch is at the second period dropped."""
+    u = unit_design(block, ctx, 3)
+    pres = u["present"].copy()
+    y = np.where(pres, block.y, np.nan)
+    dy = np.full_like(y, np.nan)
+    np.subtract(y[:, 1:], y[:, :-1], out=dy[:, 1:])
+    pres[:, 0] = False
+    pres &= (u["F"] != 1)[:, None]
+    pre = {**(block.pre if block.pre is not None else {}), **{k: u[k] for k in ("d_sq", "F", "S", "L", "d_fg")},
+           "present": pres}
+    return replace(block, y=dy, present=pres, pre=pre)
+
+
+def cumulation_matrix(horizons: tuple[int, ...]) -> np.ndarray:
+    """A with (A x)_ℓ = Σ_{k ≤ ℓ} x_k over effects (ℓ > 0) and over placebos (ℓ < 0) apart."""
+    h = np.asarray(horizons)
+    sign, mag = np.sign(h), np.abs(h)
+    return ((sign[:, None] == sign[None, :]) & (mag[None, :] <= mag[:, None])).astype(np.float64)

@@ -1,0 +1,74 @@
+"""Wiring of the ``did_multiplegt`` options that transform the per-unit inputs (kernels:
+:mod:`dte_dask.core.dcdh_options`): extra per-unit variables pivoted along the same entity
+partitions as the outcome, their global codes, and the transformed blocks."""
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import numpy as np
+
+from dte_dask.core.dcdh import Ctx
+from dte_dask.core.dcdh_options import attach_key, first_difference, unit_values, value_rows
+from dte_dask.exceptions import PanelError, SpecError
+from dte_dask.panel.wide import WideColumns, wide_blocks
+
+__all__ = ["with_matched_variables", "with_first_differences", "column_list"]
+
+
+def column_list(value: Any, name: str) -> list[str]:
+    """A column name or a list of them (R passes a character vector)."""
+    cols = [value] if isinstance(value, str) else list(value)
+    if not cols or not all(isinstance(c, str) for c in cols):
+        raise SpecError(f"did_multiplegt: {name} must be a column name or a list of column names, got {value!r}")
+    return cols
+
+
+def _values(block: Any, name: str) -> Any:
+    vals, bad = unit_values(block)
+    if bad >= 0:
+        raise PanelError(f"did_multiplegt: column {name!r} (trends_nonparam) varies within unit {block.ids[bad]!r}; "
+                         "it must be time-invariant")
+    return block.ids, vals
+
+
+def _ids(block: Any) -> np.ndarray:
+    return block.ids
+
+
+def _stack(pieces: tuple, ids: np.ndarray) -> np.ndarray:
+    for got, _ in pieces:  # the same entity partitioning: the same units in the same order
+        if not np.array_equal(got, ids):
+            raise PanelError("did_multiplegt: trends_nonparam columns were not partitioned like the outcome")
+    return np.stack([v for _, v in pieces], axis=1) if pieces else np.zeros((ids.size, 0))
+
+
+def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: list[str], npartitions: int,
+                           block_size: int) -> tuple[list, int]:
+    """``trends_nonparam``: each block with the code of its units' values of ``names`` (time-invariant
+    numeric columns), and the number of distinct value combinations."""
+    extra = []
+    for c in names:
+        wc = WideColumns(c, cols.unit, cols.time, cols.treatment, None, cols.cluster)
+        try:
+            w = wide_blocks(data, wc, npartitions, block_size, "did_multiplegt")
+        except (TypeError, ValueError) as e:
+            if isinstance(e, PanelError):
+                raise
+            raise SpecError(f"did_multiplegt: trends_nonparam column {c!r} must be numeric ({e})") from e
+        extra.append([dask.delayed(_values)(p, c) for p in w.parts])
+    if len({len(e) for e in extra} | {len(parts)}) != 1:
+        raise PanelError("did_multiplegt: trends_nonparam columns were not partitioned like the outcome")
+    ids = [dask.delayed(_ids)(p) for p in parts]
+    vals = list(dask.persist(*[dask.delayed(_stack)(tuple(e[i] for e in extra), ids[i]) for i in range(len(parts))]))
+    rows = dask.compute(*[dask.delayed(value_rows)(v) for v in vals])
+    table = np.unique(np.concatenate(rows, axis=0), axis=0)
+    if table.shape[0] == 0:
+        raise PanelError(f"did_multiplegt: trends_nonparam columns {names} are missing for every unit")
+    out = [dask.delayed(attach_key, pure=False)(p, v, table) for p, v in zip(parts, vals)]
+    return list(dask.persist(*out)), int(table.shape[0])
+
+
+def with_first_differences(parts: list, ctx: Ctx) -> list:
+    """``trends_lin``: the blocks with first-differenced outcomes after the sample filters of ``ctx``."""
+    return list(dask.persist(*[dask.delayed(first_difference, pure=False)(p, ctx) for p in parts]))
