@@ -23,7 +23,8 @@ import numpy as np
 
 from dte_dask.core.dcdh import Ctx, DcdhBlock, unit_design
 
-__all__ = ["unit_values", "value_rows", "attach_key", "first_difference", "cumulation_matrix"]
+__all__ = ["unit_values", "value_rows", "attach_key", "first_difference", "cumulation_matrix", "block_totals",
+           "resample"]
 
 
 def unit_values(block: DcdhBlock) -> tuple[np.ndarray, int]:
@@ -88,3 +89,33 @@ def cumulation_matrix(horizons: tuple[int, ...]) -> np.ndarray:
     h = np.asarray(horizons)
     sign, mag = np.sign(h), np.abs(h)
     return ((sign[:, None] == sign[None, :]) & (mag[None, :] <= mag[:, None])).astype(np.float64)
+
+
+def block_totals(n_entities: int, block_size: int, entropy: int, rep: int) -> np.ndarray:
+    """Bootstrap replicate ``rep``: how many of the ``n_entities`` draws (with replacement, uniform
+    over entities: units, or clusters) fall in each RNG block of ``block_size`` entities. With
+    :func:`resample`, the counts are a multinomial(n, 1/n, ..., 1/n) draw, as R's resampling of
+    clusters, that depends on the seed and the stable entity ranks only (not on the partitioning)."""
+    nb = max(1, -(-n_entities // block_size))
+    sizes = np.diff(np.minimum(np.arange(nb + 1) * block_size, n_entities))
+    rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(rep, 0)))
+    return rng.multinomial(n_entities, sizes / max(n_entities, 1))
+
+
+def resample(block: DcdhBlock, totals: np.ndarray, n_entities: int, block_size: int, entropy: int,
+             rep: int) -> DcdhBlock:
+    """The block in bootstrap replicate ``rep``: each entity drawn k times has its weights multiplied
+    by k (R collapses the duplicated rows of a unit into one (unit, period) cell of weight k·w);
+    entities not drawn leave the sample. Draws within RNG block b come from the stream
+    ``SeedSequence(entropy, spawn_key=(rep, 1, b))``."""
+    count = np.zeros(block.n, np.int64)
+    blk = block.rank // block_size
+    for b in np.unique(blk):
+        m = int(min(block_size, n_entities - b * block_size))
+        rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(rep, 1, int(b))))
+        draws = rng.multinomial(int(totals[b]), np.full(m, 1.0 / m))
+        sel = blk == b
+        count[sel] = draws[block.rank[sel] - b * block_size]
+    drawn = (count > 0)[:, None]
+    pre = None if block.pre is None else {**block.pre, "present": block.pre["present"] & drawn}
+    return replace(block, w=block.w * count[:, None], present=block.present & drawn, pre=pre)

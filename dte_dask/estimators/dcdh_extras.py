@@ -3,17 +3,18 @@
 partitions as the outcome, their global codes, and the transformed blocks."""
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import dask
 import numpy as np
 
 from dte_dask.core.dcdh import Ctx
-from dte_dask.core.dcdh_options import attach_key, first_difference, unit_values, value_rows
-from dte_dask.exceptions import PanelError, SpecError
+from dte_dask.core.dcdh_options import attach_key, block_totals, first_difference, resample, unit_values, value_rows
+from dte_dask.exceptions import DteDaskError, PanelError, SpecError
 from dte_dask.panel.wide import WideColumns, wide_blocks
 
-__all__ = ["with_matched_variables", "with_first_differences", "column_list"]
+__all__ = ["with_matched_variables", "with_first_differences", "column_list", "bootstrap_replicates"]
 
 
 def column_list(value: Any, name: str) -> list[str]:
@@ -27,7 +28,7 @@ def column_list(value: Any, name: str) -> list[str]:
 def _values(block: Any, name: str) -> Any:
     vals, bad = unit_values(block)
     if bad >= 0:
-        raise PanelError(f"did_multiplegt: column {name!r} (trends_nonparam) varies within unit {block.ids[bad]!r}; "
+        raise PanelError(f"did_multiplegt: column {name!r} (trends_nonparam) varies within unit {np.asarray(block.ids[bad]).item()!r}; "
                          "it must be time-invariant")
     return block.ids, vals
 
@@ -72,3 +73,32 @@ def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: lis
 def with_first_differences(parts: list, ctx: Ctx) -> list:
     """``trends_lin``: the blocks with first-differenced outcomes after the sample filters of ``ctx``."""
     return list(dask.persist(*[dask.delayed(first_difference, pure=False)(p, ctx) for p in parts]))
+
+
+def bootstrap_replicates(parts: list, fit: Callable[[list], Any], horizons: np.ndarray, n_entities: int,
+                         block_size: int, n_boot: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``bootstrap=True``: the estimates of ``n_boot`` replicates (R ``did_multiplegt_dyn``: entities,
+    i.e. clusters or units, drawn with replacement, the whole estimator rerun on each replicate),
+    as an (n_boot, len(horizons)) array aligned on ``horizons`` (NaN where a replicate cannot
+    estimate a horizon), and the replicates' average total effects. The draws of replicate r in RNG
+    block b come from ``SeedSequence(seed, spawn_key=(r, 1, b))``: identical for any partitioning."""
+    if n_boot < 2:
+        raise SpecError(f"did_multiplegt: n_boot={n_boot}: at least 2 bootstrap replicates are needed")
+    entropy = np.random.SeedSequence(seed).entropy
+    reps = np.full((n_boot, len(horizons)), np.nan)
+    ate = np.full(n_boot, np.nan)
+    col = {int(h): j for j, h in enumerate(horizons)}
+    for r in range(n_boot):
+        totals = block_totals(n_entities, block_size, entropy, r)
+        rep = [dask.delayed(resample, pure=False)(p, totals, n_entities, block_size, entropy, r) for p in parts]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # horizons clipped in a replicate are left NaN
+                res = fit(rep)
+        except DteDaskError:  # e.g. no switcher drawn: the replicate estimates nothing
+            continue
+        for h, est in zip(res.horizon, res.coef):
+            if int(h) in col:
+                reps[r, col[int(h)]] = est
+        ate[r] = res.ate.get("estimate", np.nan)
+    return reps, ate

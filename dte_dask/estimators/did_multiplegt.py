@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import dask
@@ -30,7 +31,7 @@ from dte_dask.core.dcdh import (
     switcher_stats,
 )
 from dte_dask.core.dcdh_options import cumulation_matrix
-from dte_dask.estimators.dcdh_extras import column_list, with_first_differences, with_matched_variables
+from dte_dask.estimators.dcdh_extras import bootstrap_replicates, column_list, with_first_differences, with_matched_variables
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
@@ -41,7 +42,7 @@ from dte_dask.results.base import Result
 
 __all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
-_UNSUPPORTED = ("controls", "continuous", "bootstrap")
+_UNSUPPORTED = ("controls", "continuous")
 
 
 class DidMultiplegtOptions(Options):
@@ -56,6 +57,8 @@ class DidMultiplegtOptions(Options):
     effects_equal: Bool = False
     ci_level: float = 95.0
     trends_lin: Bool = False
+    bootstrap: Bool = False
+    n_boot: NonNegInt = 1000
 
 
 @dataclass(frozen=True, repr=False)
@@ -153,14 +156,13 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     analytic, from influence functions demeaned within cohorts (see :mod:`dte_dask.core.dcdh`);
     ``vcov()`` is Σ_c (Σ_{g∈c} ψ_g)(·)'/G², whose diagonal is the squared SE.
     """
-    for name, val, default in (("controls", controls, None), ("continuous", continuous, 0),
-                               ("bootstrap", bootstrap, False)):
+    for name, val, default in (("controls", controls, None), ("continuous", continuous, 0)):
         if val not in (default,) and not (val is None and default is None):
             raise NotImplementedError(f"did_multiplegt: option {name}={val!r} is not implemented yet")
     opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
                         switchers=switchers, only_never_switchers=only_never_switchers,
                         same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level,
-                        trends_lin=trends_lin)
+                        trends_lin=trends_lin, bootstrap=bootstrap, n_boot=n_boot)
     matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
     n_keys = 1
     if opt.switchers not in ("", "in", "out"):
@@ -188,12 +190,23 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
             parts, n_keys = with_matched_variables(parts, data, cols, matched, max(int(npartitions), 1), bs)
     # the options-independent unit design once per block, kept with the block for every pass
     parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
+    fit = partial(_fit, opt=opt, T=T, bs=bs, nb=nb, clustered=cluster is not None,
+                  n_clusters=n_ent if cluster is not None else None, n_keys=n_keys)
+    res = fit(parts)
+    if not opt.bootstrap:
+        return res
+    reps, ate = bootstrap_replicates(parts, fit, res.horizon, n_ent, bs, opt.n_boot, seed)
+    return _with_bootstrap(res, opt, reps, ate)
+
+
+def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clustered: bool,
+         n_clusters: int | None, n_keys: int) -> DidMultiplegtResult:
+    """The estimator on prepared blocks (the data, or a bootstrap replicate of it)."""
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
     dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))
-    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None,
-              n_keys=n_keys)
+    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=clustered, n_keys=n_keys)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
     ctx = replace(ctx, keep_dsq=keep_dsq)
@@ -215,7 +228,30 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     ctx = replace(ctx, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
     f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
-    return _finish(opt, ctx, s, f, horizons, G, n_ent if cluster is not None else None, effects_n, placebo_n)
+    return _finish(opt, ctx, s, f, horizons, G, n_clusters, effects_n, placebo_n)
+
+
+
+def _with_bootstrap(res: DidMultiplegtResult, opt: DidMultiplegtOptions, reps: np.ndarray,
+                    ate: np.ndarray) -> DidMultiplegtResult:
+    """Bootstrap SEs as R: the standard deviation of the replicates' estimates (replicates where a
+    horizon cannot be estimated left out); the covariance of the joint tests from the replicates."""
+    ok = np.isfinite(reps)
+    n = ok.sum(axis=0)
+    mean = np.where(n > 0, np.nansum(reps, axis=0) / np.maximum(n, 1), np.nan)
+    dev = np.where(ok, reps - mean, 0.0)
+    both = ok.T.astype(float) @ ok.astype(float)
+    cov = np.where(both > 1, (dev.T @ dev) / np.maximum(both - 1, 1), np.nan)
+    cov = np.where(np.isfinite(res.coef)[:, None] & np.isfinite(res.coef)[None, :], cov, np.nan)
+    H = res.horizon
+    eff, pl = np.flatnonzero(H > 0), np.flatnonzero(H < 0)
+    placebo_test = _wald(res.coef[pl], cov[np.ix_(pl, pl)]) if pl.size > 1 else None
+    eq = _wald(res.coef[eff], cov[np.ix_(eff, eff)], contrast=np.ones(1)) if opt.effects_equal and eff.size > 1 else None
+    out = replace(res, cov=cov, placebo_test=placebo_test, effects_equal_test=eq)
+    a = ate[np.isfinite(ate)]
+    if res.ate:
+        out = replace(out, ate={**res.ate, "se": float(np.std(a, ddof=1)) if a.size > 1 else np.nan})
+    return out
 
 
 def _clip(a: dict, T: int, effects: int, placebo: int) -> tuple[int, int]:
