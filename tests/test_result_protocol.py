@@ -133,7 +133,7 @@ def test_etwfe_aggregations_are_the_rows_checked_against_diff_diff(fitted) -> No
 
 # arguments kept for the peer's signature but refused with NotImplementedError naming them (tested in
 # the estimator's own tests): the capability is not declared
-REFUSED = {"did_multiplegt": {"bootstrap"}}  # tests/test_did_multiplegt.py::test_unsupported_options_and_bad_columns
+REFUSED: dict[str, set[str]] = {}
 # estimators whose method is defined on unbalanced panels (no balancing switch to offer)
 NATIVELY_UNBALANCED = {"did_multiplegt"}
 

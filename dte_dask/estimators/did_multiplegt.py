@@ -57,8 +57,6 @@ class DidMultiplegtOptions(Options):
     effects_equal: Bool = False
     ci_level: float = 95.0
     trends_lin: Bool = False
-    bootstrap: Bool = False
-    n_boot: NonNegInt = 1000
 
 
 @dataclass(frozen=True, repr=False)
@@ -147,7 +145,12 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     only_never_switchers, same_switchers : as in R
     effects_equal : chi² test that all effects are equal
     ci_level : pointwise confidence level (percent)
-    controls, trends_lin, trends_nonparam, continuous, bootstrap : not implemented yet (an error)
+    trends_nonparam : column name or list of numeric time-invariant columns; comparisons also match
+        their values (comparison groups: baseline treatment × values)
+    trends_lin : group-specific linear trends (first-differenced outcome, effects cumulated; no ATE)
+    bootstrap, n_boot, seed : R's bootstrap SEs (entities drawn with replacement, ``n_boot`` reruns;
+        draws keyed by RNG block, identical for any partitioning)
+    controls, continuous : not implemented yet (an error; see ``docs/did_multiplegt.md``)
 
     Notes
     -----
@@ -162,7 +165,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
                         switchers=switchers, only_never_switchers=only_never_switchers,
                         same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level,
-                        trends_lin=trends_lin, bootstrap=bootstrap, n_boot=n_boot)
+                        trends_lin=trends_lin)
     matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
     n_keys = 1
     if opt.switchers not in ("", "in", "out"):
@@ -193,9 +196,9 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     fit = partial(_fit, opt=opt, T=T, bs=bs, nb=nb, clustered=cluster is not None,
                   n_clusters=n_ent if cluster is not None else None, n_keys=n_keys)
     res = fit(parts)
-    if not opt.bootstrap:
+    if not bootstrap:
         return res
-    reps, ate = bootstrap_replicates(parts, fit, res.horizon, n_ent, bs, opt.n_boot, seed)
+    reps, ate = bootstrap_replicates(parts, fit, res.horizon, n_ent, bs, int(n_boot), seed)
     return _with_bootstrap(res, opt, reps, ate)
 
 
@@ -326,5 +329,5 @@ def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tup
 register(EstimatorEntry(
     name="did_multiplegt", function=did_multiplegt, options=DidMultiplegtOptions, label="dCDH",
     title="de Chaisemartin & D'Haultfoeuille (2024) intertemporal event study (non-binary, non-absorbing)",
-    covariates=False, weights=True, clusters=True, unbalanced=True, bootstrap=False, compare=None,
+    covariates=False, weights=True, clusters=True, unbalanced=True, bootstrap=True, compare=None,
     cost="events"))
