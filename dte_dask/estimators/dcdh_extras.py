@@ -84,6 +84,8 @@ def bootstrap_replicates(parts: list, fit: Callable[[list], Any], horizons: np.n
     block b come from ``SeedSequence(seed, spawn_key=(r, 1, b))``: identical for any partitioning."""
     if n_boot < 2:
         raise SpecError(f"did_multiplegt: n_boot={n_boot}: at least 2 bootstrap replicates are needed")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise SpecError(f"did_multiplegt: seed={seed!r}: a non-negative integer or None")
     entropy = np.random.SeedSequence(seed).entropy
     reps = np.full((n_boot, len(horizons)), np.nan)
     ate = np.full(n_boot, np.nan)
