@@ -89,13 +89,13 @@ def solve_theta(s: dict[str, np.ndarray], n_units: int) -> dict[str, np.ndarray]
     theta = np.zeros((ng, K))
     inv = np.zeros((ng, K, K))
     singular = np.zeros(ng, bool)
-    rsum = sw.sum(axis=0)   # Stata: weights of the regression rows of the group
+    rsum = float(s["n_c"].sum())  # R: weights of every group's not-yet-switched rows (Stata: the group's)
     for g in range(ng):
         if not pos[:, g].any():
             continue
         pinv = np.linalg.pinv(M[g])
         theta[g] = pinv @ v[g]
-        inv[g] = pinv * rsum[g] * n_units
+        inv[g] = pinv * rsum * n_units
         singular[g] = abs(np.linalg.det(M[g])) <= 1e-16
     alpha = np.where(pos, (s["sy"] - np.einsum("tgk,gk->tg", s["sx"], theta)) / safe, np.nan)
     return {"theta": theta, "mean_x": mean_x, "alpha": alpha, "inv": inv, "e_n": s["e_n"], "n_c": s["n_c"],
