@@ -24,6 +24,7 @@ small-sample factor :math:`\\sqrt{n/(n-1)}` (n = units, or clusters, of the cell
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ class DcdhBlock:
     present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters);
     pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass;
     key : (n,) int codes ``0..Ctx.n_keys-1`` of further variables that comparisons must match
-    (``trends_nonparam``, :mod:`dte_dask.core.dcdh_options`), or None.
+    (``trends_nonparam``, :mod:`dte_dask.core.dcdh_options`), or None; x : (n, T, K) control
+    variables (``controls``, :mod:`dte_dask.core.dcdh_controls`), or None.
     """
 
     ids: np.ndarray
@@ -54,6 +56,7 @@ class DcdhBlock:
     cl: np.ndarray
     pre: dict | None = None
     key: np.ndarray | None = None
+    x: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -62,7 +65,8 @@ class DcdhBlock:
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
         pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
-                         self.present[index], self.cl[index], pre, None if self.key is None else self.key[index])
+                         self.present[index], self.cl[index], pre, None if self.key is None else self.key[index],
+                         None if self.x is None else self.x[index])
 
 
 def prepare(block: DcdhBlock) -> DcdhBlock:
@@ -369,9 +373,11 @@ def _dof_factor(n: np.ndarray) -> np.ndarray:
     return np.sqrt(n / np.maximum(n - 1, 1))
 
 
-def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray],
+                    correction: Any = None) -> dict[str, np.ndarray]:
     """Per-unit influence functions ψ_g (kept in the block) reduced to the estimate numerators
-    Σ_g Σ_t coef·ΔY, Σψ, Σψψ' (Σ over clusters of cluster sums with clusters) and N_obs."""
+    Σ_g Σ_t coef·ΔY, Σψ, Σψψ' (Σ over clusters of cluster sums with clusters) and N_obs.
+    ``correction(block, ctx)``, if given, is an (n, H) term subtracted from ψ (``controls``)."""
     u = unit_design(block, ctx, 3)
     n, T = block.y.shape
     H = len(ctx.horizons)
@@ -408,6 +414,8 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         # (control and switcher rows are distinct cells: a switcher's row is not yet a control's)
         nobs[j] = (int(np.count_nonzero(a["ok"] & (a["diff0"] == 0))) + int(np.count_nonzero(cw * cd))
                    + int(np.count_nonzero(sw_w * sd)))
+    if correction is not None:
+        psi -= correction(block, ctx)
     if ctx.clustered:
         codes, inv = np.unique(block.cl, return_inverse=True)
         csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes.size) for j in range(H)],

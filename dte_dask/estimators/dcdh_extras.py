@@ -9,12 +9,14 @@ from typing import Any, Callable
 import dask
 import numpy as np
 
-from dte_dask.core.dcdh import Ctx
+from dte_dask.core.dcdh import Ctx, influence_stats
+from dte_dask.core.dcdh_controls import ControlsCorrection, adjust_outcome, level_outcome, solve_theta, theta_stats
 from dte_dask.core.dcdh_options import attach_key, block_totals, first_difference, resample, unit_values, value_rows
-from dte_dask.exceptions import DteDaskError, PanelError, SpecError
+from dte_dask.exceptions import DteDaskError, DteDaskWarning, PanelError, SpecError
 from dte_dask.panel.wide import WideColumns, wide_blocks
 
-__all__ = ["with_matched_variables", "with_first_differences", "column_list", "bootstrap_replicates"]
+__all__ = ["with_matched_variables", "with_first_differences", "column_list", "bootstrap_replicates", "with_controls",
+           "adjust_for_controls", "controls_correction"]
 
 
 def column_list(value: Any, name: str) -> list[str]:
@@ -42,6 +44,64 @@ def _stack(pieces: tuple, ids: np.ndarray) -> np.ndarray:
         if not np.array_equal(got, ids):
             raise PanelError("did_multiplegt: trends_nonparam columns were not partitioned like the outcome")
     return np.stack([v for _, v in pieces], axis=1) if pieces else np.zeros((ids.size, 0))
+
+
+def _pivot(data: Any, cols: WideColumns, name: str, role: str, npartitions: int, block_size: int) -> list:
+    """The blocks of column ``name`` pivoted like the outcome (same entity partitions)."""
+    wc = WideColumns(name, cols.unit, cols.time, cols.treatment, None, cols.cluster)
+    try:
+        return wide_blocks(data, wc, npartitions, block_size, "did_multiplegt").parts
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PanelError):
+            raise
+        raise SpecError(f"did_multiplegt: {role} column {name!r} must be numeric ({e})") from e
+
+
+def _attach_x(block: Any, pieces: tuple) -> Any:
+    from dataclasses import replace
+
+    for p in pieces:
+        if not np.array_equal(p.ids, block.ids):
+            raise PanelError("did_multiplegt: controls were not partitioned like the outcome")
+    x = np.stack([np.where(p.present, p.y, np.nan) for p in pieces], axis=2)
+    return replace(block, x=x)
+
+
+def with_controls(parts: list, data: Any, cols: WideColumns, names: list[str], npartitions: int,
+                  block_size: int) -> list:
+    """``controls``: each block with its units' controls as ``x`` (n, T, K)."""
+    extra = [_pivot(data, cols, c, "controls", npartitions, block_size) for c in names]
+    if len({len(e) for e in extra} | {len(parts)}) != 1:
+        raise PanelError("did_multiplegt: controls were not partitioned like the outcome")
+    out = [dask.delayed(_attach_x, pure=False)(p, tuple(e[i] for e in extra)) for i, p in enumerate(parts)]
+    return list(dask.persist(*out))
+
+
+def adjust_for_controls(parts: list, ctx: Ctx, reduce: Callable[..., Any]) -> tuple[list, dict]:
+    """θ_d from the not-yet-switchers' first differences (with period effects) and the blocks with
+    Y − θ_d'X as outcome."""
+    th = solve_theta(reduce(parts, theta_stats, ctx), ctx.n_units)
+    if th["singular"].any():
+        warnings.warn("did_multiplegt: the controls are collinear (or without variation) among the "
+                      f"not-yet-switchers of {int(th['singular'].sum())} baseline group(s); their "
+                      "generalized-inverse coefficients are used, as R does", DteDaskWarning, stacklevel=4)
+    adj = [dask.delayed(adjust_outcome, pure=False)(p, ctx, th["theta"]) for p in parts]
+    return list(dask.persist(*adj)), th
+
+
+def controls_correction(parts: list, ctx: Ctx, means: dict, th: dict, T: int,
+                        reduce: Callable[..., Any]) -> ControlsCorrection:
+    """The influence-function correction: M_{d,ℓ,k} from DID_ℓ's functional on control k of the
+    units of group d (one influence pass per group with switchers and control), zero for ℓ ≥ T − 1."""
+    H, (ng, K) = len(ctx.horizons), th["theta"].shape
+    M = np.zeros((H, ng, K))
+    live = np.flatnonzero((th["e_n"] > 0).any(axis=0))
+    for g in live:
+        for k in range(K):
+            lp = [dask.delayed(level_outcome, pure=False)(p, ctx, int(g), k) for p in parts]
+            M[:, g, k] = reduce(lp, influence_stats, ctx, means)["num"] / ctx.n_units
+    M[np.abs(np.array(ctx.horizons)) >= T - 1] = 0.0
+    return ControlsCorrection(th["theta"], th["mean_x"], th["alpha"], th["inv"], th["e_n"], th["n_c"], M)
 
 
 def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: list[str], npartitions: int,

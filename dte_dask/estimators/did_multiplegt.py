@@ -31,7 +31,15 @@ from dte_dask.core.dcdh import (
     switcher_stats,
 )
 from dte_dask.core.dcdh_options import cumulation_matrix
-from dte_dask.estimators.dcdh_extras import bootstrap_replicates, column_list, with_first_differences, with_matched_variables
+from dte_dask.estimators.dcdh_extras import (
+    adjust_for_controls,
+    bootstrap_replicates,
+    column_list,
+    controls_correction,
+    with_controls,
+    with_first_differences,
+    with_matched_variables,
+)
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
@@ -42,7 +50,7 @@ from dte_dask.results.base import Result
 
 __all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
-_UNSUPPORTED = ("controls", "continuous")
+_UNSUPPORTED = ("continuous",)
 
 
 class DidMultiplegtOptions(Options):
@@ -118,6 +126,10 @@ def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
 
 
+def _reduce(parts: list, func: Any, *args: Any, bs: int, nb: int) -> Any:
+    return reduce_blocks(parts, func, bs, nb, *args)
+
+
 def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = None, time: str | None = None,
                    treatment: str | None = None, *, effects: int = 1,
                    placebo: int = 0, cluster: str | None = None, weights: str | None = None,
@@ -159,7 +171,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     analytic, from influence functions demeaned within cohorts (see :mod:`dte_dask.core.dcdh`);
     ``vcov()`` is Σ_c (Σ_{g∈c} ψ_g)(·)'/G², whose diagonal is the squared SE.
     """
-    for name, val, default in (("controls", controls, None), ("continuous", continuous, 0)):
+    for name, val, default in (("continuous", continuous, 0),):
         if val not in (default,) and not (val is None and default is None):
             raise NotImplementedError(f"did_multiplegt: option {name}={val!r} is not implemented yet")
     opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
@@ -168,6 +180,10 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                         trends_lin=trends_lin)
     matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
     n_keys = 1
+    xcols = None if controls is None else column_list(controls, "controls")
+    if xcols and (trends_lin or matched):
+        raise NotImplementedError("did_multiplegt: controls together with trends_lin or trends_nonparam is not "
+                                  "implemented yet")
     if opt.switchers not in ("", "in", "out"):
         raise SpecError(f"switchers={opt.switchers!r}: use '', 'in' or 'out'")
     if opt.effects < 1:
@@ -179,8 +195,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         T, nb, bs = data.n_periods, data.n_rng_blocks, data.rng_block_size
         cluster = data.spec.cluster
         n_ent = data.n_clusters
-        if matched:
-            raise SpecError("did_multiplegt: trends_nonparam needs the long data frame (a Panel has no such columns)")
+        if matched or xcols:
+            raise SpecError("did_multiplegt: trends_nonparam and controls need the long data frame (a Panel has no such columns)")
     else:
         for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
             if col is None:
@@ -191,10 +207,12 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
         if matched:
             parts, n_keys = with_matched_variables(parts, data, cols, matched, max(int(npartitions), 1), bs)
+        if xcols:
+            parts = with_controls(parts, data, cols, xcols, max(int(npartitions), 1), bs)
     # the options-independent unit design once per block, kept with the block for every pass
     parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
     fit = partial(_fit, opt=opt, T=T, bs=bs, nb=nb, clustered=cluster is not None,
-                  n_clusters=n_ent if cluster is not None else None, n_keys=n_keys)
+                  n_clusters=n_ent if cluster is not None else None, n_keys=n_keys, controls=bool(xcols))
     res = fit(parts)
     if not bootstrap:
         return res
@@ -203,7 +221,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
 
 
 def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clustered: bool,
-         n_clusters: int | None, n_keys: int) -> DidMultiplegtResult:
+         n_clusters: int | None, n_keys: int, controls: bool = False) -> DidMultiplegtResult:
     """The estimator on prepared blocks (the data, or a bootstrap replicate of it)."""
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
@@ -225,12 +243,16 @@ def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clust
     effects_n, placebo_n = _clip(a, T, opt.effects, opt.placebo)
     horizons = tuple(range(1, effects_n + 1)) + tuple(-h for h in range(1, placebo_n + 1))
     ctx = replace(ctx, horizons=horizons, n_units=G, same_switchers=effects_n if opt.same_switchers else 0)
+    reduce = partial(_reduce, bs=bs, nb=nb)
+    if controls:
+        parts, th = adjust_for_controls(parts, ctx, reduce)
     c = reduce_blocks(parts, control_stats, bs, nb, ctx)
     ctx = replace(ctx, nc=c["w"], ctrl=c)
     s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
     ctx = replace(ctx, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
-    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
+    correction = controls_correction(parts, ctx, means, th, T, reduce) if controls else None
+    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means, correction)
     return _finish(opt, ctx, s, f, horizons, G, n_clusters, effects_n, placebo_n)
 
 
