@@ -162,7 +162,10 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     trends_lin : group-specific linear trends (first-differenced outcome, effects cumulated; no ATE)
     bootstrap, n_boot, seed : R's bootstrap SEs (entities drawn with replacement, ``n_boot`` reruns;
         draws keyed by RNG block, identical for any partitioning)
-    controls, continuous : not implemented yet (an error; see ``docs/did_multiplegt.md``)
+    controls : column name or list of numeric controls: R's adjustment (first-differenced outcome
+        residualised on first-differenced controls with period effects among not-yet-switchers, per
+        baseline treatment) with its influence-function correction
+    continuous : not implemented yet (an error; see ``docs/did_multiplegt.md``)
 
     Notes
     -----

@@ -1,0 +1,117 @@
+"""did_multiplegt(controls=...) against R ``did_multiplegt_dyn`` itself.
+
+moderndid's ``xformla`` is not R's covariate adjustment (see docs/did_multiplegt.md), so the
+references are numbers printed by R ``did_multiplegt_dyn`` (source of chaisemartinPackages/
+did_multiplegt_dyn at commit a883607, R 4.2.2, data.table 1.14.8; fixest was not available, so its
+one ``feols(dY ~ dX - 1 | time, weights)`` call was replaced by the same weighted least squares with
+period dummies, ``lm``) on the panels built below (written to CSV with full precision), with
+``effects = 3, placebo = 2`` and the options named in each case. R reports 15 significant digits.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dte_dask
+from dte_dask.exceptions import SpecError
+
+md = pytest.importorskip("moderndid")
+
+
+def _sim(n=400, periods=7, beta=1.0, lam=0.8, seed=0):
+    """Baselines 0/1, one increase by 1 at a random period (some never), a control X that trends
+    with early adoption and responds to D: Y = a_g + 0.2 t + beta D + lam X + noise."""
+    rng = np.random.default_rng(seed)
+    d0 = rng.integers(0, 2, n).astype(float)
+    F = rng.integers(2, periods + 3, n)
+    t = np.arange(periods)
+    Dm = np.where(t[None, :] >= F[:, None], d0[:, None] + 1, d0[:, None])
+    X = rng.normal(size=(n, periods)) + 0.3 * t[None, :] * (F[:, None] < 5) + 0.5 * Dm
+    Ym = rng.normal(size=(n, 1)) + 0.2 * t[None, :] + beta * Dm + lam * X + 0.5 * rng.normal(size=(n, periods))
+    return pd.DataFrame({"id": np.repeat(np.arange(n), periods), "t": np.tile(t, n) + 1, "y": Ym.ravel(),
+                         "d": Dm.ravel(), "x": X.ravel()})
+
+
+def _sim2():
+    """A second control, clusters of 4 units and row weights 1..3."""
+    s = _sim(n=300, periods=6, seed=21)
+    s["x2"] = np.random.default_rng(9).normal(size=len(s)) + 0.1 * s["t"]
+    s["c"] = s["id"] // 4
+    s["w"] = 1 + (s["id"] % 3)
+    return s
+
+
+@pytest.fixture(scope="module")
+def favara() -> pd.DataFrame:
+    df = md.load_favara_imbs()
+    df = df.to_pandas() if hasattr(df, "to_pandas") else df
+    return df.rename(columns={"Dl_vloans_b": "y", "county": "id", "year": "t", "inter_bra": "d"})
+
+
+# rows: DID_1..3, placebos 1..2, then the average total effect (estimate, SE, N, switchers)
+R_SIM = {"est": [0.968514064260989, 0.950840547945859, 0.938134419444901, 0.0754526415465988,
+                 -0.0393600429805052, 0.955100176138613],
+         "se": [0.0619979213338028, 0.0770372157973889, 0.0943265955465265, 0.0482771898609775,
+                0.0712755791571355, 0.067310060769936],
+         "N": [1519, 1115, 761, 1519, 763], "sw": [245, 194, 145, 245, 147]}
+# Favara-Imbs, controls = Dl_hpi (324 missing values)
+R_FAVARA = {"est": [0.0381024681432748, 0.0305128641581897, 0.072070519656504, 0.0511959685388227,
+                    -0.0715547955416458, 0.0218816967261464],
+            "se": [0.0250745755951389, 0.024154332128746, 0.0308675980892923, 0.0392514992042783,
+                   0.0507075915636703, 0.0110032020382188],
+            "N": [3756, 2963, 2391, 2750, 1343], "sw": [878, 878, 878, 869, 629]}
+# _sim2, controls = x, x2, weight = w
+R_SIM2_W = {"est": [0.926740365565078, 0.807704071381735, 0.809125795057428, -0.0196955694051471,
+                    -0.0516166463468008, 0.860914498326888],
+            "se": [0.0782545665067453, 0.0923837548952126, 0.124528279427961, 0.0690834736822582,
+                   0.101811071335732, 0.0807269427855576],
+            "N": [930, 631, 363, 930, 377], "sw": [182, 142, 87, 182, 101]}
+
+
+def _check(res, ref):
+    fr = res.to_frame()
+    np.testing.assert_allclose(np.r_[fr["estimate"], res.ate["estimate"]], ref["est"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.r_[fr["se"], res.ate["se"]], ref["se"], rtol=1e-6)
+    np.testing.assert_array_equal(fr["n_obs"], ref["N"])
+    np.testing.assert_array_equal(fr["n_switchers"], ref["sw"])
+
+
+def test_simulated_vs_r():
+    res = dte_dask.did_multiplegt(_sim(), "y", "id", "t", "d", effects=3, placebo=2, controls=["x"], npartitions=3)
+    _check(res, R_SIM)
+    # the controls matter here: without them DID_3 is far from R's adjusted value
+    plain = dte_dask.did_multiplegt(_sim(), "y", "id", "t", "d", effects=3, placebo=2)
+    assert abs(plain.estimates[2] - R_SIM["est"][2]) > 5 * R_SIM["se"][2]
+
+
+def test_favara_missing_controls_vs_r(favara):
+    res = dte_dask.did_multiplegt(favara, "y", "id", "t", "d", effects=3, placebo=2, controls="Dl_hpi")
+    _check(res, R_FAVARA)
+
+
+def test_two_controls_weights_vs_r_and_partitions():
+    df = _sim2()
+    kw = {"effects": 3, "placebo": 2, "controls": ["x", "x2"], "weights": "w", "rng_block_size": 16}
+    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=1, **kw)
+    _check(a, R_SIM2_W)
+    b = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=4, **kw)
+    np.testing.assert_array_equal(a.estimates, b.estimates)
+    np.testing.assert_array_equal(a.vcov(), b.vcov())
+
+
+def test_controls_errors(favara):
+    with pytest.raises(NotImplementedError, match="controls together with trends_lin"):
+        dte_dask.did_multiplegt(favara, "y", "id", "t", "d", controls=["Dl_hpi"], trends_lin=True)
+    with pytest.raises(SpecError, match="controls"):
+        dte_dask.did_multiplegt(favara, "y", "id", "t", "d", controls=[3])
+    with pytest.raises(SpecError, match="numeric"):
+        dte_dask.did_multiplegt(favara.assign(s=favara["state_n"].astype(str) + "x"), "y", "id", "t", "d",
+                                controls=["s"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collinear = favara.assign(z=favara["t"] * 2.0)  # dZ = 2 for every row: no variation within periods
+        res = dte_dask.did_multiplegt(collinear, "y", "id", "t", "d", controls=["z"])
+    assert np.isfinite(res.estimates).all()
