@@ -158,13 +158,13 @@ def test_bootstrap_clustered_partitions_and_size():
     df, _ = _trend_panel(n=300, periods=6, seed=8)
     df["c"] = df["id"] // 3
     kw = {"effects": 2, "placebo": 1, "cluster": "c", "bootstrap": True, "seed": 3, "rng_block_size": 16}
-    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=1, n_boot=4, **kw)
-    b = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=4, n_boot=4, **kw)
+    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=1, n_boot=3, **kw)
+    b = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=4, n_boot=3, **kw)
     np.testing.assert_array_equal(a.vcov(), b.vcov())
     assert a.ate == b.ate
     # the clustered bootstrap SE estimates the same quantity as the analytic clustered SE
-    # (20 replicates: the SE is within ~16 % of its limit; the bounds are ~3 standard deviations)
-    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=1, n_boot=20, **kw)
+    # (16 replicates: the SE is within ~18 % of its limit; the bounds are ~2.5 standard deviations)
+    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=1, n_boot=16, **kw)
     an = dte_dask.did_multiplegt(df, "y", "id", "t", "d", effects=2, placebo=1, cluster="c")
     ratio = a.se / an.se
     assert np.all((ratio > 0.6) & (ratio < 1.5)), ratio

@@ -29,7 +29,7 @@ import numpy as np
 
 from dte_dask.core.dcdh import Ctx, DcdhBlock, unit_design
 
-__all__ = ["theta_stats", "solve_theta", "adjust_outcome", "level_outcome", "ControlsCorrection"]
+__all__ = ["ControlsCorrection", "adjust_outcome", "level_outcome", "solve_theta", "theta_stats"]
 
 
 def _rows(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:

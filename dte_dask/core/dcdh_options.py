@@ -23,8 +23,15 @@ import numpy as np
 
 from dte_dask.core.dcdh import Ctx, DcdhBlock, unit_design
 
-__all__ = ["unit_values", "value_rows", "attach_key", "first_difference", "cumulation_matrix", "block_totals",
-           "resample"]
+__all__ = [
+    "attach_key",
+    "block_totals",
+    "cumulation_matrix",
+    "first_difference",
+    "resample",
+    "unit_values",
+    "value_rows",
+]
 
 
 def unit_values(block: DcdhBlock) -> tuple[np.ndarray, int]:

@@ -1,22 +1,46 @@
 """Wiring of the ``did_multiplegt`` options that transform the per-unit inputs (kernels:
-:mod:`dte_dask.core.dcdh_options`): extra per-unit variables pivoted along the same entity
-partitions as the outcome, their global codes, and the transformed blocks."""
+:mod:`dte_dask.core.dcdh_options`, :mod:`dte_dask.core.dcdh_controls`): extra per-unit variables
+(``trends_nonparam``, ``controls``) pivoted along the same entity partitions as the outcome, the
+transformed blocks (``trends_lin``, ``controls``), the controls' influence-function correction, and
+the bootstrap replicates."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import dask
 import numpy as np
 
 from dte_dask.core.dcdh import Ctx, influence_stats
-from dte_dask.core.dcdh_controls import ControlsCorrection, adjust_outcome, level_outcome, solve_theta, theta_stats
-from dte_dask.core.dcdh_options import attach_key, block_totals, first_difference, resample, unit_values, value_rows
+from dte_dask.core.dcdh_controls import (
+    ControlsCorrection,
+    adjust_outcome,
+    level_outcome,
+    solve_theta,
+    theta_stats,
+)
+from dte_dask.core.dcdh_options import (
+    attach_key,
+    block_totals,
+    first_difference,
+    resample,
+    unit_values,
+    value_rows,
+)
 from dte_dask.exceptions import DteDaskError, DteDaskWarning, PanelError, SpecError
 from dte_dask.panel.wide import WideColumns, wide_blocks
 
-__all__ = ["with_matched_variables", "with_first_differences", "column_list", "bootstrap_replicates", "with_controls",
-           "adjust_for_controls", "controls_correction"]
+__all__ = [
+    "adjust_for_controls",
+    "bootstrap_replicates",
+    "column_list",
+    "controls_correction",
+    "with_controls",
+    "with_first_differences",
+    "with_matched_variables",
+]
 
 
 def column_list(value: Any, name: str) -> list[str]:
@@ -30,7 +54,8 @@ def column_list(value: Any, name: str) -> list[str]:
 def _values(block: Any, name: str) -> Any:
     vals, bad = unit_values(block)
     if bad >= 0:
-        raise PanelError(f"did_multiplegt: column {name!r} (trends_nonparam) varies within unit {np.asarray(block.ids[bad]).item()!r}; "
+        unit = np.asarray(block.ids[bad]).item()
+        raise PanelError(f"did_multiplegt: column {name!r} (trends_nonparam) varies within unit {unit!r}; "
                          "it must be time-invariant")
     return block.ids, vals
 
@@ -58,8 +83,6 @@ def _pivot(data: Any, cols: WideColumns, name: str, role: str, npartitions: int,
 
 
 def _attach_x(block: Any, pieces: tuple) -> Any:
-    from dataclasses import replace
-
     for p in pieces:
         if not np.array_equal(p.ids, block.ids):
             raise PanelError("did_multiplegt: controls were not partitioned like the outcome")
@@ -108,16 +131,8 @@ def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: lis
                            block_size: int) -> tuple[list, int]:
     """``trends_nonparam``: each block with the code of its units' values of ``names`` (time-invariant
     numeric columns), and the number of distinct value combinations."""
-    extra = []
-    for c in names:
-        wc = WideColumns(c, cols.unit, cols.time, cols.treatment, None, cols.cluster)
-        try:
-            w = wide_blocks(data, wc, npartitions, block_size, "did_multiplegt")
-        except (TypeError, ValueError) as e:
-            if isinstance(e, PanelError):
-                raise
-            raise SpecError(f"did_multiplegt: trends_nonparam column {c!r} must be numeric ({e})") from e
-        extra.append([dask.delayed(_values)(p, c) for p in w.parts])
+    extra = [[dask.delayed(_values)(p, c) for p in _pivot(data, cols, c, "trends_nonparam", npartitions, block_size)]
+             for c in names]
     if len({len(e) for e in extra} | {len(parts)}) != 1:
         raise PanelError("did_multiplegt: trends_nonparam columns were not partitioned like the outcome")
     ids = [dask.delayed(_ids)(p) for p in parts]
