@@ -24,13 +24,14 @@ small-sample factor :math:`\\sqrt{n/(n-1)}` (n = units, or clusters, of the cell
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 
-__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "prepare", "meta_stats", "design_stats", "control_stats", "switcher_stats",
-           "influence_stats", "unit_design"]
+__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "prepare", "meta_stats", "design_stats", "cell_stats", "split_cells",
+           "estimate_sums", "cell_means", "influence_stats", "unit_design"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,14 @@ class DcdhBlock:
                          self.present[index], self.cl[index], pre)
 
 
-def prepare(block: DcdhBlock) -> DcdhBlock:
-    """The block with its options-independent unit design attached (computed once, used by every pass)."""
-    return replace(block, pre=_unit_base(block))
+def prepare(block: DcdhBlock, block_size: int | None = None) -> DcdhBlock:
+    """The block with its options-independent unit design attached (computed once, used by every
+    pass), its units ordered by (RNG block of ``block_size`` entities, baseline treatment, cluster):
+    the (t, baseline) cells of a pass are then row segments of every RNG block."""
+    pre = _unit_base(block)
+    blk = block.rank // block_size if block_size else np.zeros(block.n, np.int64)
+    order = np.lexsort((np.arange(block.n), block.cl, np.nan_to_num(pre["d_sq"], nan=np.inf), blk))
+    return replace(block, pre=pre).take(order)
 
 
 def from_unit_block(block: UnitBlock) -> DcdhBlock:
@@ -170,85 +176,80 @@ def meta_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     return {"dsq": np.unique(u["d_sq"][k]), "dfg": np.unique(u["d_fg"][k & np.isfinite(u["F"])])}
 
 
+def _segments(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and codes of the runs of equal values of nondecreasing ``codes``."""
+    if codes.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return starts, codes[starts]
+
+
+def _seg_cells(M: np.ndarray, seg: tuple[np.ndarray, np.ndarray], T: int, nd: int, lo: int = 0,
+               dtype: Any = None) -> np.ndarray:
+    """(T, nd) sums of the rows of ``M`` (n, T - lo) by baseline group (rows sorted by group)."""
+    out = np.zeros((T, nd), dtype or M.dtype)
+    starts, codes = seg
+    if starts.size:
+        out[lo:, codes] = np.add.reduceat(M, starts, axis=0, dtype=dtype).T
+    return out
+
+
 def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
     """Counts for the filters: units by (baseline, F) and never-switcher rows by (t, baseline)."""
+    block = _grouped(block)
     u = unit_design(block, ctx, stage)
     T, nd = block.y.shape[1], len(ctx.dsq_vals)
     k = u["keep"]
     fcol = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
-    fcount = np.zeros((nd, T + 1), np.int64)
-    np.add.at(fcount, (u["dsq"][k], fcol[k]), 1)
+    fcount = np.bincount(u["dsq"][k] * (T + 1) + fcol[k], minlength=nd * (T + 1)).reshape(nd, T + 1)
     never = u["present"] & ~np.isfinite(u["F"])[:, None]
-    nrows = np.zeros((T, nd), np.int64)
-    tt, gg = np.nonzero(never.T)
-    np.add.at(nrows, (tt, u["dsq"][gg]), 1)
+    nrows = _seg_cells(never, _segments(u["dsq"]), T, nd, dtype=np.int64)
     rows_t = u["present"].sum(axis=0).astype(np.int64)
     return {"fcount": fcount, "never_rows": nrows, "rows_t": rows_t, "n_units": np.int64(k.sum())}
 
 
-def _base_arrays(block: DcdhBlock, u: dict) -> dict[str, np.ndarray]:
-    """Per (unit, t) arrays shared by every horizon: outcome, treatment (NaN off the sample), weight."""
-    pres = u["present"]
-    y = np.where(pres, block.y, np.nan)
-    dv = np.where(pres, block.d, np.nan)
-    w = np.where(pres & ~np.isnan(y) & ~np.isnan(dv), np.nan_to_num(block.w), 0.0)
-    return {"y": y, "dv": dv, "w": w, "t": np.arange(block.y.shape[1])[None, :], "F": u["F"][:, None],
-            "never_sw": ~np.isfinite(u["F"])[:, None]}
+def _grouped(block: DcdhBlock) -> DcdhBlock:
+    """A prepared block (units ordered by baseline treatment: cells are row segments)."""
+    return block if block.pre is not None else prepare(block)
 
 
-def _horizon_arrays(block: DcdhBlock, u: dict, ell: int, ctx: Ctx, base: dict | None = None) -> dict[str, np.ndarray]:
-    """Per (unit, t) arrays of horizon ``ell``: first difference, weight, control indicator."""
-    b = _base_arrays(block, u) if base is None else base
-    n, T = block.y.shape
-    y = b["y"]
-    h = abs(ell)
-    diff = np.full((n, T), np.nan)
-    if ell > 0 and h < T:
-        np.subtract(y[:, h:], y[:, :-h], out=diff[:, h:])
-    elif ell < 0 and 2 * h < T:
-        np.subtract(y[:, :-2 * h], y[:, h:-h], out=diff[:, 2 * h:])
-    ok = ~np.isnan(diff)
-    never = ok & (b["F"] > b["t"])
-    if ctx.only_never_switchers:
-        never &= b["never_sw"]
-    return {"diff": diff, "diff0": np.where(ok, diff, 0.0), "ok": ok, "w": b["w"], "never": never, "dv": b["dv"]}
-
-
-def _cell_add(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.bincount(tt * shape[1] + gg, weights=v, minlength=shape[0] * shape[1]).reshape(shape)
-
-
-def _cluster_count(shape: tuple[int, int], tt: np.ndarray, gg: np.ndarray, cl: np.ndarray) -> np.ndarray:
-    """Distinct clusters per cell (clusters are whole within a block, so counts add over blocks)."""
-    out = np.zeros(shape, np.int64)
-    if tt.size:
-        trip = np.unique(np.stack([tt, gg, cl]), axis=1)
-        np.add.at(out, (trip[0], trip[1]), 1)
-    return out
-
-
-def control_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
-    """Control cells (t, baseline) per horizon: Σ w, Σ w·ΔY, rows (or clusters)."""
+def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
+    """Stage-3 unit design and the (unit, t) arrays shared by every horizon: valid outcome ``vf``
+    (0/1), outcome ``y0`` (0 where invalid), weight ``w`` (0 off the sample), control indicator
+    ``Cf`` (not switched yet at t) and ``wc`` = w · Cf."""
     u = unit_design(block, ctx, 3)
-    T, nd, H = block.y.shape[1], len(ctx.dsq_vals), len(ctx.horizons)
-    out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
-    out["n"] = np.zeros((H, T, nd), np.int64)
-    out["rows"] = np.zeros((H, T, nd), np.int64)
-    base = _base_arrays(block, u)
-    for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx, base)
-        gi, ti = np.nonzero(a["never"])
-        dq = u["dsq"][gi]
-        out["w"][j] = _cell_add((T, nd), ti, dq, a["w"][gi, ti])
-        out["wd"][j] = _cell_add((T, nd), ti, dq, a["w"][gi, ti] * a["diff0"][gi, ti])
-        out["rows"][j] = _cell_add((T, nd), ti, dq, np.ones(gi.size)).astype(np.int64)
-        out["n"][j] = (_cluster_count((T, nd), ti, dq, block.cl[gi]) if ctx.clustered else out["rows"][j])
-    return out
-
-
-def _switcher_rows(block: DcdhBlock, u: dict, a: dict, ell: int, j: int, ctx: Ctx) -> tuple[np.ndarray, np.ndarray]:
-    """Units that are switchers at horizon ``ell`` and their period t = F_g - 1 + |ell|."""
     T = block.y.shape[1]
+    v = u["present"] & ~np.isnan(block.y)
+    w = np.where(v & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
+    C = u["F"][:, None] > np.arange(T)[None, :]
+    if ctx.only_never_switchers:
+        C &= ~np.isfinite(u["F"])[:, None]
+    Cf = C.astype(np.float64)
+    return u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
+               "wc": w * Cf, "seg": _segments(u["dsq"])}
+
+
+def _horizon(b: dict, ell: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+    """First period ``lo`` with a first difference at horizon ``ell``, and from ``lo`` on: the
+    difference is defined (0/1), the difference ΔY (garbage where undefined), weight of control rows."""
+    T = b["y0"].shape[1]
+    h = abs(ell)
+    vf, y0 = b["vf"], b["y0"]
+    if ell > 0:
+        if h >= T:
+            return None
+        lo, ok, diff = h, vf[:, h:] * vf[:, :-h], y0[:, h:] - y0[:, :-h]
+    else:
+        if 2 * h >= T:
+            return None
+        lo, ok, diff = 2 * h, vf[:, h:T - h] * vf[:, :T - 2 * h], y0[:, :T - 2 * h] - y0[:, h:T - h]
+    return lo, ok, diff, b["wc"][:, lo:] * ok
+
+
+def _switcher_rows(u: dict, b: dict, ell: int, ctx: Ctx) -> tuple[np.ndarray, ...]:
+    """Switchers at horizon ``ell`` (first difference defined; cells without controls not removed):
+    units g, period t = F_g - 1 + |ell|, ΔY and weight at t."""
+    T = b["y0"].shape[1]
     h = abs(ell)
     F = u["F"]
     fin = np.isfinite(F) & u["keep"] & (u["S"] != 0)
@@ -256,10 +257,14 @@ def _switcher_rows(block: DcdhBlock, u: dict, a: dict, ell: int, j: int, ctx: Ct
     sel = fin & (tgt < T) & (u["L"] >= h)
     if ctx.same_switchers:
         sel &= u["L"] >= ctx.same_switchers
+    if ell < 0:
+        sel &= tgt >= 2 * h
     g = np.flatnonzero(sel)
     t = tgt[g]
-    live = a["ok"][g, t] & (ctx.nc[j][t, u["dsq"][g]] > 0)
-    return g[live], t[live]
+    ta, tb = (t, t - h) if ell > 0 else (t - 2 * h, t - h)
+    ok = b["v"][g, ta] & b["v"][g, tb]
+    g, t, ta, tb = g[ok], t[ok], ta[ok], tb[ok]
+    return g, t, b["y0"][g, ta] - b["y0"][g, tb], b["w"][g, t]
 
 
 def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
@@ -271,46 +276,130 @@ def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np
     return (u["dsq"][g] * T + u["F"][g].astype(np.int64)) * nf + dfg
 
 
-def switcher_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
-    """Switcher cells (t, baseline), cohorts (baseline, F_g, D at F_g) and normalisation sums."""
-    u = unit_design(block, ctx, 3)
-    T, nd, H = block.y.shape[1], len(ctx.dsq_vals), len(ctx.horizons)
+def _cluster_cells(M: np.ndarray, runs: tuple, T: int, nd: int, lo: int) -> np.ndarray:
+    """(T, nd) distinct clusters with a row of ``M`` (bool, n × (T - lo)); units are sorted by
+    (baseline, cluster), ``runs`` = (run starts, their baseline codes)."""
+    starts, rcodes = runs
+    out = np.zeros((T, nd), np.int64)
+    if starts.size:
+        anyr = np.logical_or.reduceat(M, starts, axis=0)
+        rs, rc = _segments(rcodes)
+        out[lo:, rc] = np.add.reduceat(anyr, rs, axis=0, dtype=np.int64).T
+    return out
+
+
+def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
+    """One pass for every horizon: control cells (t, baseline): Σ w, Σ w·ΔY, rows, clusters, rows
+    with w·ΔY ≠ 0; switcher cells, cohorts (baseline, F_g, D at F_g) and normalisation sums (before
+    the removal of cells without controls, done on the driver by :func:`split_cells`); rows with a
+    zero first difference."""
+    block = _grouped(block)
+    u, b = _base(block, ctx)
+    n, T = block.y.shape
+    nd, H = len(ctx.dsq_vals), len(ctx.horizons)
     nco = nd * T * (len(ctx.dfg_vals) + 1)
-    out = {k: np.zeros((H, T, nd)) for k in ("w", "wd")}
-    out["rows"] = np.zeros((H, T, nd), np.int64)
-    out["un_cl"] = np.zeros((H, T, nd), np.int64)
-    out.update({"co_w": np.zeros((H, nco)), "co_wd": np.zeros((H, nco)), "co_n": np.zeros((H, nco), np.int64),
-                "n_sw": np.zeros(H, np.int64), "dd_num": np.zeros(H), "dd_w": np.zeros(H)})
-    base = _base_arrays(block, u)
+    cell = ("c_w", "c_wd", "c_rows", "c_nz", "c_n", "s_w", "s_wd", "s_rows", "s_nz", "s_dd", "un_cl")
+    out = {k: np.zeros((H, T, nd)) for k in cell}
+    out.update({k: np.zeros((H, nco)) for k in ("co_w", "co_wd", "co_n")})
+    out["ok0"] = np.zeros(H, np.int64)
+    seg = b["seg"]
+    runs = None
+    if ctx.clustered and n:
+        key = u["dsq"] * (int(block.cl.max()) + 1) + block.cl
+        runs = _segments(key)[0]
+        runs = (runs, u["dsq"][runs])
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx, base)
-        g, t = _switcher_rows(block, u, a, ell, j, ctx)
-        dq, wv, dv = u["dsq"][g], a["w"][g, t], a["diff0"][g, t]
-        out["w"][j] = _cell_add((T, nd), t, dq, wv)
-        out["wd"][j] = _cell_add((T, nd), t, dq, wv * dv)
-        out["rows"][j] = _cell_add((T, nd), t, dq, np.ones(g.size)).astype(np.int64)
+        hz = _horizon(b, ell)
+        if hz is None:
+            continue
+        lo, ok, diff, mw = hz
+        m = b["Cf"][:, lo:] * ok
+        mwd = mw * diff
+        out["c_w"][j] = _seg_cells(mw, seg, T, nd, lo)
+        out["c_wd"][j] = _seg_cells(mwd, seg, T, nd, lo)
+        out["c_rows"][j] = _seg_cells(m, seg, T, nd, lo)
+        out["c_nz"][j] = _seg_cells(mwd != 0, seg, T, nd, lo, dtype=np.int64)
+        out["ok0"][j] = int(ok.sum()) - np.count_nonzero(ok * diff)
+        g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
+        dq = u["dsq"][g]
+        ci = t * nd + dq
+        for key, val in (("s_w", wv), ("s_wd", wv * sd), ("s_rows", None), ("s_nz", wv * sd != 0),
+                         ("s_dd", wv * _signed_change(block, u, g, abs(ell)))):
+            out[key][j] = np.bincount(ci, weights=val, minlength=T * nd).reshape(T, nd)
         co = _cohort_index(u, g, t, T, ctx)
         out["co_w"][j] = np.bincount(co, weights=wv, minlength=nco)
-        out["co_wd"][j] = np.bincount(co, weights=wv * dv, minlength=nco)
-        if ctx.clustered:
+        out["co_wd"][j] = np.bincount(co, weights=wv * sd, minlength=nco)
+        if runs is not None:
             pairs = np.unique(np.stack([co, block.cl[g]]), axis=1) if g.size else np.zeros((2, 0), np.int64)
-            np.add.at(out["co_n"][j], pairs[0], 1)
-            gi, ti = np.nonzero(a["never"])
-            tt = np.concatenate([ti, t])
-            out["un_cl"][j] = _cluster_count((T, nd), tt, u["dsq"][np.concatenate([gi, g])],
-                                             block.cl[np.concatenate([gi, g])])
+            out["co_n"][j] = np.bincount(pairs[0], minlength=nco)
+            M = m > 0
+            M[g, t - lo] = True
+            out["un_cl"][j] = _cluster_cells(M, runs, T, nd, lo)
+            out["c_n"][j] = _cluster_cells(m > 0, runs, T, nd, lo)
         else:
             out["co_n"][j] = np.bincount(co, minlength=nco)
-        out["n_sw"][j] = g.size
-        # normalisation: Σ_{k=0}^{|ell|-1} (D_{F+k} - d_sq), signed by the switch direction
-        h = abs(ell)
-        cols = u["F"][g].astype(np.int64)[:, None] + np.arange(h)[None, :]
-        valid = cols < T
-        dd = np.take_along_axis(a["dv"][g], np.minimum(cols, T - 1), axis=1) - u["d_sq"][g][:, None]
-        tot = np.where(valid & ~np.isnan(dd), dd, 0.0).sum(axis=1)
-        out["dd_num"][j] = np.sum(wv * np.where(u["S"][g] == 1, tot, -tot))
-        out["dd_w"][j] = np.sum(wv)
     return out
+
+
+def _signed_change(block: DcdhBlock, u: dict, g: np.ndarray, h: int) -> np.ndarray:
+    """Σ_{k=0}^{h-1} (D_{F+k} - d_sq) of switchers ``g``, signed by the switch direction."""
+    T = block.y.shape[1]
+    cols = u["F"][g].astype(np.int64)[:, None] + np.arange(h)[None, :]
+    valid = cols < T
+    cc = np.minimum(cols, T - 1)
+    dv = np.where(np.take_along_axis(u["present"][g], cc, axis=1), np.take_along_axis(block.d[g], cc, axis=1),
+                  np.nan)
+    dd = dv - u["d_sq"][g][:, None]
+    tot = np.where(valid & ~np.isnan(dd), dd, 0.0).sum(axis=1)
+    return np.where(u["S"][g] == 1, tot, -tot)
+
+
+def split_cells(ctx: Ctx, raw: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Driver side: control and switcher sums of :func:`cell_stats`, switchers in (t, baseline) cells
+    without controls (Σ w = 0) removed."""
+    T, nd = raw["c_w"].shape[1:]
+    ctrl = {"w": raw["c_w"], "wd": raw["c_wd"], "rows": raw["c_rows"].astype(np.int64),
+            "n": (raw["c_n"] if ctx.clustered else raw["c_rows"]).astype(np.int64)}
+    live = ctrl["w"] > 0
+    sw = {k: np.where(live, raw["s_" + k], 0.0) for k in ("w", "wd", "dd", "nz")}
+    sw["rows"] = np.where(live, raw["s_rows"], 0).astype(np.int64)
+    sw["un_cl"] = raw["un_cl"].astype(np.int64)
+    nco = raw["co_w"].shape[1]
+    nf = nco // (T * max(nd, 1))
+    dsq, F = np.divmod(np.arange(nco) // nf, T)
+    for j, ell in enumerate(ctx.horizons):
+        t = F - 1 + abs(ell)
+        ok = (t >= 0) & (t < T) & live[j][np.clip(t, 0, T - 1), np.minimum(dsq, max(nd - 1, 0))]
+        for k in ("co_w", "co_wd", "co_n"):
+            raw[k][j] = np.where(ok, raw[k][j], 0.0)
+    sw.update({"co_w": raw["co_w"], "co_wd": raw["co_wd"], "co_n": raw["co_n"].astype(np.int64),
+               "n_sw": sw["rows"].reshape(len(ctx.horizons), -1).sum(axis=1),
+               "dd_num": sw["dd"].reshape(len(ctx.horizons), -1).sum(axis=1),
+               "dd_w": sw["w"].reshape(len(ctx.horizons), -1).sum(axis=1)})
+    return ctrl, sw
+
+
+def _ratio(ctx: Ctx, j: int) -> tuple[float, np.ndarray]:
+    """G / N^sw_ℓ and the (t, baseline) ratio N^sw / N^ctl of horizon j (0 scale: no switchers)."""
+    N_sw = ctx.sw["w"][j].sum()
+    nt, nc = ctx.sw["w"][j], ctx.nc[j]
+    ratio = np.where(nc > 0, nt / np.where(nc > 0, nc, 1.0), nt)
+    return (ctx.n_units / max(N_sw, 1e-10) if N_sw != 0 else 0.0), ratio
+
+
+def estimate_sums(ctx: Ctx, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Driver side: estimate numerators Σ coef·ΔY and observations used, from the cell sums."""
+    H = len(ctx.horizons)
+    num, nobs = np.zeros(H), np.zeros(H, np.int64)
+    for j in range(H):
+        scale, ratio = _ratio(ctx, j)
+        if scale == 0:
+            continue
+        num[j] = np.sum(-scale * ratio * ctx.ctrl["wd"][j]) + scale * ctx.sw["wd"][j].sum()
+        # observations used: rows with a first difference and a non-zero term, or a zero difference
+        nobs[j] = (raw["ok0"][j] + int(np.sum(np.where(ratio != 0, raw["c_nz"][j], 0)))
+                   + int(ctx.sw["nz"][j].sum()))
+    return {"num": num, "nobs": nobs}
 
 
 def cell_means(ctx: Ctx, n_units_dsq: np.ndarray, T: int) -> dict[str, np.ndarray]:
@@ -359,49 +448,38 @@ def _dof_factor(n: np.ndarray) -> np.ndarray:
 
 
 def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-unit influence functions ψ_g (kept in the block) reduced to the estimate numerators
-    Σ_g Σ_t coef·ΔY, Σψ, Σψψ' (Σ over clusters of cluster sums with clusters) and N_obs."""
-    u = unit_design(block, ctx, 3)
+    """Per-unit influence functions ψ_g (kept in the block) reduced to Σψ and Σψψ' (Σ over clusters
+    of cluster sums with clusters)."""
+    block = _grouped(block)
+    u, b = _base(block, ctx)
     n, T = block.y.shape
     H = len(ctx.horizons)
-    G = ctx.n_units
     psi = np.zeros((n, H))
-    num = np.zeros(H)
-    nobs = np.zeros(H, np.int64)
-    base = _base_arrays(block, u)
+    starts, codes = b["seg"]
+    ends = np.r_[starts[1:], n].astype(np.int64)
     for j, ell in enumerate(ctx.horizons):
-        a = _horizon_arrays(block, u, ell, ctx, base)
-        N_sw = ctx.sw["w"][j].sum()
-        if N_sw == 0:
+        scale, ratio = _ratio(ctx, j)
+        if scale == 0:
             continue
-        scale = G / max(N_sw, 1e-10)
-        nt = ctx.sw["w"][j]
-        nc = ctx.nc[j]
-        ratio = np.where(nc > 0, nt / np.where(nc > 0, nc, 1.0), nt)
-        dq = u["dsq"]
-        # controls
-        gi, ti = np.nonzero(a["never"])
-        cw = -scale * a["w"][gi, ti] * ratio[ti, dq[gi]]
-        cd = a["diff0"][gi, ti]
-        e_c, f_c = means["e_c"][j][ti, dq[gi]], means["f_c"][j][ti, dq[gi]]
-        # switchers
-        g, t = _switcher_rows(block, u, a, ell, j, ctx)
-        sw_w = scale * a["w"][g, t] * (1.0 - ratio[t, dq[g]] * a["never"][g, t])
-        sd = a["diff0"][g, t]
+        hz = _horizon(b, ell)
+        if hz is not None:
+            # controls: -scale Σ_t w ratio f_c (ΔY - e_c), one matrix-vector product per baseline group
+            lo, ok, diff, mw = hz
+            mwd = mw * diff
+            A = ratio * means["f_c"][j]
+            B = A * means["e_c"][j]
+            for a0, a1, d in zip(starts, ends, codes):
+                psi[a0:a1, j] = -scale * (mwd[a0:a1] @ A[lo:, d] - mw[a0:a1] @ B[lo:, d])
+        g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
+        live = ctx.nc[j][t, u["dsq"][g]] > 0
+        g, t, sd, wv = g[live], t[live], sd[live], wv[live]
         co = _cohort_index(u, g, t, T, ctx)
-        e_s, f_s = means["e_s"][j][co], means["f_s"][j][co]
-        num[j] = np.sum(cw * cd) + np.sum(sw_w * sd)
-        psi[:, j] = (np.bincount(gi, weights=cw * f_c * (cd - e_c), minlength=n)
-                     + np.bincount(g, weights=sw_w * f_s * (sd - e_s), minlength=n))
-        # observations used: rows with a first difference and a non-zero term, or a zero difference
-        # (control and switcher rows are distinct cells: a switcher's row is not yet a control's)
-        nobs[j] = (int(np.count_nonzero(a["ok"] & (a["diff0"] == 0))) + int(np.count_nonzero(cw * cd))
-                   + int(np.count_nonzero(sw_w * sd)))
+        psi[g, j] += scale * wv * means["f_s"][j][co] * (sd - means["e_s"][j][co])
     if ctx.clustered:
-        codes, inv = np.unique(block.cl, return_inverse=True)
-        csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes.size) for j in range(H)],
-                        axis=1).reshape(codes.size, H)
+        codes_cl, inv = np.unique(block.cl, return_inverse=True)
+        csum = np.stack([np.bincount(inv.ravel(), weights=psi[:, j], minlength=codes_cl.size) for j in range(H)],
+                        axis=1).reshape(codes_cl.size, H)
         cross = csum.T @ csum
     else:
         cross = psi.T @ psi
-    return {"num": num, "psi_sum": psi.sum(axis=0), "cross": cross, "nobs": nobs}
+    return {"psi_sum": psi.sum(axis=0), "cross": cross}

@@ -21,13 +21,14 @@ from scipy import stats
 from dte_dask.core.dcdh import (
     Ctx,
     cell_means,
-    control_stats,
+    cell_stats,
     design_stats,
+    estimate_sums,
     from_unit_block,
     influence_stats,
     meta_stats,
     prepare,
-    switcher_stats,
+    split_cells,
 )
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
@@ -178,7 +179,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                            max(int(npartitions), 1), bs, "did_multiplegt")
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
     # the options-independent unit design once per block, kept with the block for every pass
-    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
+    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p, bs) for p in parts]))
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
@@ -197,12 +198,11 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     effects_n, placebo_n = _clip(a, T, opt.effects, opt.placebo)
     horizons = tuple(range(1, effects_n + 1)) + tuple(-h for h in range(1, placebo_n + 1))
     ctx = replace(ctx, horizons=horizons, n_units=G, same_switchers=effects_n if opt.same_switchers else 0)
-    c = reduce_blocks(parts, control_stats, bs, nb, ctx)
-    ctx = replace(ctx, nc=c["w"], ctrl=c)
-    s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
-    ctx = replace(ctx, sw=s)
+    raw = reduce_blocks(parts, cell_stats, bs, nb, ctx)
+    c, s = split_cells(ctx, raw)
+    ctx = replace(ctx, nc=c["w"], ctrl=c, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
-    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
+    f = {**reduce_blocks(parts, influence_stats, bs, nb, ctx, means), **estimate_sums(ctx, raw)}
     return _finish(opt, ctx, s, f, horizons, G, n_ent if cluster is not None else None, effects_n, placebo_n)
 
 
