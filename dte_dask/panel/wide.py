@@ -74,8 +74,7 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     unit, time = cols.unit, cols.time
     if df[time].isna().any():
         raise PanelError(f"column {time!r} (time) has {int(df[time].isna().sum())} missing values")
-    units = np.sort(pd.unique(df[unit]))
-    ui = np.searchsorted(units, df[unit].to_numpy())
+    ui, units = _unit_codes(df[unit])
     ti = np.searchsorted(times, df[time].to_numpy())
     n, T = units.size, times.size
     if cols.cluster is not None:
@@ -89,20 +88,36 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
         order = np.lexsort((np.arange(n), cl))
     else:
         cl = np.arange(n, dtype=np.int64)
-        order = cl
-    Y, D, W = (np.full((n, T), np.nan) for _ in range(3))
-    P = np.zeros((n, T), bool)
-    Y[ui, ti] = df[cols.outcome].to_numpy(dtype=float, na_value=np.nan)
-    D[ui, ti] = df[cols.treatment].to_numpy(dtype=float, na_value=np.nan)
-    W[ui, ti] = (1.0 if cols.weights is None
-                 else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
-    P[ui, ti] = True
+        order = None
+    flat = ui * T + ti
+    Y, D, W = (np.full(n * T, np.nan) for _ in range(3))
+    P = np.zeros(n * T, bool)
+    Y[flat] = df[cols.outcome].to_numpy(dtype=float, na_value=np.nan)
+    D[flat] = df[cols.treatment].to_numpy(dtype=float, na_value=np.nan)
+    W[flat] = (1.0 if cols.weights is None
+               else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
+    P[flat] = True
     if np.count_nonzero(P) != len(df):
         ut = df[[unit, time]]
         bad = ut.loc[ut.duplicated()].iloc[0].tolist()
         raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
+    Y, D, W, P = (a.reshape(n, T) for a in (Y, D, W, P))
+    if order is None:
+        return DcdhBlock(units, cl, Y, D, W, P, cl.copy())
     rank = cl[order]
     return DcdhBlock(units[order], rank, Y[order], D[order], W[order], P[order], rank.copy())
+
+
+def _unit_codes(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the unit ids in their sorted order and the sorted ids (no search for sorted ids)."""
+    arr = s.to_numpy()
+    if arr.dtype.kind in "iuf" and arr.size and s.is_monotonic_increasing:
+        new = np.empty(arr.shape, bool)
+        new[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=new[1:])
+        return np.cumsum(new) - 1, arr[new]
+    units = np.sort(pd.unique(s))
+    return np.searchsorted(units, arr), units
 
 
 def concat_dcdh(pieces: list[tuple[DcdhBlock, int, int, int]]) -> DcdhBlock:
@@ -174,9 +189,10 @@ def _scan(df: pd.DataFrame, entity: str, time: str) -> dict[str, Any]:
 def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int) -> WideBlocks:
     parts = ddf.to_delayed()
     token = tokenize(ddf, cols)
+    # the scan reads only the entity and time columns
     scans = dask.compute(*[dask.delayed(_scan, pure=True)(p, cols.entity, cols.time,
                                                           dask_key_name=f"dcdh-scan-{token}-{i}")
-                           for i, p in enumerate(parts)])
+                           for i, p in enumerate(ddf[list(dict.fromkeys([cols.entity, cols.time]))].to_delayed())])
     n_na = sum(s["time_na"] for s in scans)
     if n_na:
         raise PanelError(f"column {cols.time!r} (time) has {n_na} missing values")
