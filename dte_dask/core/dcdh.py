@@ -184,13 +184,15 @@ def _segments(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, codes[starts]
 
 
-def _seg_cells(M: np.ndarray, seg: tuple[np.ndarray, np.ndarray], T: int, nd: int, lo: int = 0,
+def _seg_cells(M: np.ndarray, seg: tuple[np.ndarray, np.ndarray], nd: int, lo: int = 0,
                dtype: Any = None) -> np.ndarray:
-    """(T, nd) sums of the rows of ``M`` (n, T - lo) by baseline group (rows sorted by group)."""
+    """(T, nd) sums of the rows of ``M`` (n, T) by baseline group (rows sorted by group); the
+    columns before ``lo`` are 0."""
+    T = M.shape[1]
     out = np.zeros((T, nd), dtype or M.dtype)
     starts, codes = seg
     if starts.size:
-        out[lo:, codes] = np.add.reduceat(M, starts, axis=0, dtype=dtype).T
+        out[lo:, codes] = np.add.reduceat(M, starts, axis=0, dtype=dtype)[:, lo:].T
     return out
 
 
@@ -203,7 +205,7 @@ def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray
     fcol = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
     fcount = np.bincount(u["dsq"][k] * (T + 1) + fcol[k], minlength=nd * (T + 1)).reshape(nd, T + 1)
     never = u["present"] & ~np.isfinite(u["F"])[:, None]
-    nrows = _seg_cells(never, _segments(u["dsq"]), T, nd, dtype=np.int64)
+    nrows = _seg_cells(never, _segments(u["dsq"]), nd, dtype=np.int64)
     rows_t = u["present"].sum(axis=0).astype(np.int64)
     return {"fcount": fcount, "never_rows": nrows, "rows_t": rows_t, "n_units": np.int64(k.sum())}
 
@@ -214,36 +216,54 @@ def _grouped(block: DcdhBlock) -> DcdhBlock:
 
 
 def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
-    """Stage-3 unit design and the (unit, t) arrays shared by every horizon: valid outcome ``vf``
-    (0/1), outcome ``y0`` (0 where invalid), weight ``w`` (0 off the sample), control indicator
-    ``Cf`` (not switched yet at t) and ``wc`` = w · Cf."""
+    """Stage-3 unit design and the (unit, t) arrays shared by every horizon: valid outcome ``v``
+    (and as 0/1 ``vf``), outcome ``y0`` (0 where invalid), weight ``w`` (0 off the sample), control
+    indicator ``Cf`` (not switched yet at t), ``wc`` = w · Cf, and a work space for the horizons."""
     u = unit_design(block, ctx, 3)
-    T = block.y.shape[1]
+    n, T = block.y.shape
     v = u["present"] & ~np.isnan(block.y)
     w = np.where(v & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
     C = u["F"][:, None] > np.arange(T)[None, :]
     if ctx.only_never_switchers:
         C &= ~np.isfinite(u["F"])[:, None]
     Cf = C.astype(np.float64)
+    u["dfg_code"] = np.searchsorted(ctx.dfg_vals, u["d_fg"])
     return u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
-               "wc": w * Cf, "seg": _segments(u["dsq"])}
+               "wc": w * Cf, "seg": _segments(u["dsq"]), "ws": np.empty((5, n * T)), "wsb": np.empty(n * T, bool)}
+
+
+def _buf(b: dict, i: int) -> np.ndarray:
+    """Work array ``i`` (n, T) of ``b`` (-1: the boolean one), reused by every horizon."""
+    return (b["ws"][i] if i >= 0 else b["wsb"]).reshape(b["y0"].shape)
+
+
+def _shift(out: np.ndarray, op: Any, x: np.ndarray, a: int, z: np.ndarray, c: int) -> np.ndarray:
+    """``out[g, t] = op(x[g, t - a], z[g, t - c])`` as one contiguous operation on the flattened
+    arrays: the columns t < max(a, c) hold values of the previous unit (or 0), which callers ignore."""
+    o, xf, zf = out.reshape(-1), x.reshape(-1), z.reshape(-1)
+    N, m = o.size, max(a, c)
+    op(xf[m - a:N - a], zf[m - c:N - c], out=o[m:])
+    o[:m] = 0.0
+    return out
 
 
 def _horizon(b: dict, ell: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
-    """First period ``lo`` with a first difference at horizon ``ell``, and from ``lo`` on: the
-    difference is defined (0/1), the difference ΔY (garbage where undefined), weight of control rows."""
+    """First period ``lo`` with a first difference at horizon ``ell`` and (n, T) arrays, meaningful
+    from column ``lo`` on: the difference is defined (0/1), the difference ΔY, weight of control rows
+    (work arrays 0-2 of ``b``; the columns before ``lo`` are finite junk)."""
     T = b["y0"].shape[1]
     h = abs(ell)
     vf, y0 = b["vf"], b["y0"]
-    if ell > 0:
-        if h >= T:
-            return None
-        lo, ok, diff = h, vf[:, h:] * vf[:, :-h], y0[:, h:] - y0[:, :-h]
-    else:
-        if 2 * h >= T:
-            return None
-        lo, ok, diff = 2 * h, vf[:, h:T - h] * vf[:, :T - 2 * h], y0[:, :T - 2 * h] - y0[:, h:T - h]
-    return lo, ok, diff, b["wc"][:, lo:] * ok
+    lo = h if ell > 0 else 2 * h
+    if lo >= T:
+        return None
+    ok, diff, mw = (_buf(b, i) for i in range(3))
+    # effects: ΔY_t = Y_t - Y_{t-h}; placebos: ΔY_t = Y_{t-2h} - Y_{t-h}
+    a, c = (0, h) if ell > 0 else (2 * h, h)
+    _shift(ok, np.multiply, vf, a, vf, c)
+    _shift(diff, np.subtract, y0, a, y0, c)
+    np.multiply(b["wc"], ok, out=mw)
+    return lo, ok, diff, mw
 
 
 def _switcher_rows(u: dict, b: dict, ell: int, ctx: Ctx) -> tuple[np.ndarray, ...]:
@@ -261,10 +281,12 @@ def _switcher_rows(u: dict, b: dict, ell: int, ctx: Ctx) -> tuple[np.ndarray, ..
         sel &= tgt >= 2 * h
     g = np.flatnonzero(sel)
     t = tgt[g]
-    ta, tb = (t, t - h) if ell > 0 else (t - 2 * h, t - h)
-    ok = b["v"][g, ta] & b["v"][g, tb]
+    row = g * T
+    ta, tb = (row + t, row + t - h) if ell > 0 else (row + t - 2 * h, row + t - h)
+    v, y0 = b["v"].ravel(), b["y0"].ravel()
+    ok = v[ta] & v[tb]
     g, t, ta, tb = g[ok], t[ok], ta[ok], tb[ok]
-    return g, t, b["y0"][g, ta] - b["y0"][g, tb], b["w"][g, t]
+    return g, t, y0[ta] - y0[tb], b["w"].ravel()[g * T + t]
 
 
 def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
@@ -272,19 +294,20 @@ def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np
     (a placebo's target period need not be observed) has no D at F_g: it joins the cohort
     (baseline, F_g, missing) of every such row."""
     nf = len(ctx.dfg_vals) + 1
-    dfg = np.where(u["present"][g, t], np.searchsorted(ctx.dfg_vals, u["d_fg"][g]), nf - 1)
+    dfg = np.where(u["present"].ravel()[g * T + t], u["dfg_code"][g], nf - 1)
     return (u["dsq"][g] * T + u["F"][g].astype(np.int64)) * nf + dfg
 
 
-def _cluster_cells(M: np.ndarray, runs: tuple, T: int, nd: int, lo: int) -> np.ndarray:
-    """(T, nd) distinct clusters with a row of ``M`` (bool, n × (T - lo)); units are sorted by
-    (baseline, cluster), ``runs`` = (run starts, their baseline codes)."""
+def _cluster_cells(M: np.ndarray, runs: tuple, nd: int, lo: int) -> np.ndarray:
+    """(T, nd) distinct clusters with a row of ``M`` (bool, n × T) from column ``lo`` on; units are
+    sorted by (baseline, cluster), ``runs`` = (run starts, their baseline codes)."""
     starts, rcodes = runs
+    T = M.shape[1]
     out = np.zeros((T, nd), np.int64)
     if starts.size:
         anyr = np.logical_or.reduceat(M, starts, axis=0)
         rs, rc = _segments(rcodes)
-        out[lo:, rc] = np.add.reduceat(anyr, rs, axis=0, dtype=np.int64).T
+        out[lo:, rc] = np.add.reduceat(anyr, rs, axis=0, dtype=np.int64)[:, lo:].T
     return out
 
 
@@ -303,6 +326,7 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out.update({k: np.zeros((H, nco)) for k in ("co_w", "co_wd", "co_n")})
     out["ok0"] = np.zeros(H, np.int64)
     seg = b["seg"]
+    cum = _cumulative_change(block, u)
     runs = None
     if ctx.clustered and n:
         key = u["dsq"] * (int(block.cl.max()) + 1) + block.cl
@@ -313,18 +337,22 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         if hz is None:
             continue
         lo, ok, diff, mw = hz
-        m = b["Cf"][:, lo:] * ok
-        mwd = mw * diff
-        out["c_w"][j] = _seg_cells(mw, seg, T, nd, lo)
-        out["c_wd"][j] = _seg_cells(mwd, seg, T, nd, lo)
-        out["c_rows"][j] = _seg_cells(m, seg, T, nd, lo)
-        out["c_nz"][j] = _seg_cells(mwd != 0, seg, T, nd, lo, dtype=np.int64)
-        out["ok0"][j] = int(ok.sum()) - np.count_nonzero(ok * diff)
+        m, mwd, nz = _buf(b, 3), _buf(b, 4), _buf(b, -1)
+        np.multiply(b["Cf"], ok, out=m)
+        np.multiply(mw, diff, out=mwd)
+        out["c_w"][j] = _seg_cells(mw, seg, nd, lo)
+        out["c_wd"][j] = _seg_cells(mwd, seg, nd, lo)
+        out["c_rows"][j] = _seg_cells(m, seg, nd, lo)
+        out["c_nz"][j] = _seg_cells(np.not_equal(mwd, 0, out=nz), seg, nd, lo, dtype=np.int64)
+        if runs is not None:
+            out["c_n"][j] = _cluster_cells(np.greater(m, 0, out=nz), runs, nd, lo)
+        n_ok = ok.sum(axis=0)[lo:].sum()
+        out["ok0"][j] = int(n_ok) - int(np.count_nonzero(np.multiply(ok, diff, out=mwd), axis=0)[lo:].sum())
         g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
         dq = u["dsq"][g]
         ci = t * nd + dq
         for key, val in (("s_w", wv), ("s_wd", wv * sd), ("s_rows", None), ("s_nz", wv * sd != 0),
-                         ("s_dd", wv * _signed_change(block, u, g, abs(ell)))):
+                         ("s_dd", wv * _signed_change(cum, u, g, abs(ell)))):
             out[key][j] = np.bincount(ci, weights=val, minlength=T * nd).reshape(T, nd)
         co = _cohort_index(u, g, t, T, ctx)
         out["co_w"][j] = np.bincount(co, weights=wv, minlength=nco)
@@ -332,25 +360,30 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         if runs is not None:
             pairs = np.unique(np.stack([co, block.cl[g]]), axis=1) if g.size else np.zeros((2, 0), np.int64)
             out["co_n"][j] = np.bincount(pairs[0], minlength=nco)
-            M = m > 0
-            M[g, t - lo] = True
-            out["un_cl"][j] = _cluster_cells(M, runs, T, nd, lo)
-            out["c_n"][j] = _cluster_cells(m > 0, runs, T, nd, lo)
+            M = np.greater(m, 0, out=nz)
+            M[g, t] = True
+            out["un_cl"][j] = _cluster_cells(M, runs, nd, lo)
         else:
             out["co_n"][j] = np.bincount(co, minlength=nco)
     return out
 
 
-def _signed_change(block: DcdhBlock, u: dict, g: np.ndarray, h: int) -> np.ndarray:
-    """Σ_{k=0}^{h-1} (D_{F+k} - d_sq) of switchers ``g``, signed by the switch direction."""
-    T = block.y.shape[1]
-    cols = u["F"][g].astype(np.int64)[:, None] + np.arange(h)[None, :]
-    valid = cols < T
-    cc = np.minimum(cols, T - 1)
-    dv = np.where(np.take_along_axis(u["present"][g], cc, axis=1), np.take_along_axis(block.d[g], cc, axis=1),
-                  np.nan)
-    dd = dv - u["d_sq"][g][:, None]
-    tot = np.where(valid & ~np.isnan(dd), dd, 0.0).sum(axis=1)
+def _cumulative_change(block: DcdhBlock, u: dict) -> np.ndarray:
+    """(n, T + 1) cumulative sums over t of D_t - d_sq (0 where D is not in the sample)."""
+    n, T = block.d.shape
+    cum = np.zeros((n, T + 1))
+    dd = np.where(u["present"], block.d - u["d_sq"][:, None], 0.0)
+    np.cumsum(np.nan_to_num(dd, nan=0.0, copy=False), axis=1, out=cum[:, 1:])
+    return cum
+
+
+def _signed_change(cum: np.ndarray, u: dict, g: np.ndarray, h: int) -> np.ndarray:
+    """Σ_{k=0}^{h-1} (D_{F+k} - d_sq) of switchers ``g`` (periods up to T - 1), signed by the switch
+    direction."""
+    T1 = cum.shape[1]
+    F = u["F"][g].astype(np.int64)
+    flat = cum.ravel()
+    tot = flat[g * T1 + np.minimum(F + h, T1 - 1)] - flat[g * T1 + F]
     return np.where(u["S"][g] == 1, tot, -tot)
 
 
@@ -465,11 +498,12 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         if hz is not None:
             # controls: -scale Σ_t w ratio f_c (ΔY - e_c), one matrix-vector product per baseline group
             lo, ok, diff, mw = hz
-            mwd = mw * diff
+            mwd = np.multiply(mw, diff, out=_buf(b, 3))
             A = ratio * means["f_c"][j]
+            A[:lo] = 0.0  # the junk columns of the horizon's arrays
             B = A * means["e_c"][j]
             for a0, a1, d in zip(starts, ends, codes):
-                psi[a0:a1, j] = -scale * (mwd[a0:a1] @ A[lo:, d] - mw[a0:a1] @ B[lo:, d])
+                psi[a0:a1, j] = -scale * (mwd[a0:a1] @ A[:, d] - mw[a0:a1] @ B[:, d])
         g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
         live = ctx.nc[j][t, u["dsq"][g]] > 0
         g, t, sd, wv = g[live], t[live], sd[live], wv[live]
