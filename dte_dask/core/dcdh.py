@@ -68,6 +68,10 @@ def prepare(block: DcdhBlock, block_size: int | None = None) -> DcdhBlock:
     pass), its units ordered by (RNG block of ``block_size`` entities, baseline treatment, cluster):
     the (t, baseline) cells of a pass are then row segments of every RNG block."""
     pre = _unit_base(block)
+    # outcome and weight of the rows in the sample before the option-dependent filters
+    v0 = pre["v0"] = pre["present"] & ~np.isnan(block.y)
+    pre["y0"] = np.where(v0, block.y, 0.0)
+    pre["w0"] = np.where(v0 & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
     blk = block.rank // block_size if block_size else np.zeros(block.n, np.int64)
     order = np.lexsort((np.arange(block.n), block.cl, np.nan_to_num(pre["d_sq"], nan=np.inf), blk))
     return replace(block, pre=pre).take(order)
@@ -163,7 +167,7 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
         keep &= ctx.keep_dsq[dsq_code]
     present = present & keep[:, None]
     if stage >= 3 and ctx.ctrl_ok is not None:
-        present &= ctx.ctrl_ok[:, dsq_code].T
+        present &= ctx.ctrl_ok.T[dsq_code]
         keep &= present.any(axis=1)
     return {"keep": keep, "present": present, "d_sq": d_sq, "dsq": dsq_code, "F": F, "S": S, "L": b["L"],
             "d_fg": b["d_fg"]}
@@ -221,14 +225,14 @@ def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
     indicator ``Cf`` (not switched yet at t), ``wc`` = w · Cf, and a work space for the horizons."""
     u = unit_design(block, ctx, 3)
     n, T = block.y.shape
-    v = u["present"] & ~np.isnan(block.y)
-    w = np.where(v & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
+    v = u["present"] & block.pre["v0"]
+    w = block.pre["w0"] * v
     C = u["F"][:, None] > np.arange(T)[None, :]
     if ctx.only_never_switchers:
         C &= ~np.isfinite(u["F"])[:, None]
     Cf = C.astype(np.float64)
     u["dfg_code"] = np.searchsorted(ctx.dfg_vals, u["d_fg"])
-    return u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
+    return u, {"v": v, "vf": v.astype(np.float64), "y0": block.pre["y0"] * v, "w": w, "Cf": Cf,
                "wc": w * Cf, "seg": _segments(u["dsq"]), "ws": np.empty((5, n * T)), "wsb": np.empty(n * T, bool)}
 
 
@@ -332,22 +336,16 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         key = u["dsq"] * (int(block.cl.max()) + 1) + block.cl
         runs = _segments(key)[0]
         runs = (runs, u["dsq"][runs])
+    grams = _effect_grams(b) if runs is None and any(ell > 0 for ell in ctx.horizons) else None
     for j, ell in enumerate(ctx.horizons):
-        hz = _horizon(b, ell)
-        if hz is None:
-            continue
-        lo, ok, diff, mw = hz
-        m, mwd, nz = _buf(b, 3), _buf(b, 4), _buf(b, -1)
-        np.multiply(b["Cf"], ok, out=m)
-        np.multiply(mw, diff, out=mwd)
-        out["c_w"][j] = _seg_cells(mw, seg, nd, lo)
-        out["c_wd"][j] = _seg_cells(mwd, seg, nd, lo)
-        out["c_rows"][j] = _seg_cells(m, seg, nd, lo)
-        out["c_nz"][j] = _seg_cells(np.not_equal(mwd, 0, out=nz), seg, nd, lo, dtype=np.int64)
-        if runs is not None:
-            out["c_n"][j] = _cluster_cells(np.greater(m, 0, out=nz), runs, nd, lo)
-        n_ok = ok.sum(axis=0)[lo:].sum()
-        out["ok0"][j] = int(n_ok) - int(np.count_nonzero(np.multiply(ok, diff, out=mwd), axis=0)[lo:].sum())
+        hz = None
+        if grams is not None and ell > 0:
+            _control_cells_gram(out, j, ell, b, grams, nd)
+        else:
+            hz = _horizon(b, ell)
+            if hz is None:
+                continue
+            _control_cells(out, j, hz, b, nd, runs)
         g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
         dq = u["dsq"][g]
         ci = t * nd + dq
@@ -360,12 +358,69 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
         if runs is not None:
             pairs = np.unique(np.stack([co, block.cl[g]]), axis=1) if g.size else np.zeros((2, 0), np.int64)
             out["co_n"][j] = np.bincount(pairs[0], minlength=nco)
-            M = np.greater(m, 0, out=nz)
+            M = np.greater(b["Cf"], 0, out=_buf(b, -1))
+            M &= hz[1] > 0
             M[g, t] = True
-            out["un_cl"][j] = _cluster_cells(M, runs, nd, lo)
+            out["un_cl"][j] = _cluster_cells(M, runs, nd, hz[0])
         else:
             out["co_n"][j] = np.bincount(co, minlength=nco)
     return out
+
+
+def _control_cells(out: dict, j: int, hz: tuple, b: dict, nd: int, runs: tuple | None) -> None:
+    """Control cells of horizon j from its (n, T) arrays."""
+    lo, ok, diff, mw = hz
+    seg = b["seg"]
+    m, mwd, nz = _buf(b, 3), _buf(b, 4), _buf(b, -1)
+    np.multiply(b["Cf"], ok, out=m)
+    np.multiply(mw, diff, out=mwd)
+    out["c_w"][j] = _seg_cells(mw, seg, nd, lo)
+    out["c_wd"][j] = _seg_cells(mwd, seg, nd, lo)
+    out["c_rows"][j] = _seg_cells(m, seg, nd, lo)
+    out["c_nz"][j] = _seg_cells(np.not_equal(mwd, 0, out=nz), seg, nd, lo, dtype=np.int64)
+    if runs is not None:
+        out["c_n"][j] = _cluster_cells(np.greater(m, 0, out=nz), runs, nd, lo)
+    n_ok = ok.sum(axis=0)[lo:].sum()
+    out["ok0"][j] = int(n_ok) - int(np.count_nonzero(np.multiply(ok, diff, out=mwd), axis=0)[lo:].sum())
+
+
+def _effect_grams(b: dict) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Per baseline group d, the (T, T) cross products over its units of (w·C, w·C·Y, C·1{valid},
+    1{w·C ≠ 0}) at t with (1{valid}, Y) at s: entry (t, t - ℓ) is the control cell (t, d) of effect ℓ
+    (the first difference Y_t - Y_{t-ℓ} is defined where both outcomes are valid)."""
+    vf, y0, wc = b["vf"], b["y0"], b["wc"]
+    cv = b["Cf"] * vf
+    wcy = wc * y0
+    wnz = (wc != 0).astype(np.float64)
+    out = []
+    starts, codes = b["seg"]
+    for a0, a1, d in zip(starts, np.r_[starts[1:], vf.shape[0]], codes):
+        s = slice(int(a0), int(a1))
+        out.append((int(d), {"w": wc[s].T @ vf[s], "wy": wcy[s].T @ vf[s], "wy0": wc[s].T @ y0[s],
+                             "rows": cv[s].T @ vf[s], "nz": wnz[s].T @ vf[s]}))
+    return out
+
+
+def _control_cells_gram(out: dict, j: int, ell: int, b: dict, grams: list, nd: int) -> None:
+    """Control cells of effect ``ell`` from the cross products of :func:`_effect_grams`; rows whose
+    first difference is 0 (ties, compared on the NaN-filled outcome) counted separately."""
+    T = b["y0"].shape[1]
+    if ell >= T:
+        return
+    t = np.arange(ell, T)
+    for d, G in grams:
+        out["c_w"][j, ell:, d] = G["w"][t, t - ell]
+        out["c_wd"][j, ell:, d] = G["wy"][t, t - ell] - G["wy0"][t, t - ell]
+        out["c_rows"][j, ell:, d] = G["rows"][t, t - ell]
+        out["c_nz"][j, ell:, d] = G["nz"][t, t - ell]
+    if "yn" not in b:
+        b["yn"] = np.where(b["v"], b["y0"], np.nan)
+    tie = _shift(_buf(b, -1), np.equal, b["yn"], 0, b["yn"], ell)
+    n_tie = int(tie.sum(axis=0)[ell:].sum())
+    out["ok0"][j] = n_tie
+    if n_tie:
+        tie &= b["wc"] != 0
+        out["c_nz"][j] -= _seg_cells(tie, b["seg"], nd, ell, dtype=np.int64)
 
 
 def _cumulative_change(block: DcdhBlock, u: dict) -> np.ndarray:
