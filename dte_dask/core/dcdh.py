@@ -68,13 +68,13 @@ def prepare(block: DcdhBlock, block_size: int | None = None) -> DcdhBlock:
     pass), its units ordered by (RNG block of ``block_size`` entities, baseline treatment, cluster):
     the (t, baseline) cells of a pass are then row segments of every RNG block."""
     pre = _unit_base(block)
-    # outcome and weight of the rows in the sample before the option-dependent filters
+    # rows in the sample before the option-dependent filters (outcome observed); the weight is
+    # replaced by 0 on the rows out of it (absent, missing outcome or treatment)
     v0 = pre["v0"] = pre["present"] & ~np.isnan(block.y)
-    pre["y0"] = np.where(v0, block.y, 0.0)
-    pre["w0"] = np.where(v0 & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
+    w = np.where(v0 & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
     blk = block.rank // block_size if block_size else np.zeros(block.n, np.int64)
     order = np.lexsort((np.arange(block.n), block.cl, np.nan_to_num(pre["d_sq"], nan=np.inf), blk))
-    return replace(block, pre=pre).take(order)
+    return replace(block, w=w, pre=pre).take(order)
 
 
 def from_unit_block(block: UnitBlock) -> DcdhBlock:
@@ -226,13 +226,13 @@ def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
     u = unit_design(block, ctx, 3)
     n, T = block.y.shape
     v = u["present"] & block.pre["v0"]
-    w = block.pre["w0"] * v
+    w = block.w * v
     C = u["F"][:, None] > np.arange(T)[None, :]
     if ctx.only_never_switchers:
         C &= ~np.isfinite(u["F"])[:, None]
     Cf = C.astype(np.float64)
     u["dfg_code"] = np.searchsorted(ctx.dfg_vals, u["d_fg"])
-    return u, {"v": v, "vf": v.astype(np.float64), "y0": block.pre["y0"] * v, "w": w, "Cf": Cf,
+    return u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
                "wc": w * Cf, "seg": _segments(u["dsq"]), "ws": np.empty((5, n * T)), "wsb": np.empty(n * T, bool)}
 
 

@@ -176,7 +176,7 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                 raise SpecError(f"did_multiplegt: name the `{role}` column")
         bs = int(rng_block_size)
         wide = wide_blocks(data, WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster),
-                           max(int(npartitions), 1), bs, "did_multiplegt")
+                           max(int(npartitions), 1), bs, "did_multiplegt", persist=False)
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
     # the options-independent unit design once per block, kept with the block for every pass
     parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p, bs) for p in parts]))

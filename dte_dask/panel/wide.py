@@ -6,7 +6,8 @@ pandas input). A dask DataFrame, or a parquet file/directory/glob read lazily, i
 the driver: each partition is scanned for its periods and entity range (small), shuffled by entity
 only when its partitions are not already sorted and disjoint (``dte-dask simulate`` writes them
 so), pivoted to a :class:`~dte_dask.core.dcdh.DcdhBlock` on the workers, and re-cut along RNG-block
-boundaries; the blocks are persisted, and only per-cell sums come back from the kernels.
+boundaries; the blocks are persisted (or left lazy, for a caller that persists its own transform of
+them), and only per-cell sums come back from the kernels.
 
 Entities are clusters when ``cluster`` is given, else units; within a block, units are ordered by
 (entity, unit). The global entity rank is the entity's position among all sorted entities, so the
@@ -156,8 +157,11 @@ def _missing(available: Any, cols: WideColumns, who: str) -> None:
             raise MissingColumnError(f"{who}: column {c!r} ({role}) is not in the data")
 
 
-def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int, who: str) -> WideBlocks:
-    """Blocks of ``data`` (pandas or dask DataFrame, or a parquet path) cut along RNG blocks."""
+def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int, who: str,
+                persist: bool = True) -> WideBlocks:
+    """Blocks of ``data`` (pandas or dask DataFrame, or a parquet path) cut along RNG blocks;
+    ``persist=False`` leaves the re-cut blocks of dask input lazy (not held twice in memory when the
+    caller persists a transform of them)."""
     if isinstance(data, (str, Path)):
         try:
             data = dd.read_parquet(str(data), columns=None)
@@ -165,7 +169,7 @@ def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int,
             raise SpecError(f"{who}: cannot read parquet {str(data)!r}: {e}") from e
     if isinstance(data, dd.DataFrame):
         _missing(data.columns, cols, who)
-        return _from_dask(data[cols.columns()], cols, npartitions, block_size)
+        return _from_dask(data[cols.columns()], cols, npartitions, block_size, persist)
     if not isinstance(data, pd.DataFrame):
         raise SpecError(f"{who}: `data` must be a pandas or dask DataFrame or a parquet path")
     _missing(data.columns, cols, who)
@@ -186,7 +190,8 @@ def _scan(df: pd.DataFrame, entity: str, time: str) -> dict[str, Any]:
             "time_na": int(df[time].isna().sum())}
 
 
-def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int) -> WideBlocks:
+def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int,
+               persist: bool = True) -> WideBlocks:
     parts = ddf.to_delayed()
     token = tokenize(ddf, cols)
     # the scan reads only the entity and time columns
@@ -220,4 +225,4 @@ def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_siz
                   if offsets[i] < b and offsets[i + 1] > a]
         if pieces:
             blocks.append(dask.delayed(concat_dcdh, pure=True)(pieces, dask_key_name=f"dcdh-block-{tok}-{j}"))
-    return WideBlocks(list(dask.persist(*blocks)), times, nb, n_ent)
+    return WideBlocks(list(dask.persist(*blocks)) if persist else blocks, times, nb, n_ent)
