@@ -251,10 +251,11 @@ def _shift(out: np.ndarray, op: Any, x: np.ndarray, a: int, z: np.ndarray, c: in
     return out
 
 
-def _horizon(b: dict, ell: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+def _horizon(b: dict, ell: int, need_ok: bool = True) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray] | None:
     """First period ``lo`` with a first difference at horizon ``ell`` and (n, T) arrays, meaningful
-    from column ``lo`` on: the difference is defined (0/1), the difference ΔY, weight of control rows
-    (work arrays 0-2 of ``b``; the columns before ``lo`` are finite junk)."""
+    from column ``lo`` on: the difference is defined (0/1; None for an effect without ``need_ok``),
+    the difference ΔY, weight of control rows (work arrays 0-2 of ``b``; the columns before ``lo``
+    are finite junk)."""
     T = b["y0"].shape[1]
     h = abs(ell)
     vf, y0 = b["vf"], b["y0"]
@@ -264,8 +265,11 @@ def _horizon(b: dict, ell: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray
     ok, diff, mw = (_buf(b, i) for i in range(3))
     # effects: ΔY_t = Y_t - Y_{t-h}; placebos: ΔY_t = Y_{t-2h} - Y_{t-h}
     a, c = (0, h) if ell > 0 else (2 * h, h)
-    _shift(ok, np.multiply, vf, a, vf, c)
     _shift(diff, np.subtract, y0, a, y0, c)
+    if ell > 0 and not need_ok:
+        # the weight of a row is 0 unless its outcome is valid: w_t·1{Y_{t-h} valid}
+        return lo, None, diff, _shift(mw, np.multiply, b["wc"], 0, vf, h)
+    _shift(ok, np.multiply, vf, a, vf, c)
     np.multiply(b["wc"], ok, out=mw)
     return lo, ok, diff, mw
 
@@ -549,7 +553,7 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
         scale, ratio = _ratio(ctx, j)
         if scale == 0:
             continue
-        hz = _horizon(b, ell)
+        hz = _horizon(b, ell, need_ok=False)
         if hz is not None:
             # controls: -scale Σ_t w ratio f_c (ΔY - e_c), one matrix-vector product per baseline group
             lo, ok, diff, mw = hz

@@ -187,9 +187,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
-    ctx = replace(ctx, keep_dsq=keep_dsq)
-    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
-    ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
+    # stage 2 only drops whole baseline groups: its never-switcher cells are those of stage 1
+    ctx = replace(ctx, keep_dsq=keep_dsq, ctrl_ok=(a["never_rows"] > 0) & keep_dsq[None, :])
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
     G = int(a["n_units"])
     if G == 0:
