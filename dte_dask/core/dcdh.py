@@ -106,24 +106,39 @@ class Ctx:
     sw: dict | None = None               # switcher cell / cohort sums
 
 
+def _steps(d: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Change of the treatment since the previous present row of the unit (NaN on absent rows and
+    on the first present one)."""
+    n, T = d.shape
+    step = np.empty((n, T))
+    sf, df = step.reshape(-1), d.reshape(-1)
+    np.subtract(df[1:], df[:-1], out=sf[1:])   # right for units with all or no rows present
+    step[:, 0] = np.nan
+    cnt = present.sum(axis=1)
+    part = np.flatnonzero((cnt > 0) & (cnt < T))
+    if part.size:
+        # previous present row of each (unit, t): forward fill of the period index of present rows
+        dp, pp = d[part], present[part]
+        pos = np.where(pp, np.arange(T)[None, :], -1)
+        prev = np.maximum.accumulate(pos, axis=1)
+        prev = np.concatenate([np.full((part.size, 1), -1), prev[:, :-1]], axis=1)
+        d_prev = np.where(prev >= 0, np.take_along_axis(dp, np.maximum(prev, 0), axis=1), np.nan)
+        step[part] = dp - d_prev
+    return np.where(present, step, np.nan)
+
+
 def _first_switch(d: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Baseline d_sq, first switch F (period index, inf if none), sign S, last observed period."""
     n, T = d.shape
-    idx = np.arange(T)
     has = present.any(axis=1)
     first = np.where(has, np.argmax(present, axis=1), 0)
     last = np.where(has, T - 1 - np.argmax(present[:, ::-1], axis=1), -1)
     d_sq = np.where(has, d[np.arange(n), first], np.nan)
-    # previous present row of each (unit, t): forward fill of the period index of present rows
-    pos = np.where(present, idx[None, :], -1)
-    prev = np.maximum.accumulate(pos, axis=1)
-    prev = np.concatenate([np.full((n, 1), -1), prev[:, :-1]], axis=1)
-    d_prev = np.where(prev >= 0, np.take_along_axis(d, np.maximum(prev, 0), axis=1), np.nan)
-    step = np.where(present, d - d_prev, np.nan)
-    sw = np.nan_to_num(step, nan=0.0) != 0
+    step = _steps(d, present)
+    sw = np.abs(step) > 0   # NaN: no switch
     anysw = sw.any(axis=1)
-    F = np.where(anysw, np.argmax(sw, axis=1), np.inf)
     Fi = np.where(anysw, np.argmax(sw, axis=1), 0)
+    F = np.where(anysw, Fi, np.inf)
     S = np.where(anysw, np.sign(step[np.arange(n), Fi]), 0.0)
     return d_sq, F, S, last
 
@@ -141,9 +156,10 @@ def _unit_base(block: DcdhBlock) -> dict[str, np.ndarray]:
     # bidirectional switchers: rows from the period where both an increase and a decrease
     # (relative to the baseline) have occurred are dropped
     diff_sq = d - d_sq[:, None]
-    inc = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) > 0), axis=1)
-    dec = np.maximum.accumulate(present & (np.nan_to_num(diff_sq) < 0), axis=1)
-    present &= ~(inc & dec)
+    first = []
+    for move in (present & (diff_sq > 0), present & (diff_sq < 0)):
+        first.append(np.where(move.any(axis=1), np.argmax(move, axis=1), T))
+    present &= np.arange(T)[None, :] < np.maximum(*first)[:, None]
     Fi = np.where(np.isfinite(F), F, 0).astype(np.int64)
     d_fg = np.where(np.isfinite(F), d[np.arange(n), Fi], np.nan)
     return {"present": present, "d_sq": d_sq, "F": F, "S": S, "L": L, "d_fg": d_fg}
@@ -160,7 +176,7 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
         keep &= S >= 0
     elif ctx.switchers == "out":
         keep &= S <= 0
-    dsq_code = np.searchsorted(ctx.dsq_vals, np.nan_to_num(d_sq, nan=np.inf))
+    dsq_code = np.searchsorted(ctx.dsq_vals, np.where(np.isnan(d_sq), np.inf, d_sq))
     dsq_code = np.minimum(dsq_code, len(ctx.dsq_vals) - 1) if len(ctx.dsq_vals) else dsq_code
     keep &= ~np.isnan(d_sq)
     if stage >= 2 and ctx.keep_dsq is not None:
@@ -334,7 +350,7 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out.update({k: np.zeros((H, nco)) for k in ("co_w", "co_wd", "co_n")})
     out["ok0"] = np.zeros(H, np.int64)
     seg = b["seg"]
-    cum = _cumulative_change(block, u)
+    cum = _switch_path(block, u, max((abs(ell) for ell in ctx.horizons), default=0))
     runs = None
     if ctx.clustered and n:
         key = u["dsq"] * (int(block.cl.max()) + 1) + block.cl
@@ -427,22 +443,23 @@ def _control_cells_gram(out: dict, j: int, ell: int, b: dict, grams: list, nd: i
         out["c_nz"][j] -= _seg_cells(tie, b["seg"], nd, ell, dtype=np.int64)
 
 
-def _cumulative_change(block: DcdhBlock, u: dict) -> np.ndarray:
-    """(n, T + 1) cumulative sums over t of D_t - d_sq (0 where D is not in the sample)."""
+def _switch_path(block: DcdhBlock, u: dict, hmax: int) -> np.ndarray:
+    """(n, hmax + 1): column k = Σ_{k'<k} (D_{F+k'} - d_sq) over the unit's periods from its first
+    switch F on (periods up to T - 1, rows in the sample; 0 for units that never switch)."""
     n, T = block.d.shape
-    cum = np.zeros((n, T + 1))
-    dd = np.where(u["present"], block.d - u["d_sq"][:, None], 0.0)
-    np.cumsum(np.nan_to_num(dd, nan=0.0, copy=False), axis=1, out=cum[:, 1:])
-    return cum
+    F = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
+    cols = F[:, None] + np.arange(hmax)[None, :]
+    flat = np.arange(n)[:, None] * T + np.minimum(cols, T - 1)
+    dv = block.d.reshape(-1)[flat] - u["d_sq"][:, None]
+    ok = (cols < T) & u["present"].reshape(-1)[flat] & ~np.isnan(dv)
+    out = np.zeros((n, hmax + 1))
+    np.cumsum(np.where(ok, dv, 0.0), axis=1, out=out[:, 1:])
+    return out
 
 
-def _signed_change(cum: np.ndarray, u: dict, g: np.ndarray, h: int) -> np.ndarray:
-    """Σ_{k=0}^{h-1} (D_{F+k} - d_sq) of switchers ``g`` (periods up to T - 1), signed by the switch
-    direction."""
-    T1 = cum.shape[1]
-    F = u["F"][g].astype(np.int64)
-    flat = cum.ravel()
-    tot = flat[g * T1 + np.minimum(F + h, T1 - 1)] - flat[g * T1 + F]
+def _signed_change(path: np.ndarray, u: dict, g: np.ndarray, h: int) -> np.ndarray:
+    """Σ_{k=0}^{h-1} (D_{F+k} - d_sq) of switchers ``g``, signed by the switch direction."""
+    tot = path[g, h]
     return np.where(u["S"][g] == 1, tot, -tot)
 
 
