@@ -218,8 +218,7 @@ def _seg_cells(M: np.ndarray, seg: tuple[np.ndarray, np.ndarray], nd: int, lo: i
 
 def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
     """Counts for the filters: units by (baseline, F) and never-switcher rows by (t, baseline)."""
-    block = _grouped(block)
-    u = unit_design(block, ctx, stage)
+    block, u = _grouped(block, ctx, stage)
     T, nd = block.y.shape[1], len(ctx.dsq_vals)
     k = u["keep"]
     fcol = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
@@ -230,16 +229,25 @@ def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray
     return {"fcount": fcount, "never_rows": nrows, "rows_t": rows_t, "n_units": np.int64(k.sum())}
 
 
-def _grouped(block: DcdhBlock) -> DcdhBlock:
-    """A prepared block (units ordered by baseline treatment: cells are row segments)."""
-    return block if block.pre is not None else prepare(block)
+def _grouped(block: DcdhBlock, ctx: Ctx, stage: int) -> tuple[DcdhBlock, dict[str, np.ndarray]]:
+    """The block (prepared) and its unit design, units ordered by comparison group and cluster, so
+    that cells are row segments and clusters runs within them (:func:`prepare` orders them so; other
+    orders, e.g. groups refined by further variables, are sorted here)."""
+    block = block if block.pre is not None else prepare(block)
+    u = unit_design(block, ctx, stage)
+    code = u["dsq"]
+    if code.size > 1 and not (np.all(code[1:] >= code[:-1]) and (
+            not ctx.clustered or np.all((code[1:] > code[:-1]) | (block.cl[1:] >= block.cl[:-1])))):
+        block = block.take(np.lexsort((np.arange(block.n), block.cl, code)))
+        u = unit_design(block, ctx, stage)
+    return block, u
 
 
-def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
+def _base(block: DcdhBlock, ctx: Ctx) -> tuple[DcdhBlock, dict, dict[str, np.ndarray]]:
     """Stage-3 unit design and the (unit, t) arrays shared by every horizon: valid outcome ``v``
     (and as 0/1 ``vf``), outcome ``y0`` (0 where invalid), weight ``w`` (0 off the sample), control
     indicator ``Cf`` (not switched yet at t), ``wc`` = w · Cf, and a work space for the horizons."""
-    u = unit_design(block, ctx, 3)
+    block, u = _grouped(block, ctx, 3)
     n, T = block.y.shape
     v = u["present"] & block.pre["v0"]
     w = block.w * v
@@ -248,7 +256,7 @@ def _base(block: DcdhBlock, ctx: Ctx) -> tuple[dict, dict[str, np.ndarray]]:
         C &= ~np.isfinite(u["F"])[:, None]
     Cf = C.astype(np.float64)
     u["dfg_code"] = np.searchsorted(ctx.dfg_vals, u["d_fg"])
-    return u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
+    return block, u, {"v": v, "vf": v.astype(np.float64), "y0": np.where(v, block.y, 0.0), "w": w, "Cf": Cf,
                "wc": w * Cf, "seg": _segments(u["dsq"]), "ws": np.empty((5, n * T)), "wsb": np.empty(n * T, bool)}
 
 
@@ -340,8 +348,7 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     with w·ΔY ≠ 0; switcher cells, cohorts (baseline, F_g, D at F_g) and normalisation sums (before
     the removal of cells without controls, done on the driver by :func:`split_cells`); rows with a
     zero first difference."""
-    block = _grouped(block)
-    u, b = _base(block, ctx)
+    block, u, b = _base(block, ctx)
     n, T = block.y.shape
     nd, H = len(ctx.dsq_vals), len(ctx.horizons)
     nco = nd * T * (len(ctx.dfg_vals) + 1)
@@ -559,8 +566,7 @@ def _dof_factor(n: np.ndarray) -> np.ndarray:
 def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-unit influence functions ψ_g (kept in the block) reduced to Σψ and Σψψ' (Σ over clusters
     of cluster sums with clusters)."""
-    block = _grouped(block)
-    u, b = _base(block, ctx)
+    block, u, b = _base(block, ctx)
     n, T = block.y.shape
     H = len(ctx.horizons)
     psi = np.zeros((n, H))
