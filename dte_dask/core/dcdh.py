@@ -5,16 +5,21 @@ row per unit, one column per period) and returns *small* statistics whose shapes
 on the block (cells by period × baseline treatment, cohorts, K×K cross products), so that
 ``dte_dask.graph.reduce`` can add them bit-identically over any partitioning.
 
-The passes, all per horizon :math:`\\ell` (effects ``+ℓ`` and placebos ``-ℓ``):
+The passes (each maps a kernel over the RNG blocks of every partition):
 
 1. :func:`meta_stats` / :func:`design_stats`: baseline treatments, first-switch periods,
    the sample filters of the R package (bidirectional switchers, baseline groups without
    variation in :math:`F_g`, (t, baseline) cells without a never-switcher);
-2. :func:`control_stats`: controls :math:`N^{ctl}_{t,d}` = Σ w over units with baseline d not yet
-   switched at t (first difference observed);
-3. :func:`switcher_stats`: switchers :math:`N^{sw}_{t,d}`, cohort sums, Σ of the normalisation;
-4. :func:`influence_stats`: the per-unit influence functions ψ_g (they never leave the block),
-   reduced to Σψ, Σψψ' (or Σ_c (Σ_{g∈c}ψ_g)(·)' with clusters), the estimate numerators.
+2. :func:`cell_stats`, every horizon :math:`\\ell` (effects ``+ℓ``, placebos ``-ℓ``) at once:
+   controls :math:`N^{ctl}_{t,d}` = Σ w over units with baseline d not yet switched at t (first
+   difference observed), switchers :math:`N^{sw}_{t,d}`, cohort sums, Σ of the normalisation
+   (driver side: :mod:`dte_dask.core.dcdh_cells`);
+3. :func:`influence_stats`: the per-unit influence functions ψ_g (they never leave the block),
+   reduced to Σψ, Σψψ' (or Σ_c (Σ_{g∈c}ψ_g)(·)' with clusters).
+
+Units are ordered by comparison group (:func:`prepare`), so that the (t, group) cells are row
+segments: control cells of effects come from one (T × T) cross product per group, the other
+horizons from contiguous shifted operations on the flattened (units × periods) arrays.
 
 Conventions follow moderndid's ``did_multiplegt`` (a port of R ``did_multiplegt_dyn``), including
 its variance: the influence function of :math:`DID_\\ell` is demeaned within cohorts
@@ -30,8 +35,8 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 
-__all__ = ["DcdhBlock", "Ctx", "from_unit_block", "prepare", "meta_stats", "design_stats", "cell_stats", "split_cells",
-           "estimate_sums", "cell_means", "influence_stats", "unit_design"]
+__all__ = ["Ctx", "DcdhBlock", "cell_ratio", "cell_stats", "design_stats", "from_unit_block", "influence_stats",
+           "meta_stats", "prepare", "unit_design"]
 
 
 @dataclass(frozen=True)
@@ -356,7 +361,6 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     out = {k: np.zeros((H, T, nd)) for k in cell}
     out.update({k: np.zeros((H, nco)) for k in ("co_w", "co_wd", "co_n")})
     out["ok0"] = np.zeros(H, np.int64)
-    seg = b["seg"]
     cum = _switch_path(block, u, max((abs(ell) for ell in ctx.horizons), default=0))
     runs = None
     if ctx.clustered and n:
@@ -470,97 +474,12 @@ def _signed_change(path: np.ndarray, u: dict, g: np.ndarray, h: int) -> np.ndarr
     return np.where(u["S"][g] == 1, tot, -tot)
 
 
-def split_cells(ctx: Ctx, raw: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """Driver side: control and switcher sums of :func:`cell_stats`, switchers in (t, baseline) cells
-    without controls (Σ w = 0) removed."""
-    T, nd = raw["c_w"].shape[1:]
-    ctrl = {"w": raw["c_w"], "wd": raw["c_wd"], "rows": raw["c_rows"].astype(np.int64),
-            "n": (raw["c_n"] if ctx.clustered else raw["c_rows"]).astype(np.int64)}
-    live = ctrl["w"] > 0
-    sw = {k: np.where(live, raw["s_" + k], 0.0) for k in ("w", "wd", "dd", "nz")}
-    sw["rows"] = np.where(live, raw["s_rows"], 0).astype(np.int64)
-    sw["un_cl"] = raw["un_cl"].astype(np.int64)
-    nco = raw["co_w"].shape[1]
-    nf = nco // (T * max(nd, 1))
-    dsq, F = np.divmod(np.arange(nco) // nf, T)
-    for j, ell in enumerate(ctx.horizons):
-        t = F - 1 + abs(ell)
-        ok = (t >= 0) & (t < T) & live[j][np.clip(t, 0, T - 1), np.minimum(dsq, max(nd - 1, 0))]
-        for k in ("co_w", "co_wd", "co_n"):
-            raw[k][j] = np.where(ok, raw[k][j], 0.0)
-    sw.update({"co_w": raw["co_w"], "co_wd": raw["co_wd"], "co_n": raw["co_n"].astype(np.int64),
-               "n_sw": sw["rows"].reshape(len(ctx.horizons), -1).sum(axis=1),
-               "dd_num": sw["dd"].reshape(len(ctx.horizons), -1).sum(axis=1),
-               "dd_w": sw["w"].reshape(len(ctx.horizons), -1).sum(axis=1)})
-    return ctrl, sw
-
-
-def _ratio(ctx: Ctx, j: int) -> tuple[float, np.ndarray]:
+def cell_ratio(ctx: Ctx, j: int) -> tuple[float, np.ndarray]:
     """G / N^sw_ℓ and the (t, baseline) ratio N^sw / N^ctl of horizon j (0 scale: no switchers)."""
     N_sw = ctx.sw["w"][j].sum()
     nt, nc = ctx.sw["w"][j], ctx.nc[j]
     ratio = np.where(nc > 0, nt / np.where(nc > 0, nc, 1.0), nt)
     return (ctx.n_units / max(N_sw, 1e-10) if N_sw != 0 else 0.0), ratio
-
-
-def estimate_sums(ctx: Ctx, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Driver side: estimate numerators Σ coef·ΔY and observations used, from the cell sums."""
-    H = len(ctx.horizons)
-    num, nobs = np.zeros(H), np.zeros(H, np.int64)
-    for j in range(H):
-        scale, ratio = _ratio(ctx, j)
-        if scale == 0:
-            continue
-        num[j] = np.sum(-scale * ratio * ctx.ctrl["wd"][j]) + scale * ctx.sw["wd"][j].sum()
-        # observations used: rows with a first difference and a non-zero term, or a zero difference
-        nobs[j] = (raw["ok0"][j] + int(np.sum(np.where(ratio != 0, raw["c_nz"][j], 0)))
-                   + int(ctx.sw["nz"][j].sum()))
-    return {"num": num, "nobs": nobs}
-
-
-def cell_means(ctx: Ctx, n_units_dsq: np.ndarray, T: int) -> dict[str, np.ndarray]:
-    """Driver side: demeaning means and degrees of freedom of the variance (moderndid's rules:
-    switchers' cohort, else the (t, baseline) union; controls' (t, baseline) cell, else the union).
-
-    With clusters the counts are distinct clusters; as in moderndid (polars ``n_unique`` counts the
-    missing value of the rows outside the cell's members), one is added when the cell also holds
-    other rows: controls and union when some unit of the baseline group is not a member at t,
-    placebo cohorts always (their grouping holds every period of the cohort's units)."""
-    c, s = ctx.ctrl, ctx.sw
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c_mean = np.where(c["w"] > 0, c["wd"] / np.where(c["w"] > 0, c["w"], 1.0), 0.0)
-        uw, uwd = c["w"] + s["w"], c["wd"] + s["wd"]
-        u_mean = np.where(uw > 0, uwd / np.where(uw > 0, uw, 1.0), 0.0)
-        co_mean = np.where(s["co_n"] > 0, s["co_wd"] / np.where(s["co_w"] != 0, s["co_w"], 1.0), 0.0)
-    if ctx.clustered:
-        full = n_units_dsq[None, None, :]
-        c_dof = c["n"] + (full > c["rows"])
-        u_dof = s["un_cl"] + (full > c["rows"] + s["rows"])
-        pl = np.array([ell < 0 for ell in ctx.horizons])[:, None]
-        co_dof = s["co_n"] + (pl & (T > 1))
-    else:
-        c_dof, u_dof, co_dof = c["n"], c["n"] + s["rows"], s["co_n"]
-    # controls: their (t, baseline) cell, else the union of the cell when the cell is a singleton
-    e_c = np.where(c_dof >= 2, c_mean, np.where((c_dof == 1) & (u_dof >= 2), u_mean, 0.0))
-    f_c = np.where(c_dof > 1, _dof_factor(c_dof), np.where((c_dof == 1) & (u_dof >= 2), _dof_factor(u_dof), 1.0))
-    # switchers: their cohort, else the union of their (t = F_g - 1 + |l|, baseline) cell
-    H, nco = co_dof.shape
-    nf = nco // (T * max(len(ctx.dsq_vals), 1))
-    dsq, F = np.divmod(np.arange(nco) // nf, T)
-    e_s, f_s = np.zeros((H, nco)), np.ones((H, nco))
-    for j, ell in enumerate(ctx.horizons):
-        t = F - 1 + abs(ell)
-        ok = (t >= 0) & (t < T)
-        tt = np.clip(t, 0, T - 1)
-        un, um = np.where(ok, u_dof[j][tt, dsq], 0), u_mean[j][tt, dsq]
-        sn = co_dof[j]
-        e_s[j] = np.where(sn >= 2, co_mean[j], np.where((sn == 1) & (un >= 2), um, 0.0))
-        f_s[j] = np.where(sn > 1, _dof_factor(sn), np.where((sn == 1) & (un >= 2), _dof_factor(un), 1.0))
-    return {"e_c": e_c, "f_c": f_c, "e_s": e_s, "f_s": f_s}
-
-
-def _dof_factor(n: np.ndarray) -> np.ndarray:
-    return np.sqrt(n / np.maximum(n - 1, 1))
 
 
 def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -573,13 +492,13 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
     starts, codes = b["seg"]
     ends = np.r_[starts[1:], n].astype(np.int64)
     for j, ell in enumerate(ctx.horizons):
-        scale, ratio = _ratio(ctx, j)
+        scale, ratio = cell_ratio(ctx, j)
         if scale == 0:
             continue
         hz = _horizon(b, ell, need_ok=False)
         if hz is not None:
             # controls: -scale Σ_t w ratio f_c (ΔY - e_c), one matrix-vector product per baseline group
-            lo, ok, diff, mw = hz
+            lo, _, diff, mw = hz
             mwd = np.multiply(mw, diff, out=_buf(b, 3))
             A = ratio * means["f_c"][j]
             A[:lo] = 0.0  # the junk columns of the horizon's arrays

@@ -20,16 +20,14 @@ from scipy import stats
 
 from dte_dask.core.dcdh import (
     Ctx,
-    cell_means,
     cell_stats,
     design_stats,
-    estimate_sums,
     from_unit_block,
     influence_stats,
     meta_stats,
     prepare,
-    split_cells,
 )
+from dte_dask.core.dcdh_cells import cell_means, estimate_sums, split_cells
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
