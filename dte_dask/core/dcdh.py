@@ -46,7 +46,9 @@ class DcdhBlock:
     ids : (n,) unit ids; rank : (n,) stable index of the unit's entity (cluster, else unit);
     y, d, w : (n, T) outcome, treatment, row weight (NaN where the row is absent or missing);
     present : (n, T) the row exists; cl : (n,) int cluster codes (unit codes without clusters);
-    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass.
+    pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass;
+    key : (n,) int codes ``0..Ctx.n_keys-1`` of further variables that comparisons must match
+    (``trends_nonparam``, :mod:`dte_dask.core.dcdh_options`), or None.
     """
 
     ids: np.ndarray
@@ -57,6 +59,7 @@ class DcdhBlock:
     present: np.ndarray
     cl: np.ndarray
     pre: dict | None = None
+    key: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -65,20 +68,19 @@ class DcdhBlock:
     def take(self, index: slice | np.ndarray) -> DcdhBlock:
         pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
-                         self.present[index], self.cl[index], pre)
+                         self.present[index], self.cl[index], pre, None if self.key is None else self.key[index])
 
 
 def prepare(block: DcdhBlock, block_size: int | None = None) -> DcdhBlock:
     """The block with its options-independent unit design attached (computed once, used by every
-    pass), its units ordered by (RNG block of ``block_size`` entities, baseline treatment, cluster):
-    the (t, baseline) cells of a pass are then row segments of every RNG block."""
+    pass), its units ordered by (RNG block of ``block_size`` entities, baseline treatment, ``key``,
+    cluster): the (t, comparison group) cells of a pass are then row segments of every RNG block.
+    The weight is replaced by 0 on the rows out of the sample (absent, missing outcome or treatment)."""
     pre = _unit_base(block)
-    # rows in the sample before the option-dependent filters (outcome observed); the weight is
-    # replaced by 0 on the rows out of it (absent, missing outcome or treatment)
-    v0 = pre["v0"] = pre["present"] & ~np.isnan(block.y)
-    w = np.where(v0 & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
+    w = np.where(pre["present"] & ~np.isnan(block.y) & ~np.isnan(block.d) & ~np.isnan(block.w), block.w, 0.0)
     blk = block.rank // block_size if block_size else np.zeros(block.n, np.int64)
-    order = np.lexsort((np.arange(block.n), block.cl, np.nan_to_num(pre["d_sq"], nan=np.inf), blk))
+    key = np.zeros(block.n, np.int64) if block.key is None else block.key
+    order = np.lexsort((np.arange(block.n), block.cl, key, np.nan_to_num(pre["d_sq"], nan=np.inf), blk))
     return replace(block, w=w, pre=pre).take(order)
 
 
@@ -109,6 +111,12 @@ class Ctx:
     nc: np.ndarray | None = None         # (H, T, n_dsq) Σ w of controls
     ctrl: dict | None = None             # control cell sums for the variance
     sw: dict | None = None               # switcher cell / cohort sums
+    n_keys: int = 1                      # values of DcdhBlock.key: comparison groups = baseline × key
+
+    @property
+    def n_groups(self) -> int:
+        """Comparison groups (baseline treatment × matched variables): the second axis of the cells."""
+        return len(self.dsq_vals) * self.n_keys
 
 
 def _steps(d: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -184,6 +192,8 @@ def unit_design(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]
     dsq_code = np.searchsorted(ctx.dsq_vals, np.where(np.isnan(d_sq), np.inf, d_sq))
     dsq_code = np.minimum(dsq_code, len(ctx.dsq_vals) - 1) if len(ctx.dsq_vals) else dsq_code
     keep &= ~np.isnan(d_sq)
+    if block.key is not None:  # comparison group: baseline × the matched variables' values
+        dsq_code = dsq_code * ctx.n_keys + block.key
     if stage >= 2 and ctx.keep_dsq is not None:
         keep &= ctx.keep_dsq[dsq_code]
     present = present & keep[:, None]
@@ -224,7 +234,7 @@ def _seg_cells(M: np.ndarray, seg: tuple[np.ndarray, np.ndarray], nd: int, lo: i
 def design_stats(block: DcdhBlock, ctx: Ctx, stage: int) -> dict[str, np.ndarray]:
     """Counts for the filters: units by (baseline, F) and never-switcher rows by (t, baseline)."""
     block, u = _grouped(block, ctx, stage)
-    T, nd = block.y.shape[1], len(ctx.dsq_vals)
+    T, nd = block.y.shape[1], ctx.n_groups
     k = u["keep"]
     fcol = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
     fcount = np.bincount(u["dsq"][k] * (T + 1) + fcol[k], minlength=nd * (T + 1)).reshape(nd, T + 1)
@@ -254,7 +264,8 @@ def _base(block: DcdhBlock, ctx: Ctx) -> tuple[DcdhBlock, dict, dict[str, np.nda
     indicator ``Cf`` (not switched yet at t), ``wc`` = w · Cf, and a work space for the horizons."""
     block, u = _grouped(block, ctx, 3)
     n, T = block.y.shape
-    v = u["present"] & block.pre["v0"]
+    v = ~np.isnan(block.y)
+    v &= u["present"]
     w = block.w * v
     C = u["F"][:, None] > np.arange(T)[None, :]
     if ctx.only_never_switchers:
@@ -355,7 +366,7 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     zero first difference."""
     block, u, b = _base(block, ctx)
     n, T = block.y.shape
-    nd, H = len(ctx.dsq_vals), len(ctx.horizons)
+    nd, H = ctx.n_groups, len(ctx.horizons)
     nco = nd * T * (len(ctx.dfg_vals) + 1)
     cell = ("c_w", "c_wd", "c_rows", "c_nz", "c_n", "s_w", "s_wd", "s_rows", "s_nz", "s_dd", "un_cl")
     out = {k: np.zeros((H, T, nd)) for k in cell}

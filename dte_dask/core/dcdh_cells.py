@@ -77,7 +77,7 @@ def cell_means(ctx: Ctx, n_units_dsq: np.ndarray, T: int) -> dict[str, np.ndarra
     f_c = np.where(c_dof > 1, _dof_factor(c_dof), np.where((c_dof == 1) & (u_dof >= 2), _dof_factor(u_dof), 1.0))
     # switchers: their cohort, else the union of their (t = F_g - 1 + |l|, baseline) cell
     H, nco = co_dof.shape
-    nf = nco // (T * max(len(ctx.dsq_vals), 1))
+    nf = nco // (T * max(ctx.n_groups, 1))
     dsq, F = np.divmod(np.arange(nco) // nf, T)
     e_s, f_s = np.zeros((H, nco)), np.ones((H, nco))
     for j, ell in enumerate(ctx.horizons):
