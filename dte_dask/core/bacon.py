@@ -170,13 +170,12 @@ def twfe_fit(sums: dict[str, np.ndarray], timing: tuple[float, ...], T: int) -> 
 
 def cluster_meat(block: Any, timing: tuple[float, ...], dt: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray]:
     """Sum of squared cluster scores of the TWFE coefficient over one block (clusters are its entities,
-    contiguous by ``rank``), ``meat``; clusters and units of positive weight, ``G`` and ``units``."""
+    contiguous by ``rank``), ``meat``, and the clusters with a unit of positive weight, ``G``."""
     rows = group_rows(block.g, timing)
     s = block.w * (np.einsum("it,it->i", block.y, dt[rows]) - shift[rows])
     pos = (block.w > 0).astype(float)
     S = entity_sums(np.column_stack([s, pos]), block.rank)
-    return {"meat": np.array(S[:, 0] @ S[:, 0]), "G": np.array(float(np.count_nonzero(S[:, 1] > 0))),
-            "units": np.array(float(pos.sum()))}
+    return {"meat": np.array(S[:, 0] @ S[:, 0]), "G": np.array(float(np.count_nonzero(S[:, 1] > 0)))}
 
 
 def twfe_se(fit: TwfeFit, meat: dict[str, np.ndarray], T: int) -> float:

@@ -155,8 +155,7 @@ def etwfe(
     by_cell = by_cell[kept].reset_index(drop=True)
     options = dict(estimator="etwfe", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
                    group=panel.spec.group_source, control_group=opt.control_group, convention=opt.convention,
-                   covariates=cov_names,
-                   weights=panel.spec.weights, cluster=panel.spec.cluster)
+                   covariates=cov_names, weights=panel.spec.weights, cluster=panel.spec.cluster)
     aggs = _aggregations([r[0] for r in rows], [r[1] for r in rows], oc, ose, Vo, alpha, p.n_clusters - 1, options)
     if r_etwfe:
         W, idx = W @ L, np.arange(spec.m)
@@ -197,11 +196,10 @@ def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, co
     aug = replace(panel, blocks=tuple(blocks))
     cv = [panel.spec.covariates[j] for j in cov_idx]
     sv = [cv[j] for j in cspec.slope_cov]
-    dm = "_dm"
-    cn = [f"{names[spec.n_fe + j]}:{c}{dm}" for j in range(len(cells)) for c in cv]
+    cn = [f"{names[spec.n_fe + j]}:{c}_dm" for j in range(len(cells)) for c in cv]
     cn += [f"cohort={plain(panel.group_label(g))}:{c}" for g in cspec.slope_cohorts for c in sv]
     cn += [f"{panel.spec.time}={plain(panel.periods.labels[t])}:{c}" for t in cspec.periods for c in cv]
-    cn += list(sv) if cspec.raw_main else [f"{c}{dm}" for c in cv]
+    cn += list(sv) if cspec.raw_main else [f"{c}_dm" for c in cv]
     spec = replace(spec, cov_idx=tuple(range(cspec.width)))
     return aug, spec, names[:spec.n_fe] + cn + names[spec.n_fe:], cell_shifts(cspec, sums)
 
