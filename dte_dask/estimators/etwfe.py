@@ -87,8 +87,8 @@ def etwfe(
     (``emfx``'s average over the cell's rows; the dummy's own coefficient is ``by_cohort()``'s
     ``dummy_coef``), and every aggregation weights cells by their observed rows, unweighted (``emfx``
     averages over rows whatever the regression weights). R ``etwfe`` without ``ivar`` has cohort
-    instead of unit fixed effects: the same numbers on a balanced panel with covariates constant
-    within units, not with time-varying ones. See ``docs/robust-did.md``.
+    instead of unit fixed effects: the same point estimates on a balanced panel with covariates
+    constant within units, not with time-varying ones. See ``docs/robust-did.md``.
     """
     t0 = _time.perf_counter()
     opt = parse_options(EtwfeOptions, control_group=control_group, convention=convention)
