@@ -187,6 +187,21 @@ def test_without_never_treated_the_last_cohort_is_the_reference(panel_a):
     _check(_fit(df, ["x1"], "not_yet_treated"), _reference(df, ["x1"], "not_yet_treated"))
 
 
+def test_unbalanced_panel():
+    """Missing periods: cohort means and emfx's cell averages over the observed rows (a unit observed
+    once counts there, though it leaves the regression); SEs compared without such units, whose
+    count enters fixest's small-sample factor differently (see docs/robust-did.md)."""
+    df = dte_dask.simulate_panel(150, 6, seed=3, unbalanced_share=0.25).data.compute(scheduler="sync")
+    df = df.dropna(subset=["y"])
+    df["x1"] = np.random.default_rng(1).normal(size=len(df)) + 0.1 * df["time"]
+    df["y"] = df["y"] + 0.5 * df["x1"]
+    assert (df.groupby("unit").size() == 1).any()
+    kw = dict(allow_unbalanced_panel=True)
+    _check(_fit(df, ["x1"], "not_yet_treated", **kw), _reference(df, ["x1"], "not_yet_treated"), se=False)
+    df = df[df.groupby("unit")["time"].transform("size") > 1]
+    _check(_fit(df, ["x1"], "never_treated", **kw), _reference(df, ["x1"], "never_treated"))
+
+
 def test_partition_invariance_and_bad_convention(panel_a):
     a = _fit(panel_a, ["x1", "female"], "never_treated", npartitions=1)
     b = _fit(panel_a, ["x1", "female"], "never_treated", npartitions=3)
