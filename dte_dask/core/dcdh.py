@@ -314,35 +314,49 @@ def _horizon(b: dict, ell: int, need_ok: bool = True) -> tuple[int, np.ndarray |
     return lo, ok, diff, mw
 
 
+def _switch_window(u: dict, b: dict, ctx: Ctx) -> dict[str, np.ndarray]:
+    """The rows around the first switch of the units that switch, gathered once for every horizon:
+    outcome, validity (False out of the panel), weight and presence at t = F_g - 1 + o for the
+    offsets o = -max placebo .. max horizon (each unit's window is contiguous in memory)."""
+    T = b["y0"].shape[1]
+    hp = max((-ell for ell in ctx.horizons if ell < 0), default=0)
+    hw = max((abs(ell) for ell in ctx.horizons), default=0)
+    g = np.flatnonzero(np.isfinite(u["F"]) & u["keep"] & (u["S"] != 0))
+    base = u["F"][g].astype(np.int64) - 1
+    cols = base[:, None] + np.arange(-hp, hw + 1)[None, :]
+    inside = (cols >= 0) & (cols < T)
+    flat = g[:, None] * T + np.clip(cols, 0, T - 1)
+    return {"g": g, "t0": base, "o0": hp, "inside": inside, "y": b["y0"].reshape(-1)[flat],
+            "v": b["v"].reshape(-1)[flat] & inside, "w": b["w"].reshape(-1)[flat],
+            "p": u["present"].reshape(-1)[flat]}
+
+
 def _switcher_rows(u: dict, b: dict, ell: int, ctx: Ctx) -> tuple[np.ndarray, ...]:
     """Switchers at horizon ``ell`` (first difference defined; cells without controls not removed):
-    units g, period t = F_g - 1 + |ell|, ΔY and weight at t."""
+    units g, period t = F_g - 1 + |ell|, ΔY, weight and presence at t."""
+    if "win" not in b:
+        b["win"] = _switch_window(u, b, ctx)
+    W = b["win"]
     T = b["y0"].shape[1]
     h = abs(ell)
-    F = u["F"]
-    fin = np.isfinite(F) & u["keep"] & (u["S"] != 0)
-    tgt = np.where(fin, F - 1 + h, -1).astype(np.int64)
-    sel = fin & (tgt < T) & (u["L"] >= h)
+    g, o0 = W["g"], W["o0"]
+    t = W["t0"] + h
+    sel = (t < T) & (u["L"][g] >= h)
     if ctx.same_switchers:
-        sel &= u["L"] >= ctx.same_switchers
-    if ell < 0:
-        sel &= tgt >= 2 * h
-    g = np.flatnonzero(sel)
-    t = tgt[g]
-    row = g * T
-    ta, tb = (row + t, row + t - h) if ell > 0 else (row + t - 2 * h, row + t - h)
-    v, y0 = b["v"].ravel(), b["y0"].ravel()
-    ok = v[ta] & v[tb]
-    g, t, ta, tb = g[ok], t[ok], ta[ok], tb[ok]
-    return g, t, y0[ta] - y0[tb], b["w"].ravel()[g * T + t]
+        sel &= u["L"][g] >= ctx.same_switchers
+    # effects: Y_{F-1+h} - Y_{F-1}; placebos: Y_{F-1-h} - Y_{F-1}
+    a = o0 + h if ell > 0 else o0 - h
+    sel &= W["v"][:, a] & W["v"][:, o0]
+    i = np.flatnonzero(sel)
+    return (g[i], t[i], W["y"][i, a] - W["y"][i, o0], W["w"][i, o0 + h], W["p"][i, o0 + h])
 
 
-def _cohort_index(u: dict, g: np.ndarray, t: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
+def _cohort_index(u: dict, g: np.ndarray, present_t: np.ndarray, T: int, ctx: Ctx) -> np.ndarray:
     """Cohort (baseline, F_g, D at F_g) of switcher rows. As in moderndid, a row absent from the data
     (a placebo's target period need not be observed) has no D at F_g: it joins the cohort
     (baseline, F_g, missing) of every such row."""
     nf = len(ctx.dfg_vals) + 1
-    dfg = np.where(u["present"].ravel()[g * T + t], u["dfg_code"][g], nf - 1)
+    dfg = np.where(present_t, u["dfg_code"][g], nf - 1)
     return (u["dsq"][g] * T + u["F"][g].astype(np.int64)) * nf + dfg
 
 
@@ -388,13 +402,13 @@ def cell_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
             if hz is None:
                 continue
             _control_cells(out, j, hz, b, nd, runs)
-        g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
+        g, t, sd, wv, pt = _switcher_rows(u, b, ell, ctx)
         dq = u["dsq"][g]
         ci = t * nd + dq
         for key, val in (("s_w", wv), ("s_wd", wv * sd), ("s_rows", None), ("s_nz", wv * sd != 0),
                          ("s_dd", wv * _signed_change(cum, u, g, abs(ell)))):
             out[key][j] = np.bincount(ci, weights=val, minlength=T * nd).reshape(T, nd)
-        co = _cohort_index(u, g, t, T, ctx)
+        co = _cohort_index(u, g, pt, T, ctx)
         out["co_w"][j] = np.bincount(co, weights=wv, minlength=nco)
         out["co_wd"][j] = np.bincount(co, weights=wv * sd, minlength=nco)
         if runs is not None:
@@ -516,10 +530,10 @@ def influence_stats(block: DcdhBlock, ctx: Ctx, means: dict[str, np.ndarray]) ->
             B = A * means["e_c"][j]
             for a0, a1, d in zip(starts, ends, codes):
                 psi[a0:a1, j] = -scale * (mwd[a0:a1] @ A[:, d] - mw[a0:a1] @ B[:, d])
-        g, t, sd, wv = _switcher_rows(u, b, ell, ctx)
+        g, t, sd, wv, pt = _switcher_rows(u, b, ell, ctx)
         live = ctx.nc[j][t, u["dsq"][g]] > 0
-        g, t, sd, wv = g[live], t[live], sd[live], wv[live]
-        co = _cohort_index(u, g, t, T, ctx)
+        g, sd, wv, pt = g[live], sd[live], wv[live], pt[live]
+        co = _cohort_index(u, g, pt, T, ctx)
         psi[g, j] += scale * wv * means["f_s"][j][co] * (sd - means["e_s"][j][co])
     if ctx.clustered:
         codes_cl, inv = np.unique(block.cl, return_inverse=True)
