@@ -13,7 +13,8 @@ from typing import Any
 import dask
 import numpy as np
 
-from dte_dask.core.dcdh import Ctx, influence_stats
+from dte_dask.core.dcdh import Ctx, cell_stats
+from dte_dask.core.dcdh_cells import estimate_sums, split_cells
 from dte_dask.core.dcdh_controls import (
     ControlsCorrection,
     adjust_outcome,
@@ -112,17 +113,19 @@ def adjust_for_controls(parts: list, ctx: Ctx, reduce: Callable[..., Any]) -> tu
     return list(dask.persist(*adj)), th
 
 
-def controls_correction(parts: list, ctx: Ctx, means: dict, th: dict, T: int,
-                        reduce: Callable[..., Any]) -> ControlsCorrection:
+def controls_correction(parts: list, ctx: Ctx, th: dict, T: int, reduce: Callable[..., Any]) -> ControlsCorrection:
     """The influence-function correction: M_{d,ℓ,k} from DID_ℓ's functional on control k of the
-    units of group d (one influence pass per group with switchers and control), zero for ℓ ≥ T − 1."""
+    units of group d (one cell pass per group and control; ``ctx`` holds the cells of the data, whose
+    missing pattern and weights the pass keeps), zero for ℓ ≥ T − 1."""
     H, (ng, K) = len(ctx.horizons), th["theta"].shape
     M = np.zeros((H, ng, K))
     live = np.flatnonzero((th["e_n"] > 0).any(axis=0))
     for g in live:
         for k in range(K):
             lp = [dask.delayed(level_outcome, pure=False)(p, ctx, int(g), k) for p in parts]
-            M[:, g, k] = reduce(lp, influence_stats, ctx, means)["num"] / ctx.n_units
+            raw = reduce(lp, cell_stats, ctx)
+            c, sw = split_cells(ctx, raw)
+            M[:, g, k] = estimate_sums(replace(ctx, ctrl=c, sw=sw), raw)["num"] / ctx.n_units
     M[np.abs(np.array(ctx.horizons)) >= T - 1] = 0.0
     return ControlsCorrection(th["theta"], th["mean_x"], th["alpha"], th["inv"], th["e_n"], th["n_c"], M)
 

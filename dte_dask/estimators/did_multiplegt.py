@@ -21,15 +21,14 @@ from scipy import stats
 
 from dte_dask.core.dcdh import (
     Ctx,
-    cell_means,
-    control_stats,
+    cell_stats,
     design_stats,
     from_unit_block,
     influence_stats,
     meta_stats,
     prepare,
-    switcher_stats,
 )
+from dte_dask.core.dcdh_cells import cell_means, estimate_sums, split_cells
 from dte_dask.core.dcdh_options import cumulation_matrix
 from dte_dask.estimators.dcdh_extras import (
     adjust_for_controls,
@@ -126,10 +125,6 @@ def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
 
 
-def _reduce(parts: list, func: Any, *args: Any, bs: int, nb: int) -> Any:
-    return reduce_blocks(parts, func, bs, nb, *args)
-
-
 def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = None, time: str | None = None,
                    treatment: str | None = None, *, effects: int = 1,
                    placebo: int = 0, cluster: str | None = None, weights: str | None = None,
@@ -206,14 +201,14 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                 raise SpecError(f"did_multiplegt: name the `{role}` column")
         bs = int(rng_block_size)
         cols = WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster)
-        wide = wide_blocks(data, cols, max(int(npartitions), 1), bs, "did_multiplegt")
+        wide = wide_blocks(data, cols, max(int(npartitions), 1), bs, "did_multiplegt", persist=False)
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
         if matched:
             parts, n_keys = with_matched_variables(parts, data, cols, matched, max(int(npartitions), 1), bs)
         if xcols:
             parts = with_controls(parts, data, cols, xcols, max(int(npartitions), 1), bs)
     # the options-independent unit design once per block, kept with the block for every pass
-    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
+    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p, bs) for p in parts]))
     fit = partial(_fit, opt=opt, T=T, bs=bs, nb=nb, clustered=cluster is not None,
                   n_clusters=n_ent if cluster is not None else None, n_keys=n_keys, controls=bool(xcols))
     res = fit(parts)
@@ -223,6 +218,10 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     return _with_bootstrap(res, opt, reps, ate)
 
 
+def _reduce(parts: list, func: Any, *args: Any, bs: int, nb: int) -> Any:
+    return reduce_blocks(parts, func, bs, nb, *args)
+
+
 def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clustered: bool,
          n_clusters: int | None, n_keys: int, controls: bool = False) -> DidMultiplegtResult:
     """The estimator on prepared blocks (the data, or a bootstrap replicate of it)."""
@@ -230,12 +229,12 @@ def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clust
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
     dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))
-    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=clustered, n_keys=n_keys)
+    ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=clustered,
+              n_keys=n_keys)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
-    ctx = replace(ctx, keep_dsq=keep_dsq)
-    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
-    ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
+    # stage 2 only drops whole baseline groups: its never-switcher cells are those of stage 1
+    ctx = replace(ctx, keep_dsq=keep_dsq, ctrl_ok=(a["never_rows"] > 0) & keep_dsq[None, :])
     if opt.trends_lin:
         parts = with_first_differences(parts, ctx)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
@@ -249,15 +248,13 @@ def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clust
     reduce = partial(_reduce, bs=bs, nb=nb)
     if controls:
         parts, th = adjust_for_controls(parts, ctx, reduce)
-    c = reduce_blocks(parts, control_stats, bs, nb, ctx)
-    ctx = replace(ctx, nc=c["w"], ctrl=c)
-    s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
-    ctx = replace(ctx, sw=s)
+    raw = reduce_blocks(parts, cell_stats, bs, nb, ctx)
+    c, s = split_cells(ctx, raw)
+    ctx = replace(ctx, nc=c["w"], ctrl=c, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
-    correction = controls_correction(parts, ctx, means, th, T, reduce) if controls else None
-    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means, correction)
+    correction = controls_correction(parts, ctx, th, T, reduce) if controls else None
+    f = {**reduce_blocks(parts, influence_stats, bs, nb, ctx, means, correction), **estimate_sums(ctx, raw)}
     return _finish(opt, ctx, s, f, horizons, G, n_clusters, effects_n, placebo_n)
-
 
 
 def _with_bootstrap(res: DidMultiplegtResult, opt: DidMultiplegtOptions, reps: np.ndarray,
