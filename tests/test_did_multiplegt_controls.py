@@ -63,6 +63,12 @@ R_FAVARA = {"est": [0.0381024681432748, 0.0305128641581897, 0.072070519656504, 0
             "se": [0.0250745755951389, 0.024154332128746, 0.0308675980892923, 0.0392514992042783,
                    0.0507075915636703, 0.0110032020382188],
             "N": [3756, 2963, 2391, 2750, 1343], "sw": [878, 878, 878, 869, 629]}
+# Favara-Imbs, controls = Dl_hpi, trends_nonparam = region (state_n mod 3)
+R_FAVARA_NONPARAM = {"est": [0.0294132351549049, 0.0296565506073464, 0.10112807558935, 0.0347771052073713,
+                             -0.0215898536216234, 0.0249165141305059],
+                     "se": [0.0264331562264373, 0.0287547715209404, 0.0394354420699706, 0.0424005295499921,
+                            0.0555023630255741, 0.0125226308348564],
+                     "N": [2848, 2246, 1761, 2531, 1142], "sw": [878, 878, 878, 869, 629]}
 # _sim2, controls = x, x2, weight = w
 R_SIM2_W = {"est": [0.926740365565078, 0.807704071381735, 0.809125795057428, -0.0196955694051471,
                     -0.0516166463468008, 0.860914498326888],
@@ -90,6 +96,13 @@ def test_simulated_vs_r():
 def test_favara_missing_controls_vs_r(favara):
     res = dte_dask.did_multiplegt(favara, "y", "id", "t", "d", effects=3, placebo=2, controls="Dl_hpi")
     _check(res, R_FAVARA)
+
+
+def test_favara_controls_and_trends_nonparam_vs_r(favara):
+    region = favara.assign(region=(favara["state_n"] % 3).astype(float))
+    res = dte_dask.did_multiplegt(region, "y", "id", "t", "d", effects=3, placebo=2, controls=["Dl_hpi"],
+                                  trends_nonparam=["region"], npartitions=2)
+    _check(res, R_FAVARA_NONPARAM)
 
 
 def test_two_controls_weights_vs_r_and_partitions():

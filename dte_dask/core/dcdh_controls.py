@@ -75,45 +75,64 @@ def theta_stats(block: DcdhBlock, ctx: Ctx) -> dict[str, np.ndarray]:
     return out
 
 
-def solve_theta(s: dict[str, np.ndarray], n_units: int) -> dict[str, np.ndarray]:
-    """Driver side: θ (ng, K), the cells' mean ΔX and period effects, Den⁻¹ (ng, K, K), and the
-    groups whose X̃'X̃ is singular (R warns and keeps the generalized-inverse solution)."""
-    sw = s["sw"]
+def _centered(sw: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, sxy: np.ndarray) -> tuple:
+    """Σ over cells of the within-cell centred X̃X̃' and X̃ΔY, cell by cell (cells without weight: 0)."""
     pos = sw > 0
     safe = np.where(pos, sw, 1.0)
-    mean_x = np.where(pos[..., None], s["sx"] / safe[..., None], np.nan)
-    cx = np.where(pos[..., None, None], s["sxx"] - s["sx"][..., :, None] * s["sx"][..., None, :] / safe[..., None, None], 0.0)
-    cy = np.where(pos[..., None], s["sxy"] - s["sx"] * (s["sy"] / safe)[..., None], 0.0)
-    M, v = cx.sum(axis=0), cy.sum(axis=0)          # (ng, K, K), (ng, K)
-    ng, K = v.shape
-    theta = np.zeros((ng, K))
-    inv = np.zeros((ng, K, K))
-    singular = np.zeros(ng, bool)
+    cx = np.where(pos[..., None, None], sxx - sx[..., :, None] * sx[..., None, :] / safe[..., None, None], 0.0)
+    cy = np.where(pos[..., None], sxy - sx * (sy / safe)[..., None], 0.0)
+    return cx, cy
+
+
+def _solve(M: np.ndarray, v: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    theta, pinv = np.zeros(v.shape), np.zeros(M.shape)
+    for g in np.flatnonzero(live):
+        pinv[g] = np.linalg.pinv(M[g])
+        theta[g] = pinv[g] @ v[g]
+    return theta, pinv
+
+
+def solve_theta(s: dict[str, np.ndarray], n_units: int, n_keys: int = 1) -> dict[str, np.ndarray]:
+    """Driver side, per baseline treatment d (``n_keys`` comparison groups each): θ_d (nd, K), whose
+    regression demeans ΔX within (period, comparison group) cells; the mean ΔX of those cells; the
+    fitted values' coefficients and period effects (R's ``feols(ΔY ~ ΔX | period)`` within d);
+    Den_d⁻¹ (nd, K, K); the groups whose X̃'X̃ is singular (R keeps the generalized inverse)."""
+    sw = s["sw"]
+    T, ng, K = s["sx"].shape
+    nd = ng // n_keys
+    pos = sw > 0
+    mean_x = np.where(pos[..., None], s["sx"] / np.where(pos, sw, 1.0)[..., None], np.nan)
+    cx, cy = _centered(sw, s["sx"], s["sy"], s["sxx"], s["sxy"])
+    M = cx.sum(axis=0).reshape(nd, n_keys, K, K).sum(axis=1)
+    v = cy.sum(axis=0).reshape(nd, n_keys, K).sum(axis=1)
+    live = pos.reshape(T, nd, n_keys).any(axis=(0, 2))
+    theta, pinv = _solve(M, v, live)
+    # the same regression with period effects within d only (R's fitted values)
+    lv = {k: s[k].reshape(T, nd, n_keys, *s[k].shape[2:]).sum(axis=2) for k in ("sw", "sx", "sy", "sxx", "sxy")}
+    fx, fy = _centered(lv["sw"], lv["sx"], lv["sy"], lv["sxx"], lv["sxy"])
+    theta_fe, _ = _solve(fx.sum(axis=0), fy.sum(axis=0), live)
+    lpos = lv["sw"] > 0
+    alpha = np.where(lpos, (lv["sy"] - np.einsum("tgk,gk->tg", lv["sx"], theta_fe)) / np.where(lpos, lv["sw"], 1.0),
+                     np.nan)
     rsum = float(s["n_c"].sum())  # R: weights of every group's not-yet-switched rows (Stata: the group's)
-    for g in range(ng):
-        if not pos[:, g].any():
-            continue
-        pinv = np.linalg.pinv(M[g])
-        theta[g] = pinv @ v[g]
-        inv[g] = pinv * rsum * n_units
-        singular[g] = abs(np.linalg.det(M[g])) <= 1e-16
-    alpha = np.where(pos, (s["sy"] - np.einsum("tgk,gk->tg", s["sx"], theta)) / safe, np.nan)
-    return {"theta": theta, "mean_x": mean_x, "alpha": alpha, "inv": inv, "e_n": s["e_n"], "n_c": s["n_c"],
+    singular = np.array([live[g] and abs(np.linalg.det(M[g])) <= 1e-16 for g in range(nd)], bool)
+    return {"theta": theta, "theta_fe": theta_fe, "mean_x": mean_x, "alpha": alpha, "inv": pinv * rsum * n_units,
+            "e_n": s["e_n"].reshape(T, nd, n_keys).sum(axis=2), "n_c": s["n_c"].reshape(nd, n_keys).sum(axis=1),
             "singular": singular}
 
 
 def adjust_outcome(block: DcdhBlock, ctx: Ctx, theta: np.ndarray) -> DcdhBlock:
     """The block with Y replaced by Y − θ_d'X (d: the unit's group; missing where a control is)."""
     u = unit_design(block, ctx, 3)
-    th = theta[np.minimum(u["dsq"], theta.shape[0] - 1)]
+    th = theta[np.minimum(u["dsq"] // ctx.n_keys, theta.shape[0] - 1)]
     return replace(block, y=block.y - np.einsum("ntk,nk->nt", block.x, th))
 
 
 def level_outcome(block: DcdhBlock, ctx: Ctx, group: int, k: int) -> DcdhBlock:
-    """The block whose outcome is control k for the units of ``group`` and 0 for the others, with
-    the missing pattern of the (adjusted) outcome: DID_ℓ's functional on it is M_{group,ℓ,k}."""
+    """The block whose outcome is control k for the units of baseline ``group`` and 0 for the others,
+    with the missing pattern of the (adjusted) outcome: DID_ℓ's functional on it is M_{group,ℓ,k}."""
     u = unit_design(block, ctx, 3)
-    mine = (u["dsq"] == group)[:, None]
+    mine = (u["dsq"] // ctx.n_keys == group)[:, None]
     y = np.where(np.isnan(block.y), np.nan, np.where(mine, block.x[:, :, k], 0.0))
     return replace(block, y=y)
 
@@ -125,6 +144,7 @@ class ControlsCorrection:
     M : (H, ng, K) DID_ℓ's functional on the controls' long differences, per group (÷ G)."""
 
     theta: np.ndarray
+    theta_fe: np.ndarray
     mean_x: np.ndarray
     alpha: np.ndarray
     inv: np.ndarray
@@ -139,14 +159,14 @@ class ControlsCorrection:
             return np.zeros((0, H))
         r = _rows(block, ctx)  # the block holds Ỹ = Y − θ'X: ΔY = ΔỸ + θ'ΔX where ΔX is observed
         u = r["u"]
-        d = u["dsq"]
+        d = u["dsq"] // ctx.n_keys                                     # baseline treatment level
         dy = r["dy"] + np.einsum("ntk,nk->nt", r["dx"], self.theta[d])
         t = np.arange(T)[None, :]
         e = self.e_n[t, d[:, None]]                                   # (n, T)
         dof = np.where(e >= 2, np.sqrt(e / np.maximum(e - 1, 1)), 1.0)
-        mx = self.mean_x[t, d[:, None]]                               # (n, T, K)
+        mx = self.mean_x[t, u["dsq"][:, None]]                        # (n, T, K): (period, comparison group)
         prod = np.where(r["mask"][:, :, None], r["w"][:, :, None] * (r["dx"] - mx), 0.0)
-        fit = np.einsum("ntk,nk->nt", r["dx"], self.theta[d]) + self.alpha[t, d[:, None]]
+        fit = np.einsum("ntk,nk->nt", r["dx"], self.theta_fe[d]) + self.alpha[t, d[:, None]]
         e_hat = np.where(r["nys"], fit * (e >= 2), np.nan)
         resid = dy - e_hat
         nc = self.n_c[d]

@@ -104,7 +104,7 @@ def with_controls(parts: list, data: Any, cols: WideColumns, names: list[str], n
 def adjust_for_controls(parts: list, ctx: Ctx, reduce: Callable[..., Any]) -> tuple[list, dict]:
     """θ_d from the not-yet-switchers' first differences (with period effects) and the blocks with
     Y − θ_d'X as outcome."""
-    th = solve_theta(reduce(parts, theta_stats, ctx), ctx.n_units)
+    th = solve_theta(reduce(parts, theta_stats, ctx), ctx.n_units, ctx.n_keys)
     if th["singular"].any():
         warnings.warn("did_multiplegt: the controls are collinear (or without variation) among the "
                       f"not-yet-switchers of {int(th['singular'].sum())} baseline group(s); their "
@@ -127,7 +127,7 @@ def controls_correction(parts: list, ctx: Ctx, th: dict, T: int, reduce: Callabl
             c, sw = split_cells(ctx, raw)
             M[:, g, k] = estimate_sums(replace(ctx, ctrl=c, sw=sw), raw)["num"] / ctx.n_units
     M[np.abs(np.array(ctx.horizons)) >= T - 1] = 0.0
-    return ControlsCorrection(th["theta"], th["mean_x"], th["alpha"], th["inv"], th["e_n"], th["n_c"], M)
+    return ControlsCorrection(th["theta"], th["theta_fe"], th["mean_x"], th["alpha"], th["inv"], th["e_n"], th["n_c"], M)
 
 
 def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: list[str], npartitions: int,

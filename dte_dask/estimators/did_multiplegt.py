@@ -179,9 +179,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
     n_keys = 1
     xcols = None if controls is None else column_list(controls, "controls")
-    if xcols and (trends_lin or matched):
-        raise NotImplementedError("did_multiplegt: controls together with trends_lin or trends_nonparam is not "
-                                  "implemented yet")
+    if xcols and trends_lin:
+        raise NotImplementedError("did_multiplegt: controls together with trends_lin is not implemented yet")
     if opt.switchers not in ("", "in", "out"):
         raise SpecError(f"switchers={opt.switchers!r}: use '', 'in' or 'out'")
     if opt.effects < 1:
