@@ -127,7 +127,8 @@ def controls_correction(parts: list, ctx: Ctx, th: dict, T: int, reduce: Callabl
             c, sw = split_cells(ctx, raw)
             M[:, g, k] = estimate_sums(replace(ctx, ctrl=c, sw=sw), raw)["num"] / ctx.n_units
     M[np.abs(np.array(ctx.horizons)) >= T - 1] = 0.0
-    return ControlsCorrection(th["theta"], th["theta_fe"], th["mean_x"], th["alpha"], th["inv"], th["e_n"], th["n_c"], M)
+    return ControlsCorrection(th["theta"], th["theta_fe"], th["mean_x"], th["alpha"], th["inv"], th["e_n"],
+                              th["n_c"], M)
 
 
 def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: list[str], npartitions: int,

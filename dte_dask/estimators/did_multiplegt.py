@@ -193,7 +193,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
         cluster = data.spec.cluster
         n_ent = data.n_clusters
         if matched or xcols:
-            raise SpecError("did_multiplegt: trends_nonparam and controls need the long data frame (a Panel has no such columns)")
+            raise SpecError("did_multiplegt: trends_nonparam and controls need the long data frame "
+                            "(a Panel has no such columns)")
     else:
         for role, col in (("outcome", outcome), ("unit", unit), ("time", time), ("treatment", treatment)):
             if col is None:
@@ -270,7 +271,8 @@ def _with_bootstrap(res: DidMultiplegtResult, opt: DidMultiplegtOptions, reps: n
     H = res.horizon
     eff, pl = np.flatnonzero(H > 0), np.flatnonzero(H < 0)
     placebo_test = _wald(res.coef[pl], cov[np.ix_(pl, pl)]) if pl.size > 1 else None
-    eq = _wald(res.coef[eff], cov[np.ix_(eff, eff)], contrast=np.ones(1)) if opt.effects_equal and eff.size > 1 else None
+    eq = (_wald(res.coef[eff], cov[np.ix_(eff, eff)], contrast=np.ones(1))
+          if opt.effects_equal and eff.size > 1 else None)
     out = replace(res, cov=cov, placebo_test=placebo_test, effects_equal_test=eq)
     a = ate[np.isfinite(ate)]
     if res.ate:
