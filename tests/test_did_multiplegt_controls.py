@@ -5,7 +5,9 @@ references are numbers printed by R ``did_multiplegt_dyn`` (source of chaisemart
 did_multiplegt_dyn at commit a883607, R 4.2.2, data.table 1.14.8; fixest was not available, so its
 one ``feols(dY ~ dX - 1 | time, weights)`` call was replaced by the same weighted least squares with
 period dummies, ``lm``) on the panels built below (written to CSV with full precision), with
-``effects = 3, placebo = 2`` and the options named in each case. R reports 15 significant digits.
+``effects = 3, placebo = 2`` and the options named in each case, by
+``tests/reference/did_multiplegt_dyn_run.R`` (see tests/reference/README.md). R reports 15
+significant digits.
 """
 from __future__ import annotations
 
