@@ -130,3 +130,17 @@ def test_controls_errors(favara):
         collinear = favara.assign(z=favara["t"] * 2.0)  # dZ = 2 for every row: no variation within periods
         res = dte_dask.did_multiplegt(collinear, "y", "id", "t", "d", controls=["z"])
     assert np.isfinite(res.estimates).all()
+
+
+def test_dask_input_bit_identical(favara):
+    """The extra columns (controls, trends_nonparam) of an unsorted dask frame are pivoted along the
+    same entity partitions as the outcome: results equal the pandas input's bit for bit."""
+    import dask.dataframe as dd
+
+    df = favara.assign(region=(favara["state_n"] % 3).astype(float))
+    kw = {"effects": 2, "placebo": 1, "controls": ["Dl_hpi"], "trends_nonparam": ["region"], "rng_block_size": 64}
+    a = dte_dask.did_multiplegt(df, "y", "id", "t", "d", npartitions=3, **kw)
+    b = dte_dask.did_multiplegt(dd.from_pandas(df.sample(frac=1, random_state=1), npartitions=4),
+                                "y", "id", "t", "d", npartitions=2, **kw)
+    np.testing.assert_array_equal(a.estimates, b.estimates)
+    np.testing.assert_array_equal(a.vcov(), b.vcov())
