@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import dte_dask
-from dte_dask.exceptions import MissingColumnError
+from dte_dask.exceptions import MissingColumnError, SpecError
 
 md = pytest.importorskip("moderndid")
 
@@ -141,9 +141,8 @@ def test_simulated_known_effects_and_moderndid():
 
 
 def test_unsupported_options_and_bad_columns(favara):
-    for kw in ({"continuous": 1},):
-        with pytest.raises(NotImplementedError, match=next(iter(kw))):
-            dte_dask.did_multiplegt(favara, Y, G, T, D, **kw)
+    with pytest.raises(SpecError, match="continuous"):
+        dte_dask.did_multiplegt(favara, Y, G, T, D, continuous=-1)
     with pytest.raises(MissingColumnError, match="nope"):
         dte_dask.did_multiplegt(favara, "nope", G, T, D)
 

@@ -144,3 +144,42 @@ def test_dask_input_bit_identical(favara):
                                 "y", "id", "t", "d", npartitions=2, **kw)
     np.testing.assert_array_equal(a.estimates, b.estimates)
     np.testing.assert_array_equal(a.vcov(), b.vcov())
+
+
+def _continuous_panel(n=300, periods=6, seed=12):
+    """Baseline treatment uniform on [0, 3] (no two units share it: exact matching is impossible),
+    one increase by 0.5, 1 or 1.5; trends that depend on the baseline."""
+    rng = np.random.default_rng(seed)
+    d0 = rng.uniform(0, 3, n)
+    F = rng.integers(2, periods + 3, n)
+    step = rng.choice([0.5, 1.0, 1.5], n)
+    t = np.arange(periods)
+    Dm = np.where(t[None, :] >= F[:, None], d0[:, None] + step[:, None], d0[:, None])
+    Ym = (rng.normal(size=(n, 1)) + 0.2 * t[None, :] * (1 + 0.3 * d0[:, None]) + 1.0 * Dm
+          + 0.5 * rng.normal(size=(n, periods)))
+    return pd.DataFrame({"id": np.repeat(np.arange(n), periods), "t": np.tile(t, n) + 1, "y": Ym.ravel(),
+                         "d": Dm.ravel()})
+
+
+# R continuous = K (effects and placebos; R's average total effect divides by the mean change at the
+# target period, ours by the increments of the cumulative change, as moderndid: not compared here)
+R_CONTINUOUS = {
+    (1, False): ([0.965788562682737, 1.0317799345621, 0.880382702061694, -0.00465769317722341, -0.0293903348808917],
+                 [0.0716616197584111, 0.073689015457855, 0.0955115715637109, 0.0588317618847723, 0.0857846886746975]),
+    (2, False): ([0.964965354891917, 1.02971391011266, 0.869789751619502, -0.00665176931401651, -0.0339091310132943],
+                 [0.0712504836605699, 0.0736808941117345, 0.0965016565812943, 0.0588181815863726, 0.0852299330099113]),
+    (1, True): ([0.939255909861783, 0.501150253930163, 0.293460900687231, -0.00452973457345353, -0.0142704516184676],
+                [0.0696928939408723, 0.035791807508101, 0.031837190521237, 0.0572155046901357, 0.0416526812062115]),
+}
+
+
+@pytest.mark.parametrize("degree,normalized", list(R_CONTINUOUS), ids=["deg1", "deg2", "deg1_normalized"])
+def test_continuous_vs_r(degree, normalized):
+    res = dte_dask.did_multiplegt(_continuous_panel(), "y", "id", "t", "d", effects=3, placebo=2,
+                                  continuous=degree, normalized=normalized, npartitions=2)
+    est, se = R_CONTINUOUS[(degree, normalized)]
+    fr = res.to_frame()
+    np.testing.assert_allclose(fr["estimate"], est, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fr["se"], se, rtol=1e-6)
+    np.testing.assert_array_equal(fr["n_obs"], [923, 634, 376, 923, 371])
+    np.testing.assert_array_equal(fr["n_switchers"], [177, 136, 89, 177, 84])

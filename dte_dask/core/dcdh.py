@@ -49,7 +49,9 @@ class DcdhBlock:
     pre : the options-independent unit design (:func:`prepare`), or None to compute it on each pass;
     key : (n,) int codes ``0..Ctx.n_keys-1`` of further variables that comparisons must match
     (``trends_nonparam``, :mod:`dte_dask.core.dcdh_options`), or None; x : (n, T, K) control
-    variables (``controls``, :mod:`dte_dask.core.dcdh_controls`), or None.
+    variables (``controls``, :mod:`dte_dask.core.dcdh_controls`), or None; dnorm : (n, T) the change
+    of the original treatment since the baseline, for the normalisation when ``d`` was replaced
+    (``continuous``), or None.
     """
 
     ids: np.ndarray
@@ -62,6 +64,7 @@ class DcdhBlock:
     pre: dict | None = None
     key: np.ndarray | None = None
     x: np.ndarray | None = None
+    dnorm: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -71,7 +74,8 @@ class DcdhBlock:
         pre = None if self.pre is None else {k: v[index] for k, v in self.pre.items()}
         return DcdhBlock(self.ids[index], self.rank[index], self.y[index], self.d[index], self.w[index],
                          self.present[index], self.cl[index], pre, None if self.key is None else self.key[index],
-                         None if self.x is None else self.x[index])
+                         None if self.x is None else self.x[index],
+                         None if self.dnorm is None else self.dnorm[index])
 
 
 def prepare(block: DcdhBlock, block_size: int | None = None) -> DcdhBlock:
@@ -489,7 +493,10 @@ def _switch_path(block: DcdhBlock, u: dict, hmax: int) -> np.ndarray:
     F = np.where(np.isfinite(u["F"]), u["F"], T).astype(np.int64)
     cols = F[:, None] + np.arange(hmax)[None, :]
     flat = np.arange(n)[:, None] * T + np.minimum(cols, T - 1)
-    dv = block.d.reshape(-1)[flat] - u["d_sq"][:, None]
+    if block.dnorm is None:
+        dv = block.d.reshape(-1)[flat] - u["d_sq"][:, None]
+    else:  # continuous: the original treatment's change (d holds the binarized one)
+        dv = block.dnorm.reshape(-1)[flat]
     ok = (cols < T) & u["present"].reshape(-1)[flat] & ~np.isnan(dv)
     out = np.zeros((n, hmax + 1))
     np.cumsum(np.where(ok, dv, 0.0), axis=1, out=out[:, 1:])

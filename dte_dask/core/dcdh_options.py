@@ -21,10 +21,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from dte_dask.core.dcdh import Ctx, DcdhBlock, unit_design
+from dte_dask.core.dcdh import Ctx, DcdhBlock, prepare, unit_design
 
 __all__ = [
     "attach_key",
+    "binarize",
     "block_totals",
     "cumulation_matrix",
     "first_difference",
@@ -126,3 +127,23 @@ def resample(block: DcdhBlock, totals: np.ndarray, n_entities: int, block_size: 
     drawn = (count > 0)[:, None]
     pre = None if block.pre is None else {**block.pre, "present": block.pre["present"] & drawn}
     return replace(block, w=block.w * count[:, None], present=block.present & drawn, pre=pre)
+
+
+def binarize(block: DcdhBlock, degree: int, block_size: int | None = None) -> DcdhBlock:
+    """``continuous=degree`` (R): the prepared block with its treatment replaced by the staggered
+    binary S_g·1{t ≥ F_g} (one comparison group: every baseline becomes 0), the original change since
+    the baseline kept in ``dnorm`` for the normalisation, and the controls 1{t ≥ j}·D_{g,1}^k
+    (j = 1..T-1, k = 1..degree) appended to ``x``. Rows dropped as bidirectional stay dropped."""
+    pre = block.pre if block.pre is not None else prepare(block).pre
+    F, S, d_sq, present = pre["F"], pre["S"], pre["d_sq"], pre["present"]
+    n, T = block.d.shape
+    t = np.arange(T)[None, :]
+    on = np.isfinite(F)[:, None] & (t >= np.where(np.isfinite(F), F, T)[:, None])
+    d = np.where(np.isnan(block.d), np.nan, np.where(on, S[:, None], 0.0))
+    dnorm = np.where(present, block.d - d_sq[:, None], np.nan)
+    steps = (t[:, :, None] >= np.arange(1, T)[None, None, :]).astype(np.float64)          # (1, T, T-1)
+    powers = np.stack([np.nan_to_num(d_sq) ** k for k in range(1, degree + 1)], axis=1)   # (n, K)
+    extra = (steps[:, :, :, None] * powers[:, None, None, :]).reshape(n, T, (T - 1) * degree)
+    x = extra if block.x is None else np.concatenate([block.x, extra], axis=2)
+    out = replace(block, d=d, present=present, x=x, dnorm=dnorm, pre=None)
+    return prepare(out, block_size)

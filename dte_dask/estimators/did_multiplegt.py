@@ -29,7 +29,7 @@ from dte_dask.core.dcdh import (
     prepare,
 )
 from dte_dask.core.dcdh_cells import cell_means, estimate_sums, split_cells
-from dte_dask.core.dcdh_options import cumulation_matrix
+from dte_dask.core.dcdh_options import binarize, cumulation_matrix
 from dte_dask.estimators.dcdh_extras import (
     adjust_for_controls,
     bootstrap_replicates,
@@ -49,7 +49,6 @@ from dte_dask.results.base import Result
 
 __all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
-_UNSUPPORTED = ("continuous",)
 
 
 class DidMultiplegtOptions(Options):
@@ -169,9 +168,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     analytic, from influence functions demeaned within cohorts (see :mod:`dte_dask.core.dcdh`);
     ``vcov()`` is Σ_c (Σ_{g∈c} ψ_g)(·)'/G², whose diagonal is the squared SE.
     """
-    for name, val, default in (("continuous", continuous, 0),):
-        if val not in (default,) and not (val is None and default is None):
-            raise NotImplementedError(f"did_multiplegt: option {name}={val!r} is not implemented yet")
+    if isinstance(continuous, bool) or not isinstance(continuous, (int, np.integer)) or continuous < 0:
+        raise SpecError(f"did_multiplegt: continuous={continuous!r}: the degree of the polynomial, an integer >= 0")
     opt = parse_options(DidMultiplegtOptions, effects=effects, placebo=placebo, normalized=normalized,
                         switchers=switchers, only_never_switchers=only_never_switchers,
                         same_switchers=same_switchers, effects_equal=effects_equal, ci_level=ci_level,
@@ -179,8 +177,9 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     matched = None if trends_nonparam is None else column_list(trends_nonparam, "trends_nonparam")
     n_keys = 1
     xcols = None if controls is None else column_list(controls, "controls")
-    if xcols and trends_lin:
-        raise NotImplementedError("did_multiplegt: controls together with trends_lin is not implemented yet")
+    if (xcols or continuous) and trends_lin:
+        raise NotImplementedError("did_multiplegt: controls (or continuous) together with trends_lin is not "
+                                  "implemented yet")
     if opt.switchers not in ("", "in", "out"):
         raise SpecError(f"switchers={opt.switchers!r}: use '', 'in' or 'out'")
     if opt.effects < 1:
@@ -209,8 +208,11 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
             parts = with_controls(parts, data, cols, xcols, max(int(npartitions), 1), bs)
     # the options-independent unit design once per block, kept with the block for every pass
     parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p, bs) for p in parts]))
+    if continuous:
+        parts = list(dask.persist(*[dask.delayed(binarize, pure=False)(p, int(continuous), bs) for p in parts]))
     fit = partial(_fit, opt=opt, T=T, bs=bs, nb=nb, clustered=cluster is not None,
-                  n_clusters=n_ent if cluster is not None else None, n_keys=n_keys, controls=bool(xcols))
+                  n_clusters=n_ent if cluster is not None else None, n_keys=n_keys,
+                  controls=bool(xcols) or bool(continuous))
     res = fit(parts)
     if not bootstrap:
         return res
