@@ -159,7 +159,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     controls : column name or list of numeric controls: R's adjustment (first-differenced outcome
         residualised on first-differenced controls with period effects among not-yet-switchers, per
         baseline treatment) with its influence-function correction
-    continuous : not implemented yet (an error; see ``docs/did_multiplegt.md``)
+    continuous : degree K of R's continuous-baseline option (one comparison group, staggered binary
+        treatment, controls 1{t >= j}·D_g1^k, normalisation by the original treatment); 0: off
 
     Notes
     -----
