@@ -118,7 +118,7 @@ def test_two_controls_weights_vs_r_and_partitions():
 
 
 def test_controls_errors(favara):
-    with pytest.raises(NotImplementedError, match="controls together with trends_lin"):
+    with pytest.raises(NotImplementedError, match="together with trends_lin"):
         dte_dask.did_multiplegt(favara, "y", "id", "t", "d", controls=["Dl_hpi"], trends_lin=True)
     with pytest.raises(SpecError, match="controls"):
         dte_dask.did_multiplegt(favara, "y", "id", "t", "d", controls=[3])
