@@ -35,6 +35,7 @@ from dte_dask.core.contdid import (
     N_BINS,
     DoseSetup,
     cell_stats,
+    curve_maps,
     dose_bounds,
     dose_histogram,
     doses_in_bins,
@@ -168,7 +169,6 @@ def continuous_did(
     w = np.where(post, (n_g / n_g.sum())[gpos] / n_post[gpos], 0.0)
     n = panel.n_units
 
-    D = grid.size
     ev_w, ev_col, events = _event_weights(cells, gpos, n_g)
     n_ev = events.size if opt.aggregation == "eventstudy" else 0
     vals = fit.att if opt.target == "level" else fit.acrt
@@ -182,29 +182,41 @@ def continuous_did(
     att_d = w[on] @ fit.att_d[on]
     acrt_d = w[on] @ fit.acrt_d[on]
     overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
-    # the reported columns of Psi: the curve (or the event times), then ATT^o and ACRT^o
+    # the reported columns (the curve or the event times, then ATT^o and ACRT^o) as a linear map of
+    # influence()'s columns: the curve's coefficient part, the comparison part, ATT^o, ACRT^o, events
     if opt.aggregation == "dose":
+        rmap, lv_map, sl_map = curve_maps(setup, grid)
         est, keys, key_name = (att_d, grid, "dose") if opt.target == "level" else (acrt_d, grid, "dose")
-        cols = np.r_[np.arange(D) + (0 if opt.target == "level" else D), 2 * D, 2 * D + 1]
-        mean_of = None
     else:
+        rmap, lv_map, sl_map = np.zeros((cells.K, setup.p, 0)), np.zeros((0, 0)), np.zeros((0, 0))
         est, keys, key_name = theta, (events * step).astype(np.int64), "event_time"
-        cols = np.r_[2 * D + 2 + np.arange(events.size), 2 * D, 2 * D + 1]
-        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
-        mean_of = (events.size + (0 if opt.target == "level" else 1), 2 * D + 2 + np.flatnonzero(events >= 0))
         overall["att" if opt.target == "level" else "acrt"] = float(est[events >= 0].mean())
     m = est.size
+    r = rmap.shape[2]
+    cmap = np.zeros((r + 3 + n_ev, m + 2))
+    cmap[r + 1, m] = cmap[r + 2, m + 1] = 1.0
+    if opt.aggregation == "dose":
+        cmap[:r, :m] = lv_map if opt.target == "level" else sl_map
+        cmap[r, :m] = 1.0 if opt.target == "level" else 0.0
+    else:
+        cmap[r + 3:, :m] = np.eye(m)
+        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
+        j = m + (0 if opt.target == "level" else 1)
+        cmap[:, j] = 0.0
+        cmap[r + 3 + np.flatnonzero(events >= 0), j] = 1.0 / np.sum(events >= 0)
 
     # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws of the reported columns
     boot_kw = None
     seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
     if inf.bootstrap:
-        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=cols.size, kind=inf.boot_weights,
+        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=min(cmap.shape), kind=inf.boot_weights,
                              block_size=panel.rng_block_size)
         boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                        n=n, kind=inf.boot_weights)
     ev = (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope")
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, ev, (cols, mean_of), panel.rng_block_size,
+    # the workers reduce influence()'s columns if they are fewer than the reported ones, else the reported
+    pre = cmap.shape[0] > cmap.shape[1]
+    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, rmap, ev, cmap if pre else None, panel.rng_block_size,
                              panel.n_rng_blocks, boot_kw, name="contdid-influence")
     pick = dask.delayed(operator.getitem, pure=True)
     todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
@@ -212,8 +224,9 @@ def continuous_did(
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
                                name="contdid-mboot-merge"))
     out = dask.compute(*todo)
-    V = covariance(out[0], n)
-    dr = out[1] if boot_kw is not None else None
+    outmap = np.eye(m + 2) if pre else cmap
+    V = covariance(outmap.T @ out[0] @ outmap, n)
+    dr = out[1] @ outmap if boot_kw is not None else None
     se_a = np.sqrt(np.clip(np.diag(V), 0, None))
     se_b = boot_se(dr, np.sqrt(n)) if dr is not None else None
     se = se_b if se_b is not None else se_a
@@ -263,13 +276,11 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
     return gram(psi, block.rank, False)
 
 
-def _psi_reductions(block, setup, fit, w, n, events, columns, block_size, n_blocks, boot_kw):
+def _psi_reductions(block, setup, fit, w, n, rmap, events, cmap, block_size, n_blocks, boot_kw):
     with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
-        full = influence(block, setup, fit, w, n, *events)
-    cols, mean_of = columns
-    psi = full[:, cols]
-    if mean_of is not None:  # row by row, so the same in any partitioning
-        psi[:, mean_of[0]] = full[:, mean_of[1]].sum(axis=1) / mean_of[1].size
+        psi = influence(block, setup, fit, w, n, rmap, *events)
+        if cmap is not None:  # row by row, so the same in any partitioning
+            psi = psi @ cmap
     g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
