@@ -189,7 +189,7 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
     return {"lo": lo, "hi": hi, "varying": varying}
 
 
-def _cohorts(block: UnitBlock, cells: Cells):
+def cohorts(block: UnitBlock, cells: Cells):
     """Each cohort of the block (never treated included): its rows, its outcomes, the cells where
     it is the treated cohort (and its outcome changes there) and those where it is a comparison."""
     G = cells.effective_g(block.g)
@@ -218,7 +218,7 @@ def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
            "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
     d = dose_of(block, setup.dose_col)
     cells = setup.cells
-    for rows, y, kt, kc, dyt in _cohorts(block, cells):
+    for rows, y, kt, kc, dyt in cohorts(block, cells):
         if kt.size:  # one basis per cohort: X'X is shared by its cells
             X, dX = setup.basis(int(kt[0]), d[rows])
             out["xx"][kt] = X.T @ X
@@ -331,7 +331,7 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
     d = dose_of(block, setup.dose_col)
     ev = slice(r + 3, r + 3 + n_events)
     T = block.y.shape[1]
-    for rows, y, kt, kc, dyt in _cohorts(block, cells):
+    for rows, y, kt, kc, dyt in cohorts(block, cells):
         keep = valid[kt]
         kt, dyt = kt[keep], dyt[:, keep]
         if kt.size:

@@ -44,6 +44,17 @@ from dte_dask.core.contdid import (
     needed_bins,
     solve_cells,
 )
+from dte_dask.core.contdid_cck import (
+    CckSetup,
+    cck_band,
+    cck_scores,
+    cck_stats,
+    grid_maps,
+    lepski,
+    segment_set,
+    shifted_knots,
+    solve_cck,
+)
 from dte_dask.estimators.cs import as_panel, cells_for
 from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
 from dte_dask.exceptions import PanelError, SpecError
@@ -106,8 +117,13 @@ def continuous_did(
     inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha,
                         boot_weights=boot_weights, uniform_bands=uniform_bands)
     if opt.dose_method == "cck":
-        raise SpecError("dose_method='cck' (the nonparametric estimator of Chen, Christensen & Kankanala) is not "
-                        "implemented yet; use dose_method='parametric'")
+        if opt.aggregation != "dose" or opt.num_knots:
+            raise SpecError("dose_method='cck' estimates the dose-response curves (aggregation='dose') and chooses "
+                            f"its knots itself (num_knots=0); got aggregation={opt.aggregation!r}, "
+                            f"num_knots={opt.num_knots}")
+        if not inf.bootstrap:
+            raise SpecError("dose_method='cck' chooses the number of spline segments by a bootstrap test: it needs "
+                            "bootstrap=True")
     if opt.degree < 1 or opt.num_knots < 0 or opt.n_grid < 2:
         raise SpecError(f"degree={opt.degree} must be >= 1, num_knots={opt.num_knots} >= 0, n_grid={opt.n_grid} >= 2")
     if isinstance(data, Panel):
@@ -149,6 +165,8 @@ def continuous_did(
         knots = _knots(panel, dose_col, glist, lo.min(), hi.max(), opt.num_knots)
     grid = (np.linspace(lo.min(), hi.max(), opt.n_grid) if dose_grid is None
             else np.asarray(dose_grid, dtype=float).ravel())
+    if opt.dose_method == "cck":
+        return _cck(panel, dose, dose_col, cells, glist, (float(lo.min()), float(hi.max())), grid, opt, inf, t0)
     gpos = np.searchsorted(glist, cells.g)
     setup = DoseSetup(cells=cells, dose_col=dose_col, degree=opt.degree, knots=knots, lo=lo[gpos], hi=hi[gpos])
 
@@ -206,27 +224,14 @@ def continuous_did(
         cmap[r + 3 + np.flatnonzero(events >= 0), j] = 1.0 / np.sum(events >= 0)
 
     # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws of the reported columns
-    boot_kw = None
-    seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
-    if inf.bootstrap:
-        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=min(cmap.shape), kind=inf.boot_weights,
-                             block_size=panel.rng_block_size)
-        boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
-                       n=n, kind=inf.boot_weights)
+    boot_kw, seed_ = _boot_kw(panel, inf, min(cmap.shape), n)
     ev = (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope")
     # the workers reduce influence()'s columns if they are fewer than the reported ones, else the reported
     pre = cmap.shape[0] > cmap.shape[1]
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, rmap, ev, cmap if pre else None, panel.rng_block_size,
-                             panel.n_rng_blocks, boot_kw, name="contdid-influence")
-    pick = dask.delayed(operator.getitem, pure=True)
-    todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
-    if boot_kw is not None:
-        todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
-                               name="contdid-mboot-merge"))
-    out = dask.compute(*todo)
+    gram_total, draws = _reduce(panel, influence, (setup, fit, w, n, rmap) + ev, cmap if pre else None, boot_kw)
     outmap = np.eye(m + 2) if pre else cmap
-    V = covariance(outmap.T @ out[0] @ outmap, n)
-    dr = out[1] @ outmap if boot_kw is not None else None
+    V = covariance(outmap.T @ gram_total @ outmap, n)
+    dr = draws @ outmap if draws is not None else None
     se_a = np.sqrt(np.clip(np.diag(V), 0, None))
     se_b = boot_se(dr, np.sqrt(n)) if dr is not None else None
     se = se_b if se_b is not None else se_a
@@ -276,14 +281,95 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
     return gram(psi, block.rank, False)
 
 
-def _psi_reductions(block, setup, fit, w, n, rmap, events, cmap, block_size, n_blocks, boot_kw):
+def _reduce(panel: Panel, kernel, args: tuple, cmap: np.ndarray | None, boot_kw: dict | None):
+    """Per-unit columns ``kernel(block, *args)`` (times ``cmap``) reduced on the workers to Psi'Psi and
+    the multiplier-bootstrap draws (None without ``boot_kw``), bit-identical for any partitioning."""
+    parts = panel.map_blocks(_psi_reductions, kernel, args, cmap, panel.rng_block_size, panel.n_rng_blocks, boot_kw,
+                             name="contdid-influence")
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
+                               name="contdid-mboot-merge"))
+    out = dask.compute(*todo)
+    return out[0], (out[1] if boot_kw is not None else None)
+
+
+def _psi_reductions(block, kernel, args, cmap, block_size, n_blocks, boot_kw):
     with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
-        psi = influence(block, setup, fit, w, n, rmap, *events)
+        psi = kernel(block, *args)
         if cmap is not None:  # row by row, so the same in any partitioning
             psi = psi @ cmap
     g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
+
+
+def _boot_kw(panel: Panel, inf, width: int, n: int) -> tuple[dict | None, int]:
+    seed = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
+    if not inf.bootstrap:
+        return None, seed
+    check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=width, kind=inf.boot_weights,
+                         block_size=panel.rng_block_size)
+    return dict(seed=seed, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n,
+                kind=inf.boot_weights), seed
+
+
+def _cck(panel: Panel, dose: str, dose_col: int, cells, glist: np.ndarray, bounds: tuple[float, float],
+         grid: np.ndarray, opt: ContinuousDidOptions, inf: InferenceOptions, t0: float) -> ContDidResult:
+    """dose_method="cck": the number of spline segments chosen by CCK's Lepski test (see core.contdid_cck)."""
+    if panel.n_periods != 2 or glist.size != 1:
+        raise SpecError(f"dose_method='cck' needs two periods and one treated cohort besides never-treated units "
+                        f"(as R contdid / moderndid); the panel has {panel.n_periods} periods and {glist.size} "
+                        "treated cohorts: use dose_method='parametric'")
+    n, n_t = panel.n_units, int(panel.cohort_sizes.get(glist[0], 0))
+    segs, alpha_hat = segment_set(n_t, opt.degree)
+    top = int(segs[-1])
+    q = _knots(panel, dose_col, glist, *bounds, top - 1) if top > 1 else np.empty(0)
+    setup = CckSetup(cells=cells, dose_col=dose_col, degree=opt.degree,
+                     knots=tuple(shifted_knots(q[(top // s) * np.arange(1, s) - 1], *bounds) for s in segs))
+    s = _exact_sum(panel, cck_stats, setup, name="contdid-cck-stats").compute()
+    if not s["n_c"] > 0:
+        raise PanelError("dose_method='cck' compares the treated cohort with never-treated units: there are none")
+    try:
+        fit = solve_cck(s, setup)
+    except np.linalg.LinAlgError:
+        raise PanelError(f"dose_method='cck': too few distinct doses ({n_t} treated units) for the spline bases "
+                         f"searched ({segs.tolist()} segments)") from None
+    width = int(setup.offsets[-1]) + segs.size + 2
+    boot_kw, seed_ = _boot_kw(panel, inf, width, n)
+    G, draws = _reduce(panel, cck_scores, (setup, fit, n), None, boot_kw)
+    choice = lepski(segs, setup, fit, grid, G, draws, n, alpha_hat)
+    j, D, off = choice.index, grid.size, setup.offsets
+    lv_maps, lv, _ = grid_maps(setup, fit, grid, G, deriv=False)
+    sl_maps, sl, _ = grid_maps(setup, fit, grid, G, deriv=True)
+    att_d, acrt_d = lv[j] - fit.mean_c, sl[j]
+    # reported columns (curve, ATT^o, ACRT^o) as a linear map of cck_scores' columns
+    cmap = np.zeros((width, D + 2))
+    js = slice(off[j], off[j + 1])
+    cmap[js, :D] = n * (lv_maps[j] if opt.target == "level" else sl_maps[j]).T
+    cmap[width - 1, :D] = 1.0 if opt.target == "level" else 0.0
+    cmap[width - 2, D] = 1.0
+    cmap[off[-1] + j, D + 1] = n / fit.n_t
+    cmap[js, D + 1] = n * fit.xx_inv[j] @ fit.avg_deriv[j]
+    V = covariance(cmap.T @ G @ cmap, n)
+    se = np.sqrt(np.clip(np.diag(V), 0, None))
+    crit = cck_band(segs, choice, setup, fit, grid, G, draws, n, inf.alpha, deriv=opt.target == "slope")
+    est = att_d if opt.target == "level" else acrt_d
+    options = dict(target=opt.target, aggregation="dose", dose_method="cck", degree=opt.degree,
+                   num_knots=int(choice.segments) - 1, control_group=opt.control_group, dose=dose,
+                   knots=setup.knots[j][1:-1].tolist(), cck_segments=int(choice.segments),
+                   cck_segments_searched=segs.tolist(), cck_theta=choice.theta, cck_z_sup=choice.z_sup,
+                   bootstrap=True, n_boot=inf.n_boot,
+                   alpha=inf.alpha, uniform_bands=inf.uniform_bands, outcome=panel.spec.outcome,
+                   unit=panel.spec.unit, time=panel.spec.time)
+    overall = {"att": float(fit.mean_t - fit.mean_c), "acrt": float(fit.acrt[j])}
+    overall_se = {"att": float(se[D]), "acrt": float(se[D + 1])}
+    return ContDidResult(
+        estimator="continuous_did", alpha=inf.alpha, key_name="dose", keys=grid, est=est, V=V[:D, :D], se_main=se[:D],
+        se_analytic=se[:D], boot_draws=(draws @ cmap)[:, :D], crit=crit, dose_grid=grid, att_d=att_d, acrt_d=acrt_d,
+        overall=overall, overall_se=overall_se, overall_se_analytic=dict(overall_se), target=opt.target, n_units=n,
+        seed=seed_, options=options, timings={"total": _time.perf_counter() - t0}, panel=panel.describe())
 
 
 register(EstimatorEntry(
