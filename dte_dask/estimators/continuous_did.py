@@ -3,7 +3,9 @@
 Dose-response curves ATT(d) and ACRT(d) by B-spline regressions of each cohort's outcome change on
 its dose, compared with not-yet-treated (or never-treated) units, averaged over the post-treatment
 cells (weights: cohort shares / the cohort's number of post periods, as moderndid ``cont_did``);
-the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event time.
+the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event time. With
+``dose_method="cck"`` (two periods, one cohort) the number of spline segments is chosen by the
+data-driven procedure of Chen, Christensen & Kankanala (2024) (see ``core.contdid_cck``).
 
 Inference: influence functions computed per unit on the workers, reduced to Psi'Psi (analytic SEs)
 and to multiplier-bootstrap draws keyed by RNG blocks (uniform sup-t bands over the dose grid or the
@@ -104,7 +106,11 @@ def continuous_did(
     target : "level" (ATT) or "slope" (ACRT); with ``aggregation="dose"`` both curves are returned
         and ``target`` picks the one in ``estimates`` / ``to_frame()``
     aggregation : "dose" (curves over the dose grid) or "eventstudy" (ATT or ACRT by event time)
-    dose_method : "parametric" (B-splines); "cck" (nonparametric) is not implemented yet
+    dose_method : "parametric" (B-splines with ``num_knots`` knots) or "cck": the data-driven
+        nonparametric estimator of Chen, Christensen & Kankanala (2024), as R ``contdid`` / moderndid:
+        the number of spline segments chosen by a Lepski bootstrap test, honest uniform bands;
+        two periods, one treated cohort and never-treated units, ``aggregation="dose"``, the bootstrap on
+        (the chosen and searched segments, the test statistics and theta* are in ``result.options``)
     degree, num_knots : B-spline degree and number of interior knots (at dose quantiles)
     control_group : "not_yet_treated" or "never_treated"
     dose_grid : doses at which to evaluate the curves; default ``n_grid`` equally spaced points
