@@ -31,4 +31,6 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     if kind == "mammen":
         u = rng.random((n_draws, size))
         return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
+    if kind == "gaussian":  # N(0, 1): the multipliers of Chen, Christensen & Kankanala's sup-t bootstrap
+        return rng.standard_normal((n_draws, size))
     raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")

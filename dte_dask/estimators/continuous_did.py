@@ -110,7 +110,8 @@ def continuous_did(
         nonparametric estimator of Chen, Christensen & Kankanala (2024), as R ``contdid`` / moderndid:
         the number of spline segments chosen by a Lepski bootstrap test, honest uniform bands;
         two periods, one treated cohort and never-treated units, ``aggregation="dose"``, the bootstrap on
-        (the chosen and searched segments, the test statistics and theta* are in ``result.options``)
+        (the chosen and searched segments, the test statistics and theta* are in ``result.options``;
+        its bootstrap uses N(0, 1) multipliers, as CCK, whatever ``boot_weights``)
     degree, num_knots : B-spline degree and number of interior knots (at dose quantiles)
     control_group : "not_yet_treated" or "never_treated"
     dose_grid : doses at which to evaluate the curves; default ``n_grid`` equally spaced points
@@ -311,14 +312,15 @@ def _psi_reductions(block, kernel, args, cmap, block_size, n_blocks, boot_kw):
     return g, b
 
 
-def _boot_kw(panel: Panel, inf, width: int, n: int) -> tuple[dict | None, int]:
+def _boot_kw(panel: Panel, inf, width: int, n: int, kind: str | None = None) -> tuple[dict | None, int]:
     seed = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
     if not inf.bootstrap:
         return None, seed
-    check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=width, kind=inf.boot_weights,
+    kind = kind or inf.boot_weights
+    check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=width, kind=kind,
                          block_size=panel.rng_block_size)
     return dict(seed=seed, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n,
-                kind=inf.boot_weights), seed
+                kind=kind), seed
 
 
 def _cck(panel: Panel, dose: str, dose_col: int, cells, glist: np.ndarray, bounds: tuple[float, float],
@@ -343,7 +345,7 @@ def _cck(panel: Panel, dose: str, dose_col: int, cells, glist: np.ndarray, bound
         raise PanelError(f"dose_method='cck': too few distinct doses ({n_t} treated units) for the spline bases "
                          f"searched ({segs.tolist()} segments)") from None
     width = int(setup.offsets[-1]) + segs.size + 2
-    boot_kw, seed_ = _boot_kw(panel, inf, width, n)
+    boot_kw, seed_ = _boot_kw(panel, inf, width, n, kind="gaussian")  # CCK's N(0, 1) multipliers
     G, draws = _reduce(panel, cck_scores, (setup, fit, n), None, boot_kw)
     choice = lepski(segs, setup, fit, grid, G, draws, n, alpha_hat)
     j, D, off = choice.index, grid.size, setup.offsets
