@@ -104,6 +104,7 @@ def test_lepski_statistics_match_npiv_j(fits):
     f = lv.to_frame()
     assert ((f["band_lower"] <= truth(lv.keys)) & (truth(lv.keys) <= f["band_upper"])).all()
     assert lv.crit > 1.96 and np.isfinite(lv.crit)
+    assert "chosen by CCK" in lv.summary()
 
 
 def test_partition_invariant(fits):
