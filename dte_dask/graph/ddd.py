@@ -19,19 +19,18 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.ddd import (
+    cell_sizes,
     cell_stats,
-    cohort_shares,
     combination,
     ddd_estimates,
-    ddd_influence,
     design_block,
     gmm_weights,
     layout,
 )
-from dte_dask.core.kernels import KernelArgs, influence_with_groups
-from dte_dask.core.kernels_cov import PanelCovKernel
+from dte_dask.core.ddd_kernel import DddCovKernel, ddd_psi
+from dte_dask.core.kernels import KernelArgs
 from dte_dask.graph.attgt import AttgtFit, run_kernel
-from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -46,7 +45,8 @@ class DddFit:
 
 def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, clustered: bool,
                 block_size: int, n_blocks: int, boot_kw: dict | None):
-    psi = influence_with_groups(block, cells, est, groups, ddd_influence)
+    with single_threaded_blas():  # many small products: threads would only oversubscribe
+        psi = ddd_psi(block, cells, est, groups)
     g = by_rng_block(block, lambda b, rows: gram(rows, b.rank, clustered), block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
@@ -70,19 +70,26 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     # every comparison's rows picked once per RNG block and kept on the workers for all passes
     panel = replace(panel, blocks=tuple(dask.persist(*panel.map_blocks(design_block, lay.comp, panel.rng_block_size,
                                                                        name="ddd-designs"))))
-    kernel = PanelCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, None,
-                                       panel.spec.weights is not None, None, label))
+    # one propensity logit per design; the first pass also sums the cohorts' weighted sizes
+    kernel = DddCovKernel(KernelArgs(lay.comp, method, len(panel.spec.covariates), n, groups,
+                                     panel.spec.weights is not None, None, label),
+                          x_varying=any(s.x_varying for s in panel.summaries))
     kfit = run_kernel(panel, lay.comp, kernel)
     att_d, ok_d = ddd_estimates(lay, kfit.att, kfit.ok)
     K = cells.K
     gmm = bool(np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1)
-    s = _sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells").compute()
-    n_cell = s["n_cell"]
-    gram_d, sum_d = (s["gram"], s["sum"]) if gmm else (None, None)
+    gram_d = sum_d = None
+    if gmm or not panel.is_balanced:
+        s = _sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells").compute()
+        n_cell = s["n_cell"]
+        if gmm:
+            gram_d, sum_d = s["gram"], s["sum"]
+    else:  # every unit observed: the cells' sizes are sums of cohort sizes
+        n_cell = cell_sizes(cells, lay, sizes)
     W, att, ok, se_gmm = gmm_weights(lay, K, att_d, ok_d, gram_d, sum_d, n_cell, n)
     ok &= ~cells.reference
     att = np.where(cells.reference, 0.0, att)
-    pg = _sum(panel, cohort_shares, cells, groups, name="ddd-cohorts").compute()["Swg"] / n
+    pg = kfit.stats["Swg"] / n
     est = {"comp": lay.comp, "kernel": kfit.est, "A": combination(lay, W), "pg": pg}
 
     boot_kw = None
