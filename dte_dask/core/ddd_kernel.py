@@ -93,80 +93,48 @@ class DddCovKernel(PanelCovKernel):
 
 
 # ----------------------------------------------------------------------------- influence
-def _shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray | None:
-    """``v[ks[0]]`` when every comparison of the design has the same value (design-level)."""
+def _shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """``v[ks[0]]``: a design-level piece (computed from the design's sums, so the same for every
+    comparison of the design)."""
     x = v[ks]
-    return x[0] if np.all(x == x[0]) else None
+    if not np.all(x == x[0]):
+        raise RuntimeError("triple_did: a design-level nuisance piece differs between the comparisons of a design")
+    return x[0]
 
 
 def _design_terms(block: UnitBlock, comp, est: dict[str, Any], ks: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
     """(L, R) with ``L @ R`` the (n_m, |ks|) DRDID influence functions of the comparisons ``ks`` of
-    one design (panel scale; the formulas of :func:`dte_dask.core.covariates.cov_influence`).
+    one design (panel scale; the formulas of :func:`dte_dask.core.covariates.cov_influence`,
+    regrouped).
 
-    The nuisance pieces that are the same for the whole design (treated and control totals, the
-    outcome-regression and propensity corrections v_t, v_c) enter a per-row factor ``c``; what
-    differs by comparison (beta, v_ps, eta_t, eta_c) goes
-    into R, so that L = [c * dY, X * c, X * s, row weights] has one block of columns per outcome
-    change and the rest shared by the design's comparisons."""
+    The pieces that are the same for the whole design (treated and control totals St, Sc, the
+    outcome-regression corrections v_t, v_c) enter per-row factors ``c`` and ``s``; what differs
+    by comparison (the outcome change dY, beta, v_ps, eta_t, eta_c) is in dY and R:
+    L = [c * dY, X * c, X * s, row weights], R = n [I; -beta'; -v_ps'; -eta_t; eta_c]."""
     method, n = est["method"], float(est["n"])
     m, X, d, w = rows
-    Y = design_dy(block, comp, m, ks)
-    D = np.eye(ks.size)
+    dY = design_dy(block, comp, m, ks)
+    eye = np.eye(ks.size)
     St = _shared(est["St"], ks)
     if method == "reg":
-        v_t = _shared(est["v_t"], ks)
-        if St is None or v_t is None:
-            return _design_psi(block, comp, est, ks, rows), np.eye(ks.size)
         wd = w * d
-        c = (wd - w * (1.0 - d) * (X @ v_t)) / St
-        L = np.column_stack([Y * c[:, None], X * c[:, None], wd / St])
-        R = np.vstack([D, -est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]])
-        return L, n * R
+        c = (wd - w * (1.0 - d) * (X @ _shared(est["v_t"], ks))) / St
+        L = np.column_stack([dY * c[:, None], X * c[:, None], wd / St])
+        return L, n * np.vstack([eye, -est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]])
     Sc = _shared(est["Sc"], ks)
     ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
     trim = (d == 1) | (ps < TRIM_LEVEL)
-    wt = trim * w * d / St if St is not None else None
-    wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc if Sc is not None else None
-    c = wt - wc if wt is not None and wc is not None else None
-    if c is not None and method == "dr":
-        v_t, v_c = _shared(est["v_t"], ks), _shared(est["v_c"], ks)
-        c = None if v_t is None or v_c is None else c - w * (1.0 - d) * (X @ (v_t / St - v_c / Sc))
-    if c is None:
-        return _design_psi(block, comp, est, ks, rows), np.eye(ks.size)
-    s = w * (d - ps) / Sc
-    parts = [Y * c[:, None], X * s[:, None], wt, wc]
-    coef = [D, -est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
+    wt = trim * w * d / St
+    wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc
+    c = wt - wc
+    if method == "dr":
+        c -= w * (1.0 - d) * (X @ (_shared(est["v_t"], ks) / St - _shared(est["v_c"], ks) / Sc))
+    parts = [dY * c[:, None], X * (w * (d - ps) / Sc)[:, None], wt, wc]
+    coef = [eye, -est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
     if method == "dr":
         parts.insert(1, X * c[:, None])
         coef.insert(1, -est["beta"][ks].T)
     return np.column_stack(parts), n * np.vstack(coef)
-
-
-def _design_psi(block: UnitBlock, comp, est: dict[str, Any], ks: np.ndarray, rows) -> np.ndarray:
-    """(n_m, |ks|) DRDID influence functions of the comparisons ``ks`` of one design, column by
-    column (when the design's nuisance pieces are not shared)."""
-    method, n = est["method"], est["n"]
-    m, X, d, w = rows
-    dYm = design_dy(block, comp, m, ks)
-    if method == "reg":
-        Xb = X @ est["beta"][ks].T
-        wd = (w * d)[:, None]
-        e_v = (w * (1.0 - d))[:, None] * (dYm - Xb) * (X @ est["v_t"][ks].T)
-        return n * (wd * dYm - wd * est["eta_t"][ks] - (wd * Xb - wd * est["eta_c"][ks] + e_v)) / est["St"][ks]
-    ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
-    trim = (d == 1) | (ps < TRIM_LEVEL)
-    wt_ = (trim * w * d)[:, None]
-    wc_ = (trim * w * ps * (1.0 - d) / (1.0 - ps))[:, None]
-    s_v = (w * (d - ps))[:, None] * (X @ est["v_ps"][ks].T)
-    if method == "ipw":
-        treat = (wt_ * dYm - wt_ * est["eta_t"][ks]) / est["St"][ks]
-        ctrl = (wc_ * dYm - wc_ * est["eta_c"][ks] + s_v) / est["Sc"][ks]
-        return n * (treat - ctrl)
-    r = dYm - X @ est["beta"][ks].T
-    e = (w * (1.0 - d))[:, None] * r
-    treat = (wt_ * r - wt_ * est["eta_t"][ks] - e * (X @ est["v_t"][ks].T)) / est["St"][ks]
-    ctrl = (wc_ * r - wc_ * est["eta_c"][ks] + s_v - e * (X @ est["v_c"][ks].T)) / est["Sc"][ks]
-    return n * (treat - ctrl)
 
 
 def cells_psi_into(out: np.ndarray, block: UnitBlock, comp, est: dict[str, Any], A: np.ndarray) -> None:
