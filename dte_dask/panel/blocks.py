@@ -145,18 +145,15 @@ class _Rows:
         if self.unit_major:
             v = values.reshape(self.n, self.T)
             out = v[:, -1].copy() if self.T else np.empty(0, dtype=values.dtype)
-            back = v[:, -1:]
-            same = v == back
-            if values.dtype.kind in "fcmM":  # missing == missing
-                same |= _missing(back) & _missing(v)
-            return out, same.reshape(-1)
-        out = np.empty(self.n, dtype=values.dtype)
-        out[self.codes] = values
-        back = out[self.codes]
+            back, values = v[:, -1:], v
+        else:
+            out = np.empty(self.n, dtype=values.dtype)
+            out[self.codes] = values
+            back = out[self.codes]
         same = back == values
-        if values.dtype.kind in "fcmM":
+        if values.dtype.kind in "fcmM" and not np.all(same):  # missing == missing
             same |= _missing(back) & _missing(values)
-        return out, same
+        return out, same.reshape(-1)
 
 
 def _unit_major_ids(uid: pd.Series, time: pd.Series, periods: PeriodMap) -> np.ndarray | None:
@@ -232,6 +229,11 @@ def _group(df, spec, periods, rows: _Rows, uniques) -> np.ndarray:
         else:
             if not pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_bool_dtype(raw.dtype):
                 raise ColumnTypeError(f"column {col!r} (group) must be numeric (first treated period; 0 = never treated), got dtype {raw.dtype}")
+            values = raw.to_numpy()
+            if values.dtype.kind in "iu":  # no missing labels: compare the integers, convert one per unit
+                per_unit, same = rows.unit_values(values)
+                if np.all(same):
+                    return periods.group_index(per_unit.astype(np.float64), col)
             values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
         if values.dtype.kind in "fM":
             # map one label per unit, not one per row; if the labels vary within a unit (or read as
