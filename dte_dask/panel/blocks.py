@@ -135,7 +135,7 @@ class _Rows:
         """(n, T) float block, column-major (estimators gather whole periods), NaN where no row."""
         n, T = self.n, self.T
         if self.unit_major:
-            return np.asfortranarray(values.reshape(n, T))
+            return _columns(values.reshape(n, T))
         out = np.full(n * T, np.nan)
         out[self.tidx * n + self.codes] = values
         return out.reshape(n, T, order="F")
@@ -154,6 +154,16 @@ class _Rows:
         if values.dtype.kind in "fcmM" and not np.all(same):  # missing == missing
             same |= _missing(back) & _missing(values)
         return out, same.reshape(-1)
+
+
+def _columns(v: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``np.asfortranarray(v)`` of a C-ordered (n, T) array, transposed ``chunk`` rows at a time
+    (cache-sized pieces: about twice as fast as numpy's one strided pass)."""
+    n = v.shape[0]
+    out = np.empty(v.shape[::-1], dtype=v.dtype)
+    for a in range(0, n, chunk):
+        out[:, a:a + chunk] = v[a:a + chunk].T
+    return out.T
 
 
 def _unit_major_ids(uid: pd.Series, time: pd.Series, periods: PeriodMap) -> np.ndarray | None:
