@@ -172,6 +172,8 @@ def distinct_ints(arr: np.ndarray) -> np.ndarray:
     if arr.size == 0:
         return arr[:0]
     lo, hi = int(arr.min()), int(arr.max())
+    if 0 <= lo and hi < max(arr.size, 1 << 16):  # no shift needed
+        return np.flatnonzero(np.bincount(arr, minlength=hi + 1)[lo:]) + lo
     if hi - lo < max(arr.size, 1 << 16):
         return np.flatnonzero(np.bincount(arr - lo, minlength=hi - lo + 1)) + lo
     return np.sort(pd.unique(arr))
