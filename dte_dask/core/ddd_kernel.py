@@ -119,7 +119,7 @@ def _design_terms(block: UnitBlock, comp, est: dict[str, Any], ks: np.ndarray, r
     if method == "reg":
         wd = w * d
         c = (wd - w * (1.0 - d) * (X @ _shared(est["v_t"], ks))) / St
-        L = np.column_stack([dY * c[:, None], X * c[:, None], wd / St])
+        L = _columns(dY * c[:, None], X * c[:, None], wd / St)
         return L, n * np.vstack([eye, -est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]])
     Sc = _shared(est["Sc"], ks)
     ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
@@ -134,7 +134,19 @@ def _design_terms(block: UnitBlock, comp, est: dict[str, Any], ks: np.ndarray, r
     if method == "dr":
         parts.insert(1, X * c[:, None])
         coef.insert(1, -est["beta"][ks].T)
-    return np.column_stack(parts), n * np.vstack(coef)
+    return _columns(*parts), n * np.vstack(coef)
+
+
+def _columns(*parts: np.ndarray) -> np.ndarray:
+    """``np.column_stack(parts)`` written block by block (column_stack of many narrow blocks copies
+    row by row, several times slower)."""
+    widths = [1 if p.ndim == 1 else p.shape[1] for p in parts]
+    out = np.empty((parts[0].shape[0], sum(widths)))
+    at = 0
+    for p, wd in zip(parts, widths):
+        out[:, at:at + wd] = p.reshape(-1, wd)
+        at += wd
+    return out
 
 
 def cells_psi_into(out: np.ndarray, block: UnitBlock, comp, est: dict[str, Any], A: np.ndarray) -> None:
