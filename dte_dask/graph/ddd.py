@@ -1,19 +1,26 @@
-"""The triple-differences task graph (wiring only; the estimator is in :mod:`dte_dask.core.ddd`).
+"""The triple-differences task graph (wiring only; the estimator is in :mod:`dte_dask.core.ddd` and
+:mod:`dte_dask.core.ddd_kernel`).
 
-passes 1..k  the DRDID kernel of every 2x2 comparison (:class:`dte_dask.core.kernels_cov.PanelCovKernel`
-             on the comparison set): outcome regressions, propensity logits, weighted moments;
-gmm          only when a cell has several comparison cohorts (not-yet-treated controls): the
-             Gram and sums of the cells' per-cohort DDD influence functions, for the GMM weights;
-influence    Psi (n_block x (K + groups)) formed and reduced on the worker to Psi'Psi and the
-             block's bootstrap draws, as in :mod:`dte_dask.graph.attgt`.
+designs      every comparison design's rows (and outcome changes) picked once per RNG block and
+             persisted on the workers for all the passes below;
+passes 1..k  the DRDID kernel of every 2x2 comparison (:class:`dte_dask.core.ddd_kernel.DddCovKernel`
+             on the comparison set): outcome regressions and the cohorts' weighted sizes, the
+             propensity logits (one per design), weighted moments;
+cells        only with several comparison cohorts per cell (not-yet-treated controls: the Gram and
+             sums of the per-cohort DDD influence functions, for the GMM weights) or an unbalanced
+             panel (units of each cell); a balanced panel's cell sizes are sums of cohort sizes;
+influence    Psi (n_block x (K + groups)) formed per design and reduced on the worker to Psi'Psi and
+             the block's bootstrap draws, as in :mod:`dte_dask.graph.attgt`.
 Every reduction goes through the RNG-block tree: bit-identical for any partitioning.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass, replace
 
 import dask
+import dask.base
 import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
@@ -41,6 +48,16 @@ class DddFit:
     fit: AttgtFit
     se_gmm: np.ndarray  # (K,) triplediff's GMM standard error of cells with several comparison cohorts
     n_comparisons: np.ndarray  # (K,) comparison cohorts combined per cell
+
+
+def local_passes(panel: Panel):
+    """Context for the passes of a single-partition panel on dask's default scheduler: the
+    synchronous one (one block per pass leaves the threads nothing to share, and each hand-off to a
+    pool thread is a wait for a core on a loaded machine). A configured scheduler or an active
+    distributed Client is always respected; the numbers are the same either way."""
+    if panel.npartitions == 1 and dask.base.get_scheduler() is None:
+        return dask.config.set(scheduler="synchronous")
+    return contextlib.nullcontext()
 
 
 def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, clustered: bool,
