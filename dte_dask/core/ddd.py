@@ -28,7 +28,6 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.covariates import cov_influence
-from dte_dask.core.regression import with_intercept
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,12 @@ class Comparisons:
         m = D | C
         if self.complete_cases:
             m &= observed(block, self.t[j], self.base[j])
-        return m, with_intercept(np.delete(x[m], self.qcol, axis=1)), D[m].astype(float), block.w[m]
+        xm = x[m]
+        X = np.empty((xm.shape[0], xm.shape[1]))  # [1, covariates without the partition]
+        X[:, 0] = 1.0
+        X[:, 1:1 + self.qcol] = xm[:, :self.qcol]
+        X[:, 1 + self.qcol:] = xm[:, self.qcol + 1:]
+        return m, X, D[m].astype(float), block.w[m]
 
 
 @dataclass(frozen=True, eq=False)
