@@ -16,6 +16,7 @@ Every reduction goes through the RNG-block tree: bit-identical for any partition
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 from dataclasses import dataclass, replace
 
@@ -37,7 +38,7 @@ from dte_dask.core.ddd import (
 from dte_dask.core.ddd_kernel import DddCovKernel, ddd_psi
 from dte_dask.core.kernels import KernelArgs
 from dte_dask.graph.attgt import AttgtFit, run_kernel
-from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
+from dte_dask.graph.reduce import DyadicCover, by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -62,11 +63,21 @@ def local_passes(panel: Panel):
 
 def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, clustered: bool,
                 block_size: int, n_blocks: int, boot_kw: dict | None):
+    """The cells' influence functions of one partition, one RNG block at a time (a DesignBlock's
+    pieces), each reduced at once to its Gram and bootstrap draws: Psi never spans more than one
+    RNG block, so no partition-sized array is allocated (and first touched) in this pass."""
+    if block.n == 0:
+        return DyadicCover(n_blocks, {}), (DyadicCover(n_blocks, {}) if boot_kw is not None else None)
+    ids, grams, boots = [], [], []
     with single_threaded_blas():  # many small products: threads would only oversubscribe
-        psi = ddd_psi(block, cells, est, groups)
-    g = by_rng_block(block, lambda b, rows: gram(rows, b.rank, clustered), block_size, n_blocks, rows=psi)
-    b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
-    return g, b
+        for piece in block.pieces():
+            psi = ddd_psi(piece, cells, est, groups)
+            ids.append(int(piece.rank[0]) // block_size)
+            grams.append(gram(psi, piece.rank, clustered))
+            if boot_kw is not None:
+                boots.append(boot_cover(psi, piece.rank, **boot_kw))
+    b = functools.reduce(DyadicCover.merge, boots) if boots else None
+    return DyadicCover.from_blocks(n_blocks, ids, grams), b
 
 
 def _sum(panel: Panel, func, *args, name: str):
