@@ -9,8 +9,8 @@ passes 1..k  the DRDID kernel of every 2x2 comparison (:class:`dte_dask.core.ddd
 cells        only with several comparison cohorts per cell (not-yet-treated controls: the Gram and
              sums of the per-cohort DDD influence functions, for the GMM weights) or an unbalanced
              panel (units of each cell); a balanced panel's cell sizes are sums of cohort sizes;
-influence    Psi (n_block x (K + groups)) formed per design and reduced on the worker to Psi'Psi and
-             the block's bootstrap draws, as in :mod:`dte_dask.graph.attgt`.
+influence    Psi (rows of one RNG block x (K + groups)) formed per design and reduced on the worker
+             to Psi'Psi and the block's bootstrap draws, one RNG block at a time.
 Every reduction goes through the RNG-block tree: bit-identical for any partitioning.
 """
 from __future__ import annotations
