@@ -93,13 +93,13 @@ def _file_pieces(path: str, md: pq.FileMetaData, col: int) -> list[Piece | None]
         st = rg.column(col).statistics
         if st is None or not st.has_min_max or st.null_count:
             return [None]
+        if rows >= PIECE_ROWS and st.min > hi:  # cut only where no unit straddles the row groups
+            out.append(Piece(path, tuple(groups), rows, lo, hi))
+            groups, rows, lo, hi = [], 0, None, None
         lo = st.min if lo is None else min(lo, st.min)
         hi = st.max if hi is None else max(hi, st.max)
         groups.append(i)
         rows += rg.num_rows
-        if rows >= PIECE_ROWS:
-            out.append(Piece(path, tuple(groups), rows, lo, hi))
-            groups, rows, lo, hi = [], 0, None, None
     if groups:
         out.append(Piece(path, tuple(groups), rows, lo, hi))
     return out
