@@ -108,7 +108,7 @@ def _file_pieces(path: str, md: pq.FileMetaData, col: int) -> list[Piece | None]
 def read(piece: Piece, columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """The piece's ``columns`` as a pandas frame (numbers convert without copies)."""
     table = pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups), columns=list(columns), use_threads=False)
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    return table.to_pandas(split_blocks=True)
 
 
 def scan_times(piece: Piece, column: str) -> dict[str, Any]:
