@@ -153,3 +153,16 @@ def test_stack_keeps_numpy_concatenate_layout():
         want, got = np.concatenate(parts), _stack(list(parts))
         assert want.strides == got.strides and want.dtype == got.dtype
         np.testing.assert_array_equal(want, got)
+
+
+def test_pieces_are_cut_only_between_units(files, monkeypatch, tmp_path):
+    """Row groups that split a unit stay in one piece; pieces of one file then pivot separately."""
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.Table.from_pandas(files["pdf"], preserve_index=False), path, row_group_size=1000)  # 1000/6: units straddle
+    monkeypatch.setattr(parquet, "PIECE_ROWS", 4000)
+    spec = PanelSpec(**KW)
+    pieces = parquet.plan([str(path)], spec, spec.columns).pieces
+    assert len(pieces) > 2 and all(a.hi < b.lo for a, b in zip(pieces[:-1], pieces[1:]))
+    calls = _spy_dask_reader(monkeypatch)
+    assert_identical(load_panel(files["pdf"], **KW, rng_block_size=64), load_panel(path, **KW, rng_block_size=64))
+    assert not calls

@@ -39,11 +39,49 @@ def frame_to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap) -> Uni
     ``rank`` is local (0..n_entities-1); the caller adds the partition's offset.
     Raises a :class:`PanelError` subclass naming the column, units and periods at fault.
     """
-    T = periods.n_periods
     uid = df[spec.unit]
     if uid.isna().any():
         raise MissingValuesError(f"column {spec.unit!r} (unit) has {int(uid.isna().sum())} missing ids")
-    uniques = _unit_major_ids(uid, df[spec.time], periods)
+    return _to_block(df, spec, periods, _unit_major_ids(uid, df[spec.time], periods))
+
+
+def periods_and_block(df: pd.DataFrame, spec: PanelSpec) -> tuple[PeriodMap, UnitBlock]:
+    """The periods of a whole long frame and its block (``PeriodMap.from_values`` then
+    :func:`frame_to_block`). A balanced frame sorted by (unit, time) needs no pass for its periods:
+    its first unit's rows list them, which the layout check then confirms for every row."""
+    uid, time = df[spec.unit], df[spec.time]
+    guess = _first_unit_periods(uid, time, spec.time)
+    if guess is not None:
+        uniques = _unit_major_ids(uid, time, guess)
+        if uniques is not None:
+            return guess, _to_block(df, spec, guess, uniques)
+    periods = PeriodMap.from_values(time, spec.time)
+    return periods, frame_to_block(df, spec, periods)
+
+
+def _first_unit_periods(uid: pd.Series, time: pd.Series, column: str) -> PeriodMap | None:
+    """The periods of the first unit's leading rows if the ids and periods are integers and
+    those periods are increasing and regular (a candidate for the whole frame), else None."""
+    if not all(isinstance(c.dtype, np.dtype) and c.dtype.kind in "iu" for c in (uid, time)) or len(uid) < 2:
+        return None
+    head = uid.to_numpy()[:4097]
+    change = np.flatnonzero(head != head[0])
+    if change.size == 0 or change[0] < 2:
+        return None
+    labels = time.to_numpy()[: change[0]]
+    if not np.all(labels[1:] > labels[:-1]):
+        return None
+    try:
+        return PeriodMap.from_values(labels, column)
+    except PanelError:
+        return None
+
+
+def _to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap, uniques: np.ndarray | None) -> UnitBlock:
+    """:func:`frame_to_block` once the unit ids are known not missing; ``uniques``: the ids of a
+    unit-major frame (see :func:`_unit_major_ids`), or None for any other row order."""
+    T = periods.n_periods
+    uid = df[spec.unit]
     if uniques is not None:
         rows = _Rows(len(uniques), T)
     else:

@@ -37,7 +37,7 @@ from dte_dask.exceptions import (
     examples,
 )
 from dte_dask.panel import parquet
-from dte_dask.panel.blocks import frame_to_block
+from dte_dask.panel.blocks import frame_to_block, periods_and_block
 from dte_dask.panel.panel import Panel, finish
 from dte_dask.panel.periods import PeriodMap, distinct_ints
 from dte_dask.panel.spec import PanelSpec
@@ -253,8 +253,7 @@ def _check_columns(frame: pd.DataFrame | dd.DataFrame, spec: PanelSpec) -> None:
 
 # ------------------------------------------------------------------------------------- pandas route
 def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
-    periods = PeriodMap.from_values(df[spec.time], spec.time)
-    block = frame_to_block(df, spec, periods)
+    periods, block = periods_and_block(df, spec)
     n_ent = int(block.rank[-1]) + 1 if block.n else 0
     bounds = _partition_bounds(n_ent, bs, npartitions)
     token = uuid.uuid4().hex  # hashing the whole frame would cost more than pivoting it

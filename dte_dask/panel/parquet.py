@@ -93,13 +93,13 @@ def _file_pieces(path: str, md: pq.FileMetaData, col: int) -> list[Piece | None]
         st = rg.column(col).statistics
         if st is None or not st.has_min_max or st.null_count:
             return [None]
+        if rows >= PIECE_ROWS and st.min > hi:  # cut only where no unit straddles the row groups
+            out.append(Piece(path, tuple(groups), rows, lo, hi))
+            groups, rows, lo, hi = [], 0, None, None
         lo = st.min if lo is None else min(lo, st.min)
         hi = st.max if hi is None else max(hi, st.max)
         groups.append(i)
         rows += rg.num_rows
-        if rows >= PIECE_ROWS:
-            out.append(Piece(path, tuple(groups), rows, lo, hi))
-            groups, rows, lo, hi = [], 0, None, None
     if groups:
         out.append(Piece(path, tuple(groups), rows, lo, hi))
     return out
@@ -108,7 +108,7 @@ def _file_pieces(path: str, md: pq.FileMetaData, col: int) -> list[Piece | None]
 def read(piece: Piece, columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """The piece's ``columns`` as a pandas frame (numbers convert without copies)."""
     table = pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups), columns=list(columns), use_threads=False)
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    return table.to_pandas(split_blocks=True)
 
 
 def scan_times(piece: Piece, column: str) -> dict[str, Any]:
