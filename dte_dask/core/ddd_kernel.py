@@ -13,8 +13,8 @@ block and design, the comparisons' DRDID influence functions (the formulas of
 :func:`dte_dask.core.covariates.cov_influence`) are written as ``L @ R`` with L shared by the
 design's comparisons (outcomes and covariates times per-row factors) and R small; ``L @ (R @ A)``
 (``A``: comparisons to cells) is added into the cells' columns, so neither the (n x comparisons)
-matrix nor per-comparison temporaries are formed. Every sum runs over one RNG block's rows in a fixed order: bit-identical
-for any partitioning.
+matrix nor per-comparison temporaries are formed. The graph calls it one RNG block at a time;
+every sum runs over one RNG block's rows in a fixed order: bit-identical for any partitioning.
 """
 from __future__ import annotations
 
