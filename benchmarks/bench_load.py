@@ -4,7 +4,9 @@ the load every estimator pays before fitting), and optionally a pandas frame.
 Each measurement runs in a fresh subprocess after a small warm-up load (lazy imports); it prints the
 wall and CPU seconds (all threads) of the load and the subprocess's peak RSS. The machine may be
 shared: CPU seconds are the steadier figure. The panel is written once under ``--scratch``
-(default: a fresh temporary directory, removed at the end).
+(default: a fresh temporary directory, removed at the end). The subprocesses import the
+``dte_dask`` of the current directory (``python -c`` puts it first on ``sys.path``): run this from
+the root of the checkout to measure; compare two versions by running it from each checkout.
 
     python benchmarks/bench_load.py --units 1000000 --periods 24 --repeats 3
     python benchmarks/bench_load.py --units 1000000 --periods 10 --source pandas
