@@ -16,15 +16,17 @@ and picks (``-sum``, ``-merge``, ``-root``, ``-pick``, ``-meat`` picks) cost a h
            + 1 ms of scheduler time per task
 
 where ``serial`` is the time no task computes (driver: planning, the driver-side solves, checks,
-saving, the report), fitted as ``a + b * units`` over the calibration runs, ``depth(P) =
+saving, the report: sizes of cells, not of units), fitted as ``a + b * P`` over the calibration
+runs (graph size grows with the partitions), ``depth(P) =
 ceil(log8 P) + 1`` the reduction tree's levels (fan-in 8) and ``hop`` a task round trip (5 ms
 between machines). Two modes:
 
 * ``as measured``: task seconds as the task stream recorded them (this machine's contention
   included): what a run here would take; checked against a measured run of a larger size;
-* ``dedicated cores``: task seconds times the share of a core the workers got in each stage
-  (worker CPU seconds / task seconds, from the job's diagnosis), and the serial time capped at
-  the driver's CPU seconds: a cluster whose workers own their cores.
+* ``dedicated cores``: task seconds times the share of a core the workers got (worker CPU
+  seconds / task seconds over the job's stages, from its diagnosis), the serial time likewise: a
+  cluster whose processes own their cores. On a contended machine
+  the CPU seconds themselves grow (shared caches, steal time), so this mode is an upper bound.
 
     python benchmarks/scaling_job.py --calibrate TS_100K TS_300K --check TS_1M \\
         --predict 2800000 28000000 --workers 2 16 64
@@ -85,7 +87,7 @@ def _busy_union(tasks: pd.DataFrame) -> float:
 
 
 def calibrate(runs: list[dict], dedicated: bool = False) -> dict:
-    """Per map prefix ``(k, c, w)``; the serial line ``(a, b)``."""
+    """Per map prefix ``(k, c, w)``; the serial line ``(a, b)`` in the number of partitions."""
     pts: dict[str, list[tuple[float, float, float]]] = {}
     for r in runs:
         f = r["core_share"] if dedicated else 1.0
@@ -98,10 +100,15 @@ def calibrate(runs: list[dict], dedicated: bool = False) -> dict:
         u, t, k = (np.array(x, dtype=float) for x in zip(*v))
         c, w = _line(u, t)
         prefixes[p] = (float(np.median(k)), c, w)
-    serial = [(r["units"], min(r["serial"], r["driver_cpu_s"]) if dedicated and r["driver_cpu_s"] else r["serial"])
-              for r in runs]
+    serial = [(r["partitions"], _serial(r) if dedicated else r["serial"]) for r in runs]
     a, b = _line(*(np.array(x, dtype=float) for x in zip(*serial)))
     return {"prefixes": prefixes, "serial": (a, b), "dedicated": dedicated}
+
+
+def _serial(run: dict) -> float:
+    """The serial time on a machine of one's own: deflated by the core share the workers got (the
+    driver competed for the same cores; its CPU seconds overlap the tasks, so they are no bound)."""
+    return run["serial"] * run["core_share"]
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -124,7 +131,7 @@ def predict(model: dict, units: int, workers: int, partitions: int | None = None
     """Seconds of the job at ``units`` on ``workers`` single-threaded workers, ``partitions`` parts."""
     P = partitions or default_partitions(units)
     a, b = model["serial"]
-    serial = a + b * units
+    serial = a + b * P
     waves = math.ceil(P / workers)
     depth = math.ceil(math.log(P, 8)) + 1 if P > 1 else 1
     compute = sched = 0.0
@@ -169,7 +176,8 @@ def main(argv=None) -> int:
         label = "dedicated cores" if dedicated else "as measured here"
         for u in args.predict:
             for n in args.workers:
-                for P in sorted({default_partitions(u), max(default_partitions(u), n)}):
+                d = default_partitions(u)  # and a whole number of waves of n tasks
+                for P in sorted({d, max(d, n), -(-d // n) * n}):
                     pred = predict(model, u, n, P)
                     out["predictions"].append({"mode": label, **{k: v for k, v in pred.items() if k != "top"}})
                     top = ", ".join(f"{p} {s:.1f}" for p, s in pred["top"])
