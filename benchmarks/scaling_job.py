@@ -54,7 +54,8 @@ PARTITION_UNITS = 262144  # dte_dask.partition-units default
 
 
 def is_map(prefix: str) -> bool:
-    return not prefix.endswith(REDUCE_SUFFIXES + PICK_SUFFIXES) and prefix not in ("summarize",)
+    """A task per partition (not a reduction, nor a pick of a partition's result: ``*-meat-*``)."""
+    return not prefix.endswith(REDUCE_SUFFIXES + PICK_SUFFIXES) and "-meat-" not in prefix
 
 
 def load_run(stem: Path) -> dict:
