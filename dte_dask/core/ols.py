@@ -86,21 +86,21 @@ def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], 
     columns (summed over designs), per-design scores at the per-design fits, then 0/1 flags of
     units used in the pooled fit and in each per-design fit."""
     n = block.n
-    pooled = np.zeros((n, m))
-    used_any = np.zeros((n, 1))
-    local, flags = [], []
+    fitted = [pb is not None for pb in part_betas]
+    widths = [m] + [p.spec.m for p, f in zip(parts, fitted) if f]
+    out = np.zeros((n, sum(widths) + 1 + sum(fitted)))  # written in place: no concatenated copy
+    pooled = out[:, :m]
+    off, flag_col, j = m, sum(widths), 0
     for p, beta, pb in zip(parts, betas, part_betas):
         sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
         pooled[np.ix_(sel, p.place)] += scores[0]
-        used_any[sel[used], 0] = 1.0
+        out[sel[used], flag_col] = 1.0
         if pb is not None:
-            loc = np.zeros((n, p.spec.m))
-            loc[sel] = scores[1]
-            flag = np.zeros((n, 1))
-            flag[sel[used], 0] = 1.0
-            local.append(loc)
-            flags.append(flag)
-    return np.hstack([pooled, *local, used_any, *flags])
+            out[sel, off:off + p.spec.m] = scores[1]
+            out[sel[used], flag_col + 1 + j] = 1.0
+            off += p.spec.m
+            j += 1
+    return out
 
 
 def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:

@@ -4,19 +4,21 @@ pass 1  ``<name>`` (one task prefix per design; stacked DiD: one per sub-experim
         reduces X~'WX~, X~'Wy~ and observation counts along the fixed tree of RNG blocks;
 driver  assembles the designs' normal equations into the global one and solves it (guarded:
         collinear fixed-effect columns are dropped, any other collinear column is an error);
-pass 2  ``<prefix>-scores`` / ``<prefix>-meat``: per-unit scores, summed over designs (a unit that
-        recurs across stacks contributes one score) and over clusters, reduce to sum_g s_g s_g';
-        optionally ``mboot``: multiplier-bootstrap draws of the score sums, keyed by RNG block.
+pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that recurs across stacks
+        contributes one score) and over clusters, reduced in the same task to sum_g s_g s_g'
+        (picked as ``<prefix>-meat``) and optionally to multiplier-bootstrap draws of the score sums
+        keyed by RNG block (picked as ``mboot``), as ``attgt-influence`` does: the dense scores
+        never leave the task, so memory stays at one partition's scores.
 Only (m x m)-, (B x m)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import dask
 import numpy as np
-from dask.base import tokenize
 from threadpoolctl import threadpool_limits
 
 from dte_dask.core.ols import (
@@ -73,19 +75,19 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
 
     betas = [sol.beta[p.place] for p in parts]
     part_betas = [None if s is None else s.beta for s in local]
-    scores = panel.map_blocks(_one_thread, block_scores, parts, m, betas, part_betas, name=scores_name)
     widths = [m] + [p.spec.m for p, s in zip(parts, local) if s is not None]
-    f = dask.delayed(_one_thread, pure=True)
-    meats = [f(blk, by_rng_block, score_meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
-               dask_key_name=f"{scores_name}-meat-{tokenize(s)}-{i}") for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
-    todo = [tree_merge(meats, name=f"{scores_name}-meat-sum")]
+    boot_kw = None
     if n_boot > 0:
-        kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
-                  n=1, kind=boot_weights)
-        fb = dask.delayed(_boot, pure=True)
-        covers = [fb(blk, s, m, **kw, dask_key_name=f"mboot-{tokenize(s, kw)}-{i}")
-                  for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
-        todo.append(tree_merge(covers, name="mboot-merge"))
+        boot_kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
+                       n=1, kind=boot_weights)
+    # one task per partition: scores -> meat (and draws); the dense scores never leave it
+    fused = panel.map_blocks(_one_thread, _score_reductions, parts, m, betas, part_betas, widths,
+                             panel.rng_block_size, panel.n_rng_blocks, boot_kw, name=scores_name)
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"{scores_name}-meat-{p.key}") for p in fused],
+                       name=f"{scores_name}-meat-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in fused], name="mboot-merge"))
     out = dask.compute(*todo)
     meat = out[0]
     pooled = crv_fit(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
@@ -121,5 +123,11 @@ def _one_thread(block, func, *args, **kwargs):
         return func(block, *args, **kwargs)
 
 
-def _boot(block, scores: np.ndarray, m: int, **kw):
-    return boot_cover(scores[:, :m], block.rank, **kw)
+def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas: list, widths: list[int],
+                      block_size: int, n_blocks: int, boot_kw: dict | None):
+    """One partition's per-unit scores, reduced in the same task to the meat cover and (with
+    ``boot_kw``) the bootstrap cover of the pooled scores; memory stays at one partition's scores."""
+    scores = block_scores(block, parts, m, betas, part_betas)
+    meat = by_rng_block(block, score_meat, block_size, n_blocks, widths, rows=scores)
+    boot = boot_cover(scores[:, :m], block.rank, **boot_kw) if boot_kw is not None else None
+    return meat, boot
