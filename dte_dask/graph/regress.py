@@ -26,6 +26,7 @@ from dte_dask.core.ols import (
     crv_fit,
     local_nuisance,
     score_meat,
+    scores_meat,
     solve_part,
     solve_pooled,
 )
@@ -73,13 +74,16 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
 
     betas = [sol.beta[p.place] for p in parts]
     part_betas = [None if s is None else s.beta for s in local]
-    scores = panel.map_blocks(_one_thread, block_scores, parts, m, betas, part_betas, name=scores_name)
     widths = [m] + [p.spec.m for p, s in zip(parts, local) if s is not None]
-    f = dask.delayed(_one_thread, pure=True)
-    meats = [f(blk, by_rng_block, score_meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
-               dask_key_name=f"{scores_name}-meat-{tokenize(s)}-{i}") for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
-    todo = [tree_merge(meats, name=f"{scores_name}-meat-sum")]
-    if n_boot > 0:
+    if n_boot <= 0:  # scores and their cluster sums per RNG block, in one task per partition
+        todo = [exact_sum(panel, scores_meat, parts, m, betas, part_betas, widths, name=scores_name)]
+    else:
+        scores = panel.map_blocks(_one_thread, block_scores, parts, m, betas, part_betas, name=scores_name)
+        f = dask.delayed(_one_thread, pure=True)
+        meats = [f(blk, by_rng_block, score_meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
+                   dask_key_name=f"{scores_name}-meat-{tokenize(s)}-{i}")
+                 for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
+        todo = [tree_merge(meats, name=f"{scores_name}-meat-sum")]
         kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
                   n=1, kind=boot_weights)
         fb = dask.delayed(_boot, pure=True)
