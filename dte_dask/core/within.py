@@ -90,6 +90,7 @@ class _Within:
 
     sel: np.ndarray  # (n_s,) positions of the design's units in the block
     row: np.ndarray  # (n_s,) their rows of the design's tables
+    cls: np.ndarray  # (n_s,) the dummy layout of their rows (see :func:`_expansion`)
     used: np.ndarray  # (n_s,) units with >= 2 observations (singletons are dropped)
     valid: np.ndarray  # (n_s, L) observations in the regression
     W: np.ndarray  # (n_s, L) observation weights, 0 where not used
@@ -149,22 +150,30 @@ def _prepare(block: Any, spec: DesignSpec) -> _Within:
         xv = np.where(valid[:, :, None], x, 0.0)
         xbar = _rowsum(W[:, :, None] * xv) * inv[:, None]
         xt = (xv - xbar[:, None, :]) * valid[:, :, None]
-    return _Within(sel, r, used, valid, W, inv, yt, xt, xbar)
+    return _Within(sel, r, _layouts(spec)[0][r], used, valid, W, inv, yt, xt, xbar)
+
+
+def _layouts(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct dummy layouts of the design's rows (rows differing only in dropped periods
+    share one): the layout of each row (R,) and the interest codes of each layout (C, L)."""
+    uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
+    return cls.reshape(-1), uniq
 
 
 def _expansion(spec: DesignSpec, with_covariates: bool = False) -> np.ndarray:
-    """(R, L, m) 0/1: the dummy columns of the observation of each (design row, period); with
-    ``with_covariates`` (R, L + p, m), the covariate columns appended as identity rows.
+    """(C, L, m) 0/1: the dummy columns of the observation of each (dummy layout, period); with
+    ``with_covariates`` (C, L + p, m), the covariate columns appended as identity rows.
 
-    A unit of design row r has the dummy sums :math:`s_i = E_r' v_i` of any per-period vector
-    :math:`v_i` (``E_r`` this table's slice): every per-unit dummy quantity is a product with it.
+    A unit of layout c has the dummy sums :math:`s_i = E_c' v_i` of any per-period vector
+    :math:`v_i` (``E_c`` this table's slice): every per-unit dummy quantity is a product with it.
     """
-    R, L, m, p = spec.codes.shape[0], spec.n_levels, spec.m, spec.p
-    E = np.zeros((R, L + (p if with_covariates else 0), m))
+    codes = _layouts(spec)[1]
+    C, L, m, p = codes.shape[0], spec.n_levels, spec.m, spec.p
+    E = np.zeros((C, L + (p if with_covariates else 0), m))
     t = np.arange(1, L)
     E[:, t, t - 1] = 1.0
-    rr, tt = np.nonzero(spec.codes >= 0)
-    E[rr, tt, spec.n_fe + p + spec.codes[rr, tt]] = 1.0
+    rr, tt = np.nonzero(codes >= 0)
+    E[rr, tt, spec.n_fe + p + codes[rr, tt]] = 1.0
     if with_covariates:
         j = np.arange(p)
         E[:, L + j, spec.n_fe + j] = 1.0
@@ -172,18 +181,20 @@ def _expansion(spec: DesignSpec, with_covariates: bool = False) -> np.ndarray:
 
 
 def _cell_key(rows: np.ndarray, L: int) -> np.ndarray:
-    """(n * L,) the (design row, period) cell of each observation, row-major."""
+    """(n * L,) the (dummy layout, period) cell of each observation, row-major."""
     return (rows[:, None] * L + np.arange(L)).ravel()
 
 
 def _cell_sums(v: np.ndarray, key: np.ndarray, n_cells: int) -> np.ndarray:
-    """(R * L,): per (design row, period) cell, the sum of ``v`` (n, L) over the units of that row,
+    """(R * L,): per (dummy layout, period) cell, the sum of ``v`` (n, L) over the units of that layout,
     in unit order."""
     return np.bincount(key, np.ravel(v), minlength=n_cells)
 
 
 def _grouped_gram(Z: np.ndarray, V: np.ndarray, rows: np.ndarray, E: np.ndarray) -> np.ndarray:
-    """:math:`\\sum_r E_r' (\\sum_{i: row r} v_i z_i') E_r` (m, m), units grouped by design row."""
+    """:math:`\\sum_c E_c' (\\sum_{i: layout c} v_i z_i') E_c` (m, m), units grouped by dummy layout."""
+    if E.shape[0] == 1:
+        return E[0].T @ (V.T @ Z) @ E[0]
     order = np.argsort(rows, kind="stable")
     bounds = np.searchsorted(rows[order], np.arange(E.shape[0] + 1))
     Zs, Vs = Z[order], V[order]
@@ -210,26 +221,27 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     Notes
     -----
     With unit weights summing to :math:`W_i = \\sum_t w_{it}` and dummy sums
-    :math:`s_i = \\sum_t w_{it} d_{it} = E_r' w_i` (:func:`_expansion`; r the unit's design row),
+    :math:`s_i = \\sum_t w_{it} d_{it} = E_r' w_i` (:func:`_expansion`; r the unit's dummy layout),
     the demeaned dummies satisfy
 
     .. math:: \\sum_{it} w_{it} \\tilde d_{it} \\tilde d_{it}' = \\sum_r E_r'\\Big(
               \\operatorname{diag}\\big(\\textstyle\\sum_{i \\in r} w_i\\big)
               - \\sum_{i \\in r} w_i w_i' / W_i\\Big) E_r,
 
-    so the unit-level work is one (periods x periods) product per design row. Covariates are
+    so the unit-level work is one (periods x periods) product per dummy layout. Covariates are
     demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products with raw and
     demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
     """
     wd = _prepare(block, spec)
-    m, L, R, nfe, p = spec.m, spec.n_levels, spec.codes.shape[0], spec.n_fe, spec.p
+    m, L, nfe, p = spec.m, spec.n_levels, spec.n_fe, spec.p
     W = wd.W
     E = _expansion(spec)
+    R = E.shape[0]
     Ef = E.reshape(R * L, m)
-    key = _cell_key(wd.row, L)
+    key = _cell_key(wd.cls, L)
     d = _cell_sums(W, key, R * L)
     cnt = np.bincount(key[wd.valid.ravel()], minlength=R * L).astype(np.float64)
-    A = (Ef * d[:, None]).T @ Ef - _grouped_gram(W, W * wd.inv[:, None], wd.row, E)
+    A = (Ef * d[:, None]).T @ Ef - _grouped_gram(W, W * wd.inv[:, None], wd.cls, E)
     raw = Ef.T @ d  # sum of w d^2 before demeaning (0/1 dummies)
     b = Ef.T @ _cell_sums(W * wd.yt, key, R * L)
     if p:
@@ -249,6 +261,8 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
 
 def _interest_weights(block: Any, spec: DesignSpec, wd: _Within, Ef: np.ndarray, key: np.ndarray) -> np.ndarray:
     """Sampling-weighted observations per interest dummy, singletons included (Sun–Abraham shares)."""
+    if not spec.n_int:
+        return np.zeros(0)
     obs = ~np.isnan(block.y[wd.sel, spec.t0:spec.t1])
     sums = _cell_sums(block.w[wd.sel][:, None] * obs, key, Ef.shape[0])
     return Ef[:, spec.n_fe + spec.p:].T @ sums
@@ -288,14 +302,14 @@ def unit_meat(block: Any, spec: DesignSpec, beta: np.ndarray) -> tuple[np.ndarra
     we = _weighted_residuals(wd, spec, beta)
     if spec.p:
         we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
-    return _grouped_gram(we, we, wd.row, _expansion(spec, with_covariates=True)), int(np.count_nonzero(wd.used))
+    return _grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)), int(np.count_nonzero(wd.used))
 
 
 def _weighted_residuals(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
     """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used."""
     beta = np.asarray(beta, dtype=np.float64)
-    F = _expansion(spec) @ beta  # (R, L) dummy part of the fit of each (design row, period)
-    fit = F[wd.row]
+    F = _expansion(spec) @ beta  # (C, L) dummy part of the fit of each (dummy layout, period)
+    fit = F[wd.cls]
     fit -= (_rowsum(wd.W * fit) * wd.inv)[:, None]
     for j in range(spec.p):
         fit += wd.xt[:, :, j] * beta[spec.n_fe + j]
