@@ -110,12 +110,27 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
 
 
 # ----------------------------------------------------------------------------- block kernels
+PIECE_BLOCKS = 4  # RNG blocks per task of an exact sum: a partition of many blocks keeps every thread busy
+
+
 def exact_sum(panel: Panel, func, *args, name: str):
     """Sum ``func(block, *args)`` over the panel along the fixed tree of RNG blocks (bit-identical
-    for any partitioning), in tasks ``name-*``."""
-    parts = panel.map_blocks(_one_thread, by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks,
-                             *args, name=name)
+    for any partitioning), in tasks ``name-*`` of at most :data:`PIECE_BLOCKS` RNG blocks each."""
+    bs, nb = panel.rng_block_size, panel.n_rng_blocks
+    token = tokenize(func, args, *panel.blocks)
+    f = dask.delayed(_piece, pure=True)
+    parts = []
+    for i, (blk, summary) in enumerate(zip(panel.blocks, panel.summaries)):
+        b0, b1 = (summary.first_rank // bs, summary.last_rank // bs + 1) if summary.n_units else (0, 1)
+        parts += [f(blk, lo * bs, min(lo + PIECE_BLOCKS, b1) * bs, func, bs, nb, *args,
+                    dask_key_name=f"{name}-{token}-{i}-{j}") for j, lo in enumerate(range(b0, b1, PIECE_BLOCKS))]
     return tree_merge(parts, name=f"{name}-sum")
+
+
+def _piece(block, lo: int, hi: int, func, bs: int, nb: int, *args):
+    """:func:`by_rng_block` of ``func`` on the units of ``block`` with entity ranks in [lo, hi)."""
+    a, b = np.searchsorted(block.rank, [lo, hi])
+    return _one_thread(block.take(slice(int(a), int(b))), by_rng_block, func, bs, nb, *args)
 
 
 def _one_thread(block, func, *args, **kwargs):
