@@ -65,6 +65,24 @@ def test_weighted_sum_is_twfe_with_sampling_weights():
     assert abs(res.twfe_se - ref.se()["D"]) < 1e-8
 
 
+def test_twfe_and_clustered_se_match_pyfixest_with_a_level_shift():
+    """The closed-form TWFE coefficient and its CRV1 SE clustered on a coarser variable (50 clusters of
+    units across partitions) against pyfixest; the outcome sits far from zero (level 1e4), which the
+    scores' within-period contrasts must not lose digits to."""
+    pf = pytest.importorskip("pyfixest")
+    df = _frame(seed=12)
+    df["y"] = df["y"] + 1e4 + 3.0 * df["time"]
+    df["state"] = df["unit"] % 50
+    a = dte_dask.bacon_decomposition(df, **COLS, cluster="state", npartitions=1)
+    b = dte_dask.bacon_decomposition(df, **COLS, cluster="state", npartitions=3)
+    assert (a.twfe, a.twfe_se) == (b.twfe, b.twfe_se)
+    d = df.assign(D=((df["group"] > 0) & (df["time"] >= df["group"])).astype(float))
+    ref = pf.feols("y ~ D | unit + time", data=d, vcov={"CRV1": "state"})
+    assert abs(a.twfe - ref.coef()["D"]) < 1e-10
+    assert abs(a.twfe_se - ref.se()["D"]) < 1e-10
+    assert abs(a.weighted_sum - a.twfe) < 1e-10
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("seed", [3, 11])
 def test_matches_diff_diff_simulated(seed):

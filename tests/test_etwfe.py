@@ -147,3 +147,22 @@ def test_partition_invariance():
     np.testing.assert_allclose(a.coef, b.coef, atol=1e-12, rtol=0)
     np.testing.assert_allclose(a.cov, b.cov, atol=1e-12, rtol=0)
     np.testing.assert_allclose(a.other["se"], b.other["se"], atol=1e-12, rtol=0)
+
+
+@pytest.mark.peer
+def test_covariates_without_never_treated_match_diff_diff_xtvar():
+    """Without never-treated units the periods from the last cohort's first treated period on leave the
+    regression, and so do their period slopes (they used to be reported as collinear)."""
+    dd = pytest.importorskip("diff_diff")
+    df = _cov_frame(0.0)
+    df = df[df["group"] > 0]
+    res = _fit(df, covariates=["x1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = dd.WooldridgeDiD(control_group="not_yet_treated").fit(df, outcome="y", unit="unit", time="time",
+                                                                  cohort="group", xtvar=["x1"])
+    cells = res.by_cohort()
+    assert len(cells) == len(f.group_time_effects)
+    ref = [f.group_time_effects[(g, t)]["att"] for g, t in zip(cells["cohort"], cells["period"])]
+    np.testing.assert_allclose(cells["coef"], ref, atol=1e-8, rtol=0)
+    assert abs(res.other["coef"].iloc[0] - f.overall_att) < 1e-8

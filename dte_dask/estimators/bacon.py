@@ -8,14 +8,12 @@ import dask
 import numpy as np
 import pandas as pd
 
-from dte_dask.core.bacon import cell_sums, decompose
+from dte_dask.core.bacon import cell_sums, cluster_meat, decompose, twfe_fit, twfe_se
 from dte_dask.core.labels import plain
-from dte_dask.core.within import NONE, DesignSpec
 from dte_dask.estimators.event_study import resolve_panel
 from dte_dask.estimators.options import BaconOptions
 from dte_dask.exceptions import SpecError
-from dte_dask.graph.regress import Part, exact_sum, fit_ols
-from dte_dask.panel.panel import Panel
+from dte_dask.graph.regress import exact_sum
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.bacon import BaconResult
 
@@ -51,7 +49,9 @@ def bacon_decomposition(
     after the last period join the never treated in the untreated bucket U, as the paper's footnote
     11 does.
 
-    Only (groups x periods) tables reach the driver.
+    Two passes over the data, and only (groups x periods) tables and scalars reach the driver: the
+    cohort x period sums (every 2x2 comparison, its weight and the TWFE coefficient are closed forms
+    in them), then the squared cluster scores of the TWFE coefficient for its CRV1 standard error.
     """
     t0 = _time.perf_counter()
     panel, _ = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=None,
@@ -65,7 +65,8 @@ def bacon_decomposition(
     sums = dask.compute(exact_sum(panel, cell_sums, timing, name="bacon-cells"))[0]
     comps = decompose(sums, timing, T)
     total = sum(c.weight for c in comps)
-    twfe, twfe_se = _twfe(panel, timing)
+    fit = twfe_fit(sums, timing, T)
+    meat = dask.compute(exact_sum(panel, cluster_meat, timing, fit.dt, fit.shift, name="bacon-twfe-meat"))[0]
     U = len(timing)
 
     def label(r: int) -> Any:
@@ -83,23 +84,8 @@ def bacon_decomposition(
     options = dict(estimator="bacon_decomposition", outcome=panel.spec.outcome, unit=panel.spec.unit,
                    time=panel.spec.time, group=panel.spec.group_source, weights=panel.spec.weights,
                    cluster=panel.spec.cluster)
-    return BaconResult(twfe=twfe, twfe_se=twfe_se, comparisons=frame, n_units=panel.n_units, n_periods=T,
+    return BaconResult(twfe=fit.beta, twfe_se=twfe_se(fit, meat, T), comparisons=frame, n_units=panel.n_units, n_periods=T,
                        options=options, timings={"total": _time.perf_counter() - t0})
-
-
-def _twfe(panel: Panel, timing: tuple[float, ...]) -> tuple[float, float]:
-    """The static TWFE coefficient (within-unit OLS core) and its CRV1 SE."""
-    T = panel.n_periods
-    codes = np.full((len(timing) + 1, T), NONE, dtype=np.int64)
-    for r, g in enumerate(timing):
-        codes[r, int(g):] = 0
-    spec = DesignSpec(rows=tuple((g, r) for r, g in enumerate(timing)), default_row=len(timing), t0=0, t1=T,
-                      codes=codes, n_int=1)
-    names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)] + ["treated"]
-    fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "bacon-twfe-stats")], names,
-                  np.arange(spec.m) < spec.n_fe, scores_name="bacon-twfe-scores")
-    j = spec.m - 1
-    return float(fit.pooled.beta[j]), float(np.sqrt(fit.pooled.cov[j, j]))
 
 
 register(EstimatorEntry(

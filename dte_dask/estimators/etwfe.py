@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dte_dask.core.etwfe import EtwfeCovariates, augment, cell_x_sums
+from dte_dask.core.etwfe import augment, cell_shifts, cell_x_sums, covariate_design
 from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
 from dte_dask.estimators.event_study import (
@@ -43,6 +43,7 @@ def etwfe(
     allow_unbalanced_panel: bool | None = None,
     alpha: float = 0.05,
     npartitions: int | None = None,
+    convention: str = "jwdid",
 ) -> RegressionResult:
     """Extended TWFE of Wooldridge (2021): cohort x period treatment interactions.
 
@@ -76,26 +77,48 @@ def etwfe(
     demeaned within cohort x period cells (:math:`\\dot x`), every treatment cell interacted with
     :math:`\\dot x`, cohort- and period-specific slopes :math:`1\\{G=g\\}x`, :math:`1\\{t=s\\}x`, and
     :math:`\\dot x` itself (:mod:`dte_dask.core.etwfe`); :math:`\\delta_{g,t}` is then the cell's
-    effect at its mean covariates. (R ``etwfe`` demeans by cohort only and averages predictions with
-    ``emfx``; its numbers differ.)
+    effect at its mean covariates.
+
+    ``convention="r_etwfe"`` reproduces R ``etwfe(y ~ x, ..., ivar = unit, cgroup = ...)`` followed by
+    ``emfx``: x demeaned by cohort (unweighted, over all observed rows of the cohort) and interacted
+    with every treatment cell; the raw x with cohort- and period-specific slopes as controls (for a
+    covariate constant within units only the period slopes: the unit effects absorb the rest); a
+    cell's effect is its dummy's coefficient plus its slopes times the cell's mean demeaned x
+    (``emfx``'s average over the cell's rows; the dummy's own coefficient is ``by_cohort()``'s
+    ``dummy_coef``), and every aggregation weights cells by their observed rows, unweighted (``emfx``
+    averages over rows whatever the regression weights). R ``etwfe`` without ``ivar`` has cohort
+    instead of unit fixed effects: the same point estimates on a balanced panel with covariates
+    constant within units, not with time-varying ones. See ``docs/robust-did.md``.
     """
     t0 = _time.perf_counter()
-    opt = parse_options(EtwfeOptions, control_group=control_group)
+    opt = parse_options(EtwfeOptions, control_group=control_group, convention=convention)
     panel, cov_idx = resolve_panel(data, outcome=outcome, unit=unit, time=time, group=group, covariates=covariates,
                                    weights=weights, cluster=cluster, allow_unbalanced_panel=allow_unbalanced_panel,
                                    npartitions=npartitions)
     step = period_step(panel)
-    spec, names, cells = _design(panel, opt.control_group)
+    spec, names, cells, t_end = _design(panel, opt.control_group)
     cov_names = [panel.spec.covariates[j] for j in cov_idx]
+    r_etwfe = opt.convention == "r_etwfe"
+    sums = None
+    if cov_idx or r_etwfe:
+        groups = tuple(float(g) for g in panel.cohort_sizes if np.isfinite(g))
+        sums = dask.compute(exact_sum(panel, cell_x_sums, groups, tuple(cov_idx), name="etwfe-xmeans"))[0]
+    shifts = None
     if cov_idx:
-        panel, spec, names = _with_covariates(panel, spec, names, cells, cov_idx)
+        panel, spec, names, shifts = _with_covariates(panel, spec, names, cells, cov_idx, sums, t_end, opt.convention)
     fit = fit_ols(panel, [Part(spec, np.arange(spec.m), "etwfe-stats")], names, np.arange(spec.m) < spec.n_fe,
                   scores_name="etwfe-scores")
     idx = spec.n_fe + spec.p + np.arange(len(cells))
     kept = fit.pooled.kept[idx]
-    n_gt = np.where(kept, fit.stats[0]["int_w"], 0.0)
     p = fit.pooled
-    delta, V = p.beta[idx], p.cov[np.ix_(idx, idx)]
+    if r_etwfe:  # emfx: a cell's mean effect over its rows, cells weighted by their rows
+        L = _cell_effects(spec, idx, shifts)
+        delta, V = L @ p.beta, L @ p.cov @ L.T
+        row = {float(g): r for g, r in spec.rows}
+        n_gt = np.where(kept, [sums["n"][row[float(g)], t] for g, t in cells], 0.0)
+    else:
+        n_gt = np.where(kept, fit.stats[0]["int_w"], 0.0)
+        delta, V = p.beta[idx], p.cov[np.ix_(idx, idx)]
 
     def agg(mask: np.ndarray) -> np.ndarray:
         w = np.where(mask & kept, n_gt, 0.0)
@@ -126,11 +149,16 @@ def etwfe(
     by_cell = pd.DataFrame({"cohort": [plain(panel.group_label(g)) for g, _ in cells],
                             "period": [plain(panel.periods.labels[t]) for _, t in cells],
                             "event_time": [(t - g) * step for g, t in cells], "coef": delta, "se": cse,
-                            "n": n_gt})[kept].reset_index(drop=True)
+                            "n": n_gt})
+    if r_etwfe:
+        by_cell["dummy_coef"] = p.beta[idx]
+    by_cell = by_cell[kept].reset_index(drop=True)
     options = dict(estimator="etwfe", outcome=panel.spec.outcome, unit=panel.spec.unit, time=panel.spec.time,
-                   group=panel.spec.group_source, control_group=opt.control_group, covariates=cov_names,
-                   weights=panel.spec.weights, cluster=panel.spec.cluster)
+                   group=panel.spec.group_source, control_group=opt.control_group, convention=opt.convention,
+                   covariates=cov_names, weights=panel.spec.weights, cluster=panel.spec.cluster)
     aggs = _aggregations([r[0] for r in rows], [r[1] for r in rows], oc, ose, Vo, alpha, p.n_clusters - 1, options)
+    if r_etwfe:
+        W, idx = W @ L, np.arange(spec.m)
     return make_result("etwfe", panel, fit, W, idx, np.array(events, dtype=np.int64) * step,
                        np.zeros(len(events), dtype=bool), -step, alpha, options, t0, other=other, cohorts=by_cell,
                        aggregations=aggs)
@@ -153,27 +181,42 @@ def _aggregations(kinds: list[str], labels: list[Any], est: np.ndarray, se: np.n
     return out
 
 
-def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, cov_idx: list[int]):
-    """The panel with the derived covariate columns of :mod:`dte_dask.core.etwfe` and the design reading them."""
+def _with_covariates(panel: Panel, spec: DesignSpec, names: list[str], cells, cov_idx: list[int],
+                     sums: dict, t_end: int, convention: str):
+    """The panel with the derived covariate columns of :mod:`dte_dask.core.etwfe`, the design reading
+    them, their names and the cells' mean demeaned covariates (R etwfe's ``emfx`` shifts)."""
     groups = tuple(float(g) for g in panel.cohort_sizes if np.isfinite(g))
-    sums = dask.compute(exact_sum(panel, cell_x_sums, groups, tuple(cov_idx), name="etwfe-xmeans"))[0]
-    n = sums["n"][:, :, None]
-    means = np.divide(sums["sx"], n, out=np.zeros_like(sums["sx"]), where=n > 0)
-    treated = tuple(g for g in groups if g > 0)
-    cspec = EtwfeCovariates(groups, treated, tuple(cells), tuple(cov_idx), means)
+    codes = spec.codes[:, :t_end]
+    in_reg = (codes != DROP).any(axis=1) & (np.where(codes != DROP, sums["n"][:, :t_end], 0.0).sum(axis=1) > 0)
+    last = len(groups)
+    reference = last if in_reg[last] else int(np.flatnonzero(in_reg)[-1])
+    cspec = covariate_design(convention, sums, groups, tuple(cells), tuple(cov_idx), tuple(range(1, t_end)),
+                             in_reg, reference)
     blocks = panel.map_blocks(augment, cspec, name="etwfe-covariates")
     aug = replace(panel, blocks=tuple(blocks))
     cv = [panel.spec.covariates[j] for j in cov_idx]
-    T = panel.n_periods
+    sv = [cv[j] for j in cspec.slope_cov]
     cn = [f"{names[spec.n_fe + j]}:{c}_dm" for j in range(len(cells)) for c in cv]
-    cn += [f"cohort={plain(panel.group_label(g))}:{c}" for g in treated for c in cv]
-    cn += [f"{panel.spec.time}={plain(panel.periods.labels[t])}:{c}" for t in range(1, T) for c in cv]
-    cn += [f"{c}_dm" for c in cv]
+    cn += [f"cohort={plain(panel.group_label(g))}:{c}" for g in cspec.slope_cohorts for c in sv]
+    cn += [f"{panel.spec.time}={plain(panel.periods.labels[t])}:{c}" for t in cspec.periods for c in cv]
+    cn += list(sv) if cspec.raw_main else [f"{c}_dm" for c in cv]
     spec = replace(spec, cov_idx=tuple(range(cspec.width)))
-    return aug, spec, names[:spec.n_fe] + cn + names[spec.n_fe:]
+    return aug, spec, names[:spec.n_fe] + cn + names[spec.n_fe:], cell_shifts(cspec, sums)
 
 
-def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tuple[int, int]]]:
+def _cell_effects(spec: DesignSpec, idx: np.ndarray, shifts: np.ndarray | None) -> np.ndarray:
+    """(cells, m): each cell's mean effect as a linear map of the coefficients, its dummy plus (with
+    covariates) its demeaned-covariate slopes times the cell's mean demeaned covariates."""
+    L = np.zeros((idx.size, spec.m))
+    L[np.arange(idx.size), idx] = 1.0
+    if shifts is not None:
+        p = shifts.shape[1]
+        for c in range(idx.size):
+            L[c, spec.n_fe + c * p + np.arange(p)] = shifts[c]
+    return L
+
+
+def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tuple[int, int]], int]:
     T = panel.n_periods
     cohorts = treated_cohorts(panel)
     cohorts = [g for g in cohorts if g > 0]
@@ -206,7 +249,7 @@ def _design(panel: Panel, control: str) -> tuple[DesignSpec, list[str], list[tup
     names = [f"{panel.spec.time}={plain(panel.periods.labels[t])}" for t in range(1, T)]
     names += [f"cohort={plain(panel.group_label(g))}:{panel.spec.time}={plain(panel.periods.labels[t])}"
               for g, t in cells]
-    return spec, names, cells
+    return spec, names, cells, t_end
 
 
 def for_comparison(panel: Panel, window: tuple[int, int]) -> RegressionResult:

@@ -178,6 +178,11 @@ class EtwfeOptions(Options):
     """:func:`dte_dask.etwfe` (Wooldridge 2021)."""
 
     control_group: Literal["not_yet_treated", "never_treated"] = "not_yet_treated"
+    convention: Literal["jwdid", "r_etwfe"] = Field(
+        "jwdid", description="covariates and cell weights as Stata jwdid / diff-diff WooldridgeDiD ('jwdid': x "
+                             "demeaned by cohort x period, cell-count weights) or as R etwfe(ivar = unit) + emfx "
+                             "('r_etwfe': x demeaned by cohort, raw x with cohort and period slopes, unweighted "
+                             "row counts)")
 
 
 class BaconOptions(Options):

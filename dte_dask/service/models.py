@@ -21,13 +21,19 @@ class Progress(BaseModel):
     tasks_total: int
 
 
-class JobInfo(BaseModel):
+class JobCore(BaseModel):
+    """The fields a job's list entry and its full record share."""
+
     id: str
     name: str
     state: State
     submitted_at: _dt.datetime
     started_at: _dt.datetime | None = None
     finished_at: _dt.datetime | None = None
+    links: dict[str, str]
+
+
+class JobInfo(JobCore):
     queued_s: float | None = Field(None, description="seconds between submission and start (or now)")
     run_s: float | None = Field(None, description="seconds between start and end (or now)")
     queue_position: int | None = Field(None, description="0 = next to start; only while queued")
@@ -38,18 +44,10 @@ class JobInfo(BaseModel):
     summary: dict[str, Any] | None = Field(None, description="each estimator's kind and overall estimate "
                                                               "(and the task counts), once succeeded")
     spec: dict[str, Any]
-    links: dict[str, str]
 
 
-class JobSummary(BaseModel):
-    id: str
-    name: str
-    state: State
-    submitted_at: _dt.datetime
-    started_at: _dt.datetime | None = None
-    finished_at: _dt.datetime | None = None
+class JobSummary(JobCore):
     error: str | None = Field(None, description="the first 500 characters; GET /jobs/{id} has it all")
-    links: dict[str, str]
 
 
 class JobList(BaseModel):
