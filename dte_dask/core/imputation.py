@@ -288,6 +288,9 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     :math:`\\tilde\\tau` (where another unit remains in the cell). With ``center`` (K,) the treated
     residual is :math:`\\hat\\tau_{it} - c_k` instead (Gardner's second-stage residual: ``c_k`` the
     target's estimate).
+
+    Call it on one RNG block (:func:`imputation_meat`): the untreated terms are a BLAS product,
+    the same bits for the same rows.
     """
     imp = impute(block, spec, beta)
     n, T = block.y.shape

@@ -12,7 +12,9 @@ by name.
 
 Every per-unit quantity is computed with explicit loops over periods or ``bincount`` in period
 order, never with a reduction whose rounding depends on how many units a call sees: scores of a
-unit are bit-identical whatever block it is computed in.
+unit are bit-identical whatever block it is computed in. Sums over units (:func:`gram_stats`,
+:func:`unit_meat`) are taken by the callers over one RNG block at a time, whose rows are the same
+for any partitioning, so their (periods x periods) products may use BLAS.
 """
 from __future__ import annotations
 

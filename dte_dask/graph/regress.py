@@ -4,9 +4,11 @@ pass 1  ``<name>`` (one task prefix per design; stacked DiD: one per sub-experim
         reduces X~'WX~, X~'Wy~ and observation counts along the fixed tree of RNG blocks;
 driver  assembles the designs' normal equations into the global one and solves it (guarded:
         collinear fixed-effect columns are dropped, any other collinear column is an error);
-pass 2  ``<prefix>-scores`` / ``<prefix>-meat``: per-unit scores, summed over designs (a unit that
-        recurs across stacks contributes one score) and over clusters, reduce to sum_g s_g s_g';
-        optionally ``mboot``: multiplier-bootstrap draws of the score sums, keyed by RNG block.
+pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that recurs across stacks
+        contributes one score) and over clusters, reduce to sum_g s_g s_g' per RNG block in the same
+        task (one design clustered by unit: never forming the (n, m) scores); with a bootstrap the
+        scores of a partition are kept (``<prefix>-scores`` / ``<prefix>-meat``) for ``mboot``:
+        multiplier-bootstrap draws of the score sums, keyed by RNG block.
 Only (m x m)-, (B x m)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
