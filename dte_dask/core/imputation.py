@@ -350,10 +350,12 @@ def _treated_terms_fast(imp: _Imputed, w: np.ndarray, spec: ImputationSpec, Nk: 
     kmap = np.full(spec.H, -1)
     for k in np.flatnonzero(single):
         kmap[np.flatnonzero(spec.targets[k])[0]] = k
+    nc, K = num.shape[1], omega.shape[1]
     for k in [None, *np.flatnonzero(~single)]:
         if k is None:  # every single-horizon target at once
             kk = kmap[imp.h]
-            obs = np.flatnonzero(kk >= 0)
+            keep = kk >= 0
+            obs = slice(None) if keep.all() else np.flatnonzero(keep)
             kk = kk[obs]
         else:
             obs = np.flatnonzero(spec.targets[k][imp.h] != 0)
@@ -361,15 +363,16 @@ def _treated_terms_fast(imp: _Imputed, w: np.ndarray, spec: ImputationSpec, Nk: 
         unit, cell, tau = imp.unit[obs], imp.cell[obs], imp.tau[obs]
         a = w[unit]
         v1 = a / Nk[kk]
+        at = kk * nc + cell  # (target, cell) in the flat (K, cells) tables
         if center is not None:
             tt_obs = center[kk]
         elif leave_out:
-            tt_obs = _aux_average(tilde[kk, cell], num[kk, cell], den[kk, cell], a, a * tau, True)
+            tt_obs = _aux_average(tilde.ravel()[at], num.ravel()[at], den.ravel()[at], a, a * tau, True)
         else:
-            tt_obs = tilde[kk, cell]
+            tt_obs = tilde.ravel()[at]
         if k is None:
-            omega[unit, kk] = v1
-            out[unit, kk] = v1 * (tau - tt_obs)
+            omega.reshape(-1)[unit * K + kk] = v1
+            out.reshape(-1)[unit * (K + 1) + kk] = v1 * (tau - tt_obs)
         else:
             omega[:, k] = np.bincount(unit, v1, minlength=n)
             out[:, k] = np.bincount(unit, v1 * (tau - tt_obs), minlength=n)
