@@ -16,8 +16,9 @@ BootWeights = Literal["rademacher", "mammen"]
 _SQ5 = np.sqrt(5.0)
 _MAMMEN_LO, _MAMMEN_HI = (1.0 - _SQ5) / 2.0, (1.0 + _SQ5) / 2.0
 _MAMMEN_P = (_SQ5 + 1.0) / (2.0 * _SQ5)  # P(V = (1 - sqrt5)/2)
-# byte -> its 8 Rademacher multipliers, most significant bit first (np.unpackbits' order): bit 1 -> -1
-_RADEMACHER = 1.0 - 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)
+# byte -> its 8 Rademacher multipliers (1 - 2 * bit, most significant bit first, as np.unpackbits):
+# one gather from the random bytes instead of unpack + three float passes; the same values
+_RADEMACHER_BYTE = 1.0 - 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)
 
 
 def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind: BootWeights) -> np.ndarray:
@@ -25,9 +26,8 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
     if kind == "rademacher":
         nbytes = -(-(n_draws * size) // 8)
-        # one table lookup per byte (10x faster than unpacking the bits, then converting them twice)
-        v = _RADEMACHER[np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)].reshape(-1)
-        return v[: n_draws * size].reshape(n_draws, size)
+        draws = _RADEMACHER_BYTE[np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)].reshape(-1)
+        return draws[: n_draws * size].reshape(n_draws, size)
     if kind == "mammen":
         u = rng.random((n_draws, size))
         return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)

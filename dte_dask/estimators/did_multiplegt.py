@@ -20,15 +20,14 @@ from scipy import stats
 
 from dte_dask.core.dcdh import (
     Ctx,
-    cell_means,
-    control_stats,
+    cell_stats,
     design_stats,
     from_unit_block,
     influence_stats,
     meta_stats,
     prepare,
-    switcher_stats,
 )
+from dte_dask.core.dcdh_cells import cell_means, estimate_sums, split_cells
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
@@ -175,10 +174,10 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
                 raise SpecError(f"did_multiplegt: name the `{role}` column")
         bs = int(rng_block_size)
         wide = wide_blocks(data, WideColumns(str(outcome), str(unit), str(time), str(treatment), weights, cluster),
-                           max(int(npartitions), 1), bs, "did_multiplegt")
+                           max(int(npartitions), 1), bs, "did_multiplegt", persist=False)
         parts, T, nb, n_ent = wide.parts, wide.n_periods, wide.n_blocks, wide.n_entities
     # the options-independent unit design once per block, kept with the block for every pass
-    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p) for p in parts]))
+    parts = list(dask.persist(*[dask.delayed(prepare, pure=False)(p, bs) for p in parts]))
     metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
@@ -186,9 +185,8 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     ctx = Ctx(dsq, dfg, opt.switchers, only_never_switchers=opt.only_never_switchers, clustered=cluster is not None)
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 1)
     keep_dsq = (a["fcount"] > 0).sum(axis=1) >= 2
-    ctx = replace(ctx, keep_dsq=keep_dsq)
-    a = reduce_blocks(parts, design_stats, bs, nb, ctx, 2)
-    ctx = replace(ctx, ctrl_ok=a["never_rows"] > 0)
+    # stage 2 only drops whole baseline groups: its never-switcher cells are those of stage 1
+    ctx = replace(ctx, keep_dsq=keep_dsq, ctrl_ok=(a["never_rows"] > 0) & keep_dsq[None, :])
     a = reduce_blocks(parts, design_stats, bs, nb, ctx, 3)
     G = int(a["n_units"])
     if G == 0:
@@ -197,12 +195,11 @@ def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = Non
     effects_n, placebo_n = _clip(a, T, opt.effects, opt.placebo)
     horizons = tuple(range(1, effects_n + 1)) + tuple(-h for h in range(1, placebo_n + 1))
     ctx = replace(ctx, horizons=horizons, n_units=G, same_switchers=effects_n if opt.same_switchers else 0)
-    c = reduce_blocks(parts, control_stats, bs, nb, ctx)
-    ctx = replace(ctx, nc=c["w"], ctrl=c)
-    s = reduce_blocks(parts, switcher_stats, bs, nb, ctx)
-    ctx = replace(ctx, sw=s)
+    raw = reduce_blocks(parts, cell_stats, bs, nb, ctx)
+    c, s = split_cells(ctx, raw)
+    ctx = replace(ctx, nc=c["w"], ctrl=c, sw=s)
     means = cell_means(ctx, a["fcount"].sum(axis=1), T)
-    f = reduce_blocks(parts, influence_stats, bs, nb, ctx, means)
+    f = {**reduce_blocks(parts, influence_stats, bs, nb, ctx, means), **estimate_sums(ctx, raw)}
     return _finish(opt, ctx, s, f, horizons, G, n_ent if cluster is not None else None, effects_n, placebo_n)
 
 

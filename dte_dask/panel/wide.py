@@ -6,7 +6,8 @@ pandas input). A dask DataFrame, or a parquet file/directory/glob read lazily, i
 the driver: each partition is scanned for its periods and entity range (small), shuffled by entity
 only when its partitions are not already sorted and disjoint (``dte-dask simulate`` writes them
 so), pivoted to a :class:`~dte_dask.core.dcdh.DcdhBlock` on the workers, and re-cut along RNG-block
-boundaries; the blocks are persisted, and only per-cell sums come back from the kernels.
+boundaries; the blocks are persisted (or left lazy, for a caller that persists its own transform of
+them), and only per-cell sums come back from the kernels.
 
 Entities are clusters when ``cluster`` is given, else units; within a block, units are ordered by
 (entity, unit). The global entity rank is the entity's position among all sorted entities, so the
@@ -74,8 +75,7 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     unit, time = cols.unit, cols.time
     if df[time].isna().any():
         raise PanelError(f"column {time!r} (time) has {int(df[time].isna().sum())} missing values")
-    units = np.sort(pd.unique(df[unit]))
-    ui = np.searchsorted(units, df[unit].to_numpy())
+    ui, units = _unit_codes(df[unit])
     ti = np.searchsorted(times, df[time].to_numpy())
     n, T = units.size, times.size
     if cols.cluster is not None:
@@ -89,20 +89,36 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
         order = np.lexsort((np.arange(n), cl))
     else:
         cl = np.arange(n, dtype=np.int64)
-        order = cl
-    Y, D, W = (np.full((n, T), np.nan) for _ in range(3))
-    P = np.zeros((n, T), bool)
-    Y[ui, ti] = df[cols.outcome].to_numpy(dtype=float, na_value=np.nan)
-    D[ui, ti] = df[cols.treatment].to_numpy(dtype=float, na_value=np.nan)
-    W[ui, ti] = (1.0 if cols.weights is None
-                 else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
-    P[ui, ti] = True
+        order = None
+    flat = ui * T + ti
+    Y, D, W = (np.full(n * T, np.nan) for _ in range(3))
+    P = np.zeros(n * T, bool)
+    Y[flat] = df[cols.outcome].to_numpy(dtype=float, na_value=np.nan)
+    D[flat] = df[cols.treatment].to_numpy(dtype=float, na_value=np.nan)
+    W[flat] = (1.0 if cols.weights is None
+               else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
+    P[flat] = True
     if np.count_nonzero(P) != len(df):
         ut = df[[unit, time]]
         bad = ut.loc[ut.duplicated()].iloc[0].tolist()
         raise PanelError(f"duplicate rows for unit {bad[0]!r} at {time} = {bad[1]!r}")
+    Y, D, W, P = (a.reshape(n, T) for a in (Y, D, W, P))
+    if order is None:
+        return DcdhBlock(units, cl, Y, D, W, P, cl.copy())
     rank = cl[order]
     return DcdhBlock(units[order], rank, Y[order], D[order], W[order], P[order], rank.copy())
+
+
+def _unit_codes(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the unit ids in their sorted order and the sorted ids (no search for sorted ids)."""
+    arr = s.to_numpy()
+    if arr.dtype.kind in "iuf" and arr.size and s.is_monotonic_increasing:
+        new = np.empty(arr.shape, bool)
+        new[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=new[1:])
+        return np.cumsum(new) - 1, arr[new]
+    units = np.sort(pd.unique(s))
+    return np.searchsorted(units, arr), units
 
 
 def concat_dcdh(pieces: list[tuple[DcdhBlock, int, int, int]]) -> DcdhBlock:
@@ -141,8 +157,11 @@ def _missing(available: Any, cols: WideColumns, who: str) -> None:
             raise MissingColumnError(f"{who}: column {c!r} ({role}) is not in the data")
 
 
-def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int, who: str) -> WideBlocks:
-    """Blocks of ``data`` (pandas or dask DataFrame, or a parquet path) cut along RNG blocks."""
+def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int, who: str,
+                persist: bool = True) -> WideBlocks:
+    """Blocks of ``data`` (pandas or dask DataFrame, or a parquet path) cut along RNG blocks;
+    ``persist=False`` leaves the re-cut blocks of dask input lazy (not held twice in memory when the
+    caller persists a transform of them)."""
     if isinstance(data, (str, Path)):
         try:
             data = dd.read_parquet(str(data), columns=None)
@@ -150,7 +169,7 @@ def wide_blocks(data: Any, cols: WideColumns, npartitions: int, block_size: int,
             raise SpecError(f"{who}: cannot read parquet {str(data)!r}: {e}") from e
     if isinstance(data, dd.DataFrame):
         _missing(data.columns, cols, who)
-        return _from_dask(data[cols.columns()], cols, npartitions, block_size)
+        return _from_dask(data[cols.columns()], cols, npartitions, block_size, persist)
     if not isinstance(data, pd.DataFrame):
         raise SpecError(f"{who}: `data` must be a pandas or dask DataFrame or a parquet path")
     _missing(data.columns, cols, who)
@@ -171,12 +190,14 @@ def _scan(df: pd.DataFrame, entity: str, time: str) -> dict[str, Any]:
             "time_na": int(df[time].isna().sum())}
 
 
-def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int) -> WideBlocks:
+def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int,
+               persist: bool = True) -> WideBlocks:
     parts = ddf.to_delayed()
     token = tokenize(ddf, cols)
+    # the scan reads only the entity and time columns
     scans = dask.compute(*[dask.delayed(_scan, pure=True)(p, cols.entity, cols.time,
                                                           dask_key_name=f"dcdh-scan-{token}-{i}")
-                           for i, p in enumerate(parts)])
+                           for i, p in enumerate(ddf[list(dict.fromkeys([cols.entity, cols.time]))].to_delayed())])
     n_na = sum(s["time_na"] for s in scans)
     if n_na:
         raise PanelError(f"column {cols.time!r} (time) has {n_na} missing values")
@@ -204,4 +225,4 @@ def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_siz
                   if offsets[i] < b and offsets[i + 1] > a]
         if pieces:
             blocks.append(dask.delayed(concat_dcdh, pure=True)(pieces, dask_key_name=f"dcdh-block-{tok}-{j}"))
-    return WideBlocks(list(dask.persist(*blocks)), times, nb, n_ent)
+    return WideBlocks(list(dask.persist(*blocks)) if persist else blocks, times, nb, n_ent)
