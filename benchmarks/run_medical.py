@@ -12,6 +12,10 @@ a LocalCluster) and the worker processes it spawns. Reported:
 * spilling: the workers' scratch space is a fresh directory (``DASK_TEMPORARY_DIRECTORY``), whose
   size is sampled (peak bytes on disk), and the bytes the worker processes wrote to / read from
   storage (``/proc/PID/io`` ``write_bytes`` / ``read_bytes``, as last seen before each exited);
+* the **parquet-read floor** measured in the same run, before the job: the job's columns (unit,
+  time, outcome, group, covariates) of every file read with ``pyarrow.parquet.read_table`` (cold
+  too with ``--cold``: the files are evicted again before the job), and the job's wall time as a
+  multiple of it (issue 18: <= 6x);
 * the job's own step timings (``OUT/summary.json``), and
 * the **truth check**: the simulator's true dynamic effect at each event time e (the
   cohort-size-weighted mean over cohorts of ``att(g, g+e)``, truth from ``DATA/_truth.csv``, sizes
@@ -20,10 +24,18 @@ a LocalCluster) and the worker processes it spawns. Reported:
   ``band_lower``/``band_upper`` of the result schema).
 
 Examples (``DATA_DIR`` from ``dte-dask simulate --preset medical --units 2800000 --periods 24
---out DATA_DIR``; ``--simulate`` writes it first if it is missing)::
+--out DATA_DIR``; ``--simulate`` writes it first if it is missing; ``--patients`` sets the size)::
 
     python benchmarks/run_medical.py --data DATA_DIR --out OUT_DIR --cold
     python benchmarks/run_medical.py --data DATA_DIR --out OUT_DIR --profile benchmarks/profiles/ooc_2x3g.yaml
+    python benchmarks/run_medical.py --patients 300000 --simulate --data DATA_300K --out OUT_DIR
+    # issue 18 point 4: 28M patients out of core, 2 workers x 1 thread with 4 GiB each (8 GiB < the data)
+    python benchmarks/run_medical.py --patients 28000000 --simulate --sim-npartitions 428 --data DATA_28M \
+        --out OUT_DIR --cold --workers 2 --threads 1 --memory-limit 4GiB \
+        --env DASK_DTE_DASK__PARTITION_UNITS=65536 --timeout 36000 --target-ratio 0 --target-gib 10
+
+``--workers/--threads/--memory-limit`` write a ``local`` cluster profile into ``OUT_DIR`` and run the
+job on it (a LocalCluster whose workers spill beyond the memory limit).
 """
 from __future__ import annotations
 
@@ -49,14 +61,15 @@ GiB = 2**30
 
 
 # ------------------------------------------------------------------------------------ data
-def ensure_data(path: Path, units: int, periods: int, simulate: bool) -> dict:
+def ensure_data(path: Path, units: int, periods: int, simulate: bool, npartitions: int | None = None) -> dict:
     """The simulator metadata of ``path`` (checked against units/periods); simulate if asked."""
     meta_file = path / "_dte_dask.json"
     if not meta_file.exists():
         if not simulate:
             raise SystemExit(f"{path}: no _dte_dask.json (use --simulate to write the panel)")
-        subprocess.run(["dte-dask", "simulate", "--preset", "medical", "--units", str(units),
-                        "--periods", str(periods), "--out", str(path), "--overwrite"], check=True)
+        cmd = ["dte-dask", "simulate", "--preset", "medical", "--units", str(units),
+               "--periods", str(periods), "--out", str(path), "--overwrite"]
+        subprocess.run(cmd + (["--npartitions", str(npartitions)] if npartitions else []), check=True)
     meta = json.loads(meta_file.read_text())
     if (meta["n_units"], meta["n_periods"]) != (units, periods):
         raise SystemExit(f"{path} holds {meta['n_units']} x {meta['n_periods']}, not {units} x {periods}")
@@ -75,6 +88,47 @@ def evict_page_cache(path: Path) -> int:
         finally:
             os.close(fd)
     return total
+
+
+def job_columns(job: Path) -> list[str]:
+    """The columns the job reads: its unit, time, outcome, group and covariates."""
+    import yaml
+
+    data = yaml.safe_load(job.read_text())["data"]
+    cols = [data[k] for k in ("unit", "time", "outcome", "group", "treatment", "weights", "cluster") if data.get(k)]
+    return cols + list(data.get("covariates") or [])
+
+
+def read_floor(path: Path, columns: list[str], cold: bool) -> dict:
+    """Seconds to read ``columns`` of every parquet file of ``path`` with pyarrow (the job's
+    input, nothing else): the floor a job that reads its data cannot go below."""
+    import pyarrow.parquet as pq
+
+    if cold:
+        evict_page_cache(path)
+    t, cpu = time.perf_counter(), time.process_time()
+    rows = nbytes = 0
+    for f in sorted(path.glob("*.parquet")):
+        tab = pq.read_table(f, columns=columns)
+        rows += tab.num_rows
+        nbytes += tab.nbytes
+        del tab
+    return {"read_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu, "rows": rows, "arrow_bytes": nbytes, "columns": columns, "cold": cold}
+
+
+def write_profile(out: Path, workers: int, threads: int, memory_limit: str | None) -> Path:
+    """A ``local`` cluster profile with this layout, written into ``out``."""
+    import yaml
+
+    cluster = {"n_workers": workers, "threads_per_worker": threads, "processes": True, "host": "127.0.0.1",
+               "scheduler_port": 0, "dashboard_address": "127.0.0.1:0"}
+    if memory_limit:
+        cluster["memory_limit"] = memory_limit
+    prof = {"version": 1, "kind": "local", "wait_timeout": 120, "cluster": cluster,
+            "description": f"run_medical: {workers} workers x {threads} threads, {memory_limit or 'default'} each"}
+    path = out / "run_medical_profile.yaml"
+    path.write_text(yaml.safe_dump(prof, sort_keys=False))
+    return path
 
 
 # ------------------------------------------------------------------------------------ truth
@@ -132,8 +186,11 @@ def run_sampled(cmd: list[str], *, env: dict, interval: float, scratch: Path, ti
     ``trace`` rows are ``(seconds since t0_monotonic, total, driver, workers, scratch bytes)``;
     ``time.monotonic()`` is system-wide, so a child can mark phases on the same clock.
     """
+    import resource
+
     import psutil
 
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     peaks: dict[int, dict] = {}
     trace = []
     peak_total = peak_scratch = 0
@@ -176,10 +233,13 @@ def run_sampled(cmd: list[str], *, env: dict, interval: float, scratch: Path, ti
         proc.wait()
         wall = time.monotonic() - t0
     _kill_tree(proc.pid)  # leftovers, if any
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tree's processes, as each was reaped
+    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     workers = [r for r in peaks.values() if r["role"] == "worker"]
     driver = [r for r in peaks.values() if r["role"] == "driver"]
     return {
         "cmd": cmd, "t0_monotonic": t0, "returncode": proc.returncode, "timed_out": timed_out, "wall_s": wall,
+        "cpu_s": cpu_s,
         "peak_total_bytes": peak_total,
         "peak_driver_bytes": driver[0]["peak"] if driver else 0,
         "peak_worker_bytes": sorted((r["peak"] for r in workers), reverse=True),
@@ -234,9 +294,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="the job's output folder")
     ap.add_argument("--job", type=Path, default=JOB)
     ap.add_argument("--profile", default=None, help="cluster profile (name or YAML) for dte-dask run")
-    ap.add_argument("--units", type=int, default=2_800_000)
+    ap.add_argument("--units", "--patients", dest="units", type=int, default=2_800_000,
+                    help="patients in the panel (checked against DATA; written with --simulate)")
     ap.add_argument("--periods", type=int, default=24)
     ap.add_argument("--simulate", action="store_true", help="write the panel first if it is missing")
+    ap.add_argument("--sim-npartitions", type=int, default=None, help="files the simulator writes (--simulate)")
+    ap.add_argument("--workers", type=int, default=None, help="run on a local profile with this many workers")
+    ap.add_argument("--threads", type=int, default=1, help="threads per worker (with --workers)")
+    ap.add_argument("--memory-limit", default=None, help="memory limit per worker (with --workers), e.g. 4GiB")
+    ap.add_argument("--no-floor", action="store_true", help="skip the parquet-read floor")
     ap.add_argument("--cold", action="store_true", help="evict the parquet files from the page cache first")
     ap.add_argument("--interval", type=float, default=0.5, help="RSS sampling period (s)")
     ap.add_argument("--timeout", type=float, default=590, help="kill the run after this many seconds")
@@ -247,12 +313,20 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the measurement (with the RSS trace)")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG of the RSS trace")
     ap.add_argument("--target-s", type=float, default=300)
-    ap.add_argument("--target-gib", type=float, default=12)
+    ap.add_argument("--target-gib", type=float, default=3, help="peak RSS target, all processes (issue 18: 3)")
+    ap.add_argument("--target-ratio", type=float, default=6,
+                    help="wall-time target as a multiple of the parquet-read floor (issue 18: 6; 0: none)")
     args = ap.parse_args(argv)
 
-    ensure_data(args.data, args.units, args.periods, args.simulate)
+    ensure_data(args.data, args.units, args.periods, args.simulate, args.sim_npartitions)
+    args.out.mkdir(parents=True, exist_ok=True)
+    floor = None if args.no_floor else read_floor(args.data, job_columns(args.job), args.cold)
     evicted = evict_page_cache(args.data) if args.cold else 0
     cmd = ["dte-dask", "run", str(args.job), "--data", str(args.data), "--out", str(args.out), "--no-progress"]
+    if args.workers:
+        if args.profile:
+            raise SystemExit("give --profile or --workers, not both")
+        args.profile = str(write_profile(args.out, args.workers, args.threads, args.memory_limit))
     if args.profile:
         cmd += ["--profile", str(args.profile)]
     own_scratch = args.scratch is None
@@ -262,7 +336,6 @@ def main(argv=None) -> int:
     for kv in args.env:
         k, _, v = kv.partition("=")
         env[k] = v
-    args.out.mkdir(parents=True, exist_ok=True)
     log_file = args.out / "run_medical.log"
     load_before = os.getloadavg()
     try:
@@ -272,6 +345,10 @@ def main(argv=None) -> int:
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     res["evicted_bytes"] = evicted
+    res["read_floor"] = floor
+    res["floor_ratio"] = res["wall_s"] / floor["read_s"] if floor else None
+    # CPU seconds of the job's process tree over those of the read: the ratio a busy machine distorts least
+    res["floor_cpu_ratio"] = res["cpu_s"] / floor["cpu_s"] if floor and floor["cpu_s"] > 0 else None
     res["loadavg"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]  # 1-min, before / after
     res["profile"] = args.profile
     summary_file = args.out / "summary.json"
@@ -297,6 +374,14 @@ def main(argv=None) -> int:
           f"{f'; evicted {evicted / GiB:.2f} GiB of parquet from the page cache' if evicted else ''}")
     print(f"wall time            {res['wall_s']:8.1f} s   (target <= {args.target_s:.0f} s: "
           f"{'met' if res['wall_s'] <= args.target_s else 'MISSED'})")
+    if floor:
+        target = (f"target <= {args.target_ratio:g}x: {'met' if res['floor_ratio'] <= args.target_ratio else 'MISSED'}"
+                  if args.target_ratio else "no target")
+        print(f"parquet-read floor   {floor['read_s']:8.2f} s   ({len(floor['columns'])} columns, {floor['rows']:,} rows, "
+              f"{floor['arrow_bytes'] / GiB:.2f} GiB as Arrow{', cold' if floor['cold'] else ''}); "
+              f"job = {res['floor_ratio']:.1f}x the floor ({target})")
+        print(f"CPU time             {res['cpu_s']:8.1f} s   (all processes of the job) vs {floor['cpu_s']:.2f} s "
+              f"for the read: {res['floor_cpu_ratio']:.1f}x")
     print(f"peak RSS, all procs  {res['peak_total_bytes'] / GiB:8.2f} GiB (target <= {args.target_gib:g} GiB: "
           f"{'met' if res['peak_total_bytes'] <= args.target_gib * GiB else 'MISSED'})")
     print(f"peak RSS, driver     {res['peak_driver_bytes'] / GiB:8.2f} GiB (client + scheduler + nannies)")

@@ -97,10 +97,10 @@ def main(argv=None) -> int:
     job = with_overrides(parse_job(args.job), data=args.data, out=args.out, profile=args.profile)
     with connect(job.cluster.profile, **job.cluster.overrides) as client:
         threads = sum(client.nthreads().values())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with get_task_stream(client) as ts:
             summary = run_job(job, client=client, progress=False)
-        wall = time.perf_counter() - t0
+        wall, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     tasks = flatten(ts.data)
     table = summarize(tasks)
     meta = summary.get("metadata", summary)
@@ -111,8 +111,14 @@ def main(argv=None) -> int:
     if args.csv:
         tasks.to_csv(args.csv, index=False)
     if args.json:
-        args.json.write_text(json.dumps({"wall": wall, "threads": threads, "job_timings": meta.get("job_timings"),
-                                         "prefixes": table.reset_index().to_dict(orient="records")}, indent=1))
+        stages = (summary.get("diagnosis") or {}).get("stages", [])
+        args.json.write_text(json.dumps({
+            "wall": wall, "threads": threads, "job_timings": meta.get("job_timings"),
+            # the driver process (client, scheduler, nannies): CPU seconds over the job
+            "driver_cpu_s": driver_cpu, "panel_shape": meta.get("panel_shape"),
+            # worker CPU seconds and task seconds per stage (their ratio: the share of a core a task got)
+            "stages": [{k: st.get(k) for k in ("name", "wall_s", "cpu_s", "task_s")} for st in stages],
+            "prefixes": table.reset_index().to_dict(orient="records")}, indent=1))
     return 0
 
 

@@ -22,6 +22,19 @@ def test_multiplier_streams_keyed_by_block_and_chunk():
     np.testing.assert_array_equal(multipliers(7, 3, 0, 10, 100, "rademacher"), a[:10])
 
 
+@pytest.mark.parametrize("n_draws,size", [(CHUNK, 300), (13, 1001), (3, 7)])
+def test_rademacher_multipliers_are_the_stream_bits(n_draws, size):
+    # the definition, written out independently: bit k of the stream's bytes (most significant
+    # first) is multiplier k in row-major order, V = 1 - 2 * bit (so draws stay what they were)
+    rng = np.random.default_rng(np.random.SeedSequence(11, spawn_key=(5, 2)))
+    raw = rng.bytes(-(-(n_draws * size) // 8))
+    bits = [(byte >> (7 - k)) & 1 for byte in raw for k in range(8)][: n_draws * size]
+    expect = (1.0 - 2.0 * np.array(bits, dtype=float)).reshape(n_draws, size)
+    got = multipliers(11, 5, 2, n_draws, size, "rademacher")
+    np.testing.assert_array_equal(got, expect)
+    assert got.dtype == np.float64 and got.flags.c_contiguous
+
+
 @pytest.mark.parametrize("kind", ["rademacher", "mammen"])
 def test_multiplier_moments(kind):
     v = multipliers(1, 0, 0, CHUNK, 20000, kind).ravel()

@@ -142,8 +142,8 @@ def test_known_dose_response():
 
 def test_errors_and_plot(staggered):
     _, pdf = staggered
-    with pytest.raises(SpecError, match="cck"):
-        _ours(pdf, dose_method="cck")
+    with pytest.raises(SpecError, match="cck' needs two periods and one treated cohort"):
+        _ours(pdf, dose_method="cck", bootstrap=True, n_boot=50)
     with pytest.raises(SpecError, match="target"):
         _ours(pdf, target="bogus")
     bad = pdf.copy()

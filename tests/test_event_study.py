@@ -45,6 +45,9 @@ CASES = {
     "all-event-times": (dict(), "y ~ i(rel, treated, ref=-1) | unit + time", {}),
     "binned": (dict(window=(-3, 3)), "y ~ i(relw, treated, ref=-1) | unit + time", {}),
     "dropped-outside": (dict(window=(-2, 2), bin_endpoints=False), "y ~ i(relw, treated, ref=-1) | unit + time", {}),
+    # clustered by unit: the per-dummy-layout meat of core.within.unit_meat, never the (n, m) scores
+    "covariate-weights": (dict(window=(-3, 3), covariates=["x1"], weights="wt"),
+                          "y ~ i(relw, treated, ref=-1) + x1 | unit + time", dict(weights="wt")),
     "covariate-weights-cluster": (dict(window=(-3, 3), covariates=["x1"], weights="wt", cluster="cl"),
                                   "y ~ i(relw, treated, ref=-1) + x1 | unit + time",
                                   dict(weights="wt", vcov={"CRV1": "cl"})),

@@ -1,7 +1,8 @@
 """A job's stages and their share of the wall time (``summary.json``'s ``metadata.stages`` and the
 table ``dte-dask run`` prints): the shares sum to 1, every estimator of the job is a stage, the
-regression estimators' multiplier bootstrap is a stage of its own, and the bootstrap's wall time is
-the union of its tasks' compute intervals (checked on constructed task records with known union).
+estimators' multiplier bootstrap is a stage of its own, and the bootstrap's wall time is the union
+of its tasks' compute intervals and of the draw spans the tasks report as worker events (checked
+on constructed records with known union).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_busy_seconds_is_the_union_of_intervals() -> None:
              {"key": "mboot-x", "startstops": [{"action": "transfer", "start": 10.0, "stop": 20.0}]}]
     assert busy_seconds(tasks) == pytest.approx(4.0)
     assert busy_seconds([]) == 0.0
+    # draw spans reported by the tasks that form influence functions: [2.5, 4] joins [0, 3] -> [0, 4]
+    assert busy_seconds(tasks, spans=[(2.5, 4.0), (7.0, 7.5)]) == pytest.approx(5.5)
 
 
 def test_clock_shares_sum_to_one_and_split_the_bootstrap() -> None:
@@ -74,13 +77,14 @@ def test_summary_stages(job_run: tuple[dict[str, Any], list[str], Path]) -> None
     assert names[:2] == ["load", "cs"] and {"es", "checks", "save", "other"} <= set(names)
     assert sum(s["share"] for s in stages) == pytest.approx(1.0, abs=1e-9)
     assert all(s["seconds"] >= 0 and 0 <= s["share"] <= 1 for s in stages)
-    # event_study draws its multipliers in tasks of their own: a bootstrap stage beside its estimator
-    boot = [s for s in stages if s["kind"] == "bootstrap"]
-    es_boot = next(s for s in boot if s["name"] == "es.bootstrap")
-    assert es_boot["seconds"] > 0 and es_boot["estimator"] == "es"
-    assert {s["name"] for s in boot} <= {"es.bootstrap", "cs.bootstrap"}  # cs: only merging its draw sums
+    # both draw their multipliers inside the tasks that form Psi / the scores, which report the
+    # spans: a bootstrap stage beside each estimator
+    boot = {s["name"]: s for s in stages if s["kind"] == "bootstrap"}
+    assert set(boot) == {"es.bootstrap", "cs.bootstrap"}
     diag = {s["name"]: s for s in saved["diagnosis"]["stages"]}
-    assert es_boot["seconds"] == pytest.approx(diag["es"]["bootstrap_s"])
+    for name in ("es", "cs"):
+        assert boot[f"{name}.bootstrap"]["seconds"] > 0 and boot[f"{name}.bootstrap"]["estimator"] == name
+        assert boot[f"{name}.bootstrap"]["seconds"] == pytest.approx(diag[name]["bootstrap_s"])
     # the stages' seconds add up to the job's wall time, which covers the timed load and estimators
     total = sum(s["seconds"] for s in stages)
     timings = saved["metadata"]["job_timings"]

@@ -33,6 +33,7 @@ CASES = {
     "event-study-cov-boot": lambda p: dte_dask.event_study(p, window=(-3, 3), covariates=["x1"], bootstrap=True,
                                                            n_boot=49, seed=3),
     "event-study-dropped": lambda p: dte_dask.event_study(p, window=(-2, 2), bin_endpoints=False),
+    "event-study-cov": lambda p: dte_dask.event_study(p, covariates=["x1"]),  # the per-layout meat
     "stacked-boot": lambda p: dte_dask.stacked_did(p, window=(-2, 1), bootstrap=True, n_boot=49, seed=3),
     "sun-abraham": lambda p: dte_dask.sun_abraham(p),
 }

@@ -118,17 +118,21 @@ def count_distinct(a: np.ndarray) -> int:
 def summarize(block: UnitBlock) -> BlockSummary:
     gs, counts = np.unique(block.g, return_counts=True)
     nobs = block.nobs
+    T = block.y.shape[1]
+    balanced = bool(np.all(nobs == T))
     return BlockSummary(
         n_units=block.n,
         n_entities=count_distinct(block.rank),
         n_rows=int(nobs.sum()),
         cohorts={float(k): int(c) for k, c in zip(gs, counts)},
-        n_unbalanced=int(np.count_nonzero(nobs < block.y.shape[1])),
+        n_unbalanced=int(np.count_nonzero(nobs < T)),
         first_rank=int(block.rank[0]) if block.n else -1,
         last_rank=int(block.rank[-1]) if block.n else -1,
         x_varying=block.x is not None and block.x.ndim == 3,
         n_weighted=int(np.count_nonzero(block.w > 0)),
-        cohort_obs={float(k): tuple(int(c) for c in (~np.isnan(block.y[block.g == k])).sum(axis=0)) for k in gs},
+        # a balanced block observes every unit of a cohort in every period
+        cohort_obs={float(k): (int(c),) * T if balanced else tuple(int(o) for o in (~np.isnan(block.y[block.g == k])).sum(axis=0))
+                    for k, c in zip(gs, counts)},
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import BSpline
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
@@ -27,16 +26,46 @@ def knot_sequence(boundary: tuple[float, float], knots: np.ndarray, degree: int)
     return np.r_[np.full(degree + 1, lo), np.asarray(knots, dtype=float), np.full(degree + 1, hi)]
 
 
+def _bsplvb(t: np.ndarray, x: np.ndarray, mu: np.ndarray, k: int) -> np.ndarray:
+    """(n, k+1) values of the degree-k B-splines nonzero on knot interval mu (de Boor's BSPLVB),
+    the interval's polynomial piece also outside it (extrapolation)."""
+    n = np.ones((x.size, k + 1))
+    for j in range(1, k + 1):
+        saved = np.zeros(x.size)
+        for r in range(j):
+            right, left = t[mu + r + 1] - x, x - t[mu + r + 1 - j]
+            tmp = n[:, r] / (right + left)
+            n[:, r] = saved + right * tmp
+            saved = left * tmp
+        n[:, j] = saved
+    return n
+
+
 def design(x: np.ndarray, boundary: tuple[float, float], knots: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """Regressors [1, B_2(x) .. B_m(x)] and their derivatives in x [0, B_2'(x) .. B_m'(x)]."""
+    """Regressors [1, B_2(x) .. B_m(x)] and their derivatives in x [0, B_2'(x) .. B_m'(x)].
+
+    The B-splines of the clamped knots (scipy's ``BSpline.design_matrix`` with ``extrapolate``), by
+    de Boor's recursion vectorised over x: no per-call spline objects (this runs once per cohort
+    and RNG block).
+    """
     t = knot_sequence(boundary, knots, degree)
     m = t.size - degree - 1
     x = np.asarray(x, dtype=float)
+    b, db = np.zeros((x.size, m)), np.zeros((x.size, m))
     if x.size == 0:
-        return np.empty((0, m)), np.empty((0, m))
-    spl = BSpline(t, np.eye(m), degree, extrapolate=True)
-    b = BSpline.design_matrix(x, t, degree, extrapolate=True).toarray()
-    db = spl.derivative(1)(x)
+        return b, db
+    mu = np.clip(np.searchsorted(t, x, side="right") - 1, degree, m - 1)
+    cols = (mu - degree)[:, None] + np.arange(degree + 1)
+    rows = np.arange(x.size)[:, None]
+    b[rows, cols] = _bsplvb(t, x, mu, degree)
+    if degree > 0:  # B'_i = k (B_{i,k-1} / (t_{i+k} - t_i) - B_{i+1,k-1} / (t_{i+k+1} - t_{i+1}))
+        low = np.zeros((x.size, degree + 2))
+        low[:, 1:-1] = _bsplvb(t, x, mu, degree - 1)  # B_{mu-k+1 .. mu, k-1}; zero at both ends
+        i = cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(t[i + degree] > t[i], low[:, :-1] / (t[i + degree] - t[i]), 0.0)
+            c = np.where(t[i + degree + 1] > t[i + 1], low[:, 1:] / (t[i + degree + 1] - t[i + 1]), 0.0)
+        db[rows, cols] = degree * (a - c)
     b[:, 0] = 1.0
     db[:, 0] = 0.0
     return b, db
@@ -126,6 +155,12 @@ class DoseSetup:
     def basis(self, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return design(x, (float(self.lo[k]), float(self.hi[k])), self.knots, self.degree)
 
+    def cohort_bases(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``basis(k, x)`` for every cell k, computed once per cohort (cells share their cohort's)."""
+        pairs, inv = np.unique(np.c_[self.lo, self.hi], axis=0, return_inverse=True)
+        per = [design(x, (float(a), float(b)), self.knots, self.degree) for a, b in pairs]
+        return [per[j] for j in inv.ravel()]
+
     @property
     def p(self) -> int:
         return self.degree + self.knots.size + 1
@@ -154,7 +189,7 @@ def dose_bounds(block: UnitBlock, dose_col: int, groups: np.ndarray) -> dict:
     return {"lo": lo, "hi": hi, "varying": varying}
 
 
-def _cohorts(block: UnitBlock, cells: Cells):
+def cohorts(block: UnitBlock, cells: Cells):
     """Each cohort of the block (never treated included): its rows, its outcomes, the cells where
     it is the treated cohort (and its outcome changes there) and those where it is a comparison."""
     G = cells.effective_g(block.g)
@@ -183,7 +218,7 @@ def cell_stats(block: UnitBlock, setup: DoseSetup) -> dict:
            "n_t": np.zeros(K), "y_t": np.zeros(K), "n_c": np.zeros(K), "y_c": np.zeros(K)}
     d = dose_of(block, setup.dose_col)
     cells = setup.cells
-    for rows, y, kt, kc, dyt in _cohorts(block, cells):
+    for rows, y, kt, kc, dyt in cohorts(block, cells):
         if kt.size:  # one basis per cohort: X'X is shared by its cells
             X, dX = setup.basis(int(kt[0]), d[rows])
             out["xx"][kt] = X.T @ X
@@ -212,8 +247,6 @@ class DoseFit:
     acrt: np.ndarray  # (K,) ACRT(g,t): average derivative over the cohort
     att_d: np.ndarray  # (K, D)
     acrt_d: np.ndarray  # (K, D)
-    grid_b: np.ndarray  # (K, D, p)
-    grid_db: np.ndarray  # (K, D, p)
 
 
 def solve_cells(s: dict, setup: DoseSetup, grid: np.ndarray) -> DoseFit:
@@ -224,36 +257,70 @@ def solve_cells(s: dict, setup: DoseSetup, grid: np.ndarray) -> DoseFit:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_t, mean_c = s["y_t"] / n_t, s["y_c"] / n_c
         avg = s["dsum"] / n_t[:, None]
-    for k in range(K):
+    for k, (b, db) in enumerate(setup.cohort_bases(grid)):
         if n_t[k] > 0 and np.linalg.matrix_rank(s["xx"][k]) == p:
             coef[k] = np.linalg.solve(s["xx"][k], s["xy"][k])
             bread[k] = np.linalg.inv(s["xx"][k] / n_t[k])
-        gb[k], gdb[k] = setup.basis(k, grid)
+        gb[k], gdb[k] = b, db
     att_d = np.einsum("kdp,kp->kd", gb, coef) - mean_c[:, None]
     acrt_d = np.einsum("kdp,kp->kd", gdb, coef)
     return DoseFit(coef=coef, bread=bread, mean_t=mean_t, mean_c=mean_c, n_t=n_t, n_c=n_c, avg_deriv=avg,
-                   att=mean_t - mean_c, acrt=np.einsum("kp,kp->k", avg, coef), att_d=att_d, acrt_d=acrt_d,
-                   grid_b=gb, grid_db=gdb)
+                   att=mean_t - mean_c, acrt=np.einsum("kp,kp->k", avg, coef), att_d=att_d, acrt_d=acrt_d)
 
 
-def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int,
+def curve_maps(setup: DoseSetup, grid: np.ndarray, compact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How a unit's coefficient influence (a p-vector in its cohort's basis) reaches the dose curves.
+
+    Returns ``rmap`` (K, p, r), ``level`` (r, D) and ``slope`` (r, D): the unit's coefficient
+    influence ``acc`` is stored as ``acc @ rmap[k]`` (r numbers, ``influence``'s first columns), and
+    its ATT(d) / ACRT(d) influence on the grid is that times ``level`` / ``slope``.
+
+    Every cohort's basis spans the same spline space (same interior knots; the boundary knots only
+    bound the extrapolated end pieces), so with ``compact`` the cohorts' coefficients are carried to
+    one reference basis (the grid's range): r = p numbers per unit instead of the 2D grid values,
+    which is what the bootstrap multiplies. If a cohort's basis is not an exact change of basis of
+    the reference (an interior knot outside its dose range), the grid values are stored (r = 2D).
+    """
+    K, p, D = setup.cells.K, setup.p, grid.size
+    lo, hi = float(setup.lo.min()), float(setup.hi.max())
+    if compact:
+        z = np.linspace(lo, hi, 8 * p)
+        bz, dbz = design(z, (lo, hi), setup.knots, setup.degree)
+        rmap = np.empty((K, p, p))
+        for k, (cz, dcz) in enumerate(setup.cohort_bases(z)):
+            x = np.linalg.lstsq(bz, cz, rcond=None)[0]  # cz = bz @ x as functions
+            err = max(np.abs(bz @ x - cz).max(), np.abs(dbz @ x - dcz).max() / (1.0 + np.abs(dcz).max()))
+            if not err <= 1e-10:
+                return curve_maps(setup, grid, compact=False)
+            rmap[k] = x.T
+        gb, gdb = design(grid, (lo, hi), setup.knots, setup.degree)
+        return rmap, gb.T.copy(), gdb.T.copy()
+    rmap = np.empty((K, p, 2 * D))
+    for k, (gb, gdb) in enumerate(setup.cohort_bases(grid)):
+        rmap[k] = np.hstack([gb.T, gdb.T])
+    eye = np.eye(D)
+    zero = np.zeros((D, D))
+    return rmap, np.vstack([eye, zero]), np.vstack([zero, eye])
+
+
+def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n: int, rmap: np.ndarray,
               ev_w: np.ndarray, ev_col: np.ndarray, ev_wif: np.ndarray, n_events: int, slope: bool) -> np.ndarray:
-    """(n_block, 2D + 2 + n_events) influence functions, scaled so that Var = Psi'Psi / n^2.
+    """(n_block, r + 3 + n_events) influence functions, scaled so that Var = Psi'Psi / n^2.
 
-    Columns: ATT(d) and ACRT(d) on the grid, ATT^o, ACRT^o (dose-aggregation weights ``w``, zero
-    for pre-treatment cells), then the event-study estimates: cell k's ATT(g,t) (ACRT(g,t) if
-    ``slope``) enters column ``ev_col[k]`` with weight ``ev_w[k]``, and cohort g_k's units add
-    ``ev_wif[k]`` = (estimate_k - event-time estimate) / (cohort shares of the event time): the
-    influence of the estimated weights (R ``did``'s ``wif``).
+    Columns: the dose curves' coefficient part ``acc @ rmap`` (r columns, see :func:`curve_maps`),
+    the comparison part ``cv`` of ATT(d) (the same at every dose), ATT^o, ACRT^o (dose-aggregation
+    weights ``w``, zero for pre-treatment cells), then the event-study estimates: cell k's ATT(g,t)
+    (ACRT(g,t) if ``slope``) enters column ``ev_col[k]`` with weight ``ev_w[k]``, and cohort g_k's
+    units add ``ev_wif[k]`` = (estimate_k - event-time estimate) / (cohort shares of the event
+    time): the influence of the estimated weights (R ``did``'s ``wif``).
 
     Work is by cohort (all its cells at once). The curves' influence runs through the coefficients
-    only, and their basis on the grid depends on the cohort alone: each unit's weighted coefficient
-    influence over its cohort's cells (a p-vector) and, as a comparison unit, its weighted mean
-    deviations (a scalar) are mapped to the D grid doses once.
+    only: each unit's weighted coefficient influence over its cohort's cells (a p-vector) and, as a
+    comparison unit, its weighted mean deviations (a scalar).
     """
-    cells, p = setup.cells, setup.p
-    D = fit.att_d.shape[1]
-    psi = np.zeros((block.n, 2 * D + 2 + n_events))
+    cells = setup.cells
+    r = rmap.shape[2]
+    psi = np.zeros((block.n, r + 3 + n_events))
     valid = np.isfinite(fit.coef).all(axis=1)
     with np.errstate(divide="ignore"):
         st, sc = n / fit.n_t, n / fit.n_c
@@ -262,9 +329,9 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
         agg[np.flatnonzero(valid), ev_col[valid]] = ev_w[valid]
     u = np.einsum("kpq,kq->kp", np.nan_to_num(fit.bread), fit.avg_deriv)  # bread_k @ avg_k
     d = dose_of(block, setup.dose_col)
-    ev = slice(2 * D + 2, 2 * D + 2 + n_events)
+    ev = slice(r + 3, r + 3 + n_events)
     T = block.y.shape[1]
-    for rows, y, kt, kc, dyt in _cohorts(block, cells):
+    for rows, y, kt, kc, dyt in cohorts(block, cells):
         keep = valid[kt]
         kt, dyt = kt[keep], dyt[:, keep]
         if kt.size:
@@ -280,14 +347,13 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
             wk = w[kt]
             on = np.flatnonzero(wk)
             if on.size:
-                m, q = rows.size, kt.size
-                z = ((resid * (wk * st[kt]))[:, :, None] * X[:, None, :]).reshape(m, q * p)
-                acc = z @ fit.bread[kt].reshape(q * p, p)  # sum_k w_k n/n_k (IF of the coefficients)
-                k0 = int(kt[on[0]])
-                psi[rows, :D] = acc @ fit.grid_b[k0].T
-                psi[rows, D:2 * D] = acc @ fit.grid_db[k0].T
-                psi[rows, 2 * D] += att_t @ wk
-                psi[rows, 2 * D + 1] += acrt_t @ wk
+                if r:
+                    m, q, p = rows.size, kt.size, setup.p
+                    z = ((resid * (wk * st[kt]))[:, :, None] * X[:, None, :]).reshape(m, q * p)
+                    acc = z @ fit.bread[kt].reshape(q * p, p)  # sum_k w_k n/n_k (IF of the coefficients)
+                    psi[rows, :r] = acc @ rmap[int(kt[on[0]])]
+                psi[rows, r + 1] += att_t @ wk
+                psi[rows, r + 2] += acrt_t @ wk
         kc = kc[valid[kc]]
         if kc.size:  # comparison units: -n/n_c (dY - mean_c) of each cell, weighted, as maps of y
             a = -sc[kc]
@@ -296,6 +362,6 @@ def influence(block: UnitBlock, setup: DoseSetup, fit: DoseFit, w: np.ndarray, n
                 psi[rows, ev] += y @ _changes(cells, kc, ca, T) - fit.mean_c[kc] @ ca
             cw = a * w[kc]
             cv = y @ _changes(cells, kc, cw, T) - fit.mean_c[kc] @ cw
-            psi[rows, :D] += cv[:, None]
-            psi[rows, 2 * D] += cv
+            psi[rows, r] += cv
+            psi[rows, r + 1] += cv
     return psi

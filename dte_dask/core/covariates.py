@@ -30,7 +30,13 @@ def _x_varying(block: UnitBlock) -> bool:
 
 
 def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns)."""
+    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns).
+
+    A cell set with a ``design_dy`` method (the triple-differences comparisons) may hand back the
+    changes it keeps with the block (the same numbers, computed once for all passes)."""
+    kept = cells.design_dy(block, ks) if hasattr(cells, "design_dy") else None
+    if kept is not None:
+        return kept
     y = block.y[m]
     return y[:, cells.t[ks]] - y[:, cells.base[ks]]
 

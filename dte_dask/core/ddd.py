@@ -20,7 +20,7 @@ partition indicator travels as a covariate column of the blocks (``qcol``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,6 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.covariates import cov_influence
-from dte_dask.core.regression import with_intercept
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ class Comparisons:
     never_alias: float = np.nan  # a cohort coerced to never treated (no never-treated units)
     qcol: int = 0  # the covariate column holding the partition
     complete_cases: bool = False  # unbalanced panel: each column keeps the units observed at t and base
+    _groups: dict = field(default_factory=dict, compare=False, repr=False)  # designs(), computed once
 
     @property
     def K(self) -> int:
@@ -60,10 +60,17 @@ class Comparisons:
 
     def designs(self, x_varying: bool) -> list[np.ndarray]:
         """Columns sharing units, covariates and nuisance fits: same (g, gc, q, covariate period)."""
-        keys: dict[tuple, list[int]] = {}
-        for j in range(self.K):
-            keys.setdefault(self.design_key(j, x_varying), []).append(j)
-        return [np.array(v) for v in keys.values()]
+        if x_varying not in self._groups:
+            keys: dict[tuple, list[int]] = {}
+            for j in range(self.K):
+                keys.setdefault(self.design_key(j, x_varying), []).append(j)
+            self._groups[x_varying] = [np.array(v) for v in keys.values()]
+        return self._groups[x_varying]
+
+    def subset(self, cols: np.ndarray) -> Comparisons:
+        """The comparisons ``cols`` (same design keys, so a DesignBlock's rows serve them too)."""
+        return replace(self, g=self.g[cols], t=self.t[cols], base=self.base[cols], gc=self.gc[cols], q=self.q[cols],
+                       _groups={})
 
     def design_rows(self, block: UnitBlock, ks: np.ndarray):
         """Rows of a design: mask, X = [1, covariates], treated indicator d, weights (picked once
@@ -76,6 +83,23 @@ class Comparisons:
                 return hit
         return self.pick_rows(block, j)
 
+    def design_dy(self, block: UnitBlock, ks: np.ndarray) -> np.ndarray | None:
+        """The outcome changes of the comparisons ``ks`` of one design when ``block`` keeps them
+        (a :class:`DesignBlock`), else None."""
+        kept = getattr(block, "dy", None)
+        if not kept:
+            return None
+        hit = kept.get(self.design_key(int(ks[0]), block.x is not None and block.x.ndim == 3))
+        if hit is None:
+            return None
+        full, dy = hit
+        if full.size == ks.size and np.array_equal(full, ks):
+            return dy
+        pos = np.searchsorted(full, ks)
+        if np.any(pos >= full.size) or not np.array_equal(full[np.minimum(pos, full.size - 1)], ks):
+            return None
+        return dy[:, pos]
+
     def pick_rows(self, block: UnitBlock, j: int):
         x = block.x_at(int(min(self.base[j], self.t[j])))
         G, Q = self.effective_g(block.g), x[:, self.qcol]
@@ -84,19 +108,26 @@ class Comparisons:
         m = D | C
         if self.complete_cases:
             m &= observed(block, self.t[j], self.base[j])
-        return m, with_intercept(np.delete(x[m], self.qcol, axis=1)), D[m].astype(float), block.w[m]
+        xm = x[m]
+        X = np.empty((xm.shape[0], xm.shape[1]))  # [1, covariates without the partition]
+        X[:, 0] = 1.0
+        X[:, 1:1 + self.qcol] = xm[:, :self.qcol]
+        X[:, 1 + self.qcol:] = xm[:, self.qcol + 1:]
+        return m, X, D[m].astype(float), block.w[m]
 
 
 @dataclass(frozen=True, eq=False)
 class DesignBlock(UnitBlock):
     """A partition block with every comparison design's rows picked once, for all the passes.
 
-    ``rows`` maps :meth:`Comparisons.design_key` to :meth:`Comparisons.pick_rows`; ``parts`` maps
+    ``rows`` maps :meth:`Comparisons.design_key` to :meth:`Comparisons.pick_rows` and ``dy`` to the
+    design's columns and outcome changes (what :meth:`Comparisons.design_dy` hands out); ``parts`` maps
     the (start, stop) slice of each RNG block to its own DesignBlock, which ``take`` hands back, so
     :func:`~dte_dask.graph.reduce.by_rng_block` reuses them in every pass."""
 
     rows: dict = field(default_factory=dict, repr=False)
     parts: dict = field(default_factory=dict, repr=False)
+    dy: dict = field(default_factory=dict, repr=False)  # design key -> (its columns, outcome changes)
 
     def take(self, index: np.ndarray | slice) -> UnitBlock:
         if isinstance(index, slice) and (index.start, index.stop) in self.parts:
@@ -112,11 +143,16 @@ def design_block(block: UnitBlock, comp: Comparisons, block_size: int) -> Design
     """``block`` with the rows of every design of ``comp`` picked once per RNG block (the slices
     :func:`~dte_dask.graph.reduce.by_rng_block` takes)."""
     varying = block.x is not None and block.x.ndim == 3
-    firsts = [int(ks[0]) for ks in comp.designs(varying)]
+    groups = comp.designs(varying)
 
     def build(b: UnitBlock, parts: dict) -> DesignBlock:
-        rows = {comp.design_key(j, varying): comp.pick_rows(b, j) for j in firsts}
-        return DesignBlock(b.ids, b.rank, b.g, b.w, b.cluster, b.y, b.x, rows=rows, parts=parts)
+        rows, dy = {}, {}
+        for ks in groups:
+            key = comp.design_key(int(ks[0]), varying)
+            rows[key] = comp.pick_rows(b, int(ks[0]))
+            y = b.y[rows[key][0]]
+            dy[key] = (ks, y[:, comp.t[ks]] - y[:, comp.base[ks]])
+        return DesignBlock(b.ids, b.rank, b.g, b.w, b.cluster, b.y, b.x, rows=rows, parts=parts, dy=dy)
 
     if block.n == 0:
         return build(block, {})
@@ -227,6 +263,16 @@ def combination(lay: DddLayout, W: np.ndarray) -> np.ndarray:
     return lay.comb @ W
 
 
+def cell_sizes(cells: Cells, lay: DddLayout, sizes: dict[float, int]) -> np.ndarray:
+    """Units of each cell of a balanced panel (its cohort and its comparison cohorts), from the
+    panel's cohort sizes ``sizes`` (keys: effective cohorts, ``inf`` never treated)."""
+    n_cell = np.zeros(cells.K)
+    for k in np.unique(lay.cell):
+        member = set(np.r_[float(cells.g[k]), lay.gc[lay.cell == k]].tolist())
+        n_cell[k] = float(sum(sizes.get(c, 0) for c in member))
+    return n_cell
+
+
 # ----------------------------------------------------------------------------- block tasks
 def cell_stats(block: UnitBlock, cells: Cells, lay: DddLayout, kest: dict[str, Any], gmm: bool) -> dict[str, np.ndarray]:
     """Units of each cell (its cohort and comparison cohorts, observed at t and base) and, with
@@ -241,15 +287,3 @@ def cell_stats(block: UnitBlock, cells: Cells, lay: DddLayout, kest: dict[str, A
         psi = cov_influence(block, lay.comp, kest) @ lay.comb
         out.update(gram=psi.T @ psi, sum=psi.sum(axis=0))
     return out
-
-
-def ddd_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
-    """(n_block, K) influence functions of the cells (panel scale; zero for reference cells)."""
-    parts = block.pieces() if isinstance(block, DesignBlock) else [block]
-    return np.vstack([cov_influence(b, est["comp"], est["kernel"]) @ est["A"] for b in parts])
-
-
-def cohort_shares(block: UnitBlock, cells: Cells, groups: np.ndarray) -> dict[str, np.ndarray]:
-    """Weighted sizes of the cohorts ``groups`` (the aggregation weights P(G = g))."""
-    G = cells.effective_g(block.g)
-    return {"Swg": (G[:, None] == groups[None, :]).astype(float).T @ block.w}

@@ -58,12 +58,21 @@ class _Imputed:
     u1: np.ndarray  # (n, T) treated observations imputed
     n0: np.ndarray  # (n,) untreated observations per unit
     eps: np.ndarray  # (n, T) step-1 residual on u0, 0 elsewhere
-    tau: np.ndarray  # (n, T) imputed effect on u1, step-1 residual on lead observations, 0 elsewhere
-    h: np.ndarray  # (n, T) target column on ut (the horizon t - g on u1), 0 elsewhere
-    cell: np.ndarray  # (n, T) auxiliary cell on ut, 0 elsewhere
     xc: np.ndarray | None  # (n, T, p) covariates minus the unit's untreated mean
     no_untreated: np.ndarray  # (n,) units with treated but no untreated observations
-    ut: np.ndarray  # (n, T) observations targets average: u1 and the lead observations
+    # the observations targets average (u1 and the lead observations), unit-major, period-minor:
+    at: np.ndarray  # their flat positions in (n, T)
+    unit: np.ndarray  # their unit (row)
+    t: np.ndarray  # their period
+    tau: np.ndarray  # imputed effect on u1, step-1 residual on lead observations
+    h: np.ndarray  # target column (the horizon t - g on u1)
+    cell: np.ndarray  # auxiliary cell
+
+    def dense(self, v: np.ndarray) -> np.ndarray:
+        """(n, T): ``v`` (one value per target observation) in place, 0 elsewhere."""
+        out = np.zeros(self.u0.size)
+        out[self.at] = v
+        return out.reshape(self.u0.shape)
 
 
 def _rowsum(a: np.ndarray) -> np.ndarray:
@@ -89,28 +98,31 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
     obs = ~np.isnan(y)
     D = tt[None, :] >= block.g[:, None]
     u0 = obs & ~D
-    u1 = obs & D & ~spec.bad[None, :]
-    n0 = u0.sum(axis=1)
-    no_untreated = (n0 == 0) & (obs & D).any(axis=1)
+    u1 = obs & D
+    n0 = np.count_nonzero(u0, axis=1)
+    no_untreated = (n0 == 0) & u1.any(axis=1)
+    if spec.bad.any():
+        u1 &= ~spec.bad[None, :]
     u1 &= (n0 > 0)[:, None]
     lam = np.r_[0.0, beta[:spec.n_fe]]
-    f = np.broadcast_to(lam[None, :], (n, T)).copy()
     x = _covariates(block, spec.cov_idx, T)
     xc = None
-    if x is not None:
+    if x is None:
+        yf = np.where(obs, y - lam[None, :], 0.0)
+    else:
+        f = np.broadcast_to(lam[None, :], (n, T)).copy()
         delta = beta[spec.n_fe:spec.n_fe + len(spec.cov_idx)]
         for j in range(len(spec.cov_idx)):
             f += x[:, :, j] * delta[j]
         inv0 = np.divide(1.0, n0, out=np.zeros(n), where=n0 > 0)
         xbar = np.stack([_rowsum(np.where(u0, x[:, :, j], 0.0)) * inv0 for j in range(x.shape[2])], axis=1)
         xc = x - xbar[:, None, :]
-    r = np.where(u0, np.nan_to_num(y) - f, 0.0)
+        yf = np.where(obs, y - f, 0.0)
+    r = yf * u0
     alpha = np.divide(_rowsum(r), n0, out=np.zeros(n), where=n0 > 0)
-    eps = np.where(u0, r - alpha[:, None], 0.0)
-    tau = np.where(u1, np.nan_to_num(y) - f - alpha[:, None], 0.0)
+    eps = (r - alpha[:, None]) * u0
     gi = np.where(np.isfinite(block.g), block.g, 0).astype(np.int64)
-    h = np.where(u1, tt[None, :] - gi[:, None], 0)
-    ut = u1
+    ut, lead = u1, None
     if spec.leads:
         e = tt[None, :] - gi[:, None]
         col = np.full(T + 1, -1)
@@ -118,16 +130,23 @@ def impute(block: Any, spec: ImputationSpec, beta: np.ndarray) -> _Imputed:
         lead = u0 & np.isin(block.g, spec.cohorts)[:, None] & (e < 0)
         c = np.where(lead, col[np.clip(-e, 0, T)], -1)
         lead &= c >= 0
-        ut, h, tau = u1 | lead, np.where(lead, c, h), np.where(lead, eps, tau)
+        ut = u1 | lead
+    at = np.flatnonzero(ut)
+    unit, t = np.divmod(at, T)
+    h = t - gi[unit]
+    tau = yf.reshape(-1)[at] - alpha[unit]
+    if lead is not None:
+        is_lead = lead.reshape(-1)[at]
+        h = np.where(is_lead, c.reshape(-1)[at], h)
+        tau = np.where(is_lead, eps.reshape(-1)[at], tau)
     cidx = _cohort_index(block, spec)
     if spec.partition == "cohort_horizon":
-        cell = cidx[:, None] * spec.H + h
+        cell = cidx[unit] * spec.H + h
     elif spec.partition == "cohort":
-        cell = np.broadcast_to(cidx[:, None], (n, T))
+        cell = cidx[unit]
     else:
         cell = h
-    cell = np.where(ut, cell, 0)
-    return _Imputed(u0, u1, n0, eps, tau, h, cell, xc, no_untreated, ut)
+    return _Imputed(u0, u1, n0, eps, xc, no_untreated, at, unit, t, tau, h, cell)
 
 
 def _user_weights(block: Any, spec: ImputationSpec) -> np.ndarray | None:
@@ -152,13 +171,10 @@ class _Treated:
     starts: np.ndarray  # (H + 1,) where each target column starts in ``order``
 
 
-def _treated(imp: _Imputed, s: np.ndarray, u: np.ndarray | None, H: int) -> _Treated:
-    n, T = imp.ut.shape
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut]
-    h = imp.h[imp.ut]
-    order = np.argsort(h, kind="stable")
-    starts = np.searchsorted(h[order], np.arange(H + 1))
-    return _Treated(rows, h, imp.cell[imp.ut], s[imp.ut], imp.tau[imp.ut], None if u is None else u[imp.ut],
+def _treated(imp: _Imputed, w: np.ndarray, u: np.ndarray | None, H: int) -> _Treated:
+    order = np.argsort(imp.h, kind="stable")
+    starts = np.searchsorted(imp.h[order], np.arange(H + 1))
+    return _Treated(imp.unit, imp.h, imp.cell, w[imp.unit], imp.tau, None if u is None else np.ravel(u)[imp.at],
                     order, starts)
 
 
@@ -189,22 +205,18 @@ def _cell_sums(tr: _Treated, idx: np.ndarray, aw: np.ndarray, spec: ImputationSp
     return aw, aw * tr.tau[idx], tr.cell[idx], None
 
 
+def _one_obs_cells(spec: ImputationSpec) -> bool:
+    """Whether every auxiliary cell holds one observation per unit and fixes its horizon (cohort x
+    horizon or horizon cells) and every target weighs horizons by 0 or 1 with no user weights: then
+    a target's cell sums are the cell sums of all treated observations, or zero."""
+    return spec.partition != "cohort" and spec.user < 0 and bool(np.all((spec.targets == 0) | (spec.targets == 1)))
+
+
 def _cohort_index(block: Any, spec: ImputationSpec) -> np.ndarray:
     cidx = np.zeros(block.n, dtype=np.int64)
     for c, value in enumerate(spec.cohorts):
         cidx[block.g == value] = c
     return cidx
-
-
-def _rowdot(a: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """(n, T) x (T, K) -> (n, K), each entry summed over t in period order (no BLAS: the same bits
-    whatever the number of rows)."""
-    out = a[:, 0, None] * B[0][None, :]
-    tmp = np.empty_like(out)
-    for t in range(1, a.shape[1]):
-        np.multiply(a[:, t, None], B[t][None, :], out=tmp)
-        out += tmp
-    return out
 
 
 def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,21 +228,19 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
     n, T = block.y.shape
     H, m = spec.H, spec.n_fe + len(spec.cov_idx)
     s = np.broadcast_to(block.w[:, None], (n, T))
-    h1, s1 = imp.h[imp.ut], s[imp.ut]
+    h1, s1, t1 = imp.h, block.w[imp.unit], imp.t
     N = np.bincount(h1, s1, minlength=H)
-    Tsum = np.bincount(h1, s1 * imp.tau[imp.ut], minlength=H)
-    R = np.zeros((H, m))
-    tt = np.broadcast_to(np.arange(T)[None, :], (n, T))
-    t1 = tt[imp.ut]
+    Tsum = np.bincount(h1, s1 * imp.tau, minlength=H)
     fe = t1 >= 1
-    np.add.at(R, (h1[fe], t1[fe] - 1), s1[fe])  # + s at the treated period's dummy
+    # + s at the treated period's dummy (summed in observation order)
+    R = np.bincount(h1[fe] * m + t1[fe] - 1, s1[fe], minlength=H * m).reshape(H, m)
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    C = np.zeros((n, H))  # s_i per horizon the unit is treated at
-    np.add.at(C, (np.broadcast_to(np.arange(n)[:, None], (n, T))[imp.ut], h1), s1)
-    M = np.where(imp.u0, inv0[:, None], 0.0)[:, 1:]  # untreated mean of the dummy rows
+    C = np.zeros((n, H))  # s_i per horizon the unit is treated at (one observation per unit and horizon)
+    C[imp.unit, h1] = s1
+    M = (imp.u0[:, 1:] * inv0[:, None])  # untreated mean of the dummy rows
     R[:, :spec.n_fe] -= C.T @ M
     for j in range(len(spec.cov_idx)):
-        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j][imp.ut], minlength=H)
+        R[:, spec.n_fe + j] = np.bincount(h1, s1 * imp.xc[:, :, j].reshape(-1)[imp.at], minlength=H)
     K, nc = spec.targets.shape[0], spec.n_cells
     num, den = np.zeros((K, nc)), np.zeros((K, nc))
     u = _user_weights(block, spec)
@@ -238,19 +248,24 @@ def imputation_stats(block: Any, spec: ImputationSpec, beta: np.ndarray) -> dict
     if u is not None:  # the user-weighted target: its own sums (horizon sums do not give them)
         su = s * u
         user["Nu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su, 0.0)))))
-        user["Tu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su * imp.tau, 0.0)))))
+        user["Tu"] = np.array(float(np.sum(_rowsum(np.where(imp.u1, su * imp.dense(imp.tau), 0.0)))))
         Ru = np.zeros(m)
         swu = np.where(imp.u1, su, 0.0)
         Ru[:spec.n_fe] = swu[:, 1:].sum(axis=0) - (_rowsum(swu)[:, None] * M).sum(axis=0)
         for j in range(len(spec.cov_idx)):
             Ru[spec.n_fe + j] = np.sum(_rowsum(swu * np.where(imp.u1, imp.xc[:, :, j], 0.0)))
         user["Ru"] = Ru
-    tr, cidx = _treated(imp, s, u, spec.H), _cohort_index(block, spec)
-    for k in range(K):
-        idx, aw = _target_obs(tr, spec, k)
-        a, b, cells, _ = _cell_sums(tr, idx, aw, spec, cidx, n)
-        num[k] = np.bincount(cells, a * b, minlength=nc)
-        den[k] = np.bincount(cells, a * a, minlength=nc)
+    if _one_obs_cells(spec):  # a cell fixes the horizon: one pass, then each target's cells
+        hc = np.arange(nc) % H
+        num = spec.targets[:, hc] * np.bincount(imp.cell, s1 * (s1 * imp.tau), minlength=nc)
+        den = spec.targets[:, hc] * np.bincount(imp.cell, s1 * s1, minlength=nc)
+    else:
+        tr, cidx = _treated(imp, block.w, u, spec.H), _cohort_index(block, spec)
+        for k in range(K):
+            idx, aw = _target_obs(tr, spec, k)
+            a, b, cells, _ = _cell_sums(tr, idx, aw, spec, cidx, n)
+            num[k] = np.bincount(cells, a * b, minlength=nc)
+            den[k] = np.bincount(cells, a * a, minlength=nc)
     return {"N": N, "T": Tsum, "R": R, "num": num, "den": den,
             "n_no_untreated": np.array(float(imp.no_untreated.sum())),
             "n_treated_units": np.array(float(imp.u1.any(axis=1).sum())),
@@ -273,43 +288,102 @@ def imputation_scores(block: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.
     :math:`\\tilde\\tau` (where another unit remains in the cell). With ``center`` (K,) the treated
     residual is :math:`\\hat\\tau_{it} - c_k` instead (Gardner's second-stage residual: ``c_k`` the
     target's estimate).
+
+    Call it on one RNG block (:func:`imputation_meat`): the untreated terms are a BLAS product,
+    the same bits for the same rows.
     """
     imp = impute(block, spec, beta)
     n, T = block.y.shape
     K = spec.targets.shape[0]
-    s = np.broadcast_to(block.w[:, None], (n, T))
     inv0 = np.divide(1.0, imp.n0, out=np.zeros(n), where=imp.n0 > 0)
-    tr, cidx = _treated(imp, s, _user_weights(block, spec), spec.H), _cohort_index(block, spec)
     out = np.zeros((n, K + 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         tilde = np.where(den > 0, num / den, 0.0)
     omega = np.zeros((n, K))  # per unit, the target's total (normalized) weight on its treated observations
-    for k in range(K):
-        idx, aw = _target_obs(tr, spec, k)
-        v1 = aw / Nk[k]
-        omega[:, k] = np.bincount(tr.unit[idx], v1, minlength=n)
-        if center is None:
-            a, b, cells, group = _cell_sums(tr, idx, aw, spec, cidx, n)
-            cell_t = tilde[k][cells]
-            if leave_out:
-                dl = den[k][cells] - a * a
-                ok = (dl > 1e-12 * np.maximum(den[k][cells], 1e-300)) & (a != 0)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    cell_t = np.where(ok, (num[k][cells] - a * b) / dl, cell_t)
-            tt_obs = cell_t if group is None else cell_t[group]
-        else:
-            tt_obs = center[k]
-        out[:, k] = np.bincount(tr.unit[idx], v1 * (tr.tau[idx] - tt_obs), minlength=n)
+    if _one_obs_cells(spec):
+        _treated_terms_fast(imp, block.w, spec, Nk, num, den, tilde, leave_out, center, out, omega)
+    else:
+        tr, cidx = _treated(imp, block.w, _user_weights(block, spec), spec.H), _cohort_index(block, spec)
+        for k in range(K):
+            idx, aw = _target_obs(tr, spec, k)
+            v1 = aw / Nk[k]
+            omega[:, k] = np.bincount(tr.unit[idx], v1, minlength=n)
+            if center is None:
+                a, b, cells, group = _cell_sums(tr, idx, aw, spec, cidx, n)
+                cell_t = _aux_average(tilde[k][cells], num[k][cells], den[k][cells], a, b, leave_out)
+                tt_obs = cell_t if group is None else cell_t[group]
+            else:
+                tt_obs = center[k]
+            out[:, k] = np.bincount(tr.unit[idx], v1 * (tr.tau[idx] - tt_obs), minlength=n)
     # untreated observations: v_it = -(omega_i / n0_i + s_i xz_it), xz_it = lam_t - mean_0(lam) + xc_it'z
     # (lam = [0, time effects of z]), so sum_t v_it eps_it needs only per-unit sums of eps
     lam = np.vstack([np.zeros((1, K)), Z[:, :spec.n_fe].T])  # (T, K)
     E = _rowsum(imp.eps)
-    xz_eps = _rowdot(imp.eps - np.where(imp.u0, (inv0 * E)[:, None], 0.0), lam)
+    xz_eps = (imp.eps - imp.u0 * (inv0 * E)[:, None]) @ lam  # one RNG block: the same rows whatever the partitions
     for j in range(len(spec.cov_idx)):
         xz_eps += _rowsum(np.where(imp.u0, imp.xc[:, :, j], 0.0) * imp.eps)[:, None] * Z[:, spec.n_fe + j][None, :]
     out[:, :K] += -omega * (inv0 * E)[:, None] - block.w[:, None] * xz_eps
     out[:, K] = (imp.u0.any(axis=1) | imp.u1.any(axis=1)).astype(float)
     return out
+
+
+def _aux_average(cell_t: np.ndarray, num: np.ndarray, den: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 leave_out: bool) -> np.ndarray:
+    """The auxiliary averages of the observations' groups, leaving a group's own unit out with
+    ``leave_out`` (where another unit remains in the cell)."""
+    if not leave_out:
+        return cell_t
+    dl = den - a * a
+    ok = (dl > 1e-12 * np.maximum(den, 1e-300)) & (a != 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, (num - a * b) / dl, cell_t)
+
+
+def _treated_terms_fast(imp: _Imputed, w: np.ndarray, spec: ImputationSpec, Nk: np.ndarray, num: np.ndarray,
+                        den: np.ndarray, tilde: np.ndarray, leave_out: bool, center: np.ndarray | None,
+                        out: np.ndarray, omega: np.ndarray) -> None:
+    """The treated-observation terms of :func:`imputation_scores` when :func:`_one_obs_cells`: a
+    target of one horizon has one observation per unit (written in place), the others are summed
+    per unit in period order; each observation is its own auxiliary group."""
+    n = out.shape[0]
+    single = np.count_nonzero(spec.targets, axis=1) == 1
+    kmap = np.full(spec.H, -1)
+    for k in np.flatnonzero(single):
+        kmap[np.flatnonzero(spec.targets[k])[0]] = k
+    nc, K = num.shape[1], omega.shape[1]
+    for k in [None, *np.flatnonzero(~single)]:
+        if k is None:  # every single-horizon target at once
+            kk = kmap[imp.h]
+            keep = kk >= 0
+            obs = slice(None) if keep.all() else np.flatnonzero(keep)
+            kk = kk[obs]
+        else:
+            obs = np.flatnonzero(spec.targets[k][imp.h] != 0)
+            kk = k
+        unit, cell, tau = imp.unit[obs], imp.cell[obs], imp.tau[obs]
+        a = w[unit]
+        v1 = a / Nk[kk]
+        at = kk * nc + cell  # (target, cell) in the flat (K, cells) tables
+        if center is not None:
+            tt_obs = center[kk]
+        elif leave_out:
+            tt_obs = _aux_average(tilde.ravel()[at], num.ravel()[at], den.ravel()[at], a, a * tau, True)
+        else:
+            tt_obs = tilde.ravel()[at]
+        if k is None:
+            omega.reshape(-1)[unit * K + kk] = v1
+            out.reshape(-1)[unit * (K + 1) + kk] = v1 * (tau - tt_obs)
+        else:
+            omega[:, k] = np.bincount(unit, v1, minlength=n)
+            out[:, k] = np.bincount(unit, v1 * (tau - tt_obs), minlength=n)
+
+
+def imputation_meat(chunk: Any, spec: ImputationSpec, beta: np.ndarray, Z: np.ndarray, Nk: np.ndarray,
+                    num: np.ndarray, den: np.ndarray, leave_out: bool, center: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
+    """:func:`meat` of :func:`imputation_scores` on one RNG block ``chunk``."""
+    K = spec.targets.shape[0]
+    return meat(chunk, imputation_scores(chunk, spec, beta, Z, Nk, num, den, leave_out, center), K)
 
 
 def meat(chunk: Any, rows: np.ndarray, K: int) -> dict[str, np.ndarray]:

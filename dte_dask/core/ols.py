@@ -15,7 +15,13 @@ import numpy as np
 
 from dte_dask.core.blocks import entity_sums
 from dte_dask.core.errors import EstimationError
-from dte_dask.core.within import DesignSpec, crv1, solve_dropping_collinear, unit_scores
+from dte_dask.core.within import (
+    DesignSpec,
+    crv1,
+    solve_dropping_collinear,
+    unit_meat,
+    unit_scores,
+)
 
 
 @dataclass(frozen=True)
@@ -86,21 +92,21 @@ def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], 
     columns (summed over designs), per-design scores at the per-design fits, then 0/1 flags of
     units used in the pooled fit and in each per-design fit."""
     n = block.n
-    pooled = np.zeros((n, m))
-    used_any = np.zeros((n, 1))
-    local, flags = [], []
+    fitted = [pb is not None for pb in part_betas]
+    widths = [m] + [p.spec.m for p, f in zip(parts, fitted) if f]
+    out = np.zeros((n, sum(widths) + 1 + sum(fitted)))  # written in place: no concatenated copy
+    pooled = out[:, :m]
+    off, flag_col, j = m, sum(widths), 0
     for p, beta, pb in zip(parts, betas, part_betas):
         sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
         pooled[np.ix_(sel, p.place)] += scores[0]
-        used_any[sel[used], 0] = 1.0
+        out[sel[used], flag_col] = 1.0
         if pb is not None:
-            loc = np.zeros((n, p.spec.m))
-            loc[sel] = scores[1]
-            flag = np.zeros((n, 1))
-            flag[sel[used], 0] = 1.0
-            local.append(loc)
-            flags.append(flag)
-    return np.hstack([pooled, *local, used_any, *flags])
+            out[sel, off:off + p.spec.m] = scores[1]
+            out[sel[used], flag_col + 1 + j] = 1.0
+            off += p.spec.m
+            j += 1
+    return out
 
 
 def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:
@@ -115,6 +121,22 @@ def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.
         out[f"G{j}"] = np.array(float(np.count_nonzero(S[:, off[-1] + j] > 0)))
         out[f"units{j}"] = np.array(float(np.count_nonzero(rows[:, off[-1] + j] > 0)))
     return out
+
+
+def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], part_betas: list,
+                widths: list[int]) -> dict[str, np.ndarray]:
+    """:func:`score_meat` of :func:`block_scores` on one RNG block (``chunk``), in one step.
+
+    A single design without per-design fits, clustered by unit (every entity one unit), takes
+    :func:`dte_dask.core.within.unit_meat`, which never forms the (n, m) scores."""
+    if len(parts) == 1 and part_betas[0] is None and widths == [m] and chunk.n \
+            and bool(np.all(chunk.rank[1:] != chunk.rank[:-1])):
+        p = parts[0]
+        local, n_used = unit_meat(chunk, p.spec, betas[0])
+        meat = np.zeros((m, m))
+        meat[np.ix_(p.place, p.place)] = local
+        return {"meat0": meat, "G0": np.array(float(n_used)), "units0": np.array(float(n_used))}
+    return score_meat(chunk, block_scores(chunk, parts, m, betas, part_betas), widths)
 
 
 def coef_draws(score_draws: np.ndarray, inv: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ by name.
 
 Every per-unit quantity is computed with explicit loops over periods or ``bincount`` in period
 order, never with a reduction whose rounding depends on how many units a call sees: scores of a
-unit are bit-identical whatever block it is computed in.
+unit are bit-identical whatever block it is computed in. Sums over units (:func:`gram_stats`,
+:func:`unit_meat`) are taken by the callers over one RNG block at a time, whose rows are the same
+for any partitioning, so their (periods x periods) products may use BLAS.
 """
 from __future__ import annotations
 
@@ -90,15 +92,14 @@ class _Within:
 
     sel: np.ndarray  # (n_s,) positions of the design's units in the block
     row: np.ndarray  # (n_s,) their rows of the design's tables
+    cls: np.ndarray  # (n_s,) the dummy layout of their rows (see :func:`_expansion`)
     used: np.ndarray  # (n_s,) units with >= 2 observations (singletons are dropped)
+    valid: np.ndarray  # (n_s, L) observations in the regression
     W: np.ndarray  # (n_s, L) observation weights, 0 where not used
     inv: np.ndarray  # (n_s,) 1 / sum of a unit's weights (0 if unused)
     yt: np.ndarray  # (n_s, L) demeaned outcome, 0 where not used
     xt: np.ndarray | None  # (n_s, L, p) demeaned covariates
     xbar: np.ndarray | None  # (n_s, p) their unit means
-    fe_col: np.ndarray  # (n_s, L) fixed-effect column or -1
-    int_col: np.ndarray  # (n_s, L) interest column (offset into the design's columns) or -1
-    S: np.ndarray  # (n_s, m) sum over periods of W x dummy rows (covariate columns zero)
 
 
 def _rowsum(a: np.ndarray) -> np.ndarray:
@@ -111,77 +112,101 @@ def _rowsum(a: np.ndarray) -> np.ndarray:
 
 def _rows(g: np.ndarray, spec: DesignSpec) -> np.ndarray:
     rows = np.full(g.shape[0], spec.default_row, dtype=np.int64)
-    for value, row in spec.rows:
-        rows[g == value] = row
+    if spec.rows and g.size:
+        values = np.array([v for v, _ in spec.rows], dtype=np.float64)
+        order = np.argsort(values, kind="stable")
+        values, targets = values[order], np.array([r for _, r in spec.rows], dtype=np.int64)[order]
+        pos = np.minimum(np.searchsorted(values, g), values.size - 1)
+        hit = values[pos] == g
+        rows[hit] = targets[pos[hit]]
     return rows
 
 
 def _prepare(block: Any, spec: DesignSpec) -> _Within:
     rows = _rows(block.g, spec)
-    sel = np.flatnonzero(rows >= 0)
-    r = rows[sel]
-    L = spec.n_levels
-    y = np.ascontiguousarray(block.y[sel, spec.t0:spec.t1])
-    codes = spec.codes[r]
-    w = np.broadcast_to(block.w[sel][:, None], y.shape)
-    if spec.mult is not None:
-        w = w * spec.mult[r]
-    valid = ~np.isnan(y) & (codes != DROP) & (w > 0)
-    used = valid.sum(axis=1) >= 2
+    if rows.size and rows.min() >= 0:  # every unit takes part: no gathers
+        sel, r = np.arange(rows.size), rows
+        y, w = block.y[:, spec.t0:spec.t1], block.w
+    else:
+        sel = np.flatnonzero(rows >= 0)
+        r = rows[sel]
+        y, w = block.y[sel, spec.t0:spec.t1], block.w[sel]
+    valid = ~np.isnan(y)
+    w = w[:, None] if spec.mult is None else w[:, None] * spec.mult[r]
+    valid &= w > 0
+    keep = spec.codes != DROP
+    if not keep.all():
+        valid &= keep[r]
+    used = np.count_nonzero(valid, axis=1) >= 2
     valid &= used[:, None]
-    W = np.where(valid, w, 0.0)
+    W = w * valid
     Wi = _rowsum(W)
     inv = np.divide(1.0, Wi, out=np.zeros_like(Wi), where=Wi > 0)
     yv = np.where(valid, y, 0.0)
     ybar = _rowsum(W * yv) * inv
-    yt = np.where(valid, yv - ybar[:, None], 0.0)
+    yt = (yv - ybar[:, None]) * valid
     xt = xbar = None
     if spec.p:
         x = block.x[sel]
         x = x[:, None, list(spec.cov_idx)] if x.ndim == 2 else x[:, spec.t0:spec.t1][:, :, list(spec.cov_idx)]
-        xv = np.where(valid[:, :, None], np.broadcast_to(x, (len(sel), L, spec.p)), 0.0)
+        xv = np.where(valid[:, :, None], x, 0.0)
         xbar = _rowsum(W[:, :, None] * xv) * inv[:, None]
-        xt = np.where(valid[:, :, None], xv - xbar[:, None, :], 0.0)
-    level = np.broadcast_to(np.arange(L), y.shape)
-    fe_col = np.where(valid & (level > 0), level - 1, NONE)
-    int_col = np.where(valid & (codes >= 0), spec.n_fe + spec.p + codes, NONE)
-    S = _unit_sums(W, r, spec)
-    return _Within(sel, r, used, W, inv, yt, xt, xbar, fe_col, int_col, S)
+        xt = (xv - xbar[:, None, :]) * valid[:, :, None]
+    return _Within(sel, r, _layouts(spec)[0][r], used, valid, W, inv, yt, xt, xbar)
 
 
-def _unit_sums(v: np.ndarray, rows: np.ndarray, spec: DesignSpec) -> np.ndarray:
-    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
+def _layouts(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct dummy layouts of the design's rows (rows differing only in dropped periods
+    share one): the layout of each row (R,) and the interest codes of each layout (C, L)."""
+    uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
+    return cls.reshape(-1), uniq
 
-    Fixed-effect level t has column t - 1, so that block is ``v`` itself. The interest columns of a
-    unit follow from its design row: column j collects the periods whose code is j, added in period
-    order (``v`` is zero where an observation is not used, so the row's codes apply to every unit).
+
+def _expansion(spec: DesignSpec, with_covariates: bool = False) -> np.ndarray:
+    """(C, L, m) 0/1: the dummy columns of the observation of each (dummy layout, period); with
+    ``with_covariates`` (C, L + p, m), the covariate columns appended as identity rows.
+
+    A unit of layout c has the dummy sums :math:`s_i = E_c' v_i` of any per-period vector
+    :math:`v_i` (``E_c`` this table's slice): every per-unit dummy quantity is a product with it.
     """
-    n = v.shape[0]
-    out = np.zeros((n, spec.m))
-    out[:, :spec.n_fe] = v[:, 1:]
-    off = spec.n_fe + spec.p
-    for r in range(spec.codes.shape[0]):
-        units = np.flatnonzero(rows == r)
-        if not units.size:
-            continue
-        vr = v[units]
-        sr = np.zeros((units.size, spec.n_int))
-        for j, periods in _columns_of_row(spec.codes[r]):
-            acc = vr[:, periods[0]].copy()
-            for t in periods[1:]:
-                acc += vr[:, t]
-            sr[:, j] = acc
-        out[units, off:] = sr
+    codes = _layouts(spec)[1]
+    C, L, m, p = codes.shape[0], spec.n_levels, spec.m, spec.p
+    E = np.zeros((C, L + (p if with_covariates else 0), m))
+    t = np.arange(1, L)
+    E[:, t, t - 1] = 1.0
+    rr, tt = np.nonzero(codes >= 0)
+    E[rr, tt, spec.n_fe + p + codes[rr, tt]] = 1.0
+    if with_covariates:
+        j = np.arange(p)
+        E[:, L + j, spec.n_fe + j] = 1.0
+    return E
+
+
+def _cell_key(rows: np.ndarray, L: int) -> np.ndarray:
+    """(n * L,) the (dummy layout, period) cell of each observation, row-major."""
+    return (rows[:, None] * L + np.arange(L)).ravel()
+
+
+def _cell_sums(v: np.ndarray, key: np.ndarray, n_cells: int) -> np.ndarray:
+    """(R * L,): per (dummy layout, period) cell, the sum of ``v`` (n, L) over the units of that layout,
+    in unit order."""
+    return np.bincount(key, np.ravel(v), minlength=n_cells)
+
+
+def _grouped_gram(Z: np.ndarray, V: np.ndarray, rows: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """:math:`\\sum_c E_c' (\\sum_{i: layout c} v_i z_i') E_c` (m, m), units grouped by dummy layout."""
+    if E.shape[0] == 1:
+        return E[0].T @ (V.T @ Z) @ E[0]
+    order = np.argsort(rows, kind="stable")
+    bounds = np.searchsorted(rows[order], np.arange(E.shape[0] + 1))
+    Zs, Vs = Z[order], V[order]
+    m = E.shape[2]
+    out = np.zeros((m, m))
+    for r in range(E.shape[0]):
+        a, b = bounds[r], bounds[r + 1]
+        if b > a:
+            out += E[r].T @ (Vs[a:b].T @ Zs[a:b]) @ E[r]
     return out
-
-
-def _columns_of_row(codes: np.ndarray) -> list[tuple[int, list[int]]]:
-    """(interest column, periods carrying it) for one row of a design's codes."""
-    cols: dict[int, list[int]] = {}
-    for t, c in enumerate(codes.tolist()):
-        if c >= 0:
-            cols.setdefault(c, []).append(t)
-    return sorted(cols.items())
 
 
 def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
@@ -198,65 +223,51 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     Notes
     -----
     With unit weights summing to :math:`W_i = \\sum_t w_{it}` and dummy sums
-    :math:`s_i = \\sum_t w_{it} d_{it}`, the demeaned dummies satisfy
+    :math:`s_i = \\sum_t w_{it} d_{it} = E_r' w_i` (:func:`_expansion`; r the unit's dummy layout),
+    the demeaned dummies satisfy
 
-    .. math:: \\sum_{it} w_{it} \\tilde d_{it} \\tilde d_{it}' = \\sum_{it} w_{it} d_{it} d_{it}'
-              - \\sum_i s_i s_i' / W_i,
+    .. math:: \\sum_{it} w_{it} \\tilde d_{it} \\tilde d_{it}' = \\sum_r E_r'\\Big(
+              \\operatorname{diag}\\big(\\textstyle\\sum_{i \\in r} w_i\\big)
+              - \\sum_{i \\in r} w_i w_i' / W_i\\Big) E_r,
 
-    where the first term is a count of (column, column) pairs (two dummies per observation at most).
-    Covariates are demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products
-    with raw and demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
+    so the unit-level work is one (periods x periods) product per dummy layout. Covariates are
+    demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products with raw and
+    demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
     """
     wd = _prepare(block, spec)
-    m = spec.m
+    m, L, nfe, p = spec.m, spec.n_levels, spec.n_fe, spec.p
     W = wd.W
-    A = np.zeros((m, m))
-    f = np.arange(spec.n_fe)
-    A[f, f] = W[:, 1:].sum(axis=0)  # fixed-effect level t (column t - 1): its observations
-    ok = wd.int_col >= 0
-    A[np.diag_indices(m)] += np.bincount(wd.int_col[ok], W[ok], minlength=m)
-    both = ok & (wd.fe_col >= 0)
-    cross = np.bincount((wd.fe_col * m + wd.int_col)[both], W[both], minlength=m * m).reshape(m, m)
-    A += cross + cross.T
-    raw = np.diag(A).copy()  # sum of w d^2 before demeaning
-    A -= (wd.S * wd.inv[:, None]).T @ wd.S
-    wy = W * wd.yt
-    b = np.zeros(m)
-    for col in (wd.fe_col, wd.int_col):
-        ok = col >= 0
-        b += np.bincount(col[ok], wy[ok], minlength=m)
-    if spec.p:
-        c = slice(spec.n_fe, spec.n_fe + spec.p)
-        xw = (wd.xt * W[:, :, None]).reshape(-1, spec.p)
-        A[c, c] = xw.T @ wd.xt.reshape(-1, spec.p)
-        for j in range(spec.p):
-            cross = np.zeros(m)
-            for col in (wd.fe_col, wd.int_col):
-                ok = col >= 0
-                cross += np.bincount(col[ok], xw[:, j].reshape(W.shape)[ok], minlength=m)
-            cross[c] = A[c, c][j]
-            A[spec.n_fe + j, :] = cross
-            A[:, spec.n_fe + j] = cross
+    E = _expansion(spec)
+    R = E.shape[0]
+    Ef = E.reshape(R * L, m)
+    key = _cell_key(wd.cls, L)
+    d = _cell_sums(W, key, R * L)
+    cnt = np.bincount(key[wd.valid.ravel()], minlength=R * L).astype(np.float64)
+    A = (Ef * d[:, None]).T @ Ef - _grouped_gram(W, W * wd.inv[:, None], wd.cls, E)
+    raw = Ef.T @ d  # sum of w d^2 before demeaning (0/1 dummies)
+    b = Ef.T @ _cell_sums(W * wd.yt, key, R * L)
+    if p:
+        c = slice(nfe, nfe + p)
+        xw = (wd.xt * W[:, :, None]).reshape(-1, p)
+        for j in range(p):
+            cross = Ef.T @ _cell_sums(xw[:, j], key, R * L)
+            A[nfe + j, :] += cross
+            A[:, nfe + j] += cross
+        A[c, c] = xw.T @ wd.xt.reshape(-1, p)
         b[c] = xw.T @ wd.yt.reshape(-1)
-        xv = np.where(W[:, :, None] > 0, wd.xt + wd.xbar[:, None, :], 0.0)
+        xv = (wd.xt + wd.xbar[:, None, :]) * wd.valid[:, :, None]
         raw[c] = np.einsum("itp,it,itp->p", xv, W, xv)
-    valid = W > 0
-    col_n = np.zeros(m)
-    for col in (wd.fe_col, wd.int_col):
-        ok = col >= 0
-        col_n += np.bincount(col[ok], minlength=m)
-    level = np.broadcast_to(np.arange(spec.n_levels), W.shape)
-    return {"A": A, "b": b, "raw": raw, "n_obs": np.array(float(valid.sum())), "col_n": col_n,
-            "level_n": np.bincount(level[valid], minlength=spec.n_levels).astype(float),
-            "int_w": _interest_weights(block, spec, wd)}
+    return {"A": A, "b": b, "raw": raw, "n_obs": np.array(float(np.count_nonzero(wd.valid))), "col_n": Ef.T @ cnt,
+            "level_n": cnt.reshape(R, L).sum(axis=0), "int_w": _interest_weights(block, spec, wd, Ef, key)}
 
 
-def _interest_weights(block: Any, spec: DesignSpec, wd: _Within) -> np.ndarray:
+def _interest_weights(block: Any, spec: DesignSpec, wd: _Within, Ef: np.ndarray, key: np.ndarray) -> np.ndarray:
     """Sampling-weighted observations per interest dummy, singletons included (Sun–Abraham shares)."""
-    codes = spec.codes[wd.row]
-    ok = ~np.isnan(block.y[wd.sel, spec.t0:spec.t1]) & (codes >= 0)
-    w = np.broadcast_to(block.w[wd.sel][:, None], codes.shape)
-    return np.bincount(codes[ok], w[ok], minlength=spec.n_int)
+    if not spec.n_int:
+        return np.zeros(0)
+    obs = ~np.isnan(block.y[wd.sel, spec.t0:spec.t1])
+    sums = _cell_sums(block.w[wd.sel][:, None] * obs, key, Ef.shape[0])
+    return Ef[:, spec.n_fe + spec.p:].T @ sums
 
 
 def unit_scores(block: Any, spec: DesignSpec, *betas: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -274,23 +285,57 @@ def unit_scores(block: Any, spec: DesignSpec, *betas: np.ndarray) -> tuple[np.nd
     :math:`s_i = \\sum_t w_{it} d_{it} \\hat e_{it}`.
     """
     wd = _prepare(block, spec)
-    return wd.sel, [_scores_at(wd, spec, beta) for beta in betas], wd.used
+    out = []
+    for beta in betas:
+        we = _weighted_residuals(wd, spec, beta)
+        scores = _unit_sums(we, wd.row, spec)
+        for j in range(spec.p):
+            scores[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
+        out.append(scores)
+    return wd.sel, out, wd.used
 
 
-def _scores_at(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
-    ext = np.append(np.asarray(beta, dtype=np.float64), 0.0)  # column -1 -> coefficient 0
-    fit = ext[wd.fe_col] + ext[wd.int_col]
-    mean = np.zeros(wd.S.shape[0])
-    for j in np.flatnonzero(ext[:-1]):
-        mean += wd.S[:, j] * ext[j]
-    fit -= (mean * wd.inv)[:, None]
+def unit_meat(block: Any, spec: DesignSpec, beta: np.ndarray) -> tuple[np.ndarray, int]:
+    """:math:`\\sum_i s_i s_i'` over the units of a block (each unit its own cluster) and the number
+    of units in the regression, without forming the (n, m) scores: with
+    :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it} \\hat e_{it})` and
+    :math:`s_i = E_r' z_i`, the sum is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`."""
+    wd = _prepare(block, spec)
+    we = _weighted_residuals(wd, spec, beta)
+    if spec.p:
+        we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
+    return _grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)), int(np.count_nonzero(wd.used))
+
+
+def _weighted_residuals(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
+    """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used."""
+    beta = np.asarray(beta, dtype=np.float64)
+    F = _expansion(spec) @ beta  # (C, L) dummy part of the fit of each (dummy layout, period)
+    fit = F[wd.cls]
+    fit -= (_rowsum(wd.W * fit) * wd.inv)[:, None]
     for j in range(spec.p):
-        fit += wd.xt[:, :, j] * ext[spec.n_fe + j]
-    we = np.where(wd.W > 0, wd.W * (wd.yt - fit), 0.0)
-    scores = _unit_sums(we, wd.row, spec)
-    for j in range(spec.p):
-        scores[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
-    return scores
+        fit += wd.xt[:, :, j] * beta[spec.n_fe + j]
+    return wd.W * (wd.yt - fit)
+
+
+def _unit_sums(v: np.ndarray, rows: np.ndarray, spec: DesignSpec) -> np.ndarray:
+    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
+
+    Fixed-effect level t has column t - 1, so that block is ``v`` itself. Interest column j of a
+    unit collects the periods whose code (in the unit's design row) is j, added in period order.
+    """
+    n, L = v.shape
+    out = np.zeros((n, spec.m))
+    out[:, :spec.n_fe] = v[:, 1:]
+    if spec.n_int:
+        flat = out.reshape(-1)
+        base = np.arange(n) * spec.m + spec.n_fe + spec.p
+        codes = spec.codes[:, :L]
+        for t in range(L):
+            c = codes[rows, t]
+            ok = c >= 0
+            flat[base[ok] + c[ok]] += v[ok, t]
+    return out
 
 
 # ------------------------------------------------------------------------------------ driver side

@@ -54,7 +54,7 @@ class StageMetrics:
     partitions: int | None = None
     host_busy: float | None = None  # share of the workers' hosts' CPU time that was busy (any process)
     host_iowait: float | None = None  # share of it waiting on I/O
-    bootstrap_s: float = 0.0  # wall seconds in which multiplier-bootstrap (``mboot``) tasks computed
+    bootstrap_s: float = 0.0  # wall seconds in which multipliers were drawn (``mboot`` tasks, draw events)
 
     @property
     def utilization(self) -> float:

@@ -109,7 +109,7 @@ class RunMonitor:
         before = self._counters()
         with self._lock:
             self._peak = 0
-        t0 = time.perf_counter()
+        t0, since = time.perf_counter(), time.time()
         with get_task_stream(self.client) as ts:
             yield
         wall = time.perf_counter() - t0
@@ -117,7 +117,20 @@ class RunMonitor:
         after = self._counters()
         with self._lock:
             peak = self._peak
-        self.stages.append(_stage_metrics(name, wall, ts.data, before, after, peak))
+        metrics = _stage_metrics(name, wall, ts.data, before, after, peak)
+        metrics.bootstrap_s = busy_seconds(ts.data, spans=self._boot_spans(since))
+        self.stages.append(metrics)
+
+    def _boot_spans(self, since: float) -> list[tuple[float, float]]:
+        """Spans in which tasks drew bootstrap multipliers inside other tasks (worker events)."""
+        from dte_dask.inference.bootstrap import EVENT
+
+        try:
+            events = self.client.get_events(EVENT)
+        except Exception:  # noqa: BLE001 - an old scheduler or a lost connection: the task stream still counts
+            return []
+        return [(float(m["start"]), float(m["stop"])) for _, m in events
+                if isinstance(m, dict) and float(m.get("start", 0.0)) >= since]
 
     def diagnosis(self, *, price_per_core_hour: float | None = None,
                   total_wall_s: float | None = None) -> dict[str, Any]:
@@ -126,16 +139,18 @@ class RunMonitor:
         return diagnose_run(self.stages, total_wall_s=wall, price_per_core_hour=price_per_core_hour)
 
 
-def busy_seconds(tasks: Iterable[dict[str, Any]], prefix: str = "mboot") -> float:
-    """Wall seconds during which some task whose key prefix contains ``prefix`` was computing.
+def busy_seconds(tasks: Iterable[dict[str, Any]], prefix: str = "mboot",
+                 spans: Iterable[tuple[float, float]] = ()) -> float:
+    """Wall seconds during which some task whose key prefix contains ``prefix`` was computing, or
+    one of the extra ``spans`` (start, stop) ran.
 
     ``tasks`` are records of :func:`distributed.get_task_stream` (``key``, ``startstops``);
     overlapping tasks (several threads or workers) count once.
     """
     from dask.utils import key_split
 
-    spans = sorted((float(ss["start"]), float(ss["stop"])) for rec in tasks if prefix in key_split(rec.get("key"))
-                   for ss in rec.get("startstops", ()) if ss.get("action") == "compute")
+    spans = sorted([*((float(ss["start"]), float(ss["stop"])) for rec in tasks if prefix in key_split(rec.get("key"))
+                      for ss in rec.get("startstops", ()) if ss.get("action") == "compute"), *spans])
     out, end = 0.0, float("-inf")
     for start, stop in spans:
         if stop > end:

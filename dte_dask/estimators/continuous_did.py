@@ -3,7 +3,9 @@
 Dose-response curves ATT(d) and ACRT(d) by B-spline regressions of each cohort's outcome change on
 its dose, compared with not-yet-treated (or never-treated) units, averaged over the post-treatment
 cells (weights: cohort shares / the cohort's number of post periods, as moderndid ``cont_did``);
-the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event time.
+the overall ATT^o and ACRT^o; or event studies of ATT(g,t) / ACRT(g,t) by event time. With
+``dose_method="cck"`` (two periods, one cohort) the number of spline segments is chosen by the
+data-driven procedure of Chen, Christensen & Kankanala (2024) (see ``core.contdid_cck``).
 
 Inference: influence functions computed per unit on the workers, reduced to Psi'Psi (analytic SEs)
 and to multiplier-bootstrap draws keyed by RNG blocks (uniform sup-t bands over the dose grid or the
@@ -35,6 +37,7 @@ from dte_dask.core.contdid import (
     N_BINS,
     DoseSetup,
     cell_stats,
+    curve_maps,
     dose_bounds,
     dose_histogram,
     doses_in_bins,
@@ -42,6 +45,17 @@ from dte_dask.core.contdid import (
     knots_from,
     needed_bins,
     solve_cells,
+)
+from dte_dask.core.contdid_cck import (
+    CckSetup,
+    cck_band,
+    cck_scores,
+    cck_stats,
+    grid_maps,
+    lepski,
+    segment_set,
+    shifted_knots,
+    solve_cck,
 )
 from dte_dask.estimators.cs import as_panel, cells_for
 from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
@@ -92,7 +106,12 @@ def continuous_did(
     target : "level" (ATT) or "slope" (ACRT); with ``aggregation="dose"`` both curves are returned
         and ``target`` picks the one in ``estimates`` / ``to_frame()``
     aggregation : "dose" (curves over the dose grid) or "eventstudy" (ATT or ACRT by event time)
-    dose_method : "parametric" (B-splines); "cck" (nonparametric) is not implemented yet
+    dose_method : "parametric" (B-splines with ``num_knots`` knots) or "cck": the data-driven
+        nonparametric estimator of Chen, Christensen & Kankanala (2024), as R ``contdid`` / moderndid:
+        the number of spline segments chosen by a Lepski bootstrap test, honest uniform bands;
+        two periods, one treated cohort and never-treated units, ``aggregation="dose"``, the bootstrap on
+        (the chosen and searched segments, the test statistics and theta* are in ``result.options``;
+        its bootstrap uses N(0, 1) multipliers, as CCK, whatever ``boot_weights``)
     degree, num_knots : B-spline degree and number of interior knots (at dose quantiles)
     control_group : "not_yet_treated" or "never_treated"
     dose_grid : doses at which to evaluate the curves; default ``n_grid`` equally spaced points
@@ -105,8 +124,13 @@ def continuous_did(
     inf = parse_options(InferenceOptions, bootstrap=bootstrap, n_boot=n_boot, seed=seed, alpha=alpha,
                         boot_weights=boot_weights, uniform_bands=uniform_bands)
     if opt.dose_method == "cck":
-        raise SpecError("dose_method='cck' (the nonparametric estimator of Chen, Christensen & Kankanala) is not "
-                        "implemented yet; use dose_method='parametric'")
+        if opt.aggregation != "dose" or opt.num_knots:
+            raise SpecError("dose_method='cck' estimates the dose-response curves (aggregation='dose') and chooses "
+                            f"its knots itself (num_knots=0); got aggregation={opt.aggregation!r}, "
+                            f"num_knots={opt.num_knots}")
+        if not inf.bootstrap:
+            raise SpecError("dose_method='cck' chooses the number of spline segments by a bootstrap test: it needs "
+                            "bootstrap=True")
     if opt.degree < 1 or opt.num_knots < 0 or opt.n_grid < 2:
         raise SpecError(f"degree={opt.degree} must be >= 1, num_knots={opt.num_knots} >= 0, n_grid={opt.n_grid} >= 2")
     if isinstance(data, Panel):
@@ -148,6 +172,8 @@ def continuous_did(
         knots = _knots(panel, dose_col, glist, lo.min(), hi.max(), opt.num_knots)
     grid = (np.linspace(lo.min(), hi.max(), opt.n_grid) if dose_grid is None
             else np.asarray(dose_grid, dtype=float).ravel())
+    if opt.dose_method == "cck":
+        return _cck(panel, dose, dose_col, cells, glist, (float(lo.min()), float(hi.max())), grid, opt, inf, t0)
     gpos = np.searchsorted(glist, cells.g)
     setup = DoseSetup(cells=cells, dose_col=dose_col, degree=opt.degree, knots=knots, lo=lo[gpos], hi=hi[gpos])
 
@@ -168,7 +194,6 @@ def continuous_did(
     w = np.where(post, (n_g / n_g.sum())[gpos] / n_post[gpos], 0.0)
     n = panel.n_units
 
-    D = grid.size
     ev_w, ev_col, events = _event_weights(cells, gpos, n_g)
     n_ev = events.size if opt.aggregation == "eventstudy" else 0
     vals = fit.att if opt.target == "level" else fit.acrt
@@ -182,38 +207,38 @@ def continuous_did(
     att_d = w[on] @ fit.att_d[on]
     acrt_d = w[on] @ fit.acrt_d[on]
     overall = {"att": float(w[on] @ fit.att[on]), "acrt": float(w[on] @ fit.acrt[on])}
-    # the reported columns of Psi: the curve (or the event times), then ATT^o and ACRT^o
+    # the reported columns (the curve or the event times, then ATT^o and ACRT^o) as a linear map of
+    # influence()'s columns: the curve's coefficient part, the comparison part, ATT^o, ACRT^o, events
     if opt.aggregation == "dose":
+        rmap, lv_map, sl_map = curve_maps(setup, grid)
         est, keys, key_name = (att_d, grid, "dose") if opt.target == "level" else (acrt_d, grid, "dose")
-        cols = np.r_[np.arange(D) + (0 if opt.target == "level" else D), 2 * D, 2 * D + 1]
-        mean_of = None
     else:
+        rmap, lv_map, sl_map = np.zeros((cells.K, setup.p, 0)), np.zeros((0, 0)), np.zeros((0, 0))
         est, keys, key_name = theta, (events * step).astype(np.int64), "event_time"
-        cols = np.r_[2 * D + 2 + np.arange(events.size), 2 * D, 2 * D + 1]
-        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
-        mean_of = (events.size + (0 if opt.target == "level" else 1), 2 * D + 2 + np.flatnonzero(events >= 0))
         overall["att" if opt.target == "level" else "acrt"] = float(est[events >= 0].mean())
     m = est.size
+    r = rmap.shape[2]
+    cmap = np.zeros((r + 3 + n_ev, m + 2))
+    cmap[r + 1, m] = cmap[r + 2, m + 1] = 1.0
+    if opt.aggregation == "dose":
+        cmap[:r, :m] = lv_map if opt.target == "level" else sl_map
+        cmap[r, :m] = 1.0 if opt.target == "level" else 0.0
+    else:
+        cmap[r + 3:, :m] = np.eye(m)
+        # the overall effect is the mean of the post-treatment event times (replaces ATT^o or ACRT^o)
+        j = m + (0 if opt.target == "level" else 1)
+        cmap[:, j] = 0.0
+        cmap[r + 3 + np.flatnonzero(events >= 0), j] = 1.0 / np.sum(events >= 0)
 
     # pass 3: influence functions on the workers -> Psi'Psi and bootstrap draws of the reported columns
-    boot_kw = None
-    seed_ = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
-    if inf.bootstrap:
-        check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=cols.size, kind=inf.boot_weights,
-                             block_size=panel.rng_block_size)
-        boot_kw = dict(seed=seed_, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
-                       n=n, kind=inf.boot_weights)
+    boot_kw, seed_ = _boot_kw(panel, inf, min(cmap.shape), n)
     ev = (ev_w, ev_col, ev_wif, n_ev, opt.target == "slope")
-    parts = panel.map_blocks(_psi_reductions, setup, fit, w, n, ev, (cols, mean_of), panel.rng_block_size,
-                             panel.n_rng_blocks, boot_kw, name="contdid-influence")
-    pick = dask.delayed(operator.getitem, pure=True)
-    todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
-    if boot_kw is not None:
-        todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
-                               name="contdid-mboot-merge"))
-    out = dask.compute(*todo)
-    V = covariance(out[0], n)
-    dr = out[1] if boot_kw is not None else None
+    # the workers reduce influence()'s columns if they are fewer than the reported ones, else the reported
+    pre = cmap.shape[0] > cmap.shape[1]
+    gram_total, draws = _reduce(panel, influence, (setup, fit, w, n, rmap) + ev, cmap if pre else None, boot_kw)
+    outmap = np.eye(m + 2) if pre else cmap
+    V = covariance(outmap.T @ gram_total @ outmap, n)
+    dr = draws @ outmap if draws is not None else None
     se_a = np.sqrt(np.clip(np.diag(V), 0, None))
     se_b = boot_se(dr, np.sqrt(n)) if dr is not None else None
     se = se_b if se_b is not None else se_a
@@ -263,16 +288,96 @@ def _gram(block, psi: np.ndarray) -> np.ndarray:
     return gram(psi, block.rank, False)
 
 
-def _psi_reductions(block, setup, fit, w, n, events, columns, block_size, n_blocks, boot_kw):
+def _reduce(panel: Panel, kernel, args: tuple, cmap: np.ndarray | None, boot_kw: dict | None):
+    """Per-unit columns ``kernel(block, *args)`` (times ``cmap``) reduced on the workers to Psi'Psi and
+    the multiplier-bootstrap draws (None without ``boot_kw``), bit-identical for any partitioning."""
+    parts = panel.map_blocks(_psi_reductions, kernel, args, cmap, panel.rng_block_size, panel.n_rng_blocks, boot_kw,
+                             name="contdid-influence")
+    pick = dask.delayed(operator.getitem, pure=True)
+    todo = [tree_merge([pick(p, 0, dask_key_name=f"contdid-gram-{p.key}") for p in parts], name="contdid-gram-sum")]
+    if boot_kw is not None:
+        todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
+                               name="contdid-mboot-merge"))
+    out = dask.compute(*todo)
+    return out[0], (out[1] if boot_kw is not None else None)
+
+
+def _psi_reductions(block, kernel, args, cmap, block_size, n_blocks, boot_kw):
     with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
-        full = influence(block, setup, fit, w, n, *events)
-    cols, mean_of = columns
-    psi = full[:, cols]
-    if mean_of is not None:  # row by row, so the same in any partitioning
-        psi[:, mean_of[0]] = full[:, mean_of[1]].sum(axis=1) / mean_of[1].size
+        psi = kernel(block, *args)
+        if cmap is not None:  # row by row, so the same in any partitioning
+            psi = psi @ cmap
     g = by_rng_block(block, _gram, block_size, n_blocks, rows=psi)
     b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
     return g, b
+
+
+def _boot_kw(panel: Panel, inf, width: int, n: int, kind: str | None = None) -> tuple[dict | None, int]:
+    seed = int(np.random.SeedSequence().entropy) if inf.seed is None else int(inf.seed)
+    if not inf.bootstrap:
+        return None, seed
+    kind = kind or inf.boot_weights
+    check_bootstrap_cost(inf.n_boot, n_entities=panel.n_entities, width=width, kind=kind,
+                         block_size=panel.rng_block_size)
+    return dict(seed=seed, n_boot=inf.n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks, n=n,
+                kind=kind), seed
+
+
+def _cck(panel: Panel, dose: str, dose_col: int, cells, glist: np.ndarray, bounds: tuple[float, float],
+         grid: np.ndarray, opt: ContinuousDidOptions, inf: InferenceOptions, t0: float) -> ContDidResult:
+    """dose_method="cck": the number of spline segments chosen by CCK's Lepski test (see core.contdid_cck)."""
+    if panel.n_periods != 2 or glist.size != 1:
+        raise SpecError(f"dose_method='cck' needs two periods and one treated cohort besides never-treated units "
+                        f"(as R contdid / moderndid); the panel has {panel.n_periods} periods and {glist.size} "
+                        "treated cohorts: use dose_method='parametric'")
+    n, n_t = panel.n_units, int(panel.cohort_sizes.get(glist[0], 0))
+    segs, alpha_hat = segment_set(n_t, opt.degree)
+    top = int(segs[-1])
+    q = _knots(panel, dose_col, glist, *bounds, top - 1) if top > 1 else np.empty(0)
+    setup = CckSetup(cells=cells, dose_col=dose_col, degree=opt.degree,
+                     knots=tuple(shifted_knots(q[(top // s) * np.arange(1, s) - 1], *bounds) for s in segs))
+    s = _exact_sum(panel, cck_stats, setup, name="contdid-cck-stats").compute()
+    if not s["n_c"] > 0:
+        raise PanelError("dose_method='cck' compares the treated cohort with never-treated units: there are none")
+    try:
+        fit = solve_cck(s, setup)
+    except np.linalg.LinAlgError:
+        raise PanelError(f"dose_method='cck': too few distinct doses ({n_t} treated units) for the spline bases "
+                         f"searched ({segs.tolist()} segments)") from None
+    width = int(setup.offsets[-1]) + segs.size + 2
+    boot_kw, seed_ = _boot_kw(panel, inf, width, n, kind="gaussian")  # CCK's N(0, 1) multipliers
+    G, draws = _reduce(panel, cck_scores, (setup, fit, n), None, boot_kw)
+    choice = lepski(segs, setup, fit, grid, G, draws, n, alpha_hat)
+    j, D, off = choice.index, grid.size, setup.offsets
+    lv_maps, lv, _ = grid_maps(setup, fit, grid, G, deriv=False)
+    sl_maps, sl, _ = grid_maps(setup, fit, grid, G, deriv=True)
+    att_d, acrt_d = lv[j] - fit.mean_c, sl[j]
+    # reported columns (curve, ATT^o, ACRT^o) as a linear map of cck_scores' columns
+    cmap = np.zeros((width, D + 2))
+    js = slice(off[j], off[j + 1])
+    cmap[js, :D] = n * (lv_maps[j] if opt.target == "level" else sl_maps[j]).T
+    cmap[width - 1, :D] = 1.0 if opt.target == "level" else 0.0
+    cmap[width - 2, D] = 1.0
+    cmap[off[-1] + j, D + 1] = n / fit.n_t
+    cmap[js, D + 1] = n * fit.xx_inv[j] @ fit.avg_deriv[j]
+    V = covariance(cmap.T @ G @ cmap, n)
+    se = np.sqrt(np.clip(np.diag(V), 0, None))
+    crit = cck_band(segs, choice, setup, fit, grid, G, draws, n, inf.alpha, deriv=opt.target == "slope")
+    est = att_d if opt.target == "level" else acrt_d
+    options = dict(target=opt.target, aggregation="dose", dose_method="cck", degree=opt.degree,
+                   num_knots=int(choice.segments) - 1, control_group=opt.control_group, dose=dose,
+                   knots=setup.knots[j][1:-1].tolist(), cck_segments=int(choice.segments),
+                   cck_segments_searched=segs.tolist(), cck_theta=choice.theta, cck_z_sup=choice.z_sup,
+                   bootstrap=True, n_boot=inf.n_boot,
+                   alpha=inf.alpha, uniform_bands=inf.uniform_bands, outcome=panel.spec.outcome,
+                   unit=panel.spec.unit, time=panel.spec.time)
+    overall = {"att": float(fit.mean_t - fit.mean_c), "acrt": float(fit.acrt[j])}
+    overall_se = {"att": float(se[D]), "acrt": float(se[D + 1])}
+    return ContDidResult(
+        estimator="continuous_did", alpha=inf.alpha, key_name="dose", keys=grid, est=est, V=V[:D, :D], se_main=se[:D],
+        se_analytic=se[:D], boot_draws=(draws @ cmap)[:, :D], crit=crit, dose_grid=grid, att_d=att_d, acrt_d=acrt_d,
+        overall=overall, overall_se=overall_se, overall_se_analytic=dict(overall_se), target=opt.target, n_units=n,
+        seed=seed_, options=options, timings={"total": _time.perf_counter() - t0}, panel=panel.describe())
 
 
 register(EstimatorEntry(

@@ -9,14 +9,8 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
-from dask.base import tokenize
 
-from dte_dask.core.imputation import (
-    ImputationSpec,
-    imputation_scores,
-    imputation_stats,
-    meat,
-)
+from dte_dask.core.imputation import ImputationSpec, imputation_meat, imputation_stats
 from dte_dask.core.labels import plain
 from dte_dask.core.within import (
     DROP,
@@ -32,7 +26,6 @@ from dte_dask.estimators.event_study import (
 )
 from dte_dask.estimators.options import ImputationOptions, parse_options
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
-from dte_dask.graph.reduce import by_rng_block, tree_merge
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
@@ -195,15 +188,10 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     Z = (sol.inv @ Rk.T).T
     ispec_k = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, targets, user,
                              () if user < 0 else (len(rows) - 1,), lead_e)
-    K = len(rows)
 
     # pass 3: per-unit terms of the conservative variance, summed over clusters
-    scores = panel.map_blocks(imputation_scores, ispec_k, sol.beta, Z, Nk, s2["num"][rows], s2["den"][rows],
-                              leave_out, est if two_stage else None, name="imputation-scores")
-    f = dask.delayed(by_rng_block, pure=True)
-    parts = [f(blk, meat, panel.rng_block_size, panel.n_rng_blocks, K, rows=sc,
-               dask_key_name=f"imputation-meat-{tokenize(sc, K)}-{i}") for i, (blk, sc) in enumerate(zip(panel.blocks, scores))]
-    mt = dask.compute(tree_merge(parts, name="imputation-meat-sum"))[0]
+    mt = dask.compute(exact_sum(panel, imputation_meat, ispec_k, sol.beta, Z, Nk, s2["num"][rows], s2["den"][rows],
+                                leave_out, est if two_stage else None, name="imputation-scores"))[0]
     V = (mt["meat"] + mt["meat"].T) / 2.0
     G = int(mt["G"])
 

@@ -19,7 +19,7 @@ from dte_dask.estimators.options import (
     parse_options,
 )
 from dte_dask.exceptions import PanelError, SpecError
-from dte_dask.graph.ddd import fit_ddd
+from dte_dask.graph.ddd import fit_ddd, local_passes
 from dte_dask.inference.bands import band_crit, boot_se
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.inference.variance import analytic_se, covariance
@@ -112,7 +112,8 @@ def triple_did(
                      covariates=None if covs is None else [opt.partition, *covs], weights=weights, cluster=cluster,
                      npartitions=npartitions, allow_unbalanced_panel=allow_unbalanced_panel)
     qcol = list(panel.spec.covariates).index(opt.partition)
-    _check_partition(panel, opt.partition, qcol)
+    with local_passes(panel):
+        _check_partition(panel, opt.partition, qcol)
     t_load = _time.perf_counter()
     cells, glist = cells_for(panel, opt.control_group, 0, opt.base_period)
     if inf.bootstrap:
@@ -123,8 +124,9 @@ def triple_did(
     def label(idx: float) -> Any:
         return panel.group_label(float(idx))
 
-    res = fit_ddd(panel, cells, qcol=qcol, method=opt.est_method, groups=glist, n_boot=inf.n_boot if inf.bootstrap else 0,
-                  seed=seed, boot_weights=inf.boot_weights, label=label)
+    with local_passes(panel):
+        res = fit_ddd(panel, cells, qcol=qcol, method=opt.est_method, groups=glist,
+                      n_boot=inf.n_boot if inf.bootstrap else 0, seed=seed, boot_weights=inf.boot_weights, label=label)
     fit = res.fit
     t_fit = _time.perf_counter()
     K = cells.K

@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 
 from dte_dask.core.dyadic import DyadicCover, add
 
-__all__ = ["DyadicCover", "add", "by_rng_block", "tree_merge", "tree_sum"]
+__all__ = ["DyadicCover", "add", "by_rng_block", "single_threaded_blas", "tree_merge", "tree_sum"]
 
 SPLIT_EVERY = 8
 
@@ -28,6 +28,12 @@ SPLIT_EVERY = 8
 def _threadpools() -> ThreadpoolController:
     """The process's BLAS / OpenMP pools, inspected once (a fresh inspection costs ~30 ms a call)."""
     return ThreadpoolController()
+
+
+def single_threaded_blas():
+    """Context manager: the BLAS / OpenMP pools at one thread (inside a task of a threaded scheduler,
+    a multi-threaded BLAS only oversubscribes the cores)."""
+    return _threadpools().limit(limits=1)
 
 
 def _sum_all(items: Sequence[Any]) -> Any:
@@ -62,7 +68,7 @@ def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: A
     cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, vals = [], []
     # small matrix products: multi-threaded BLAS inside a (multi-threaded) task only oversubscribes
-    with _threadpools().limit(limits=1):
+    with single_threaded_blas():
         for a, b in zip(cuts[:-1], cuts[1:]):
             sl = slice(int(a), int(b))
             part = block.take(sl)

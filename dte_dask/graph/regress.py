@@ -4,14 +4,18 @@ pass 1  ``<name>`` (one task prefix per design; stacked DiD: one per sub-experim
         reduces X~'WX~, X~'Wy~ and observation counts along the fixed tree of RNG blocks;
 driver  assembles the designs' normal equations into the global one and solves it (guarded:
         collinear fixed-effect columns are dropped, any other collinear column is an error);
-pass 2  ``<prefix>-scores`` / ``<prefix>-meat``: per-unit scores, summed over designs (a unit that
-        recurs across stacks contributes one score) and over clusters, reduce to sum_g s_g s_g';
-        optionally ``mboot``: multiplier-bootstrap draws of the score sums, keyed by RNG block.
+pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that recurs across stacks
+        contributes one score) and over clusters, reduced in the same task to sum_g s_g s_g' per RNG
+        block (picked as ``<prefix>-meat``; one design clustered by unit without a bootstrap: the
+        (n, m) scores are never formed) and, with a bootstrap, to multiplier-bootstrap draws of the
+        score sums keyed by RNG block (picked as ``mboot``), as ``attgt-influence`` does: the dense
+        scores never leave the task, so memory stays at one partition's scores.
 Only (m x m)-, (B x m)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import dask
@@ -26,6 +30,7 @@ from dte_dask.core.ols import (
     crv_fit,
     local_nuisance,
     score_meat,
+    scores_meat,
     solve_part,
     solve_pooled,
 )
@@ -73,19 +78,18 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
 
     betas = [sol.beta[p.place] for p in parts]
     part_betas = [None if s is None else s.beta for s in local]
-    scores = panel.map_blocks(_one_thread, block_scores, parts, m, betas, part_betas, name=scores_name)
     widths = [m] + [p.spec.m for p, s in zip(parts, local) if s is not None]
-    f = dask.delayed(_one_thread, pure=True)
-    meats = [f(blk, by_rng_block, score_meat, panel.rng_block_size, panel.n_rng_blocks, widths, rows=s,
-               dask_key_name=f"{scores_name}-meat-{tokenize(s)}-{i}") for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
-    todo = [tree_merge(meats, name=f"{scores_name}-meat-sum")]
-    if n_boot > 0:
-        kw = dict(seed=seed, n_boot=n_boot, block_size=panel.rng_block_size, n_blocks=panel.n_rng_blocks,
-                  n=1, kind=boot_weights)
-        fb = dask.delayed(_boot, pure=True)
-        covers = [fb(blk, s, m, **kw, dask_key_name=f"mboot-{tokenize(s, kw)}-{i}")
-                  for i, (blk, s) in enumerate(zip(panel.blocks, scores))]
-        todo.append(tree_merge(covers, name="mboot-merge"))
+    if n_boot <= 0:  # scores and their cluster sums per RNG block, in one task per partition
+        todo = [exact_sum(panel, scores_meat, parts, m, betas, part_betas, widths, name=scores_name)]
+    else:  # one task per partition: scores -> meat and draws; the dense scores never leave it
+        boot_kw = {"seed": seed, "n_boot": n_boot, "block_size": panel.rng_block_size,
+                   "n_blocks": panel.n_rng_blocks, "n": 1, "kind": boot_weights}
+        fused = panel.map_blocks(_one_thread, _score_reductions, parts, m, betas, part_betas, widths,
+                                 panel.rng_block_size, panel.n_rng_blocks, boot_kw, name=scores_name)
+        pick = dask.delayed(operator.getitem, pure=True)
+        todo = [tree_merge([pick(p, 0, dask_key_name=f"{scores_name}-meat-{p.key}") for p in fused],
+                           name=f"{scores_name}-meat-sum"),
+                tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in fused], name="mboot-merge")]
     out = dask.compute(*todo)
     meat = out[0]
     pooled = crv_fit(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
@@ -106,12 +110,27 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
 
 
 # ----------------------------------------------------------------------------- block kernels
+PIECE_BLOCKS = 4  # RNG blocks per task of an exact sum: a partition of many blocks keeps every thread busy
+
+
 def exact_sum(panel: Panel, func, *args, name: str):
     """Sum ``func(block, *args)`` over the panel along the fixed tree of RNG blocks (bit-identical
-    for any partitioning), in tasks ``name-*``."""
-    parts = panel.map_blocks(_one_thread, by_rng_block, func, panel.rng_block_size, panel.n_rng_blocks,
-                             *args, name=name)
+    for any partitioning), in tasks ``name-*`` of at most :data:`PIECE_BLOCKS` RNG blocks each."""
+    bs, nb = panel.rng_block_size, panel.n_rng_blocks
+    token = tokenize(func, args, *panel.blocks)
+    f = dask.delayed(_piece, pure=True)
+    parts = []
+    for i, (blk, summary) in enumerate(zip(panel.blocks, panel.summaries)):
+        b0, b1 = (summary.first_rank // bs, summary.last_rank // bs + 1) if summary.n_units else (0, 1)
+        parts += [f(blk, lo * bs, min(lo + PIECE_BLOCKS, b1) * bs, func, bs, nb, *args,
+                    dask_key_name=f"{name}-{token}-{i}-{j}") for j, lo in enumerate(range(b0, b1, PIECE_BLOCKS))]
     return tree_merge(parts, name=f"{name}-sum")
+
+
+def _piece(block, lo: int, hi: int, func, bs: int, nb: int, *args):
+    """:func:`by_rng_block` of ``func`` on the units of ``block`` with entity ranks in [lo, hi)."""
+    a, b = np.searchsorted(block.rank, [lo, hi])
+    return _one_thread(block.take(slice(int(a), int(b))), by_rng_block, func, bs, nb, *args)
 
 
 def _one_thread(block, func, *args, **kwargs):
@@ -121,5 +140,11 @@ def _one_thread(block, func, *args, **kwargs):
         return func(block, *args, **kwargs)
 
 
-def _boot(block, scores: np.ndarray, m: int, **kw):
-    return boot_cover(scores[:, :m], block.rank, **kw)
+def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas: list, widths: list[int],
+                      block_size: int, n_blocks: int, boot_kw: dict | None):
+    """One partition's per-unit scores, reduced in the same task to the meat cover and (with
+    ``boot_kw``) the bootstrap cover of the pooled scores; memory stays at one partition's scores."""
+    scores = block_scores(block, parts, m, betas, part_betas)
+    meat = by_rng_block(block, score_meat, block_size, n_blocks, widths, rows=scores)
+    boot = boot_cover(scores[:, :m], block.rank, **boot_kw) if boot_kw is not None else None
+    return meat, boot

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import time
+
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -21,7 +23,10 @@ from dte_dask.core.multipliers import CHUNK, BootWeights, multipliers
 from dte_dask.exceptions import SpecError
 from dte_dask.inference.variance import entity_sums
 
-__all__ = ["CHUNK", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost", "multipliers"]
+__all__ = ["CHUNK", "EVENT", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost",
+           "multipliers"]
+
+EVENT = "dte-dask-bootstrap"  # worker event topic: the span of each partition's draws, for the job's stage table
 
 RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
 
@@ -99,6 +104,7 @@ def boot_cover_apply(
     returns ``V @ psi[a:b]`` (width columns) for the multipliers ``V`` of entities ``a..b-1``,
     however the caller represents their influence functions.
     """
+    t0 = time.time()
     blk = ent_rank // block_size
     cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, leaves = [], []
@@ -116,4 +122,17 @@ def boot_cover_apply(
             ids.append(bid)
             out /= n  # in place: one n_boot x width array per RNG block, no second copy
             leaves.append(out)
+    _log_span(t0, time.time())
     return DyadicCover.from_blocks(n_blocks, ids, leaves)
+
+
+def _log_span(start: float, stop: float) -> None:
+    """Tell the scheduler (topic :data:`EVENT`) when this task drew multipliers: the draws run inside
+    the tasks that form the influence functions, so the task stream alone cannot time them."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a distributed worker (synchronous scheduler, tests)
+        return
+    worker.log_event(EVENT, {"start": start, "stop": stop})

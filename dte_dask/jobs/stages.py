@@ -2,15 +2,15 @@
 
 A job runs in stages: ``cluster_start`` (when the job starts its own cluster), ``load``, one
 stage per estimator (named as in the spec, aggregations included), ``NAME.bootstrap`` where the
-estimator's multiplier bootstrap runs in tasks of its own, ``checks``, ``save``, ``report``. The
+estimator drew bootstrap multipliers, ``checks``, ``save``, ``report``. The
 remainder of the wall time (the driver between stages) is the stage ``other``, so the shares
 sum to 1.
 
-Bootstrap time is the wall time during which the estimator's ``mboot`` tasks (the regression
-estimators' multiplier draws and their merge) were computing, taken out of the estimator's own
-stage. ``att_gt`` draws its multipliers inside the tasks that form the influence functions (no
-per-unit array leaves them): only the merge of its per-partition draw sums counts as its
-bootstrap, the draws themselves stay in the estimator's stage.
+Bootstrap time is the wall time during which the estimator drew multipliers: its ``mboot``
+tasks (the merge of the per-partition draw sums) and the spans in which the tasks that form the
+influence functions or scores (``attgt-influence``, ``<prefix>-scores``) ran their draws, which
+those tasks report as worker events (:data:`dte_dask.inference.bootstrap.EVENT`; no per-unit
+array leaves them). It is taken out of the estimator's own stage.
 """
 from __future__ import annotations
 

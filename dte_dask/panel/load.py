@@ -25,7 +25,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask import config, storage
-from dte_dask.core.blocks import UnitBlock, summarize
+from dte_dask.core.blocks import UnitBlock, count_distinct
 from dte_dask.exceptions import (
     ColumnTypeError,
     DuplicateRowsError,
@@ -36,9 +36,10 @@ from dte_dask.exceptions import (
     SpecError,
     examples,
 )
-from dte_dask.panel.blocks import frame_to_block
+from dte_dask.panel import parquet
+from dte_dask.panel.blocks import frame_to_block, periods_and_block
 from dte_dask.panel.panel import Panel, finish
-from dte_dask.panel.periods import PeriodMap
+from dte_dask.panel.periods import PeriodMap, distinct_ints
 from dte_dask.panel.spec import PanelSpec
 
 ROW_ID = "_dte_row"  # the generated row id of a repeated cross section without one
@@ -119,16 +120,21 @@ def load_panel(
     bs = int(config.get("rng-block-size", rng_block_size))
     if bs < 1:
         raise PanelError(f"rng_block_size must be >= 1, got {bs}")
-    frame = _read(source, spec, generated, storage_options)
-    if generated is not None:
-        if generated in frame.columns:
-            raise PanelError(f"column {generated!r} is reserved for the generated row id; name it as `unit`")
-        frame = _with_row_ids(frame, generated)
-    _check_columns(frame, spec)
-    if isinstance(frame, pd.DataFrame):
-        panel = _from_pandas(frame[spec.columns], spec, bs, npartitions)
+    pieces = _parquet_plan(source, spec, generated)
+    if pieces is not None:  # local parquet, disjoint unit ranges: read with pyarrow, pivot, no dask frame
+        _check_columns(pieces.meta, spec)
+        panel = _from_parquet(pieces, spec, bs, npartitions)
     else:
-        panel = _from_dask(frame[spec.columns], spec, bs, npartitions)
+        frame = _read(source, spec, generated, storage_options)
+        if generated is not None:
+            if generated in frame.columns:
+                raise PanelError(f"column {generated!r} is reserved for the generated row id; name it as `unit`")
+            frame = _with_row_ids(frame, generated)
+        _check_columns(frame, spec)
+        if isinstance(frame, pd.DataFrame):
+            panel = _from_pandas(frame if list(frame.columns) == spec.columns else frame[spec.columns], spec, bs, npartitions)
+        else:
+            panel = _from_dask(frame[spec.columns], spec, bs, npartitions)
     if spec.repeated_cross_section and panel.n_rows != panel.n_units:
         raise DuplicateRowsError(
             f"panel=False: column {unit!r} must identify rows ({panel.n_rows} rows, {panel.n_units} ids). "
@@ -207,6 +213,13 @@ def _read_url(url: str, spec: PanelSpec, wanted: list[str], generated: str | Non
             raise PanelError(f"cannot read parquet {url!r}: {exc}") from None
 
 
+def _parquet_plan(source: Any, spec: PanelSpec, generated: str | None) -> parquet.Plan | None:
+    if generated is not None or isinstance(source, (pd.DataFrame, dd.DataFrame)) or storage.is_url(source):
+        return None
+    files = parquet.local_files(source)
+    return None if files is None else parquet.plan(files, spec, list(dict.fromkeys(spec.columns)))
+
+
 def _parquet_columns(target: Any) -> list[str] | None:
     try:
         return list(dd.read_parquet(target).columns)
@@ -240,8 +253,7 @@ def _check_columns(frame: pd.DataFrame | dd.DataFrame, spec: PanelSpec) -> None:
 
 # ------------------------------------------------------------------------------------- pandas route
 def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
-    periods = PeriodMap.from_values(df[spec.time], spec.time)
-    block = frame_to_block(df, spec, periods)
+    periods, block = periods_and_block(df, spec)
     n_ent = int(block.rank[-1]) + 1 if block.n else 0
     bounds = _partition_bounds(n_ent, bs, npartitions)
     token = uuid.uuid4().hex  # hashing the whole frame would cost more than pivoting it
@@ -282,7 +294,7 @@ def _scan(df: pd.DataFrame, spec: PanelSpec) -> dict[str, Any]:
         "min": ent.min() if len(df) else None,
         "max": ent.max() if len(df) else None,
         "sorted": bool(ent.is_monotonic_increasing),
-        "times": pd.unique(t.dropna()),
+        "times": distinct_ints(t.to_numpy()) if t.dtype == np.int64 else pd.unique(t.dropna()),
         "time_na": int(t.isna().sum()),
     }
 
@@ -315,13 +327,37 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     tok = tokenize(token, periods.labels)
     raw = [dask.delayed(frame_to_block, pure=True)(p, spec, periods, dask_key_name=f"panel-block-{tok}-{i}")
            for i, p in enumerate(parts)]
+    return _layout(raw, spec, periods, bs, npartitions, tok)
+
+
+def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
+    """Pieces of local parquet files (disjoint entity ranges, in order): periods from a scan of the
+    time column, then each piece read and pivoted on the workers."""
+    token = uuid.uuid4().hex  # the files may change between loads: no content token
+    scan = dask.delayed(parquet.scan_times, pure=True)
+    scans = dask.compute(*[scan(p, spec.time, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
+    if sum(s["time_na"] for s in scans):
+        raise PanelError(f"column {spec.time!r} (time) has {sum(s['time_na'] for s in scans)} missing values")
+    periods = PeriodMap.from_values(pd.Series(np.concatenate([s["times"] for s in scans])), spec.time)
+    block = dask.delayed(parquet.piece_block, pure=True)
+    raw = [block(p, plan.columns, spec, periods, dask_key_name=f"panel-block-{token}-{i}") for i, p in enumerate(plan.pieces)]
+    return _layout(raw, spec, periods, bs, npartitions, token)
+
+
+def _raw_summary(block: UnitBlock) -> tuple[int, bool]:
+    """Entities of a raw block and whether its covariates vary in time (all a layout needs)."""
+    return count_distinct(block.rank), block.x is not None and block.x.ndim == 3
+
+
+def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions: int | None, tok: str) -> Panel:
+    """Raw blocks (whole entities, in entity order) re-cut into partitions of whole RNG blocks."""
     raw = list(dask.persist(*raw))
-    sums = dask.compute(*[dask.delayed(summarize, pure=True)(b) for b in raw])
-    offsets = np.concatenate([[0], np.cumsum([s.n_entities for s in sums])])
+    sums = dask.compute(*[dask.delayed(_raw_summary, pure=True)(b) for b in raw])
+    offsets = np.concatenate([[0], np.cumsum([s[0] for s in sums])])
     n_ent = int(offsets[-1])
     bounds = _partition_bounds(n_ent, bs, npartitions)
     # covariates are time-varying (n, T, p) in every block as soon as they vary in one partition
-    varying = any(s.x_varying for s in sums)
+    varying = any(s[1] for s in sums)
     blocks = []
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw))
@@ -351,7 +387,25 @@ def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = F
         lo, hi = np.searchsorted(shifted.rank, [a, b])
         piece = shifted.take(slice(int(lo), int(hi)))
         out.append(piece.with_varying_x() if varying_x else piece)
-    return UnitBlock.concat(out)
+    if len(out) == 1:
+        return out[0]
+    return UnitBlock(*(_stack([getattr(b, f) for b in out]) for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
+
+
+def _stack(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    """``np.concatenate(parts)`` (as ``UnitBlock.concat``), with the same values and layout; parts
+    laid out by column (row slices of column-major blocks) are copied column by column into a
+    column-major result, several times faster than numpy's strided concatenation."""
+    if parts[0] is None:
+        return None
+    if not all(a.ndim == 2 and a.shape[0] > 1 and a.shape[1] > 1 and a.strides[0] < a.strides[1] for a in parts):
+        return np.concatenate(parts)
+    out = np.empty((sum(a.shape[0] for a in parts), *parts[0].shape[1:]), dtype=np.result_type(*parts), order="F")
+    i = 0
+    for a in parts:
+        out[i:i + a.shape[0]] = a
+        i += a.shape[0]
+    return out
 
 
 def _warn_late_cohorts(panel: Panel) -> None:

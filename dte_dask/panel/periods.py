@@ -52,8 +52,7 @@ class PeriodMap:
                 bad = arr[~np.isfinite(arr) | (arr != np.round(arr))]
                 raise PeriodError(f"column {column!r} (time) has non-integer periods {examples(np.unique(bad))}")
             arr = arr.astype(np.int64)
-        labels = np.sort(pd.unique(arr.astype(np.int64, copy=False)))  # hash-based: O(n), then sort few
-        return cls._from_ints(labels, column)
+        return cls._from_ints(distinct_ints(arr.astype(np.int64, copy=False)), column)
 
     @classmethod
     def _from_ints(cls, labels: np.ndarray, column: str) -> PeriodMap:
@@ -97,12 +96,27 @@ class PeriodMap:
     def time_index(self, values: np.ndarray) -> np.ndarray:
         """Indices (int64) of observed time values; every value must be a known period."""
         arr = self._coerce(values)
+        if self.kind == "int" and arr.size:
+            pos = self._arithmetic_index(arr)
+            if pos is not None:
+                return pos
         pos = np.searchsorted(self.labels, arr)
         pos_c = np.minimum(pos, len(self.labels) - 1)
         bad = self.labels[pos_c] != arr
         if bad.any():
             raise PeriodError(f"column {self.column!r} has values that are not periods of the panel: {examples(np.unique(arr[bad]))}")
         return pos_c.astype(np.int64)
+
+    def _arithmetic_index(self, arr: np.ndarray) -> np.ndarray | None:
+        """Indices of int64 ``arr`` by arithmetic on equally spaced labels (no search); None when
+        some value is not a period (the search then names them)."""
+        lo, hi, step = int(self.labels[0]), int(self.labels[-1]), int(self.step)
+        if hi - lo != step * (len(self.labels) - 1) or int(arr.min()) < lo or int(arr.max()) > hi:
+            return None
+        pos = arr - lo
+        if step == 1:
+            return pos
+        return None if np.any(pos % step) else pos // step
 
     def group_index(self, values: np.ndarray, column: str) -> np.ndarray:
         """Group labels -> float period index; never treated (0, NaN, +inf, NaT) -> +inf.
@@ -149,7 +163,20 @@ class PeriodMap:
         arr = np.asarray(values)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.int64)
-        return arr.astype(np.int64)
+        return arr.astype(np.int64)  # a copy: callers may modify it
+
+
+def distinct_ints(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int64 array: a count over the range when it is short (periods
+    usually are), else a hash-based ``pandas.unique`` and a sort of the few distinct values."""
+    if arr.size == 0:
+        return arr[:0]
+    lo, hi = int(arr.min()), int(arr.max())
+    if 0 <= lo and hi < max(arr.size, 1 << 16):  # no shift needed
+        return np.flatnonzero(np.bincount(arr, minlength=hi + 1)[lo:]) + lo
+    if hi - lo < max(arr.size, 1 << 16):
+        return np.flatnonzero(np.bincount(arr - lo, minlength=hi - lo + 1)) + lo
+    return np.sort(pd.unique(arr))
 
 
 def _infer_freq(labels: np.ndarray) -> object:

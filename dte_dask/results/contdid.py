@@ -80,8 +80,12 @@ class ContDidResult(Result):
         df = self.to_frame()
         lines.append(df.to_string(index=False, float_format=lambda v: f"{v: .4f}",
                                   max_rows=20 if self.key_name == "dose" else None))
+        knots = f"{self.options.get('num_knots')} interior knots"
+        if self.options.get("dose_method") == "cck":
+            knots = (f"{self.options.get('cck_segments')} segments chosen by CCK's Lepski test among "
+                     f"{self.options.get('cck_segments_searched')} (honest uniform band)")
         lines.append(f"\n{self.n_units} units; B-spline degree {self.options.get('degree')}, "
-                     f"{self.options.get('num_knots')} interior knots; control group: {self.options.get('control_group')}")
+                     f"{knots}; control group: {self.options.get('control_group')}")
         return "\n".join(lines)
 
     def overall_frame(self) -> pd.DataFrame:

@@ -1,0 +1,168 @@
+"""The fast loading paths: local parquet read with pyarrow (no dask frame), and the pivot of a
+unit-major pandas frame by reshape. Both must give exactly the blocks of the general routes."""
+from __future__ import annotations
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dte_dask import load_panel
+from dte_dask.exceptions import MissingColumnError, MissingValuesError, PanelError
+from dte_dask.panel import parquet
+from dte_dask.panel.load import _stack
+from dte_dask.panel.spec import PanelSpec
+from dte_dask.simulate import write_panel
+
+KW = dict(unit="unit", time="time", outcome="y", group="group")
+FIELDS = ("ids", "rank", "g", "w", "cluster", "y", "x")
+
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.reset_index")
+
+
+def blocks(panel):
+    return dask.compute(*panel.blocks)
+
+
+def assert_identical(a, b) -> None:
+    """Same partitions, same arrays: values, dtypes and memory order (which sums depend on; a
+    partition may be a view into a larger block, so strides themselves may differ)."""
+    ba, bb = blocks(a), blocks(b)
+    assert len(ba) == len(bb)
+    assert a.summaries == b.summaries
+    for x, y in zip(ba, bb):
+        for f in FIELDS:
+            u, v = getattr(x, f), getattr(y, f)
+            if u is None:
+                assert v is None, f
+                continue
+            assert u.dtype == v.dtype and np.argsort(u.strides).tolist() == np.argsort(v.strides).tolist(), f
+            np.testing.assert_array_equal(u, v, err_msg=f)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("panel-parquet")
+    write_panel(root / "sim", 3000, 6, npartitions=3, seed=2)
+    pdf = pd.read_parquet(root / "sim").sort_values(["unit", "time"], ignore_index=True)
+    # disjoint unit ranges per file, rows shuffled inside each file, several row groups per file
+    shuf = root / "shuf"
+    shuf.mkdir()
+    for i, part in enumerate(np.array_split(pdf.unit.unique(), 2)):
+        rows = pdf[pdf.unit.isin(part)].sample(frac=1, random_state=i)
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), shuf / f"{1 - i}.parquet", row_group_size=2500)
+    # units spread over both files: only a shuffle puts each unit in one partition
+    over = root / "overlap"
+    over.mkdir()
+    mixed = pdf.sample(frac=1, random_state=5)
+    for i, rows in enumerate(np.array_split(np.arange(len(mixed)), 2)):
+        mixed.iloc[rows].to_parquet(over / f"part-{i}.parquet", index=False)
+    keep = np.sort(np.random.default_rng(0).choice(len(pdf), len(pdf) - 200, replace=False))
+    pdf.iloc[keep].to_parquet(root / "unbalanced.parquet", index=False, row_group_size=4000)
+    pdf.assign(time=pdf.time.astype(float).where(pdf.index != 7)).to_parquet(root / "time_nan.parquet", index=False)
+    return {"root": root, "pdf": pdf}
+
+
+def _spy_dask_reader(monkeypatch) -> list:
+    calls = []
+    original = dd.read_parquet
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(dd, "read_parquet", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kw", [dict(covariates=["age", "female"], rng_block_size=64, npartitions=5),
+                                dict(group=None, treatment="treat", rng_block_size=256)])
+def test_sorted_and_shuffled_files_read_with_pyarrow_equal_pandas(files, monkeypatch, kw):
+    ref = load_panel(files["pdf"], **{**KW, **kw})
+    calls = _spy_dask_reader(monkeypatch)
+    for src in (files["root"] / "sim", str(files["root"] / "sim" / "part-*.parquet"), files["root"] / "shuf"):
+        assert_identical(ref, load_panel(src, **{**KW, **kw}))
+    assert not calls  # planned from the footers, read with pyarrow
+
+
+def test_plan_orders_pieces_by_unit_range_and_refuses_overlaps(files):
+    spec = PanelSpec(**KW)
+    plan = parquet.plan(parquet.local_files(files["root"] / "shuf"), spec, spec.columns)
+    assert [p.path.rsplit("/", 1)[-1] for p in plan.pieces] == ["1.parquet", "0.parquet"]
+    assert plan.pieces[0].row_groups == (0, 1, 2, 3) and plan.pieces[0].hi < plan.pieces[1].lo
+    assert parquet.plan(parquet.local_files(files["root"] / "overlap"), spec, spec.columns) is None
+    assert parquet.plan(parquet.local_files(files["root"] / "sim"), PanelSpec(**{**KW, "unit": "nope"}), ["nope"]) is None
+
+
+def test_overlapping_files_take_the_dask_route(files, monkeypatch):
+    ref = load_panel(files["pdf"], **KW, rng_block_size=64, npartitions=3)
+    calls = _spy_dask_reader(monkeypatch)
+    assert_identical(ref, load_panel(files["root"] / "overlap", **KW, rng_block_size=64, npartitions=3))
+    assert calls
+
+
+def test_unbalanced_file_equals_pandas(files):
+    pdf = pd.read_parquet(files["root"] / "unbalanced.parquet")
+    for allow in (True, False):
+        with pytest.warns(Warning) if not allow else _nothing():
+            a = load_panel(pdf, **KW, allow_unbalanced_panel=allow, rng_block_size=128)
+        with pytest.warns(Warning) if not allow else _nothing():
+            b = load_panel(files["root"] / "unbalanced.parquet", **KW, allow_unbalanced_panel=allow, rng_block_size=128)
+        assert_identical(a, b)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_errors_of_the_pyarrow_route(files):
+    with pytest.raises(PanelError, match=r"column 'time' \(time\) has 1 missing values"):
+        load_panel(files["root"] / "time_nan.parquet", **KW)
+    with pytest.raises(MissingColumnError, match=r"'nope' \(covariate\) not found"):
+        load_panel(files["root"] / "sim", **KW, covariates=["nope"])
+    bad = files["root"] / "y_nan.parquet"
+    files["pdf"].assign(y=files["pdf"].y.where(files["pdf"].index != 13)).to_parquet(bad, index=False)
+    with pytest.raises(MissingValuesError, match=r"column 'y' \(outcome\) has 1 missing values, e\.g\. \(unit, period\) \[\(3, 2\)\]"):
+        load_panel(bad, **KW)
+
+
+def test_unit_major_reshape_equals_the_scatter(files):
+    """A balanced frame sorted by (unit, time) is pivoted by reshape; any other row order by
+    scatter: the same blocks, with covariates (constant and varying), weights and clusters."""
+    pdf = files["pdf"].assign(w=lambda d: 1.0 + d.unit % 3, state=lambda d: d.unit % 17,
+                              xv=lambda d: d.age + 0.1 * d.time)
+    for kw in (dict(covariates=["age"]), dict(covariates=["age", "xv"], weights="w"), dict(cluster="state"),
+               dict(group=None, treatment="treat")):
+        a = load_panel(pdf, **{**KW, **kw}, rng_block_size=64)
+        b = load_panel(pdf.sample(frac=1, random_state=3), **{**KW, **kw}, rng_block_size=64)
+        assert_identical(a, b)
+
+
+def test_stack_keeps_numpy_concatenate_layout():
+    rng = np.random.default_rng(0)
+    F = np.asfortranarray(rng.normal(size=(40, 5)))
+    C = np.ascontiguousarray(F)
+    for parts in ([F[3:10], F[20:40]], [F[3:4], F[5:9]], [C[3:10], C[2:5]], [F[2:9], C[1:3]],
+                  [np.ones((4, 3, 2)), np.zeros((2, 3, 2))], [F[:, 0], F[:, 1]]):
+        want, got = np.concatenate(parts), _stack(list(parts))
+        assert want.strides == got.strides and want.dtype == got.dtype
+        np.testing.assert_array_equal(want, got)
+
+
+def test_pieces_are_cut_only_between_units(files, monkeypatch, tmp_path):
+    """Row groups that split a unit stay in one piece; pieces of one file then pivot separately."""
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.Table.from_pandas(files["pdf"], preserve_index=False), path, row_group_size=1000)  # 1000/6: units straddle
+    monkeypatch.setattr(parquet, "PIECE_ROWS", 4000)
+    spec = PanelSpec(**KW)
+    pieces = parquet.plan([str(path)], spec, spec.columns).pieces
+    assert len(pieces) > 2 and all(a.hi < b.lo for a, b in zip(pieces[:-1], pieces[1:]))
+    calls = _spy_dask_reader(monkeypatch)
+    assert_identical(load_panel(files["pdf"], **KW, rng_block_size=64), load_panel(path, **KW, rng_block_size=64))
+    assert not calls
