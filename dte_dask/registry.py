@@ -45,7 +45,8 @@ class EstimatorEntry:
         ``"decomposition"`` (pieces of one coefficient, no estimates by event time)
     label, title : short and long display names
     covariates, weights, clusters, unbalanced, bootstrap : capabilities (accepts covariates, sampling
-        weights, a cluster column, keeps an unbalanced panel, runs the multiplier bootstrap)
+        weights, a cluster column, keeps an unbalanced panel, runs the multiplier bootstrap: a job's
+        ``inference`` settings reach only estimators with ``bootstrap=True``)
     aggregations : the aggregations its results offer (``result.aggregate(kind)``)
     compare : ``compare(panel, window) -> Result`` (or ``"module:function"``): how
         :func:`dte_dask.compare_estimators` runs it; None leaves it out of the comparison

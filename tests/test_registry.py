@@ -72,7 +72,7 @@ def test_builtin_estimators_are_registered_once_with_their_capabilities() -> Non
     assert registry.get("etwfe").aggregations == ("simple", "dynamic", "group", "calendar")
     assert not registry.get("bacon_decomposition").unbalanced and registry.get("bacon_decomposition").result == "decomposition"
     assert {n for n in names if registry.get(n).bootstrap} == {"att_gt", "event_study", "stacked_did", "sun_abraham",
-                                                                "triple_did", "did_multiplegt", "continuous_did"}
+                                                                "triple_did", "continuous_did"}
     with pytest.raises(SpecError, match="unknown estimator 'cs'"):
         registry.get("cs")  # one name per estimator: att_gt
     with pytest.raises(SpecError, match="already registered"):

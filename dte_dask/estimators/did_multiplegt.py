@@ -39,6 +39,8 @@ from dte_dask.estimators.dcdh_extras import (
     with_first_differences,
     with_matched_variables,
 )
+from pydantic import Field
+
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, tree_merge
@@ -63,6 +65,10 @@ class DidMultiplegtOptions(Options):
     effects_equal: Bool = False
     ci_level: float = 95.0
     trends_lin: Bool = False
+    # R's bootstrap reruns the whole estimator on resampled units: asked for here, never switched on
+    # by the job's `inference` section (that one is the multiplier bootstrap of the other estimators)
+    bootstrap: Bool = False
+    n_boot: int = Field(1000, ge=2, le=100_000, description="bootstrap replicates (full reruns) when bootstrap")
 
 
 @dataclass(frozen=True, repr=False)
@@ -355,5 +361,5 @@ def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tup
 register(EstimatorEntry(
     name="did_multiplegt", function=did_multiplegt, options=DidMultiplegtOptions, label="dCDH",
     title="de Chaisemartin & D'Haultfoeuille (2024) intertemporal event study (non-binary, non-absorbing)",
-    covariates=False, weights=True, clusters=True, unbalanced=True, bootstrap=True, compare=None,
+    covariates=False, weights=True, clusters=True, unbalanced=True, bootstrap=False, compare=None,
     cost="events"))

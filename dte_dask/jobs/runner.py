@@ -81,14 +81,21 @@ def load_job_panel(job: JobSpec) -> Any:
 def fit_estimator(job: JobSpec, est: Any, panel: Any) -> Any:
     """One estimator of the job on its panel: the registered function with the job's inference settings
     (those the function takes) and the estimator's options."""
-    fn = registry.get(est.kind).fn
-    return fn(panel, **_estimator_kwargs(fn, job, est.options))
+    entry = registry.get(est.kind)
+    return entry.fn(panel, **_estimator_kwargs(entry.fn, job, est.options, multiplier=entry.bootstrap))
 
 
-def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, Any]) -> dict[str, Any]:
+def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, Any], *,
+                      multiplier: bool = True) -> dict[str, Any]:
+    """The job's inference settings the function takes, then the estimator's own options. The
+    ``inference`` section's bootstrap is the multiplier bootstrap: it reaches only the estimators
+    registered as running it (``multiplier``); another kind of bootstrap (did_multiplegt's reruns on
+    resampled units) is asked for in that estimator's options."""
     inf = job.inference
-    offered = dict(bootstrap=inf.bootstrap, n_boot=inf.n_boot, seed=inf.seed, alpha=inf.alpha,
-                   boot_weights=inf.boot_weights, uniform_bands=inf.uniform_bands)
+    offered = dict(seed=inf.seed, alpha=inf.alpha)
+    if multiplier:
+        offered.update(bootstrap=inf.bootstrap, n_boot=inf.n_boot, boot_weights=inf.boot_weights,
+                       uniform_bands=inf.uniform_bands)
     if job.data.allow_unbalanced_panel is not None:  # a job-wide choice; else each function's default
         offered["allow_unbalanced_panel"] = job.data.allow_unbalanced_panel
     params = inspect.signature(fn).parameters

@@ -157,7 +157,7 @@ def _misplaced(kind: str, options: dict[str, Any]) -> str | None:
                      - set(rows))
     if unknown:
         return f"unknown option(s) {unknown} for {kind}; valid: {sorted(model.model_fields) + rows}"
-    reserved = sorted(set(options) & RESERVED_OPTIONS)
+    reserved = sorted(set(options) & RESERVED_OPTIONS - set(model.model_fields))  # unless its own option
     if reserved:
         return f"option(s) {reserved} are set in the `data` / `inference` sections, not per estimator"
     return None
