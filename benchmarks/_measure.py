@@ -39,3 +39,43 @@ def median_timings(run, repeats: int):
         if k in times[0]:
             medians[k] = statistics.median(t[k] for t in times)
     return medians, value
+
+
+def run_worker(script: str, spec: dict, timeout: float, on_poll=None):
+    """Run ``python script --_worker SPEC_FILE`` in its own process session and wait for it: ``spec``
+    (plus ``out``, the file the worker writes its JSON result to) goes to the worker; every 50 ms the
+    RSS of its process tree is sampled and ``on_poll()`` called; after ``timeout`` s the session is
+    killed. Returns the worker's JSON (or ``{"error": ...}`` if it wrote none) with ``peak_mib`` (the
+    sampled peak, or the process's own ``ru_maxrss`` if higher), and the process's ``rusage``."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="bench_worker_") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps({**spec, "out": str(out_file)}))
+        proc = subprocess.Popen([sys.executable, str(Path(script).resolve()), "--_worker", str(spec_file)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        start, peak = time.monotonic(), 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, tree_rss(proc.pid))
+            if on_poll is not None:
+                on_poll()
+            if time.monotonic() - start > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        out = json.loads(out_file.read_text()) if out_file.exists() else \
+            {"error": f"worker died (exit {os.waitstatus_to_exitcode(status)}): {err.strip()[-300:]}"}
+    out["peak_mib"] = max(peak, usage.ru_maxrss * 1024) / 2**20
+    return out, usage

@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median_timings, tree_rss  # noqa: E402
+from _measure import median_timings, run_worker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "_data"
@@ -118,28 +114,8 @@ def _worker(spec_file: str) -> None:
 
 def measure(tool: str, task: str, source: str, path: Path, repeats: int, timeout: float) -> dict:
     """Run one measurement in a fresh subprocess; return its timings, coefficients and peak MiB."""
-    with tempfile.TemporaryDirectory(prefix="bench_regress_") as tmp:
-        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_file.write_text(json.dumps({"tool": tool, "task": task, "source": source, "path": str(path),
-                                         "repeats": repeats, "out": str(out_file)}))
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_file)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        start, peak, status, usage = time.monotonic(), 0, 0, None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, tree_rss(proc.pid))
-            if time.monotonic() - start > timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        out = json.loads(out_file.read_text()) if out_file.exists() else \
-            {"error": f"worker died (exit {os.waitstatus_to_exitcode(status)}): {err.strip()[-300:]}"}
-    out["peak_mib"] = max(peak, usage.ru_maxrss * 1024) / 2**20
-    return out
+    spec = {"tool": tool, "task": task, "source": source, "path": str(path), "repeats": repeats}
+    return run_worker(__file__, spec, timeout)[0]
 
 
 def _row(tool, task, source, n, T, res):

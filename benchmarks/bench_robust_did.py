@@ -36,15 +36,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import median_timings, tree_rss  # noqa: E402
+from _measure import median_timings, run_worker  # noqa: E402
 
 ESTIMATORS = ("imputation_did", "two_stage_did", "etwfe", "bacon_decomposition")
 COLS = dict(unit="unit", time="time", outcome="y", group="group")
@@ -201,34 +199,18 @@ def _dir_size(path: Path) -> int:
 
 
 def measure(spec: dict, timeout: float, scratch: Path | None = None) -> dict:
-    """Run one measurement in a fresh subprocess: its timings, CPU seconds, peak RSS and load average."""
-    with tempfile.TemporaryDirectory(prefix="bench_robust_") as tmp:
-        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_file.write_text(json.dumps({**spec, "out": str(out_file)}))
-        load0 = os.getloadavg()[0]
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_file)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        start, peak, peak_disk, status, usage = time.monotonic(), 0, 0, 0, None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, tree_rss(proc.pid))
-            if scratch is not None:
-                peak_disk = max(peak_disk, _dir_size(scratch))
-            if time.monotonic() - start > timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        out = json.loads(out_file.read_text()) if out_file.exists() else \
-            {"error": f"worker died (exit {os.waitstatus_to_exitcode(status)}): {err.strip()[-300:]}"}
-    out["peak_mib"] = max(peak, usage.ru_maxrss * 1024) / 2**20
+    """Run one measurement in a fresh subprocess: its timings, CPU seconds, peak RSS and load average
+    (and the peak size of ``scratch``, the spill folder, if given)."""
+    load0, peak_disk = os.getloadavg()[0], [0]
+
+    def disk() -> None:
+        peak_disk[0] = max(peak_disk[0], _dir_size(scratch))
+
+    out, usage = run_worker(__file__, spec, timeout, on_poll=disk if scratch is not None else None)
     out["cpu"] = usage.ru_utime + usage.ru_stime - out.pop("cpu0", 0.0)  # the timed runs (and the exit)
     out["load_avg"] = (load0, os.getloadavg()[0])
     if scratch is not None:
-        out["peak_spill_dir_mib"] = peak_disk / 2**20
+        out["peak_spill_dir_mib"] = peak_disk[0] / 2**20
     return out
 
 
