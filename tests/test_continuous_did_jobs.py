@@ -10,9 +10,9 @@ import pytest
 
 import dte_dask
 from dte_dask.exceptions import SpecError
-from dte_dask.jobs.runner import fit_estimator, load_job_panel
 from dte_dask.jobs.spec import parse_job
 from dte_dask.report import save_results
+from tests.job_fits import fit_job
 
 moderndid = pytest.importorskip("moderndid")
 
@@ -29,13 +29,9 @@ def _job(tmp_path: Path, estimators) -> dict:
 def test_job_runs_continuous_did(tmp_path: Path) -> None:
     ests = [{"kind": "continuous_did", "name": "dose", "options": {"dose": "D", "target": "slope", "num_knots": 1}},
             {"kind": "continuous_did", "name": "es", "options": {"aggregation": "eventstudy"}}]
-    job = parse_job(_job(tmp_path, ests))
-    panel = load_job_panel(job)
-    results = {}
+    results = fit_job(_job(tmp_path, ests))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for est in job.estimators:
-            results[est.name] = fit_estimator(job, est, panel)
         import pandas as pd
 
         direct = dte_dask.continuous_did(pd.read_csv(tmp_path / "dose.csv"), outcome="Y", unit="id",

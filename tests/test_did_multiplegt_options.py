@@ -176,21 +176,19 @@ def test_job_bootstrap_is_the_estimators_own_option(tmp_path):
     """A job's `inference.bootstrap` is the multiplier bootstrap of the other estimators: it must not
     turn did_multiplegt's resampling bootstrap (n_boot full reruns) on; that one is asked for in the
     estimator's options, and then equals the direct call with the job's seed."""
-    from dte_dask.jobs.runner import fit_estimator, load_job_panel
-    from dte_dask.jobs.spec import parse_job
+    from tests.job_fits import fit_job
 
     df, _ = _trend_panel(n=300, periods=6)
     df = df.dropna(subset=["y"])  # a job's panel drops rows without an outcome (did_multiplegt is unbalanced)
     df.to_parquet(tmp_path / "p.parquet")
     opts = {"effects": 2, "placebo": 1}
-    job = parse_job({"data": {"source": str(tmp_path / "p.parquet"), "unit": "id", "time": "t", "outcome": "y",
-                              "treatment": "d"},
-                     "estimators": [{"kind": "did_multiplegt", "name": "plain", "options": opts},
-                                    {"kind": "did_multiplegt", "name": "boot",
-                                     "options": {**opts, "bootstrap": True, "n_boot": 2}}],
-                     "inference": {"bootstrap": True, "n_boot": 999, "seed": 11}, "output": str(tmp_path / "o")})
-    panel = load_job_panel(job)
-    plain, boot = (fit_estimator(job, est, panel) for est in job.estimators)
+    fits = fit_job({"data": {"source": str(tmp_path / "p.parquet"), "unit": "id", "time": "t", "outcome": "y",
+                             "treatment": "d"},
+                    "estimators": [{"kind": "did_multiplegt", "name": "plain", "options": opts},
+                                   {"kind": "did_multiplegt", "name": "boot",
+                                    "options": {**opts, "bootstrap": True, "n_boot": 2}}],
+                    "inference": {"bootstrap": True, "n_boot": 999, "seed": 11}, "output": str(tmp_path / "o")})
+    plain, boot = fits["plain"], fits["boot"]
     analytic = dte_dask.did_multiplegt(df, "y", "id", "t", "d", **opts)
     direct = dte_dask.did_multiplegt(df, "y", "id", "t", "d", bootstrap=True, n_boot=2, seed=11, **opts)
     np.testing.assert_allclose(plain.se, analytic.se, rtol=1e-12)

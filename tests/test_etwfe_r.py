@@ -214,18 +214,12 @@ def test_partition_invariance_and_bad_convention(panel_a):
 
 def test_job_spec_option(tmp_path):
     """``convention`` is an option of the etwfe job kind, validated by its model and passed through."""
-    from pathlib import Path
-
-    import yaml
-
-    from dte_dask.jobs.runner import fit_estimator, load_job_panel
     from dte_dask.jobs.spec import parse_job
+    from tests.job_fits import fit_job, mpdta_job
 
-    job = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "jobs" / "mpdta_local.yaml").read_text())
-    job["output"] = str(tmp_path / "out")
-    job["estimators"] = [{"kind": "etwfe", "options": {"convention": "r_etwfe", "control_group": "never_treated"}}]
-    spec = parse_job(job)
-    res = fit_estimator(spec, spec.estimators[0], load_job_panel(spec))
+    job = mpdta_job(tmp_path, [{"kind": "etwfe", "options": {"convention": "r_etwfe",
+                                                             "control_group": "never_treated"}}])
+    res = fit_job(job)["etwfe"]
     assert res.options["convention"] == "r_etwfe" and "dummy_coef" in res.by_cohort()
     job["estimators"] = [{"kind": "etwfe", "options": {"convention": "R"}}]
     with pytest.raises(SpecError, match="convention"):

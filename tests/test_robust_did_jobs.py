@@ -2,18 +2,15 @@
 calls them (a loaded Panel plus the job's options), results saved."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dte_dask.exceptions import SpecError
-from dte_dask.jobs.runner import fit_estimator, load_job_panel
 from dte_dask.jobs.spec import parse_job
 from dte_dask.report import save_results
+from tests.job_fits import fit_job, mpdta_job
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "mpdta_local.yaml"
 ESTIMATORS = [
     {"kind": "imputation_did", "options": {"pretrends": 1, "aux_partition": "cohort", "leave_out": True}},
     {"kind": "two_stage_did", "options": {"horizons": [0, 1]}},
@@ -22,21 +19,8 @@ ESTIMATORS = [
 ]
 
 
-def _job(tmp_path: Path, estimators) -> dict:
-    job = yaml.safe_load(EXAMPLE.read_text())
-    job["estimators"] = estimators
-    job["output"] = str(tmp_path / "out")
-    return job
-
-
 def test_jobs_run_the_new_estimators(tmp_path: Path) -> None:
-    job = parse_job(_job(tmp_path, ESTIMATORS))
-    panel = load_job_panel(job)
-    results = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for est in job.estimators:
-            results[est.name] = fit_estimator(job, est, panel)
+    results = fit_job(mpdta_job(tmp_path, ESTIMATORS))
     assert list(results["two_stage_did"].event_time) == [0, 1]
     assert results["imputation_did"].event_time[0] == -1
     summary = save_results(results, tmp_path / "saved")
@@ -51,4 +35,4 @@ def test_jobs_run_the_new_estimators(tmp_path: Path) -> None:
 ])
 def test_bad_options_are_refused(tmp_path: Path, est) -> None:
     with pytest.raises(SpecError):
-        parse_job(_job(tmp_path, [est]))
+        parse_job(mpdta_job(tmp_path, [est]))
