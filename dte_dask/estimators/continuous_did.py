@@ -31,7 +31,6 @@ from typing import Any, Literal
 import dask
 import numpy as np
 from pydantic import Field
-from threadpoolctl import threadpool_limits
 
 from dte_dask.core.contdid import (
     N_BINS,
@@ -60,7 +59,7 @@ from dte_dask.core.contdid_cck import (
 from dte_dask.estimators.cs import as_panel, cells_for
 from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
 from dte_dask.exceptions import PanelError, SpecError
-from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bands import band_crit, boot_se
 from dte_dask.inference.bootstrap import boot_cover, check_bootstrap_cost
 from dte_dask.inference.variance import covariance, gram
@@ -303,7 +302,7 @@ def _reduce(panel: Panel, kernel, args: tuple, cmap: np.ndarray | None, boot_kw:
 
 
 def _psi_reductions(block, kernel, args, cmap, block_size, n_blocks, boot_kw):
-    with threadpool_limits(limits=1):  # small products: threads only oversubscribe; one rounding everywhere
+    with single_threaded_blas():  # small products: threads only oversubscribe; one rounding everywhere
         psi = kernel(block, *args)
         if cmap is not None:  # row by row, so the same in any partitioning
             psi = psi @ cmap

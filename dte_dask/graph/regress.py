@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 from dask.base import tokenize
-from threadpoolctl import threadpool_limits
 
 from dte_dask.core.ols import (
     CrvFit,
@@ -36,7 +35,7 @@ from dte_dask.core.ols import (
 )
 from dte_dask.core.within import DesignSpec, gram_stats
 from dte_dask.exceptions import EstimationError
-from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import BootWeights, boot_cover
 from dte_dask.panel.panel import Panel
 
@@ -136,7 +135,7 @@ def _piece(block, lo: int, hi: int, func, bs: int, nb: int, *args):
 def _one_thread(block, func, *args, **kwargs):
     """``func(block, *args, **kwargs)`` with single-threaded BLAS: dask already runs one task per
     core, and the small Gram products of a kernel are slower with BLAS threads competing for them."""
-    with threadpool_limits(limits=1):
+    with single_threaded_blas():
         return func(block, *args, **kwargs)
 
 
