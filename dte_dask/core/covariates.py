@@ -29,16 +29,41 @@ def _x_varying(block: UnitBlock) -> bool:
     return block.x is not None and block.x.ndim == 3
 
 
-def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns).
+def period_runs(t: np.ndarray, base: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs ``(i, j, step)`` of cells ``i..j-1`` whose current periods are consecutive and whose base
+    periods are consecutive (``step`` 1) or one period (``step`` 0): their outcome changes are
+    differences of column slices, no gathers."""
+    runs, i, K = [], 0, t.size
+    while i < K:
+        j, step = i + 1, -1
+        while j < K and t[j] - t[j - 1] == 1 and base[j] - base[j - 1] in (0, 1) and step in (-1, base[j] - base[j - 1]):
+            step = int(base[j] - base[j - 1])
+            j += 1
+        runs.append((i, j, max(step, 0)))
+        i = j
+    return runs
+
+
+def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns),
+    written into ``out`` when given.
 
     A cell set with a ``design_dy`` method (the triple-differences comparisons) may hand back the
     changes it keeps with the block (the same numbers, computed once for all passes)."""
     kept = cells.design_dy(block, ks) if hasattr(cells, "design_dy") else None
     if kept is not None:
-        return kept
+        if out is None:
+            return kept
+        out[...] = kept
+        return out
     y = block.y[m]
-    return y[:, cells.t[ks]] - y[:, cells.base[ks]]
+    t, base = cells.t[ks], cells.base[ks]
+    if out is None:
+        out = np.empty((y.shape[0], ks.size))
+    for i, j, step in period_runs(t, base):
+        b0 = int(base[i])
+        np.subtract(y[:, t[i]:t[j - 1] + 1], y[:, b0:b0 + (j - i if step else 1)], out=out[:, i:j])
+    return out
 
 
 def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
@@ -112,33 +137,78 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     return out
 
 
-def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
-    """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells)."""
-    method, n, ok = est["method"], est["n"], est["ok"]
-    psi = np.zeros((block.n, cells.K))
+def shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """``v[ks[0]]``: a design-level piece (computed from the design's sums, so the same for every
+    cell of the design)."""
+    x = v[ks]
+    if not np.all(x == x[0]):
+        raise RuntimeError("a design-level nuisance piece (St, Sc, v_t, v_c) differs between the cells of a design")
+    return x[0]
+
+
+def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(L, R) with ``L @ R`` the (n_m, |ks|) reg / ipw / dr influence functions of the cells ``ks``
+    of one design (panel scale): DRDID's formulas regrouped.
+
+    The pieces that are the same for the whole design (treated and control totals St, Sc, the
+    outcome-regression corrections v_t, v_c) enter per-row factors ``c`` and ``s``; what differs
+    by cell (the outcome change dY, beta, v_ps, eta_t, eta_c) is in dY and R:
+    L = [c * dY, X * c, X * s, row weights], R = n [I; -beta'; -v_ps'; -eta_t; eta_c]. ``cells``
+    may be any cell set with ``design_rows`` (:func:`design_dy`); ``rows`` = its design rows."""
+    method, n = est["method"], float(est["n"])
+    m, X, d, w = rows
+    St = shared(est["St"], ks)
+    if method == "reg":
+        wd = w * d
+        c = (wd - w * (1.0 - d) * (X @ shared(est["v_t"], ks))) / St
+        parts, coef = [X * c[:, None], wd / St], [-est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]]
+    else:
+        Sc = shared(est["Sc"], ks)
+        ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
+        trim = (d == 1) | (ps < TRIM_LEVEL)
+        wt = trim * w * d / St
+        wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc
+        c = wt - wc
+        if method == "dr":
+            c -= w * (1.0 - d) * (X @ (shared(est["v_t"], ks) / St - shared(est["v_c"], ks) / Sc))
+        parts = [X * (w * (d - ps) / Sc)[:, None], wt, wc]
+        coef = [-est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
+        if method == "dr":
+            parts.insert(0, X * c[:, None])
+            coef.insert(0, -est["beta"][ks].T)
+    # L written block by block (column_stack of many narrow blocks copies row by row, several
+    # times slower), c * dY straight into its first |ks| columns
+    widths = [1 if p.ndim == 1 else p.shape[1] for p in parts]
+    L = np.empty((X.shape[0], ks.size + sum(widths)))
+    dY = design_dy(block, cells, m, ks, out=L[:, :ks.size])
+    dY *= c[:, None]
+    at = ks.size
+    for p, wd in zip(parts, widths):
+        L[:, at:at + wd] = p.reshape(-1, wd)
+        at += wd
+    return L, n * np.vstack([np.eye(ks.size), *coef])
+
+
+def put_columns(out: np.ndarray, idx: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+    """``out[idx][:, cols] = values``, through a column slice when ``cols`` is contiguous."""
+    a, b = int(cols[0]), int(cols[-1]) + 1
+    out[(idx, slice(a, b)) if b - a == cols.size else np.ix_(idx, cols)] = values
+
+
+def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells):
+    per design one product ``L @ R`` (:func:`design_terms`) written into the design's rows and
+    cells. Called one RNG block at a time (:func:`dte_dask.core.kernels.influence_with_groups`),
+    every matrix product sees the same rows for any partitioning."""
+    ok = est["ok"]
+    psi = np.zeros((block.n, cells.K)) if out is None else out
     for ks in designs(cells, _x_varying(block)):
         ks = ks[ok[ks]]
         if ks.size == 0:
             continue
-        m, X, d, w = cells.design_rows(block, ks)
-        dYm = design_dy(block, cells, m, ks)
-        if method == "reg":
-            Xb = X @ est["beta"][ks].T  # (n_m, |ks|)
-            wd = (w * d)[:, None]
-            e_v = (w * (1.0 - d))[:, None] * (dYm - Xb) * (X @ est["v_t"][ks].T)
-            num = wd * dYm - wd * est["eta_t"][ks] - (wd * Xb - wd * est["eta_c"][ks] + e_v)
-            psi[np.ix_(m, ks)] = n * num / est["St"][ks]
-            continue
-        ps, wt, wc = _ps_weights(X, d, w, est["gamma"][ks[0]])
-        s_v = (w * (d - ps))[:, None] * (X @ est["v_ps"][ks].T)
-        wt_, wc_ = wt[:, None], wc[:, None]
-        if method == "ipw":
-            treat = (wt_ * dYm - wt_ * est["eta_t"][ks]) / est["St"][ks]
-            ctrl = (wc_ * dYm - wc_ * est["eta_c"][ks] + s_v) / est["Sc"][ks]
-        else:  # dr
-            r = dYm - X @ est["beta"][ks].T
-            e = (w * (1.0 - d))[:, None] * r
-            treat = (wt_ * r - wt_ * est["eta_t"][ks] - e * (X @ est["v_t"][ks].T)) / est["St"][ks]
-            ctrl = (wc_ * r - wc_ * est["eta_c"][ks] + s_v - e * (X @ est["v_c"][ks].T)) / est["Sc"][ks]
-        psi[np.ix_(m, ks)] = n * (treat - ctrl)
+        rows = cells.design_rows(block, ks)
+        idx = np.flatnonzero(rows[0])
+        if idx.size:
+            L, R = design_terms(block, cells, est, ks, rows)
+            put_columns(psi, idx, ks, L @ R)
     return psi
