@@ -56,7 +56,11 @@ def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out
             return kept
         out[...] = kept
         return out
-    y = block.y[m]
+    idx = np.flatnonzero(m)
+    if block.y.strides[0] <= block.y.strides[1]:  # column-major outcomes: gather along each period
+        y = np.take(block.y.T, idx, axis=1).T
+    else:
+        y = np.take(block.y, idx, axis=0)
     t, base = cells.t[ks], cells.base[ks]
     if out is None:
         out = np.empty((y.shape[0], ks.size))
