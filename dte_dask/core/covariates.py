@@ -57,13 +57,11 @@ def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out
         out[...] = kept
         return out
     idx = np.flatnonzero(m)
-    if block.y.strides[0] <= block.y.strides[1]:  # column-major outcomes: gather along each period
-        y = np.take(block.y.T, idx, axis=1).T
-    else:
-        y = np.take(block.y, idx, axis=0)
+    columns = block.y.strides[0] <= block.y.strides[1]  # column-major outcomes: gather along each period
+    y = np.take(block.y.T, idx, axis=1).T if columns else np.take(block.y, idx, axis=0)
     t, base = cells.t[ks], cells.base[ks]
-    if out is None:
-        out = np.empty((y.shape[0], ks.size))
+    if out is None:  # column-major, as numpy lays out y[:, t] - y[:, base] (the sums taken over it round alike)
+        out = np.empty((y.shape[0], ks.size), order="F")
     for i, j, step in period_runs(t, base):
         b0 = int(base[i])
         np.subtract(y[:, t[i]:t[j - 1] + 1], y[:, b0:b0 + (j - i if step else 1)], out=out[:, i:j])
