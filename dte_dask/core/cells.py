@@ -81,7 +81,7 @@ class Cells:
         x = block.x_at(int(min(self.base[k0], self.t[k0])))
         X = np.empty((idx.size, x.shape[1] + 1))  # with_intercept(x[m]), written in place
         X[:, 0] = 1.0
-        X[:, 1:] = x[idx]
+        X[:, 1:] = np.take(x, idx, axis=0)  # (np.take: several times faster than x[idx] here)
         return m, X, D[idx].astype(float), block.w[idx]
 
 
