@@ -57,15 +57,29 @@ def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out
         out[...] = kept
         return out
     idx = np.flatnonzero(m)
-    columns = block.y.strides[0] <= block.y.strides[1]  # column-major outcomes: gather along each period
-    y = np.take(block.y.T, idx, axis=1).T if columns else np.take(block.y, idx, axis=0)
     t, base = cells.t[ks], cells.base[ks]
     if out is None:  # column-major, as numpy lays out y[:, t] - y[:, base] (the sums taken over it round alike)
-        out = np.empty((y.shape[0], ks.size), order="F")
-    for i, j, step in period_runs(t, base):
+        out = np.empty((idx.size, ks.size), order="F")
+    runs = period_runs(t, base)
+    if block.y.strides[0] <= block.y.strides[1] and out.strides[0] == out.itemsize:
+        # column-major outcomes and output: gather each period's column straight into its place,
+        # then subtract the (few) base columns; no copy of the design's whole outcome matrix
+        yT, outT = block.y.T, out.T
+        for i, j, step in runs:
+            b0 = int(base[i])
+            np.take(yT[t[i]:t[j - 1] + 1], idx, axis=1, out=outT[i:j], mode="clip")
+            outT[i:j] -= np.take(yT[b0:b0 + (j - i if step else 1)], idx, axis=1)
+        return out
+    y = np.take(block.y, idx, axis=0)
+    for i, j, step in runs:
         b0 = int(base[i])
         np.subtract(y[:, t[i]:t[j - 1] + 1], y[:, b0:b0 + (j - i if step else 1)], out=out[:, i:j])
     return out
+
+
+def _own_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
+    """:func:`design_dy` in a fresh array (never outcome changes a cell set keeps), free to scale in place."""
+    return design_dy(block, cells, m, ks, out=np.empty((n_m, ks.size), order="F"))
 
 
 def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
@@ -75,13 +89,14 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
     for ks in designs(cells, _x_varying(block)):
         m, X, d, w = cells.design_rows(block, ks)
-        dYm = design_dy(block, cells, m, ks)
+        dYm = _own_dy(block, cells, m, ks, X.shape[0])
         wc, wd = w * (1.0 - d), w * d
         out["XtWX"][ks] = (X * wc[:, None]).T @ X
-        out["XtWdY"][ks] = (X.T @ (wc[:, None] * dYm)).T
+        out["SwDdY"][ks] = wd @ dYm
+        dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
+        out["XtWdY"][ks] = (X.T @ dYm).T
         out["SwDX"][ks] = X.T @ wd
         out["SwD"][ks] = wd.sum()
-        out["SwDdY"][ks] = wd @ dYm
         out["nD"][ks] = d.sum()
         out["nC"][ks] = (1.0 - d).sum()
     return out
@@ -129,11 +144,12 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     for ks in designs(cells, _x_varying(block)):
         m, X, d, w = cells.design_rows(block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
-        dYm = design_dy(block, cells, m, ks)
+        dYm = _own_dy(block, cells, m, ks, X.shape[0])
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
         out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
         out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
-        out["ScdYX"][ks] = (X.T @ (wc[:, None] * dYm)).T
+        dYm *= wc[:, None]  # wc * dY in place
+        out["ScdYX"][ks] = (X.T @ dYm).T
         out["ScXX"][ks] = (X * wc[:, None]).T @ X
         out["H"][ks] = (X * (w * ps * (1.0 - ps))[:, None]).T @ X
     return out
