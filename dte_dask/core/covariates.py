@@ -68,7 +68,12 @@ def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out
         for i, j, step in runs:
             b0 = int(base[i])
             np.take(yT[t[i]:t[j - 1] + 1], idx, axis=1, out=outT[i:j], mode="clip")
-            outT[i:j] -= np.take(yT[b0:b0 + (j - i if step else 1)], idx, axis=1)
+            if step and b0 == t[i] - 1:  # Y_c - Y_{c-1}: each base column is the previous cell's current one
+                for c in range(j - 1, i, -1):
+                    outT[c] -= outT[c - 1]
+                outT[i] -= np.take(yT[b0], idx)
+            else:
+                outT[i:j] -= np.take(yT[b0:b0 + (j - i if step else 1)], idx, axis=1)
         return out
     y = np.take(block.y, idx, axis=0)
     for i, j, step in runs:
