@@ -169,7 +169,8 @@ def shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:
     return x[0]
 
 
-def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.ndarray, rows,
+                 scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(L, R) with ``L @ R`` the (n_m, |ks|) reg / ipw / dr influence functions of the cells ``ks``
     of one design (panel scale): DRDID's formulas regrouped.
 
@@ -177,14 +178,17 @@ def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.nda
     outcome-regression corrections v_t, v_c) enter per-row factors ``c`` and ``s``; what differs
     by cell (the outcome change dY, beta, v_ps, eta_t, eta_c) is in dY and R:
     L = [c * dY, X * c, X * s, row weights], R = n [I; -beta'; -v_ps'; -eta_t; eta_c]. ``cells``
-    may be any cell set with ``design_rows`` (:func:`design_dy`); ``rows`` = its design rows."""
+    may be any cell set with ``design_rows`` (:func:`design_dy`); ``rows`` = its design rows.
+    ``scratch``: a flat float array of at least n_m (|ks| + 2 p + 2) elements to hold L (the
+    caller's, reused across designs: fewer large temporaries)."""
     method, n = est["method"], float(est["n"])
     m, X, d, w = rows
     St = shared(est["St"], ks)
+    # parts of L after c * dY: (array, row factor or None), written straight into L
     if method == "reg":
         wd = w * d
         c = (wd - w * (1.0 - d) * (X @ shared(est["v_t"], ks))) / St
-        parts, coef = [X * c[:, None], wd / St], [-est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]]
+        parts, coef = [(X, c), (wd / St, None)], [-est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]]
     else:
         Sc = shared(est["Sc"], ks)
         ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
@@ -194,20 +198,22 @@ def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.nda
         c = wt - wc
         if method == "dr":
             c -= w * (1.0 - d) * (X @ (shared(est["v_t"], ks) / St - shared(est["v_c"], ks) / Sc))
-        parts = [X * (w * (d - ps) / Sc)[:, None], wt, wc]
+        parts = [(X, w * (d - ps) / Sc), (wt, None), (wc, None)]
         coef = [-est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
         if method == "dr":
-            parts.insert(0, X * c[:, None])
+            parts.insert(0, (X, c))
             coef.insert(0, -est["beta"][ks].T)
-    # L written block by block (column_stack of many narrow blocks copies row by row, several
-    # times slower), c * dY straight into its first |ks| columns
-    widths = [1 if p.ndim == 1 else p.shape[1] for p in parts]
-    L = np.empty((X.shape[0], ks.size + sum(widths)))
-    dY = design_dy(block, cells, m, ks, out=L[:, :ks.size])
+    widths = [1 if a.ndim == 1 else a.shape[1] for a, _ in parts]
+    shape = (X.shape[0], ks.size + sum(widths))
+    L = np.empty(shape) if scratch is None else scratch[:shape[0] * shape[1]].reshape(shape)
+    dY = design_dy(block, cells, m, ks, out=L[:, :ks.size])  # c * dY straight into the first |ks| columns
     dY *= c[:, None]
     at = ks.size
-    for p, wd in zip(parts, widths):
-        L[:, at:at + wd] = p.reshape(-1, wd)
+    for (a, f), wd in zip(parts, widths):
+        if f is None:
+            L[:, at:at + wd] = a.reshape(-1, wd)
+        else:
+            np.multiply(a, f[:, None], out=L[:, at:at + wd])
         at += wd
     return L, n * np.vstack([np.eye(ks.size), *coef])
 
@@ -225,13 +231,20 @@ def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.n
     every matrix product sees the same rows for any partitioning."""
     ok = est["ok"]
     psi = np.zeros((block.n, cells.K)) if out is None else out
-    for ks in designs(cells, _x_varying(block)):
-        ks = ks[ok[ks]]
-        if ks.size == 0:
-            continue
+    groups = [ks[ok[ks]] for ks in designs(cells, _x_varying(block))]
+    groups = [ks for ks in groups if ks.size]
+    if not groups or block.n == 0:
+        return psi
+    # L and L @ R of every design in two buffers (large temporaries are costly where the allocator
+    # returns freed memory to the system at once, as Dask's workers are set up to)
+    k_max, p = max(ks.size for ks in groups), est["beta"].shape[1]
+    scratch, vals = np.empty(block.n * (k_max + 2 * p + 2)), np.empty(block.n * k_max)
+    for ks in groups:
         rows = cells.design_rows(block, ks)
         idx = np.flatnonzero(rows[0])
         if idx.size:
-            L, R = design_terms(block, cells, est, ks, rows)
-            put_columns(psi, idx, ks, L @ R)
+            L, R = design_terms(block, cells, est, ks, rows, scratch)
+            v = vals[:idx.size * ks.size].reshape(idx.size, ks.size)
+            np.matmul(L, R, out=v)
+            put_columns(psi, idx, ks, v)
     return psi
