@@ -82,9 +82,26 @@ def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out
     return out
 
 
-def _own_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
-    """:func:`design_dy` in a fresh array (never outcome changes a cell set keeps), free to scale in place."""
-    return design_dy(block, cells, m, ks, out=np.empty((n_m, ks.size), order="F"))
+class _Scratch:
+    """Buffers for the large temporaries of every design of a block (they are costly where the
+    allocator returns freed memory to the system at once, as Dask's workers are set up to)."""
+
+    def __init__(self, block: UnitBlock, groups: list[np.ndarray]) -> None:
+        self.dys = np.empty(block.n * max((ks.size for ks in groups), default=0))
+        self.rows = np.empty(block.n * (block.x.shape[-1] + 1 if block.x is not None else 1))
+
+    def dy(self, block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
+        """:func:`design_dy` (column-major) in the buffer, never a cell set's kept changes: free to
+        scale in place."""
+        out = self.dys[:n_m * ks.size].reshape(ks.size, n_m).T
+        return design_dy(block, cells, m, ks, out=out)
+
+    def gram(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``(X * v[:, None]).T @ X``, the product formed in the buffer."""
+        if X.size > self.rows.size:  # a cell set whose designs have more columns
+            return (X * v[:, None]).T @ X
+        Xv = np.multiply(X, v[:, None], out=self.rows[:X.size].reshape(X.shape))
+        return Xv.T @ X
 
 
 def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
@@ -92,11 +109,13 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
     K = cells.K
     out = {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
-    for ks in designs(cells, _x_varying(block)):
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
         m, X, d, w = cells.design_rows(block, ks)
-        dYm = _own_dy(block, cells, m, ks, X.shape[0])
+        dYm = buf.dy(block, cells, m, ks, X.shape[0])
         wc, wd = w * (1.0 - d), w * d
-        out["XtWX"][ks] = (X * wc[:, None]).T @ X
+        out["XtWX"][ks] = buf.gram(X, wc)
         out["SwDdY"][ks] = wd @ dYm
         dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
         out["XtWdY"][ks] = (X.T @ dYm).T
@@ -146,17 +165,19 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     z = np.zeros
     out = {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
            "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
-    for ks in designs(cells, _x_varying(block)):
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
         m, X, d, w = cells.design_rows(block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
-        dYm = _own_dy(block, cells, m, ks, X.shape[0])
+        dYm = buf.dy(block, cells, m, ks, X.shape[0])
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
         out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
         out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
         dYm *= wc[:, None]  # wc * dY in place
         out["ScdYX"][ks] = (X.T @ dYm).T
-        out["ScXX"][ks] = (X * wc[:, None]).T @ X
-        out["H"][ks] = (X * (w * ps * (1.0 - ps))[:, None]).T @ X
+        out["ScXX"][ks] = buf.gram(X, wc)
+        out["H"][ks] = buf.gram(X, w * ps * (1.0 - ps))
     return out
 
 
