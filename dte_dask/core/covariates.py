@@ -87,19 +87,25 @@ class _Scratch:
     allocator returns freed memory to the system at once, as Dask's workers are set up to)."""
 
     def __init__(self, block: UnitBlock, groups: list[np.ndarray]) -> None:
-        self.dys = np.empty(block.n * max((ks.size for ks in groups), default=0))
-        self.rows = np.empty(block.n * (block.x.shape[-1] + 1 if block.x is not None else 1))
+        self.n, self.k = block.n, max((ks.size for ks in groups), default=0)
+        self.p = block.x.shape[-1] + 1 if block.x is not None else 1
+        self.dys: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
 
     def dy(self, block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
         """:func:`design_dy` (column-major) in the buffer, never a cell set's kept changes: free to
         scale in place."""
+        if self.dys is None:
+            self.dys = np.empty(self.n * self.k)
         out = self.dys[:n_m * ks.size].reshape(ks.size, n_m).T
         return design_dy(block, cells, m, ks, out=out)
 
     def gram(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``(X * v[:, None]).T @ X``, the product formed in the buffer."""
-        if X.size > self.rows.size:  # a cell set whose designs have more columns
+        if X.size > self.n * self.p:  # a cell set whose designs have more columns
             return (X * v[:, None]).T @ X
+        if self.rows is None:
+            self.rows = np.empty(self.n * self.p)
         Xv = np.multiply(X, v[:, None], out=self.rows[:X.size].reshape(X.shape))
         return Xv.T @ X
 
@@ -134,7 +140,9 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
     K, p = gamma.shape
     out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K),
            "n999": np.zeros(K)}
-    for ks in designs(cells, _x_varying(block)):
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
         ks = ks[active[ks]]
         if ks.size == 0:
             continue
@@ -145,7 +153,7 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
         same = bool(np.all(gk == gk[0]))
         for gam in gk[:1] if same else np.unique(gk, axis=0):  # cells of a design move together
             sel = ks if same else ks[np.all(gk == gam, axis=1)]
-            gr, he, ll, eta, ps = logit_terms(X, d, w, gam)
+            gr, he, ll, eta, ps = logit_terms(X, d, w, gam, buf.gram)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
             out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
     return out
