@@ -18,7 +18,8 @@ for any partitioning, so their (periods x periods) products may use BLAS.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,18 @@ class DesignSpec:
         return ("design-spec", self.rows, self.default_row, self.t0, self.t1, self.codes.tobytes(),
                 self.codes.shape, self.n_int, mult, self.cov_idx)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields only: the tables derived from them (:meth:`derived`) are rebuilt where used."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def derived(self, key: str, make: Callable[[], Any]) -> Any:
+        """A table derived from the spec (dummy layouts, expansions, ...), made once per process: a
+        kernel called per step of a block must not rebuild it every time."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
 
 @dataclass(frozen=True)
 class _Within:
@@ -113,13 +126,18 @@ def _rowsum(a: np.ndarray) -> np.ndarray:
 def _rows(g: np.ndarray, spec: DesignSpec) -> np.ndarray:
     rows = np.full(g.shape[0], spec.default_row, dtype=np.int64)
     if spec.rows and g.size:
-        values = np.array([v for v, _ in spec.rows], dtype=np.float64)
-        order = np.argsort(values, kind="stable")
-        values, targets = values[order], np.array([r for _, r in spec.rows], dtype=np.int64)[order]
+        values, targets = spec.derived("row-lookup", lambda: _row_lookup(spec))
         pos = np.minimum(np.searchsorted(values, g), values.size - 1)
         hit = values[pos] == g
         rows[hit] = targets[pos[hit]]
     return rows
+
+
+def _row_lookup(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The group indices of ``spec.rows`` sorted, and their rows."""
+    values = np.array([v for v, _ in spec.rows], dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    return values[order], np.array([r for _, r in spec.rows], dtype=np.int64)[order]
 
 
 def _prepare(block: Any, spec: DesignSpec) -> _Within:
@@ -158,11 +176,17 @@ def _prepare(block: Any, spec: DesignSpec) -> _Within:
 def _layouts(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
     """The distinct dummy layouts of the design's rows (rows differing only in dropped periods
     share one): the layout of each row (R,) and the interest codes of each layout (C, L)."""
-    uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
-    return cls.reshape(-1), uniq
+    def make() -> tuple[np.ndarray, np.ndarray]:
+        uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
+        return cls.reshape(-1), uniq
+    return spec.derived("layouts", make)
 
 
 def _expansion(spec: DesignSpec, with_covariates: bool = False) -> np.ndarray:
+    return spec.derived(f"expansion-{with_covariates}", lambda: _make_expansion(spec, with_covariates))
+
+
+def _make_expansion(spec: DesignSpec, with_covariates: bool) -> np.ndarray:
     """(C, L, m) 0/1: the dummy columns of the observation of each (dummy layout, period); with
     ``with_covariates`` (C, L + p, m), the covariate columns appended as identity rows.
 
@@ -284,57 +308,98 @@ def unit_scores(block: Any, spec: DesignSpec, *betas: np.ndarray) -> tuple[np.nd
     :math:`\\sum_t w_{it} \\hat e_{it} = 0` within a unit, the dummy scores need no demeaning:
     :math:`s_i = \\sum_t w_{it} d_{it} \\hat e_{it}`.
     """
-    wd = _prepare(block, spec)
-    out = []
-    for beta in betas:
-        we = _weighted_residuals(wd, spec, beta)
-        scores = _unit_sums(we, wd.row, spec)
-        for j in range(spec.p):
-            scores[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
-        out.append(scores)
-    return wd.sel, out, wd.used
+    sel, scores, used, _ = design_scores(block, spec, betas, ())
+    return sel, scores, used
 
 
 def unit_meat(block: Any, spec: DesignSpec, beta: np.ndarray) -> tuple[np.ndarray, int]:
     """:math:`\\sum_i s_i s_i'` over the units of a block (each unit its own cluster) and the number
-    of units in the regression, without forming the (n, m) scores: with
-    :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it} \\hat e_{it})` and
-    :math:`s_i = E_r' z_i`, the sum is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`."""
+    of units in the regression, without forming the (n, m) scores (see :func:`design_scores`)."""
+    _, _, used, meats = design_scores(block, spec, (), (beta,))
+    return meats[0], int(np.count_nonzero(used))
+
+
+def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray],
+                  meat_betas: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """One within-transformation of the block for every coefficient vector: the (n_s, m) scores at
+    each of ``score_betas`` (:func:`unit_scores`) and the meat :math:`\\sum_i s_i s_i'` (each unit its
+    own cluster) at each of ``meat_betas``.
+
+    Returns ``(sel, scores, used, meats)``.
+
+    Notes
+    -----
+    The meat never forms the scores: with :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it}
+    \\hat e_{it})` and :math:`s_i = E_r' z_i`, it is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`.
+    """
     wd = _prepare(block, spec)
-    we = _weighted_residuals(wd, spec, beta)
-    if spec.p:
-        we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
-    return _grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)), int(np.count_nonzero(wd.used))
+    scores, meats = [], []
+    for beta in score_betas:
+        we = _weighted_residuals(wd, spec, beta)
+        s = _unit_sums(we, wd.cls, spec)
+        for j in range(spec.p):
+            s[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
+        scores.append(s)
+    for beta in meat_betas:
+        we = _weighted_residuals(wd, spec, beta)
+        if spec.p:
+            we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
+        meats.append(_grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)))
+    return wd.sel, scores, wd.used, meats
 
 
 def _weighted_residuals(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
-    """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used."""
+    """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used.
+
+    The dummy part of the fit is one row of a (layouts x periods) table per unit, gathered period
+    by period in the layout of ``wd.W`` (period-major blocks stay period-major)."""
     beta = np.asarray(beta, dtype=np.float64)
     F = _expansion(spec) @ beta  # (C, L) dummy part of the fit of each (dummy layout, period)
-    fit = F[wd.cls]
+    fit = np.empty_like(wd.W)
+    for t in range(F.shape[1]):
+        fit[:, t] = F[wd.cls, t]
     fit -= (_rowsum(wd.W * fit) * wd.inv)[:, None]
     for j in range(spec.p):
         fit += wd.xt[:, :, j] * beta[spec.n_fe + j]
     return wd.W * (wd.yt - fit)
 
 
-def _unit_sums(v: np.ndarray, rows: np.ndarray, spec: DesignSpec) -> np.ndarray:
+def _interest_rounds(codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For one dummy layout's codes (L,): rounds ``(columns, periods)``, round k pairing each interest
+    column with its k-th period (in period order), so that adding the rounds in turn sums every
+    column's periods in period order."""
+    t = np.flatnonzero(codes >= 0)
+    order = np.argsort(codes[t], kind="stable")
+    c, t = codes[t][order], t[order]
+    start = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, dtype=np.int64)
+    k = np.arange(c.size) - np.repeat(start, np.diff(np.r_[start, c.size]))
+    return [(c[k == r], t[k == r]) for r in range(int(k.max()) + 1 if c.size else 0)]
+
+
+def _unit_sums(v: np.ndarray, cls: np.ndarray, spec: DesignSpec) -> np.ndarray:
     """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
 
     Fixed-effect level t has column t - 1, so that block is ``v`` itself. Interest column j of a
-    unit collects the periods whose code (in the unit's design row) is j, added in period order.
+    unit collects the periods whose code (in the unit's dummy layout ``cls``) is j, added in period
+    order: the units of one layout are gathered once and their columns summed in rounds
+    (:func:`_interest_rounds`).
     """
     n, L = v.shape
     out = np.zeros((n, spec.m))
     out[:, :spec.n_fe] = v[:, 1:]
     if spec.n_int:
-        flat = out.reshape(-1)
-        base = np.arange(n) * spec.m + spec.n_fe + spec.p
-        codes = spec.codes[:, :L]
-        for t in range(L):
-            c = codes[rows, t]
-            ok = c >= 0
-            flat[base[ok] + c[ok]] += v[ok, t]
+        off = spec.n_fe + spec.p
+        layouts = _layouts(spec)[1]
+        plan = spec.derived("rounds", lambda: [_interest_rounds(codes) for codes in layouts])
+        for c, rounds in enumerate(plan):
+            if not rounds:
+                continue
+            idx = np.flatnonzero(cls == c)
+            sub = v[idx]
+            acc = np.zeros((idx.size, spec.n_int))
+            for cols, periods in rounds:
+                acc[:, cols] += sub[:, periods]
+            out[idx, off:off + spec.n_int] = acc
     return out
 
 

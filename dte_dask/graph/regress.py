@@ -24,11 +24,9 @@ from dask.base import tokenize
 
 from dte_dask.core.ols import (
     CrvFit,
-    block_scores,
     coef_draws,
     crv_fit,
     local_nuisance,
-    score_meat,
     scores_meat,
     solve_part,
     solve_pooled,
@@ -142,8 +140,15 @@ def _one_thread(block, func, *args, **kwargs):
 def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas: list, widths: list[int],
                       block_size: int, n_blocks: int, boot_kw: dict | None):
     """One partition's per-unit scores, reduced in the same task to the meat cover and (with
-    ``boot_kw``) the bootstrap cover of the pooled scores; memory stays at one partition's scores."""
-    scores = block_scores(block, parts, m, betas, part_betas)
-    meat = by_rng_block(block, score_meat, block_size, n_blocks, widths, rows=scores)
-    boot = boot_cover(scores[:, :m], block.rank, **boot_kw) if boot_kw is not None else None
+    ``boot_kw``) the bootstrap cover of the pooled scores; memory stays at one partition's pooled
+    scores (the per-design ones exist one RNG block at a time)."""
+    scores = np.zeros((block.n, m))
+    meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
+    boot = boot_cover(scores, block.rank, **boot_kw) if boot_kw is not None else None
     return meat, boot
+
+
+def _scores_into(chunk, out: np.ndarray, *args):
+    """:func:`scores_meat` of one RNG block, its pooled scores written into ``out`` (a view of the
+    partition's scores)."""
+    return scores_meat(chunk, *args, out=out)
