@@ -233,6 +233,72 @@ def _grouped_gram(Z: np.ndarray, V: np.ndarray, rows: np.ndarray, E: np.ndarray)
     return out
 
 
+@dataclass(frozen=True)
+class _Complete:
+    """A block whose design units are each observed, weighted and kept in every period of the design
+    (a balanced panel): the observation weight is :math:`w_{it} = w_i q_{r t}` (q the design row's
+    multipliers), every unit is used, and the within-transformation has closed forms per design row."""
+
+    sel: np.ndarray  # (n_s,) positions of the design's units in the block
+    row: np.ndarray  # (n_s,) their design rows
+    w: np.ndarray  # (n_s,) their sampling weights
+    yt: np.ndarray  # (n_s, L) demeaned outcome, unit-major
+    q: np.ndarray  # (R, L) multipliers of each design row (ones if none)
+    qsum: np.ndarray  # (R,) their sums over the periods
+
+
+def _complete(block: Any, spec: DesignSpec) -> _Complete | None:
+    """The block as a :class:`_Complete`, or None when some unit misses a period (NaN outcome,
+    dropped period, zero weight), the design has covariates or a single period, or no unit."""
+    if spec.p or spec.n_levels < 2 or not block.n:
+        return None
+    rows = _rows(block.g, spec)
+    q, qsum, ok = spec.derived("complete-rows", lambda: _row_multipliers(spec))
+    if rows.min() >= 0:
+        sel, r, y, w = np.arange(rows.size), rows, block.y[:, spec.t0:spec.t1], block.w
+    else:
+        sel = np.flatnonzero(rows >= 0)
+        r = rows[sel]
+        y, w = block.y[sel, spec.t0:spec.t1], block.w[sel]
+    if not sel.size or not ok[r].all() or not (w > 0).all():
+        return None
+    qr = None if spec.mult is None else q[r]
+    s = _rowsum(y if qr is None else y * qr)  # a missing period leaves a NaN sum
+    if not np.isfinite(s).all():
+        return None
+    yt = np.subtract(y, (s / qsum[r])[:, None], order="C")
+    return _Complete(sel, r, w, yt, q, qsum)
+
+
+def _row_multipliers(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, L) multipliers of the design rows, their sums over periods, and whether a row keeps
+    every period with a positive multiplier."""
+    q = np.ones(spec.codes.shape) if spec.mult is None else np.asarray(spec.mult, dtype=np.float64)
+    ok = (spec.codes != DROP).all(axis=1) & (q > 0).all(axis=1)
+    return q, _rowsum(q), ok
+
+
+def _complete_gram(c: _Complete, spec: DesignSpec) -> dict[str, np.ndarray]:
+    """:func:`gram_stats` of a :class:`_Complete` block: with :math:`S_r = \\sum_{i \\in r} w_i`, design
+    row r contributes :math:`E_r'(S_r \\operatorname{diag}(q_r) - S_r q_r q_r' / \\textstyle\\sum_t q_{rt})E_r`
+    to the Gram matrix and :math:`E_r'(q_r \\circ \\sum_{i \\in r} w_i \\tilde y_i)` to X'Wy (one
+    (rows x units) x (units x periods) product)."""
+    n, L, R = c.row.size, spec.n_levels, c.q.shape[0]
+    Er = _expansion(spec)[_layouts(spec)[0]]  # (R, L, m) dummy columns of each design row
+    Pw = np.zeros((n, R))
+    Pw[np.arange(n), c.row] = c.w
+    Sy = Pw.T @ c.yt  # (R, L)
+    S = np.bincount(c.row, c.w, minlength=R)
+    cnt = np.repeat(np.bincount(c.row, minlength=R).astype(np.float64)[:, None], L, axis=1)
+    d = S[:, None] * c.q
+    v = np.einsum("rl,rlm->rm", c.q, Er)  # E_r' q_r
+    A = np.einsum("rl,rlm,rlk->mk", d, Er, Er) - np.einsum("r,rm,rk->mk", S / c.qsum, v, v)
+    k = spec.n_fe + spec.p
+    return {"A": A, "b": np.einsum("rl,rlm->m", c.q * Sy, Er), "raw": np.einsum("rl,rlm->m", d, Er),
+            "n_obs": np.array(float(n * L)), "col_n": np.einsum("rl,rlm->m", cnt, Er), "level_n": cnt.sum(axis=0),
+            "int_w": np.einsum("r,rlm->m", S, Er[:, :, k:])}
+
+
 def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     """Sufficient statistics of one block for the normal equations of ``spec``.
 
@@ -258,6 +324,9 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products with raw and
     demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
     """
+    c = _complete(block, spec)
+    if c is not None:
+        return _complete_gram(c, spec)
     wd = _prepare(block, spec)
     m, L, nfe, p = spec.m, spec.n_levels, spec.n_fe, spec.p
     W = wd.W
@@ -332,6 +401,13 @@ def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray
     The meat never forms the scores: with :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it}
     \\hat e_{it})` and :math:`s_i = E_r' z_i`, it is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`.
     """
+    c = _complete(block, spec)
+    if c is not None:
+        cls = _layouts(spec)[0][c.row]
+        wes = [_complete_residuals(c, spec, beta) for beta in (*score_betas, *meat_betas)]
+        E = _expansion(spec, with_covariates=True)
+        return (c.sel, [_unit_sums(we, cls, spec) for we in wes[:len(score_betas)]], np.ones(c.sel.size, dtype=bool),
+                [_grouped_gram(we, we, cls, E) for we in wes[len(score_betas):]])
     wd = _prepare(block, spec)
     scores, meats = [], []
     for beta in score_betas:
@@ -362,6 +438,16 @@ def _weighted_residuals(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.n
     for j in range(spec.p):
         fit += wd.xt[:, :, j] * beta[spec.n_fe + j]
     return wd.W * (wd.yt - fit)
+
+
+def _complete_residuals(c: _Complete, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
+    """:func:`_weighted_residuals` of a :class:`_Complete` block: the demeaned dummy part of the fit
+    is one (periods,) vector per design row."""
+    F = (_expansion(spec) @ np.asarray(beta, dtype=np.float64))[_layouts(spec)[0]]  # (R, L)
+    F -= (_rowsum(c.q * F) / c.qsum)[:, None]
+    we = c.yt - F[c.row]
+    we *= c.w[:, None] if spec.mult is None else c.w[:, None] * c.q[c.row]
+    return we
 
 
 def _interest_rounds(codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
