@@ -515,18 +515,20 @@ def collinear_columns(A: np.ndarray, candidates: np.ndarray, raw: np.ndarray, to
     m = A.shape[0]
     dropped = np.zeros(m, dtype=bool)
     kept: list[int] = []
-    L = np.zeros((0, 0))
+    L = np.zeros((m, m))  # the factor of the kept columns, grown in place
     for j in np.flatnonzero(candidates):
         d = A[j, j]
         if not d > tol * raw[j]:
             dropped[j] = True
             continue
-        v = linalg.solve_triangular(L, A[kept, j], lower=True) if kept else np.zeros(0)
+        k = len(kept)
+        v = linalg.solve_triangular(L[:k, :k], A[kept, j], lower=True) if kept else np.zeros(0)
         r = d - v @ v
         if r <= tol * d:
             dropped[j] = True
             continue
-        L = np.block([[L, np.zeros((len(kept), 1))], [v[None, :], np.array([[np.sqrt(r)]])]])
+        L[k, :k] = v
+        L[k, k] = np.sqrt(r)
         kept.append(j)
     return dropped
 
