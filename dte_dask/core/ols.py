@@ -154,10 +154,12 @@ def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], p
     j = 1
     for p, beta, pb in zip(parts, betas, part_betas):
         own = () if pb is None else (pb,)
-        sel, scores, used, meats = design_scores(chunk, p.spec, () if lone else (beta,), ((beta,) if lone else ()) + own)
+        direct = len(parts) == 1 and p.spec.m == m and bool(np.all(p.place == np.arange(m)))
+        sel, scores, used, meats = design_scores(chunk, p.spec, () if lone else (beta,), ((beta,) if lone else ()) + own,
+                                                 out=pooled if direct else None)
         if lone:
             res["meat0"][np.ix_(p.place, p.place)] = meats.pop(0)
-        else:
+        elif scores[0] is not pooled:
             add_columns(pooled, sel, p.place, scores[0])
         used_any[sel[used]] = True
         if pb is not None:

@@ -14,7 +14,8 @@ Every per-unit quantity is computed with explicit loops over periods or ``bincou
 order, never with a reduction whose rounding depends on how many units a call sees: scores of a
 unit are bit-identical whatever block it is computed in. Sums over units (:func:`gram_stats`,
 :func:`unit_meat`) are taken by the callers over one RNG block at a time, whose rows are the same
-for any partitioning, so their (periods x periods) products may use BLAS.
+for any partitioning, so their (periods x periods) products may use BLAS. A block whose units are
+observed in every period of the design (:func:`_complete`) takes closed forms per design row.
 """
 from __future__ import annotations
 
@@ -388,13 +389,14 @@ def unit_meat(block: Any, spec: DesignSpec, beta: np.ndarray) -> tuple[np.ndarra
     return meats[0], int(np.count_nonzero(used))
 
 
-def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray],
-                  meat_betas: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray], meat_betas: Sequence[np.ndarray],
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """One within-transformation of the block for every coefficient vector: the (n_s, m) scores at
     each of ``score_betas`` (:func:`unit_scores`) and the meat :math:`\\sum_i s_i s_i'` (each unit its
     own cluster) at each of ``meat_betas``.
 
-    Returns ``(sel, scores, used, meats)``.
+    Returns ``(sel, scores, used, meats)``. The first scores are written into ``out`` (a zero
+    (n, m) array) when given and every unit of the block takes part.
 
     Notes
     -----
@@ -406,13 +408,14 @@ def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray
         cls = _layouts(spec)[0][c.row]
         wes = [_complete_residuals(c, spec, beta) for beta in (*score_betas, *meat_betas)]
         E = _expansion(spec, with_covariates=True)
-        return (c.sel, [_unit_sums(we, cls, spec) for we in wes[:len(score_betas)]], np.ones(c.sel.size, dtype=bool),
-                [_grouped_gram(we, we, cls, E) for we in wes[len(score_betas):]])
+        into = out if c.sel.size == block.n else None
+        return (c.sel, [_unit_sums(we, cls, spec, into if i == 0 else None) for i, we in enumerate(wes[:len(score_betas)])],
+                np.ones(c.sel.size, dtype=bool), [_grouped_gram(we, we, cls, E) for we in wes[len(score_betas):]])
     wd = _prepare(block, spec)
     scores, meats = [], []
     for beta in score_betas:
         we = _weighted_residuals(wd, spec, beta)
-        s = _unit_sums(we, wd.cls, spec)
+        s = _unit_sums(we, wd.cls, spec, out if not scores and wd.sel.size == block.n else None)
         for j in range(spec.p):
             s[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
         scores.append(s)
@@ -462,8 +465,9 @@ def _interest_rounds(codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(c[k == r], t[k == r]) for r in range(int(k.max()) + 1 if c.size else 0)]
 
 
-def _unit_sums(v: np.ndarray, cls: np.ndarray, spec: DesignSpec) -> np.ndarray:
-    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
+def _unit_sums(v: np.ndarray, cls: np.ndarray, spec: DesignSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row
+    (written into ``out``, a zero array, when given).
 
     Fixed-effect level t has column t - 1, so that block is ``v`` itself. Interest column j of a
     unit collects the periods whose code (in the unit's dummy layout ``cls``) is j, added in period
@@ -471,7 +475,7 @@ def _unit_sums(v: np.ndarray, cls: np.ndarray, spec: DesignSpec) -> np.ndarray:
     (:func:`_interest_rounds`).
     """
     n, L = v.shape
-    out = np.zeros((n, spec.m))
+    out = np.zeros((n, spec.m)) if out is None else out
     out[:, :spec.n_fe] = v[:, 1:]
     if spec.n_int:
         off = spec.n_fe + spec.p

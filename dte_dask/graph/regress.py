@@ -5,11 +5,12 @@ pass 1  ``<name>`` (one task prefix per design; stacked DiD: one per sub-experim
 driver  assembles the designs' normal equations into the global one and solves it (guarded:
         collinear fixed-effect columns are dropped, any other collinear column is an error);
 pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that recurs across stacks
-        contributes one score) and over clusters, reduced in the same task to sum_g s_g s_g' per RNG
-        block (picked as ``<prefix>-meat``; one design clustered by unit without a bootstrap: the
-        (n, m) scores are never formed) and, with a bootstrap, to multiplier-bootstrap draws of the
-        score sums keyed by RNG block (picked as ``mboot``), as ``attgt-influence`` does: the dense
-        scores never leave the task, so memory stays at one partition's scores.
+        contributes one score) and over clusters, reduced in the same task, one RNG block at a
+        time, to sum_g s_g s_g' (picked as ``<prefix>-meat``; clustered by unit, the per-design
+        meats and, for one design without a bootstrap, the pooled one never form their scores) and,
+        with a bootstrap, to multiplier-bootstrap draws of the pooled score sums keyed by RNG block
+        (picked as ``mboot``), as ``attgt-influence`` does: the dense scores never leave the task,
+        so memory stays at one partition's pooled scores.
 Only (m x m)-, (B x m)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
