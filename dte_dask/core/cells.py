@@ -70,8 +70,10 @@ class Cells:
             keys.setdefault(key, []).append(k)
         return [np.array(v) for v in keys.values()]
 
-    def design_rows(self, block: UnitBlock, ks: np.ndarray):
-        """Rows of a design: mask, X = [1, covariates] (earlier period of the 2x2, as R did), d, w."""
+    def design_rows(self, block: UnitBlock, ks: np.ndarray, buf: np.ndarray | None = None):
+        """Rows of a design: mask, X = [1, covariates] (earlier period of the 2x2, as R did), d, w.
+        ``buf``: a flat float array of at least n_m (p + 1) elements to hold X (the caller's,
+        reused across designs)."""
         k0 = int(ks[0])
         G = self.effective_g(block.g)
         D = G == self.g[k0]
@@ -79,9 +81,10 @@ class Cells:
         m = D | C
         idx = np.flatnonzero(m)
         x = block.x_at(int(min(self.base[k0], self.t[k0])))
-        X = np.empty((idx.size, x.shape[1] + 1))  # with_intercept(x[m]), written in place
+        shape = (idx.size, x.shape[1] + 1)  # with_intercept(x[m]), written in place
+        X = np.empty(shape) if buf is None else buf[:shape[0] * shape[1]].reshape(shape)
         X[:, 0] = 1.0
-        X[:, 1:] = np.take(x, idx, axis=0)  # (np.take: several times faster than x[idx] here)
+        np.take(x, idx, axis=0, out=X[:, 1:], mode="clip")  # (np.take: several times faster than x[idx])
         return m, X, D[idx].astype(float), block.w[idx]
 
 

@@ -91,6 +91,13 @@ class _Scratch:
         self.p = block.x.shape[-1] + 1 if block.x is not None else 1
         self.dys: np.ndarray | None = None
         self.rows: np.ndarray | None = None
+        self.xs: np.ndarray | None = None
+
+    def design_rows(self, cells: Cells, block: UnitBlock, ks: np.ndarray):
+        """``cells.design_rows(block, ks)``, X in the buffer (valid until the next call)."""
+        if self.xs is None:
+            self.xs = np.empty(self.n * self.p)
+        return cells.design_rows(block, ks, buf=self.xs)
 
     def dy(self, block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
         """:func:`design_dy` (column-major) in the buffer, never a cell set's kept changes: free to
@@ -102,7 +109,7 @@ class _Scratch:
 
     def gram(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``(X * v[:, None]).T @ X``, the product formed in the buffer."""
-        if X.size > self.n * self.p:  # a cell set whose designs have more columns
+        if X.size > self.n * self.p:  # a cell set whose designs have more columns (not Cells')
             return (X * v[:, None]).T @ X
         if self.rows is None:
             self.rows = np.empty(self.n * self.p)
@@ -118,7 +125,7 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
     groups = designs(cells, _x_varying(block))
     buf = _Scratch(block, groups)
     for ks in groups:
-        m, X, d, w = cells.design_rows(block, ks)
+        m, X, d, w = buf.design_rows(cells, block, ks)
         dYm = buf.dy(block, cells, m, ks, X.shape[0])
         wc, wd = w * (1.0 - d), w * d
         out["XtWX"][ks] = buf.gram(X, wc)
@@ -146,7 +153,7 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
         ks = ks[active[ks]]
         if ks.size == 0:
             continue
-        _, X, d, w = cells.design_rows(block, ks)
+        _, X, d, w = buf.design_rows(cells, block, ks)
         if unweighted:
             w = np.ones_like(w)
         gk = gamma[ks]
@@ -176,7 +183,7 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     groups = designs(cells, _x_varying(block))
     buf = _Scratch(block, groups)
     for ks in groups:
-        m, X, d, w = cells.design_rows(block, ks)
+        m, X, d, w = buf.design_rows(cells, block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
         dYm = buf.dy(block, cells, m, ks, X.shape[0])
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
@@ -267,9 +274,9 @@ def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.n
     # L and L @ R of every design in two buffers (large temporaries are costly where the allocator
     # returns freed memory to the system at once, as Dask's workers are set up to)
     k_max, p = max(ks.size for ks in groups), est["beta"].shape[1]
-    scratch, vals = np.empty(block.n * (k_max + 2 * p + 2)), np.empty(block.n * k_max)
+    scratch, vals, buf = np.empty(block.n * (k_max + 2 * p + 2)), np.empty(block.n * k_max), _Scratch(block, groups)
     for ks in groups:
-        rows = cells.design_rows(block, ks)
+        rows = buf.design_rows(cells, block, ks)
         idx = np.flatnonzero(rows[0])
         if idx.size:
             L, R = design_terms(block, cells, est, ks, rows, scratch)
