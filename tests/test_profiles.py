@@ -458,6 +458,16 @@ def test_local_profile_binds_dashboard_to_loopback() -> None:
         assert client.submit(sum, [1, 2, 3]).result() == 6
 
 
+def test_local_profile_env_reaches_the_workers() -> None:
+    with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                 env={"DTE_DASK_TEST_ENV": "42"}) as client:
+        seen = client.run(lambda: os.environ.get("DTE_DASK_TEST_ENV"))  # read in the worker
+        assert list(seen.values()) == ["42"]
+        assert "DTE_DASK_TEST_ENV" not in os.environ  # the driver's environment is left alone
+    with pytest.raises(ProfileError, match="env needs processes: true"):
+        resolve_profile("local", processes=False, env={"A": "1"})
+
+
 def test_local_profile_uses_numa_plan() -> None:
     from dte_dask.cluster.numa import plan_workers, read_topology
 

@@ -55,6 +55,8 @@ def start(resolved: Any, security: Any) -> Any:
         del kwargs["host"], kwargs["scheduler_port"]
     if memory is not None:
         kwargs["memory_limit"] = memory
+    if c.env:  # each nanny sets these in its worker's environment before the worker starts
+        kwargs["env"] = dict(c.env)
     if c.local_directory:
         kwargs["local_directory"] = os.path.expanduser(c.local_directory)
     if security is not None:

@@ -100,6 +100,16 @@ class LocalSpec(_Closed):
     dashboard_address: str | None = "127.0.0.1:8787"
     pin_cpus: bool = Field(False, description="pin each worker to the CPUs of its NUMA plan")
     local_directory: str | None = None
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables of the worker processes (set by each nanny before its worker "
+                    "starts, after distributed.nanny.pre-spawn-environ); needs processes: true")
+
+    @model_validator(mode="after")
+    def _env_needs_processes(self) -> "LocalSpec":
+        if self.env and not self.processes:
+            raise ValueError("cluster.env needs processes: true (threads share this process's environment)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
