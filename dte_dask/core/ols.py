@@ -139,6 +139,9 @@ def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], p
     return score_meat(chunk, block_scores(chunk, parts, m, betas, part_betas), widths)
 
 
-def coef_draws(score_draws: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """Bootstrap draws of the coefficients from draws of the pooled score sums."""
-    return score_draws @ inv
+def coef_map(inv: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(m, k): maps a unit's pooled score ``s`` (m,) to its contribution ``s @ inv[:, cols]`` to the
+    coefficients ``cols``. Applied before the multipliers, ``V @ (S @ A) = (V @ S) @ A``: the
+    bootstrap multiplies a k-wide matrix instead of the m-wide scores (k: reported coefficients,
+    m: every column, fixed-effect dummies included)."""
+    return inv[:, cols]
