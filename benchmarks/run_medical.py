@@ -254,7 +254,9 @@ def run_sampled(cmd: list[str], *, env: dict, interval: float, scratch: Path, ti
 def public(text: str, args) -> str:
     """``text`` with this machine's paths replaced by the placeholders of the docs."""
     root = str(HERE.parent) + os.sep
-    for path, name in ((args.data, "DATA_DIR"), (args.out, "OUT_DIR")):
+    named = [(args.data, "DATA_DIR"), (args.out, "OUT_DIR")]
+    named += [(p, p.name) for p in (args.json, args.plot) if p is not None]  # the artefacts: file names only
+    for path, name in named:
         text = text.replace(str(path.resolve()), name).replace(str(path), name)
     return text.replace(root, "")
 
@@ -398,6 +400,7 @@ def main(argv=None) -> int:
     if args.json:
         res["cmd"] = [public(c, args) for c in res["cmd"]]
         res["command"] = command
+        res["profile"] = public(str(res["profile"]), args) if res.get("profile") else res.get("profile")
         args.json.write_text(json.dumps(res, indent=1, default=str))
     if args.plot:
         plot_trace(res, args.plot, command)

@@ -18,8 +18,8 @@ from dte_dask.core.errors import EstimationError
 from dte_dask.core.within import (
     DesignSpec,
     crv1,
+    design_scores,
     solve_dropping_collinear,
-    unit_meat,
     unit_scores,
 )
 
@@ -90,23 +90,32 @@ def crv_fit(sol, meat: np.ndarray, n_obs: float, levels: int, G: float, units: f
 def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], part_betas: list) -> np.ndarray:
     """(n, m + sum of per-design widths + 1 + per-design count) array: pooled scores in global
     columns (summed over designs), per-design scores at the per-design fits, then 0/1 flags of
-    units used in the pooled fit and in each per-design fit."""
+    units used in the pooled fit and in each per-design fit (written in place: no concatenated copy)."""
     n = block.n
     fitted = [pb is not None for pb in part_betas]
     widths = [m] + [p.spec.m for p, f in zip(parts, fitted) if f]
-    out = np.zeros((n, sum(widths) + 1 + sum(fitted)))  # written in place: no concatenated copy
-    pooled = out[:, :m]
+    out = np.zeros((n, sum(widths) + 1 + sum(fitted)))
     off, flag_col, j = m, sum(widths), 0
     for p, beta, pb in zip(parts, betas, part_betas):
         sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
-        pooled[np.ix_(sel, p.place)] += scores[0]
+        add_columns(out, sel, p.place, scores[0])
         out[sel[used], flag_col] = 1.0
         if pb is not None:
-            out[sel, off:off + p.spec.m] = scores[1]
+            out[sel if sel.size < n else slice(None), off:off + p.spec.m] = scores[1]
             out[sel[used], flag_col + 1 + j] = 1.0
             off += p.spec.m
             j += 1
     return out
+
+
+def add_columns(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
+    """``out[sel][:, place] += values`` in place: a design's (n_s, m_p) scores added to the rows of its
+    units (``sel``, sorted) and its global columns, one run of consecutive columns at a time."""
+    rows = slice(None) if sel.size == out.shape[0] else sel  # every unit takes part: no gathers
+    cuts = np.flatnonzero(np.diff(place) != 1) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, place.size]):
+        if b > a:
+            out[rows, place[a]:place[a] + b - a] += values[:, a:b]
 
 
 def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:
@@ -124,19 +133,43 @@ def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.
 
 
 def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], part_betas: list,
-                widths: list[int]) -> dict[str, np.ndarray]:
-    """:func:`score_meat` of :func:`block_scores` on one RNG block (``chunk``), in one step.
+                widths: list[int], out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:func:`score_meat` of :func:`block_scores` on one RNG block (``chunk``), in one step; the
+    pooled scores are written into ``out`` (n, m) when given (the bootstrap's input).
 
-    A single design without per-design fits, clustered by unit (every entity one unit), takes
-    :func:`dte_dask.core.within.unit_meat`, which never forms the (n, m) scores."""
-    if len(parts) == 1 and part_betas[0] is None and widths == [m] and chunk.n \
-            and bool(np.all(chunk.rank[1:] != chunk.rank[:-1])):
-        p = parts[0]
-        local, n_used = unit_meat(chunk, p.spec, betas[0])
-        meat = np.zeros((m, m))
-        meat[np.ix_(p.place, p.place)] = local
-        return {"meat0": meat, "G0": np.array(float(n_used)), "units0": np.array(float(n_used))}
-    return score_meat(chunk, block_scores(chunk, parts, m, betas, part_betas), widths)
+    Clustered by unit (every entity one unit), each design is within-transformed once for the
+    pooled scores and its own fit's meat (:func:`dte_dask.core.within.design_scores`), which never
+    forms the per-design scores; a single design whose pooled scores are not asked for (no ``out``)
+    forms no scores at all."""
+    n = chunk.n
+    if not (n and bool(np.all(chunk.rank[1:] != chunk.rank[:-1]))):  # clusters of several units
+        rows = block_scores(chunk, parts, m, betas, part_betas)
+        if out is not None:
+            out[...] = rows[:, :m]
+        return score_meat(chunk, rows, widths)
+    lone = len(parts) == 1 and out is None
+    pooled = np.zeros((n, m)) if out is None else out
+    used_any = np.zeros(n, dtype=bool)
+    res: dict[str, np.ndarray] = {"meat0": np.zeros((m, m))}
+    j = 1
+    for p, beta, pb in zip(parts, betas, part_betas):
+        own = () if pb is None else (pb,)
+        direct = len(parts) == 1 and p.spec.m == m and bool(np.all(p.place == np.arange(m)))
+        sel, scores, used, meats = design_scores(chunk, p.spec, () if lone else (beta,), ((beta,) if lone else ()) + own,
+                                                 out=pooled if direct else None)
+        if lone:
+            res["meat0"][np.ix_(p.place, p.place)] = meats.pop(0)
+        elif scores[0] is not pooled:
+            add_columns(pooled, sel, p.place, scores[0])
+        used_any[sel[used]] = True
+        if pb is not None:
+            res[f"meat{j}"] = meats[0]
+            res[f"G{j}"] = res[f"units{j}"] = np.array(float(np.count_nonzero(used)))
+            j += 1
+    if not lone:
+        res["meat0"] = pooled.T @ pooled
+    res["G0"] = res["units0"] = np.array(float(np.count_nonzero(used_any)))
+    return res
 
 
 def coef_map(inv: np.ndarray, cols: np.ndarray) -> np.ndarray:

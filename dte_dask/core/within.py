@@ -14,11 +14,13 @@ Every per-unit quantity is computed with explicit loops over periods or ``bincou
 order, never with a reduction whose rounding depends on how many units a call sees: scores of a
 unit are bit-identical whatever block it is computed in. Sums over units (:func:`gram_stats`,
 :func:`unit_meat`) are taken by the callers over one RNG block at a time, whose rows are the same
-for any partitioning, so their (periods x periods) products may use BLAS.
+for any partitioning, so their (periods x periods) products may use BLAS. A block whose units are
+observed in every period of the design (:func:`_complete`) takes closed forms per design row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,18 @@ class DesignSpec:
         return ("design-spec", self.rows, self.default_row, self.t0, self.t1, self.codes.tobytes(),
                 self.codes.shape, self.n_int, mult, self.cov_idx)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields only: the tables derived from them (:meth:`derived`) are rebuilt where used."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def derived(self, key: str, make: Callable[[], Any]) -> Any:
+        """A table derived from the spec (dummy layouts, expansions, ...), made once per process: a
+        kernel called per step of a block must not rebuild it every time."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
 
 @dataclass(frozen=True)
 class _Within:
@@ -113,13 +127,18 @@ def _rowsum(a: np.ndarray) -> np.ndarray:
 def _rows(g: np.ndarray, spec: DesignSpec) -> np.ndarray:
     rows = np.full(g.shape[0], spec.default_row, dtype=np.int64)
     if spec.rows and g.size:
-        values = np.array([v for v, _ in spec.rows], dtype=np.float64)
-        order = np.argsort(values, kind="stable")
-        values, targets = values[order], np.array([r for _, r in spec.rows], dtype=np.int64)[order]
+        values, targets = spec.derived("row-lookup", lambda: _row_lookup(spec))
         pos = np.minimum(np.searchsorted(values, g), values.size - 1)
         hit = values[pos] == g
         rows[hit] = targets[pos[hit]]
     return rows
+
+
+def _row_lookup(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The group indices of ``spec.rows`` sorted, and their rows."""
+    values = np.array([v for v, _ in spec.rows], dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    return values[order], np.array([r for _, r in spec.rows], dtype=np.int64)[order]
 
 
 def _prepare(block: Any, spec: DesignSpec) -> _Within:
@@ -158,11 +177,17 @@ def _prepare(block: Any, spec: DesignSpec) -> _Within:
 def _layouts(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray]:
     """The distinct dummy layouts of the design's rows (rows differing only in dropped periods
     share one): the layout of each row (R,) and the interest codes of each layout (C, L)."""
-    uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
-    return cls.reshape(-1), uniq
+    def make() -> tuple[np.ndarray, np.ndarray]:
+        uniq, cls = np.unique(np.maximum(spec.codes, NONE), axis=0, return_inverse=True)
+        return cls.reshape(-1), uniq
+    return spec.derived("layouts", make)
 
 
 def _expansion(spec: DesignSpec, with_covariates: bool = False) -> np.ndarray:
+    return spec.derived(f"expansion-{with_covariates}", lambda: _make_expansion(spec, with_covariates))
+
+
+def _make_expansion(spec: DesignSpec, with_covariates: bool) -> np.ndarray:
     """(C, L, m) 0/1: the dummy columns of the observation of each (dummy layout, period); with
     ``with_covariates`` (C, L + p, m), the covariate columns appended as identity rows.
 
@@ -209,6 +234,72 @@ def _grouped_gram(Z: np.ndarray, V: np.ndarray, rows: np.ndarray, E: np.ndarray)
     return out
 
 
+@dataclass(frozen=True)
+class _Complete:
+    """A block whose design units are each observed, weighted and kept in every period of the design
+    (a balanced panel): the observation weight is :math:`w_{it} = w_i q_{r t}` (q the design row's
+    multipliers), every unit is used, and the within-transformation has closed forms per design row."""
+
+    sel: np.ndarray  # (n_s,) positions of the design's units in the block
+    row: np.ndarray  # (n_s,) their design rows
+    w: np.ndarray  # (n_s,) their sampling weights
+    yt: np.ndarray  # (n_s, L) demeaned outcome, unit-major
+    q: np.ndarray  # (R, L) multipliers of each design row (ones if none)
+    qsum: np.ndarray  # (R,) their sums over the periods
+
+
+def _complete(block: Any, spec: DesignSpec) -> _Complete | None:
+    """The block as a :class:`_Complete`, or None when some unit misses a period (NaN outcome,
+    dropped period, zero weight), the design has covariates or a single period, or no unit."""
+    if spec.p or spec.n_levels < 2 or not block.n:
+        return None
+    rows = _rows(block.g, spec)
+    q, qsum, ok = spec.derived("complete-rows", lambda: _row_multipliers(spec))
+    if rows.min() >= 0:
+        sel, r, y, w = np.arange(rows.size), rows, block.y[:, spec.t0:spec.t1], block.w
+    else:
+        sel = np.flatnonzero(rows >= 0)
+        r = rows[sel]
+        y, w = block.y[sel, spec.t0:spec.t1], block.w[sel]
+    if not sel.size or not ok[r].all() or not (w > 0).all():
+        return None
+    qr = None if spec.mult is None else q[r]
+    s = _rowsum(y if qr is None else y * qr)  # a missing period leaves a NaN sum
+    if not np.isfinite(s).all():
+        return None
+    yt = np.subtract(y, (s / qsum[r])[:, None], order="C")
+    return _Complete(sel, r, w, yt, q, qsum)
+
+
+def _row_multipliers(spec: DesignSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, L) multipliers of the design rows, their sums over periods, and whether a row keeps
+    every period with a positive multiplier."""
+    q = np.ones(spec.codes.shape) if spec.mult is None else np.asarray(spec.mult, dtype=np.float64)
+    ok = (spec.codes != DROP).all(axis=1) & (q > 0).all(axis=1)
+    return q, _rowsum(q), ok
+
+
+def _complete_gram(c: _Complete, spec: DesignSpec) -> dict[str, np.ndarray]:
+    """:func:`gram_stats` of a :class:`_Complete` block: with :math:`S_r = \\sum_{i \\in r} w_i`, design
+    row r contributes :math:`E_r'(S_r \\operatorname{diag}(q_r) - S_r q_r q_r' / \\textstyle\\sum_t q_{rt})E_r`
+    to the Gram matrix and :math:`E_r'(q_r \\circ \\sum_{i \\in r} w_i \\tilde y_i)` to X'Wy (one
+    (rows x units) x (units x periods) product)."""
+    n, L, R = c.row.size, spec.n_levels, c.q.shape[0]
+    Er = _expansion(spec)[_layouts(spec)[0]]  # (R, L, m) dummy columns of each design row
+    Pw = np.zeros((n, R))
+    Pw[np.arange(n), c.row] = c.w
+    Sy = Pw.T @ c.yt  # (R, L)
+    S = np.bincount(c.row, c.w, minlength=R)
+    cnt = np.repeat(np.bincount(c.row, minlength=R).astype(np.float64)[:, None], L, axis=1)
+    d = S[:, None] * c.q
+    v = np.einsum("rl,rlm->rm", c.q, Er)  # E_r' q_r
+    A = np.einsum("rl,rlm,rlk->mk", d, Er, Er) - np.einsum("r,rm,rk->mk", S / c.qsum, v, v)
+    k = spec.n_fe + spec.p
+    return {"A": A, "b": np.einsum("rl,rlm->m", c.q * Sy, Er), "raw": np.einsum("rl,rlm->m", d, Er),
+            "n_obs": np.array(float(n * L)), "col_n": np.einsum("rl,rlm->m", cnt, Er), "level_n": cnt.sum(axis=0),
+            "int_w": np.einsum("r,rlm->m", S, Er[:, :, k:])}
+
+
 def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     """Sufficient statistics of one block for the normal equations of ``spec``.
 
@@ -234,6 +325,9 @@ def gram_stats(block: Any, spec: DesignSpec) -> dict[str, np.ndarray]:
     demeaned explicitly (:math:`\\sum_t w \\tilde x = 0` makes their cross products with raw and
     demeaned dummies equal), and :math:`X'W\\tilde y = \\tilde X'W \\tilde y`.
     """
+    c = _complete(block, spec)
+    if c is not None:
+        return _complete_gram(c, spec)
     wd = _prepare(block, spec)
     m, L, nfe, p = spec.m, spec.n_levels, spec.n_fe, spec.p
     W = wd.W
@@ -284,57 +378,118 @@ def unit_scores(block: Any, spec: DesignSpec, *betas: np.ndarray) -> tuple[np.nd
     :math:`\\sum_t w_{it} \\hat e_{it} = 0` within a unit, the dummy scores need no demeaning:
     :math:`s_i = \\sum_t w_{it} d_{it} \\hat e_{it}`.
     """
-    wd = _prepare(block, spec)
-    out = []
-    for beta in betas:
-        we = _weighted_residuals(wd, spec, beta)
-        scores = _unit_sums(we, wd.row, spec)
-        for j in range(spec.p):
-            scores[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
-        out.append(scores)
-    return wd.sel, out, wd.used
+    sel, scores, used, _ = design_scores(block, spec, betas, ())
+    return sel, scores, used
 
 
 def unit_meat(block: Any, spec: DesignSpec, beta: np.ndarray) -> tuple[np.ndarray, int]:
     """:math:`\\sum_i s_i s_i'` over the units of a block (each unit its own cluster) and the number
-    of units in the regression, without forming the (n, m) scores: with
-    :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it} \\hat e_{it})` and
-    :math:`s_i = E_r' z_i`, the sum is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`."""
+    of units in the regression, without forming the (n, m) scores (see :func:`design_scores`)."""
+    _, _, used, meats = design_scores(block, spec, (), (beta,))
+    return meats[0], int(np.count_nonzero(used))
+
+
+def design_scores(block: Any, spec: DesignSpec, score_betas: Sequence[np.ndarray], meat_betas: Sequence[np.ndarray],
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """One within-transformation of the block for every coefficient vector: the (n_s, m) scores at
+    each of ``score_betas`` (:func:`unit_scores`) and the meat :math:`\\sum_i s_i s_i'` (each unit its
+    own cluster) at each of ``meat_betas``.
+
+    Returns ``(sel, scores, used, meats)``. The first scores are written into ``out`` (a zero
+    (n, m) array) when given and every unit of the block takes part.
+
+    Notes
+    -----
+    The meat never forms the scores: with :math:`z_i = (w_i \\hat e_i, \\sum_t w_{it} \\tilde x_{it}
+    \\hat e_{it})` and :math:`s_i = E_r' z_i`, it is :math:`\\sum_r E_r' (\\sum_{i \\in r} z_i z_i') E_r`.
+    """
+    c = _complete(block, spec)
+    if c is not None:
+        cls = _layouts(spec)[0][c.row]
+        wes = [_complete_residuals(c, spec, beta) for beta in (*score_betas, *meat_betas)]
+        E = _expansion(spec, with_covariates=True)
+        into = out if c.sel.size == block.n else None
+        return (c.sel, [_unit_sums(we, cls, spec, into if i == 0 else None) for i, we in enumerate(wes[:len(score_betas)])],
+                np.ones(c.sel.size, dtype=bool), [_grouped_gram(we, we, cls, E) for we in wes[len(score_betas):]])
     wd = _prepare(block, spec)
-    we = _weighted_residuals(wd, spec, beta)
-    if spec.p:
-        we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
-    return _grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)), int(np.count_nonzero(wd.used))
+    scores, meats = [], []
+    for beta in score_betas:
+        we = _weighted_residuals(wd, spec, beta)
+        s = _unit_sums(we, wd.cls, spec, out if not scores and wd.sel.size == block.n else None)
+        for j in range(spec.p):
+            s[:, spec.n_fe + j] = _rowsum(wd.xt[:, :, j] * we)
+        scores.append(s)
+    for beta in meat_betas:
+        we = _weighted_residuals(wd, spec, beta)
+        if spec.p:
+            we = np.hstack([we, np.stack([_rowsum(wd.xt[:, :, j] * we) for j in range(spec.p)], axis=1)])
+        meats.append(_grouped_gram(we, we, wd.cls, _expansion(spec, with_covariates=True)))
+    return wd.sel, scores, wd.used, meats
 
 
 def _weighted_residuals(wd: _Within, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
-    """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used."""
+    """(n_s, L) :math:`w_{it} \\hat e_{it}`, 0 where an observation is not used.
+
+    The dummy part of the fit is one row of a (layouts x periods) table per unit, gathered period
+    by period in the layout of ``wd.W`` (period-major blocks stay period-major)."""
     beta = np.asarray(beta, dtype=np.float64)
     F = _expansion(spec) @ beta  # (C, L) dummy part of the fit of each (dummy layout, period)
-    fit = F[wd.cls]
+    fit = np.empty_like(wd.W)
+    for t in range(F.shape[1]):
+        fit[:, t] = F[wd.cls, t]
     fit -= (_rowsum(wd.W * fit) * wd.inv)[:, None]
     for j in range(spec.p):
         fit += wd.xt[:, :, j] * beta[spec.n_fe + j]
     return wd.W * (wd.yt - fit)
 
 
-def _unit_sums(v: np.ndarray, rows: np.ndarray, spec: DesignSpec) -> np.ndarray:
-    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row.
+def _complete_residuals(c: _Complete, spec: DesignSpec, beta: np.ndarray) -> np.ndarray:
+    """:func:`_weighted_residuals` of a :class:`_Complete` block: the demeaned dummy part of the fit
+    is one (periods,) vector per design row."""
+    F = (_expansion(spec) @ np.asarray(beta, dtype=np.float64))[_layouts(spec)[0]]  # (R, L)
+    F -= (_rowsum(c.q * F) / c.qsum)[:, None]
+    we = c.yt - F[c.row]
+    we *= c.w[:, None] if spec.mult is None else c.w[:, None] * c.q[c.row]
+    return we
+
+
+def _interest_rounds(codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For one dummy layout's codes (L,): rounds ``(columns, periods)``, round k pairing each interest
+    column with its k-th period (in period order), so that adding the rounds in turn sums every
+    column's periods in period order."""
+    t = np.flatnonzero(codes >= 0)
+    order = np.argsort(codes[t], kind="stable")
+    c, t = codes[t][order], t[order]
+    start = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, dtype=np.int64)
+    k = np.arange(c.size) - np.repeat(start, np.diff(np.r_[start, c.size]))
+    return [(c[k == r], t[k == r]) for r in range(int(k.max()) + 1 if c.size else 0)]
+
+
+def _unit_sums(v: np.ndarray, cls: np.ndarray, spec: DesignSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, m): per unit, the sum over periods of ``v`` (zero where not used) times its dummy row
+    (written into ``out``, a zero array, when given).
 
     Fixed-effect level t has column t - 1, so that block is ``v`` itself. Interest column j of a
-    unit collects the periods whose code (in the unit's design row) is j, added in period order.
+    unit collects the periods whose code (in the unit's dummy layout ``cls``) is j, added in period
+    order: the units of one layout are gathered once and their columns summed in rounds
+    (:func:`_interest_rounds`).
     """
     n, L = v.shape
-    out = np.zeros((n, spec.m))
+    out = np.zeros((n, spec.m)) if out is None else out
     out[:, :spec.n_fe] = v[:, 1:]
     if spec.n_int:
-        flat = out.reshape(-1)
-        base = np.arange(n) * spec.m + spec.n_fe + spec.p
-        codes = spec.codes[:, :L]
-        for t in range(L):
-            c = codes[rows, t]
-            ok = c >= 0
-            flat[base[ok] + c[ok]] += v[ok, t]
+        off = spec.n_fe + spec.p
+        layouts = _layouts(spec)[1]
+        plan = spec.derived("rounds", lambda: [_interest_rounds(codes) for codes in layouts])
+        for c, rounds in enumerate(plan):
+            if not rounds:
+                continue
+            idx = np.flatnonzero(cls == c)
+            sub = v[idx]
+            acc = np.zeros((idx.size, spec.n_int))
+            for cols, periods in rounds:
+                acc[:, cols] += sub[:, periods]
+            out[idx, off:off + spec.n_int] = acc
     return out
 
 
@@ -364,18 +519,20 @@ def collinear_columns(A: np.ndarray, candidates: np.ndarray, raw: np.ndarray, to
     m = A.shape[0]
     dropped = np.zeros(m, dtype=bool)
     kept: list[int] = []
-    L = np.zeros((0, 0))
+    L = np.zeros((m, m))  # the factor of the kept columns, grown in place
     for j in np.flatnonzero(candidates):
         d = A[j, j]
         if not d > tol * raw[j]:
             dropped[j] = True
             continue
-        v = linalg.solve_triangular(L, A[kept, j], lower=True) if kept else np.zeros(0)
+        k = len(kept)
+        v = linalg.solve_triangular(L[:k, :k], A[kept, j], lower=True) if kept else np.zeros(0)
         r = d - v @ v
         if r <= tol * d:
             dropped[j] = True
             continue
-        L = np.block([[L, np.zeros((len(kept), 1))], [v[None, :], np.array([[np.sqrt(r)]])]])
+        L[k, :k] = v
+        L[k, k] = np.sqrt(r)
         kept.append(j)
     return dropped
 

@@ -5,14 +5,15 @@ pass 1  ``<name>`` (one task prefix per design; stacked DiD: one per sub-experim
 driver  assembles the designs' normal equations into the global one and solves it (guarded:
         collinear fixed-effect columns are dropped, any other collinear column is an error);
 pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that recurs across stacks
-        contributes one score) and over clusters, reduced in the same task to sum_g s_g s_g' per RNG
-        block (picked as ``<prefix>-meat``; one design clustered by unit without a bootstrap: the
-        (n, m) scores are never formed) and, with a bootstrap, to multiplier-bootstrap draws of the
-        non-nuisance coefficients keyed by RNG block (picked as ``mboot``), as ``attgt-influence``
-        does: the scores are first mapped to coefficient scores ``s_i inv[:, keep]`` (keep: the
-        non-nuisance columns), so the multipliers multiply a matrix as narrow as the reported
-        coefficients, not one as wide as every fixed-effect dummy; the dense scores never leave the
-        task, so memory stays at one partition's scores.
+        contributes one score) and over clusters, reduced in the same task, one RNG block at a
+        time, to sum_g s_g s_g' (picked as ``<prefix>-meat``; clustered by unit, the per-design
+        meats and, for one design without a bootstrap, the pooled one never form their scores) and,
+        with a bootstrap, to multiplier-bootstrap draws of the non-nuisance coefficients keyed by
+        RNG block (picked as ``mboot``), as ``attgt-influence`` does: the pooled scores are first
+        mapped to coefficient scores ``s_i inv[:, keep]`` (keep: the non-nuisance columns), so the
+        multipliers multiply a matrix as narrow as the reported coefficients, not one as wide as
+        every fixed-effect dummy; the dense scores never leave the task, so memory stays at one
+        partition's pooled scores.
 Only (m x m)-, (B x k)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
@@ -27,11 +28,9 @@ from dask.base import tokenize
 
 from dte_dask.core.ols import (
     CrvFit,
-    block_scores,
     coef_map,
     crv_fit,
     local_nuisance,
-    score_meat,
     scores_meat,
     solve_part,
     solve_pooled,
@@ -156,8 +155,15 @@ def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas:
                       block_size: int, n_blocks: int, boot_kw: dict | None, proj: np.ndarray | None = None):
     """One partition's per-unit scores, reduced in the same task to the meat cover and (with
     ``boot_kw``) the bootstrap cover of the coefficient scores ``scores @ proj`` (m x k: the
-    inverse's columns of the drawn coefficients); memory stays at one partition's scores."""
-    scores = block_scores(block, parts, m, betas, part_betas)
-    meat = by_rng_block(block, score_meat, block_size, n_blocks, widths, rows=scores)
-    boot = boot_cover(scores[:, :m] @ proj, block.rank, **boot_kw) if boot_kw is not None else None
+    inverse's columns of the drawn coefficients); memory stays at one partition's pooled scores
+    (the per-design ones exist one RNG block at a time)."""
+    scores = np.zeros((block.n, m))
+    meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
+    boot = boot_cover(scores @ proj, block.rank, **boot_kw) if boot_kw is not None else None
     return meat, boot
+
+
+def _scores_into(chunk, out: np.ndarray, *args):
+    """:func:`scores_meat` of one RNG block, its pooled scores written into ``out`` (a view of the
+    partition's scores)."""
+    return scores_meat(chunk, *args, out=out)
