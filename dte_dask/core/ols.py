@@ -177,4 +177,9 @@ def coef_map(inv: np.ndarray, cols: np.ndarray) -> np.ndarray:
     coefficients ``cols``. Applied before the multipliers, ``V @ (S @ A) = (V @ S) @ A``: the
     bootstrap multiplies a k-wide matrix instead of the m-wide scores (k: reported coefficients,
     m: every column, fixed-effect dummies included)."""
-    return inv[:, cols]
+    return np.ascontiguousarray(inv[:, cols])
+
+
+def coef_scores(scores: np.ndarray, cmap: np.ndarray) -> np.ndarray:
+    """(n, k) per-unit contributions to the coefficients: ``scores @ cmap`` (:func:`coef_map`)."""
+    return scores @ cmap

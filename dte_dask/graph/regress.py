@@ -29,6 +29,7 @@ from dask.base import tokenize
 from dte_dask.core.ols import (
     CrvFit,
     coef_map,
+    coef_scores,
     crv_fit,
     local_nuisance,
     scores_meat,
@@ -94,7 +95,7 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     else:  # one task per partition: scores -> meat and draws; the dense scores never leave it
         boot_kw = {"seed": seed, "n_boot": n_boot, "block_size": panel.rng_block_size,
                    "n_blocks": panel.n_rng_blocks, "n": 1, "kind": boot_weights}
-        proj = np.ascontiguousarray(coef_map(sol.inv, draw_cols))
+        proj = coef_map(sol.inv, draw_cols)
         fused = panel.map_blocks(_one_thread, _score_reductions, parts, m, betas, part_betas, widths,
                                  panel.rng_block_size, panel.n_rng_blocks, boot_kw, proj, name=scores_name)
         pick = dask.delayed(operator.getitem, pure=True)
@@ -159,7 +160,7 @@ def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas:
     (the per-design ones exist one RNG block at a time)."""
     scores = np.zeros((block.n, m))
     meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
-    boot = boot_cover(scores @ proj, block.rank, **boot_kw) if boot_kw is not None else None
+    boot = boot_cover(coef_scores(scores, proj), block.rank, **boot_kw) if boot_kw is not None else None
     return meat, boot
 
 
