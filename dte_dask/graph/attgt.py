@@ -61,7 +61,7 @@ def _moment_reductions(block: UnitBlock, cells: Cells, moment_stats, boot_apply,
     if boot_kw is None:
         return mom, None
     apply = boot_apply(block, cells, *coef)
-    return mom, boot_cover_apply(block.rank, apply, coef[2].shape[2], **boot_kw)
+    return mom, boot_cover_apply(block.rank, apply, coef[2].shape[2], order=apply.order, **boot_kw)
 
 
 def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, influence, clustered: bool,
