@@ -25,6 +25,7 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
+from dte_dask.core.multipliers import key_runs
 
 
 def category_index(block: UnitBlock, cells: Cells, cats: np.ndarray) -> np.ndarray:
@@ -137,15 +138,12 @@ class CategoryApply:
 
     def order(self, lo: int, hi: int) -> np.ndarray:
         """Units lo..hi-1 (offsets) grouped by category; forms each category's [w (Y - m_r), w]."""
-        rr = self.r[lo:hi]
-        perm = np.argsort(rr, kind="stable")
-        rs = rr[perm]
-        cuts = np.flatnonzero(np.r_[True, rs[1:] != rs[:-1], True])
+        perm, runs = key_runs(self.r[lo:hi])
         self.groups = []
-        for a, z in zip(cuts[:-1], cuts[1:]):
-            rows, j = lo + perm[a:z], int(rs[a])
+        for a, z, j in runs:
+            rows = lo + perm[a:z]
             w = self.block.w[rows, None]
-            self.groups.append((int(a), int(z), j, np.hstack([(self.block.y[rows] - self.m[j]) * w, w])))
+            self.groups.append((a, z, j, np.hstack([(self.block.y[rows] - self.m[j]) * w, w])))
         return perm
 
     def __call__(self, V: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -46,3 +46,13 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     if cols is None:
         return out
     return out[:, cols] if isinstance(cols, slice) else np.take(out, cols, axis=1)
+
+
+def key_runs(keys: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Entities of one RNG block grouped by ``keys`` (ascending, ties by position: an order defined
+    by the data, never by the partitioning): the permutation, to pass as ``cols`` of
+    :func:`multipliers`, and ``(lo, hi, key)`` of each group's run in it."""
+    perm = np.argsort(keys, kind="stable")
+    ks = keys[perm]
+    cuts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1], True])
+    return perm, [(int(lo), int(hi), int(ks[lo])) for lo, hi in zip(cuts[:-1], cuts[1:])]

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from dte_dask import config
 from dte_dask.core.dyadic import DyadicCover
-from dte_dask.core.multipliers import CHUNK, BootWeights, multipliers
+from dte_dask.core.multipliers import CHUNK, BootWeights, key_runs, multipliers
 from dte_dask.exceptions import SpecError
 from dte_dask.inference.variance import entity_sums
 
@@ -117,21 +117,17 @@ class _SupportPlan:
 
     def order(self, a: int, b: int) -> np.ndarray:
         """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns."""
-        k = self.ekey[a:b]
-        perm = np.argsort(k, kind="stable")
-        ks = k[perm]
-        cuts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1], True])
+        perm, runs = key_runs(self.ekey[a:b])
         self.groups = []
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
+        for lo, hi, g in runs:
             rows = self.S[a + perm[lo:hi]]
-            g = int(ks[lo])
             cols = self.support[g] if 0 <= g < len(self.support) else None
             if cols is not None:
                 off = np.ones(rows.shape[1], dtype=bool)
                 off[cols] = False
                 if np.any(rows[:, off] != 0.0):  # not the support the caller stated: every column
                     cols = None
-            self.groups.append((int(lo), int(hi), cols, rows if cols is None else np.ascontiguousarray(rows[:, cols])))
+            self.groups.append((lo, hi, cols, rows if cols is None else np.ascontiguousarray(rows[:, cols])))
         return perm
 
     def apply(self, V: np.ndarray, a: int, b: int) -> np.ndarray:
