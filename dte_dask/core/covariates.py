@@ -29,16 +29,92 @@ def _x_varying(block: UnitBlock) -> bool:
     return block.x is not None and block.x.ndim == 3
 
 
-def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns).
+def period_runs(t: np.ndarray, base: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs ``(i, j, step)`` of cells ``i..j-1`` whose current periods are consecutive and whose base
+    periods are consecutive (``step`` 1) or one period (``step`` 0): their outcome changes are
+    differences of column slices, no gathers."""
+    runs, i, K = [], 0, t.size
+    while i < K:
+        j, step = i + 1, -1
+        while j < K and t[j] - t[j - 1] == 1 and base[j] - base[j - 1] in (0, 1) and step in (-1, base[j] - base[j - 1]):
+            step = int(base[j] - base[j - 1])
+            j += 1
+        runs.append((i, j, max(step, 0)))
+        i = j
+    return runs
+
+
+def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns),
+    written into ``out`` when given.
 
     A cell set with a ``design_dy`` method (the triple-differences comparisons) may hand back the
     changes it keeps with the block (the same numbers, computed once for all passes)."""
     kept = cells.design_dy(block, ks) if hasattr(cells, "design_dy") else None
     if kept is not None:
-        return kept
-    y = block.y[m]
-    return y[:, cells.t[ks]] - y[:, cells.base[ks]]
+        if out is None:
+            return kept
+        out[...] = kept
+        return out
+    idx = np.flatnonzero(m)
+    t, base = cells.t[ks], cells.base[ks]
+    if out is None:  # column-major, as numpy lays out y[:, t] - y[:, base] (the sums taken over it round alike)
+        out = np.empty((idx.size, ks.size), order="F")
+    runs = period_runs(t, base)
+    if block.y.strides[0] <= block.y.strides[1] and out.strides[0] == out.itemsize:
+        # column-major outcomes and output: gather each period's column straight into its place,
+        # then subtract the (few) base columns; no copy of the design's whole outcome matrix
+        yT, outT = block.y.T, out.T
+        for i, j, step in runs:
+            b0 = int(base[i])
+            np.take(yT[t[i]:t[j - 1] + 1], idx, axis=1, out=outT[i:j], mode="clip")
+            if step and b0 == t[i] - 1:  # Y_c - Y_{c-1}: each base column is the previous cell's current one
+                for c in range(j - 1, i, -1):
+                    outT[c] -= outT[c - 1]
+                outT[i] -= np.take(yT[b0], idx)
+            else:
+                outT[i:j] -= np.take(yT[b0:b0 + (j - i if step else 1)], idx, axis=1)
+        return out
+    y = np.take(block.y, idx, axis=0)
+    for i, j, step in runs:
+        b0 = int(base[i])
+        np.subtract(y[:, t[i]:t[j - 1] + 1], y[:, b0:b0 + (j - i if step else 1)], out=out[:, i:j])
+    return out
+
+
+class _Scratch:
+    """Buffers for the large temporaries of every design of a block (they are costly where the
+    allocator returns freed memory to the system at once, as Dask's workers are set up to)."""
+
+    def __init__(self, block: UnitBlock, groups: list[np.ndarray]) -> None:
+        self.n, self.k = block.n, max((ks.size for ks in groups), default=0)
+        self.p = block.x.shape[-1] + 1 if block.x is not None else 1
+        self.dys: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+        self.xs: np.ndarray | None = None
+
+    def design_rows(self, cells: Cells, block: UnitBlock, ks: np.ndarray):
+        """``cells.design_rows(block, ks)``, X in the buffer (valid until the next call)."""
+        if self.xs is None:
+            self.xs = np.empty(self.n * self.p)
+        return cells.design_rows(block, ks, buf=self.xs)
+
+    def dy(self, block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
+        """:func:`design_dy` (column-major) in the buffer, never a cell set's kept changes: free to
+        scale in place."""
+        if self.dys is None:
+            self.dys = np.empty(self.n * self.k)
+        out = self.dys[:n_m * ks.size].reshape(ks.size, n_m).T
+        return design_dy(block, cells, m, ks, out=out)
+
+    def gram(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``(X * v[:, None]).T @ X``, the product formed in the buffer."""
+        if X.size > self.n * self.p:  # a cell set whose designs have more columns (not Cells')
+            return (X * v[:, None]).T @ X
+        if self.rows is None:
+            self.rows = np.empty(self.n * self.p)
+        Xv = np.multiply(X, v[:, None], out=self.rows[:X.size].reshape(X.shape))
+        return Xv.T @ X
 
 
 def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
@@ -46,15 +122,18 @@ def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
     K = cells.K
     out = {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
-    for ks in designs(cells, _x_varying(block)):
-        m, X, d, w = cells.design_rows(block, ks)
-        dYm = design_dy(block, cells, m, ks)
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
+        m, X, d, w = buf.design_rows(cells, block, ks)
+        dYm = buf.dy(block, cells, m, ks, X.shape[0])
         wc, wd = w * (1.0 - d), w * d
-        out["XtWX"][ks] = (X * wc[:, None]).T @ X
-        out["XtWdY"][ks] = (X.T @ (wc[:, None] * dYm)).T
+        out["XtWX"][ks] = buf.gram(X, wc)
+        out["SwDdY"][ks] = wd @ dYm
+        dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
+        out["XtWdY"][ks] = (X.T @ dYm).T
         out["SwDX"][ks] = X.T @ wd
         out["SwD"][ks] = wd.sum()
-        out["SwDdY"][ks] = wd @ dYm
         out["nD"][ks] = d.sum()
         out["nC"][ks] = (1.0 - d).sum()
     return out
@@ -68,18 +147,20 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
     K, p = gamma.shape
     out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K),
            "n999": np.zeros(K)}
-    for ks in designs(cells, _x_varying(block)):
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
         ks = ks[active[ks]]
         if ks.size == 0:
             continue
-        _, X, d, w = cells.design_rows(block, ks)
+        _, X, d, w = buf.design_rows(cells, block, ks)
         if unweighted:
             w = np.ones_like(w)
         gk = gamma[ks]
         same = bool(np.all(gk == gk[0]))
         for gam in gk[:1] if same else np.unique(gk, axis=0):  # cells of a design move together
             sel = ks if same else ks[np.all(gk == gam, axis=1)]
-            gr, he, ll, eta, ps = logit_terms(X, d, w, gam)
+            gr, he, ll, eta, ps = logit_terms(X, d, w, gam, buf.gram)
             out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
             out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
     return out
@@ -99,46 +180,107 @@ def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarr
     z = np.zeros
     out = {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
            "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
-    for ks in designs(cells, _x_varying(block)):
-        m, X, d, w = cells.design_rows(block, ks)
+    groups = designs(cells, _x_varying(block))
+    buf = _Scratch(block, groups)
+    for ks in groups:
+        m, X, d, w = buf.design_rows(cells, block, ks)
         ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
-        dYm = design_dy(block, cells, m, ks)
+        dYm = buf.dy(block, cells, m, ks, X.shape[0])
         out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
         out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
         out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
-        out["ScdYX"][ks] = (X.T @ (wc[:, None] * dYm)).T
-        out["ScXX"][ks] = (X * wc[:, None]).T @ X
-        out["H"][ks] = (X * (w * ps * (1.0 - ps))[:, None]).T @ X
+        dYm *= wc[:, None]  # wc * dY in place
+        out["ScdYX"][ks] = (X.T @ dYm).T
+        out["ScXX"][ks] = buf.gram(X, wc)
+        out["H"][ks] = buf.gram(X, w * ps * (1.0 - ps))
     return out
 
 
-def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
-    """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells)."""
-    method, n, ok = est["method"], est["n"], est["ok"]
-    psi = np.zeros((block.n, cells.K))
-    for ks in designs(cells, _x_varying(block)):
-        ks = ks[ok[ks]]
-        if ks.size == 0:
-            continue
-        m, X, d, w = cells.design_rows(block, ks)
-        dYm = design_dy(block, cells, m, ks)
-        if method == "reg":
-            Xb = X @ est["beta"][ks].T  # (n_m, |ks|)
-            wd = (w * d)[:, None]
-            e_v = (w * (1.0 - d))[:, None] * (dYm - Xb) * (X @ est["v_t"][ks].T)
-            num = wd * dYm - wd * est["eta_t"][ks] - (wd * Xb - wd * est["eta_c"][ks] + e_v)
-            psi[np.ix_(m, ks)] = n * num / est["St"][ks]
-            continue
-        ps, wt, wc = _ps_weights(X, d, w, est["gamma"][ks[0]])
-        s_v = (w * (d - ps))[:, None] * (X @ est["v_ps"][ks].T)
-        wt_, wc_ = wt[:, None], wc[:, None]
-        if method == "ipw":
-            treat = (wt_ * dYm - wt_ * est["eta_t"][ks]) / est["St"][ks]
-            ctrl = (wc_ * dYm - wc_ * est["eta_c"][ks] + s_v) / est["Sc"][ks]
-        else:  # dr
-            r = dYm - X @ est["beta"][ks].T
-            e = (w * (1.0 - d))[:, None] * r
-            treat = (wt_ * r - wt_ * est["eta_t"][ks] - e * (X @ est["v_t"][ks].T)) / est["St"][ks]
-            ctrl = (wc_ * r - wc_ * est["eta_c"][ks] + s_v - e * (X @ est["v_c"][ks].T)) / est["Sc"][ks]
-        psi[np.ix_(m, ks)] = n * (treat - ctrl)
+def shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """``v[ks[0]]``: a design-level piece (computed from the design's sums, so the same for every
+    cell of the design)."""
+    x = v[ks]
+    if not np.all(x == x[0]):
+        raise RuntimeError("a design-level nuisance piece (St, Sc, v_t, v_c) differs between the cells of a design")
+    return x[0]
+
+
+def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.ndarray, rows,
+                 scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(L, R) with ``L @ R`` the (n_m, |ks|) reg / ipw / dr influence functions of the cells ``ks``
+    of one design (panel scale): DRDID's formulas regrouped.
+
+    The pieces that are the same for the whole design (treated and control totals St, Sc, the
+    outcome-regression corrections v_t, v_c) enter per-row factors ``c`` and ``s``; what differs
+    by cell (the outcome change dY, beta, v_ps, eta_t, eta_c) is in dY and R:
+    L = [c * dY, X * c, X * s, row weights], R = n [I; -beta'; -v_ps'; -eta_t; eta_c]. ``cells``
+    may be any cell set with ``design_rows`` (:func:`design_dy`); ``rows`` = its design rows.
+    ``scratch``: a flat float array of at least n_m (|ks| + 2 p + 2) elements to hold L (the
+    caller's, reused across designs: fewer large temporaries)."""
+    method, n = est["method"], float(est["n"])
+    m, X, d, w = rows
+    St = shared(est["St"], ks)
+    # parts of L after c * dY: (array, row factor or None), written straight into L
+    if method == "reg":
+        wd = w * d
+        c = (wd - w * (1.0 - d) * (X @ shared(est["v_t"], ks))) / St
+        parts, coef = [(X, c), (wd / St, None)], [-est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]]
+    else:
+        Sc = shared(est["Sc"], ks)
+        ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
+        trim = (d == 1) | (ps < TRIM_LEVEL)
+        wt = trim * w * d / St
+        wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc
+        c = wt - wc
+        if method == "dr":
+            c -= w * (1.0 - d) * (X @ (shared(est["v_t"], ks) / St - shared(est["v_c"], ks) / Sc))
+        parts = [(X, w * (d - ps) / Sc), (wt, None), (wc, None)]
+        coef = [-est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
+        if method == "dr":
+            parts.insert(0, (X, c))
+            coef.insert(0, -est["beta"][ks].T)
+    widths = [1 if a.ndim == 1 else a.shape[1] for a, _ in parts]
+    shape = (X.shape[0], ks.size + sum(widths))
+    L = np.empty(shape) if scratch is None else scratch[:shape[0] * shape[1]].reshape(shape)
+    dY = design_dy(block, cells, m, ks, out=L[:, :ks.size])  # c * dY straight into the first |ks| columns
+    dY *= c[:, None]
+    at = ks.size
+    for (a, f), wd in zip(parts, widths):
+        if f is None:
+            L[:, at:at + wd] = a.reshape(-1, wd)
+        else:
+            np.multiply(a, f[:, None], out=L[:, at:at + wd])
+        at += wd
+    return L, n * np.vstack([np.eye(ks.size), *coef])
+
+
+def put_columns(out: np.ndarray, idx: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+    """``out[idx][:, cols] = values``, through a column slice when ``cols`` is contiguous."""
+    a, b = int(cols[0]), int(cols[-1]) + 1
+    out[(idx, slice(a, b)) if b - a == cols.size else np.ix_(idx, cols)] = values
+
+
+def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells):
+    per design one product ``L @ R`` (:func:`design_terms`) written into the design's rows and
+    cells. Called one RNG block at a time (:func:`dte_dask.core.kernels.influence_with_groups`),
+    every matrix product sees the same rows for any partitioning."""
+    ok = est["ok"]
+    psi = np.zeros((block.n, cells.K)) if out is None else out
+    groups = [ks[ok[ks]] for ks in designs(cells, _x_varying(block))]
+    groups = [ks for ks in groups if ks.size]
+    if not groups or block.n == 0:
+        return psi
+    # L and L @ R of every design in two buffers (large temporaries are costly where the allocator
+    # returns freed memory to the system at once, as Dask's workers are set up to)
+    k_max, p = max(ks.size for ks in groups), est["beta"].shape[1]
+    scratch, vals, buf = np.empty(block.n * (k_max + 2 * p + 2)), np.empty(block.n * k_max), _Scratch(block, groups)
+    for ks in groups:
+        rows = buf.design_rows(cells, block, ks)
+        idx = np.flatnonzero(rows[0])
+        if idx.size:
+            L, R = design_terms(block, cells, est, ks, rows, scratch)
+            v = vals[:idx.size * ks.size].reshape(idx.size, ks.size)
+            np.matmul(L, R, out=v)
+            put_columns(psi, idx, ks, v)
     return psi

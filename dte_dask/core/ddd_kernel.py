@@ -11,7 +11,8 @@ hundreds. Its first pass also sums the cohorts' weighted sizes (the aggregation 
 :func:`ddd_psi` forms a partition block's influence functions of the *cells* directly: per RNG
 block and design, the comparisons' DRDID influence functions (the formulas of
 :func:`dte_dask.core.covariates.cov_influence`) are written as ``L @ R`` with L shared by the
-design's comparisons (outcomes and covariates times per-row factors) and R small; ``L @ (R @ A)``
+design's comparisons (outcomes and covariates times per-row factors) and R small
+(:func:`dte_dask.core.covariates.design_terms`); ``L @ (R @ A)``
 (``A``: comparisons to cells) is added into the cells' columns, so neither the (n x comparisons)
 matrix nor per-comparison temporaries are formed. The graph calls it one RNG block at a time;
 every sum runs over one RNG block's rows in a fixed order: bit-identical for any partitioning.
@@ -25,11 +26,10 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.core.covariates import design_dy
+from dte_dask.core.covariates import design_terms
 from dte_dask.core.kernels import LogitPasses, Pass, StagedKernel, Stats
 from dte_dask.core.kernels_cov import PanelCovKernel
 from dte_dask.core.logit import LogitFit
-from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit
 
 
 def design_representatives(comp, x_varying: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -93,62 +93,6 @@ class DddCovKernel(PanelCovKernel):
 
 
 # ----------------------------------------------------------------------------- influence
-def _shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """``v[ks[0]]``: a design-level piece (computed from the design's sums, so the same for every
-    comparison of the design)."""
-    x = v[ks]
-    if not np.all(x == x[0]):
-        raise RuntimeError("triple_did: a design-level nuisance piece differs between the comparisons of a design")
-    return x[0]
-
-
-def _design_terms(block: UnitBlock, comp, est: dict[str, Any], ks: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
-    """(L, R) with ``L @ R`` the (n_m, |ks|) DRDID influence functions of the comparisons ``ks`` of
-    one design (panel scale; the formulas of :func:`dte_dask.core.covariates.cov_influence`,
-    regrouped).
-
-    The pieces that are the same for the whole design (treated and control totals St, Sc, the
-    outcome-regression corrections v_t, v_c) enter per-row factors ``c`` and ``s``; what differs
-    by comparison (the outcome change dY, beta, v_ps, eta_t, eta_c) is in dY and R:
-    L = [c * dY, X * c, X * s, row weights], R = n [I; -beta'; -v_ps'; -eta_t; eta_c]."""
-    method, n = est["method"], float(est["n"])
-    m, X, d, w = rows
-    dY = design_dy(block, comp, m, ks)
-    eye = np.eye(ks.size)
-    St = _shared(est["St"], ks)
-    if method == "reg":
-        wd = w * d
-        c = (wd - w * (1.0 - d) * (X @ _shared(est["v_t"], ks))) / St
-        L = _columns(dY * c[:, None], X * c[:, None], wd / St)
-        return L, n * np.vstack([eye, -est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]])
-    Sc = _shared(est["Sc"], ks)
-    ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
-    trim = (d == 1) | (ps < TRIM_LEVEL)
-    wt = trim * w * d / St
-    wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc
-    c = wt - wc
-    if method == "dr":
-        c -= w * (1.0 - d) * (X @ (_shared(est["v_t"], ks) / St - _shared(est["v_c"], ks) / Sc))
-    parts = [dY * c[:, None], X * (w * (d - ps) / Sc)[:, None], wt, wc]
-    coef = [eye, -est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
-    if method == "dr":
-        parts.insert(1, X * c[:, None])
-        coef.insert(1, -est["beta"][ks].T)
-    return _columns(*parts), n * np.vstack(coef)
-
-
-def _columns(*parts: np.ndarray) -> np.ndarray:
-    """``np.column_stack(parts)`` written block by block (column_stack of many narrow blocks copies
-    row by row, several times slower)."""
-    widths = [1 if p.ndim == 1 else p.shape[1] for p in parts]
-    out = np.empty((parts[0].shape[0], sum(widths)))
-    at = 0
-    for p, wd in zip(parts, widths):
-        out[:, at:at + wd] = p.reshape(-1, wd)
-        at += wd
-    return out
-
-
 def cells_psi_into(out: np.ndarray, block: UnitBlock, comp, est: dict[str, Any], A: np.ndarray) -> None:
     """Add the cells' influence functions ``Psi_comparisons @ A`` of ``block`` into ``out``
     (n_block x K), one design at a time, into the span of cells its comparisons enter."""
@@ -166,7 +110,7 @@ def cells_psi_into(out: np.ndarray, block: UnitBlock, comp, est: dict[str, Any],
         idx = np.flatnonzero(rows[0])
         if idx.size == 0:
             continue
-        L, R = _design_terms(block, comp, est, ks, rows)
+        L, R = design_terms(block, comp, est, ks, rows)
         a, b = int(cols[0]), int(cols[-1]) + 1
         if b - a <= 2 * cols.size:  # (nearly) contiguous cells: a slice, zeros in the gaps
             out[idx, a:b] += L @ (R @ Ak[:, a:b])

@@ -89,7 +89,8 @@ class CellKernel(Protocol):
     def result(self) -> CellFit: ...
 
     @staticmethod
-    def influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray: ...
+    def influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+        """(n_block, K) influence functions, written into ``out`` (zeros of that shape) when given."""
 
 
 class AffineCellKernel(CellKernel, Protocol):
@@ -121,13 +122,25 @@ def with_groups(block: UnitBlock, cells: Cells, stats: Callable[..., Stats], gro
 
 
 def influence_with_groups(block: UnitBlock, cells: Cells, est: dict[str, Any], groups: np.ndarray,
-                          influence: Callable[..., np.ndarray]) -> np.ndarray:
+                          influence: Callable[..., np.ndarray], block_size: int | None = None) -> np.ndarray:
     """(n_block, K + |groups|): the cells' influence functions, then one cohort-share column per
-    group (for the aggregation weights)."""
-    psi = influence(block, cells, est)
+    group (for the aggregation weights).
+
+    With ``block_size`` (entities per RNG block) ``influence`` runs on one RNG block at a time, so
+    that its matrix products see the same rows for any partitioning (a BLAS product's rounding
+    may depend on how many rows it is given) and its temporaries stay small."""
+    K = cells.K
+    psi = np.zeros((block.n, K + groups.size))
+    if block_size is None or block.n == 0:
+        influence(block, cells, est, out=psi[:, :K])
+    else:
+        blk = block.rank // block_size
+        cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            influence(block.take(slice(int(a), int(b))), cells, est, out=psi[a:b, :K])
     G = cells.effective_g(block.g)
-    h = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
-    return np.hstack([psi, h])
+    psi[:, K:] = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
+    return psi
 
 
 def solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,10 +148,15 @@ def solve_each(A: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray
     out = np.full(b.shape, np.nan)
     good = ok.copy()
     verdict: dict[bytes, bool] = {}  # cells of one design share A: its conditioning is checked once
+    solved: dict[bytes, np.ndarray | None] = {}  # ... and often b too: solved once
     for k in np.flatnonzero(ok):
         key = A[k].tobytes()
+        both = key + b[k].tobytes()
         seen = verdict.get(key)
-        x = None if seen is False else guarded_solve(A[k], b[k], check=seen is None)
+        if both in solved:
+            x = solved[both]
+        else:
+            x = solved[both] = None if seen is False else guarded_solve(A[k], b[k], check=seen is None)
         verdict[key] = x is not None
         if x is None:
             good[k] = False

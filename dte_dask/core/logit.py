@@ -127,6 +127,7 @@ class IrlsLogit:
         self.grad = np.zeros((K, p))
         self.hess = np.zeros((K, p, p))
         self.colscale = np.ones((K, p))  # column RMS (relative to the intercept) at the start
+        self._steps: dict[bytes, np.ndarray | None] = {}
         self.passes = 0
 
     # ------------------------------------------------------------------ protocol
@@ -146,6 +147,7 @@ class IrlsLogit:
         gradient, information matrix, deviance, rows with fitted probabilities numerically 0 or 1
         and (optionally) rows with a fitted probability >= :data:`OVERLAP_LIMIT`."""
         self.passes += 1
+        self._steps: dict[bytes, np.ndarray | None] = {}  # cells of one design share their sums: solved once
         if n_overlap is None:
             n_overlap = np.zeros(self.K)
         dev = np.asarray(dev, float) * self.scale
@@ -199,7 +201,10 @@ class IrlsLogit:
 
     def _next_step(self, k: int) -> None:
         """Newton step at the current coefficients of cell k; decide whether to evaluate it."""
-        step = guarded_solve(self.hess[k], self.grad[k])
+        key = self.hess[k].tobytes() + self.grad[k].tobytes()
+        if key not in self._steps:
+            self._steps[key] = guarded_solve(self.hess[k], self.grad[k])
+        step = self._steps[key]
         if step is None:
             if not self.polishing[k]:
                 self.singular[k] = True

@@ -55,10 +55,10 @@ def rcs_estimate(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"att": np.where(ok, att, np.nan), "ok": ok, "means": means}
 
 
-def rcs_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
+def rcs_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     ind, ys, w = _parts(block, cells)
     sign = {"D1": 1.0, "D0": -1.0, "C1": -1.0, "C0": 1.0}
-    psi = np.zeros((block.n, cells.K))
+    psi = np.zeros((block.n, cells.K)) if out is None else out
     with np.errstate(invalid="ignore", divide="ignore"):
         for k in _PARTS:
             term = np.where(ind[k], w * (ys[k] - est["means"][k]), 0.0) / est["S" + k]

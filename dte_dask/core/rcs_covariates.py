@@ -141,10 +141,10 @@ def ps_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarr
     return out
 
 
-def rc_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
+def rc_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     """(n_block, K) influence functions, row terms summed by unit (zero for NaN cells)."""
     method, n, ok = est["method"], est["n"], est["ok"]
-    psi = np.zeros((block.n, cells.K))
+    psi = np.zeros((block.n, cells.K)) if out is None else out
     D, C = _treated_controls(block, cells)
     for k in np.flatnonzero(ok):
         r = _Rows(block, int(k), cells, D, C)

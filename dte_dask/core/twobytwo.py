@@ -49,7 +49,7 @@ def uncond_stats(block: UnitBlock, cells: Cells) -> Stats:
     }
 
 
-def uncond_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.ndarray:
+def uncond_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     """(n_block, K) influence functions; zero outside each cell and for NaN cells.
 
     Treated and control sets are disjoint, so psi = s (dY - m) with s = n w (D/S_D - C/S_C) and
@@ -69,4 +69,7 @@ def uncond_influence(block: UnitBlock, cells: Cells, est: dict[str, Any]) -> np.
     psi = delta_y(block, cells)
     psi -= np.where(D, mu1, mu0)
     psi *= s
+    if out is not None:
+        out[...] = psi
+        return out
     return psi

@@ -70,7 +70,7 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
 
     Psi (n_block x K') lives only inside this task, so memory stays at one partition's Psi.
     """
-    psi = influence_with_groups(block, cells, est, groups, influence)
+    psi = influence_with_groups(block, cells, est, groups, influence, block_size)
     g = by_rng_block(block, _gram, block_size, n_blocks, clustered, rows=psi)
     b = None
     if boot_kw is not None:
