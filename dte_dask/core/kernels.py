@@ -104,7 +104,9 @@ class AffineCellKernel(CellKernel, Protocol):
     def moment_stats(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Stats: ...
 
     @staticmethod
-    def boot_apply(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Callable[..., np.ndarray]: ...
+    def boot_apply(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Callable[..., np.ndarray]:
+        """``apply(V, a, b) = V @ Psi[a:b]`` with ``apply.order(a, b)``: the multipliers' column order
+        (see :func:`dte_dask.inference.bootstrap.boot_cover_apply`)."""
 
     @staticmethod
     def gram(mom: Stats, coef: tuple[np.ndarray, ...]) -> np.ndarray: ...

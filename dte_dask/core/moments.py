@@ -25,6 +25,7 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
+from dte_dask.core.multipliers import key_runs
 
 
 def category_index(block: UnitBlock, cells: Cells, cats: np.ndarray) -> np.ndarray:
@@ -115,25 +116,39 @@ def gram(mom: dict[str, np.ndarray], A: np.ndarray, b: np.ndarray, d: np.ndarray
 
 
 def boot_apply(block: UnitBlock, cells: Cells, cats: np.ndarray, m: np.ndarray, A: np.ndarray, b: np.ndarray,
-               d: np.ndarray):
-    """``apply(V, a, b)`` for :func:`~dte_dask.inference.bootstrap.boot_cover_apply`: ``V @ Psi[a:b]``.
+               d: np.ndarray) -> CategoryApply:
+    """``apply(V, a, b)`` (with ``apply.order``) for
+    :func:`~dte_dask.inference.bootstrap.boot_cover_apply`: ``V @ Psi[a:b]``, see :class:`CategoryApply`."""
+    return CategoryApply(block, category_index(block, cells, cats), m, A, b, d)
 
-    Psi is rebuilt one RNG block at a time from the affine form (m_rows x T x K' flops, small next
-    to the B x m_rows x K' of the product) and reused for every chunk of draws of that block.
+
+class CategoryApply:
+    """``V @ Psi`` of one RNG block from the affine form, category by category, Psi never formed.
+
+    With psi_i = w_i (A_r'(Y_i - m_r) + b_r) + d, ``V @ Psi = sum_r (V_r [w (Y - m_r), w]) [A_r; b_r]
+    + (V 1) d``: the multipliers meet a (T + 1)-wide matrix per category instead of the K'-wide
+    Psi. ``order`` groups the block's units by category (ascending, then by rank: defined by the
+    data, never by the partitioning), so that each category's multipliers are contiguous columns.
     """
-    r = category_index(block, cells, cats)
-    cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def psi_rows(lo: int, hi: int) -> np.ndarray:
-        if (lo, hi) not in cache:
-            cache.clear()
-            rr, w = r[lo:hi], block.w[lo:hi, None]
-            Yt = block.y[lo:hi] - m[rr]
-            psi = np.empty((hi - lo, A.shape[2]))
-            for j in np.unique(rr):
-                rows = rr == j
-                psi[rows] = Yt[rows] @ A[j] + b[j]
-            cache[(lo, hi)] = psi * w + d
-        return cache[(lo, hi)]
+    def __init__(self, block: UnitBlock, r: np.ndarray, m: np.ndarray, A: np.ndarray, b: np.ndarray,
+                 d: np.ndarray) -> None:
+        self.block, self.r, self.m, self.A, self.b, self.d = block, r, m, A, b, d
+        self.groups: list[tuple[int, int, int, np.ndarray]] = []
 
-    return lambda V, lo, hi: V @ psi_rows(lo, hi)
+    def order(self, lo: int, hi: int) -> np.ndarray:
+        """Units lo..hi-1 (offsets) grouped by category; forms each category's [w (Y - m_r), w]."""
+        perm, runs = key_runs(self.r[lo:hi])
+        self.groups = []
+        for a, z, j in runs:
+            rows = lo + perm[a:z]
+            w = self.block.w[rows, None]
+            self.groups.append((a, z, j, np.hstack([(self.block.y[rows] - self.m[j]) * w, w])))
+        return perm
+
+    def __call__(self, V: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        out = V.sum(axis=1)[:, None] * self.d[None, :]
+        for a, z, j, Wj in self.groups:
+            P = V[:, a:z] @ Wj
+            out += P[:, :-1] @ self.A[j] + P[:, -1:] * self.b[j][None, :]
+        return out

@@ -16,21 +16,43 @@ BootWeights = Literal["rademacher", "mammen"]
 _SQ5 = np.sqrt(5.0)
 _MAMMEN_LO, _MAMMEN_HI = (1.0 - _SQ5) / 2.0, (1.0 + _SQ5) / 2.0
 _MAMMEN_P = (_SQ5 + 1.0) / (2.0 * _SQ5)  # P(V = (1 - sqrt5)/2)
-# byte -> its 8 Rademacher multipliers (1 - 2 * bit, most significant bit first, as np.unpackbits):
-# one gather from the random bytes instead of unpack + three float passes; the same values
-_RADEMACHER_BYTE = 1.0 - 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)
 
 
-def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind: BootWeights) -> np.ndarray:
-    """(n_draws, size) multipliers of RNG block ``block``, draws ``chunk*CHUNK ..``."""
+def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind: BootWeights,
+                cols: np.ndarray | slice | None = None) -> np.ndarray:
+    """(n_draws, size) multipliers of RNG block ``block``, draws ``chunk*CHUNK ..``; with ``cols``
+    only those columns (entities of the block), in that order: the same values as
+    ``multipliers(...)[:, cols]``, gathered as one-byte signs before they become floats.
+
+    Rademacher multipliers are ``1 - 2 * bit`` of the stream's random bytes (most significant bit
+    first, as :func:`numpy.unpackbits`): bits -> int8 signs -> float64, a few cheap passes over
+    one-byte arrays and one conversion."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
     if kind == "rademacher":
         nbytes = -(-(n_draws * size) // 8)
-        draws = _RADEMACHER_BYTE[np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)].reshape(-1)
-        return draws[: n_draws * size].reshape(n_draws, size)
+        raw = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+        bits = np.unpackbits(raw, count=n_draws * size).reshape(n_draws, size)
+        if cols is not None:
+            bits = bits[:, cols] if isinstance(cols, slice) else np.take(bits, cols, axis=1)
+        bits <<= 1
+        return np.subtract(1, bits.view(np.int8), dtype=np.int8).astype(np.float64)
     if kind == "mammen":
         u = rng.random((n_draws, size))
-        return np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
-    if kind == "gaussian":  # N(0, 1): the multipliers of Chen, Christensen & Kankanala's sup-t bootstrap
-        return rng.standard_normal((n_draws, size))
-    raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
+        out = np.where(u < _MAMMEN_P, _MAMMEN_LO, _MAMMEN_HI)
+    elif kind == "gaussian":  # N(0, 1): the multipliers of Chen, Christensen & Kankanala's sup-t bootstrap
+        out = rng.standard_normal((n_draws, size))
+    else:
+        raise ValueError(f"unknown boot_weights {kind!r}; use 'rademacher' or 'mammen'")
+    if cols is None:
+        return out
+    return out[:, cols] if isinstance(cols, slice) else np.take(out, cols, axis=1)
+
+
+def key_runs(keys: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Entities of one RNG block grouped by ``keys`` (ascending, ties by position: an order defined
+    by the data, never by the partitioning): the permutation, to pass as ``cols`` of
+    :func:`multipliers`, and ``(lo, hi, key)`` of each group's run in it."""
+    perm = np.argsort(keys, kind="stable")
+    ks = keys[perm]
+    cuts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1], True])
+    return perm, [(int(lo), int(hi), int(ks[lo])) for lo, hi in zip(cuts[:-1], cuts[1:])]

@@ -172,6 +172,14 @@ def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], p
     return res
 
 
-def coef_draws(score_draws: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """Bootstrap draws of the coefficients from draws of the pooled score sums."""
-    return score_draws @ inv
+def coef_map(inv: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(m, k): maps a unit's pooled score ``s`` (m,) to its contribution ``s @ inv[:, cols]`` to the
+    coefficients ``cols``. Applied before the multipliers, ``V @ (S @ A) = (V @ S) @ A``: the
+    bootstrap multiplies a k-wide matrix instead of the m-wide scores (k: reported coefficients,
+    m: every column, fixed-effect dummies included)."""
+    return np.ascontiguousarray(inv[:, cols])
+
+
+def coef_scores(scores: np.ndarray, cmap: np.ndarray) -> np.ndarray:
+    """(n, k) per-unit contributions to the coefficients: ``scores @ cmap`` (:func:`coef_map`)."""
+    return scores @ cmap

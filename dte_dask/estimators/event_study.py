@@ -300,7 +300,7 @@ def make_result(estimator: str, panel: Panel, fit: OlsFit, W: np.ndarray, idx: n
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     se_b = crit = draws = None
     if fit.draws is not None:
-        draws = fit.draws[:, idx] @ W.T
+        draws = fit.coef_draws(idx) @ W.T
         se_b = boot_se(draws, np.sqrt(p.n_clusters))
         crit = band_crit(draws, se_b, alpha, True, fallback=True)
     n_t, n_c = panel.event_time_counts(np.asarray(event_time, dtype=np.int64) // period_step(panel))

@@ -61,7 +61,7 @@ def _moment_reductions(block: UnitBlock, cells: Cells, moment_stats, boot_apply,
     if boot_kw is None:
         return mom, None
     apply = boot_apply(block, cells, *coef)
-    return mom, boot_cover_apply(block.rank, apply, coef[2].shape[2], **boot_kw)
+    return mom, boot_cover_apply(block.rank, apply, coef[2].shape[2], order=apply.order, **boot_kw)
 
 
 def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, influence, clustered: bool,
@@ -72,8 +72,23 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
     """
     psi = influence_with_groups(block, cells, est, groups, influence, block_size)
     g = by_rng_block(block, _gram, block_size, n_blocks, clustered, rows=psi)
-    b = boot_cover(psi, block.rank, **boot_kw) if boot_kw is not None else None
+    b = None
+    if boot_kw is not None:
+        key, support = _cohort_support(block, cells, groups)
+        b = boot_cover(psi, block.rank, key=key, support=support, **boot_kw)
     return g, b
+
+
+def _cohort_support(block: UnitBlock, cells: Cells, groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows keyed by their (effective) cohort, in ascending cohort order, and the columns of Psi
+    each cohort can reach: the cells where it is treated or a control, and every cohort column
+    (dense: ``1{G = g} w - P(G = g)``). A treated unit's influence lives in its own cohort's cells
+    (and, with not-yet-treated controls, the cells it controls for); only controls are dense."""
+    G = cells.effective_g(block.g)
+    values, key = np.unique(G, return_inverse=True)  # sorted: the key orders rows by cohort
+    reach = cells.treated(values) | cells.controls(values)
+    tail = cells.K + np.arange(groups.size)
+    return key.reshape(-1), [np.r_[np.flatnonzero(r), tail] for r in reach]
 
 
 def _exact_sum(panel: Panel, func, *args, name: str):

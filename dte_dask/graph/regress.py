@@ -8,10 +8,13 @@ pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that r
         contributes one score) and over clusters, reduced in the same task, one RNG block at a
         time, to sum_g s_g s_g' (picked as ``<prefix>-meat``; clustered by unit, the per-design
         meats and, for one design without a bootstrap, the pooled one never form their scores) and,
-        with a bootstrap, to multiplier-bootstrap draws of the pooled score sums keyed by RNG block
-        (picked as ``mboot``), as ``attgt-influence`` does: the dense scores never leave the task,
-        so memory stays at one partition's pooled scores.
-Only (m x m)-, (B x m)-sized arrays reach the driver, and every sum is bit-identical for any
+        with a bootstrap, to multiplier-bootstrap draws of the non-nuisance coefficients keyed by
+        RNG block (picked as ``mboot``), as ``attgt-influence`` does: the pooled scores are first
+        mapped to coefficient scores ``s_i inv[:, keep]`` (keep: the non-nuisance columns), so the
+        multipliers multiply a matrix as narrow as the reported coefficients, not one as wide as
+        every fixed-effect dummy; the dense scores never leave the task, so memory stays at one
+        partition's pooled scores.
+Only (m x m)-, (B x k)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ from dask.base import tokenize
 
 from dte_dask.core.ols import (
     CrvFit,
-    coef_draws,
+    coef_map,
+    coef_scores,
     crv_fit,
     local_nuisance,
     scores_meat,
@@ -58,7 +62,14 @@ class OlsFit:
     pooled: CrvFit
     parts: tuple[CrvFit | None, ...]
     stats: tuple[dict, ...]  # pass-1 statistics per design (local columns)
-    draws: np.ndarray | None  # (B, m) bootstrap perturbations of the pooled coefficients
+    draws: np.ndarray | None  # (B, len(draw_cols)) bootstrap perturbations of the pooled coefficients
+    draw_cols: np.ndarray  # global columns of ``draws``: the non-nuisance ones
+
+    def coef_draws(self, idx: np.ndarray) -> np.ndarray:
+        """(B, len(idx)) bootstrap perturbations of the pooled coefficients ``idx`` (non-nuisance)."""
+        if not np.all(np.isin(idx, self.draw_cols)):
+            raise ValueError("bootstrap draws exist only for the non-nuisance coefficients")
+        return self.draws[:, np.searchsorted(self.draw_cols, idx)]
 
 
 def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndarray, *,
@@ -67,7 +78,8 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     """Fit the regression whose designs are ``parts`` (global columns ``names``).
 
     ``nuisance`` marks the fixed-effect dummy columns. With ``per_part`` every design is also fitted
-    on its own (stacked DiD's per-sub-experiment estimates).
+    on its own (stacked DiD's per-sub-experiment estimates). Bootstrap draws are formed for the
+    non-nuisance coefficients only (:meth:`OlsFit.coef_draws`).
     """
     m = len(names)
     stats = dask.compute(*[exact_sum(panel, gram_stats, p.spec, name=p.name) for p in parts])
@@ -77,13 +89,15 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     betas = [sol.beta[p.place] for p in parts]
     part_betas = [None if s is None else s.beta for s in local]
     widths = [m] + [p.spec.m for p, s in zip(parts, local) if s is not None]
+    draw_cols = np.flatnonzero(~np.asarray(nuisance, dtype=bool))
     if n_boot <= 0:  # scores and their cluster sums per RNG block, in one task per partition
         todo = [exact_sum(panel, scores_meat, parts, m, betas, part_betas, widths, name=scores_name)]
     else:  # one task per partition: scores -> meat and draws; the dense scores never leave it
         boot_kw = {"seed": seed, "n_boot": n_boot, "block_size": panel.rng_block_size,
                    "n_blocks": panel.n_rng_blocks, "n": 1, "kind": boot_weights}
+        proj = coef_map(sol.inv, draw_cols)
         fused = panel.map_blocks(_one_thread, _score_reductions, parts, m, betas, part_betas, widths,
-                                 panel.rng_block_size, panel.n_rng_blocks, boot_kw, name=scores_name)
+                                 panel.rng_block_size, panel.n_rng_blocks, boot_kw, proj, name=scores_name)
         pick = dask.delayed(operator.getitem, pure=True)
         todo = [tree_merge([pick(p, 0, dask_key_name=f"{scores_name}-meat-{p.key}") for p in fused],
                            name=f"{scores_name}-meat-sum"),
@@ -103,8 +117,8 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
                 fit = None
             j += 1
         fits.append(fit)
-    draws = None if n_boot <= 0 else coef_draws(out[1], sol.inv)
-    return OlsFit(pooled=pooled, parts=tuple(fits), stats=tuple(stats), draws=draws)
+    draws = None if n_boot <= 0 else out[1]
+    return OlsFit(pooled=pooled, parts=tuple(fits), stats=tuple(stats), draws=draws, draw_cols=draw_cols)
 
 
 # ----------------------------------------------------------------------------- block kernels
@@ -139,13 +153,14 @@ def _one_thread(block, func, *args, **kwargs):
 
 
 def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas: list, widths: list[int],
-                      block_size: int, n_blocks: int, boot_kw: dict | None):
+                      block_size: int, n_blocks: int, boot_kw: dict | None, proj: np.ndarray | None = None):
     """One partition's per-unit scores, reduced in the same task to the meat cover and (with
-    ``boot_kw``) the bootstrap cover of the pooled scores; memory stays at one partition's pooled
-    scores (the per-design ones exist one RNG block at a time)."""
+    ``boot_kw``) the bootstrap cover of the coefficient scores ``scores @ proj`` (m x k: the
+    inverse's columns of the drawn coefficients); memory stays at one partition's pooled scores
+    (the per-design ones exist one RNG block at a time)."""
     scores = np.zeros((block.n, m))
     meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
-    boot = boot_cover(scores, block.rank, **boot_kw) if boot_kw is not None else None
+    boot = boot_cover(coef_scores(scores, proj), block.rank, **boot_kw) if boot_kw is not None else None
     return meat, boot
 
 

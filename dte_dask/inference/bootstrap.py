@@ -10,7 +10,7 @@ partitions, workers or threads.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import time
 
@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from dte_dask import config
 from dte_dask.core.dyadic import DyadicCover
-from dte_dask.core.multipliers import CHUNK, BootWeights, multipliers
+from dte_dask.core.multipliers import CHUNK, BootWeights, key_runs, multipliers
 from dte_dask.exceptions import SpecError
 from dte_dask.inference.variance import entity_sums
 
@@ -83,26 +83,75 @@ def _duration(secs: float) -> str:
 
 def boot_cover(
     psi: np.ndarray, rank: np.ndarray, *, seed: int, n_boot: int, block_size: int, n_blocks: int,
-    n: int, kind: BootWeights,
+    n: int, kind: BootWeights, key: np.ndarray | None = None, support: Sequence[np.ndarray | None] = (),
 ) -> DyadicCover:
-    """Per-RNG-block partial draws ``sum_i V_bi psi_i / n`` of one partition, as a cover."""
+    """Per-RNG-block partial draws ``sum_i V_bi psi_i / n`` of one partition, as a cover.
+
+    ``key`` (per row, ints) and ``support`` (per key, the columns where rows of that key may be
+    nonzero; None: all) describe a sparse Psi: within each RNG block the entities are grouped by
+    key (ascending, then by rank: an order defined by the data, never by the partitioning) and each
+    group's rows multiply only its columns. An entity whose rows have different keys (clusters
+    mixing them), or a group with a nonzero outside its support, takes every column.
+    """
     if psi.shape[0] == 0:
         return DyadicCover(n_blocks, {})
     starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
     S = entity_sums(psi, rank)
-    return boot_cover_apply(rank[starts], lambda V, a, b: V @ S[a:b], psi.shape[1], seed=seed, n_boot=n_boot,
-                            block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
+    kw = dict(seed=seed, n_boot=n_boot, block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
+    if key is None:
+        return boot_cover_apply(rank[starts], lambda V, a, b: V @ S[a:b], psi.shape[1], **kw)
+    ekey = np.asarray(key)[starts]
+    if starts.size < key.shape[0]:  # clusters: a cluster whose units differ in key is dense
+        mixed = np.minimum.reduceat(key, starts) != np.maximum.reduceat(key, starts)
+        ekey = np.where(mixed, -1, ekey)
+    plan = _SupportPlan(S, ekey, support)
+    return boot_cover_apply(rank[starts], plan.apply, psi.shape[1], order=plan.order, **kw)
+
+
+class _SupportPlan:
+    """``V @ S[a:b]`` for the entities of one RNG block, group by group over their support."""
+
+    def __init__(self, S: np.ndarray, ekey: np.ndarray, support: Sequence[np.ndarray | None]) -> None:
+        self.S, self.ekey, self.support = S, ekey, support
+        self.groups: list[tuple[int, int, np.ndarray | None, np.ndarray]] = []
+
+    def order(self, a: int, b: int) -> np.ndarray:
+        """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns."""
+        perm, runs = key_runs(self.ekey[a:b])
+        self.groups = []
+        for lo, hi, g in runs:
+            rows = self.S[a + perm[lo:hi]]
+            cols = self.support[g] if 0 <= g < len(self.support) else None
+            if cols is not None:
+                off = np.ones(rows.shape[1], dtype=bool)
+                off[cols] = False
+                if np.any(rows[:, off] != 0.0):  # not the support the caller stated: every column
+                    cols = None
+            self.groups.append((lo, hi, cols, rows if cols is None else np.ascontiguousarray(rows[:, cols])))
+        return perm
+
+    def apply(self, V: np.ndarray, a: int, b: int) -> np.ndarray:
+        out = np.zeros((V.shape[0], self.S.shape[1]))
+        for lo, hi, cols, rows in self.groups:
+            if cols is None:
+                out += V[:, lo:hi] @ rows
+            else:
+                out[:, cols] += V[:, lo:hi] @ rows
+        return out
 
 
 def boot_cover_apply(
     ent_rank: np.ndarray, apply: Callable[[np.ndarray, int, int], np.ndarray], width: int, *, seed: int,
     n_boot: int, block_size: int, n_blocks: int, n: int, kind: BootWeights,
+    order: Callable[[int, int], np.ndarray] | None = None,
 ) -> DyadicCover:
     """Draws of one partition, given how to apply multipliers to its entities.
 
     ``ent_rank`` holds the sorted stable indices of the partition's entities; ``apply(V, a, b)``
     returns ``V @ psi[a:b]`` (width columns) for the multipliers ``V`` of entities ``a..b-1``,
-    however the caller represents their influence functions.
+    however the caller represents their influence functions. With ``order``, ``order(a, b)`` is
+    called once per RNG block (entities ``a..b-1``) and returns a permutation of ``0..b-a-1``:
+    the columns of ``V`` then come in that order.
     """
     t0 = time.time()
     blk = ent_rank // block_size
@@ -112,12 +161,14 @@ def boot_cover_apply(
         for a, b in zip(cuts[:-1], cuts[1:]):
             bid = int(blk[a])
             pos = ent_rank[a:b] - bid * block_size
-            if pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
+            if order is not None:
+                pos = pos[order(int(a), int(b))]
+            elif pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
                 pos = slice(int(pos[0]), int(pos[-1]) + 1)
             out = np.empty((n_boot, width))
             for c, lo in enumerate(range(0, n_boot, CHUNK)):
                 hi = min(lo + CHUNK, n_boot)
-                V = multipliers(seed, bid, c, hi - lo, block_size, kind)[:, pos]
+                V = multipliers(seed, bid, c, hi - lo, block_size, kind, cols=pos)
                 out[lo:hi] = apply(V, int(a), int(b))
             ids.append(bid)
             out /= n  # in place: one n_boot x width array per RNG block, no second copy
