@@ -459,11 +459,18 @@ def test_local_profile_binds_dashboard_to_loopback() -> None:
 
 
 def test_local_profile_env_reaches_the_workers() -> None:
-    with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                 env={"DTE_DASK_TEST_ENV": "42"}) as client:
-        seen = client.run(lambda: os.environ.get("DTE_DASK_TEST_ENV"))  # read in the worker
-        assert list(seen.values()) == ["42"]
-        assert "DTE_DASK_TEST_ENV" not in os.environ  # the driver's environment is left alone
+    from dte_dask.cluster.local import worker_env
+
+    with dask.config.set({"dte_dask.cluster.worker-env": {"DTE_DASK_TEST_BASE": "1", "DTE_DASK_TEST_ENV": "0"}}):
+        with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                     env={"DTE_DASK_TEST_ENV": "42"}) as client:
+            seen = client.run(lambda: (os.environ.get("DTE_DASK_TEST_BASE"), os.environ.get("DTE_DASK_TEST_ENV")))
+            assert list(seen.values()) == [("1", "42")]  # read in the worker: the config's, then the profile's
+            assert "DTE_DASK_TEST_ENV" not in os.environ  # the driver's environment is left alone
+        threads = resolve_profile("local", processes=False).spec.cluster
+        assert worker_env(threads) == {}  # threads share this process's environment
+    # the shipped default: glibc's mmap threshold for the workers' temporaries
+    assert worker_env(resolve_profile("local").spec.cluster)["MALLOC_MMAP_THRESHOLD_"] == "4194304"
     with pytest.raises(ProfileError, match="env needs processes: true"):
         resolve_profile("local", processes=False, env={"A": "1"})
 

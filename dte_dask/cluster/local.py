@@ -9,7 +9,7 @@ from dte_dask.cluster.schema import ProfileError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["local_layout", "start", "expected_workers", "scale", "timeout_hint"]
+__all__ = ["local_layout", "start", "worker_env", "expected_workers", "scale", "timeout_hint"]
 
 
 def local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
@@ -55,8 +55,9 @@ def start(resolved: Any, security: Any) -> Any:
         del kwargs["host"], kwargs["scheduler_port"]
     if memory is not None:
         kwargs["memory_limit"] = memory
-    if c.env:  # each nanny sets these in its worker's environment before the worker starts
-        kwargs["env"] = dict(c.env)
+    env = worker_env(c)
+    if env:  # each nanny sets these in its worker's environment before the worker starts
+        kwargs["env"] = env
     if c.local_directory:
         kwargs["local_directory"] = os.path.expanduser(c.local_directory)
     if security is not None:
@@ -68,6 +69,16 @@ def start(resolved: Any, security: Any) -> Any:
         kwargs["plugins"] = {PinCPUPlugin.from_plans(plans)}
     logger.info("starting LocalCluster %s", {k: v for k, v in kwargs.items() if k != "security"})
     return LocalCluster(**kwargs)
+
+
+def worker_env(c: Any) -> dict[str, str]:
+    """Environment of the worker processes: ``dte_dask.cluster.worker-env``, then the profile's ``env``."""
+    if not c.processes:
+        return {}
+    import dask.config
+
+    base = dask.config.get("dte_dask.cluster.worker-env", default={}) or {}
+    return {**{str(k): str(v) for k, v in base.items()}, **c.env}
 
 
 def expected_workers(c: Any) -> int:
