@@ -458,15 +458,24 @@ def test_local_profile_binds_dashboard_to_loopback() -> None:
         assert client.submit(sum, [1, 2, 3]).result() == 6
 
 
+def _start_environ() -> dict[str, str]:
+    """The environment this process started with (not os.environ's later changes)."""
+    raw = Path(f"/proc/{os.getpid()}/environ").read_bytes()
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
 def test_local_profile_env_reaches_the_workers() -> None:
     from dte_dask.cluster.local import worker_env
 
     with dask.config.set({"dte_dask.cluster.worker-env": {"DTE_DASK_TEST_BASE": "1", "DTE_DASK_TEST_ENV": "0"}}):
         with connect("local", n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                      env={"DTE_DASK_TEST_ENV": "42"}) as client:
-            seen = client.run(lambda: (os.environ.get("DTE_DASK_TEST_BASE"), os.environ.get("DTE_DASK_TEST_ENV")))
-            assert list(seen.values()) == [("1", "42")]  # read in the worker: the config's, then the profile's
-            assert "DTE_DASK_TEST_ENV" not in os.environ  # the driver's environment is left alone
+            # read in the worker: the config's, then the profile's, there when the process started
+            seen = client.run(lambda: (os.environ.get("DTE_DASK_TEST_BASE"), os.environ.get("DTE_DASK_TEST_ENV"),
+                                       _start_environ().get("DTE_DASK_TEST_ENV")))
+            assert list(seen.values()) == [("1", "42", "42")]
+    for k in ("DTE_DASK_TEST_BASE", "DTE_DASK_TEST_ENV"):  # the nanny, as distributed's does, set them here too
+        os.environ.pop(k, None)
         threads = resolve_profile("local", processes=False).spec.cluster
         assert worker_env(threads) == {}  # threads share this process's environment
     # the shipped default: glibc's mmap threshold for the workers' temporaries

@@ -56,8 +56,11 @@ def start(resolved: Any, security: Any) -> Any:
     if memory is not None:
         kwargs["memory_limit"] = memory
     env = worker_env(c)
-    if env:  # each nanny sets these in its worker's environment before the worker starts
-        kwargs["env"] = env
+    if env:  # each nanny puts these in the environment its worker process starts with
+        from dte_dask.cluster.nanny import SpawnEnvNanny
+
+        kwargs["worker_class"] = SpawnEnvNanny
+        kwargs["spawn_env"] = env
     if c.local_directory:
         kwargs["local_directory"] = os.path.expanduser(c.local_directory)
     if security is not None:

@@ -102,8 +102,8 @@ class LocalSpec(_Closed):
     local_directory: str | None = None
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="environment variables of the worker processes (set by each nanny before its worker "
-                    "starts, after distributed.nanny.pre-spawn-environ); needs processes: true")
+        description="environment variables of the worker processes (in the environment each worker process "
+                    "starts with, after distributed.nanny.pre-spawn-environ); needs processes: true")
 
     @model_validator(mode="after")
     def _env_needs_processes(self) -> "LocalSpec":
