@@ -51,7 +51,7 @@ def measure(widths: dict[str, int], block: int, repeats: int) -> dict:
         gemm = {}
         for name, w in widths.items():
             S = rng.standard_normal((block, w))
-            gemm[name] = _median_s(lambda: V @ S, repeats)
+            gemm[name] = _median_s(lambda S=S: V @ S, repeats)
     return {"draw_s": draw, "gemm_s": gemm}
 
 

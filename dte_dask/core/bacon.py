@@ -16,7 +16,7 @@ import numpy as np
 
 from dte_dask.core.blocks import entity_sums
 from dte_dask.core.errors import EstimationError
-from dte_dask.core.within import crv1
+from dte_dask.core.normal_equations import crv1
 
 TREATED_VS_NEVER = "treated_vs_never"
 EARLIER_VS_LATER = "earlier_vs_later"
@@ -180,7 +180,7 @@ def cluster_meat(block: Any, timing: tuple[float, ...], dt: np.ndarray, shift: n
 
 def twfe_se(fit: TwfeFit, meat: dict[str, np.ndarray], T: int) -> float:
     """CRV1 standard error with pyfixest's default small-sample factor (``k`` = the coefficient plus the
-    T period effects not nested in the clusters; unit effects nested), as :func:`~dte_dask.core.within.crv1`."""
+    T period effects not nested in the clusters; unit effects nested), as :func:`~dte_dask.core.normal_equations.crv1`."""
     inv = np.array([[1.0 / fit.den]])
     cov, _ = crv1(inv, np.array([[float(meat["meat"])]]), fit.n_obs, 1 + T, int(meat["G"]))
     return float(np.sqrt(cov[0, 0]))

@@ -15,13 +15,8 @@ import numpy as np
 
 from dte_dask.core.blocks import entity_sums
 from dte_dask.core.errors import EstimationError
-from dte_dask.core.within import (
-    DesignSpec,
-    crv1,
-    design_scores,
-    solve_dropping_collinear,
-    unit_scores,
-)
+from dte_dask.core.normal_equations import crv1, solve_dropping_collinear
+from dte_dask.core.within import DesignSpec, design_scores, unit_scores
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def event_study(
     Notes
     -----
     Standard errors are CRV1 with pyfixest's default small-sample factor (see
-    :func:`dte_dask.core.within.crv1`):
+    :func:`dte_dask.core.normal_equations.crv1`):
 
     .. math:: V = \\frac{N-1}{N-k}\\frac{G}{G-1} A^{-1} \\Big(\\sum_g s_g s_g'\\Big) A^{-1},
               \\qquad k = k_\\beta + T_{obs},

@@ -12,13 +12,8 @@ import pandas as pd
 
 from dte_dask.core.imputation import ImputationSpec, imputation_meat, imputation_stats
 from dte_dask.core.labels import plain
-from dte_dask.core.within import (
-    DROP,
-    NONE,
-    DesignSpec,
-    gram_stats,
-    solve_dropping_collinear,
-)
+from dte_dask.core.normal_equations import solve_dropping_collinear
+from dte_dask.core.within import DROP, NONE, DesignSpec, gram_stats
 from dte_dask.estimators.event_study import (
     period_step,
     resolve_panel,
