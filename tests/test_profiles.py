@@ -269,6 +269,8 @@ def test_slurm_numa_job_script(tmp_path, tls_dir, monkeypatch) -> None:
     assert f"--tls-cert {cert_paths(tls_dir).cert}" in worker[0]
     # forward_env: OPENBLAS_* of this process is exported (quoted) for the workers
     assert "export OPENBLAS_DTE_TEST='a b'" in script
+    # dte_dask.cluster.worker-env (glibc's mmap threshold) under the profile's own variables
+    assert "export MALLOC_MMAP_THRESHOLD_=4194304" in script
     # the numactl prologue runs before the worker
     assert script.index("DTE_DASK_NUMA_NODES=$(") < script.index("distributed.cli.dask_worker")
 
@@ -351,6 +353,10 @@ def test_remote_env() -> None:
         "OPENBLAS_CORETYPE": "Haswell", "A": "1"}
     assert remote_env({"OPENBLAS_CORETYPE": "Zen"}, ["OPENBLAS_*"], environ=environ) == {
         "OPENBLAS_CORETYPE": "Zen"}  # explicit env wins
+    # base lies under both (dte_dask.cluster.worker-env)
+    assert remote_env({"A": "1"}, ["OPENBLAS_*"], environ=environ,
+                      base={"A": "0", "M": "4", "OPENBLAS_CORETYPE": "x"}) == {
+        "A": "1", "M": "4", "OPENBLAS_CORETYPE": "Haswell"}
     assert env.env_prefix({"A": "x y", "B": "2"}) == "env A='x y' B=2 "
     assert env.env_prefix({}) == ""
     with pytest.raises(ProfileError, match="invalid environment variable"):

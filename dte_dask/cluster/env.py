@@ -9,13 +9,23 @@ from collections.abc import Mapping
 
 from dte_dask.cluster.schema import ProfileError
 
-__all__ = ["remote_env", "env_prefix"]
+__all__ = ["remote_env", "env_prefix", "worker_env_defaults"]
+
+
+def worker_env_defaults() -> dict[str, str]:
+    """``dte_dask.cluster.worker-env``: what every worker process dte_dask starts gets, under its
+    profile's own variables (package default: glibc's ``MALLOC_MMAP_THRESHOLD_``)."""
+    import dask.config
+
+    base = dask.config.get("dte_dask.cluster.worker-env", default={}) or {}
+    return {str(k): str(v) for k, v in base.items()}
 
 
 def remote_env(env: Mapping[str, str], forward_env: list[str] | tuple[str, ...],
-               environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Variables to set in remote processes: ``forward_env`` matches of this process's
-    environment (glob patterns such as ``OPENBLAS_*``), then ``env`` (which wins).
+               environ: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables to set in remote processes: ``base`` (e.g. :func:`worker_env_defaults`), then
+    ``forward_env`` matches of this process's environment (glob patterns such as ``OPENBLAS_*``),
+    then ``env`` (which wins).
 
     Raises
     ------
@@ -23,7 +33,7 @@ def remote_env(env: Mapping[str, str], forward_env: list[str] | tuple[str, ...],
         If a variable name is not a valid shell identifier.
     """
     source = os.environ if environ is None else environ
-    out: dict[str, str] = {}
+    out: dict[str, str] = {str(k): str(v) for k, v in (base or {}).items()}
     for pattern in forward_env:
         for name in sorted(source):
             if fnmatch.fnmatchcase(name, pattern):

@@ -78,10 +78,9 @@ def worker_env(c: Any) -> dict[str, str]:
     """Environment of the worker processes: ``dte_dask.cluster.worker-env``, then the profile's ``env``."""
     if not c.processes:
         return {}
-    import dask.config
+    from dte_dask.cluster.env import worker_env_defaults
 
-    base = dask.config.get("dte_dask.cluster.worker-env", default={}) or {}
-    return {**{str(k): str(v) for k, v in base.items()}, **c.env}
+    return {**worker_env_defaults(), **c.env}
 
 
 def expected_workers(c: Any) -> int:

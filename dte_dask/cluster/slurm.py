@@ -8,7 +8,7 @@ import shlex
 import sys
 from typing import Any
 
-from dte_dask.cluster.env import remote_env
+from dte_dask.cluster.env import remote_env, worker_env_defaults
 from dte_dask.cluster.schema import ProfileError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def start(resolved: Any, security: Any) -> Any:
     python, extra_lines = slurm_numactl(c.numactl, c.numa_nodes, python)
     kwargs["python"] = python
     exports = [f"export {k}={shlex.quote(v)}"
-               for k, v in remote_env(c.env, c.forward_env).items()]
+               for k, v in remote_env(c.env, c.forward_env, base=worker_env_defaults()).items()]
     kwargs["job_script_prologue"] = exports + list(c.job_script_prologue) + extra_lines
     scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
     scheduler_options.pop("protocol", None)  # jobqueue picks tls:// when security is given

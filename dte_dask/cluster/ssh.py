@@ -12,7 +12,7 @@ from typing import Any
 
 import dask.config
 
-from dte_dask.cluster.env import env_prefix, remote_env
+from dte_dask.cluster.env import env_prefix, remote_env, worker_env_defaults
 from dte_dask.cluster.schema import ProfileError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def start(resolved: Any, security: Any) -> Any:
     if c.numactl != "never":
         probe = probe_hosts(hosts[1:], connect[1:])
         pythons = ssh_numa_remote_python(hosts, pythons, probe, c.numactl)
-    prefix = env_prefix(remote_env(c.env, c.forward_env))
+    prefix = env_prefix(remote_env(c.env, c.forward_env, base=worker_env_defaults()))
     pythons = [prefix + py for py in pythons]
     worker_options = c.worker_options.model_dump(exclude_none=True)
     scheduler_options = c.scheduler_options.model_dump(exclude_none=True)
