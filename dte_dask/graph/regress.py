@@ -153,15 +153,14 @@ def _one_thread(block, func, *args, **kwargs):
 
 
 def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas: list, widths: list[int],
-                      block_size: int, n_blocks: int, boot_kw: dict | None, proj: np.ndarray | None = None):
-    """One partition's per-unit scores, reduced in the same task to the meat cover and (with
-    ``boot_kw``) the bootstrap cover of the coefficient scores ``scores @ proj`` (m x k: the
-    inverse's columns of the drawn coefficients); memory stays at one partition's pooled scores
-    (the per-design ones exist one RNG block at a time)."""
+                      block_size: int, n_blocks: int, boot_kw: dict, proj: np.ndarray):
+    """One partition's per-unit scores, reduced in the same task to the meat cover and the bootstrap
+    cover of the coefficient scores ``scores @ proj`` (m x k: the inverse's columns of the drawn
+    coefficients); memory stays at one partition's pooled scores (the per-design ones exist one
+    RNG block at a time). Without a bootstrap :func:`fit_ols` sums :func:`scores_meat` instead."""
     scores = np.zeros((block.n, m))
     meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
-    boot = boot_cover(coef_scores(scores, proj), block.rank, **boot_kw) if boot_kw is not None else None
-    return meat, boot
+    return meat, boot_cover(coef_scores(scores, proj), block.rank, **boot_kw)
 
 
 def _scores_into(chunk, out: np.ndarray, *args):
