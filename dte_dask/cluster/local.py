@@ -75,12 +75,13 @@ def start(resolved: Any, security: Any) -> Any:
 
 
 def worker_env(c: Any) -> dict[str, str]:
-    """Environment of the worker processes: ``dte_dask.cluster.worker-env``, then the profile's ``env``."""
+    """Environment of the worker processes: ``dte_dask.cluster.worker-env``, then the profile's ``env``
+    (merged and checked as for remote workers, :func:`dte_dask.cluster.env.remote_env`)."""
     if not c.processes:
         return {}
-    from dte_dask.cluster.env import worker_env_defaults
+    from dte_dask.cluster.env import remote_env, worker_env_defaults
 
-    return {**worker_env_defaults(), **c.env}
+    return remote_env(c.env, (), base=worker_env_defaults())
 
 
 def expected_workers(c: Any) -> int:
