@@ -147,7 +147,7 @@ class IrlsLogit:
         gradient, information matrix, deviance, rows with fitted probabilities numerically 0 or 1
         and (optionally) rows with a fitted probability >= :data:`OVERLAP_LIMIT`."""
         self.passes += 1
-        self._steps: dict[bytes, np.ndarray | None] = {}  # cells of one design share their sums: solved once
+        self._steps = {}  # cells of one design share their sums: solved once
         if n_overlap is None:
             n_overlap = np.zeros(self.K)
         dev = np.asarray(dev, float) * self.scale

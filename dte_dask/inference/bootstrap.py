@@ -10,9 +10,8 @@ partitions, workers or threads.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
