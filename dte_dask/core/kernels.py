@@ -105,7 +105,7 @@ class AffineCellKernel(CellKernel, Protocol):
 
     @staticmethod
     def boot_apply(block: UnitBlock, cells: Cells, *coef: np.ndarray) -> Callable[..., np.ndarray]:
-        """``apply(V, a, b) = V @ Psi[a:b]`` with ``apply.order(a, b)``: the multipliers' column order
+        """``apply(M, a, b) = V @ Psi[a:b]`` with ``apply.order(a, b)``: the multipliers' column order
         (see :func:`dte_dask.inference.bootstrap.boot_cover_apply`)."""
 
     @staticmethod

@@ -25,7 +25,7 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
-from dte_dask.core.multipliers import key_runs
+from dte_dask.core.multipliers import Multipliers, key_runs
 
 
 def category_index(block: UnitBlock, cells: Cells, cats: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ def gram(mom: dict[str, np.ndarray], A: np.ndarray, b: np.ndarray, d: np.ndarray
 
 def boot_apply(block: UnitBlock, cells: Cells, cats: np.ndarray, m: np.ndarray, A: np.ndarray, b: np.ndarray,
                d: np.ndarray) -> CategoryApply:
-    """``apply(V, a, b)`` (with ``apply.order``) for
+    """``apply(M, a, b)`` (with ``apply.order``) for
     :func:`~dte_dask.inference.bootstrap.boot_cover_apply`: ``V @ Psi[a:b]``, see :class:`CategoryApply`."""
     return CategoryApply(block, category_index(block, cells, cats), m, A, b, d)
 
@@ -126,8 +126,8 @@ class CategoryApply:
     """``V @ Psi`` of one RNG block from the affine form, category by category, Psi never formed.
 
     With psi_i = w_i (A_r'(Y_i - m_r) + b_r) + d, ``V @ Psi = sum_r (V_r [w (Y - m_r), w]) [A_r; b_r]
-    + (V 1) d``: the multipliers meet a (T + 1)-wide matrix per category instead of the K'-wide
-    Psi. ``order`` groups the block's units by category (ascending, then by rank: defined by the
+    + (V 1) d``: the multipliers meet a (T + 2)-wide matrix ``[w (Y - m_r), w, 1]`` per category
+    instead of the K'-wide Psi (its last column sums the multipliers). ``order`` groups the block's units by category (ascending, then by rank: defined by the
     data, never by the partitioning), so that each category's multipliers are contiguous columns.
     """
 
@@ -143,12 +143,14 @@ class CategoryApply:
         for a, z, j in runs:
             rows = lo + perm[a:z]
             w = self.block.w[rows, None]
-            self.groups.append((a, z, j, np.hstack([(self.block.y[rows] - self.m[j]) * w, w])))
+            self.groups.append((a, z, j, np.hstack([(self.block.y[rows] - self.m[j]) * w, w, np.ones_like(w)])))
         return perm
 
-    def __call__(self, V: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        out = V.sum(axis=1)[:, None] * self.d[None, :]
+    def __call__(self, M: Multipliers, lo: int, hi: int) -> np.ndarray:
+        out = np.zeros((M.n_draws, self.d.size))
+        vsum = np.zeros((M.n_draws, 1))
         for a, z, j, Wj in self.groups:
-            P = V[:, a:z] @ Wj
-            out += P[:, :-1] @ self.A[j] + P[:, -1:] * self.b[j][None, :]
-        return out
+            P = M.matmul(a, z, Wj)
+            out += P[:, :-2] @ self.A[j] + P[:, -2:-1] * self.b[j][None, :]
+            vsum += P[:, -1:]
+        return out + vsum * self.d[None, :]

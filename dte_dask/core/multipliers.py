@@ -7,7 +7,7 @@ is entity r's multiplier. :func:`dte_dask.inference.bootstrap.boot_cover` applie
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -46,6 +46,55 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     if cols is None:
         return out
     return out[:, cols] if isinstance(cols, slice) else np.take(out, cols, axis=1)
+
+
+class Multipliers(Protocol):
+    """Bootstrap multipliers ``V`` (draws x entities) of one RNG block, as an operator."""
+
+    n_draws: int
+
+    def matmul(self, lo: int, hi: int, rows: np.ndarray) -> np.ndarray:
+        """``V[:, lo:hi] @ rows``: (n_draws x rows' columns), float64."""
+        ...
+
+
+class DenseMultipliers:
+    """Multipliers as a float matrix (one chunk of draws): ``matmul`` is ``V[:, lo:hi] @ rows``."""
+
+    def __init__(self, V: np.ndarray) -> None:
+        self.V = V
+        self.n_draws = V.shape[0]
+
+    def matmul(self, lo: int, hi: int, rows: np.ndarray) -> np.ndarray:
+        return self.V[:, lo:hi] @ rows
+
+
+def rademacher_bits(seed: int, block: int, n_draws: int, size: int,
+                    cols: np.ndarray | slice | None = None) -> tuple[np.ndarray, int | np.ndarray | None]:
+    """The bits behind the Rademacher multipliers of RNG block ``block``, draws ``0 .. n_draws-1``
+    (every chunk): ``multipliers(...)[:, cols] == 1 - 2 * bits``, chunk after chunk.
+
+    When ``size`` is a multiple of 8, returns the stream's own bytes (n_draws x size / 8, most
+    significant bit first, nothing unpacked) and where ``cols`` lie in them: ``lead`` (an int,
+    column ``i`` at bit ``lead + i``) for a slice, the positions (an int array) otherwise.
+    Otherwise returns ``(bits, None)``: one 0/1 byte per multiplier (n_draws x columns)."""
+    chunks = range(0, n_draws, CHUNK)
+    streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, c))) for c in range(len(chunks))]
+    if cols is None:
+        cols = slice(0, size)
+    if size % 8 == 0 and (not isinstance(cols, slice) or cols.step in (None, 1)):
+        packed = np.empty((n_draws, size // 8), dtype=np.uint8)
+        for rng, lo in zip(streams, chunks):
+            hi = min(lo + CHUNK, n_draws)
+            packed[lo:hi] = np.frombuffer(rng.bytes((hi - lo) * size // 8), dtype=np.uint8).reshape(hi - lo, -1)
+        return packed, (int(cols.start or 0) if isinstance(cols, slice) else np.asarray(cols, dtype=np.int64))
+    parts = []
+    for rng, lo in zip(streams, chunks):
+        nd = min(lo + CHUNK, n_draws) - lo
+        raw = np.frombuffer(rng.bytes(-(-(nd * size) // 8)), dtype=np.uint8)
+        bits = np.unpackbits(raw, count=nd * size).reshape(nd, size)
+        parts.append(bits[:, cols] if isinstance(cols, slice) else np.take(bits, cols, axis=1))
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]), None
 
 
 def key_runs(keys: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:

@@ -5,7 +5,8 @@ pass 1..k  ``attgt-stats`` / ``attgt-logit`` / ``attgt-moments``: kernels map ov
 pass k+1   ``attgt-influence``: each block's influence functions Psi (n_block x K'; K' = cells + one
            cohort column per group, for the aggregation weights) are computed on the worker and
            reduced there, in the same task, to Psi'Psi (cluster sums first) and to the block's
-           bootstrap draws; Psi itself is never stored, so memory is one partition's Psi;
+           bootstrap draws, one RNG block at a time; Psi itself is never stored, so memory is one
+           RNG block's Psi;
 reduce     ``attgt-gram-sum`` (K' x K') and ``mboot-merge`` (B x K') along the RNG-block tree.
 Only K-, K'xK'- and BxK'-sized arrays ever reach the driver.
 
@@ -29,7 +30,7 @@ from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import CellKernel, influence_with_groups
 from dte_dask.core.routes import select
-from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.graph.reduce import DyadicCover, by_rng_block, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -68,15 +69,23 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
                     block_size: int, n_blocks: int, boot_kw: dict | None):
     """Influence functions of one partition, reduced at once to its Gram and bootstrap covers.
 
-    Psi (n_block x K') lives only inside this task, so memory stays at one partition's Psi.
+    Psi is formed one RNG block at a time (n_rng_block x K') and reduced before the next, so
+    memory stays at one RNG block's Psi, whatever the partition's size; the covers are the same
+    as from the whole partition's Psi (every sum is per RNG block).
     """
-    psi = influence_with_groups(block, cells, est, groups, influence, block_size)
-    g = by_rng_block(block, _gram, block_size, n_blocks, clustered, rows=psi)
-    b = None
-    if boot_kw is not None:
-        key, support = _cohort_support(block, cells, groups)
-        b = boot_cover(psi, block.rank, key=key, support=support, **boot_kw)
-    return g, b
+    key, support = _cohort_support(block, cells, groups) if boot_kw is not None else (None, ())
+    blk = block.rank // block_size
+    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
+    g = b = DyadicCover(n_blocks, {})
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        sl = slice(int(lo), int(hi))
+        piece = block.take(sl)
+        psi = influence_with_groups(piece, cells, est, groups, influence, block_size)
+        g = g.merge(by_rng_block(piece, _gram, block_size, n_blocks, clustered, rows=psi))
+        if boot_kw is not None:
+            rows_key = None if key is None else key[sl]
+            b = b.merge(boot_cover(psi, piece.rank, key=rows_key, support=support, **boot_kw))
+    return g, (b if boot_kw is not None else None)
 
 
 def _cohort_support(block: UnitBlock, cells: Cells, groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -18,8 +18,10 @@ from threadpoolctl import threadpool_limits
 
 from dte_dask import config
 from dte_dask.core.dyadic import DyadicCover
-from dte_dask.core.multipliers import CHUNK, BootWeights, key_runs, multipliers
+from dte_dask.core.multipliers import (CHUNK, BootWeights, DenseMultipliers, Multipliers, key_runs, multipliers,
+                                       rademacher_bits)
 from dte_dask.exceptions import SpecError
+from dte_dask.inference.signs import SignBits
 from dte_dask.inference.variance import entity_sums
 
 __all__ = ["CHUNK", "EVENT", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost",
@@ -98,7 +100,7 @@ def boot_cover(
     S = entity_sums(psi, rank)
     kw = dict(seed=seed, n_boot=n_boot, block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
     if key is None:
-        return boot_cover_apply(rank[starts], lambda V, a, b: V @ S[a:b], psi.shape[1], **kw)
+        return boot_cover_apply(rank[starts], lambda M, a, b: M.matmul(0, b - a, S[a:b]), psi.shape[1], **kw)
     ekey = np.asarray(key)[starts]
     if starts.size < key.shape[0]:  # clusters: a cluster whose units differ in key is dense
         mixed = np.minimum.reduceat(key, starts) != np.maximum.reduceat(key, starts)
@@ -129,28 +131,31 @@ class _SupportPlan:
             self.groups.append((lo, hi, cols, rows if cols is None else np.ascontiguousarray(rows[:, cols])))
         return perm
 
-    def apply(self, V: np.ndarray, a: int, b: int) -> np.ndarray:
-        out = np.zeros((V.shape[0], self.S.shape[1]))
+    def apply(self, M: Multipliers, a: int, b: int) -> np.ndarray:
+        out = np.zeros((M.n_draws, self.S.shape[1]))
         for lo, hi, cols, rows in self.groups:
             if cols is None:
-                out += V[:, lo:hi] @ rows
+                out += M.matmul(lo, hi, rows)
             else:
-                out[:, cols] += V[:, lo:hi] @ rows
+                out[:, cols] += M.matmul(lo, hi, rows)
         return out
 
 
 def boot_cover_apply(
-    ent_rank: np.ndarray, apply: Callable[[np.ndarray, int, int], np.ndarray], width: int, *, seed: int,
+    ent_rank: np.ndarray, apply: Callable[[Multipliers, int, int], np.ndarray], width: int, *, seed: int,
     n_boot: int, block_size: int, n_blocks: int, n: int, kind: BootWeights,
     order: Callable[[int, int], np.ndarray] | None = None,
 ) -> DyadicCover:
     """Draws of one partition, given how to apply multipliers to its entities.
 
-    ``ent_rank`` holds the sorted stable indices of the partition's entities; ``apply(V, a, b)``
-    returns ``V @ psi[a:b]`` (width columns) for the multipliers ``V`` of entities ``a..b-1``,
-    however the caller represents their influence functions. With ``order``, ``order(a, b)`` is
-    called once per RNG block (entities ``a..b-1``) and returns a permutation of ``0..b-a-1``:
-    the columns of ``V`` then come in that order.
+    ``ent_rank`` holds the sorted stable indices of the partition's entities; ``apply(M, a, b)``
+    returns ``V @ psi[a:b]`` (width columns) for the multipliers ``M`` of entities ``a..b-1``
+    (:class:`~dte_dask.core.multipliers.Multipliers`: ``M.matmul(lo, hi, rows)`` is ``V[:, lo:hi] @ rows``
+    for ``M.n_draws`` draws), however the caller represents their influence functions. Rademacher
+    multipliers come as bits for all draws of an RNG block at once
+    (:class:`~dte_dask.inference.signs.SignBits`), others as float chunks of CHUNK draws. With
+    ``order``, ``order(a, b)`` is called once per RNG block (entities ``a..b-1``) and returns a
+    permutation of ``0..b-a-1``: the multipliers' entities then come in that order.
     """
     t0 = time.time()
     blk = ent_rank // block_size
@@ -164,11 +169,14 @@ def boot_cover_apply(
                 pos = pos[order(int(a), int(b))]
             elif pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
                 pos = slice(int(pos[0]), int(pos[-1]) + 1)
-            out = np.empty((n_boot, width))
-            for c, lo in enumerate(range(0, n_boot, CHUNK)):
-                hi = min(lo + CHUNK, n_boot)
-                V = multipliers(seed, bid, c, hi - lo, block_size, kind, cols=pos)
-                out[lo:hi] = apply(V, int(a), int(b))
+            if kind == "rademacher":  # all draws at once, from the bits (no float multipliers)
+                out = apply(SignBits(*rademacher_bits(seed, bid, n_boot, block_size, cols=pos)), int(a), int(b))
+            else:
+                out = np.empty((n_boot, width))
+                for c, lo in enumerate(range(0, n_boot, CHUNK)):
+                    hi = min(lo + CHUNK, n_boot)
+                    V = multipliers(seed, bid, c, hi - lo, block_size, kind, cols=pos)
+                    out[lo:hi] = apply(DenseMultipliers(V), int(a), int(b))
             ids.append(bid)
             out /= n  # in place: one n_boot x width array per RNG block, no second copy
             leaves.append(out)

@@ -1,0 +1,168 @@
+"""Rademacher bootstrap products from the random bits themselves (a numba kernel, no dask).
+
+A Rademacher multiplier is ``1 - 2 * bit`` of the stream's random bits
+(:func:`dte_dask.core.multipliers.multipliers`), so every draw of ``V @ rows`` is a signed sum of
+rows. Eight consecutive entities have 256 sign patterns: with a table of the 256 signed sums of
+their eight rows (about ``512 w`` additions, once for all draws), each draw adds one table row,
+picked by the byte that holds the eight entities' bits. For ``B`` draws that is ``(512 + B) w`` additions
+per eight entities instead of the ``16 B w`` floating-point operations of the dense product, and
+the multipliers are never expanded to floats (the "method of four Russians").
+
+The additions follow a fixed order given by the entities' order (their bytes, then the draws), so
+the sums are identical for any partitioning; they differ from the dense product only in rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SignBits", "gather_bits", "signed_sums", "transpose_bytes"]
+
+
+def _signed_sums(packed: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out[d] += sum_g table_g[packed[d, g]] for rows (8 G x w), four groups of eight at a time.
+
+    table_g[byte] is the signed sum of rows 8g .. 8g+7, the byte's most significant bit being row
+    8g (a set bit is a sign -1), built by doubling: bit p (row 8g + 7 - p) splits every entry."""
+    D, G = packed.shape
+    w = rows.shape[1]
+    T = np.empty((1024, w))  # four tables of 256 rows
+    for g0 in range(0, G, 4):
+        nq = min(4, G - g0)
+        for q in range(nq):
+            base, t0 = 8 * (g0 + q), 256 * q
+            for k in range(w):
+                T[t0, k] = rows[base + 7, k]
+                T[t0 + 1, k] = -rows[base + 7, k]
+            size = 2
+            for p in range(1, 8):
+                r = base + 7 - p
+                for i in range(t0, t0 + size):
+                    for k in range(w):
+                        T[i + size, k] = T[i, k] - rows[r, k]
+                for i in range(t0, t0 + size):
+                    for k in range(w):
+                        T[i, k] += rows[r, k]
+                size *= 2
+        if nq == 4:
+            for d in range(D):
+                a = T[packed[d, g0]]
+                b = T[256 + packed[d, g0 + 1]]
+                c = T[512 + packed[d, g0 + 2]]
+                e = T[768 + packed[d, g0 + 3]]
+                o = out[d]
+                for k in range(w):
+                    o[k] += (a[k] + b[k]) + (c[k] + e[k])
+        else:
+            for q in range(nq):
+                for d in range(D):
+                    a = T[256 * q + packed[d, g0 + q]]
+                    o = out[d]
+                    for k in range(w):
+                        o[k] += a[k]
+
+
+def _transpose(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out = a.T for bytes, in 32 x 32 tiles (numpy's byte transpose misses the cache)."""
+    R, C = a.shape
+    for r0 in range(0, R, 32):
+        r1 = min(r0 + 32, R)
+        for c0 in range(0, C, 32):
+            for c in range(c0, min(c0 + 32, C)):
+                for r in range(r0, r1):
+                    out[c, r] = a[r, c]
+
+
+def _gather_bits_t(rawT: np.ndarray, pos: np.ndarray, outT: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Draws along the rows' length: bit i of outT[:, d] (most significant first, byte i // 8) is
+    bit pos[i] of rawT[:, d], for all draws d at once."""
+    D = rawT.shape[1]
+    one = np.uint8(1)
+    for i in range(pos.shape[0]):
+        p = pos[i]
+        src = rawT[p >> 3]
+        s = np.uint8(7 - (p & 7))
+        sh = np.uint8(7 - (i & 7))
+        o = outT[i >> 3]
+        for d in range(D):
+            o[d] |= ((src[d] >> s) & one) << sh
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _kernel(name: str):
+    """A compiled kernel, built on first use (numba is imported then, not with dte_dask) and
+    cached on disk by numba, so later processes load it instead of compiling."""
+    if name not in _COMPILED:
+        import numba
+
+        fn = {"signed_sums": _signed_sums, "transpose": _transpose, "gather_bits_t": _gather_bits_t}[name]
+        _COMPILED[name] = numba.njit(nogil=True, cache=True)(fn)
+    return _COMPILED[name]
+
+
+def transpose_bytes(a: np.ndarray) -> np.ndarray:
+    """``a.T`` (a 2-D uint8 array) as a C-contiguous array."""
+    out = np.empty(a.shape[::-1], dtype=np.uint8)
+    if a.size:
+        _kernel("transpose")(a, out)
+    return out
+
+
+def gather_bits(packed: np.ndarray, pos: np.ndarray, *, transposed: np.ndarray | None = None) -> np.ndarray:
+    """Bits ``pos`` of each row of ``packed`` (D x bytes, most significant bit first), packed in
+    that order: (D x ceil(len(pos) / 8)) uint8, as
+    ``np.packbits(np.unpackbits(packed, axis=1)[:, pos], axis=1)``; a transposed view (the draws
+    run along its rows' length in memory). ``transposed`` is ``transpose_bytes(packed)``, when the
+    caller keeps it for several calls."""
+    rawT = transpose_bytes(packed) if transposed is None else transposed
+    outT = np.zeros((-(-pos.size // 8), packed.shape[0]), dtype=np.uint8)
+    if pos.size and packed.shape[0]:
+        _kernel("gather_bits_t")(rawT, np.ascontiguousarray(pos, dtype=np.int64), outT)
+    return outT.T
+
+
+def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0) -> np.ndarray:
+    """``V @ rows`` with ``V = 1 - 2 * bits``: ``packed`` (D x G, uint8) holds the bits of D draws,
+    most significant first, and entity ``i`` (row ``i`` of ``rows``) is bit ``lead + i`` of each
+    row; bits beyond the rows are ignored. Returns (D x w) float64."""
+    D, G = packed.shape
+    m, w = rows.shape
+    if lead + m > 8 * G:
+        raise ValueError(f"{m} rows after {lead} leading bits need {lead + m} bits; packed holds {8 * G}")
+    if lead == 0 and m == 8 * G and rows.dtype == np.float64 and rows.flags.c_contiguous:
+        full = rows
+    else:  # zero rows where the bits belong to no row: their signs add nothing
+        full = np.zeros((8 * G, w))
+        full[lead:lead + m] = rows
+    out = np.zeros((D, w))
+    if D and w and G:
+        _kernel("signed_sums")(np.asarray(packed, dtype=np.uint8), full, out)
+    return out
+
+
+class SignBits:
+    """The Rademacher multipliers of one RNG block's entities, as bits
+    (:func:`~dte_dask.core.multipliers.rademacher_bits`): ``matmul(lo, hi, rows)`` is
+    ``V[:, lo:hi] @ rows`` for all draws at once (a :class:`~dte_dask.core.multipliers.Multipliers`).
+
+    ``array`` and ``where`` as ``rademacher_bits`` returns them: the stream's packed bytes with the
+    entities at bits ``where + i`` (an int: sliced per call, never unpacked) or at bits ``where[i]``
+    (positions: gathered per call), or one 0/1 byte per multiplier (``where`` None, packed per call).
+    """
+
+    def __init__(self, array: np.ndarray, where: int | np.ndarray | None) -> None:
+        self.array, self.where = array, where
+        self.n_draws = array.shape[0]
+        self._transposed: np.ndarray | None = None
+
+    def matmul(self, lo: int, hi: int, rows: np.ndarray) -> np.ndarray:
+        if self.where is None:
+            return signed_sums(np.packbits(self.array[:, lo:hi], axis=1), rows)
+        if isinstance(self.where, np.ndarray):
+            if self._transposed is None:  # once per block: every group's gather reads it
+                self._transposed = transpose_bytes(self.array)
+            return signed_sums(gather_bits(self.array, self.where[lo:hi], transposed=self._transposed), rows)
+        start = self.where + lo
+        stop = -(-(self.where + hi) // 8)
+        return signed_sums(self.array[:, start // 8:stop], rows, start % 8)
