@@ -1,13 +1,18 @@
 """The arithmetic a multiplier bootstrap cannot avoid, on this machine, against the parquet-read floor.
 
 Every draw of a multiplier bootstrap is ``sum_i V_bi psi_i`` over all units: for ``n`` units, ``B``
-draws and an influence matrix of width ``w`` that is ``n * B`` multipliers to generate and
-``2 * n * B * w`` floating-point operations to apply them, whatever the task graph. This script
-measures both kernels as dte_dask runs them (one RNG block of ``rng-block-size`` units times one
-chunk of :data:`~dte_dask.core.multipliers.CHUNK` draws, single-threaded BLAS, float64) and scales
-them to a job: the bootstrap's CPU seconds and, on ``--cores`` cores, its wall-time lower bound
-(perfect parallel efficiency, no loading, no estimation). With ``--data`` it also reads the job's
-columns with pyarrow (the floor of ``run_medical.py``) and prints the bound as a multiple of it.
+draws and an influence matrix of width ``w``. Two ways to compute it are measured per RNG block of
+``rng-block-size`` units and scaled to a job (its CPU seconds and, on ``--cores`` cores, its
+wall-time lower bound: perfect parallel efficiency, no loading, no estimation):
+
+- dense: float64 multipliers, one chunk of :data:`~dte_dask.core.multipliers.CHUNK` draws at a
+  time, times psi (single-threaded BLAS): ``n * B`` multipliers and ``2 * n * B * w`` flops;
+- bits (what dte_dask runs for Rademacher weights): the stream's random bytes, all draws of a block
+  at once, and :func:`dte_dask.inference.signs.signed_sums` (tables of the 256 signed sums of 8
+  units, one table row added per draw and byte: ``(512 + B) * w * n / 8`` additions).
+
+With ``--data`` it also reads the job's columns with pyarrow (the floor of ``run_medical.py``) and
+prints the bounds as multiples of it.
 
     python benchmarks/bootstrap_floor.py --units 2800000 --draws 999 \
         --widths att_gt=120 event_study=25 stacked_did=17 [--shared-draws] [--data DATA_DIR --cold]
@@ -18,7 +23,6 @@ counts the multipliers once for all estimators instead of once per estimator.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -29,7 +33,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dte_dask import config
-from dte_dask.core.multipliers import CHUNK, multipliers
+from dte_dask.core.multipliers import CHUNK, multipliers, rademacher_bits
+from dte_dask.inference.signs import SignBits
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -42,17 +47,21 @@ def _median_s(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(widths: dict[str, int], block: int, repeats: int) -> dict:
-    """Seconds per (RNG block, chunk of draws): drawing the multipliers and each estimator's product."""
+def measure(widths: dict[str, int], block: int, draws: int, repeats: int) -> dict:
+    """Seconds per RNG block: dense (per chunk of draws, scaled to ``draws``) and from the bits."""
     rng = np.random.default_rng(0)
+    chunks = draws / CHUNK
     with threadpool_limits(limits=1):
-        draw = _median_s(lambda: multipliers(1, 0, 0, CHUNK, block, "rademacher"), repeats)
+        draw = _median_s(lambda: multipliers(1, 0, 0, CHUNK, block, "rademacher"), repeats) * chunks
         V = multipliers(1, 0, 0, CHUNK, block, "rademacher")
-        gemm = {}
+        bits_draw = _median_s(lambda: rademacher_bits(1, 0, draws, block), repeats)
+        packed, lead = rademacher_bits(1, 0, draws, block)
+        gemm, bits = {}, {}
         for name, w in widths.items():
             S = rng.standard_normal((block, w))
-            gemm[name] = _median_s(lambda S=S: V @ S, repeats)
-    return {"draw_s": draw, "gemm_s": gemm}
+            gemm[name] = _median_s(lambda S=S: V @ S, repeats) * chunks
+            bits[name] = _median_s(lambda S=S: SignBits(packed, lead).matmul(0, block, S), max(3, repeats // 3))
+    return {"dense": (draw, gemm), "bits": (bits_draw, bits)}
 
 
 def main(argv=None) -> int:
@@ -70,30 +79,29 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     widths = {k: int(v) for k, v in (w.split("=", 1) for w in a.widths)}
     block = int(config.get("rng-block-size"))
-    m = measure(widths, block, a.repeats)
-    pairs = math.ceil(a.units / block) * (a.draws / CHUNK)  # (RNG block, chunk) products, last chunk pro rata
+    m = measure(widths, block, a.draws, a.repeats)
+    n_blocks = a.units / block
     n_draw_passes = 1 if a.shared_draws else len(widths)
-    cpu_draw = pairs * m["draw_s"] * n_draw_passes
-    cpu_gemm = {k: pairs * s for k, s in m["gemm_s"].items()}
-    cpu = cpu_draw + sum(cpu_gemm.values())
-    flops = sum(2.0 * a.units * a.draws * w for w in widths.values())
-    print(f"{a.units:,} units x {a.draws} draws, RNG blocks of {block:,}, chunks of {CHUNK}; {a.cores} cores")
-    print(f"per (block, chunk): multipliers {m['draw_s'] * 1e3:.2f} ms; products " +
-          ", ".join(f"{k} (w={widths[k]}) {s * 1e3:.2f} ms" for k, s in m["gemm_s"].items()))
-    print(f"multipliers: {n_draw_passes} pass(es), {cpu_draw:.1f} CPU s")
-    for k, s in cpu_gemm.items():
-        print(f"products {k:>14s}: {s:6.1f} CPU s  ({2.0 * a.units * a.draws * widths[k] / s / 1e9 if s else 0:.1f} "
-              "GFlop/s per core)")
-    print(f"bootstrap arithmetic: {cpu:.1f} CPU s, {flops / 1e12:.2f} TFlop; lower bound on {a.cores} cores: "
-          f"{cpu / a.cores:.1f} s")
+    print(f"{a.units:,} units x {a.draws} draws, RNG blocks of {block:,}; {a.cores} cores; "
+          f"multipliers drawn {n_draw_passes} time(s)")
+    bound = {}
+    for kind, (draw_s, prod_s) in m.items():
+        cpu_draw = n_blocks * draw_s * n_draw_passes
+        cpu_prod = {k: n_blocks * s for k, s in prod_s.items()}
+        cpu = cpu_draw + sum(cpu_prod.values())
+        bound[kind] = cpu / a.cores
+        print(f"{kind:>5s}: multipliers {cpu_draw:5.1f} CPU s; products " +
+              ", ".join(f"{k} (w={widths[k]}) {s:.1f}" for k, s in cpu_prod.items()) +
+              f" CPU s; total {cpu:.1f} CPU s, lower bound on {a.cores} cores {bound[kind]:.1f} s")
+    print(f"bits / dense: {bound['bits'] / bound['dense']:.2f}x the time")
     if a.data is not None:
         sys.path.insert(0, str(Path(__file__).parent))
         from run_medical import job_columns, read_floor
 
         fl = read_floor(a.data, job_columns(a.job), a.cold)
         print(f"parquet-read floor: {fl['read_s']:.2f} s ({fl['rows']:,} rows); 6x the floor = "
-              f"{6 * fl['read_s']:.1f} s; the bootstrap's lower bound alone = {cpu / a.cores / fl['read_s']:.1f}x "
-              "the floor")
+              f"{6 * fl['read_s']:.1f} s; the bootstrap's lower bound alone = "
+              + ", ".join(f"{bound[k] / fl['read_s']:.1f}x ({k})" for k in bound) + " the floor")
     return 0
 
 

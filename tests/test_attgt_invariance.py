@@ -49,6 +49,9 @@ CASES = {
     "ipw-nyt-antic": dict(covariates=["age"], est_method="ipw", control_group="not_yet_treated", anticipation=1, bootstrap=False),
     "reg-universal-weights": dict(covariates=["bmi"], est_method="reg", base_period="universal", weights="bmi", bootstrap=False),
     "clustered-boot": dict(cluster="female", n_boot=49, seed=2),
+    # >= BITS_MIN_DRAWS: Rademacher products from the bits (moments route; covariates with cohort support)
+    "nocov-bits": dict(n_boot=300, seed=6),
+    "cov-nyt-bits": dict(covariates=["age"], control_group="not_yet_treated", n_boot=300, seed=7),
 }
 
 

@@ -91,6 +91,7 @@ CASES = {
     "event-study": lambda p: dte_dask.event_study(p, window=(-3, 3)),
     "event-study-boot": lambda p: dte_dask.event_study(p, window=(-3, 3), bootstrap=True, n_boot=29, seed=2),
     "stacked-boot": lambda p: dte_dask.stacked_did(p, window=(-2, 2), bootstrap=True, n_boot=29, seed=2),
+    "event-study-bits": lambda p: dte_dask.event_study(p, window=(-3, 3), bootstrap=True, n_boot=300, seed=2),
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import dte_dask
+import dte_dask.inference.bootstrap as bootstrap_mod
 from dte_dask.core.multipliers import CHUNK, multipliers, rademacher_bits
 from dte_dask.inference.signs import SignBits, gather_bits, signed_sums
 from dte_dask.inference.bootstrap import boot_cover
@@ -74,3 +76,36 @@ def test_boot_cover_draws_equal_dense_multipliers_times_psi():
     want = sum(_dense(9, b, n_boot, bs)[:, :min(bs, n - b * bs)] @ psi[b * bs:(b + 1) * bs]
                for b in range(-(-n // bs))) / n
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_grouped_boot_cover_from_bits_equals_dense_multipliers():
+    """Entities grouped by key within each RNG block (gathered bits) and each group's support."""
+    rng = np.random.default_rng(6)
+    n, width, bs, n_boot = 700, 8, 256, 300
+    key = rng.integers(0, 3, n)
+    support = [np.array([0, 2, 7]), np.array([1, 3, 4, 7]), None]
+    psi = rng.standard_normal((n, width))
+    for k, cols in enumerate(support[:2]):
+        off = np.ones(width, dtype=bool)
+        off[cols] = False
+        psi[np.ix_(key == k, off)] = 0.0
+    kw = dict(seed=2, n_boot=n_boot, block_size=bs, n_blocks=-(-n // bs), n=n, kind="rademacher")
+    assert n_boot >= bootstrap_mod.BITS_MIN_DRAWS
+    got = boot_cover(psi, np.arange(n), key=key, support=support, **kw).root()
+    want = sum(_dense(2, b, n_boot, bs)[:, :min(bs, n - b * bs)] @ psi[b * bs:(b + 1) * bs]
+               for b in range(-(-n // bs))) / n
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("estimator", ["att_gt", "event_study"])
+def test_estimator_draws_from_bits_equal_the_dense_product(monkeypatch, estimator):
+    df = dte_dask.simulate_panel(400, 6, seed=4).data.compute(scheduler="synchronous")
+    cols = dict(outcome="y", unit="unit", time="time", group="group")
+    kw = dict(covariates=["age"]) if estimator == "att_gt" else dict(window=(-2, 2))
+    fit = lambda: getattr(dte_dask, estimator)(df, **cols, **kw, bootstrap=True, n_boot=300, seed=3)
+    bits = fit()
+    monkeypatch.setattr(bootstrap_mod, "BITS_MIN_DRAWS", 10**9)  # float multipliers times psi
+    dense = fit()
+    assert bits.draws.shape[0] == 300 and np.isfinite(bits.draws).all()
+    scale = np.abs(dense.draws).max()
+    np.testing.assert_allclose(bits.draws, dense.draws, rtol=0, atol=1e-12 * scale)

@@ -31,6 +31,12 @@ EVENT = "dte-dask-bootstrap"  # worker event topic: the span of each partition's
 
 RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
 
+# Rademacher draws from the bits (tables of 2^8 signed sums per 8 entities, ~(512 + B) w additions)
+# beat float multipliers times psi (16 B w flops, plus drawing the floats) from about 100 (w = 17)
+# to 200 (w = 120) draws on a 2-core EPYC; below this many draws the dense product is kept (and
+# numba, ~75 MB private and ~130 MB shared per process once loaded, is never imported).
+BITS_MIN_DRAWS = 256
+
 
 def check_bootstrap_cost(n_boot: int, *, n_entities: int | None, width: int | None, kind: str,
                          block_size: int | None = None) -> None:
@@ -153,7 +159,8 @@ def boot_cover_apply(
     (:class:`~dte_dask.core.multipliers.Multipliers`: ``M.matmul(lo, hi, rows)`` is ``V[:, lo:hi] @ rows``
     for ``M.n_draws`` draws), however the caller represents their influence functions. Rademacher
     multipliers come as bits for all draws of an RNG block at once
-    (:class:`~dte_dask.inference.signs.SignBits`), others as float chunks of CHUNK draws. With
+    (:class:`~dte_dask.inference.signs.SignBits`) when ``n_boot >= BITS_MIN_DRAWS``, others as
+    float chunks of CHUNK draws. With
     ``order``, ``order(a, b)`` is called once per RNG block (entities ``a..b-1``) and returns a
     permutation of ``0..b-a-1``: the multipliers' entities then come in that order.
     """
@@ -169,7 +176,7 @@ def boot_cover_apply(
                 pos = pos[order(int(a), int(b))]
             elif pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
                 pos = slice(int(pos[0]), int(pos[-1]) + 1)
-            if kind == "rademacher":  # all draws at once, from the bits (no float multipliers)
+            if kind == "rademacher" and n_boot >= BITS_MIN_DRAWS:  # all draws at once, from the bits
                 out = apply(SignBits(*rademacher_bits(seed, bid, n_boot, block_size, cols=pos)), int(a), int(b))
             else:
                 out = np.empty((n_boot, width))
