@@ -50,7 +50,7 @@ MAX_COLUMN_BYTES = 128 << 20  # one float64 column of a partition stays under ~1
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "pandas", "pyarrow", "scipy",
+PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "numba", "pandas", "pyarrow", "scipy",
             "threadpoolctl")
 
 

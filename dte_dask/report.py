@@ -41,7 +41,7 @@ from dte_dask.exceptions import SpecError
 
 FORMAT = "dte_dask.results/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "pandas", "scipy", "pyarrow", "bokeh")
+_PACKAGES = ("dte_dask", "dask", "distributed", "numpy", "numba", "pandas", "scipy", "pyarrow", "bokeh")
 
 
 # ----------------------------------------------------------------------------- saving
