@@ -13,6 +13,8 @@ import dte_dask.graph.regress as regress_mod
 from dte_dask.core.multipliers import multipliers
 from dte_dask.inference.bootstrap import boot_cover
 
+from .boot_helpers import supported_psi
+
 COLS = dict(outcome="y", unit="unit", time="time", group="group")
 
 
@@ -23,13 +25,8 @@ def test_multiplier_columns_and_grouped_products():
         np.testing.assert_array_equal(multipliers(3, 2, 1, 37, 203, kind, cols=cols), full[:, cols])
     rng = np.random.default_rng(1)
     n, width, bs = 300, 9, 64
-    key = rng.integers(0, 3, n)
     support = [np.array([0, 1, 8]), np.array([2, 3, 4, 8]), None]
-    psi = rng.standard_normal((n, width))
-    for k, cols in enumerate(support[:2]):
-        off = np.ones(width, dtype=bool)
-        off[cols] = False
-        psi[np.ix_(key == k, off)] = 0.0
+    key, psi = supported_psi(rng, n, width, support)
     psi[np.flatnonzero(key == 1)[0], 7] = 1.5  # outside its stated support: that group goes dense
     kw = dict(seed=4, n_boot=150, block_size=bs, n_blocks=-(-n // bs), n=n, kind="rademacher")
     dense = boot_cover(psi, np.arange(n), **kw).root()

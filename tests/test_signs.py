@@ -11,6 +11,8 @@ from dte_dask.core.multipliers import CHUNK, multipliers, rademacher_bits
 from dte_dask.inference.signs import SignBits, gather_bits, signed_sums
 from dte_dask.inference.bootstrap import boot_cover
 
+from .boot_helpers import supported_psi
+
 
 def _dense(seed, block, n_draws, size):
     """All draws of one RNG block as floats, chunk after chunk (the definition of the multipliers)."""
@@ -82,13 +84,8 @@ def test_grouped_boot_cover_from_bits_equals_dense_multipliers():
     """Entities grouped by key within each RNG block (gathered bits) and each group's support."""
     rng = np.random.default_rng(6)
     n, width, bs, n_boot = 700, 8, 256, 300
-    key = rng.integers(0, 3, n)
     support = [np.array([0, 2, 7]), np.array([1, 3, 4, 7]), None]
-    psi = rng.standard_normal((n, width))
-    for k, cols in enumerate(support[:2]):
-        off = np.ones(width, dtype=bool)
-        off[cols] = False
-        psi[np.ix_(key == k, off)] = 0.0
+    key, psi = supported_psi(rng, n, width, support)
     kw = dict(seed=2, n_boot=n_boot, block_size=bs, n_blocks=-(-n // bs), n=n, kind="rademacher")
     assert n_boot >= bootstrap_mod.BITS_MIN_DRAWS
     got = boot_cover(psi, np.arange(n), key=key, support=support, **kw).root()
