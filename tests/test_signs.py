@@ -106,3 +106,18 @@ def test_estimator_draws_from_bits_equal_the_dense_product(monkeypatch, estimato
     assert bits.draws.shape[0] == 300 and np.isfinite(bits.draws).all()
     scale = np.abs(dense.draws).max()
     np.testing.assert_allclose(bits.draws, dense.draws, rtol=0, atol=1e-12 * scale)
+
+
+def test_kernels_compile_without_a_cache_directory(monkeypatch):
+    """No writable place for numba's cache (read-only install, no home): compiled in memory instead."""
+    import numba
+    import numba.core.caching as caching
+
+    import dte_dask.inference.signs as signs
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(signs, "_COMPILED", {})
+    with pytest.raises(RuntimeError, match="no locator"):  # what numba does then with cache=True
+        numba.njit(cache=True)(signs._transpose)
+    a = np.random.default_rng(1).integers(0, 256, (37, 70), dtype=np.uint8)
+    np.testing.assert_array_equal(signs.transpose_bytes(a), a.T)

@@ -92,12 +92,17 @@ _COMPILED: dict[str, object] = {}
 
 def _kernel(name: str):
     """A compiled kernel, built on first use (numba is imported then, not with dte_dask) and
-    cached on disk by numba, so later processes load it instead of compiling."""
+    cached on disk by numba, so later processes load it instead of compiling. Where numba finds
+    no writable cache directory (a read-only install without a writable home; NUMBA_CACHE_DIR
+    names one) the kernel is compiled in memory, once per process."""
     if name not in _COMPILED:
         import numba
 
         fn = {"signed_sums": _signed_sums, "transpose": _transpose, "gather_bits_t": _gather_bits_t}[name]
-        _COMPILED[name] = numba.njit(nogil=True, cache=True)(fn)
+        try:
+            _COMPILED[name] = numba.njit(nogil=True, cache=True)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            _COMPILED[name] = numba.njit(nogil=True)(fn)
     return _COMPILED[name]
 
 
