@@ -9,7 +9,7 @@ wall-time lower bound: perfect parallel efficiency, no loading, no estimation):
   time, times psi (single-threaded BLAS): ``n * B`` multipliers and ``2 * n * B * w`` flops;
 - bits (what dte_dask runs for Rademacher weights): the stream's random bytes, all draws of a block
   at once, and :func:`dte_dask.inference.signs.signed_sums` (tables of the 256 signed sums of 8
-  units, one table row added per draw and byte: ``(512 + B) * w * n / 8`` additions).
+  units, one table row added per draw and byte: ``(256 + B) * w * n / 8`` additions).
 
 With ``--data`` it also reads the job's columns with pyarrow (the floor of ``run_medical.py``) and
 prints the bounds as multiples of it.

@@ -31,7 +31,7 @@ EVENT = "dte-dask-bootstrap"  # worker event topic: the span of each partition's
 
 RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
 
-# Rademacher draws from the bits (tables of 2^8 signed sums per 8 entities, ~(512 + B) w additions)
+# Rademacher draws from the bits (tables of 2^8 signed sums per 8 entities, ~(256 + B) w additions)
 # beat float multipliers times psi (16 B w flops, plus drawing the floats) from about 100 (w = 17)
 # to 200 (w = 120) draws on a 2-core EPYC; below this many draws the dense product is kept (and
 # numba, ~75 MB private and ~130 MB shared per process once loaded, is never imported).

@@ -3,8 +3,8 @@
 A Rademacher multiplier is ``1 - 2 * bit`` of the stream's random bits
 (:func:`dte_dask.core.multipliers.multipliers`), so every draw of ``V @ rows`` is a signed sum of
 rows. Eight consecutive entities have 256 sign patterns: with a table of the 256 signed sums of
-their eight rows (about ``512 w`` additions, once for all draws), each draw adds one table row,
-picked by the byte that holds the eight entities' bits. For ``B`` draws that is ``(512 + B) w`` additions
+their eight rows (about ``256 w`` additions, once for all draws), each draw adds one table row,
+picked by the byte that holds the eight entities' bits. For ``B`` draws that is ``(256 + B) w`` additions
 per eight entities instead of the ``16 B w`` floating-point operations of the dense product, and
 the multipliers are never expanded to floats (the "method of four Russians").
 
@@ -18,31 +18,47 @@ import numpy as np
 __all__ = ["SignBits", "gather_bits", "signed_sums", "transpose_bytes"]
 
 
-def _signed_sums(packed: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _byte_steps() -> tuple[np.ndarray, np.ndarray]:
+    """For each byte i > 0: i without its lowest set bit, and the row (0..7, most significant bit
+    first) that bit stands for."""
+    i = np.arange(256)
+    low = i & -i
+    prev = i ^ low
+    row = 7 - np.log2(np.maximum(low, 1)).astype(np.int64)
+    return prev.astype(np.int64), row
+
+
+_PREV, _ROW = _byte_steps()
+
+
+def _signed_sums(packed: np.ndarray, rows: np.ndarray, out: np.ndarray, prev: np.ndarray,
+                 row: np.ndarray) -> None:  # pragma: no cover - compiled
     """out[d] += sum_g table_g[packed[d, g]] for rows (8 G x w), four groups of eight at a time.
 
     table_g[byte] is the signed sum of rows 8g .. 8g+7, the byte's most significant bit being row
-    8g (a set bit is a sign -1), built by doubling: bit p (row 8g + 7 - p) splits every entry."""
+    8g (a set bit is a sign -1): table_g[0] adds the eight rows, and each other byte is the byte
+    without its lowest set bit (``prev``) minus twice the row of that bit (``row``)."""
     D, G = packed.shape
     w = rows.shape[1]
     T = np.empty((1024, w))  # four tables of 256 rows
+    R2 = np.empty((8, w))
     for g0 in range(0, G, 4):
         nq = min(4, G - g0)
         for q in range(nq):
             base, t0 = 8 * (g0 + q), 256 * q
             for k in range(w):
-                T[t0, k] = rows[base + 7, k]
-                T[t0 + 1, k] = -rows[base + 7, k]
-            size = 2
-            for p in range(1, 8):
-                r = base + 7 - p
-                for i in range(t0, t0 + size):
-                    for k in range(w):
-                        T[i + size, k] = T[i, k] - rows[r, k]
-                for i in range(t0, t0 + size):
-                    for k in range(w):
-                        T[i, k] += rows[r, k]
-                size *= 2
+                s = 0.0
+                for j in range(8):
+                    s += rows[base + j, k]
+                T[t0, k] = s
+            for j in range(8):
+                for k in range(w):
+                    R2[j, k] = 2.0 * rows[base + j, k]
+            for i in range(1, 256):
+                a = t0 + prev[i]
+                r = row[i]
+                for k in range(w):
+                    T[t0 + i, k] = T[a, k] - R2[r, k]
         if nq == 4:
             for d in range(D):
                 a = T[packed[d, g0]]
@@ -142,7 +158,7 @@ def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0) -> np.ndarr
         full[lead:lead + m] = rows
     out = np.zeros((D, w))
     if D and w and G:
-        _kernel("signed_sums")(np.asarray(packed, dtype=np.uint8), full, out)
+        _kernel("signed_sums")(np.asarray(packed, dtype=np.uint8), full, out, _PREV, _ROW)
     return out
 
 
