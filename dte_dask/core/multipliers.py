@@ -27,13 +27,9 @@ def multipliers(seed: int, block: int, chunk: int, n_draws: int, size: int, kind
     Rademacher multipliers are ``1 - 2 * bit`` of the stream's random bytes (most significant bit
     first, as :func:`numpy.unpackbits`): bits -> int8 signs -> float64, a few cheap passes over
     one-byte arrays and one conversion."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
+    rng = _stream(seed, block, chunk)
     if kind == "rademacher":
-        nbytes = -(-(n_draws * size) // 8)
-        raw = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
-        bits = np.unpackbits(raw, count=n_draws * size).reshape(n_draws, size)
-        if cols is not None:
-            bits = bits[:, cols] if isinstance(cols, slice) else np.take(bits, cols, axis=1)
+        bits = _bits(rng, n_draws, size, cols)
         bits <<= 1
         return np.subtract(1, bits.view(np.int8), dtype=np.int8).astype(np.float64)
     if kind == "mammen":
@@ -78,23 +74,32 @@ def rademacher_bits(seed: int, block: int, n_draws: int, size: int,
     significant bit first, nothing unpacked) and where ``cols`` lie in them: ``lead`` (an int,
     column ``i`` at bit ``lead + i``) for a slice, the positions (an int array) otherwise.
     Otherwise returns ``(bits, None)``: one 0/1 byte per multiplier (n_draws x columns)."""
-    chunks = range(0, n_draws, CHUNK)
-    streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, c))) for c in range(len(chunks))]
+    chunks = [(c, lo, min(lo + CHUNK, n_draws) - lo) for c, lo in enumerate(range(0, n_draws, CHUNK))]
     if cols is None:
         cols = slice(0, size)
     if size % 8 == 0 and (not isinstance(cols, slice) or cols.step in (None, 1)):
         packed = np.empty((n_draws, size // 8), dtype=np.uint8)
-        for rng, lo in zip(streams, chunks):
-            hi = min(lo + CHUNK, n_draws)
-            packed[lo:hi] = np.frombuffer(rng.bytes((hi - lo) * size // 8), dtype=np.uint8).reshape(hi - lo, -1)
+        for c, lo, nd in chunks:
+            raw = _stream(seed, block, c).bytes(nd * size // 8)
+            packed[lo:lo + nd] = np.frombuffer(raw, dtype=np.uint8).reshape(nd, -1)
         return packed, (int(cols.start or 0) if isinstance(cols, slice) else np.asarray(cols, dtype=np.int64))
-    parts = []
-    for rng, lo in zip(streams, chunks):
-        nd = min(lo + CHUNK, n_draws) - lo
-        raw = np.frombuffer(rng.bytes(-(-(nd * size) // 8)), dtype=np.uint8)
-        bits = np.unpackbits(raw, count=nd * size).reshape(nd, size)
-        parts.append(bits[:, cols] if isinstance(cols, slice) else np.take(bits, cols, axis=1))
+    parts = [_bits(_stream(seed, block, c), nd, size, cols) for c, _, nd in chunks]
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), None
+
+
+def _stream(seed: int, block: int, chunk: int) -> np.random.Generator:
+    """The random stream of draws ``chunk*CHUNK ..`` of RNG block ``block``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, chunk)))
+
+
+def _bits(rng: np.random.Generator, n_draws: int, size: int, cols: np.ndarray | slice | None) -> np.ndarray:
+    """(n_draws, size) bits of the stream's next bytes (most significant first), 0/1 uint8, and
+    only columns ``cols`` (in that order) when given."""
+    raw = np.frombuffer(rng.bytes(-(-(n_draws * size) // 8)), dtype=np.uint8)
+    bits = np.unpackbits(raw, count=n_draws * size).reshape(n_draws, size)
+    if cols is None:
+        return bits
+    return bits[:, cols] if isinstance(cols, slice) else np.take(bits, cols, axis=1)
 
 
 def key_runs(keys: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
