@@ -127,8 +127,9 @@ class CategoryApply:
 
     With psi_i = w_i (A_r'(Y_i - m_r) + b_r) + d, ``V @ Psi = sum_r (V_r [w (Y - m_r), w]) [A_r; b_r]
     + (V 1) d``: the multipliers meet a (T + 2)-wide matrix ``[w (Y - m_r), w, 1]`` per category
-    instead of the K'-wide Psi (its last column sums the multipliers). ``order`` groups the block's units by category (ascending, then by rank: defined by the
-    data, never by the partitioning), so that each category's multipliers are contiguous columns.
+    instead of the K'-wide Psi (its last column sums the multipliers). ``order`` groups the block's
+    units by category (ascending, then by rank: defined by the data, never by the partitioning), so
+    that each category's multipliers are contiguous columns.
     """
 
     def __init__(self, block: UnitBlock, r: np.ndarray, m: np.ndarray, A: np.ndarray, b: np.ndarray,
