@@ -51,7 +51,7 @@ from dte_dask.checks._engine import (
 )
 from dte_dask.core.cells import Cells
 from dte_dask.exceptions import EstimationError, SpecError
-from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.results.aggregate import AggKind, aggregate_map
 
 
@@ -227,29 +227,20 @@ def _allocate(seed: int, n_perm: int, blocks: np.ndarray, counts: np.ndarray) ->
 
 
 # ----------------------------------------------------------------------------- kernels
-def _rng_blocks(block: UnitBlock, bs: int) -> tuple[np.ndarray, np.ndarray]:
-    blk = block.rank // bs
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
-    return blk, cuts
-
-
 def _block_counts(block: UnitBlock, codes: np.ndarray, bs: int) -> dict[int, np.ndarray]:
     """Units of each cohort code in each RNG block of this partition."""
-    blk, cuts = _rng_blocks(block, bs)
     out = {}
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        out[int(blk[a])] = np.array([(block.g[a:b] == c).sum() for c in codes], dtype=np.int64)
+    for a, b, bid in rng_block_runs(block.rank, bs):
+        out[bid] = np.array([(block.g[a:b] == c).sum() for c in codes], dtype=np.int64)
     return out
 
 
 def _permuted_g(block: UnitBlock, alloc: dict[int, np.ndarray], j: int, r: int, seed: int, codes: np.ndarray,
                 bs: int) -> np.ndarray:
     """Cohorts of this block's units under permutation ``r`` (row ``j`` of the chunk's allocation)."""
-    blk, cuts = _rng_blocks(block, bs)
     g = np.empty(block.n)
     perm_seq = np.random.SeedSequence(seed, spawn_key=(r,))
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        bid = int(blk[a])
+    for a, b, bid in rng_block_runs(block.rank, bs):
         labels = np.repeat(codes, alloc[bid][j])
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*perm_seq.spawn_key, 1 + bid)))
         g[a:b] = rng.permutation(labels)

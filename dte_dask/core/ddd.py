@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.core.cells import Cells
 from dte_dask.core.covariates import cov_influence
 
@@ -156,10 +156,8 @@ def design_block(block: UnitBlock, comp: Comparisons, block_size: int) -> Design
 
     if block.n == 0:
         return build(block, {})
-    blk = block.rank // block_size
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
-    parts = {(int(a), int(c)): build(UnitBlock.take(block, slice(int(a), int(c))), {})
-             for a, c in zip(cuts[:-1], cuts[1:])}
+    parts = {(a, c): build(UnitBlock.take(block, slice(a, c)), {})
+             for a, c, _ in rng_block_runs(block.rank, block_size)}
     return DesignBlock(block.ids, block.rank, block.g, block.w, block.cluster, block.y, block.x, parts=parts)
 
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dte_dask.core import logit, moments, rcs, twobytwo
-from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.core.cells import Cells
 from dte_dask.core.errors import DegenerateCellWarning, NuisanceFitWarning
 from dte_dask.core.logit import IrlsLogit, LogitFit
@@ -134,10 +134,8 @@ def influence_with_groups(block: UnitBlock, cells: Cells, est: dict[str, Any], g
     if block_size is None or block.n == 0:
         influence(block, cells, est, out=psi[:, :K])
     else:
-        blk = block.rank // block_size
-        cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            influence(block.take(slice(int(a), int(b))), cells, est, out=psi[a:b, :K])
+        for a, b, _ in rng_block_runs(block.rank, block_size):
+            influence(block.take(slice(a, b)), cells, est, out=psi[a:b, :K])
     G = cells.effective_g(block.g)
     psi[:, K:] = (G[:, None] == groups[None, :]) * block.w[:, None] - est["pg"][None, :]
     return psi

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from dte_dask.core.blocks import UnitBlock
+from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import CellKernel, influence_with_groups
 from dte_dask.core.routes import select
-from dte_dask.graph.reduce import DyadicCover, by_rng_block, tree_merge
+from dte_dask.graph.reduce import DyadicCover, by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -74,18 +74,17 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
     as from the whole partition's Psi (every sum is per RNG block).
     """
     key, support = _cohort_support(block, cells, groups) if boot_kw is not None else (None, ())
-    blk = block.rank // block_size
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
-    g = b = DyadicCover(n_blocks, {})
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        sl = slice(int(lo), int(hi))
-        piece = block.take(sl)
-        psi = influence_with_groups(piece, cells, est, groups, influence, block_size)
-        g = g.merge(by_rng_block(piece, _gram, block_size, n_blocks, clustered, rows=psi))
+    ids, grams, boots = [], [], DyadicCover(n_blocks, {})
+    for lo, hi, bid in rng_block_runs(block.rank, block_size):
+        piece = block.take(slice(lo, hi))
+        psi = influence_with_groups(piece, cells, est, groups, influence)  # one RNG block's rows
+        with single_threaded_blas():  # as by_rng_block
+            grams.append(_gram(piece, psi, clustered))
+        ids.append(bid)
         if boot_kw is not None:
-            rows_key = None if key is None else key[sl]
-            b = b.merge(boot_cover(psi, piece.rank, key=rows_key, support=support, **boot_kw))
-    return g, (b if boot_kw is not None else None)
+            rows_key = None if key is None else key[lo:hi]
+            boots = boots.merge(boot_cover(psi, piece.rank, key=rows_key, support=support, **boot_kw))
+    return DyadicCover.from_blocks(n_blocks, ids, grams), (boots if boot_kw is not None else None)
 
 
 def _cohort_support(block: UnitBlock, cells: Cells, groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -17,6 +17,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
+from dte_dask.core.blocks import rng_block_runs
 from dte_dask.core.dyadic import DyadicCover, add
 
 __all__ = ["DyadicCover", "add", "by_rng_block", "single_threaded_blas", "tree_merge", "tree_sum"]
@@ -62,18 +63,13 @@ def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: A
     """Apply ``func(slice, *args)`` (or ``func(slice, rows_slice, *args)``) to each RNG block of a
     partition block and return the results as a :class:`DyadicCover`, so that their sum over the
     whole panel is bit-identical for any partitioning."""
-    if block.n == 0:
-        return DyadicCover(n_blocks, {})
-    blk = block.rank // block_size
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, vals = [], []
     # small matrix products: multi-threaded BLAS inside a (multi-threaded) task only oversubscribes
     with single_threaded_blas():
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            sl = slice(int(a), int(b))
-            part = block.take(sl)
-            vals.append(func(part, *args) if rows is None else func(part, rows[sl], *args))
-            ids.append(int(blk[a]))
+        for a, b, bid in rng_block_runs(block.rank, block_size):
+            part = block.take(slice(a, b))
+            vals.append(func(part, *args) if rows is None else func(part, rows[a:b], *args))
+            ids.append(bid)
     return DyadicCover.from_blocks(n_blocks, ids, vals)
 
 

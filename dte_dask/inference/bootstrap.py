@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dte_dask import config
+from dte_dask.core.blocks import rng_block_runs
 from dte_dask.core.dyadic import DyadicCover
 from dte_dask.core.multipliers import (CHUNK, BootWeights, DenseMultipliers, Multipliers, key_runs, multipliers,
                                        rademacher_bits)
@@ -165,12 +166,9 @@ def boot_cover_apply(
     permutation of ``0..b-a-1``: the multipliers' entities then come in that order.
     """
     t0 = time.time()
-    blk = ent_rank // block_size
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
     ids, leaves = [], []
     with threadpool_limits(limits=1):  # same kernel (and rounding) in every process and thread
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            bid = int(blk[a])
+        for a, b, bid in rng_block_runs(ent_rank, block_size):
             pos = ent_rank[a:b] - bid * block_size
             if order is not None:
                 pos = pos[order(int(a), int(b))]
