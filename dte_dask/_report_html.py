@@ -133,9 +133,17 @@ class Page:
         script, divs = "", ()
         js = ""
         if self.figures:
+            from bokeh.document import Document
             from bokeh.embed import components
             from bokeh.resources import Resources
 
+            # One document holding every figure, its models collected once: ``components`` would add
+            # the figures one by one and walk all models of the document after each (about 0.9 s of
+            # a 4 s report with ~1,300 models).
+            doc = Document()
+            with doc.models.freeze():
+                for fig in self.figures:
+                    doc.add_root(fig)
             script, divs = components(self.figures)
             res = Resources(mode="inline", components=["bokeh"])
             js = res.render_js() + res.render_css()
