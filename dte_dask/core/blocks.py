@@ -136,14 +136,18 @@ def summarize(block: UnitBlock) -> BlockSummary:
     )
 
 
+def runs(keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(lo, hi, key)`` of each run of equal values ``keys[lo:hi]`` (integer keys, in order)."""
+    if keys.size == 0:
+        return []
+    cuts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
+    return [(int(a), int(b), int(keys[a])) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def rng_block_runs(rank: np.ndarray, block_size: int) -> list[tuple[int, int, int]]:
     """``(lo, hi, block)`` of each run of rows ``lo..hi-1`` in one RNG block (``rank`` sorted:
     the stable entity indices, RNG block ``rank // block_size``)."""
-    if rank.size == 0:
-        return []
-    blk = rank // block_size
-    cuts = np.flatnonzero(np.r_[True, blk[1:] != blk[:-1], True])
-    return [(int(a), int(b), int(blk[a])) for a, b in zip(cuts[:-1], cuts[1:])]
+    return runs(rank // block_size)
 
 
 def entity_sums(psi: np.ndarray, rank: np.ndarray) -> np.ndarray:

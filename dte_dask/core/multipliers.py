@@ -11,6 +11,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from dte_dask.core.blocks import runs
+
 CHUNK = 128  # draws per random stream; part of the algorithm (changing it changes the draws)
 BootWeights = Literal["rademacher", "mammen"]
 _SQ5 = np.sqrt(5.0)
@@ -107,6 +109,4 @@ def key_runs(keys: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     by the data, never by the partitioning): the permutation, to pass as ``cols`` of
     :func:`multipliers`, and ``(lo, hi, key)`` of each group's run in it."""
     perm = np.argsort(keys, kind="stable")
-    ks = keys[perm]
-    cuts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1], True])
-    return perm, [(int(lo), int(hi), int(ks[lo])) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    return perm, runs(keys[perm])

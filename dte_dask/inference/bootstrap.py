@@ -171,17 +171,17 @@ def boot_cover_apply(
         for a, b, bid in rng_block_runs(ent_rank, block_size):
             pos = ent_rank[a:b] - bid * block_size
             if order is not None:
-                pos = pos[order(int(a), int(b))]
+                pos = pos[order(a, b)]
             elif pos[-1] - pos[0] + 1 == pos.size:  # contiguous entities (the usual case): a view, no copy
                 pos = slice(int(pos[0]), int(pos[-1]) + 1)
             if kind == "rademacher" and n_boot >= BITS_MIN_DRAWS:  # all draws at once, from the bits
-                out = apply(SignBits(*rademacher_bits(seed, bid, n_boot, block_size, cols=pos)), int(a), int(b))
+                out = apply(SignBits(*rademacher_bits(seed, bid, n_boot, block_size, cols=pos)), a, b)
             else:
                 out = np.empty((n_boot, width))
                 for c, lo in enumerate(range(0, n_boot, CHUNK)):
                     hi = min(lo + CHUNK, n_boot)
                     V = multipliers(seed, bid, c, hi - lo, block_size, kind, cols=pos)
-                    out[lo:hi] = apply(DenseMultipliers(V), int(a), int(b))
+                    out[lo:hi] = apply(DenseMultipliers(V), a, b)
             ids.append(bid)
             out /= n  # in place: one n_boot x width array per RNG block, no second copy
             leaves.append(out)
