@@ -290,7 +290,46 @@ def test_missing_ids_covariates_and_times():
     df = frame()
     df["t"] = df["t"].astype(float)
     df.loc[4, "t"] = np.nan
-    with pytest.raises(PeriodError, match=r"column 't' \(time\) has 1 missing values"):
+    with pytest.raises(PeriodError, match=r"column 't' \(time\) has 1 missing values for units \[1\]"):
+        load(df)
+
+
+@pytest.mark.parametrize("route", ["pandas", "dask", "parquet"])
+def test_missing_periods_name_their_units(route, tmp_path):
+    df = frame()
+    df["t"] = df["t"].astype(float)
+    df.loc[(df.id == 6) & (df.t == 2003), "t"] = np.nan
+    df.loc[(df.id == 2) & (df.t == 2001), "t"] = np.nan
+    data = {"pandas": lambda: df, "dask": lambda: dd.from_pandas(df, npartitions=3),
+            "parquet": lambda: (df.to_parquet(tmp_path / "p.parquet"), str(tmp_path / "p.parquet"))[1]}[route]()
+    with pytest.raises(PeriodError, match=r"column 't' \(time\) has 2 missing values for units \[2, 6\]"):
+        load(data)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_infinite_covariate_names_unit_and_period(shuffled):
+    df = frame()
+    df.loc[(df.id == 5) & (df.t == 2004), "x"] = np.inf
+    df.loc[(df.id == 3) & (df.t == 2002), "x"] = -np.inf
+    if shuffled:  # the scatter route (not unit-major)
+        df = df.sample(frac=1, random_state=3)
+    with pytest.raises(ColumnTypeError) as exc:
+        load(df, covariates=["x"])
+    msg = str(exc.value)
+    assert "column 'x' (covariate) has 2 infinite values" in msg
+    assert "(3, 2002)" in msg and "(5, 2004)" in msg
+
+
+def test_non_numeric_cells_are_named():
+    df = frame()
+    df["x"] = df["x"].astype(object)
+    df.loc[(df.id == 4) & (df.t == 2005), "x"] = "n/a"
+    with pytest.raises(ColumnTypeError, match=r"column 'x' \(covariate\) must be numeric, got dtype object; "
+                                              r"1 non-numeric values, e.g. \(id, t, value\) \[\(4, 2005, 'n/a'\)\]"):
+        load(df, covariates=["x"])
+    df = frame()
+    df["y"] = df["y"].astype(str)  # numbers written as text
+    with pytest.raises(ColumnTypeError, match=r"column 'y' \(outcome\) must be numeric.*convert it with \.astype\(float\)"):
         load(df)
 
 

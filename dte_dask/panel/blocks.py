@@ -19,7 +19,7 @@ from dte_dask.exceptions import (
     PanelError,
     examples,
 )
-from dte_dask.panel.periods import PeriodMap
+from dte_dask.panel.periods import PeriodMap, missing_periods
 from dte_dask.panel.spec import PanelSpec
 
 __all__ = ["BlockSummary", "UnitBlock", "frame_to_block", "summarize"]
@@ -55,6 +55,8 @@ def periods_and_block(df: pd.DataFrame, spec: PanelSpec) -> tuple[PeriodMap, Uni
         uniques = _unit_major_ids(uid, time, guess)
         if uniques is not None:
             return guess, _to_block(df, spec, guess, uniques)
+    if time.isna().any():
+        raise missing_periods(spec.time, int(time.isna().sum()), list(pd.unique(uid[time.isna().to_numpy()])[:5]))
     periods = PeriodMap.from_values(time, spec.time)
     return periods, frame_to_block(df, spec, periods)
 
@@ -119,7 +121,7 @@ def _to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap, uniques: np
         if cr.isna().any():
             raise MissingValuesError(f"column {spec.cluster!r} (cluster) has missing values for units {examples(uniques[np.unique(codes[cr.isna().to_numpy()])])}")
         cluster = _per_unit(cr.to_numpy(), rows, spec.cluster, uniques, "cluster")
-    x = _covariates(df, spec, rows, uniques)
+    x = _covariates(df, spec, rows, uniques, periods)
 
     # order units by (entity, unit) and give each entity a local rank
     if cluster is not None:
@@ -314,7 +316,7 @@ def _group(df, spec, periods, rows: _Rows, uniques) -> np.ndarray:
     return g
 
 
-def _covariates(df, spec, rows: _Rows, uniques) -> np.ndarray | None:
+def _covariates(df, spec, rows: _Rows, uniques, periods: PeriodMap) -> np.ndarray | None:
     if not spec.covariates:
         return None
     n, T = rows.n, rows.T
@@ -325,6 +327,10 @@ def _covariates(df, spec, rows: _Rows, uniques) -> np.ndarray | None:
         if np.isnan(v).any():
             bad = uniques[np.unique(rows.codes[np.isnan(v)])]
             raise MissingValuesError(f"column {c!r} (covariate) has missing values for units {examples(bad)}")
+        if np.isinf(v).any():
+            bad = np.flatnonzero(np.isinf(v))
+            pairs = [(uniques[rows.codes[i]], periods.labels[rows.tidx[i]]) for i in bad[:5]]
+            raise ColumnTypeError(f"column {c!r} (covariate) has {bad.size} infinite values, e.g. (unit, period) {examples(pairs)}")
         first, same = rows.unit_values(v)
         varying |= not bool(np.all(same))
         cols.append(v)

@@ -39,7 +39,7 @@ from dte_dask.exceptions import (
 from dte_dask.panel import parquet
 from dte_dask.panel.blocks import frame_to_block, periods_and_block
 from dte_dask.panel.panel import Panel, finish
-from dte_dask.panel.periods import PeriodMap, distinct_ints
+from dte_dask.panel.periods import PeriodMap, distinct_ints, missing_periods
 from dte_dask.panel.spec import PanelSpec
 
 ROW_ID = "_dte_row"  # the generated row id of a repeated cross section without one
@@ -248,7 +248,23 @@ def _check_columns(frame: pd.DataFrame | dd.DataFrame, spec: PanelSpec) -> None:
     for col, role in numeric.items():
         dt = dtypes[col]
         if not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt):
-            raise ColumnTypeError(f"column {col!r} ({role}) must be numeric, got dtype {dt}")
+            where = _non_numeric_cells(frame, col, spec) if isinstance(frame, pd.DataFrame) else ""
+            raise ColumnTypeError(f"column {col!r} ({role}) must be numeric, got dtype {dt}{where}")
+
+
+def _non_numeric_cells(df: pd.DataFrame, col: str, spec: PanelSpec) -> str:
+    """For a text / object column of a pandas frame: the cells that are not numbers, as
+    ``; 1 non-numeric values, e.g. (unit, period, value) [(8019, 2003, 'n/a')]``, or how to convert
+    a column whose values are all numbers."""
+    s = df[col]
+    if isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(s.dtype):
+        return ""
+    bad = (pd.to_numeric(s, errors="coerce").isna() & s.notna()).to_numpy()
+    if not bad.any():
+        return "; its values are numbers: convert it with .astype(float)"
+    key = [c for c in (spec.unit, spec.time) if c is not None and c in df.columns]
+    rows = df.loc[bad, [*key, col]].head(5).itertuples(index=False, name=None)
+    return f"; {int(bad.sum())} non-numeric values, e.g. ({', '.join([*key, 'value'])}) {examples(list(rows))}"
 
 
 # ------------------------------------------------------------------------------------- pandas route
@@ -296,7 +312,24 @@ def _scan(df: pd.DataFrame, spec: PanelSpec) -> dict[str, Any]:
         "sorted": bool(ent.is_monotonic_increasing),
         "times": distinct_ints(t.to_numpy()) if t.dtype == np.int64 else pd.unique(t.dropna()),
         "time_na": int(t.isna().sum()),
+        "time_na_units": na_units(df, spec, t),
     }
+
+
+def na_units(df: pd.DataFrame, spec: PanelSpec, t: pd.Series) -> list:
+    """Up to five units (entities for repeated cross sections) with a missing period label."""
+    na = t.isna().to_numpy()
+    if not na.any():
+        return []
+    ids = df[spec.unit if spec.unit is not None else spec.entity]
+    return list(pd.unique(ids[na])[:5])
+
+
+def check_time_na(scans: list[dict[str, Any]], spec: PanelSpec) -> None:
+    """Refuse missing period labels, naming the time column, their count and example units."""
+    n_na = sum(s["time_na"] for s in scans)
+    if n_na:
+        raise missing_periods(spec.time, n_na, [u for s in scans for u in s.get("time_na_units", [])])
 
 
 def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
@@ -304,8 +337,7 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
     token = tokenize(ddf, spec)
     scans = dask.compute(*[dask.delayed(_scan, pure=True)(p, spec, dask_key_name=f"panel-scan-{token}-{i}")
                            for i, p in enumerate(parts)])
-    if sum(s["time_na"] for s in scans):
-        raise PanelError(f"column {spec.time!r} (time) has {sum(s['time_na'] for s in scans)} missing values")
+    check_time_na(scans, spec)
     times = [np.asarray(s["times"]) for s in scans if s["rows"]]
     times = np.concatenate(times) if times else np.array([], dtype=np.int64)
     periods = PeriodMap.from_values(pd.Series(times), spec.time)
@@ -335,9 +367,8 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     time column, then each piece read and pivoted on the workers."""
     token = uuid.uuid4().hex  # the files may change between loads: no content token
     scan = dask.delayed(parquet.scan_times, pure=True)
-    scans = dask.compute(*[scan(p, spec.time, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
-    if sum(s["time_na"] for s in scans):
-        raise PanelError(f"column {spec.time!r} (time) has {sum(s['time_na'] for s in scans)} missing values")
+    scans = dask.compute(*[scan(p, spec.time, spec.unit or spec.entity, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
+    check_time_na(scans, spec)
     periods = PeriodMap.from_values(pd.Series(np.concatenate([s["times"] for s in scans])), spec.time)
     block = dask.delayed(parquet.piece_block, pure=True)
     raw = [block(p, plan.columns, spec, periods, dask_key_name=f"panel-block-{token}-{i}") for i, p in enumerate(plan.pieces)]

@@ -111,16 +111,21 @@ def read(piece: Piece, columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
     return table.to_pandas(split_blocks=True)
 
 
-def scan_times(piece: Piece, column: str) -> dict[str, Any]:
-    """Distinct non-missing period labels of a piece and its count of missing ones."""
+def scan_times(piece: Piece, column: str, unit: str | None = None) -> dict[str, Any]:
+    """Distinct non-missing period labels of a piece, its count of missing ones and (with ``unit``)
+    up to five units whose period is missing."""
     t = read(piece, [column])[column]
     n_na = int(t.isna().sum())
+    na_units = []
+    if n_na and unit is not None:  # rare: read the ids only to name the units at fault
+        ids = read(piece, [unit])[unit]
+        na_units = list(pd.unique(ids[t.isna().to_numpy()])[:5])
     values = t.to_numpy()
     if values.dtype.kind in "iu":
         times = distinct_ints(values.astype(np.int64, copy=False))
     else:
         times = pd.unique(t.dropna())
-    return {"rows": piece.rows, "times": np.asarray(times), "time_na": n_na}
+    return {"rows": piece.rows, "times": np.asarray(times), "time_na": n_na, "time_na_units": na_units}
 
 
 def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap):

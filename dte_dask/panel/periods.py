@@ -15,6 +15,13 @@ import pandas as pd
 from dte_dask.exceptions import ColumnTypeError, PeriodError, examples
 
 
+def missing_periods(column: str, n_na: int, units: list | None = None) -> PeriodError:
+    """The error for ``n_na`` missing period labels, naming up to five of the units they belong to."""
+    who = f" for units {examples(units)}" if units else ""
+    return PeriodError(f"column {column!r} (time) has {n_na} missing values{who}; drop those rows or fill in "
+                       "their periods")
+
+
 @dataclass(frozen=True)
 class PeriodMap:
     """Ordered period labels and the rule that maps labels to indices."""

@@ -28,6 +28,7 @@ from dask.base import tokenize
 from dte_dask.core.dcdh import DcdhBlock
 from dte_dask.exceptions import MissingColumnError, PanelError, SpecError
 from dte_dask.panel.load import disjoint_sorted
+from dte_dask.panel.periods import missing_periods
 
 __all__ = ["WideBlocks", "WideColumns", "concat_dcdh", "frame_to_dcdh", "wide_blocks"]
 
@@ -74,7 +75,8 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     frame's sorted entities (local: add the offset of earlier partitions)."""
     unit, time = cols.unit, cols.time
     if df[time].isna().any():
-        raise PanelError(f"column {time!r} (time) has {int(df[time].isna().sum())} missing values")
+        na = df[time].isna().to_numpy()
+        raise missing_periods(time, int(na.sum()), list(pd.unique(df[unit][na])[:5]))
     ui, units = _unit_codes(df[unit])
     ti = np.searchsorted(times, df[time].to_numpy())
     n, T = units.size, times.size
@@ -187,7 +189,7 @@ def _scan(df: pd.DataFrame, entity: str, time: str) -> dict[str, Any]:
     ent = df[entity]
     return {"rows": len(df), "min": ent.min() if len(df) else None, "max": ent.max() if len(df) else None,
             "sorted": bool(ent.is_monotonic_increasing), "times": pd.unique(df[time].dropna()),
-            "time_na": int(df[time].isna().sum())}
+            "time_na": int(df[time].isna().sum()), "time_na_units": list(pd.unique(ent[df[time].isna().to_numpy()])[:5])}
 
 
 def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_size: int,
@@ -200,7 +202,7 @@ def _from_dask(ddf: dd.DataFrame, cols: WideColumns, npartitions: int, block_siz
                            for i, p in enumerate(ddf[list(dict.fromkeys([cols.entity, cols.time]))].to_delayed())])
     n_na = sum(s["time_na"] for s in scans)
     if n_na:
-        raise PanelError(f"column {cols.time!r} (time) has {n_na} missing values")
+        raise missing_periods(cols.time, n_na, [u for s in scans for u in s["time_na_units"]])
     full = [s for s in scans if s["rows"]]
     times = _check_times(pd.unique(np.concatenate([np.asarray(s["times"]) for s in full]))
                          if full else np.zeros(0), cols.time)
