@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import dte_dask
-from dte_dask.exceptions import SpecError
+from dte_dask.exceptions import ColumnTypeError, SpecError
 
 md = pytest.importorskip("moderndid")
 
@@ -125,6 +125,13 @@ def test_controls_errors(favara):
     with pytest.raises(SpecError, match="numeric"):
         dte_dask.did_multiplegt(favara.assign(s=favara["state_n"].astype(str) + "x"), "y", "id", "t", "d",
                                 controls=["s"])
+    bad = favara.copy()
+    unit, period = bad.loc[bad.index[7], "id"], bad.loc[bad.index[7], "t"]
+    bad.loc[bad.index[7], "Dl_hpi"] = np.inf  # an infinite control or outcome names its cell
+    with pytest.raises(ColumnTypeError, match=rf"column 'Dl_hpi' has 1 infinite values.*\({unit}, {period}\)"):
+        dte_dask.did_multiplegt(bad, "y", "id", "t", "d", controls=["Dl_hpi"])
+    with pytest.raises(ColumnTypeError, match=rf"column 'y' has 1 infinite values.*\({unit}, {period}\)"):
+        dte_dask.did_multiplegt(bad.assign(y=bad["Dl_hpi"]), "y", "id", "t", "d")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         collinear = favara.assign(z=favara["t"] * 2.0)  # dZ = 2 for every row: no variation within periods

@@ -26,7 +26,7 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask.core.dcdh import DcdhBlock
-from dte_dask.exceptions import MissingColumnError, PanelError, SpecError
+from dte_dask.exceptions import ColumnTypeError, MissingColumnError, PanelError, SpecError, examples
 from dte_dask.panel.load import disjoint_sorted
 from dte_dask.panel.periods import missing_periods
 
@@ -97,6 +97,11 @@ def frame_to_dcdh(df: pd.DataFrame, cols: WideColumns, times: np.ndarray) -> Dcd
     P = np.zeros(n * T, bool)
     Y[flat] = df[cols.outcome].to_numpy(dtype=float, na_value=np.nan)
     D[flat] = df[cols.treatment].to_numpy(dtype=float, na_value=np.nan)
+    for name, values in ((cols.outcome, Y), (cols.treatment, D)):
+        if np.isinf(values).any():  # NaN is a missing cell; an infinite value is an error
+            bad = np.flatnonzero(np.isinf(values))
+            pairs = [(units[i // T], times[i % T]) for i in bad[:5]]
+            raise ColumnTypeError(f"column {name!r} has {bad.size} infinite values, e.g. (unit, period) {examples(pairs)}")
     W[flat] = (1.0 if cols.weights is None
                else np.nan_to_num(df[cols.weights].to_numpy(dtype=float, na_value=np.nan)))
     P[flat] = True
