@@ -97,3 +97,32 @@ def test_treatment_indicator_gives_same_result(mpdta):
     d = mpdta.assign(d=((mpdta["first_treat"] > 0) & (mpdta["year"] >= mpdta["first_treat"])).astype(int))
     b = dte_dask.att_gt(d, treatment="d", **kw).to_frame()
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("prefix, control_group", [("nt_x", "never_treated"), ("nyt_x", "not_yet_treated")])
+def test_warm_started_logit_matches_reference(mpdta, prefix, control_group, monkeypatch):
+    """On a panel of many RNG blocks the propensity logit starts from its fit on a sample of them
+    (``kernels.warm_logit``): the same R values, and the same bits for any partitioning."""
+    from dte_dask.core import kernels_cov
+
+    starts = []
+    real = kernels_cov.warm_logit
+
+    def spy(*args, **kwargs):
+        passes = real(*args, **kwargs)
+        starts.append(passes.irls.warm.copy())
+        return passes
+
+    monkeypatch.setattr(kernels_cov, "warm_logit", spy)
+    ref = pd.read_csv(REF / f"mpdta_{prefix}_attgt.csv")
+    fits = []
+    for nparts in (1, 4):
+        panel = dte_dask.load_panel(mpdta, unit="countyreal", time="year", outcome="lemp", group="first_treat",
+                                    covariates=["lpop"], rng_block_size=50, npartitions=nparts)
+        fits.append(dte_dask.att_gt(panel, control_group=control_group, est_method="dr", bootstrap=False))
+    assert len(starts) == 2 and all(s.any() for s in starts)  # 10 RNG blocks: warm-started cells
+    got = fits[0].to_frame()
+    np.testing.assert_allclose(got["estimate"], ref["att"], rtol=0, atol=ATT_ATOL)
+    np.testing.assert_allclose(got["se"], ref["se"], rtol=SE_RTOL)
+    np.testing.assert_array_equal(fits[1].att, fits[0].att)
+    np.testing.assert_array_equal(fits[1].se_analytic, fits[0].se_analytic)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dte_dask
-from dte_dask.core import logit
+from dte_dask.core import kernels, logit
 from dte_dask.core.regression import logit_grad_hess
 from dte_dask.exceptions import (
     DegenerateCellWarning,
@@ -124,15 +124,20 @@ def test_nsw_non_convergence_is_reported_with_the_cell(nsw, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the logit itself
-def _irls(X, d, w):
+def _irls(X, d, w, warm=None):
     """Drive IrlsLogit on in-memory designs, as graph/attgt.py does over blocks. ``X, d, w`` are
-    one design or lists of designs (one per cell, fitted together)."""
+    one design or lists of designs (one per cell, fitted together). ``warm``: (K, p) warm starts,
+    the intercept-only start their fallback (as ``kernels.warm_logit`` sets them up)."""
     many = isinstance(X, list)
     Xs, ds, ws = (X, d, w) if many else ([X], [d], [w])
     K, p = len(Xs), Xs[0].shape[1]
-    gamma0 = logit.intercept_start(np.array([w_ @ d_ for d_, w_ in zip(ds, ws)]),
-                                   np.array([w_ @ (1 - d_) for d_, w_ in zip(ds, ws)]), p)
-    fit = logit.IrlsLogit(gamma0, np.ones(K, bool), np.array([len(w_) / w_.sum() for w_ in ws]))
+    swd, swc = np.array([w_ @ d_ for d_, w_ in zip(ds, ws)]), np.array([w_ @ (1 - d_) for d_, w_ in zip(ds, ws)])
+    gamma0 = logit.intercept_start(swd, swc, p)
+    scale = np.array([len(w_) / w_.sum() for w_ in ws])
+    if warm is None:
+        fit = logit.IrlsLogit(gamma0, np.ones(K, bool), scale)
+    else:
+        fit = logit.IrlsLogit(warm, np.ones(K, bool), scale, fallback=gamma0, dev_null=kernels.null_deviance(swd, swc))
     while (prop := fit.proposal()) is not None:
         at, mask = prop
         grad, hess, dev, n01, n999 = np.zeros((K, p)), np.zeros((K, p, p)), np.zeros(K), np.zeros(K), np.zeros(K)
@@ -163,6 +168,29 @@ def test_nsw_logit_needs_halving_and_matches_statsmodels(nsw):
     assert fit.ok[0] and fit.converged[0] and fit.halvings[0] >= 1 and fit.iterations[0] <= logit.GLM_MAXIT
     ref = _statsmodels_logit(X, d, w)
     np.testing.assert_allclose(X @ fit.gamma[0], X @ ref, rtol=0, atol=1e-8)
+
+
+def test_warm_start_reaches_the_same_fit_in_fewer_passes_and_falls_back_when_worse(nsw):
+    """A start near the solution (a sample's fit) gives the cold fit's coefficients in fewer passes;
+    a start worse than the intercept-only fit (here: fitted probabilities numerically 0 or 1) is
+    dropped for the intercept-only start and gives the cold fit too. Both cells fitted at once."""
+    x = nsw[nsw["year"] == 1975]
+    X = np.column_stack([np.ones(len(x)), x[COV].to_numpy(float)])
+    d, w = (x["g"] > 0).to_numpy(float), np.ones(len(x))
+    cold = _irls(X, d, w)
+    sample = np.random.default_rng(0).permutation(len(x))[: len(x) // 2]
+    near = _irls(X[sample], d[sample], w[sample]).gamma[0]
+    far = np.r_[50.0, np.zeros(X.shape[1] - 1)]
+    fit = _irls([X, X], [d, d], [w, w], warm=np.vstack([near, far]))
+    for k in range(2):
+        np.testing.assert_allclose(X @ fit.gamma[k], X @ cold.gamma[0], rtol=0, atol=1e-9)
+        assert fit.converged[k] and fit.ok[k] and not fit.separated[k]
+    assert fit.null_deviance[0] == pytest.approx(cold.null_deviance[0], rel=1e-12)  # the analytic null deviance
+    assert fit.null_deviance[1] == pytest.approx(cold.null_deviance[0], rel=1e-12)  # the fallback's, evaluated
+    warm_only = _irls(X, d, w, warm=near[None])
+    assert warm_only.passes < cold.passes
+    with pytest.raises(ValueError, match="null deviance"):
+        logit.IrlsLogit(near[None], np.ones(1, bool), fallback=near[None])
 
 
 def test_cells_fitted_together_halve_their_steps_independently(nsw):

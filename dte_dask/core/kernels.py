@@ -238,12 +238,14 @@ class Reporter:
 class LogitPasses:
     """The propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`) as passes: one
     reduction per IRLS iteration (and per halved step) of ``stats(block, cells, gamma, active, *extra)``,
-    which returns ``grad`` / ``hess`` / ``ll`` and, where it counts them, ``n01`` / ``n999``."""
+    which returns ``grad`` / ``hess`` / ``ll`` and, where it counts them, ``n01`` / ``n999``.
+    ``fallback`` / ``dev_null``: warm starts (:func:`warm_logit`)."""
 
     def __init__(self, stats: Callable[..., Stats], gamma: np.ndarray, active: np.ndarray,
-                 dev_scale: np.ndarray | None = None, extra: tuple = ()) -> None:
+                 dev_scale: np.ndarray | None = None, extra: tuple = (), fallback: np.ndarray | None = None,
+                 dev_null: np.ndarray | None = None) -> None:
         self.stats, self.extra = stats, extra
-        self.irls = IrlsLogit(gamma, active, dev_scale)
+        self.irls = IrlsLogit(gamma, active, dev_scale, fallback, dev_null)
 
     def next(self) -> Pass | None:
         """The next evaluation, or None when every cell is done."""
@@ -255,6 +257,39 @@ class LogitPasses:
 
     def result(self) -> LogitFit:
         return self.irls.result()
+
+
+WARM_START_MIN_BLOCKS = 8  # RNG blocks from which the propensity logit starts from a sample's fit
+WARM_START_BLOCKS = 4  # RNG blocks in that sample (spread over the panel)
+
+
+def null_deviance(sw_treated: np.ndarray, sw_control: np.ndarray) -> np.ndarray:
+    """-2 log-likelihood of the intercept-only logit (:func:`dte_dask.core.logit.intercept_start`)
+    from the weighted treated and control totals: ``-2 (S_D log p + S_C log(1 - p))``, p = S_D / (S_D + S_C)."""
+    sd, sc = np.asarray(sw_treated, float), np.asarray(sw_control, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = sd / (sd + sc)
+        return -2.0 * (np.where(sd > 0, sd * np.log(p), 0.0) + np.where(sc > 0, sc * np.log1p(-p), 0.0))
+
+
+def warm_logit(stats: Callable[..., Stats], gamma0: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None,
+               dev_null: np.ndarray, sample: list[UnitBlock], cells: Cells, extra: tuple = ()) -> LogitPasses:
+    """The logit's passes over the panel, started where the same logit fitted on ``sample`` (a few of
+    the panel's RNG blocks, in memory) ends, for the cells whose sample fit converged cleanly; the
+    others, and any cell whose warm start turns out worse than the intercept-only fit, start from
+    ``gamma0`` (``dev_null``: its deviance). The fit reaches the same maximum in fewer passes (each a
+    reduction over the whole panel); the sample's own IRLS runs here, on the driver."""
+    local = LogitPasses(stats, gamma0, active, dev_scale, extra)
+    while (step := local.next()) is not None:
+        parts = [step.stats(b, cells, *step.args) for b in sample]
+        local.feed({k: sum(p[k] for p in parts) for k in parts[0]})
+    fit = local.result()
+    good = active & fit.ok & fit.converged & ~fit.extreme
+    if not good.any():
+        return LogitPasses(stats, gamma0, active, dev_scale, extra)
+    warm = np.where(good[:, None], fit.gamma, gamma0)
+    fallback = np.where(good[:, None], gamma0, np.nan)
+    return LogitPasses(stats, warm, active, dev_scale, extra, fallback, dev_null)
 
 
 def uncond_ok(s: Stats, method: str, report: Reporter) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dte_dask.core import covariates
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.kernels import (
     CellFit,
     LogitPasses,
@@ -22,16 +23,29 @@ from dte_dask.core.kernels import (
     StagedKernel,
     Stats,
     dot,
+    WARM_START_BLOCKS,
     first_pass,
+    null_deviance,
     solve_each,
+    warm_logit,
 )
 from dte_dask.core.logit import LogitFit, intercept_start
 
 
 class PanelCovKernel(StagedKernel):
-    """Balanced panel with covariates: outcome regression, propensity logit, weighted moments."""
+    """Balanced panel with covariates: outcome regression, propensity logit, weighted moments.
+
+    ``sample``: RNG blocks of the panel, set by the caller before the first pass's sums are handed
+    back (:attr:`warm_sample` of them, on large panels): the propensity logit then starts from their
+    fit (:func:`~dte_dask.core.kernels.warm_logit`)."""
 
     influence = staticmethod(covariates.cov_influence)
+    sample: tuple[UnitBlock, ...] = ()
+
+    @property
+    def warm_sample(self) -> int:
+        """RNG blocks this kernel would start its logit from (0: none, the ``reg`` method)."""
+        return WARM_START_BLOCKS if self.a.method in ("ipw", "dr") else 0
 
     def start(self) -> Pass:
         return first_pass(covariates.ols_stats, self.a.groups, self.a.p)
@@ -64,7 +78,11 @@ class PanelCovKernel(StagedKernel):
         gamma[~ok] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
-        self.logit = LogitPasses(covariates.logit_stats, gamma, ok.copy(), dev_scale)
+        if self.sample:  # a large panel: start from the fit on a sample of its RNG blocks
+            self.logit = warm_logit(covariates.logit_stats, gamma, ok.copy(), dev_scale,
+                                    null_deviance(s["SwD"], swc), list(self.sample), a.cells)
+        else:
+            self.logit = LogitPasses(covariates.logit_stats, gamma, ok.copy(), dev_scale)
         return self._iterate(self.logit, self._logit_done)
 
     def _logit_done(self, fit: LogitFit) -> Pass | None:

@@ -10,7 +10,10 @@ The algorithm, per cell:
 
 * start from the intercept-only MLE (its deviance is the null deviance). ``glm.fit`` starts from
   ``mustart = (w y + 0.5) / (w + 1)`` instead, a point with no coefficients, so its first step
-  cannot be halved; any start reaches the same maximum;
+  cannot be halved; any start reaches the same maximum. A *warm start* (the fit on a sample of the
+  data, :func:`dte_dask.core.kernels.warm_logit`) saves passes over large panels: the caller gives
+  the intercept-only start as ``fallback`` and its deviance as ``dev_null``; a warm start that is
+  worse than it, or singular, is replaced by it before any step;
 * Newton / IRLS step (the same thing for the canonical logit link) from the information matrix,
   solved on the *equilibrated* system ``S^-1 H S^-1`` with ``S = sqrt(diag H)`` (scale the
   covariate columns, solve, transform back), so that neither the step nor the singularity check
@@ -103,11 +106,18 @@ class IrlsLogit:
         result = fit.result()
     """
 
-    def __init__(self, gamma0: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None = None):
+    def __init__(self, gamma0: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None = None,
+                 fallback: np.ndarray | None = None, dev_null: np.ndarray | None = None):
         gamma0 = np.array(gamma0, dtype=float)
         K, p = gamma0.shape
         self.K, self.p = K, p
         self.gamma = gamma0
+        # warm starts (cells whose ``fallback`` row is finite): ``gamma0`` is near the solution (a
+        # sample's fit); the null deviance is then ``dev_null`` (the intercept-only fit's, in the
+        # caller's units) and a start worse than it, or with a singular information matrix, is
+        # dropped for ``fallback`` (the intercept-only start) before any step is taken
+        self.fallback = None if fallback is None else np.array(fallback, dtype=float)
+        self.warm = np.zeros(K, bool) if fallback is None else np.all(np.isfinite(self.fallback), axis=1)
         self.scale = np.ones(K) if dev_scale is None else np.asarray(dev_scale, dtype=float)
         self.state = np.where(np.asarray(active, bool), _START, _DONE)
         self.started = self.state == _START
@@ -129,6 +139,10 @@ class IrlsLogit:
         self.colscale = np.ones((K, p))  # column RMS (relative to the intercept) at the start
         self._steps: dict[bytes, np.ndarray | None] = {}
         self.passes = 0
+        self.warm &= self.state == _START
+        self.dev_null_warm = np.full(K, np.nan) if dev_null is None else np.asarray(dev_null, dtype=float) * self.scale
+        if self.warm.any() and not np.all(np.isfinite(self.dev_null_warm[self.warm])):
+            raise ValueError("IrlsLogit: a warm start needs the cell's finite null deviance (dev_null)")
 
     # ------------------------------------------------------------------ protocol
     def proposal(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -153,7 +167,11 @@ class IrlsLogit:
         dev = np.asarray(dev, float) * self.scale
         starting, trying = np.flatnonzero(self.state == _START), np.flatnonzero(self.state == _TRY)
         for k in starting:
-            self.dev[k] = self.dev_null[k] = dev[k]
+            if self.warm[k] and not self._keep_warm_start(k, grad[k], hess[k], dev[k], n_extreme[k]):
+                continue  # back at the intercept-only start: evaluated again in the next pass
+            self.dev[k] = dev[k]
+            self.dev_null[k] = self.dev_null_warm[k] if self.warm[k] else dev[k]
+            self.warm[k] = False
             d = np.diag(hess[k])
             if d[0] > 0 and np.all(np.isfinite(d)):
                 self.colscale[k] = np.where(d > 0, np.sqrt(np.maximum(d, 0) / d[0]), 1.0)
@@ -195,6 +213,18 @@ class IrlsLogit:
                         null_deviance=self.dev_null.copy(), passes=self.passes)
 
     # ------------------------------------------------------------------ per cell
+    def _keep_warm_start(self, k: int, grad, hess, dev: float, n_extreme) -> bool:
+        """Whether cell k's warm start is a usable first point: a finite deviance no larger than the
+        intercept-only fit's, no fitted probability numerically 0 or 1 and a solvable information
+        matrix. Otherwise the cell starts again from its ``fallback``, as a cold fit would."""
+        step = guarded_solve(hess, grad) if np.isfinite(dev) and n_extreme == 0 else None
+        if step is not None and dev <= self.dev_null_warm[k]:
+            self._steps[hess.tobytes() + grad.tobytes()] = step
+            return True
+        self.gamma[k] = self.fallback[k]
+        self.warm[k] = False
+        return False
+
     def _accept_point(self, k: int, grad, hess, n_extreme, n_overlap) -> None:
         self.grad[k], self.hess[k] = grad, hess
         self.extreme[k], self.overlap[k] = n_extreme > 0, n_overlap > 0

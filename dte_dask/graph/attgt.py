@@ -28,7 +28,7 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.core.cells import Cells
-from dte_dask.core.kernels import CellKernel, influence_with_groups
+from dte_dask.core.kernels import WARM_START_MIN_BLOCKS, CellKernel, influence_with_groups
 from dte_dask.core.routes import select
 from dte_dask.graph.reduce import DyadicCover, by_rng_block, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
@@ -105,11 +105,42 @@ def _exact_sum(panel: Panel, func, *args, name: str):
     return tree_merge(parts, name=f"{name}-sum")
 
 
+def _rank_range(block: UnitBlock, lo: int, hi: int) -> UnitBlock:
+    """The block's entities of ranks ``[lo, hi)`` (one RNG block)."""
+    a, b = np.searchsorted(block.rank, [lo, hi])
+    return block.take(slice(int(a), int(b)))
+
+
+def sample_blocks(panel: Panel, k: int) -> list:
+    """``k`` of the panel's RNG blocks, spread evenly over it (the first and the last among them),
+    as delayed blocks: always the same ones, whatever the partitioning."""
+    bs, n_blocks = panel.rng_block_size, panel.n_rng_blocks
+    full = [j for j, s in enumerate(panel.summaries) if s.n_entities]
+    firsts = np.array([panel.summaries[j].first_rank for j in full])
+    take = dask.delayed(_rank_range, pure=True)
+    out = []
+    for b in np.unique(np.linspace(0, n_blocks - 1, k).round().astype(np.int64)):
+        lo = int(b) * bs
+        i = int(np.searchsorted(firsts, lo, side="right")) - 1  # partitions hold whole RNG blocks
+        out.append(take(panel.blocks[full[max(i, 0)]], lo, lo + bs))
+    return out
+
+
 def run_kernel(panel: Panel, cells: Cells, kernel: CellKernel):
-    """Every pass of ``kernel``: mapped over the blocks, reduced, handed back to its ``solve``."""
+    """Every pass of ``kernel``: mapped over the blocks, reduced, handed back to its ``solve``. A
+    kernel that starts a nuisance fit from a sample (``warm_sample`` RNG blocks) gets them with the
+    first pass's sums, on panels of at least ``WARM_START_MIN_BLOCKS`` RNG blocks."""
     step = kernel.start()
+    k = getattr(kernel, "warm_sample", 0) if panel.n_rng_blocks >= WARM_START_MIN_BLOCKS else 0
+    first = True
     while step is not None:
-        sums = _exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}").compute()
+        sums = _exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}")
+        if first and k:
+            sums, sample = dask.compute(sums, sample_blocks(panel, k))
+            kernel.sample = tuple(b for b in sample if b.n)
+        else:
+            sums = sums.compute()
+        first = False
         step = kernel.solve(sums)
     return kernel.result()
 
