@@ -101,19 +101,20 @@ def test_treatment_indicator_gives_same_result(mpdta):
 
 @pytest.mark.parametrize("prefix, control_group", [("nt_x", "never_treated"), ("nyt_x", "not_yet_treated")])
 def test_warm_started_logit_matches_reference(mpdta, prefix, control_group, monkeypatch):
-    """On a panel of many RNG blocks the propensity logit starts from its fit on a sample of them
-    (``kernels.warm_logit``): the same R values, and the same bits for any partitioning."""
+    """On a panel of many RNG blocks the propensity logit is first fitted on a sample of them
+    (``kernels.sample_logit``) and the fit on the whole panel starts there: the same R values, and
+    the same bits for any partitioning."""
     from dte_dask.core import kernels_cov
 
     starts = []
-    real = kernels_cov.warm_logit
+    real = kernels_cov.sample_logit
 
     def spy(*args, **kwargs):
-        passes = real(*args, **kwargs)
-        starts.append(passes.irls.warm.copy())
-        return passes
+        gamma, good = real(*args, **kwargs)
+        starts.append(good)
+        return gamma, good
 
-    monkeypatch.setattr(kernels_cov, "warm_logit", spy)
+    monkeypatch.setattr(kernels_cov, "sample_logit", spy)
     ref = pd.read_csv(REF / f"mpdta_{prefix}_attgt.csv")
     fits = []
     for nparts in (1, 4):

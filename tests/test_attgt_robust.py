@@ -127,7 +127,7 @@ def test_nsw_non_convergence_is_reported_with_the_cell(nsw, monkeypatch):
 def _irls(X, d, w, warm=None):
     """Drive IrlsLogit on in-memory designs, as graph/attgt.py does over blocks. ``X, d, w`` are
     one design or lists of designs (one per cell, fitted together). ``warm``: (K, p) warm starts,
-    the intercept-only start their fallback (as ``kernels.warm_logit`` sets them up)."""
+    the intercept-only start their fallback (as ``kernels.LogitPasses.warm`` sets them up)."""
     many = isinstance(X, list)
     Xs, ds, ws = (X, d, w) if many else ([X], [d], [w])
     K, p = len(Xs), Xs[0].shape[1]

@@ -166,6 +166,12 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
     return out
 
 
+def ols_and_logit_stats(block: UnitBlock, cells: Cells, p: int, gamma: np.ndarray, active: np.ndarray) -> Stats:
+    """:func:`ols_stats` and :func:`logit_stats` at ``gamma`` for the ``active`` cells, in one pass
+    (a warm-started logit's first evaluation rides along with the outcome regression's sums)."""
+    return {**ols_stats(block, cells, p), **logit_stats(block, cells, gamma, active)}
+
+
 def _ps_weights(X, d, w, gamma):
     ps = np.minimum(expit(X @ gamma), PS_CAP)
     trim = (d == 1) | (ps < TRIM_LEVEL)

@@ -239,7 +239,7 @@ class LogitPasses:
     """The propensity-score logit per cell (:class:`dte_dask.core.logit.IrlsLogit`) as passes: one
     reduction per IRLS iteration (and per halved step) of ``stats(block, cells, gamma, active, *extra)``,
     which returns ``grad`` / ``hess`` / ``ll`` and, where it counts them, ``n01`` / ``n999``.
-    ``fallback`` / ``dev_null``: warm starts (:func:`warm_logit`)."""
+    ``fallback`` / ``dev_null``: warm starts (:meth:`warm`)."""
 
     def __init__(self, stats: Callable[..., Stats], gamma: np.ndarray, active: np.ndarray,
                  dev_scale: np.ndarray | None = None, extra: tuple = (), fallback: np.ndarray | None = None,
@@ -252,8 +252,24 @@ class LogitPasses:
         prop = self.irls.proposal()
         return None if prop is None else Pass(self.stats, (*prop, *self.extra), "logit")
 
-    def feed(self, s: Stats) -> None:
-        self.irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s.get("n01", np.zeros(self.irls.K)), s.get("n999"))
+    @classmethod
+    def warm(cls, stats: Callable[..., Stats], gamma0: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None,
+             dev_null: np.ndarray, warm: np.ndarray, good: np.ndarray, at_warm: Stats) -> LogitPasses:
+        """The passes of a fit whose cells ``good & active`` start at ``warm`` (:func:`sample_logit`),
+        already evaluated there (``at_warm``: ``stats``'s sums at ``warm`` for those cells, from an
+        earlier pass of the caller's); the other active cells start from ``gamma0``, the
+        intercept-only fit (``dev_null``: its deviance), which is also where a warm start worse than
+        it falls back to. The same maximum, in fewer passes over the panel."""
+        good = good & active
+        passes = cls(stats, np.where(good[:, None], warm, gamma0), active, dev_scale, (),
+                     np.where(good[:, None], gamma0, np.nan), dev_null)
+        if good.any():
+            passes.feed(at_warm, only=good)
+        return passes
+
+    def feed(self, s: Stats, only: np.ndarray | None = None) -> None:
+        self.irls.update(s["grad"], s["hess"], -2.0 * s["ll"], s.get("n01", np.zeros(self.irls.K)), s.get("n999"),
+                         only)
 
     def result(self) -> LogitFit:
         return self.irls.result()
@@ -272,24 +288,26 @@ def null_deviance(sw_treated: np.ndarray, sw_control: np.ndarray) -> np.ndarray:
         return -2.0 * (np.where(sd > 0, sd * np.log(p), 0.0) + np.where(sc > 0, sc * np.log1p(-p), 0.0))
 
 
-def warm_logit(stats: Callable[..., Stats], gamma0: np.ndarray, active: np.ndarray, dev_scale: np.ndarray | None,
-               dev_null: np.ndarray, sample: list[UnitBlock], cells: Cells, extra: tuple = ()) -> LogitPasses:
-    """The logit's passes over the panel, started where the same logit fitted on ``sample`` (a few of
-    the panel's RNG blocks, in memory) ends, for the cells whose sample fit converged cleanly; the
-    others, and any cell whose warm start turns out worse than the intercept-only fit, start from
-    ``gamma0`` (``dev_null``: its deviance). The fit reaches the same maximum in fewer passes (each a
-    reduction over the whole panel); the sample's own IRLS runs here, on the driver."""
-    local = LogitPasses(stats, gamma0, active, dev_scale, extra)
+def sample_logit(stats: Callable[..., Stats], sample: list[UnitBlock], cells: Cells, p: int,
+                 extra: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The logit of every cell fitted on ``sample`` (a few of the panel's RNG blocks, in memory, on
+    the driver) from its own intercept-only start: (K, p) coefficients and the cells whose fit
+    converged cleanly (no separation, no fitted probability numerically 0 or 1): warm starts for
+    the fit on the whole panel (:meth:`LogitPasses.warm`)."""
+    def total(gamma: np.ndarray, active: np.ndarray) -> Stats:
+        parts = [stats(b, cells, gamma, active, *extra) for b in sample]
+        return {k: sum(q[k] for q in parts) for k in parts[0]}
+
+    K = cells.K
+    at0 = total(np.zeros((K, p)), np.ones(K, bool))  # at p = 1/2: hess00 = sum(w) / 4, grad0 = sum(w (d - 1/2))
+    sw = 4.0 * at0["hess"][:, 0, 0]
+    swd = at0["grad"][:, 0] + sw / 2.0
+    active = (swd > 0) & (sw - swd > 0)
+    local = LogitPasses(stats, logit.intercept_start(swd, sw - swd, p), active, None, extra)
     while (step := local.next()) is not None:
-        parts = [step.stats(b, cells, *step.args) for b in sample]
-        local.feed({k: sum(p[k] for p in parts) for k in parts[0]})
+        local.feed(total(*step.args[:2]))
     fit = local.result()
-    good = active & fit.ok & fit.converged & ~fit.extreme
-    if not good.any():
-        return LogitPasses(stats, gamma0, active, dev_scale, extra)
-    warm = np.where(good[:, None], fit.gamma, gamma0)
-    fallback = np.where(good[:, None], gamma0, np.nan)
-    return LogitPasses(stats, warm, active, dev_scale, extra, fallback, dev_null)
+    return fit.gamma, active & fit.ok & fit.converged & ~fit.extreme
 
 
 def uncond_ok(s: Stats, method: str, report: Reporter) -> np.ndarray:

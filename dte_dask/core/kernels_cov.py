@@ -26,8 +26,8 @@ from dte_dask.core.kernels import (
     WARM_START_BLOCKS,
     first_pass,
     null_deviance,
+    sample_logit,
     solve_each,
-    warm_logit,
 )
 from dte_dask.core.logit import LogitFit, intercept_start
 
@@ -35,12 +35,15 @@ from dte_dask.core.logit import LogitFit, intercept_start
 class PanelCovKernel(StagedKernel):
     """Balanced panel with covariates: outcome regression, propensity logit, weighted moments.
 
-    ``sample``: RNG blocks of the panel, set by the caller before the first pass's sums are handed
-    back (:attr:`warm_sample` of them, on large panels): the propensity logit then starts from their
-    fit (:func:`~dte_dask.core.kernels.warm_logit`)."""
+    ``sample``: a few RNG blocks of a large panel, set by the caller before :meth:`start`
+    (:attr:`warm_sample` of them): the propensity logit is then fitted on them first, and the
+    ``stats`` pass also evaluates it at that fit, where the fit on the whole panel starts
+    (:meth:`~dte_dask.core.kernels.LogitPasses.warm`): the same maximum in fewer passes.
+    """
 
     influence = staticmethod(covariates.cov_influence)
     sample: tuple[UnitBlock, ...] = ()
+    warm: tuple[np.ndarray, np.ndarray] | None = None  # sample fit: coefficients, cells it converged for
 
     @property
     def warm_sample(self) -> int:
@@ -48,7 +51,12 @@ class PanelCovKernel(StagedKernel):
         return WARM_START_BLOCKS if self.a.method in ("ipw", "dr") else 0
 
     def start(self) -> Pass:
-        return first_pass(covariates.ols_stats, self.a.groups, self.a.p)
+        a = self.a
+        if self.sample and self.warm_sample:
+            self.warm = sample_logit(covariates.logit_stats, list(self.sample), a.cells, a.p)
+            if self.warm[1].any():
+                return first_pass(covariates.ols_and_logit_stats, a.groups, a.p, *self.warm)
+        return first_pass(covariates.ols_stats, a.groups, a.p)
 
     # ------------------------------------------------------------------ stages
     def _stats(self, s: Stats) -> Pass | None:
@@ -78,9 +86,9 @@ class PanelCovKernel(StagedKernel):
         gamma[~ok] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             dev_scale = (s["nD"] + s["nC"]) / (s["SwD"] + swc)
-        if self.sample:  # a large panel: start from the fit on a sample of its RNG blocks
-            self.logit = warm_logit(covariates.logit_stats, gamma, ok.copy(), dev_scale,
-                                    null_deviance(s["SwD"], swc), list(self.sample), a.cells)
+        if self.warm is not None and "grad" in s:  # the stats pass evaluated it at the sample's fit
+            self.logit = LogitPasses.warm(covariates.logit_stats, gamma, ok.copy(), dev_scale,
+                                          null_deviance(s["SwD"], swc), *self.warm, s)
         else:
             self.logit = LogitPasses(covariates.logit_stats, gamma, ok.copy(), dev_scale)
         return self._iterate(self.logit, self._logit_done)

@@ -11,7 +11,7 @@ The algorithm, per cell:
 * start from the intercept-only MLE (its deviance is the null deviance). ``glm.fit`` starts from
   ``mustart = (w y + 0.5) / (w + 1)`` instead, a point with no coefficients, so its first step
   cannot be halved; any start reaches the same maximum. A *warm start* (the fit on a sample of the
-  data, :func:`dte_dask.core.kernels.warm_logit`) saves passes over large panels: the caller gives
+  data, :meth:`dte_dask.core.kernels.LogitPasses.warm`) saves passes over large panels: the caller gives
   the intercept-only start as ``fallback`` and its deviance as ``dev_null``; a warm start that is
   worse than it, or singular, is replaced by it before any step;
 * Newton / IRLS step (the same thing for the canonical logit link) from the information matrix,
@@ -156,16 +156,19 @@ class IrlsLogit:
         return pts, mask
 
     def update(self, grad: np.ndarray, hess: np.ndarray, dev: np.ndarray, n_extreme: np.ndarray,
-               n_overlap: np.ndarray | None = None) -> None:
+               n_overlap: np.ndarray | None = None, only: np.ndarray | None = None) -> None:
         """Feed the sums evaluated at the last :meth:`proposal` (rows of inactive cells ignored):
         gradient, information matrix, deviance, rows with fitted probabilities numerically 0 or 1
-        and (optionally) rows with a fitted probability >= :data:`OVERLAP_LIMIT`."""
+        and (optionally) rows with a fitted probability >= :data:`OVERLAP_LIMIT`. ``only``: the
+        cells these sums are for (the others wait for the next evaluation), e.g. warm starts
+        evaluated in an earlier pass of the caller's."""
         self.passes += 1
         self._steps = {}  # cells of one design share their sums: solved once
         if n_overlap is None:
             n_overlap = np.zeros(self.K)
         dev = np.asarray(dev, float) * self.scale
-        starting, trying = np.flatnonzero(self.state == _START), np.flatnonzero(self.state == _TRY)
+        fed = np.ones(self.K, bool) if only is None else np.asarray(only, bool)
+        starting, trying = np.flatnonzero(fed & (self.state == _START)), np.flatnonzero(fed & (self.state == _TRY))
         for k in starting:
             if self.warm[k] and not self._keep_warm_start(k, grad[k], hess[k], dev[k], n_extreme[k]):
                 continue  # back at the intercept-only start: evaluated again in the next pass

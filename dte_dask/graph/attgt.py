@@ -128,19 +128,14 @@ def sample_blocks(panel: Panel, k: int) -> list:
 
 def run_kernel(panel: Panel, cells: Cells, kernel: CellKernel):
     """Every pass of ``kernel``: mapped over the blocks, reduced, handed back to its ``solve``. A
-    kernel that starts a nuisance fit from a sample (``warm_sample`` RNG blocks) gets them with the
-    first pass's sums, on panels of at least ``WARM_START_MIN_BLOCKS`` RNG blocks."""
-    step = kernel.start()
+    kernel that starts a nuisance fit from a sample (``warm_sample`` RNG blocks) gets them first,
+    on panels of at least ``WARM_START_MIN_BLOCKS`` RNG blocks."""
     k = getattr(kernel, "warm_sample", 0) if panel.n_rng_blocks >= WARM_START_MIN_BLOCKS else 0
-    first = True
+    if k:
+        kernel.sample = tuple(b for b in dask.compute(*sample_blocks(panel, k)) if b.n)
+    step = kernel.start()
     while step is not None:
-        sums = _exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}")
-        if first and k:
-            sums, sample = dask.compute(sums, sample_blocks(panel, k))
-            kernel.sample = tuple(b for b in sample if b.n)
-        else:
-            sums = sums.compute()
-        first = False
+        sums = _exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}").compute()
         step = kernel.solve(sums)
     return kernel.result()
 
