@@ -117,26 +117,102 @@ class _Scratch:
         return Xv.T @ X
 
 
-def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
-    """Per cell: controls' X'WX and X'W dY (outcome regression), treated sums and X totals."""
+# The passes of the panel kernel with covariates. Each is a loop over the designs of a block that
+# gathers a design's rows once and hands them to one or more per-design pieces (``_ols``,
+# ``_logit``, ``_moments``), so that the fused passes (a warm-started logit's first evaluation in
+# the stats pass, its likely last one with the moments) read the rows once.
+def _zeros_ols(K: int, p: int) -> Stats:
+    return {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
+            "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
+
+
+def _zeros_logit(K: int, p: int) -> Stats:
+    return {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K),
+            "n999": np.zeros(K)}
+
+
+def _zeros_moments(K: int, p: int) -> Stats:
+    z = np.zeros
+    return {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
+            "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
+
+
+def _ols(out: Stats, buf: _Scratch, block: UnitBlock, cells: Cells, ks: np.ndarray, m, X, d, w) -> None:
+    """Controls' X'WX and X'W dY (outcome regression), treated sums and X totals of one design."""
+    dYm = buf.dy(block, cells, m, ks, X.shape[0])
+    wc, wd = w * (1.0 - d), w * d
+    out["XtWX"][ks] = buf.gram(X, wc)
+    out["SwDdY"][ks] = wd @ dYm
+    dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
+    out["XtWdY"][ks] = (X.T @ dYm).T
+    out["SwDX"][ks] = X.T @ wd
+    out["SwD"][ks] = wd.sum()
+    out["nD"][ks] = d.sum()
+    out["nC"][ks] = (1.0 - d).sum()
+
+
+def _logit(out: Stats, buf: _Scratch, ks: np.ndarray, X, d, w, gamma: np.ndarray, active: np.ndarray,
+           unweighted: bool = False) -> None:
+    """Gradient, information matrix, log-likelihood and extreme / overlap counts of the design's
+    active cells at their ``gamma`` (cells of a design move together: usually one evaluation)."""
+    ks = ks[active[ks]]
+    if ks.size == 0:
+        return
+    if unweighted:
+        w = np.ones_like(w)
+    gk = gamma[ks]
+    same = bool(np.all(gk == gk[0]))
+    for gam in gk[:1] if same else np.unique(gk, axis=0):
+        sel = ks if same else ks[np.all(gk == gam, axis=1)]
+        gr, he, ll, eta, ps = logit_terms(X, d, w, gam, buf.gram)
+        out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
+        out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
+
+
+def _moments(out: Stats, buf: _Scratch, block: UnitBlock, cells: Cells, ks: np.ndarray, m, X, d, w,
+             gamma: np.ndarray) -> None:
+    """The propensity-weighted sums of one design at its logit ``gamma[ks[0]]``."""
+    ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
+    dYm = buf.dy(block, cells, m, ks, X.shape[0])
+    out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
+    out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
+    out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
+    dYm *= wc[:, None]  # wc * dY in place
+    out["ScdYX"][ks] = (X.T @ dYm).T
+    out["ScXX"][ks] = buf.gram(X, wc)
+    out["H"][ks] = buf.gram(X, w * ps * (1.0 - ps))
+
+
+def _designs_pass(block: UnitBlock, cells: Cells, p: int, *, ols: bool = False, logit: tuple | None = None,
+                  moments: np.ndarray | None = None) -> Stats:
+    """One loop over the block's designs computing the requested pieces: ``ols``; ``logit`` =
+    ``(gamma, active, unweighted)``; ``moments`` = the logit's ``gamma``."""
     K = cells.K
-    out = {"XtWX": np.zeros((K, p, p)), "XtWdY": np.zeros((K, p)), "SwDX": np.zeros((K, p)),
-           "SwD": np.zeros(K), "SwDdY": np.zeros(K), "nD": np.zeros(K), "nC": np.zeros(K)}
+    out: Stats = {}
+    if ols:
+        out.update(_zeros_ols(K, p))
+    if logit is not None:
+        out.update(_zeros_logit(K, p))
+    if moments is not None:
+        out.update(_zeros_moments(K, p))
     groups = designs(cells, _x_varying(block))
     buf = _Scratch(block, groups)
     for ks in groups:
+        if not ols and moments is None and not logit[1][ks].any():
+            continue  # a logit pass skips designs without active cells (no rows gathered)
         m, X, d, w = buf.design_rows(cells, block, ks)
-        dYm = buf.dy(block, cells, m, ks, X.shape[0])
-        wc, wd = w * (1.0 - d), w * d
-        out["XtWX"][ks] = buf.gram(X, wc)
-        out["SwDdY"][ks] = wd @ dYm
-        dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
-        out["XtWdY"][ks] = (X.T @ dYm).T
-        out["SwDX"][ks] = X.T @ wd
-        out["SwD"][ks] = wd.sum()
-        out["nD"][ks] = d.sum()
-        out["nC"][ks] = (1.0 - d).sum()
+        if ols:
+            _ols(out, buf, block, cells, ks, m, X, d, w)
+        if logit is not None:
+            _logit(out, buf, ks, X, d, w, *logit)
+        if moments is not None:
+            _moments(out, buf, block, cells, ks, m, X, d, w, moments)
     return out
+
+
+def ols_stats(block: UnitBlock, cells: Cells, p: int) -> Stats:
+    """Per cell: controls' X'WX and X'W dY (outcome regression), treated sums and X totals."""
+    return _designs_pass(block, cells, p, ols=True)
 
 
 def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray, unweighted: bool = False) -> Stats:
@@ -144,32 +220,27 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
     the number of rows whose fitted probability is numerically 0 or 1 (``n01``) and of rows with a
     fitted probability of at least 0.999 (``n999``, R did's overlap check). ``unweighted`` ignores
     the sampling weights (R did's preliminary overlap logit is unweighted)."""
-    K, p = gamma.shape
-    out = {"grad": np.zeros((K, p)), "hess": np.zeros((K, p, p)), "ll": np.zeros(K), "n01": np.zeros(K),
-           "n999": np.zeros(K)}
-    groups = designs(cells, _x_varying(block))
-    buf = _Scratch(block, groups)
-    for ks in groups:
-        ks = ks[active[ks]]
-        if ks.size == 0:
-            continue
-        _, X, d, w = buf.design_rows(cells, block, ks)
-        if unweighted:
-            w = np.ones_like(w)
-        gk = gamma[ks]
-        same = bool(np.all(gk == gk[0]))
-        for gam in gk[:1] if same else np.unique(gk, axis=0):  # cells of a design move together
-            sel = ks if same else ks[np.all(gk == gam, axis=1)]
-            gr, he, ll, eta, ps = logit_terms(X, d, w, gam, buf.gram)
-            out["grad"][sel], out["hess"][sel], out["ll"][sel] = gr, he, ll
-            out["n01"][sel], out["n999"][sel] = eta_extreme(eta), overlap_count(eta, ps)
-    return out
+    return _designs_pass(block, cells, gamma.shape[1], logit=(gamma, active, unweighted))
+
+
+def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarray | None) -> Stats:
+    """Per cell, given the logit ``gamma``: the weighted sums the ipw / dr estimates need."""
+    return _designs_pass(block, cells, gamma.shape[1], moments=gamma)
 
 
 def ols_and_logit_stats(block: UnitBlock, cells: Cells, p: int, gamma: np.ndarray, active: np.ndarray) -> Stats:
     """:func:`ols_stats` and :func:`logit_stats` at ``gamma`` for the ``active`` cells, in one pass
-    (a warm-started logit's first evaluation rides along with the outcome regression's sums)."""
-    return {**ols_stats(block, cells, p), **logit_stats(block, cells, gamma, active)}
+    over the designs' rows (a warm-started logit's first evaluation rides along with the outcome
+    regression's sums)."""
+    return _designs_pass(block, cells, p, ols=True, logit=(gamma, active, False))
+
+
+def logit_and_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray,
+                      beta: np.ndarray | None) -> Stats:
+    """:func:`logit_stats` and :func:`ps_moments` at the same ``gamma``, in one pass over the
+    designs' rows (the logit's likely last evaluation also sums what the estimates need, should it
+    be the last)."""
+    return _designs_pass(block, cells, gamma.shape[1], logit=(gamma, active, False), moments=gamma)
 
 
 def _ps_weights(X, d, w, gamma):
@@ -178,28 +249,6 @@ def _ps_weights(X, d, w, gamma):
     wt = trim * w * d
     wc = trim * w * ps * (1.0 - d) / (1.0 - ps)
     return ps, wt, wc
-
-
-def ps_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, beta: np.ndarray | None) -> Stats:
-    """Per cell, given the logit ``gamma``: the weighted sums the ipw / dr estimates need."""
-    K, p = gamma.shape
-    z = np.zeros
-    out = {"St": z(K), "Sc": z(K), "At": z(K), "Ac": z(K), "StX": z((K, p)), "ScX": z((K, p)),
-           "ScdYX": z((K, p)), "ScXX": z((K, p, p)), "H": z((K, p, p))}
-    groups = designs(cells, _x_varying(block))
-    buf = _Scratch(block, groups)
-    for ks in groups:
-        m, X, d, w = buf.design_rows(cells, block, ks)
-        ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
-        dYm = buf.dy(block, cells, m, ks, X.shape[0])
-        out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
-        out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
-        out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
-        dYm *= wc[:, None]  # wc * dY in place
-        out["ScdYX"][ks] = (X.T @ dYm).T
-        out["ScXX"][ks] = buf.gram(X, wc)
-        out["H"][ks] = buf.gram(X, w * ps * (1.0 - ps))
-    return out
 
 
 def shared(v: np.ndarray, ks: np.ndarray) -> np.ndarray:

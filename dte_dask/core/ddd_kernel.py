@@ -84,7 +84,9 @@ class DddCovKernel(PanelCovKernel):
         super().__init__(a)
         self.reps, self.of = design_representatives(a.cells, x_varying)
 
-    def _iterate(self, passes, done):
+    warm_sample = 0  # one logit per design already: no sample's warm start, no fused passes
+
+    def _iterate(self, passes, done, fuse=None):
         if isinstance(passes, LogitPasses) and self.reps.size < self.of.size:
             irls = passes.irls
             if irls.passes == 0 and _same_within(self.of, irls.gamma, irls.started, irls.scale):

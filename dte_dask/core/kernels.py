@@ -365,13 +365,21 @@ class StagedKernel:
     def result(self) -> CellFit:
         return self.fit
 
-    def _iterate(self, passes: LogitPasses, done: Callable[[LogitFit], Pass | None]) -> Pass | None:
-        """The next logit pass, or (every cell done) the stage after it: ``done(fit)``."""
+    def _iterate(self, passes: LogitPasses, done: Callable[[LogitFit], Pass | None],
+                 fuse: Callable[[Pass], Pass] | None = None) -> Pass | None:
+        """The next logit pass, or (every cell done) the stage after it: ``done(fit)``. ``fuse``
+        turns a pass that is likely the last (:meth:`IrlsLogit.likely_last`) into one that also
+        sums what the next stage needs at those coefficients; the sums of the last pass stay in
+        ``self.last_sums``."""
         step = passes.next()
         if step is not None:
+            if fuse is not None and passes.irls.likely_last():
+                step = fuse(step)
+
             def on(s: Stats) -> Pass | None:
+                self.last_sums = s
                 passes.feed(s)
-                return self._iterate(passes, done)
+                return self._iterate(passes, done, fuse)
             self._on = on
             return step
         return done(passes.result())

@@ -91,7 +91,13 @@ class PanelCovKernel(StagedKernel):
                                           null_deviance(s["SwD"], swc), *self.warm, s)
         else:
             self.logit = LogitPasses(covariates.logit_stats, gamma, ok.copy(), dev_scale)
-        return self._iterate(self.logit, self._logit_done)
+        # unweighted: the moments need only the final logit, so the last logit pass sums them too
+        return self._iterate(self.logit, self._logit_done, None if a.weighted else self._with_moments)
+
+    def _with_moments(self, step: Pass) -> Pass:
+        """A logit pass that also sums ``ps_moments`` at its coefficients (the fit's likely last)."""
+        self.speculative = step.args[0].copy()
+        return Pass(covariates.logit_and_moments, (*step.args, self.beta), "logit")
 
     def _logit_done(self, fit: LogitFit) -> Pass | None:
         self.report.logit_failed(fit)
@@ -110,6 +116,9 @@ class PanelCovKernel(StagedKernel):
                         "its preliminary unweighted logit)")
         self.ok = fit.ok & ~bad
         self.report.logit_notes(fit, self.ok)
+        spec = getattr(self, "speculative", None)
+        if spec is not None and "St" in self.last_sums and np.array_equal(fit.gamma[self.ok], spec[self.ok]):
+            return self._moments(self.last_sums)  # the last logit pass summed them at the final coefficients
         self._on = self._moments
         return Pass(covariates.ps_moments, (fit.gamma, self.beta), "moments")
 

@@ -29,7 +29,9 @@ The algorithm, per cell:
 * after convergence up to :data:`POLISH_STEPS` further Newton steps (still guarded) bring the
   coefficients to machine precision (until a step is below 1e-12 relative, each coefficient
   measured in units of its column's root mean square), so that estimates do not depend on where
-  the deviance test happened to stop;
+  the deviance test happened to stop. The fit ends at the point evaluated last (its remaining step
+  is below that tolerance), so the sums of that evaluation (counts of extreme fitted
+  probabilities, and whatever a caller evaluated along with it) belong to the final coefficients;
 * fitted probabilities numerically 0 or 1 (``|eta| > 30``, the thresholds of R's logit link) are
   reported as ``glm.fit`` does ("fitted probabilities numerically 0 or 1 occurred"); a deviance
   that has collapsed to ~0 (below :data:`SEPARATION_RATIO` of the null deviance) means the
@@ -48,6 +50,7 @@ GLM_MAXIT = 25  # glm.control()$maxit
 MAX_HALVINGS = 25  # halvings of one step before giving up on it (2^-25 of a Newton step)
 POLISH_STEPS = 5  # Newton steps after convergence, to machine precision
 POLISH_TOL = 1e-12  # a step below this (relative, equilibrated units) ends the polishing
+LIKELY_LAST_CHANGE = 1e-6  # a deviance change below this: the next evaluation is likely the last
 ETA_LIMIT = 30.0  # R's logit link: |eta| > 30 gives mu numerically 0 or 1
 SEPARATION_RATIO = 1e-6  # deviance / null deviance below this: perfect separation
 OVERLAP_LIMIT = 0.999  # R did: a preliminary logit with max fitted >= 0.999 violates overlap
@@ -133,6 +136,7 @@ class IrlsLogit:
         self.step = np.zeros((K, p))
         self.t = np.ones(K)
         self.dev = np.full(K, np.nan)
+        self.change = np.full(K, np.inf)  # glm's statistic at the last accepted step
         self.dev_null = np.full(K, np.nan)
         self.grad = np.zeros((K, p))
         self.hess = np.zeros((K, p, p))
@@ -191,6 +195,7 @@ class IrlsLogit:
                 continue
             self.gamma[k] = self.gamma[k] + self.t[k] * self.step[k]
             self.dev[k] = dev[k]
+            self.change[k] = change
             self._accept_point(k, grad[k], hess[k], n_extreme[k], n_overlap[k])
             if self.polishing[k]:
                 self.polished[k] += 1
@@ -205,6 +210,14 @@ class IrlsLogit:
                     self.state[k] = _DONE
                     continue
             self._next_step(k)
+
+    def likely_last(self) -> bool:
+        """Whether the next evaluation is likely the last: every cell still running is polishing or
+        its last accepted step changed the deviance by less than :data:`LIKELY_LAST_CHANGE`
+        (relative), so that, converging quadratically, it should meet glm's rule there with a
+        remaining step below :data:`POLISH_TOL`."""
+        running = self.state != _DONE
+        return bool(running.any() and np.all((self.polishing | (self.change < LIKELY_LAST_CHANGE))[running]))
 
     def result(self) -> LogitFit:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -246,8 +259,7 @@ class IrlsLogit:
         if self.polishing[k]:
             s = self.colscale[k]
             if np.max(np.abs(step * s)) <= POLISH_TOL * (1.0 + np.max(np.abs(self.gamma[k] * s))):
-                self.gamma[k] = self.gamma[k] + step  # at rounding level: take it, stop
-                self.state[k] = _DONE
+                self.state[k] = _DONE  # at rounding level: stop at the point evaluated last
                 return
         self.step[k], self.t[k], self.tries[k] = step, 1.0, 0
         self.state[k] = _TRY
