@@ -314,3 +314,31 @@ def test_influence_function_is_the_derivative_of_the_estimate(method):
                   bootstrap=False)
         deriv = n * (dte_dask.att_gt(up, **kw).att[0] - dte_dask.att_gt(down, **kw).att[0]) / (2 * eps)
         assert abs(psi[i] - deriv) < 1e-5 * max(1.0, abs(deriv)), (r, psi[i], deriv)
+
+
+@pytest.mark.parametrize("method", ("ipw", "dr"))
+def test_unbalanced_warm_started_logit_matches_csdid(sim_unbalanced, method, monkeypatch):
+    """Many RNG blocks: the propensity logit starts from its fit on a sample of them
+    (``kernels.sample_logit``); the same numbers as csdid, and the same bits for any partitioning."""
+    from dte_dask.core import kernels_rc
+
+    starts = []
+    real = kernels_rc.sample_logit
+
+    def spy(*args, **kwargs):
+        gamma, good = real(*args, **kwargs)
+        starts.append(good)
+        return gamma, good
+
+    monkeypatch.setattr(kernels_rc, "sample_logit", spy)
+    fits = []
+    for nparts in (1, 3):
+        panel = dte_dask.load_panel(sim_unbalanced, **SIM, unit="unit", covariates=["age", "bmi"],
+                                    allow_unbalanced_panel=True, rng_block_size=40, npartitions=nparts)
+        fits.append(dte_dask.att_gt(panel, est_method=method, allow_unbalanced_panel=True, bootstrap=False))
+    assert len(starts) == 2 and all(s.any() for s in starts)  # 13 RNG blocks: warm-started cells
+    ref = _csdid(sim_unbalanced, **SIM_CS, idname="unit", cov=["age", "bmi"], method=method,
+                 control="never_treated", unbalanced=True)
+    _compare(fits[0], ref)
+    np.testing.assert_array_equal(fits[1].att, fits[0].att)
+    np.testing.assert_array_equal(fits[1].se_analytic, fits[0].se_analytic)

@@ -11,14 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from dte_dask.core import rcs_covariates
+from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.kernels import (
     CellFit,
     LogitPasses,
     Pass,
     StagedKernel,
     Stats,
+    WARM_START_BLOCKS,
     dot,
     first_pass,
+    null_deviance,
+    sample_logit,
     solve_each,
 )
 from dte_dask.core.logit import LogitFit
@@ -27,12 +31,25 @@ _OR_FITS = {"reg": (0, 1), "ipw": (), "dr": (0, 1, 2, 3)}  # outcome regressions
 
 
 class RcCovKernel(StagedKernel):
-    """Repeated cross sections (or an unbalanced panel) with covariates."""
+    """Repeated cross sections (or an unbalanced panel) with covariates. ``sample``: as
+    :class:`~dte_dask.core.kernels_cov.PanelCovKernel`'s (a warm-started propensity logit, first
+    evaluated in the ``stats`` pass)."""
 
     influence = staticmethod(rcs_covariates.rc_influence)
+    sample: tuple[UnitBlock, ...] = ()
+    warm: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def warm_sample(self) -> int:
+        return WARM_START_BLOCKS if self.a.method in ("ipw", "dr") else 0
 
     def start(self) -> Pass:
-        return first_pass(rcs_covariates.or_stats, self.a.groups, self.a.p, ~self.a.cells.reference)
+        a, active = self.a, ~self.a.cells.reference
+        if self.sample and self.warm_sample:
+            self.warm = sample_logit(rcs_covariates.logit_stats, list(self.sample), a.cells, a.p)
+            if self.warm[1].any():
+                return first_pass(rcs_covariates.or_and_logit_stats, a.groups, a.p, active, *self.warm)
+        return first_pass(rcs_covariates.or_stats, a.groups, a.p, active)
 
     # ------------------------------------------------------------------ stages
     def _stats(self, s: Stats) -> Pass | None:
@@ -67,7 +84,12 @@ class RcCovKernel(StagedKernel):
             gamma = np.zeros((K, p))
             gamma[:, 0] = np.log(SD / (S[:, 0] + S[:, 1]))
         gamma[~ok] = 0.0
-        return self._iterate(LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy()), self._logit_done)
+        if self.warm is not None and "grad" in s:  # the stats pass evaluated it at the sample's fit
+            passes = LogitPasses.warm(rcs_covariates.logit_stats, gamma, ok.copy(), None,
+                                      null_deviance(SD, S[:, 0] + S[:, 1]), *self.warm, s)
+        else:
+            passes = LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy())
+        return self._iterate(passes, self._logit_done)
 
     def _logit_done(self, fit: LogitFit) -> Pass:
         self.report.logit_failed(fit)

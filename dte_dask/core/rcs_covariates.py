@@ -117,6 +117,13 @@ def logit_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.nd
     return out
 
 
+def or_and_logit_stats(block: UnitBlock, cells: Cells, p: int, active: np.ndarray, gamma: np.ndarray,
+                       warm: np.ndarray) -> Stats:
+    """:func:`or_stats` and :func:`logit_stats` at ``gamma`` for the ``warm`` cells, in one pass (a
+    warm-started logit's first evaluation rides along with the outcome regressions' sums)."""
+    return {**or_stats(block, cells, p, active), **logit_stats(block, cells, gamma, warm)}
+
+
 def _ps(r: _Rows, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Capped propensity scores and the control weights w p/(1-p) (trimmed, zero on treated)."""
     ps = np.minimum(expit(r.X @ gamma), PS_CAP)
