@@ -8,33 +8,20 @@ tree over block indices, whatever partition computed them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import dask
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
-from threadpoolctl import ThreadpoolController
 
 from dte_dask.core.blocks import rng_block_runs
 from dte_dask.core.dyadic import DyadicCover, add
+from dte_dask.inference.threads import single_threaded_blas
 
 __all__ = ["DyadicCover", "add", "by_rng_block", "single_threaded_blas", "tree_merge", "tree_sum"]
 
 SPLIT_EVERY = 8
-
-
-@lru_cache(maxsize=1)
-def _threadpools() -> ThreadpoolController:
-    """The process's BLAS / OpenMP pools, inspected once (a fresh inspection costs ~30 ms a call)."""
-    return ThreadpoolController()
-
-
-def single_threaded_blas():
-    """Context manager: the BLAS / OpenMP pools at one thread (inside a task of a threaded scheduler,
-    a multi-threaded BLAS only oversubscribes the cores)."""
-    return _threadpools().limit(limits=1)
 
 
 def _sum_all(items: Sequence[Any]) -> Any:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from dte_dask import config
 from dte_dask.core.blocks import rng_block_runs
@@ -23,6 +22,7 @@ from dte_dask.core.multipliers import (CHUNK, BootWeights, DenseMultipliers, Mul
                                        rademacher_bits)
 from dte_dask.exceptions import SpecError
 from dte_dask.inference.signs import SignBits
+from dte_dask.inference.threads import single_threaded_blas
 from dte_dask.inference.variance import entity_sums
 
 __all__ = ["CHUNK", "EVENT", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost",
@@ -128,14 +128,12 @@ class _SupportPlan:
         perm, runs = key_runs(self.ekey[a:b])
         self.groups = []
         for lo, hi, g in runs:
-            rows = self.S[a + perm[lo:hi]]
+            rows = self.S.take(a + perm[lo:hi], axis=0)
             cols = self.support[g] if 0 <= g < len(self.support) else None
-            if cols is not None:
-                off = np.ones(rows.shape[1], dtype=bool)
-                off[cols] = False
-                if np.any(rows[:, off] != 0.0):  # not the support the caller stated: every column
-                    cols = None
-            self.groups.append((lo, hi, cols, rows if cols is None else np.ascontiguousarray(rows[:, cols])))
+            sub = rows if cols is None else rows.take(cols, axis=1)
+            if cols is not None and np.count_nonzero(sub) != np.count_nonzero(rows):
+                cols, sub = None, rows  # a nonzero outside the support the caller stated: every column
+            self.groups.append((lo, hi, cols, sub))
         return perm
 
     def apply(self, M: Multipliers, a: int, b: int) -> np.ndarray:
@@ -167,7 +165,7 @@ def boot_cover_apply(
     """
     t0 = time.time()
     ids, leaves = [], []
-    with threadpool_limits(limits=1):  # same kernel (and rounding) in every process and thread
+    with single_threaded_blas():  # same kernel (and rounding) in every process and thread
         for a, b, bid in rng_block_runs(ent_rank, block_size):
             pos = ent_rank[a:b] - bid * block_size
             if order is not None:
