@@ -80,9 +80,16 @@ def test_attgt_support_grouping_equals_dense_and_is_partition_invariant(small_df
                                                                                if k != "covariates"})
     one, three = fit(1), fit(3)
     np.testing.assert_array_equal(one.draws_aug, three.draws_aug)
+    np.testing.assert_array_equal(one.se_analytic, three.se_analytic)  # the Gram from the groups, too
     monkeypatch.setattr(attgt_mod, "_cohort_support", lambda block, cells, groups: (None, ()))
     dense = fit(1)
     np.testing.assert_allclose(one.draws_aug, dense.draws_aug, rtol=1e-12, atol=1e-12 * np.abs(dense.draws_aug).max())
+    unboot = dte_dask.att_gt(dte_dask.load_panel(small_df, **COLS, covariates=["age"], npartitions=1, rng_block_size=64),
+                             control_group="not_yet_treated", bootstrap=False)  # the dense Gram
+    for grouped in (one, dense):
+        np.testing.assert_allclose(grouped.se_analytic, unboot.se_analytic, rtol=1e-12)
+        np.testing.assert_allclose(grouped.aggregate("dynamic").vcov(), unboot.aggregate("dynamic").vcov(),
+                                   rtol=1e-10, atol=1e-14)  # the cohort-share columns of the Gram too
 
 
 def test_affine_route_draws_equal_the_influence_route(small_df):

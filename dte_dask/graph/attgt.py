@@ -78,12 +78,15 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
     for lo, hi, bid in rng_block_runs(block.rank, block_size):
         piece = block.take(slice(lo, hi))
         psi = influence_with_groups(piece, cells, est, groups, influence)  # one RNG block's rows
-        with single_threaded_blas():  # as by_rng_block
-            grams.append(_gram(piece, psi, clustered))
         ids.append(bid)
-        if boot_kw is not None:
-            rows_key = None if key is None else key[lo:hi]
-            boots = boots.merge(boot_cover(psi, piece.rank, key=rows_key, support=support, **boot_kw))
+        if boot_kw is None:
+            with single_threaded_blas():  # as by_rng_block
+                grams.append(_gram(piece, psi, clustered))
+            continue
+        # the Gram from the bootstrap's cohort groups: each group's rows over its columns only
+        rows_key = None if key is None else key[lo:hi]
+        cover, g = boot_cover(psi, piece.rank, key=rows_key, support=support, with_gram=True, **boot_kw)
+        boots, grams = boots.merge(cover), grams + [g]
     return DyadicCover.from_blocks(n_blocks, ids, grams), (boots if boot_kw is not None else None)
 
 

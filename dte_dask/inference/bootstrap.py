@@ -92,7 +92,8 @@ def _duration(secs: float) -> str:
 def boot_cover(
     psi: np.ndarray, rank: np.ndarray, *, seed: int, n_boot: int, block_size: int, n_blocks: int,
     n: int, kind: BootWeights, key: np.ndarray | None = None, support: Sequence[np.ndarray | None] = (),
-) -> DyadicCover:
+    with_gram: bool = False,
+) -> DyadicCover | tuple[DyadicCover, np.ndarray]:
     """Per-RNG-block partial draws ``sum_i V_bi psi_i / n`` of one partition, as a cover.
 
     ``key`` (per row, ints) and ``support`` (per key, the columns where rows of that key may be
@@ -100,28 +101,40 @@ def boot_cover(
     key (ascending, then by rank: an order defined by the data, never by the partitioning) and each
     group's rows multiply only its columns. An entity whose rows have different keys (clusters
     mixing them), or a group with a nonzero outside its support, takes every column.
+    ``with_gram``: also S'S (S: Psi, or its cluster sums; :func:`dte_dask.inference.variance.gram`),
+    formed group by group over the same supports (each group's block of the Gram only).
     """
+    width = psi.shape[1]
     if psi.shape[0] == 0:
-        return DyadicCover(n_blocks, {})
+        empty = DyadicCover(n_blocks, {})
+        return (empty, np.zeros((width, width))) if with_gram else empty
     starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
     S = entity_sums(psi, rank)
     kw = dict(seed=seed, n_boot=n_boot, block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
     if key is None:
-        return boot_cover_apply(rank[starts], lambda M, a, b: M.matmul(0, b - a, S[a:b]), psi.shape[1], **kw)
+        cover = boot_cover_apply(rank[starts], lambda M, a, b: M.matmul(0, b - a, S[a:b]), width, **kw)
+        if not with_gram:
+            return cover
+        with single_threaded_blas():
+            return cover, S.T @ S
     ekey = np.asarray(key)[starts]
     if starts.size < key.shape[0]:  # clusters: a cluster whose units differ in key is dense
         mixed = np.minimum.reduceat(key, starts) != np.maximum.reduceat(key, starts)
         ekey = np.where(mixed, -1, ekey)
-    plan = _SupportPlan(S, ekey, support)
-    return boot_cover_apply(rank[starts], plan.apply, psi.shape[1], order=plan.order, **kw)
+    plan = _SupportPlan(S, ekey, support, with_gram)
+    cover = boot_cover_apply(rank[starts], plan.apply, width, order=plan.order, **kw)
+    return (cover, plan.gram) if with_gram else cover
 
 
 class _SupportPlan:
-    """``V @ S[a:b]`` for the entities of one RNG block, group by group over their support."""
+    """``V @ S[a:b]`` for the entities of one RNG block, group by group over their support (and,
+    ``with_gram``, S'S accumulated the same way: ``gram``)."""
 
-    def __init__(self, S: np.ndarray, ekey: np.ndarray, support: Sequence[np.ndarray | None]) -> None:
+    def __init__(self, S: np.ndarray, ekey: np.ndarray, support: Sequence[np.ndarray | None],
+                 with_gram: bool = False) -> None:
         self.S, self.ekey, self.support = S, ekey, support
         self.groups: list[tuple[int, int, np.ndarray | None, np.ndarray]] = []
+        self.gram = np.zeros((S.shape[1], S.shape[1])) if with_gram else None
 
     def order(self, a: int, b: int) -> np.ndarray:
         """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns."""
@@ -134,6 +147,11 @@ class _SupportPlan:
             if cols is not None and np.count_nonzero(sub) != np.count_nonzero(rows):
                 cols, sub = None, rows  # a nonzero outside the support the caller stated: every column
             self.groups.append((lo, hi, cols, sub))
+            if self.gram is not None:
+                if cols is None:
+                    self.gram += sub.T @ sub
+                else:
+                    self.gram[np.ix_(cols, cols)] += sub.T @ sub
         return perm
 
     def apply(self, M: Multipliers, a: int, b: int) -> np.ndarray:
