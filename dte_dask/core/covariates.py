@@ -5,6 +5,10 @@ cohort, the same control set and covariates of the same period) share the propen
 logit, the controls' X'WX and the weights; only the outcome change differs. Kernels therefore
 loop over designs and treat all cells of a design at once with matrix products: with
 never-treated controls and time-invariant covariates there is one design per cohort.
+
+The products are ``np.dot``, not ``@``: numpy runs a 2-D ``matmul`` as a generalised ufunc that
+keeps the GIL, while ``np.dot`` releases it around the same BLAS call (the same bits), so the
+two threads of a worker can run these kernels side by side.
 """
 from __future__ import annotations
 
@@ -110,11 +114,11 @@ class _Scratch:
     def gram(self, X: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``(X * v[:, None]).T @ X``, the product formed in the buffer."""
         if X.size > self.n * self.p:  # a cell set whose designs have more columns (not Cells')
-            return (X * v[:, None]).T @ X
+            return np.dot((X * v[:, None]).T, X)
         if self.rows is None:
             self.rows = np.empty(self.n * self.p)
         Xv = np.multiply(X, v[:, None], out=self.rows[:X.size].reshape(X.shape))
-        return Xv.T @ X
+        return np.dot(Xv.T, X)
 
 
 # The passes of the panel kernel with covariates. Each is a loop over the designs of a block that
@@ -142,10 +146,10 @@ def _ols(out: Stats, buf: _Scratch, block: UnitBlock, cells: Cells, ks: np.ndarr
     dYm = buf.dy(block, cells, m, ks, X.shape[0])
     wc, wd = w * (1.0 - d), w * d
     out["XtWX"][ks] = buf.gram(X, wc)
-    out["SwDdY"][ks] = wd @ dYm
+    out["SwDdY"][ks] = np.dot(wd, dYm)
     dYm *= wc[:, None]  # wc * dY in place (fewer large temporaries)
-    out["XtWdY"][ks] = (X.T @ dYm).T
-    out["SwDX"][ks] = X.T @ wd
+    out["XtWdY"][ks] = np.dot(X.T, dYm).T
+    out["SwDX"][ks] = np.dot(X.T, wd)
     out["SwD"][ks] = wd.sum()
     out["nD"][ks] = d.sum()
     out["nC"][ks] = (1.0 - d).sum()
@@ -175,10 +179,10 @@ def _moments(out: Stats, buf: _Scratch, block: UnitBlock, cells: Cells, ks: np.n
     ps, wt, wc = _ps_weights(X, d, w, gamma[ks[0]])
     dYm = buf.dy(block, cells, m, ks, X.shape[0])
     out["St"][ks], out["Sc"][ks] = wt.sum(), wc.sum()
-    out["At"][ks], out["Ac"][ks] = wt @ dYm, wc @ dYm
-    out["StX"][ks], out["ScX"][ks] = X.T @ wt, X.T @ wc
+    out["At"][ks], out["Ac"][ks] = np.dot(wt, dYm), np.dot(wc, dYm)
+    out["StX"][ks], out["ScX"][ks] = np.dot(X.T, wt), np.dot(X.T, wc)
     dYm *= wc[:, None]  # wc * dY in place
-    out["ScdYX"][ks] = (X.T @ dYm).T
+    out["ScdYX"][ks] = np.dot(X.T, dYm).T
     out["ScXX"][ks] = buf.gram(X, wc)
     out["H"][ks] = buf.gram(X, w * ps * (1.0 - ps))
 
@@ -244,7 +248,7 @@ def logit_and_moments(block: UnitBlock, cells: Cells, gamma: np.ndarray, active:
 
 
 def _ps_weights(X, d, w, gamma):
-    ps = np.minimum(expit(X @ gamma), PS_CAP)
+    ps = np.minimum(expit(np.dot(X, gamma)), PS_CAP)
     trim = (d == 1) | (ps < TRIM_LEVEL)
     wt = trim * w * d
     wc = trim * w * ps * (1.0 - d) / (1.0 - ps)
@@ -278,17 +282,17 @@ def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.nda
     # parts of L after c * dY: (array, row factor or None), written straight into L
     if method == "reg":
         wd = w * d
-        c = (wd - w * (1.0 - d) * (X @ shared(est["v_t"], ks))) / St
+        c = (wd - w * (1.0 - d) * np.dot(X, shared(est["v_t"], ks))) / St
         parts, coef = [(X, c), (wd / St, None)], [-est["beta"][ks].T, est["eta_c"][ks] - est["eta_t"][ks]]
     else:
         Sc = shared(est["Sc"], ks)
-        ps = np.minimum(expit(X @ est["gamma"][ks[0]]), PS_CAP)
+        ps = np.minimum(expit(np.dot(X, est["gamma"][ks[0]])), PS_CAP)
         trim = (d == 1) | (ps < TRIM_LEVEL)
         wt = trim * w * d / St
         wc = trim * w * ps * (1.0 - d) / (1.0 - ps) / Sc
         c = wt - wc
         if method == "dr":
-            c -= w * (1.0 - d) * (X @ (shared(est["v_t"], ks) / St - shared(est["v_c"], ks) / Sc))
+            c -= w * (1.0 - d) * np.dot(X, shared(est["v_t"], ks) / St - shared(est["v_c"], ks) / Sc)
         parts = [(X, w * (d - ps) / Sc), (wt, None), (wc, None)]
         coef = [-est["v_ps"][ks].T, -est["eta_t"][ks], est["eta_c"][ks]]
         if method == "dr":
@@ -336,6 +340,6 @@ def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.n
         if idx.size:
             L, R = design_terms(block, cells, est, ks, rows, scratch)
             v = vals[:idx.size * ks.size].reshape(idx.size, ks.size)
-            np.matmul(L, R, out=v)
+            np.dot(L, R, out=v)
             put_columns(psi, idx, ks, v)
     return psi

@@ -76,11 +76,11 @@ def logit_grad_hess(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarr
 def logit_terms(X: np.ndarray, d: np.ndarray, w: np.ndarray, gamma: np.ndarray, gram=None):
     """:func:`logit_grad_hess` and the linear predictor and fitted probabilities it used.
     ``gram(X, v)``: forms ``(X * v[:, None]).T @ X`` (the caller's, e.g. in a reused buffer)."""
-    z = X @ gamma
+    z = np.dot(X, gamma)
     p = expit(z)
-    grad = X.T @ (w * (d - p))
+    grad = np.dot(X.T, w * (d - p))
     v = w * p * (1.0 - p)
-    hess = (X * v[:, None]).T @ X if gram is None else gram(X, v)
+    hess = np.dot((X * v[:, None]).T, X) if gram is None else gram(X, v)
     # log-likelihood, stable: d*z - log(1+exp(z))
     ll = float(np.sum(w * (d * z - np.logaddexp(0.0, z))))
     return grad, hess, ll, z, p

@@ -149,9 +149,9 @@ class _SupportPlan:
             self.groups.append((lo, hi, cols, sub))
             if self.gram is not None:
                 if cols is None:
-                    self.gram += sub.T @ sub
+                    self.gram += np.dot(sub.T, sub)
                 else:
-                    self.gram[np.ix_(cols, cols)] += sub.T @ sub
+                    self.gram[np.ix_(cols, cols)] += np.dot(sub.T, sub)
         return perm
 
     def apply(self, M: Multipliers, a: int, b: int) -> np.ndarray:
