@@ -6,6 +6,11 @@ the propensity score (IRLS from the intercept-only MLE, deviances on R's scale; 
 weights R did's overlap check refits it unweighted); then one ``moments`` pass of the
 propensity-weighted sums (:func:`dte_dask.core.covariates.ps_moments`). Formulas in
 :mod:`dte_dask.core.twobytwo`.
+
+On a large panel (``sample`` set by the caller) the logit starts from its fit on a few RNG blocks
+and its first evaluation rides in the ``stats`` pass; without sampling weights its likely last
+evaluation also sums the moments. The medical panel (2.8M units, 5 designs) then takes four
+passes before its influence pass instead of eight (``stats``, six ``logit``, ``moments``).
 """
 from __future__ import annotations
 
