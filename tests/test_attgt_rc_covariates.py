@@ -20,6 +20,8 @@ import pytest
 import dte_dask
 from dte_dask.exceptions import DuplicateRowsError, SpecError
 
+from .warm_helpers import record_warm_starts
+
 ATT_TOL, SE_TOL = 1e-8, 1e-6
 METHODS = ("reg", "ipw", "dr")
 CONTROLS = ("never_treated", "not_yet_treated")
@@ -322,15 +324,7 @@ def test_unbalanced_warm_started_logit_matches_csdid(sim_unbalanced, method, mon
     (``kernels.sample_logit``); the same numbers as csdid, and the same bits for any partitioning."""
     from dte_dask.core import kernels_rc
 
-    starts = []
-    real = kernels_rc.sample_logit
-
-    def spy(*args, **kwargs):
-        gamma, good = real(*args, **kwargs)
-        starts.append(good)
-        return gamma, good
-
-    monkeypatch.setattr(kernels_rc, "sample_logit", spy)
+    starts = record_warm_starts(monkeypatch, kernels_rc)
     fits = []
     for nparts in (1, 3):
         panel = dte_dask.load_panel(sim_unbalanced, **SIM, unit="unit", covariates=["age", "bmi"],

@@ -13,6 +13,8 @@ import pytest
 
 import dte_dask
 
+from .warm_helpers import record_warm_starts
+
 REF = pathlib.Path(__file__).parent / "reference"
 CONFIGS = [("nt", "never_treated", None), ("nyt", "not_yet_treated", None),
            ("nt_x", "never_treated", ["lpop"]), ("nyt_x", "not_yet_treated", ["lpop"])]
@@ -106,15 +108,7 @@ def test_warm_started_logit_matches_reference(mpdta, prefix, control_group, monk
     the same bits for any partitioning."""
     from dte_dask.core import kernels_cov
 
-    starts = []
-    real = kernels_cov.sample_logit
-
-    def spy(*args, **kwargs):
-        gamma, good = real(*args, **kwargs)
-        starts.append(good)
-        return gamma, good
-
-    monkeypatch.setattr(kernels_cov, "sample_logit", spy)
+    starts = record_warm_starts(monkeypatch, kernels_cov)
     ref = pd.read_csv(REF / f"mpdta_{prefix}_attgt.csv")
     fits = []
     for nparts in (1, 4):
