@@ -20,7 +20,7 @@ import pytest
 import dte_dask
 from dte_dask.exceptions import DuplicateRowsError, SpecError
 
-from .warm_helpers import record_warm_starts
+from .warm_helpers import record_passes, record_warm_starts
 
 ATT_TOL, SE_TOL = 1e-8, 1e-6
 METHODS = ("reg", "ipw", "dr")
@@ -325,12 +325,14 @@ def test_unbalanced_warm_started_logit_matches_csdid(sim_unbalanced, method, mon
     from dte_dask.core import kernels_rc
 
     starts = record_warm_starts(monkeypatch, kernels_rc)
+    passes = record_passes(monkeypatch)
     fits = []
     for nparts in (1, 3):
         panel = dte_dask.load_panel(sim_unbalanced, **SIM, unit="unit", covariates=["age", "bmi"],
                                     allow_unbalanced_panel=True, rng_block_size=40, npartitions=nparts)
         fits.append(dte_dask.att_gt(panel, est_method=method, allow_unbalanced_panel=True, bootstrap=False))
     assert len(starts) == 2 and all(s.any() for s in starts)  # 13 RNG blocks: warm-started cells
+    assert passes[0] == "stats" and "moments" not in passes  # the moments rode in the last logit pass
     ref = _csdid(sim_unbalanced, **SIM_CS, idname="unit", cov=["age", "bmi"], method=method,
                  control="never_treated", unbalanced=True)
     _compare(fits[0], ref)

@@ -13,7 +13,7 @@ import pytest
 
 import dte_dask
 
-from .warm_helpers import record_warm_starts
+from .warm_helpers import record_passes, record_warm_starts
 
 REF = pathlib.Path(__file__).parent / "reference"
 CONFIGS = [("nt", "never_treated", None), ("nyt", "not_yet_treated", None),
@@ -109,6 +109,7 @@ def test_warm_started_logit_matches_reference(mpdta, prefix, control_group, monk
     from dte_dask.core import kernels_cov
 
     starts = record_warm_starts(monkeypatch, kernels_cov)
+    passes = record_passes(monkeypatch)
     ref = pd.read_csv(REF / f"mpdta_{prefix}_attgt.csv")
     fits = []
     for nparts in (1, 4):
@@ -116,6 +117,7 @@ def test_warm_started_logit_matches_reference(mpdta, prefix, control_group, monk
                                     covariates=["lpop"], rng_block_size=50, npartitions=nparts)
         fits.append(dte_dask.att_gt(panel, control_group=control_group, est_method="dr", bootstrap=False))
     assert len(starts) == 2 and all(s.any() for s in starts)  # 10 RNG blocks: warm-started cells
+    assert passes[0] == "stats" and "moments" not in passes  # the moments rode in the last logit pass
     got = fits[0].to_frame()
     np.testing.assert_allclose(got["estimate"], ref["att"], rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(got["se"], ref["se"], rtol=SE_RTOL)

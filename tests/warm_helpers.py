@@ -14,3 +14,19 @@ def record_warm_starts(monkeypatch, module) -> list:
 
     monkeypatch.setattr(module, "sample_logit", spy)
     return starts
+
+
+def record_passes(monkeypatch) -> list:
+    """Wrap ``graph.attgt._exact_sum``; the returned list collects the names of att_gt's passes
+    (``stats``, ``logit``, ``moments``) in order."""
+    from dte_dask.graph import attgt
+
+    names: list = []
+    real = attgt._exact_sum
+
+    def spy(panel, func, *args, name):
+        names.append(name.removeprefix("attgt-"))
+        return real(panel, func, *args, name=name)
+
+    monkeypatch.setattr(attgt, "_exact_sum", spy)
+    return names

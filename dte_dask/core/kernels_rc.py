@@ -4,7 +4,9 @@
 Passes (:class:`~dte_dask.core.kernels.CellKernel`): ``stats`` (the four outcome regressions,
 :func:`dte_dask.core.rcs_covariates.or_stats`); for ipw / dr the ``logit`` passes of the propensity
 score and one ``moments`` pass of the propensity-weighted sums
-(:func:`dte_dask.core.rcs_covariates.ps_stats`).
+(:func:`dte_dask.core.rcs_covariates.ps_stats`). As in the balanced panel's kernel, on a large
+panel the logit starts from a sample's fit with its first evaluation in the ``stats`` pass, and its
+likely last evaluation also sums the moments (used when the fit ends at those coefficients).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from dte_dask.core.kernels import (
 from dte_dask.core.logit import LogitFit
 
 _OR_FITS = {"reg": (0, 1), "ipw": (), "dr": (0, 1, 2, 3)}  # outcome regressions (c1, c0, t1, t0) per method
+_PS_KEYS = ("ScX", "ScyX", "ScXX", "H")  # the sums of rcs_covariates.ps_stats
 
 
 class RcCovKernel(StagedKernel):
@@ -89,12 +92,24 @@ class RcCovKernel(StagedKernel):
                                       null_deviance(SD, S[:, 0] + S[:, 1]), *self.warm, s)
         else:
             passes = LogitPasses(rcs_covariates.logit_stats, gamma, ok.copy())
-        return self._iterate(passes, self._logit_done)
+        self.candidates = ok.copy()  # the cells the logit may end usable for
+        return self._iterate(passes, self._logit_done, self._with_moments)
 
-    def _logit_done(self, fit: LogitFit) -> Pass:
+    def _with_moments(self, step: Pass) -> Pass:
+        """A logit pass that also sums ``ps_stats`` at its coefficients (the fit's likely last)."""
+        self.speculative = step.args[0].copy()
+        return Pass(rcs_covariates.logit_and_ps_stats, (*step.args, self.candidates), "logit")
+
+    def _logit_done(self, fit: LogitFit) -> Pass | None:
         self.report.logit_failed(fit)
         self.report.logit_notes(fit, fit.ok)
         self.gamma, self.ok = fit.gamma, fit.ok
+        spec, last = getattr(self, "speculative", None), getattr(self, "last_sums", {})
+        if spec is not None and "ScX" in last and np.array_equal(fit.gamma[fit.ok], spec[fit.ok]):
+            # the last logit pass summed them at the final coefficients: the usable cells' rows, as
+            # a separate pass over the usable cells would give them
+            return self._moments({k: np.where(fit.ok.reshape(-1, *[1] * (v.ndim - 1)), v, 0.0)
+                                  for k, v in last.items() if k in _PS_KEYS})
         self._on = self._moments
         return Pass(rcs_covariates.ps_stats, (fit.gamma, fit.ok), "moments")
 

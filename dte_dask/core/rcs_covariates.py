@@ -131,6 +131,14 @@ def _ps(r: _Rows, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ps, wc
 
 
+def logit_and_ps_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray,
+                       candidates: np.ndarray) -> Stats:
+    """:func:`logit_stats` for the ``active`` cells and :func:`ps_stats` for the ``candidates`` (the
+    cells the logit may end usable for) at the same ``gamma``, in one pass: the logit's likely last
+    evaluation also sums what the estimates need, should it be the last."""
+    return {**logit_stats(block, cells, gamma, active), **ps_stats(block, cells, gamma, candidates)}
+
+
 def ps_stats(block: UnitBlock, cells: Cells, gamma: np.ndarray, active: np.ndarray) -> Stats:
     """Per cell, given the logit: sums of the ps-weighted controls (post, pre) and the information."""
     K, p = gamma.shape
