@@ -29,6 +29,7 @@ from dte_dask.exceptions import (
 )
 
 from . import peers
+from .warm_helpers import record_warm_starts
 
 COV = ["age", "educ", "black", "married", "nodegree", "hisp", "re74"]
 NSW = dict(outcome="re", unit="id", time="year", group="g", covariates=COV, bootstrap=False)
@@ -299,3 +300,29 @@ def test_rescaled_covariate_gives_the_same_att(log_scale, share, method, seed):
     assert [str(w.message) for w in wa] == [str(w.message) for w in wb]
     np.testing.assert_allclose(b.att, a.att, rtol=0, atol=ATT_ATOL)
     np.testing.assert_allclose(b.se_analytic, a.se_analytic, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method, weights", [("dr", None), ("ipw", None), ("dr", "w")])
+def test_warm_start_on_awkward_data_gives_the_cold_fit(method, weights, monkeypatch):
+    """Unit ids sorted by cohort (each sampled RNG block holds a single cohort: the sample is a
+    poor picture of the panel), a covariate in dollars next to the others, sampling weights: the
+    warm-started fit (47 RNG blocks) gives the cold fit's (one RNG block) estimates."""
+    from dte_dask.core import kernels_cov
+
+    starts = record_warm_starts(monkeypatch, kernels_cov)
+    sim = dte_dask.simulate_panel(3000, 6, seed=4, selection=True).data.compute(scheduler="synchronous")
+    first = sim.groupby("unit")["group"].first().sort_values(kind="stable")
+    sim["unit"] = sim["unit"].map({u: i for i, u in enumerate(first.index)})
+    rng = np.random.default_rng(0)
+    units = sim["unit"].to_numpy()
+    sim["income"] = rng.lognormal(10.5, 0.6, first.size)[units]
+    sim["w"] = rng.uniform(0.5, 2.0, first.size)[units]
+    kw = dict(unit="unit", time="time", outcome="y", group="group", covariates=["age", "bmi", "income"], weights=weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cold, warm = (dte_dask.att_gt(dte_dask.load_panel(sim, **kw, rng_block_size=bs, npartitions=3),
+                                      est_method=method, bootstrap=False) for bs in (1 << 20, 64))
+    assert len(starts) == 1 and starts[0].any()  # the cold fit takes no sample
+    assert np.isfinite(cold.att).all()
+    np.testing.assert_allclose(warm.att, cold.att, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(warm.se_analytic, cold.se_analytic, rtol=1e-10)
