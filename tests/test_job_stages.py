@@ -91,3 +91,25 @@ def test_summary_stages(job_run: tuple[dict[str, Any], list[str], Path]) -> None
     assert total >= timings["load"] + timings["cs"] + timings["es"]
     table = next(ln for ln in lines if ln.startswith("job stage"))
     assert "es.bootstrap" in table and "share" in table and "total" in table
+
+
+def test_a_stage_whose_client_closes_fails_at_once() -> None:
+    """A cancelled service job closes its connection while a stage runs: the stage's error leaves
+    at once, unmeasured (the task stream is not asked for through the closed connection, which
+    used to wait for its 60 s timeout), and the stages before it keep their figures."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from dte_dask.diagnose.monitor import RunMonitor
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        client = Client(cluster)
+        with RunMonitor(client, interval=0.05) as mon:
+            with mon.stage("load"):
+                dask.compute(dask.delayed(sum)([1, 2]))
+            t0 = time.perf_counter()
+            with pytest.raises(RuntimeError, match="cancelled"), mon.stage("att_gt"):
+                client.close()
+                raise RuntimeError("cancelled")
+            assert time.perf_counter() - t0 < 10
+        assert [s.name for s in mon.stages] == ["load"]

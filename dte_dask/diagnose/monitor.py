@@ -110,8 +110,15 @@ class RunMonitor:
         with self._lock:
             self._peak = 0
         t0, since = time.perf_counter(), time.time()
-        with get_task_stream(self.client) as ts:
-            yield
+        ts = get_task_stream(self.client)
+        ts.__enter__()
+        # a stage that raises (a cancelled job, whose connection is closed; a lost scheduler) is not
+        # measured: its exception leaves here, at the yield. get_task_stream's own __exit__ would ask
+        # the scheduler for the stream through that closed connection and wait for its timeout
+        yield
+        if self.client.status != "running":
+            return
+        ts.__exit__(None, None, None)
         wall = time.perf_counter() - t0
         self._sample()
         after = self._counters()
