@@ -37,6 +37,7 @@ from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import CellKernel, Pass
 from dte_dask.core.routes import select
 from dte_dask.exceptions import PanelWarning, SpecError
+from dte_dask.graph.reduce import compute as reduce_compute
 from dte_dask.graph.reduce import tree_sum
 from dte_dask.panel.panel import Panel
 
@@ -229,7 +230,8 @@ def post_mean(res: Any) -> tuple[float, float]:
 
 
 def compute(*tasks: Any) -> tuple[Any, ...]:
-    """``dask.compute`` with the active scheduler (a ``Client`` if one is active; never creates one)."""
-    return dask.compute(*tasks)
+    """``dask.compute`` with the active scheduler (a ``Client`` if one is active; never creates one),
+    its arrays aligned (:func:`dte_dask.graph.reduce.compute`)."""
+    return reduce_compute(*tasks)
 
 

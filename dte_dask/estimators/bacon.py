@@ -4,7 +4,6 @@ from __future__ import annotations
 import time as _time
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 
@@ -13,6 +12,7 @@ from dte_dask.core.labels import plain
 from dte_dask.estimators.event_study import resolve_panel
 from dte_dask.estimators.options import BaconOptions
 from dte_dask.exceptions import SpecError
+from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import exact_sum
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.bacon import BaconResult
@@ -62,11 +62,11 @@ def bacon_decomposition(
     if not timing:
         raise SpecError(f"column {panel.spec.group_source!r}: no cohort is first treated inside the panel "
                         "(after its first period)")
-    sums = dask.compute(exact_sum(panel, cell_sums, timing, name="bacon-cells"))[0]
+    sums = compute(exact_sum(panel, cell_sums, timing, name="bacon-cells"))[0]
     comps = decompose(sums, timing, T)
     total = sum(c.weight for c in comps)
     fit = twfe_fit(sums, timing, T)
-    meat = dask.compute(exact_sum(panel, cluster_meat, timing, fit.dt, fit.shift, name="bacon-twfe-meat"))[0]
+    meat = compute(exact_sum(panel, cluster_meat, timing, fit.dt, fit.shift, name="bacon-twfe-meat"))[0]
     U = len(timing)
 
     def label(r: int) -> Any:

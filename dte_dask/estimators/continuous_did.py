@@ -59,7 +59,7 @@ from dte_dask.core.contdid_cck import (
 from dte_dask.estimators.cs import as_panel, cells_for
 from dte_dask.estimators.options import InferenceOptions, NBoot, NonNegInt, Options, parse_options
 from dte_dask.exceptions import PanelError, SpecError
-from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
+from dte_dask.graph.reduce import by_rng_block, compute, single_threaded_blas, tree_merge
 from dte_dask.inference.bands import band_crit, boot_se
 from dte_dask.inference.bootstrap import boot_cover, check_bootstrap_cost
 from dte_dask.inference.variance import covariance, gram
@@ -150,7 +150,7 @@ def continuous_did(
 
     # pass 1: dose ranges of the cohorts (and the knots' dose distribution if there are knots)
     parts = panel.map_blocks(dose_bounds, dose_col, glist, name="contdid-bounds")
-    bounds = dask.compute(*parts)
+    bounds = compute(*parts)
     varying = [b["varying"] for b in bounds if b["varying"] is not None]
     if varying:
         raise PanelError(f"the dose {dose!r} of unit {varying[0]!r} changes over time: continuous_did needs each "
@@ -177,7 +177,7 @@ def continuous_did(
     setup = DoseSetup(cells=cells, dose_col=dose_col, degree=opt.degree, knots=knots, lo=lo[gpos], hi=hi[gpos])
 
     # pass 2: regression sums per cell
-    s = _exact_sum(panel, cell_stats, setup, name="contdid-stats").compute()
+    s = compute(_exact_sum(panel, cell_stats, setup, name="contdid-stats"))[0]
     fit = solve_cells(s, setup, grid)
     bad = ~(np.isfinite(fit.coef).all(axis=1) & np.isfinite(fit.mean_c)) & (cells.t >= cells.g)
     if bad.any():
@@ -263,9 +263,9 @@ def _knots(panel: Panel, dose_col: int, glist: np.ndarray, lo: float, hi: float,
     bins that hold the needed order statistics."""
     T = panel.n_periods
     edges = np.linspace(lo, hi, N_BINS + 1)
-    hist = sum(dask.compute(*panel.map_blocks(dose_histogram, dose_col, glist, T, edges, name="contdid-knot-hist")))
+    hist = sum(compute(*panel.map_blocks(dose_histogram, dose_col, glist, T, edges, name="contdid-knot-hist")))
     bins = needed_bins(hist, num_knots)
-    gathered = dask.compute(*panel.map_blocks(doses_in_bins, dose_col, glist, T, edges, bins, name="contdid-knot-doses"))
+    gathered = compute(*panel.map_blocks(doses_in_bins, dose_col, glist, T, edges, bins, name="contdid-knot-doses"))
     return knots_from(hist, edges, list(gathered), num_knots)
 
 
@@ -297,7 +297,7 @@ def _reduce(panel: Panel, kernel, args: tuple, cmap: np.ndarray | None, boot_kw:
     if boot_kw is not None:
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"contdid-mboot-{p.key}") for p in parts],
                                name="contdid-mboot-merge"))
-    out = dask.compute(*todo)
+    out = compute(*todo)
     return out[0], (out[1] if boot_kw is not None else None)
 
 
@@ -335,7 +335,7 @@ def _cck(panel: Panel, dose: str, dose_col: int, cells, glist: np.ndarray, bound
     q = _knots(panel, dose_col, glist, *bounds, top - 1) if top > 1 else np.empty(0)
     setup = CckSetup(cells=cells, dose_col=dose_col, degree=opt.degree,
                      knots=tuple(shifted_knots(q[(top // s) * np.arange(1, s) - 1], *bounds) for s in segs))
-    s = _exact_sum(panel, cck_stats, setup, name="contdid-cck-stats").compute()
+    s = compute(_exact_sum(panel, cck_stats, setup, name="contdid-cck-stats"))[0]
     if not s["n_c"] > 0:
         raise PanelError("dose_method='cck' compares the treated cohort with never-treated units: there are none")
     try:

@@ -31,6 +31,7 @@ from dte_dask.core.dcdh_options import (
     value_rows,
 )
 from dte_dask.exceptions import DteDaskError, DteDaskWarning, PanelError, SpecError
+from dte_dask.graph.reduce import compute
 from dte_dask.panel.wide import WideColumns, wide_blocks
 
 __all__ = [
@@ -141,7 +142,7 @@ def with_matched_variables(parts: list, data: Any, cols: WideColumns, names: lis
         raise PanelError("did_multiplegt: trends_nonparam columns were not partitioned like the outcome")
     ids = [dask.delayed(_ids)(p) for p in parts]
     vals = list(dask.persist(*[dask.delayed(_stack)(tuple(e[i] for e in extra), ids[i]) for i in range(len(parts))]))
-    rows = dask.compute(*[dask.delayed(value_rows)(v) for v in vals])
+    rows = compute(*[dask.delayed(value_rows)(v) for v in vals])
     table = np.unique(np.concatenate(rows, axis=0), axis=0)
     if table.shape[0] == 0:
         raise PanelError(f"did_multiplegt: trends_nonparam columns {names} are missing for every unit")

@@ -43,7 +43,7 @@ from pydantic import Field
 
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
-from dte_dask.graph.reduce import by_rng_block, tree_merge
+from dte_dask.graph.reduce import by_rng_block, compute, tree_merge
 from dte_dask.panel.panel import Panel
 from dte_dask.panel.wide import WideColumns, wide_blocks
 from dte_dask.registry import EstimatorEntry, register
@@ -127,7 +127,7 @@ class DidMultiplegtResult(Result):
 
 def reduce_blocks(parts: list, func: Any, bs: int, nb: int, *args: Any) -> Any:
     covers = [dask.delayed(by_rng_block)(p, func, bs, nb, *args) for p in parts]
-    return tree_merge(covers, name=f"dcdh-{func.__name__}").compute()
+    return compute(tree_merge(covers, name=f"dcdh-{func.__name__}"))[0]
 
 
 def did_multiplegt(data: Any, outcome: str | None = None, unit: str | None = None, time: str | None = None,
@@ -234,7 +234,7 @@ def _reduce(parts: list, func: Any, *args: Any, bs: int, nb: int) -> Any:
 def _fit(parts: list, opt: DidMultiplegtOptions, T: int, bs: int, nb: int, clustered: bool,
          n_clusters: int | None, n_keys: int, controls: bool = False) -> DidMultiplegtResult:
     """The estimator on prepared blocks (the data, or a bootstrap replicate of it)."""
-    metas = dask.compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
+    metas = compute(*[dask.delayed(meta_stats)(p, Ctx(np.zeros(0), np.zeros(0), opt.switchers))
                            for p in parts])
     dsq = np.unique(np.concatenate([m["dsq"] for m in metas]))
     dfg = np.unique(np.concatenate([m["dfg"] for m in metas]))

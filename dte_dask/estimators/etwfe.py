@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -22,6 +21,7 @@ from dte_dask.estimators.event_study import (
 )
 from dte_dask.estimators.options import EtwfeOptions, parse_options
 from dte_dask.exceptions import SpecError
+from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
@@ -102,7 +102,7 @@ def etwfe(
     sums = None
     if cov_idx or r_etwfe:
         groups = tuple(float(g) for g in panel.cohort_sizes if np.isfinite(g))
-        sums = dask.compute(exact_sum(panel, cell_x_sums, groups, tuple(cov_idx), name="etwfe-xmeans"))[0]
+        sums = compute(exact_sum(panel, cell_x_sums, groups, tuple(cov_idx), name="etwfe-xmeans"))[0]
     shifts = None
     if cov_idx:
         panel, spec, names, shifts = _with_covariates(panel, spec, names, cells, cov_idx, sums, t_end, opt.convention)

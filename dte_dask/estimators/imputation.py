@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
 
@@ -21,6 +20,7 @@ from dte_dask.estimators.event_study import (
 )
 from dte_dask.estimators.options import ImputationOptions, parse_options
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
+from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
@@ -135,7 +135,7 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
 
     # step 1: time effects and slopes on the untreated observations
     spec1, names1 = _untreated_design(panel, cov_idx, 0)
-    st = dask.compute(exact_sum(panel, gram_stats, spec1, name="imputation-step1"))[0]
+    st = compute(exact_sum(panel, gram_stats, spec1, name="imputation-step1"))[0]
     nuis = np.arange(spec1.m) < spec1.n_fe
     present = st["col_n"] > 0
     present[spec1.n_fe:] = True
@@ -156,7 +156,7 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
     user_rows = () if user < 0 else (HL + 1,)
     ispec = ImputationSpec(spec1.n_fe, tuple(cov_idx), bad, cohorts, aux_partition, all_targets, user, user_rows,
                            lead_e)
-    s2 = dask.compute(exact_sum(panel, imputation_stats, ispec, sol.beta, name="imputation-effects"))[0]
+    s2 = compute(exact_sum(panel, imputation_stats, ispec, sol.beta, name="imputation-effects"))[0]
     _warn_dropped(panel, s2, bad, name)
     observed = np.flatnonzero(s2["N"][:H] > 0)
     lead_rows = [H + j for j in range(len(lead_e))[::-1] if s2["N"][H + j] > 0]  # event time ascending
@@ -185,7 +185,7 @@ def fit_imputation(panel: Panel, cov_idx: list[int], *, horizons, pretrends: int
                              () if user < 0 else (len(rows) - 1,), lead_e)
 
     # pass 3: per-unit terms of the conservative variance, summed over clusters
-    mt = dask.compute(exact_sum(panel, imputation_meat, ispec_k, sol.beta, Z, Nk, s2["num"][rows], s2["den"][rows],
+    mt = compute(exact_sum(panel, imputation_meat, ispec_k, sol.beta, Z, Nk, s2["num"][rows], s2["den"][rows],
                                 leave_out, est if two_stage else None, name="imputation-scores"))[0]
     V = (mt["meat"] + mt["meat"].T) / 2.0
     G = int(mt["G"])

@@ -37,6 +37,7 @@ from dte_dask.estimators.options import (
     parse_options,
 )
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
+from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.panel.panel import Panel
@@ -125,8 +126,8 @@ def stacked_did(
                         f"(K <= {-step} and L >= 0)")
     K, L = clip_window(panel, window)
     stacks = _feasible_stacks(panel, K, L, control, window)
-    counts = exact_sum(panel, _stack_counts, [(a, ctrl, a + K, a + L + 1) for a, ctrl in stacks],
-                        name="stacked-counts").compute()
+    counts = compute(exact_sum(panel, _stack_counts, [(a, ctrl, a + K, a + L + 1) for a, ctrl in stacks],
+                                name="stacked-counts"))[0]
     mult = _q_weights(counts)
     parts, names, nuisance, events = _stacked_design(panel, stacks, K, L, mult, step)
     if bootstrap:

@@ -18,6 +18,7 @@ from dte_dask.core.dcdh import DcdhBlock
 from dte_dask.core.twfeweights import gram_stats, residuals, weight_stats
 from dte_dask.estimators.did_multiplegt import reduce_blocks
 from dte_dask.exceptions import EstimationError
+from dte_dask.graph.reduce import compute
 from dte_dask.panel.wide import WideColumns, wide_blocks
 
 __all__ = ["twowayfeweights", "TwfeWeightsResult"]
@@ -95,14 +96,14 @@ def twowayfeweights(data: Any, outcome: str, unit: str, time: str, treatment: st
         raise EstimationError("twowayfeweights: no treated cell, or the treatment is collinear with the unit "
                               "and period effects (Σ ε D = 0)")
     denom = float(s["ed"])
-    binary = not any(dask.compute(*[dask.delayed(_non_binary)(p) for p in parts]))
+    binary = not any(compute(*[dask.delayed(_non_binary)(p) for p in parts]))
     n1 = int(s["n_tr"])
     var_w = n1 * float(s["e2_tr"]) / float(s["e_tr"]) ** 2 - 1.0 if binary and s["e_tr"] != 0 else 0.0
     beta = float(s["ey"]) / denom
     by_period = pd.DataFrame({"time": times, "n_treated": s["n_tr_t"], "weight": s["ed_t"] / denom})
     frame = None
     if cells:
-        frames = dask.compute(*[dask.delayed(_cell_weights)(p, gamma, denom, times) for p in parts])
+        frames = compute(*[dask.delayed(_cell_weights)(p, gamma, denom, times) for p in parts])
         frame = pd.concat(frames, ignore_index=True).sort_values(["unit", "time"], ignore_index=True)
     return TwfeWeightsResult(beta_fe=beta, n_treated=n1, n_negative=int(s["n_neg"]),
                              sum_negative=float(s["ed_neg"]) / denom,

@@ -30,7 +30,7 @@ from dte_dask.core.blocks import UnitBlock, rng_block_runs
 from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import WARM_START_MIN_BLOCKS, CellKernel, influence_with_groups
 from dte_dask.core.routes import select
-from dte_dask.graph.reduce import DyadicCover, by_rng_block, single_threaded_blas, tree_merge
+from dte_dask.graph.reduce import DyadicCover, by_rng_block, compute, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -135,10 +135,10 @@ def run_kernel(panel: Panel, cells: Cells, kernel: CellKernel):
     on panels of at least ``WARM_START_MIN_BLOCKS`` RNG blocks."""
     k = getattr(kernel, "warm_sample", 0) if panel.n_rng_blocks >= WARM_START_MIN_BLOCKS else 0
     if k:
-        kernel.sample = tuple(b for b in dask.compute(*sample_blocks(panel, k)) if b.n)
+        kernel.sample = tuple(b for b in compute(*sample_blocks(panel, k)) if b.n)
     step = kernel.start()
     while step is not None:
-        sums = _exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}").compute()
+        sums = compute(_exact_sum(panel, step.stats, cells, *step.args, name=f"attgt-{step.name}"))[0]
         step = kernel.solve(sums)
     return kernel.result()
 
@@ -169,7 +169,7 @@ def fit_cells(panel: Panel, cells: Cells, *, method: str, unbalanced: bool, grou
     todo = [tree_merge([pick(p, 0, dask_key_name=f"attgt-gram-{p.key}") for p in parts], name="attgt-gram-sum")]
     if boot_kw is not None:
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in parts], name="mboot-merge"))
-    results = dask.compute(*todo)
+    results = compute(*todo)
     gram_total = kernel.gram(results[0], coef) if kernel.affine else results[0]
     return AttgtFit(att=fit.att, ok=fit.ok, n_treated=fit.stats["nD"], n_control=fit.stats["nC"], groups=groups,
                     pg=fit.est["pg"], gram=gram_total, draws=results[1] if n_boot > 0 else None, n=n,

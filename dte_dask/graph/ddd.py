@@ -38,7 +38,7 @@ from dte_dask.core.ddd import (
 from dte_dask.core.ddd_kernel import DddCovKernel, ddd_psi
 from dte_dask.core.kernels import KernelArgs
 from dte_dask.graph.attgt import AttgtFit, run_kernel
-from dte_dask.graph.reduce import DyadicCover, by_rng_block, single_threaded_blas, tree_merge
+from dte_dask.graph.reduce import DyadicCover, by_rng_block, compute, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import boot_cover
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
@@ -108,7 +108,7 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     gmm = bool(np.bincount(lay.cell[ok_d], minlength=K).max(initial=0) > 1)
     gram_d = sum_d = None
     if gmm or not panel.is_balanced:
-        s = _sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells").compute()
+        s = compute(_sum(panel, cell_stats, cells, lay, kfit.est, gmm, name="ddd-cells"))[0]
         n_cell = s["n_cell"]
         if gmm:
             gram_d, sum_d = s["gram"], s["sum"]
@@ -130,7 +130,7 @@ def fit_ddd(panel: Panel, cells: Cells, *, qcol: int, method: str, groups: np.nd
     todo = [tree_merge([pick(p, 0, dask_key_name=f"ddd-gram-{p.key}") for p in parts], name="ddd-gram-sum")]
     if boot_kw is not None:
         todo.append(tree_merge([pick(p, 1, dask_key_name=f"ddd-mboot-{p.key}") for p in parts], name="ddd-mboot"))
-    results = dask.compute(*todo)
+    results = compute(*todo)
     n_treated = np.zeros(K)
     for d in range(lay.cell.size):  # the treated-and-eligible units of the cell
         n_treated[lay.cell[d]] = kfit.stats["nD"][np.flatnonzero(lay.comb[:, d])[0]]

@@ -15,13 +15,22 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from dte_dask.core.aligned import aligned
 from dte_dask.core.blocks import rng_block_runs
 from dte_dask.core.dyadic import DyadicCover, add
 from dte_dask.inference.threads import single_threaded_blas
 
-__all__ = ["DyadicCover", "add", "by_rng_block", "single_threaded_blas", "tree_merge", "tree_sum"]
+__all__ = ["DyadicCover", "add", "by_rng_block", "compute", "single_threaded_blas", "tree_merge", "tree_sum"]
 
 SPLIT_EVERY = 8
+
+
+def compute(*objs: Any, **kwargs: Any) -> tuple:
+    """``dask.compute(*objs, **kwargs)`` with every array of the results aligned
+    (:func:`~dte_dask.core.aligned.aligned`): results that come back from distributed workers can
+    be misaligned, and numpy rounds some products of misaligned arrays differently, so the
+    driver's arithmetic on them would depend on the scheduler."""
+    return aligned(dask.compute(*objs, **kwargs))
 
 
 def _sum_all(items: Sequence[Any]) -> Any:
@@ -51,6 +60,7 @@ def by_rng_block(block: Any, func: Any, block_size: int, n_blocks: int, *args: A
     partition block and return the results as a :class:`DyadicCover`, so that their sum over the
     whole panel is bit-identical for any partitioning."""
     ids, vals = [], []
+    block, args = aligned(block), aligned(args)  # as received from another process: see core.aligned
     # small matrix products: multi-threaded BLAS inside a (multi-threaded) task only oversubscribes
     with single_threaded_blas():
         for a, b, bid in rng_block_runs(block.rank, block_size):

@@ -38,7 +38,7 @@ from dte_dask.core.ols import (
 )
 from dte_dask.core.within import DesignSpec, gram_stats
 from dte_dask.exceptions import EstimationError
-from dte_dask.graph.reduce import by_rng_block, single_threaded_blas, tree_merge
+from dte_dask.graph.reduce import by_rng_block, compute, single_threaded_blas, tree_merge
 from dte_dask.inference.bootstrap import BootWeights, boot_cover
 from dte_dask.panel.panel import Panel
 
@@ -82,7 +82,7 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
     non-nuisance coefficients only (:meth:`OlsFit.coef_draws`).
     """
     m = len(names)
-    stats = dask.compute(*[exact_sum(panel, gram_stats, p.spec, name=p.name) for p in parts])
+    stats = compute(*[exact_sum(panel, gram_stats, p.spec, name=p.name) for p in parts])
     sol, n_obs, levels = solve_pooled(parts, stats, names, nuisance, what)
     local = [solve_part(p, st, names) if per_part else None for p, st in zip(parts, stats)]
 
@@ -102,7 +102,7 @@ def fit_ols(panel: Panel, parts: list[Part], names: list[str], nuisance: np.ndar
         todo = [tree_merge([pick(p, 0, dask_key_name=f"{scores_name}-meat-{p.key}") for p in fused],
                            name=f"{scores_name}-meat-sum"),
                 tree_merge([pick(p, 1, dask_key_name=f"mboot-{p.key}") for p in fused], name="mboot-merge")]
-    out = dask.compute(*todo)
+    out = compute(*todo)
     meat = out[0]
     pooled = crv_fit(sol, meat["meat0"], n_obs, levels, meat["G0"], meat["units0"], nuisance)
     fits, j = [], 1
