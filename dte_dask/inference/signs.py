@@ -31,14 +31,17 @@ def _byte_steps() -> tuple[np.ndarray, np.ndarray]:
 _PREV, _ROW = _byte_steps()
 
 
-def _signed_sums(packed: np.ndarray, rows: np.ndarray, out: np.ndarray, prev: np.ndarray,
+def _signed_sums(packed_t: np.ndarray, rows: np.ndarray, out: np.ndarray, prev: np.ndarray,
                  row: np.ndarray) -> None:  # pragma: no cover - compiled
-    """out[d] += sum_g table_g[packed[d, g]] for rows (8 G x w), four groups of eight at a time.
+    """out[d] += sum_g table_g[packed_t[g, d]] for rows (8 G x w), four groups of eight at a time.
 
-    table_g[byte] is the signed sum of rows 8g .. 8g+7, the byte's most significant bit being row
-    8g (a set bit is a sign -1): table_g[0] adds the eight rows, and each other byte is the byte
-    without its lowest set bit (``prev``) minus twice the row of that bit (``row``)."""
-    D, G = packed.shape
+    ``packed_t`` holds the bits transposed (G x D: the draws of one group of eight entities are
+    adjacent), so the loop over the draws reads four contiguous byte rows instead of striding
+    through the draws' rows. table_g[byte] is the signed sum of rows 8g .. 8g+7, the byte's most
+    significant bit being row 8g (a set bit is a sign -1): table_g[0] adds the eight rows, and each
+    other byte is the byte without its lowest set bit (``prev``) minus twice the row of that bit
+    (``row``)."""
+    G, D = packed_t.shape
     w = rows.shape[1]
     T = np.empty((1024, w))  # four tables of 256 rows
     R2 = np.empty((8, w))
@@ -60,21 +63,21 @@ def _signed_sums(packed: np.ndarray, rows: np.ndarray, out: np.ndarray, prev: np
                 for k in range(w):
                     T[t0 + i, k] = T[a, k] - R2[r, k]
         if nq == 4:
-            for d in range(D):
-                a = T[packed[d, g0]]
-                b = T[256 + packed[d, g0 + 1]]
-                c = T[512 + packed[d, g0 + 2]]
-                e = T[768 + packed[d, g0 + 3]]
-                o = out[d]
+            p0, p1, p2, p3 = packed_t[g0], packed_t[g0 + 1], packed_t[g0 + 2], packed_t[g0 + 3]
+            for d in range(D):  # table rows by index (no per-draw views): the same additions, in order
+                i0 = np.int64(p0[d])
+                i1 = 256 + np.int64(p1[d])
+                i2 = 512 + np.int64(p2[d])
+                i3 = 768 + np.int64(p3[d])
                 for k in range(w):
-                    o[k] += (a[k] + b[k]) + (c[k] + e[k])
+                    out[d, k] += (T[i0, k] + T[i1, k]) + (T[i2, k] + T[i3, k])
         else:
             for q in range(nq):
+                pq = packed_t[g0 + q]
                 for d in range(D):
-                    a = T[256 * q + packed[d, g0 + q]]
-                    o = out[d]
+                    i0 = 256 * q + np.int64(pq[d])
                     for k in range(w):
-                        o[k] += a[k]
+                        out[d, k] += T[i0, k]
 
 
 def _transpose(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -143,11 +146,16 @@ def gather_bits(packed: np.ndarray, pos: np.ndarray, *, transposed: np.ndarray |
     return outT.T
 
 
-def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0) -> np.ndarray:
+def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0, *,
+                packed_t: np.ndarray | None = None) -> np.ndarray:
     """``V @ rows`` with ``V = 1 - 2 * bits``: ``packed`` (D x G, uint8) holds the bits of D draws,
     most significant first, and entity ``i`` (row ``i`` of ``rows``) is bit ``lead + i`` of each
-    row; bits beyond the rows are ignored. Returns (D x w) float64."""
-    D, G = packed.shape
+    row; bits beyond the rows are ignored. ``packed_t``: the same bytes transposed (G x D,
+    C-contiguous), when the caller has them (then ``packed`` may be None). Returns (D x w) float64."""
+    if packed_t is None:
+        packed = np.asarray(packed, dtype=np.uint8)
+        packed_t = packed.T if packed.T.flags.c_contiguous else transpose_bytes(packed)
+    G, D = packed_t.shape
     m, w = rows.shape
     if lead + m > 8 * G:
         raise ValueError(f"{m} rows after {lead} leading bits need {lead + m} bits; packed holds {8 * G}")
@@ -158,7 +166,7 @@ def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0) -> np.ndarr
         full[lead:lead + m] = rows
     out = np.zeros((D, w))
     if D and w and G:
-        _kernel("signed_sums")(np.asarray(packed, dtype=np.uint8), full, out, _PREV, _ROW)
+        _kernel("signed_sums")(np.ascontiguousarray(packed_t, dtype=np.uint8), full, out, _PREV, _ROW)
     return out
 
 
@@ -180,10 +188,10 @@ class SignBits:
     def matmul(self, lo: int, hi: int, rows: np.ndarray) -> np.ndarray:
         if self.where is None:
             return signed_sums(np.packbits(self.array[:, lo:hi], axis=1), rows)
+        if self._transposed is None:  # once per block: every group's call reads it
+            self._transposed = transpose_bytes(self.array)
         if isinstance(self.where, np.ndarray):
-            if self._transposed is None:  # once per block: every group's gather reads it
-                self._transposed = transpose_bytes(self.array)
             return signed_sums(gather_bits(self.array, self.where[lo:hi], transposed=self._transposed), rows)
         start = self.where + lo
         stop = -(-(self.where + hi) // 8)
-        return signed_sums(self.array[:, start // 8:stop], rows, start % 8)
+        return signed_sums(None, rows, start % 8, packed_t=self._transposed[start // 8:stop])
