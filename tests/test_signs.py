@@ -36,6 +36,50 @@ def test_signed_sums_equal_the_dense_product(m, w, lead):
     np.testing.assert_allclose(got[0] / scale, by_hand / scale, rtol=1e-13, atol=1e-15)
 
 
+def _tables_in_numpy(packed: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The documented order of the additions, in numpy: per group of eight rows a table of its 256
+    signed sums (byte 0 adds the eight rows; byte i is byte i without its lowest set bit minus twice
+    that bit's row), four groups' table rows added as (a + b) + (c + d) into each draw, group after
+    group."""
+    D, G = packed.shape
+    full = np.zeros((8 * G, rows.shape[1]))
+    full[:rows.shape[0]] = rows
+    i = np.arange(256)
+    low = i & -i
+    tables = []
+    for g in range(G):
+        r = full[8 * g:8 * g + 8]
+        T = np.empty((256, r.shape[1]))
+        T[0] = r[0]
+        for j in range(1, 8):
+            T[0] = T[0] + r[j]
+        for b in range(1, 256):
+            T[b] = T[b ^ low[b]] - 2.0 * r[7 - int(np.log2(low[b]))]
+        tables.append(T)
+    out = np.zeros((D, rows.shape[1]))
+    for g0 in range(0, G, 4):
+        if G - g0 >= 4:
+            t = [tables[g0 + q][packed[:, g0 + q]] for q in range(4)]
+            out += (t[0] + t[1]) + (t[2] + t[3])
+        else:
+            for q in range(G - g0):
+                out += tables[g0 + q][packed[:, g0 + q]]
+    return out
+
+
+@pytest.mark.parametrize("m,w", [(8, 1), (37, 3), (64, 17), (200, 24)])
+def test_signed_sums_add_in_the_documented_order(m, w):
+    """Bit for bit the same additions as a plain numpy rendering of the tables, whatever the byte
+    layout handed in (draws x groups, or its transpose)."""
+    rng = np.random.default_rng(m * w)
+    packed = rng.integers(0, 256, (33, -(-m // 8)), dtype=np.uint8)
+    rows = rng.standard_normal((m, w)) * np.array([1e4, 1e-3, 1.0] * 8)[:w]
+    want = _tables_in_numpy(packed, rows)
+    np.testing.assert_array_equal(signed_sums(packed, rows), want)
+    np.testing.assert_array_equal(signed_sums(None, rows, packed_t=np.ascontiguousarray(packed.T)), want)
+    np.testing.assert_array_equal(signed_sums(np.asfortranarray(packed), rows), want)
+
+
 def test_gather_bits_is_unpack_take_pack():
     rng = np.random.default_rng(3)
     packed = rng.integers(0, 256, (37, 9), dtype=np.uint8)
