@@ -17,6 +17,7 @@ import time
 import dte_dask
 from dte_dask.cluster import connect
 from dte_dask.graph import attgt as attgt_graph
+from dte_dask.graph.reduce import compute
 
 COLUMNS = dict(unit="unit", time="time", outcome="sbp", group="group", covariates=["age", "bmi", "female"])
 
@@ -29,7 +30,7 @@ class _Timed:
 
     def compute(self):
         t = time.perf_counter()
-        out = self.delayed.compute()
+        out = compute(self.delayed)[0]
         self.log.append((self.name.removeprefix("attgt-"), time.perf_counter() - t))
         return out
 
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=999)
     args = ap.parse_args(argv)
     log: list[tuple[str, float]] = []
-    exact_sum = attgt_graph._exact_sum
+    exact_sum, compute = attgt_graph._exact_sum, attgt_graph.compute
     attgt_graph._exact_sum = lambda panel, func, *a, name: _Timed(exact_sum(panel, func, *a, name=name), name, log)
+    attgt_graph.compute = lambda *objs, **kw: (tuple(o.compute() for o in objs)
+                                               if any(isinstance(o, _Timed) for o in objs) else compute(*objs, **kw))
     with connect(args.profile):
         panel = dte_dask.load_panel(args.data, **COLUMNS)
         print(f"panel: {panel.n_units:,} units x {panel.n_periods} periods, {panel.npartitions} partitions, "
