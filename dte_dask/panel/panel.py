@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import dask
@@ -13,6 +14,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 import dte_dask.panel.blocks  # noqa: F401  (registers Dask's sizeof of a block)
+from dte_dask.core.aligned import aligned
 from dte_dask.core.blocks import BlockSummary, UnitBlock, summarize
 from dte_dask.core.labels import plain
 from dte_dask.exceptions import PanelWarning
@@ -136,7 +138,7 @@ class Panel:
     def map_blocks(self, func: Callable[..., Any], *args: Any, name: str, **kwargs: Any) -> list[Delayed]:
         """``func(block, *args, **kwargs)`` for every block, as tasks named ``name-<token>-<i>``."""
         token = tokenize(func, args, kwargs, *self.blocks)
-        f = dask.delayed(func, pure=True)
+        f = dask.delayed(partial(_on_block, func), pure=True)
         return [f(b, *args, **kwargs, dask_key_name=f"{name}-{token}-{i}") for i, b in enumerate(self.blocks)]
 
     def select_units(self, func: Callable[[UnitBlock], np.ndarray], name: str = "panel-select") -> Panel:
@@ -199,3 +201,8 @@ def finish(panel: Panel) -> Panel:
     summaries = dask.compute(*[dask.delayed(summarize, pure=True)(b) for b in blocks])
     return replace(panel, blocks=tuple(blocks), summaries=tuple(summaries))
 
+
+def _on_block(func: Callable[..., Any], block: Any, *args: Any, **kwargs: Any) -> Any:
+    """``func(block, *args, **kwargs)`` on its inputs as received from other processes, realigned
+    (:mod:`dte_dask.core.aligned`): the same arithmetic wherever the task runs."""
+    return func(aligned(block), *aligned(args), **aligned(kwargs))
