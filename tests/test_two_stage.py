@@ -109,42 +109,34 @@ def test_matches_pyfixest_did2s_mpdta():
     _check(res, *_did2s(df, res, MPDTA), coef_tol=2e-5)
 
 
-@pytest.mark.peer
-def test_matches_diff_diff_mpdta():
-    """The real panel against diff-diff's TwoStageDiD (a direct solve): estimates to 1e-8, GMM SEs
-    to 1e-8 relative."""
+def _check_diff_diff(df, cols: dict, se_rtol: float, covariates=None, **kw) -> None:
+    """Point estimates (to 1e-8) and GMM SEs (to ``se_rtol``) against diff-diff's TwoStageDiD, a
+    direct solve that keeps first-stage singletons, as we do."""
     dd = pytest.importorskip("diff_diff")
-    df = dte_dask.datasets.load_mpdta()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = dte_dask.two_stage_did(df, **MPDTA)
-        fit = dd.TwoStageDiD().fit(df, outcome=MPDTA["outcome"], unit=MPDTA["unit"], time=MPDTA["time"],
-                                   first_treat=MPDTA["group"])
+        res = dte_dask.two_stage_did(df, **cols, covariates=covariates, **kw)
+        fit = dd.TwoStageDiD().fit(df, outcome=cols["outcome"], unit=cols["unit"], time=cols["time"],
+                                   first_treat=cols["group"], covariates=covariates)
         es = fit.aggregate("event_study").to_dataframe()
     es = es[~es["is_reference"]].set_index("event_time")
     np.testing.assert_allclose(res.coef, es.loc[res.event_time, "att"], atol=1e-8, rtol=0)
     assert abs(res.other["coef"].iloc[0] - fit.overall_att) < 1e-8
-    np.testing.assert_allclose(res.se, es.loc[res.event_time, "se"], rtol=1e-8)
-    assert abs(res.other["se"].iloc[0] / fit.overall_se - 1.0) < 1e-8
+    np.testing.assert_allclose(res.se, es.loc[res.event_time, "se"], rtol=se_rtol)
+    assert abs(res.other["se"].iloc[0] / fit.overall_se - 1.0) < se_rtol
+
+
+@pytest.mark.peer
+def test_matches_diff_diff_mpdta():
+    """The real panel: estimates to 1e-8, GMM SEs to 1e-8 relative."""
+    _check_diff_diff(dte_dask.datasets.load_mpdta(), MPDTA, se_rtol=1e-8)
 
 
 @pytest.mark.peer
 @pytest.mark.parametrize("covariate", [False, True], ids=["nocov", "cov"])
 def test_matches_diff_diff(covariate):
-    """Point estimates and GMM SEs (diff-diff keeps first-stage singletons, as we do)."""
-    dd = pytest.importorskip("diff_diff")
-    df = _frame(0.2, seed=6, covariate=covariate)
-    cov = ["x1"] if covariate else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = dte_dask.two_stage_did(df, **COLS, covariates=cov, allow_unbalanced_panel=True)
-        fit = dd.TwoStageDiD().fit(df, outcome="y", unit="unit", time="time", first_treat="group", covariates=cov)
-        es = fit.aggregate("event_study").to_dataframe()
-    es = es[~es["is_reference"]].set_index("event_time")
-    np.testing.assert_allclose(res.coef, es.loc[res.event_time, "att"], atol=1e-8, rtol=0)
-    assert abs(res.other["coef"].iloc[0] - fit.overall_att) < 1e-8
-    np.testing.assert_allclose(res.se, es.loc[res.event_time, "se"], rtol=1e-10)
-    assert abs(res.other["se"].iloc[0] / fit.overall_se - 1.0) < 1e-10
+    _check_diff_diff(_frame(0.2, seed=6, covariate=covariate), COLS, se_rtol=1e-10,
+                     covariates=["x1"] if covariate else None, allow_unbalanced_panel=True)
 
 
 @pytest.mark.parametrize("unbalanced", [0.0, 0.2], ids=["balanced", "unbalanced"])
