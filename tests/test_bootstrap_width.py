@@ -28,10 +28,14 @@ def test_multiplier_columns_and_grouped_products():
     support = [np.array([0, 1, 8]), np.array([2, 3, 4, 8]), None]
     key, psi = supported_psi(rng, n, width, support)
     psi[np.flatnonzero(key == 1)[0], 7] = 1.5  # outside its stated support: that group goes dense
-    kw = dict(seed=4, n_boot=150, block_size=bs, n_blocks=-(-n // bs), n=n, kind="rademacher")
-    dense = boot_cover(psi, np.arange(n), **kw).root()
-    grouped = boot_cover(psi, np.arange(n), key=key, support=support, **kw).root()
-    np.testing.assert_allclose(grouped, dense, rtol=1e-12, atol=1e-15)
+    # float multipliers (150 draws) and signed sums from the bits (300); the dense group stated as
+    # None or as every column
+    for n_boot, last in ((150, None), (300, None), (300, np.arange(width))):
+        kw = dict(seed=4, n_boot=n_boot, block_size=bs, n_blocks=-(-n // bs), n=n, kind="rademacher")
+        dense = boot_cover(psi, np.arange(n), **kw).root()
+        grouped, gram = boot_cover(psi, np.arange(n), key=key, support=support[:2] + [last], with_gram=True, **kw)
+        np.testing.assert_allclose(grouped.root(), dense, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gram, psi.T @ psi, rtol=1e-12, atol=1e-15)
 
 
 def _capture(monkeypatch, module):

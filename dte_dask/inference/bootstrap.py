@@ -132,22 +132,36 @@ class _SupportPlan:
 
     def __init__(self, S: np.ndarray, ekey: np.ndarray, support: Sequence[np.ndarray | None],
                  with_gram: bool = False) -> None:
-        self.S, self.ekey, self.support = S, ekey, support
+        self.S, self.ekey = S, ekey
+        every = np.arange(S.shape[1])
+        # a support of every column, in order, is no support: the group's rows are taken whole
+        self.support = [None if c is None or (c.size == every.size and np.array_equal(c, every)) else c
+                        for c in support]
         self.groups: list[tuple[int, int, np.ndarray | None, np.ndarray]] = []
         self.gram = np.zeros((S.shape[1], S.shape[1])) if with_gram else None
 
     def order(self, a: int, b: int) -> np.ndarray:
-        """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns."""
+        """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns.
+
+        Each group's rows are gathered over its support only. That no row has a nonzero outside
+        its group's support is checked once for the RNG block (its nonzeros against those
+        gathered); where the counts differ, the groups at fault take every column."""
         perm, runs = key_runs(self.ekey[a:b])
-        self.groups = []
+        rows = a + perm
+        groups = []
         for lo, hi, g in runs:
-            rows = self.S.take(a + perm[lo:hi], axis=0)
             cols = self.support[g] if 0 <= g < len(self.support) else None
-            sub = rows if cols is None else rows.take(cols, axis=1)
-            if cols is not None and np.count_nonzero(sub) != np.count_nonzero(rows):
-                cols, sub = None, rows  # a nonzero outside the support the caller stated: every column
-            self.groups.append((lo, hi, cols, sub))
-            if self.gram is not None:
+            sub = self.S.take(rows[lo:hi], axis=0) if cols is None else self.S[np.ix_(rows[lo:hi], cols)]
+            groups.append((lo, hi, cols, sub))
+        if any(cols is not None for _, _, cols, _ in groups) and \
+                np.count_nonzero(self.S[a:b]) != sum(np.count_nonzero(sub) for *_, sub in groups):
+            for i, (lo, hi, cols, sub) in enumerate(groups):  # a nonzero outside the support stated: every column
+                whole = self.S.take(rows[lo:hi], axis=0)
+                if cols is not None and np.count_nonzero(whole) != np.count_nonzero(sub):
+                    groups[i] = (lo, hi, None, whole)
+        self.groups = groups
+        if self.gram is not None:
+            for _, _, cols, sub in groups:
                 if cols is None:
                     self.gram += np.dot(sub.T, sub)
                 else:
