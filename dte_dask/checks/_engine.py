@@ -37,8 +37,7 @@ from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import CellKernel, Pass
 from dte_dask.core.routes import select
 from dte_dask.exceptions import PanelWarning, SpecError
-from dte_dask.graph.reduce import compute as reduce_compute
-from dte_dask.graph.reduce import tree_sum
+from dte_dask.graph.reduce import compute, tree_sum  # compute: dask.compute with the active scheduler, arrays aligned
 from dte_dask.panel.panel import Panel
 
 Stats = dict[str, np.ndarray]
@@ -227,11 +226,5 @@ def post_mean(res: Any) -> tuple[float, float]:
         return float("nan"), float("nan")
     a = post / post.sum()
     return float(a @ res.coef), float(np.sqrt(max(a @ res.cov @ a, 0.0)))
-
-
-def compute(*tasks: Any) -> tuple[Any, ...]:
-    """``dask.compute`` with the active scheduler (a ``Client`` if one is active; never creates one),
-    its arrays aligned (:func:`dte_dask.graph.reduce.compute`)."""
-    return reduce_compute(*tasks)
 
 

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["aligned", "keep_order"]
+__all__ = ["AlignedPickle", "aligned", "keep_order"]
 
 
 def aligned(obj: Any) -> Any:
     """``obj`` with every numpy array it holds aligned for its dtype (a copy of each misaligned one).
 
-    Walks tuples, lists, dicts and dataclass instances (and objects that define
-    ``__aligned__``); anything else is returned as is. Containers without a misaligned array are
+    Walks tuples, lists, dicts and dataclass instances; anything else is returned as is. Containers without a misaligned array are
     returned unchanged (the same object), so the common case costs one walk and no copy.
     """
     if isinstance(obj, np.ndarray):
@@ -52,9 +51,6 @@ def aligned(obj: Any) -> Any:
         for k, v in changed.items():
             object.__setattr__(out, k, v)  # frozen dataclasses too
         return out
-    hook = getattr(obj, "__aligned__", None)
-    if hook is not None and not isinstance(obj, type):
-        return hook()
     return obj
 
 
@@ -66,3 +62,15 @@ def keep_order(a: Any) -> Any:
     if not isinstance(a, np.ndarray) or a.flags.c_contiguous or a.flags.f_contiguous:
         return a
     return np.array(a, order="K", copy=True)
+
+
+class AlignedPickle:
+    """Pickling for the panel's blocks (dataclasses of arrays) that crosses processes unchanged:
+    each array keeps its memory order on the way out (:func:`keep_order`) and is realigned on the
+    way in (:func:`aligned`), so kernels round alike wherever the block travelled."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: keep_order(v) for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(aligned(state))

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from dte_dask.core.aligned import aligned, keep_order
+from dte_dask.core.aligned import AlignedPickle
 
 
 @dataclass(frozen=True)
-class UnitBlock:
+class UnitBlock(AlignedPickle):
     """Wide arrays for the units of one partition.
 
     Attributes
@@ -38,17 +38,6 @@ class UnitBlock:
     cluster: np.ndarray | None
     y: np.ndarray
     x: np.ndarray | None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for another process: each array keeps its memory order (pickle would copy a
-        column-major row slice into row-major order, and BLAS rounds products of the two layouts
-        differently)."""
-        return {k: keep_order(v) for k, v in self.__dict__.items()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled in another process: arrays realigned (:mod:`dte_dask.core.aligned`), so kernels
-        round alike wherever the block travelled."""
-        self.__dict__.update(aligned(state))
 
     def __sizeof__(self) -> int:
         """Bytes held by the arrays (a fallback for processes that have not imported

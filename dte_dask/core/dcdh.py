@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from dte_dask.core.aligned import aligned, keep_order
+from dte_dask.core.aligned import AlignedPickle
 from dte_dask.core.blocks import UnitBlock
 
 __all__ = ["Ctx", "DcdhBlock", "cell_ratio", "cell_stats", "design_stats", "from_unit_block", "influence_stats",
@@ -41,7 +41,7 @@ __all__ = ["Ctx", "DcdhBlock", "cell_ratio", "cell_stats", "design_stats", "from
 
 
 @dataclass(frozen=True)
-class DcdhBlock:
+class DcdhBlock(AlignedPickle):
     """Wide arrays for the units of one partition (each unit's whole history).
 
     ids : (n,) unit ids; rank : (n,) stable index of the unit's entity (cluster, else unit);
@@ -66,14 +66,6 @@ class DcdhBlock:
     key: np.ndarray | None = None
     x: np.ndarray | None = None
     dnorm: np.ndarray | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for another process: each array keeps its memory order (:func:`keep_order`)."""
-        return {k: keep_order(v) for k, v in self.__dict__.items()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled in another process: arrays realigned (:mod:`dte_dask.core.aligned`)."""
-        self.__dict__.update(aligned(state))
 
     @property
     def n(self) -> int:

@@ -156,9 +156,10 @@ class _SupportPlan:
         if any(cols is not None for _, _, cols, _ in groups) and \
                 np.count_nonzero(self.S[a:b]) != sum(np.count_nonzero(sub) for *_, sub in groups):
             for i, (lo, hi, cols, sub) in enumerate(groups):  # a nonzero outside the support stated: every column
-                whole = self.S.take(rows[lo:hi], axis=0)
-                if cols is not None and np.count_nonzero(whole) != np.count_nonzero(sub):
-                    groups[i] = (lo, hi, None, whole)
+                if cols is not None:
+                    whole = self.S.take(rows[lo:hi], axis=0)
+                    if np.count_nonzero(whole) != np.count_nonzero(sub):
+                        groups[i] = (lo, hi, None, whole)
         self.groups = groups
         if self.gram is not None:
             for _, _, cols, sub in groups:
