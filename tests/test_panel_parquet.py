@@ -13,7 +13,7 @@ import pytest
 from dte_dask import load_panel
 from dte_dask.exceptions import MissingColumnError, MissingValuesError, PanelError
 from dte_dask.panel import parquet
-from dte_dask.panel.load import _stack
+from dte_dask.panel.blocks import stack_arrays
 from dte_dask.panel.spec import PanelSpec
 from dte_dask.simulate import write_panel
 
@@ -144,15 +144,24 @@ def test_unit_major_reshape_equals_the_scatter(files):
         assert_identical(a, b)
 
 
-def test_stack_keeps_numpy_concatenate_layout():
+def test_stack_keeps_the_layout_of_its_parts():
+    """Row slices of column-major blocks stack column-major (as a partition that is a view of one
+    block is); a one-row part has both layouts and follows the others; anything else stacks as
+    ``np.concatenate`` does."""
     rng = np.random.default_rng(0)
     F = np.asfortranarray(rng.normal(size=(40, 5)))
     C = np.ascontiguousarray(F)
-    for parts in ([F[3:10], F[20:40]], [F[3:4], F[5:9]], [C[3:10], C[2:5]], [F[2:9], C[1:3]],
-                  [np.ones((4, 3, 2)), np.zeros((2, 3, 2))], [F[:, 0], F[:, 1]]):
-        want, got = np.concatenate(parts), _stack(list(parts))
-        assert want.strides == got.strides and want.dtype == got.dtype
+    for parts, column_major in (([F[3:10], F[20:40]], True), ([F[3:4], F[5:9]], True), ([F[5:9], F[3:4], F[0:1]], True),
+                                ([C[3:4], F[5:9]], True), ([C[3:10], C[2:5]], False), ([F[2:9], C[1:3]], False),
+                                ([F[3:4], F[0:1]], False), ([np.ones((4, 3, 2)), np.zeros((2, 3, 2))], False),
+                                ([F[:, 0], F[:, 1]], False)):
+        want, got = np.concatenate(parts), stack_arrays(list(parts))
+        assert want.dtype == got.dtype
         np.testing.assert_array_equal(want, got)
+        if column_major:
+            assert got.flags.f_contiguous and not got.flags.c_contiguous
+        else:
+            assert want.strides == got.strides
 
 
 def test_pieces_are_cut_only_between_units(files, monkeypatch, tmp_path):
@@ -166,3 +175,58 @@ def test_pieces_are_cut_only_between_units(files, monkeypatch, tmp_path):
     calls = _spy_dask_reader(monkeypatch)
     assert_identical(load_panel(files["pdf"], **KW, rng_block_size=64), load_panel(path, **KW, rng_block_size=64))
     assert not calls
+
+
+@pytest.fixture(scope="module")
+def varying(files):
+    """Sorted, balanced, with weights, and a covariate that varies in time only for the last units
+    (early batches pivot to (n, p) covariates, late ones to (n, T, p))."""
+    pdf = files["pdf"]
+    late = pdf.unit >= pdf.unit.quantile(0.9)
+    path = files["root"] / "varying.parquet"
+    pdf.assign(w=1.0 + pdf.unit % 3, xv=pdf.age + np.where(late, 0.1 * pdf.time, 0.0)).to_parquet(path, index=False, row_group_size=5000)
+    return path
+
+
+@pytest.mark.parametrize("rows", [7, 60, 1001])
+def test_streamed_batches_equal_the_whole_read(files, varying, monkeypatch, rows):
+    """Blocks built batch by batch (units straddling batches carried over) are the blocks of the
+    whole piece read at once, for sorted, unbalanced and row-shuffled files (the last fall back to the
+    whole read)."""
+    cases = [(files["root"] / "sim", dict(covariates=["age", "female"])),
+             (files["root"] / "unbalanced.parquet", dict(allow_unbalanced_panel=True)),
+             (files["root"] / "shuf", dict(covariates=["age"])),
+             (varying, dict(covariates=["age", "xv"], weights="w")),
+             (files["root"] / "sim", dict(group=None, treatment="treat"))]
+    for src, kw in cases:
+        monkeypatch.setattr(parquet, "STREAM_ROWS", 1 << 30)
+        whole = load_panel(src, **{**KW, **kw}, rng_block_size=64, npartitions=4)
+        monkeypatch.setattr(parquet, "STREAM_ROWS", rows)
+        assert_identical(whole, load_panel(src, **{**KW, **kw}, rng_block_size=64, npartitions=4))
+
+
+def test_streaming_falls_back_to_the_whole_read_only_when_units_interleave(files, monkeypatch):
+    monkeypatch.setattr(parquet, "STREAM_ROWS", 60)
+    spec = PanelSpec(**KW)
+    periods = parquet.PeriodMap.from_values(pd.Series(np.arange(1, 7)), "time")
+    sorted_piece = parquet.plan(parquet.local_files(files["root"] / "sim"), spec, spec.columns).pieces[0]
+    shuffled_piece = parquet.plan(parquet.local_files(files["root"] / "shuf"), spec, spec.columns).pieces[0]
+    block = parquet._streamed_block(sorted_piece, spec.columns, spec, periods)
+    n = sorted_piece.rows // 6
+    assert block is not None and block.n == n and np.all(np.diff(block.ids) > 0) and np.array_equal(block.rank, np.arange(n))
+    assert parquet._streamed_block(shuffled_piece, spec.columns, spec, periods) is None
+
+
+def test_errors_of_a_late_batch_name_its_units(files, monkeypatch, tmp_path):
+    monkeypatch.setattr(parquet, "STREAM_ROWS", 60)
+    pdf = files["pdf"]
+    bad = tmp_path / "late_nan.parquet"
+    row = len(pdf) - 20  # in the last file's last batches
+    unit, period = pdf.unit[row], pdf.time[row]
+    pdf.assign(y=pdf.y.where(pdf.index != row)).to_parquet(bad, index=False)
+    with pytest.raises(MissingValuesError, match=rf"column 'y' \(outcome\) has 1 missing values, e\.g\. \(unit, period\) \[\({unit}, {period}\)\]"):
+        load_panel(bad, **KW)
+    dup = tmp_path / "late_dup.parquet"
+    pd.concat([pdf, pdf.iloc[[row]]]).sort_values(["unit", "time"], kind="stable").to_parquet(dup, index=False)
+    with pytest.raises(PanelError, match=rf"duplicate rows.*\({unit}, {period}\)"):
+        load_panel(dup, **KW)

@@ -78,16 +78,6 @@ class UnitBlock(AlignedPickle):
     def with_rank_offset(self, offset: int) -> UnitBlock:
         return replace(self, rank=self.rank + offset)
 
-    @staticmethod
-    def concat(blocks: list[UnitBlock]) -> UnitBlock:
-        if len(blocks) == 1:
-            return blocks[0]
-        def cat(name: str) -> Any:
-            parts = [getattr(b, name) for b in blocks]
-            return None if parts[0] is None else np.concatenate(parts)
-        return UnitBlock(*(cat(f) for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
-
-
 
 @dataclass(frozen=True)
 class BlockSummary:

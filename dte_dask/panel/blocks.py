@@ -22,7 +22,7 @@ from dte_dask.exceptions import (
 from dte_dask.panel.periods import PeriodMap, missing_periods
 from dte_dask.panel.spec import PanelSpec
 
-__all__ = ["BlockSummary", "UnitBlock", "frame_to_block", "summarize"]
+__all__ = ["BlockSummary", "UnitBlock", "concat_blocks", "frame_to_block", "summarize"]
 
 
 @sizeof.register(UnitBlock)
@@ -133,6 +133,37 @@ def _to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap, uniques: np
     else:
         rank = np.arange(n, dtype=np.int64)
     return UnitBlock(ids=np.asarray(uniques), rank=rank, g=g, w=w, cluster=cluster, y=Y, x=x)
+
+
+def concat_blocks(blocks: list[UnitBlock]) -> UnitBlock:
+    """Blocks of consecutive entities (ranks already global) as one, each array in the layout of
+    its parts (column-major outcomes stay column-major)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return UnitBlock(*(stack_arrays([getattr(b, f) for b in blocks], column_major=f == "y")
+                       for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
+
+
+def stack_arrays(parts: list[np.ndarray | None], column_major: bool = False) -> np.ndarray | None:
+    """``np.concatenate(parts)`` (as ``UnitBlock.concat``), with the same values and layout; parts
+    laid out by column (row slices of column-major blocks) are copied column by column into a
+    column-major result, several times faster than numpy's strided concatenation. A part of one row
+    (or one column) has both layouts: it follows the others, and ``column_major`` when all have both
+    (a block's outcomes are column-major however few its units)."""
+    if parts[0] is None:
+        return None
+    if not all(a.ndim == 2 for a in parts):
+        return np.concatenate(parts)
+    plain = [a for a in parts if a.shape[0] > 1 and a.shape[1] > 1]
+    if not (all(a.strides[0] < a.strides[1] for a in plain) and (plain or column_major)):
+        return np.concatenate(parts)
+    out = np.empty((sum(a.shape[0] for a in parts), *parts[0].shape[1:]), dtype=np.result_type(*parts), order="F")
+    i = 0
+    for a in parts:
+        out[i:i + a.shape[0]] = a
+        i += a.shape[0]
+    return out
+
 
 
 class _LazyIndex:

@@ -37,7 +37,7 @@ from dte_dask.exceptions import (
     examples,
 )
 from dte_dask.panel import parquet
-from dte_dask.panel.blocks import frame_to_block, periods_and_block
+from dte_dask.panel.blocks import concat_blocks, frame_to_block, periods_and_block
 from dte_dask.panel.panel import Panel, finish
 from dte_dask.panel.periods import PeriodMap, distinct_ints, missing_periods
 from dte_dask.panel.spec import PanelSpec
@@ -418,25 +418,7 @@ def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = F
         lo, hi = np.searchsorted(shifted.rank, [a, b])
         piece = shifted.take(slice(int(lo), int(hi)))
         out.append(piece.with_varying_x() if varying_x else piece)
-    if len(out) == 1:
-        return out[0]
-    return UnitBlock(*(_stack([getattr(b, f) for b in out]) for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
-
-
-def _stack(parts: list[np.ndarray | None]) -> np.ndarray | None:
-    """``np.concatenate(parts)`` (as ``UnitBlock.concat``), with the same values and layout; parts
-    laid out by column (row slices of column-major blocks) are copied column by column into a
-    column-major result, several times faster than numpy's strided concatenation."""
-    if parts[0] is None:
-        return None
-    if not all(a.ndim == 2 and a.shape[0] > 1 and a.shape[1] > 1 and a.strides[0] < a.strides[1] for a in parts):
-        return np.concatenate(parts)
-    out = np.empty((sum(a.shape[0] for a in parts), *parts[0].shape[1:]), dtype=np.result_type(*parts), order="F")
-    i = 0
-    for a in parts:
-        out[i:i + a.shape[0]] = a
-        i += a.shape[0]
-    return out
+    return concat_blocks(out)
 
 
 def _warn_late_cohorts(panel: Panel) -> None:

@@ -9,7 +9,9 @@ as ``dte-dask simulate`` does), this route instead
 1. plans *pieces* (consecutive row groups of one file) from the footers alone, ordered by their
    entity range;
 2. scans each piece's time column only (the periods: a count over the label range for integers);
-3. reads each piece's panel columns with pyarrow and pivots it (``frame_to_block``) on the workers.
+3. reads each piece's panel columns with pyarrow, in batches of whole units, and pivots them
+   (``frame_to_block``) on the workers: the piece is never resident as Arrow columns and as a block
+   at once (the medical job's peak: 2.7 -> 1.8 GiB).
 
 Anything else (URLs, strings or categories, hive-partitioned directories, overlapping or missing
 statistics) returns ``None`` from :func:`plan` and takes the dask route, so errors stay the same.
@@ -26,11 +28,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from dte_dask.panel.blocks import frame_to_block
+from dte_dask.core.blocks import UnitBlock
+from dte_dask.panel.blocks import concat_blocks, frame_to_block
 from dte_dask.panel.periods import PeriodMap, distinct_ints
 from dte_dask.panel.spec import PanelSpec
 
 PIECE_ROWS = 1 << 22  # rows per piece (consecutive row groups of one file): ~4M rows, ~130 MB of 4 columns
+STREAM_ROWS = 1 << 18  # rows per batch of a piece's read: 2 MiB per float column, below the workers' mmap threshold
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,91 @@ def scan_times(piece: Piece, column: str, unit: str | None = None) -> dict[str, 
     return {"rows": piece.rows, "times": np.asarray(times), "time_na": n_na, "time_na_units": na_units}
 
 
-def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap):
+def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap) -> UnitBlock:
+    """The piece's block: built from batches of :data:`STREAM_ROWS` rows (:func:`_streamed_block`),
+    else (clusters, or unit ids that are not in increasing runs) from the piece read whole. Both
+    give the same arrays, in the same layout, and the same errors."""
+    if spec.cluster is None:
+        block = _streamed_block(piece, columns, spec, periods)
+        if block is not None:
+            return block
     return frame_to_block(read(piece, columns), spec, periods)
+
+
+def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap) -> UnitBlock | None:
+    """The piece's block from batches of rows pivoted by :func:`frame_to_block` one chunk at a time
+    and stacked; or None as soon as a chunk shares or precedes a unit of an earlier one (ids not in
+    increasing runs, as they are in a file sorted by unit).
+
+    A batch's last unit may go on in the next batch: its trailing rows are held back and pivoted
+    with that unit's leading rows of the next batch. A whole piece read at once is resident as Arrow
+    columns and as the block together; in batches only the block is, and the batches' memory is
+    reused rather than newly paged in."""
+    unit = list(columns).index(spec.unit)
+    chunks = _Chunks(spec, periods)
+    carry = None  # trailing rows of the last batch's last unit
+    batches = pq.ParquetFile(piece.path).iter_batches(batch_size=STREAM_ROWS, row_groups=list(piece.row_groups),
+                                                      columns=list(columns), use_threads=False)
+    for batch in batches:
+        col = batch.column(unit)
+        if col.null_count:
+            return None
+        ids = col.to_numpy()
+        start = 0
+        if carry is not None:  # the held-back unit's rows that open this batch
+            start = _run_end(ids, carry[1])
+            if start == ids.size:
+                carry = (pa.concat_tables([carry[0], pa.Table.from_batches([batch])]), carry[1])
+                continue
+            if not chunks.add(pa.concat_tables([carry[0], pa.Table.from_batches([batch.slice(0, start)])]), np.asarray(carry[1:])):
+                return None
+        stop = max(_trailing_run_start(ids), start)
+        if stop > start and not chunks.add(batch.slice(start, stop - start), ids[start:stop]):
+            return None
+        carry = (pa.Table.from_batches([batch.slice(stop)]), ids[-1])
+    if carry is not None and not chunks.add(carry[0], np.asarray(carry[1:])):
+        return None
+    return chunks.block()
+
+
+class _Chunks:
+    """Blocks of consecutive chunks of rows whose unit ids increase from chunk to chunk."""
+
+    def __init__(self, spec: PanelSpec, periods: PeriodMap) -> None:
+        self.spec, self.periods = spec, periods
+        self.blocks: list[UnitBlock] = []
+        self.top, self.offset = None, 0
+
+    def add(self, rows: pa.Table | pa.RecordBatch, ids: np.ndarray) -> bool:
+        """Pivot ``rows`` (unit ids ``ids``) unless a unit of theirs is not above every earlier one."""
+        lo, hi = ids.min(), ids.max()
+        if self.top is not None and lo <= self.top:
+            return False
+        self.top = hi
+        block = frame_to_block(rows.to_pandas(split_blocks=True), self.spec, self.periods)
+        self.blocks.append(block.with_rank_offset(self.offset))
+        self.offset += block.n
+        return True
+
+    def block(self) -> UnitBlock | None:
+        blocks = self.blocks
+        if not blocks:
+            return None
+        if any(b.x is not None and b.x.ndim == 3 for b in blocks):
+            blocks = [b.with_varying_x() for b in blocks]
+        return concat_blocks(blocks)
+
+
+def _trailing_run_start(ids: np.ndarray) -> int:
+    """Start of the run of rows at the end of ``ids`` that repeat its last id."""
+    other = np.flatnonzero(ids != ids[-1])
+    return int(other[-1]) + 1 if other.size else 0
+
+
+def _run_end(ids: np.ndarray, value: Any) -> int:
+    """End of the run of rows at the start of ``ids`` that equal ``value``."""
+    other = ids != value
+    return int(np.argmax(other)) if other.any() else ids.size
 
 
 def local_files(source: Any) -> list[str] | None:
