@@ -230,3 +230,14 @@ def test_errors_of_a_late_batch_name_its_units(files, monkeypatch, tmp_path):
     pd.concat([pdf, pdf.iloc[[row]]]).sort_values(["unit", "time"], kind="stable").to_parquet(dup, index=False)
     with pytest.raises(PanelError, match=rf"duplicate rows.*\({unit}, {period}\)"):
         load_panel(dup, **KW)
+
+
+def test_covariates_varying_in_some_pieces_only_equal_pandas(varying, monkeypatch):
+    """Pieces (and batches) whose covariates are constant take the (n, T, p) layout of the others: the
+    same values and memory order as the whole frame pivoted at once."""
+    kw = {**KW, "covariates": ["age", "xv"], "weights": "w", "rng_block_size": 64, "npartitions": 4}
+    ref = load_panel(pd.read_parquet(varying), **kw)
+    monkeypatch.setattr(parquet, "PIECE_ROWS", 4000)
+    for rows in (60, 1 << 30):
+        monkeypatch.setattr(parquet, "STREAM_ROWS", rows)
+        assert_identical(ref, load_panel(varying, **kw))

@@ -69,10 +69,13 @@ class UnitBlock(AlignedPickle):
 
     def with_varying_x(self) -> UnitBlock:
         """Time-invariant covariates (n, p) as time-varying ones (n, T, p), NaN where y is not
-        observed: the layout a block gets when any unit of the panel has varying covariates."""
+        observed: the layout a block gets when any unit of the panel has varying covariates (C order,
+        as a block pivoted with varying covariates has them)."""
         if self.x is None or self.x.ndim == 3:
             return self
-        x = np.where(np.isnan(self.y)[:, :, None], np.nan, self.x[:, None, :])
+        x = np.empty((self.n, self.y.shape[1], self.x.shape[1]))
+        x[...] = self.x[:, None, :]
+        x[np.isnan(self.y)] = np.nan
         return replace(self, x=x)
 
     def with_rank_offset(self, offset: int) -> UnitBlock:
