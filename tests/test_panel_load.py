@@ -355,3 +355,37 @@ def test_categorical_ids_in_a_shuffled_dask_frame(small_panel):
         sig = signature(p)
         assert sig.pop("ids").tolist() == sorted(df.unit.astype(str).unique())
         assert_same({k: v for k, v in ref.items() if k != "ids"}, sig)
+
+
+def test_default_partition_count_rounds_up_to_the_partition_multiple(small_panel):
+    """300 units in 19 RNG blocks of 16, 4 blocks per partition by default: 5 partitions, rounded up
+    to a multiple of ``partition-multiple`` (at most one per RNG block); the same panel either way."""
+    kw = dict(covariates=["age"], rng_block_size=16)
+    ref = signature(load(small_panel, npartitions=1, **kw))
+    for multiple, want in ((1, 5), (2, 6), (4, 8), (7, 7), (32, 19)):
+        with dask.config.set({"dte_dask.partition-units": 64, "dte_dask.partition-multiple": multiple}):
+            p = load(small_panel, **kw)
+        assert p.npartitions == want, multiple
+        check_layout(p, 16)
+        assert_same(ref, signature(p))
+    with dask.config.set({"dte_dask.partition-units": 64, "dte_dask.partition-multiple": 4}):
+        assert load(small_panel, npartitions=3, **kw).npartitions == 3  # an explicit count is kept
+
+
+def test_a_job_lays_its_panel_out_for_the_cluster_threads():
+    from dte_dask.jobs.runner import _cluster_threads, load_job_panel
+    from dte_dask.jobs.spec import parse_job
+
+    job = parse_job({"name": "layout", "data": {"source": "simulate", "simulate": {"units": 2000, "periods": 4, "seed": 1},
+                                                "unit": "unit", "time": "time", "outcome": "y", "group": "group"},
+                     "estimators": [{"kind": "att_gt"}], "output": "unused"})
+    with dask.config.set({"dte_dask.rng-block-size": 64, "dte_dask.partition-units": 256}):  # 32 blocks, 8 partitions
+        assert load_job_panel(job).npartitions == 8
+        assert load_job_panel(job, threads=3).npartitions == 9
+        assert load_job_panel(job, threads=64).npartitions == 32
+
+    class _Client:
+        def scheduler_info(self):
+            return {"address": "tcp://x", "workers": {"a": {"nthreads": 2}, "b": {"nthreads": 3}}}
+    assert _cluster_threads(_Client()) == 5
+    assert _cluster_threads(object()) is None

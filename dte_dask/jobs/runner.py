@@ -67,15 +67,19 @@ def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
     return src, {k: v for k, v in cols.items() if v is not None and v != []}
 
 
-def load_job_panel(job: JobSpec) -> Any:
+def load_job_panel(job: JobSpec, threads: int | None = None) -> Any:
     """The job's panel as :func:`run_job` loads it: every observed row (unless the job balances), so
     that each estimator then keeps the rows its function keeps by default and a job gives what a
-    direct call on the data gives."""
+    direct call on the data gives. Unless the job sets ``npartitions``, the panel's partitions are a
+    multiple of the cluster's ``threads`` (the results do not depend on the partitioning)."""
+    import dask
+
     import dte_dask  # the package's lazy API (a top-level import would be circular)
 
     src, cols = resolve_data(job.data)
-    return dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
-                               allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
+    with dask.config.set({"dte_dask.partition-multiple": threads} if threads else {}):
+        return dte_dask.load_panel(src, **cols, npartitions=job.data.npartitions,
+                                   allow_unbalanced_panel=job.data.allow_unbalanced_panel is not False)
 
 
 def fit_estimator(job: JobSpec, est: Any, panel: Any) -> Any:
@@ -100,6 +104,11 @@ def _estimator_kwargs(fn: Callable[..., Any], job: JobSpec, options: dict[str, A
         offered["allow_unbalanced_panel"] = job.data.allow_unbalanced_panel
     params = inspect.signature(fn).parameters
     return {**{k: v for k, v in offered.items() if k in params}, **options}
+
+
+def _cluster_threads(client: Any) -> int | None:
+    """Worker threads of the job's cluster, or None if the scheduler cannot say."""
+    return (_cluster_info(client) or {}).get("threads") or None
 
 
 def _cluster_info(client: Any) -> dict[str, Any] | None:
@@ -183,7 +192,7 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         t = time.perf_counter()
         checkpoint("loading the data")
         with clock.stage("load"), monitor.stage("load"):
-            panel = load_job_panel(job)
+            panel = load_job_panel(job, threads=_cluster_threads(client))
         timings["load"] = time.perf_counter() - t
         results: dict[str, Any] = {}
         for est in job.estimators:

@@ -284,13 +284,18 @@ def _from_pandas(df: pd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | 
 def _partition_bounds(n_entities: int, bs: int, npartitions: int | None) -> list[int]:
     """Entity-rank boundaries of partitions: multiples of the RNG block size, blocks spread evenly.
 
-    ``npartitions`` is capped at the number of RNG blocks (a partition holds whole blocks).
+    By default about ``partition-units`` entities per partition, their count rounded up to a
+    multiple of ``partition-multiple`` (11 partitions on 2 threads leave one thread idle for the last
+    task of every pass; 12 do not). ``npartitions`` is capped at the number of RNG blocks (a
+    partition holds whole blocks).
     """
     if n_entities == 0:
         return [0, 0]
     n_blocks = -(-n_entities // bs)
     if npartitions is None:
         k = -(-n_blocks // max(1, int(config.get("partition-units")) // bs))
+        m = max(1, int(config.get("partition-multiple")))
+        k = min(-(-k // m) * m, n_blocks)
     elif npartitions < 1:
         raise PanelError(f"npartitions must be >= 1, got {npartitions}")
     else:
