@@ -262,3 +262,51 @@ def test_mpdta_from_parquet_in_batches_gives_r_did_attgt(tmp_path, monkeypatch):
     ref = pd.read_csv(pathlib.Path(__file__).parent / "reference" / "mpdta_nt_x_attgt.csv")  # R did, xformla = ~lpop
     np.testing.assert_allclose(cells["estimate"], ref["att"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(cells["se"], ref["se"], rtol=1e-8)
+
+
+def _spy_scan(monkeypatch) -> list:
+    calls = []
+    original = parquet.scan_times
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(parquet, "scan_times", spy)
+    return calls
+
+
+def _periods_equal(a, b) -> None:
+    assert a.periods.kind == b.periods.kind and a.periods.column == b.periods.column
+    np.testing.assert_array_equal(a.periods.labels, b.periods.labels)
+    assert a.periods.labels.dtype == b.periods.labels.dtype
+
+
+@pytest.mark.parametrize("rows", [60, 1 << 30])
+def test_periods_of_the_first_unit_spare_the_scan_only_when_every_piece_confirms_them(files, tmp_path, monkeypatch, rows):
+    """The first unit's periods are the panel's when every row of every piece has one of them: no
+    scan of the time column. A later period (in any piece), a first unit missing one, or a missing
+    label refutes them: the scan runs and the panel (periods, blocks, errors) is the pandas route's."""
+    monkeypatch.setattr(parquet, "STREAM_ROWS", rows)
+    monkeypatch.setattr(parquet, "PIECE_ROWS", 4000)
+    pdf = files["pdf"]
+    first = pdf.unit == pdf.unit.min()
+    late = pdf.unit > pdf.unit.quantile(0.8)
+    cases = {  # name: (frame, whether the guess holds)
+        "balanced": (pdf, True),
+        "unbalanced, first unit whole": (pdf[~((pdf.unit % 7 == 3) & (pdf.time == 4))], True),
+        "first unit misses a period": (pdf[~(first & (pdf.time == 6))], False),
+        "a late period in the last pieces": (pd.concat([pdf, pdf[late & (pdf.time == 6)].assign(time=7)]).sort_values(["unit", "time"], kind="stable"), False),
+    }
+    for name, (frame, holds) in cases.items():
+        path = tmp_path / f"{abs(hash(name))}.parquet"
+        frame.to_parquet(path, index=False, row_group_size=3000)
+        calls = _spy_scan(monkeypatch)
+        ref = load_panel(frame.reset_index(drop=True), **KW, allow_unbalanced_panel=True, rng_block_size=64)
+        got = load_panel(path, **KW, allow_unbalanced_panel=True, rng_block_size=64)
+        assert_identical(ref, got)
+        _periods_equal(ref, got)
+        assert (not calls) == holds, name
+    bad = tmp_path / "late_time_nan.parquet"
+    pdf.assign(time=pdf.time.astype(float).where(pdf.index != len(pdf) - 3)).to_parquet(bad, index=False)
+    with pytest.raises(PanelError, match=r"column 'time' \(time\) has 1 missing values"):
+        load_panel(bad, **KW)

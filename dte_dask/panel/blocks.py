@@ -50,7 +50,7 @@ def periods_and_block(df: pd.DataFrame, spec: PanelSpec) -> tuple[PeriodMap, Uni
     :func:`frame_to_block`). A balanced frame sorted by (unit, time) needs no pass for its periods:
     its first unit's rows list them, which the layout check then confirms for every row."""
     uid, time = df[spec.unit], df[spec.time]
-    guess = _first_unit_periods(uid, time, spec.time)
+    guess = first_unit_periods(uid, time, spec.time)
     if guess is not None:
         uniques = _unit_major_ids(uid, time, guess)
         if uniques is not None:
@@ -61,7 +61,7 @@ def periods_and_block(df: pd.DataFrame, spec: PanelSpec) -> tuple[PeriodMap, Uni
     return periods, frame_to_block(df, spec, periods)
 
 
-def _first_unit_periods(uid: pd.Series, time: pd.Series, column: str) -> PeriodMap | None:
+def first_unit_periods(uid: pd.Series, time: pd.Series, column: str) -> PeriodMap | None:
     """The periods of the first unit's leading rows if the ids and periods are integers and
     those periods are increasing and regular (a candidate for the whole frame), else None."""
     if not all(isinstance(c.dtype, np.dtype) and c.dtype.kind in "iu" for c in (uid, time)) or len(uid) < 2:

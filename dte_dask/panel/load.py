@@ -368,9 +368,20 @@ def _from_dask(ddf: dd.DataFrame, spec: PanelSpec, bs: int, npartitions: int | N
 
 
 def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int | None) -> Panel:
-    """Pieces of local parquet files (disjoint entity ranges, in order): periods from a scan of the
-    time column, then each piece read and pivoted on the workers."""
+    """Pieces of local parquet files (disjoint entity ranges, in order), each read and pivoted on the
+    workers. The periods: those of the first unit (its leading rows, read here) when every piece
+    confirms them (each of its rows has one of them: then they are the panel's periods), else a scan
+    of the time column first, and the pieces pivoted again."""
     token = uuid.uuid4().hex  # the files may change between loads: no content token
+    guess = parquet.first_periods(plan.pieces[0], spec) if spec.cluster is None else None
+    if guess is not None:
+        block = dask.delayed(parquet.piece_block, pure=True)
+        raw = [block(p, plan.columns, spec, guess, True, dask_key_name=f"panel-block-{token}-{i}")
+               for i, p in enumerate(plan.pieces)]
+        panel = _layout(raw, spec, guess, bs, npartitions, token)
+        if panel is not None:
+            return panel
+        token = uuid.uuid4().hex
     scan = dask.delayed(parquet.scan_times, pure=True)
     scans = dask.compute(*[scan(p, spec.time, spec.unit or spec.entity, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
     check_time_na(scans, spec)
@@ -380,15 +391,20 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     return _layout(raw, spec, periods, bs, npartitions, token)
 
 
-def _raw_summary(block: UnitBlock) -> tuple[int, bool]:
+def _raw_summary(block: UnitBlock | None) -> tuple[int, bool] | None:
     """Entities of a raw block and whether its covariates vary in time (all a layout needs)."""
+    if block is None:
+        return None
     return count_distinct(block.rank), block.x is not None and block.x.ndim == 3
 
 
-def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions: int | None, tok: str) -> Panel:
-    """Raw blocks (whole entities, in entity order) re-cut into partitions of whole RNG blocks."""
+def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions: int | None, tok: str) -> Panel | None:
+    """Raw blocks (whole entities, in entity order) re-cut into partitions of whole RNG blocks; None
+    if a raw block is None (a piece that refuted the periods it was pivoted with)."""
     raw = list(dask.persist(*raw))
     sums = dask.compute(*[dask.delayed(_raw_summary, pure=True)(b) for b in raw])
+    if any(s is None for s in sums):
+        return None
     offsets = np.concatenate([[0], np.cumsum([s[0] for s in sums])])
     n_ent = int(offsets[-1])
     bounds = _partition_bounds(n_ent, bs, npartitions)

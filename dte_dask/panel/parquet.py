@@ -29,7 +29,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dte_dask.core.blocks import UnitBlock
-from dte_dask.panel.blocks import concat_blocks, frame_to_block
+from dte_dask.exceptions import PanelError
+from dte_dask.panel.blocks import concat_blocks, first_unit_periods, frame_to_block
 from dte_dask.panel.periods import PeriodMap, distinct_ints
 from dte_dask.panel.spec import PanelSpec
 
@@ -132,18 +133,57 @@ def scan_times(piece: Piece, column: str, unit: str | None = None) -> dict[str, 
     return {"rows": piece.rows, "times": np.asarray(times), "time_na": n_na, "time_na_units": na_units}
 
 
-def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap) -> UnitBlock:
+def first_periods(piece: Piece, spec: PanelSpec) -> PeriodMap | None:
+    """The periods of the piece's first unit, from its leading rows alone (as
+    :func:`~dte_dask.panel.blocks.first_unit_periods`): a guess at the panel's periods that
+    :func:`piece_block` with ``strict=True`` confirms or refutes; None when there is no guess."""
+    batches = pq.ParquetFile(piece.path).iter_batches(batch_size=4097, row_groups=[piece.row_groups[0]],
+                                                      columns=[spec.unit, spec.time], use_threads=False)
+    head = next(iter(batches), None)
+    if head is None or head.column(0).null_count or head.column(1).null_count:
+        return None
+    df = head.to_pandas()
+    return first_unit_periods(df[spec.unit], df[spec.time], spec.time)
+
+
+class NotThesePeriods(Exception):
+    """A piece has a period label outside the periods it was pivoted with (``strict``)."""
+
+
+def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap,
+                strict: bool = False) -> UnitBlock | None:
     """The piece's block: built from batches of :data:`STREAM_ROWS` rows (:func:`_streamed_block`),
     else (clusters, or unit ids that are not in increasing runs) from the piece read whole. Both
-    give the same arrays, in the same layout, and the same errors."""
-    if spec.cluster is None:
-        block = _streamed_block(piece, columns, spec, periods)
-        if block is not None:
-            return block
-    return frame_to_block(read(piece, columns), spec, periods)
+    give the same arrays, in the same layout, and the same errors.
+
+    ``strict``: ``periods`` is a guess (:func:`first_periods`); None, instead of a block or an error,
+    as soon as a row's period is missing or not among them."""
+    try:
+        if spec.cluster is None:
+            block = _streamed_block(piece, columns, spec, periods, strict)
+            if block is not None:
+                return block
+        df = read(piece, columns)
+        if strict:
+            _check_periods(df[spec.time], periods)
+        return frame_to_block(df, spec, periods)
+    except NotThesePeriods:
+        return None
 
 
-def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap) -> UnitBlock | None:
+def _check_periods(time: pd.Series, periods: PeriodMap) -> None:
+    """Raise :class:`NotThesePeriods` unless every label of ``time`` is one of ``periods``."""
+    t = time.to_numpy()
+    if t.dtype.kind not in "iu":  # missing or non-integer labels: the scan names them
+        raise NotThesePeriods
+    try:
+        periods.time_index(t)
+    except PanelError:
+        raise NotThesePeriods from None
+
+
+def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap,
+                    strict: bool = False) -> UnitBlock | None:
     """The piece's block from batches of rows pivoted by :func:`frame_to_block` one chunk at a time
     and stacked; or None as soon as a chunk shares or precedes a unit of an earlier one (ids not in
     increasing runs, as they are in a file sorted by unit).
@@ -153,7 +193,7 @@ def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, per
     columns and as the block together; in batches only the block is, and the batches' memory is
     reused rather than newly paged in."""
     unit = list(columns).index(spec.unit)
-    chunks = _Chunks(spec, periods)
+    chunks = _Chunks(spec, periods, strict)
     carry = None  # trailing rows of the last batch's last unit
     batches = pq.ParquetFile(piece.path).iter_batches(batch_size=STREAM_ROWS, row_groups=list(piece.row_groups),
                                                       columns=list(columns), use_threads=False)
@@ -182,8 +222,8 @@ def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, per
 class _Chunks:
     """Blocks of consecutive chunks of rows whose unit ids increase from chunk to chunk."""
 
-    def __init__(self, spec: PanelSpec, periods: PeriodMap) -> None:
-        self.spec, self.periods = spec, periods
+    def __init__(self, spec: PanelSpec, periods: PeriodMap, strict: bool = False) -> None:
+        self.spec, self.periods, self.strict = spec, periods, strict
         self.blocks: list[UnitBlock] = []
         self.top, self.offset = None, 0
 
@@ -193,7 +233,10 @@ class _Chunks:
         if self.top is not None and lo <= self.top:
             return False
         self.top = hi
-        block = frame_to_block(rows.to_pandas(split_blocks=True), self.spec, self.periods)
+        df = rows.to_pandas(split_blocks=True)
+        if self.strict:
+            _check_periods(df[self.spec.time], self.periods)
+        block = frame_to_block(df, self.spec, self.periods)
         self.blocks.append(block.with_rank_offset(self.offset))
         self.offset += block.n
         return True
