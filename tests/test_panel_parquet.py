@@ -68,15 +68,20 @@ def files(tmp_path_factory):
     return {"root": root, "pdf": pdf}
 
 
-def _spy_dask_reader(monkeypatch) -> list:
+def _spy(monkeypatch, owner, name: str) -> list:
+    """The calls to ``owner.name`` from now on (the function still runs)."""
     calls = []
-    original = dd.read_parquet
+    original = getattr(owner, name)
 
     def spy(*args, **kwargs):
         calls.append(args)
         return original(*args, **kwargs)
-    monkeypatch.setattr(dd, "read_parquet", spy)
+    monkeypatch.setattr(owner, name, spy)
     return calls
+
+
+def _spy_dask_reader(monkeypatch) -> list:
+    return _spy(monkeypatch, dd, "read_parquet")
 
 
 @pytest.mark.parametrize("kw", [dict(covariates=["age", "female"], rng_block_size=64, npartitions=5),
@@ -265,14 +270,7 @@ def test_mpdta_from_parquet_in_batches_gives_r_did_attgt(tmp_path, monkeypatch):
 
 
 def _spy_scan(monkeypatch) -> list:
-    calls = []
-    original = parquet.scan_times
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-    monkeypatch.setattr(parquet, "scan_times", spy)
-    return calls
+    return _spy(monkeypatch, parquet, "scan_times")
 
 
 def _periods_equal(a, b) -> None:
