@@ -8,7 +8,6 @@ and Dask's ``sizeof`` of a block is registered there too.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 

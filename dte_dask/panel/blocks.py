@@ -145,7 +145,7 @@ def concat_blocks(blocks: list[UnitBlock]) -> UnitBlock:
 
 
 def stack_arrays(parts: list[np.ndarray | None], column_major: bool = False) -> np.ndarray | None:
-    """``np.concatenate(parts)`` (as ``UnitBlock.concat``), with the same values and layout; parts
+    """``np.concatenate(parts)``: the same values, and the same layout except that parts
     laid out by column (row slices of column-major blocks) are copied column by column into a
     column-major result, several times faster than numpy's strided concatenation. A part of one row
     (or one column) has both layouts: it follows the others, and ``column_major`` when all have both
@@ -163,7 +163,6 @@ def stack_arrays(parts: list[np.ndarray | None], column_major: bool = False) -> 
         out[i:i + a.shape[0]] = a
         i += a.shape[0]
     return out
-
 
 
 class _LazyIndex:

@@ -8,7 +8,9 @@ as ``dte-dask simulate`` does), this route instead
 
 1. plans *pieces* (consecutive row groups of one file) from the footers alone, ordered by their
    entity range;
-2. scans each piece's time column only (the periods: a count over the label range for integers);
+2. takes the periods of the first unit (its leading rows, read on the client), which every piece
+   confirms while it is pivoted in step 3; where a piece refutes them, scans each piece's time
+   column (the periods: a count over the label range for integers) and pivots the pieces again;
 3. reads each piece's panel columns with pyarrow, in batches of whole units, and pivots them
    (``frame_to_block``) on the workers: the piece is never resident as Arrow columns and as a block
    at once (the medical job's peak: 2.7 -> 1.8 GiB).
@@ -194,7 +196,7 @@ def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, per
     reused rather than newly paged in."""
     unit = list(columns).index(spec.unit)
     chunks = _Chunks(spec, periods, strict)
-    carry = None  # trailing rows of the last batch's last unit
+    held, held_id = None, None  # the rows of the last batch's last unit, and its id
     batches = pq.ParquetFile(piece.path).iter_batches(batch_size=STREAM_ROWS, row_groups=list(piece.row_groups),
                                                       columns=list(columns), use_threads=False)
     for batch in batches:
@@ -203,18 +205,18 @@ def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, per
             return None
         ids = col.to_numpy()
         start = 0
-        if carry is not None:  # the held-back unit's rows that open this batch
-            start = _run_end(ids, carry[1])
+        if held is not None:  # the held unit's rows that open this batch join it
+            start = _run_end(ids, held_id)
+            held = pa.concat_tables([held, pa.Table.from_batches([batch.slice(0, start)])])
             if start == ids.size:
-                carry = (pa.concat_tables([carry[0], pa.Table.from_batches([batch])]), carry[1])
                 continue
-            if not chunks.add(pa.concat_tables([carry[0], pa.Table.from_batches([batch.slice(0, start)])]), np.asarray(carry[1:])):
+            if not chunks.add(held, np.array([held_id])):
                 return None
         stop = max(_trailing_run_start(ids), start)
         if stop > start and not chunks.add(batch.slice(start, stop - start), ids[start:stop]):
             return None
-        carry = (pa.Table.from_batches([batch.slice(stop)]), ids[-1])
-    if carry is not None and not chunks.add(carry[0], np.asarray(carry[1:])):
+        held, held_id = pa.Table.from_batches([batch.slice(stop)]), ids[-1]
+    if held is not None and not chunks.add(held, np.array([held_id])):
         return None
     return chunks.block()
 
