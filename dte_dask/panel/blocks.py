@@ -137,9 +137,12 @@ def _to_block(df: pd.DataFrame, spec: PanelSpec, periods: PeriodMap, uniques: np
 
 def concat_blocks(blocks: list[UnitBlock]) -> UnitBlock:
     """Blocks of consecutive entities (ranks already global) as one, each array in the layout of
-    its parts (column-major outcomes stay column-major)."""
+    its parts (column-major outcomes stay column-major). If the covariates of some vary in time,
+    those of the others take the same (n, T, p) layout (:meth:`UnitBlock.with_varying_x`)."""
     if len(blocks) == 1:
         return blocks[0]
+    if any(b.x is not None and b.x.ndim == 3 for b in blocks):
+        blocks = [b.with_varying_x() for b in blocks]
     return UnitBlock(*(stack_arrays([getattr(b, f) for b in blocks], column_major=f == "y")
                        for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
 

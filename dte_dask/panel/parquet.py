@@ -244,12 +244,7 @@ class _Chunks:
         return True
 
     def block(self) -> UnitBlock | None:
-        blocks = self.blocks
-        if not blocks:
-            return None
-        if any(b.x is not None and b.x.ndim == 3 for b in blocks):
-            blocks = [b.with_varying_x() for b in blocks]
-        return concat_blocks(blocks)
+        return concat_blocks(self.blocks) if self.blocks else None
 
 
 def _trailing_run_start(ids: np.ndarray) -> int:
