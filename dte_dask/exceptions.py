@@ -19,7 +19,8 @@ from dte_dask.core.labels import plain
 __all__ = [
     "ColumnTypeError", "DegenerateCellWarning", "DteDaskError", "DteDaskWarning", "DuplicateRowsError",
     "EstimationError", "GroupError", "MissingColumnError", "MissingValuesError", "NoControlGroupError",
-    "NuisanceFitWarning", "PanelError", "PanelWarning", "PeriodError", "SpecError", "examples",
+    "NuisanceFitWarning", "PanelError", "PanelWarning", "PeriodError", "SpecError", "WorkersPausedError",
+    "examples",
 ]
 
 
@@ -60,6 +61,10 @@ class PeriodError(PanelError):
 
 class SpecError(DteDaskError, ValueError):
     """An option passed to an estimator or a job spec is invalid."""
+
+
+class WorkersPausedError(DteDaskError, RuntimeError):
+    """Every worker stayed paused by its memory limit, so the job could not go on."""
 
 
 class PanelWarning(DteDaskWarning):

@@ -189,6 +189,9 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
         from dte_dask.diagnose import RunMonitor
 
         monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
+        from dte_dask.jobs.paused import PausedWorkersGuard
+
+        stack.enter_context(PausedWorkersGuard(client))  # entered last: sees the job's error first
         t = time.perf_counter()
         checkpoint("loading the data")
         with clock.stage("load"), monitor.stage("load"):
