@@ -47,8 +47,9 @@ def all_paused(facts: dict[str, Any]) -> bool:
 
 def paused_message(facts: dict[str, Any], seconds: float) -> str:
     """What the user reads: each worker's memory, and the three ways out."""
+    n = facts["waiting"]
     lines = [f"every worker has been paused by its memory limit for {seconds:.0f} s, with "
-             f"{facts['waiting']} tasks waiting, so the job cannot go on:"]
+             f"{n} task{'s' if n != 1 else ''} waiting, so the job cannot go on:"]
     for w in facts["workers"]:
         limit = f"{w['limit'] / MiB:.0f} MiB" if w["limit"] else "no"
         lines.append(f"  {w['address']}: {w['process'] / MiB:.0f} MiB in use of a {limit} limit, "
