@@ -101,3 +101,24 @@ def test_a_paused_worker_that_recovers_does_not_stop_the_job(tmp_path: Path):
         assert time.monotonic() - t0 > 3.5  # it did wait for the paused worker
         assert _status(client, addr) == "running"
     assert summary["estimators"]["att_gt"]["overall"]["att"] is not None
+
+
+def test_progress_bar_names_paused_workers():
+    from dte_dask.jobs.progress import describe
+
+    snap = {"added": {"panel-block": 10, "attgt-mboot": 4}, "done": {"panel-block": 10, "attgt-mboot": 1},
+            "erred": 0, "workers": 2, "paused": 0}
+    assert describe("[2/4] att_gt", snap) == "[2/4] att_gt: bootstrap"
+    assert describe("[2/4] att_gt", {**snap, "paused": 2}) == "[2/4] att_gt: bootstrap (2/2 workers paused: memory)"
+
+
+def test_progress_snapshot_counts_paused_workers(tmp_path: Path):
+    from dte_dask.jobs.progress import PLUGIN_NAME, TaskCounter, _snapshot
+
+    with dask.config.set(PAUSED_AT_ONCE), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
+                         dashboard_address=None) as lc, lc.get_client() as client:
+        _wait_paused(client)
+        client.register_plugin(TaskCounter(), name=PLUGIN_NAME)
+        snap = client.run_on_scheduler(_snapshot)
+    assert snap["workers"] == 1 and snap["paused"] == 1

@@ -113,7 +113,7 @@ class PausedWorkersGuard:
         from distributed import Future
 
         self.message = paused_message(facts, seconds)
-        logger.error("%s", self.message)
+        logger.info("every worker paused for %.0f s: stopping the job", seconds)  # the error carries the rest
         keys = [k for k in list(self.client.futures) if k not in self._before]
         try:
             self.client.cancel([Future(k, self.client) for k in keys], reason="workers-paused",

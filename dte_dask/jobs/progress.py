@@ -47,7 +47,21 @@ class TaskCounter(SchedulerPlugin):
 
 def _snapshot(dask_scheduler: Any) -> dict[str, Any] | None:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
-    return plugin.snapshot() if plugin is not None else None
+    if plugin is None:
+        return None
+    statuses = [ws.status.name for ws in dask_scheduler.workers.values()]
+    return {**plugin.snapshot(), "workers": len(statuses), "paused": statuses.count("paused")}
+
+
+def describe(stage: str, snap: dict[str, Any]) -> str:
+    """The bar's text: the stage, the task prefix that runs now, and paused workers if any
+    (a paused worker runs nothing until its memory falls below distributed's pause line)."""
+    running = [p for p in snap["added"] if snap["done"].get(p, 0) < snap["added"][p]]
+    what = running[-1] if running else "idle"
+    what = "bootstrap" if "mboot" in what else what
+    paused = snap.get("paused", 0)
+    note = f" ({paused}/{snap['workers']} workers paused: memory)" if paused else ""
+    return f"{stage}: {what}{note}"
 
 
 class ProgressMonitor:
@@ -60,6 +74,7 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stage = "starting"
+        self._end = "done"  # the bar's last word: "stopped" when the job raised
 
     def set_stage(self, name: str) -> None:
         """Name the job's current stage (load, an estimator, checks) in front of the task prefix.
@@ -88,14 +103,11 @@ class ProgressMonitor:
                 if snap is None:
                     continue
                 total, done = sum(snap["added"].values()), sum(snap["done"].values())
-                running = [p for p in snap["added"] if snap["done"].get(p, 0) < snap["added"][p]]
-                what = running[-1] if running else "idle"
-                what = "bootstrap" if "mboot" in what else what
-                bar.update(task, total=max(total, 1), completed=done, description=f"{self.stage}: {what}")
+                bar.update(task, total=max(total, 1), completed=done, description=describe(self.stage, snap))
             snap = self._poll()
             if snap is not None:
                 total = sum(snap["added"].values())
-                bar.update(task, total=max(total, 1), completed=sum(snap["done"].values()), description="done")
+                bar.update(task, total=max(total, 1), completed=sum(snap["done"].values()), description=self._end)
 
     def _poll(self) -> dict[str, Any] | None:
         try:
@@ -104,6 +116,7 @@ class ProgressMonitor:
             return None
 
     def __exit__(self, *exc: Any) -> None:
+        self._end = "stopped" if exc and exc[0] is not None else "done"
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
