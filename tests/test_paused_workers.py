@@ -122,3 +122,32 @@ def test_progress_snapshot_counts_paused_workers(tmp_path: Path):
         client.register_plugin(TaskCounter(), name=PLUGIN_NAME)
         snap = client.run_on_scheduler(_snapshot)
     assert snap["workers"] == 1 and snap["paused"] == 1
+
+
+def test_service_job_on_paused_workers_fails_with_the_reason(tmp_path: Path):
+    """The service runs jobs through run_job on a connection of their own: the guard stops them too."""
+    from dte_dask.service.executor import JobExecutor
+    from dte_dask.service.store import JobStore
+
+    job_id = "a" * 32
+    with dask.config.set(PAUSED_AT_ONCE), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
+                         dashboard_address=None) as lc, lc.get_client() as client:
+        _wait_paused(client)
+        store = JobStore(tmp_path / "jobs.sqlite")
+        ex = JobExecutor(store, client, max_concurrent=1, max_queued=1, prepare=lambda row: _job(tmp_path / "out"),
+                         results_root=tmp_path / "results")
+        ex.start()
+        try:
+            store.add(job_id, job_id, {}, os.fspath(tmp_path / "results" / job_id))
+            ex.submit(job_id)
+            deadline = time.monotonic() + 60
+            while (row := store.get(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+                assert time.monotonic() < deadline, row
+                time.sleep(0.1)
+        finally:
+            ex.shutdown(5)
+            store.close()
+    assert row["state"] == "failed", row
+    assert row["error"].startswith("WorkersPausedError: every worker has been paused by its memory limit"), row
+    assert "MiB in use of a 954 MiB limit" in row["error"]
