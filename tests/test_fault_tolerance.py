@@ -129,8 +129,8 @@ MEMORY_LIMIT = 600_000_000  # per worker: 200-240 MB of it is the worker's own c
 SPILL_CONFIG = {
     # spill earlier than distributed's defaults (0.6 / 0.7 / 0.8), from 50% down to 45%: a task then
     # starts at most ~300 MB in and has ~270 MB before the nanny's 95%. (With a 400 MB limit the
-    # worker was restarted in about one run of two in a fresh CI venv, where it starts ~240 MB in and
-    # tasks reached 345 MB; with distributed's defaults, here too.)
+    # worker was restarted in 2 of 9 runs in a fresh CI venv, where it starts ~240 MB in and tasks
+    # reached 345 MB; with distributed's defaults, here too.)
     "distributed.worker.memory.target": 0.45,
     "distributed.worker.memory.spill": 0.5,
     "distributed.worker.memory.pause": 0.85,
