@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -65,6 +67,28 @@ def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
     if data.storage_options:
         cols["storage_options"] = dict(data.storage_options)
     return src, {k: v for k, v in cols.items() if v is not None and v != []}
+
+
+class _Closer(threading.Thread):
+    """Closes an exit stack (the job's own cluster: client, scheduler, workers) in the background,
+    while the driver writes the results; :meth:`wait` joins it and raises its error, if any."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        super().__init__(name="dte-dask-close-cluster", daemon=True)
+        self._stack, self._error = stack, None
+        self._context = contextvars.copy_context()  # the job's current client, as the main thread sees it
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._context.run(self._stack.close)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._error = exc
+
+    def wait(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise self._error
 
 
 def load_job_panel(job: JobSpec, threads: int | None = None) -> Any:
@@ -170,76 +194,87 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
     timings: dict[str, float] = {}
     clock = StageClock()
     t0 = clock.t0
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            from dte_dask.cluster import connect
+    own = contextlib.ExitStack()  # the cluster the job starts itself: closed beside the save and the report
+    closer: _Closer | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                from dte_dask.cluster import connect
 
-            with clock.stage("cluster_start", "cluster"):
-                client = stack.enter_context(connect(job.cluster.profile, **job.cluster.overrides))
-            timings["cluster_start"] = time.perf_counter() - t0
-        echo(f"dashboard: {client.dashboard_link}")
-        if job.cluster.performance_report:
-            from distributed import performance_report
+                with clock.stage("cluster_start", "cluster"):
+                    client = own.enter_context(connect(job.cluster.profile, **job.cluster.overrides))
+                timings["cluster_start"] = time.perf_counter() - t0
+            echo(f"dashboard: {client.dashboard_link}")
+            if job.cluster.performance_report:
+                from distributed import performance_report
 
-            stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
-        from dte_dask.jobs.progress import ProgressMonitor
+                stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
+            from dte_dask.jobs.progress import ProgressMonitor
 
-        plan = ["load", *(e.name for e in job.estimators), "checks"]  # the stages that run on the cluster
-        bar = stack.enter_context(ProgressMonitor(client, enabled=progress, plan=plan))
-        from dte_dask.diagnose import RunMonitor
+            plan = ["load", *(e.name for e in job.estimators), "checks"]  # the stages that run on the cluster
+            bar = stack.enter_context(ProgressMonitor(client, enabled=progress, plan=plan))
+            from dte_dask.diagnose import RunMonitor
 
-        monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
-        from dte_dask.jobs.paused import PausedWorkersGuard
+            monitor = stack.enter_context(RunMonitor(client, on_stage=bar.set_stage))
+            from dte_dask.jobs.paused import PausedWorkersGuard
 
-        stack.enter_context(PausedWorkersGuard(client))  # entered last: sees the job's error first
-        t = time.perf_counter()
-        checkpoint("loading the data")
-        with clock.stage("load"), monitor.stage("load"):
-            panel = load_job_panel(job, threads=_cluster_threads(client))
-        timings["load"] = time.perf_counter() - t
-        results: dict[str, Any] = {}
-        for est in job.estimators:
+            stack.enter_context(PausedWorkersGuard(client))  # entered last: sees the job's error first
             t = time.perf_counter()
-            checkpoint(f"estimator {est.name}")
-            with clock.stage(est.name, "estimator"), monitor.stage(est.name):
-                results[est.name] = fit_estimator(job, est, panel)
-                for kind in est.aggregations:
-                    checkpoint(f"aggregation {est.name}.{kind}")
-                    results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
-            timings[est.name] = time.perf_counter() - t
-        checkpoint("the checks")
-        bar.set_stage("checks")
-        with clock.stage("checks"):
-            extra_meta = _diagnostics(job, results, echo)
-        cluster = _cluster_info(client)  # while the client is still connected
-    timings["total"] = time.perf_counter() - t0
-    from dte_dask.diagnose import format_diagnosis
+            checkpoint("loading the data")
+            with clock.stage("load"), monitor.stage("load"):
+                panel = load_job_panel(job, threads=_cluster_threads(client))
+            timings["load"] = time.perf_counter() - t
+            results: dict[str, Any] = {}
+            for est in job.estimators:
+                t = time.perf_counter()
+                checkpoint(f"estimator {est.name}")
+                with clock.stage(est.name, "estimator"), monitor.stage(est.name):
+                    results[est.name] = fit_estimator(job, est, panel)
+                    for kind in est.aggregations:
+                        checkpoint(f"aggregation {est.name}.{kind}")
+                        results[f"{est.name}.{kind}"] = results[est.name].aggregate(kind)
+                timings[est.name] = time.perf_counter() - t
+            checkpoint("the checks")
+            bar.set_stage("checks")
+            with clock.stage("checks"):
+                extra_meta = _diagnostics(job, results, echo)
+            cluster = _cluster_info(client)  # while the client is still connected
+        timings["total"] = time.perf_counter() - t0
+        closer = _Closer(own)  # the results are on the driver: the workers shut down while they are written
+        from dte_dask.diagnose import format_diagnosis
 
-    for stage in monitor.stages:
-        stage.partitions = panel.npartitions
-        if stage.name in clock.kinds and clock.kinds[stage.name] == "estimator":
-            clock.bootstrap[stage.name] = stage.bootstrap_s
-    diagnosis = monitor.diagnosis(price_per_core_hour=price_per_core_hour, total_wall_s=timings["total"])
-    echo(format_diagnosis(diagnosis))
-    pol = job.disclosure
-    if pol.active:  # a correlation of estimate profiles would mix in suppressed estimates
-        extra_meta.pop("comparison_correlation", None)
-    meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
-            "panel_shape": {"units": pol.count(panel.n_units), "periods": panel.n_periods,
-                            "rows": pol.count(panel.n_rows), "partitions": panel.npartitions},
-            "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
-            "diagnosis": diagnosis, **extra_meta}
-    checkpoint("writing the results")
-    with clock.stage("save"):
-        meta["stages"] = clock.table()  # provisional: rewritten below with the save and report stages
-        summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
-                               metadata=meta, disclosure=pol)
-    if job.report:
-        checkpoint("writing the report")
-        with clock.stage("report"):
-            write_report(out, out / "report.html", title=job.name)
-    summary["metadata"]["stages"] = clock.table()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
-    echo(format_stages(summary["metadata"]["stages"]))
-    echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
-    return summary
+        for stage in monitor.stages:
+            stage.partitions = panel.npartitions
+            if stage.name in clock.kinds and clock.kinds[stage.name] == "estimator":
+                clock.bootstrap[stage.name] = stage.bootstrap_s
+        diagnosis = monitor.diagnosis(price_per_core_hour=price_per_core_hour, total_wall_s=timings["total"])
+        echo(format_diagnosis(diagnosis))
+        pol = job.disclosure
+        if pol.active:  # a correlation of estimate profiles would mix in suppressed estimates
+            extra_meta.pop("comparison_correlation", None)
+        meta = {"job": job.model_dump(mode="json"), "job_timings": timings,
+                "panel_shape": {"units": pol.count(panel.n_units), "periods": panel.n_periods,
+                                "rows": pol.count(panel.n_rows), "partitions": panel.npartitions},
+                "panel": panel.describe(), "profile": job.cluster.profile, "cluster": cluster,
+                "diagnosis": diagnosis, **extra_meta}
+        checkpoint("writing the results")
+        with clock.stage("save"):
+            meta["stages"] = clock.table()  # provisional: rewritten below with the save and report stages
+            summary = save_results(_StopBetween(results, checkpoint) if should_stop is not None else results, out,
+                                   metadata=meta, disclosure=pol)
+        if job.report:
+            checkpoint("writing the report")
+            with clock.stage("report"):
+                write_report(out, out / "report.html", title=job.name)
+        closer.wait()  # what is left of the shutdown counts as "other"
+        summary["metadata"]["stages"] = clock.table()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+        echo(format_stages(summary["metadata"]["stages"]))
+        echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
+        return summary
+    except BaseException as exc:
+        if closer is None:  # the cluster sees the error, as a with block's context would
+            own.__exit__(type(exc), exc, exc.__traceback__)
+        else:
+            closer.join()
+        raise
