@@ -391,20 +391,11 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     return _layout(raw, spec, periods, bs, npartitions, token)
 
 
-def _parts(raw: UnitBlock | list[UnitBlock]) -> list[UnitBlock]:
-    """A raw block as the list of its parts: a piece read in batches is one block per batch
-    (:func:`dte_dask.panel.parquet.piece_block`), consecutive entities, ranks counted from the piece's
-    first entity."""
-    return raw if isinstance(raw, list) else [raw]
-
-
-def _raw_summary(block: UnitBlock | list[UnitBlock] | None) -> tuple[int, bool] | None:
+def _raw_summary(block: UnitBlock | None) -> tuple[int, bool] | None:
     """Entities of a raw block and whether its covariates vary in time (all a layout needs)."""
     if block is None:
         return None
-    parts = _parts(block)
-    return (sum(count_distinct(b.rank) for b in parts),
-            any(b.x is not None and b.x.ndim == 3 for b in parts))
+    return count_distinct(block.rank), block.x is not None and block.x.ndim == 3
 
 
 def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions: int | None, tok: str) -> Panel | None:
@@ -440,19 +431,14 @@ def disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
         return False
 
 
-def _assemble(pieces: list[tuple[UnitBlock | list[UnitBlock], int, int, int]], varying_x: bool = False) -> UnitBlock:
-    """Concatenate the parts of raw blocks whose global entity ranks fall in ``[a, b)``: one copy of
-    each row, the parts of a piece read in batches taken straight from its batches' blocks."""
+def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = False) -> UnitBlock:
+    """Concatenate the parts of raw blocks whose global entity ranks fall in ``[a, b)``."""
     out = []
-    for raw, offset, a, b in pieces:
-        for block in _parts(raw):
-            lo, hi = np.searchsorted(block.rank, [a - offset, b - offset])
-            if hi > lo:
-                piece = block.take(slice(int(lo), int(hi))).with_rank_offset(offset)
-                out.append(piece.with_varying_x() if varying_x else piece)
-    if not out:  # no entity in [a, b): an empty block of the panel's layout
-        first = _parts(pieces[0][0])[0].take(slice(0, 0))
-        out.append(first.with_varying_x() if varying_x else first)
+    for block, offset, a, b in pieces:
+        shifted = block.with_rank_offset(offset)
+        lo, hi = np.searchsorted(shifted.rank, [a, b])
+        piece = shifted.take(slice(int(lo), int(hi)))
+        out.append(piece.with_varying_x() if varying_x else piece)
     return concat_blocks(out)
 
 

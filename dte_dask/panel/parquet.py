@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.exceptions import PanelError
-from dte_dask.panel.blocks import first_unit_periods, frame_to_block
+from dte_dask.panel.blocks import concat_blocks, first_unit_periods, frame_to_block
 from dte_dask.panel.periods import PeriodMap, distinct_ints
 from dte_dask.panel.spec import PanelSpec
 
@@ -153,11 +153,10 @@ class NotThesePeriods(Exception):
 
 
 def piece_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap,
-                strict: bool = False) -> UnitBlock | list[UnitBlock] | None:
-    """The piece's block: built from batches of :data:`STREAM_ROWS` rows (:func:`_streamed_block`:
-    a list of the batches' blocks, in unit order, where there are several), else (clusters, or unit
-    ids that are not in increasing runs) from the piece read whole. Both give the same arrays once
-    stacked (:func:`~dte_dask.panel.blocks.concat_blocks`), in the same layout, and the same errors.
+                strict: bool = False) -> UnitBlock | None:
+    """The piece's block: built from batches of :data:`STREAM_ROWS` rows (:func:`_streamed_block`),
+    else (clusters, or unit ids that are not in increasing runs) from the piece read whole. Both
+    give the same arrays, in the same layout, and the same errors.
 
     ``strict``: ``periods`` is a guess (:func:`first_periods`); None, instead of a block or an error,
     as soon as a row's period is missing or not among them."""
@@ -186,9 +185,9 @@ def _check_periods(time: pd.Series, periods: PeriodMap) -> None:
 
 
 def _streamed_block(piece: Piece, columns: tuple[str, ...], spec: PanelSpec, periods: PeriodMap,
-                    strict: bool = False) -> UnitBlock | list[UnitBlock] | None:
-    """The piece's blocks from batches of rows pivoted by :func:`frame_to_block` one chunk at a time
-    (:meth:`_Chunks.block`); or None as soon as a chunk shares or precedes a unit of an earlier one (ids not in
+                    strict: bool = False) -> UnitBlock | None:
+    """The piece's block from batches of rows pivoted by :func:`frame_to_block` one chunk at a time
+    and stacked; or None as soon as a chunk shares or precedes a unit of an earlier one (ids not in
     increasing runs, as they are in a file sorted by unit).
 
     A batch's last unit may go on in the next batch: its trailing rows are held back and pivoted
@@ -244,12 +243,8 @@ class _Chunks:
         self.offset += block.n
         return True
 
-    def block(self) -> UnitBlock | list[UnitBlock] | None:
-        """The chunks' blocks (ranks counted from the piece's first unit), not stacked: the panel's
-        layout (:func:`dte_dask.panel.load._assemble`) copies each row once, into its partition."""
-        if not self.blocks:
-            return None
-        return self.blocks[0] if len(self.blocks) == 1 else list(self.blocks)
+    def block(self) -> UnitBlock | None:
+        return concat_blocks(self.blocks) if self.blocks else None
 
 
 def _trailing_run_start(ids: np.ndarray) -> int:
