@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.checks._base import CheckResult
 from dte_dask.checks._engine import check_alpha
 from dte_dask.disclosure import frame_counts
-from dte_dask.results.aggregate import aggregate_map
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
+from dte_dask.inference.dist import norm_ppf
 from dte_dask.inference.variance import analytic_se
+from dte_dask.results.aggregate import aggregate_map
 
 _COLUMNS = ["target", "statistic", "df", "p_value", "wald", "n_pre", "band", "crit", "max_abs_t", "band_covers_zero"]
 
@@ -99,7 +99,7 @@ def pretrend_check(result: Any, *, alpha: float | None = None) -> PretrendResult
 
 
 def _bonferroni(q: int, alpha: float) -> float:
-    return float(stats.norm.ppf(1 - alpha / (2 * max(q, 1))))
+    return float(norm_ppf(1 - alpha / (2 * max(q, 1))))
 
 
 def _row(target: str, est: np.ndarray, se: np.ndarray, wald: tuple[float, int, float], wald_name: str,

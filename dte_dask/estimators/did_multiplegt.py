@@ -17,7 +17,7 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
-from scipy import stats
+from pydantic import Field
 
 from dte_dask.core.dcdh import (
     Ctx,
@@ -39,11 +39,10 @@ from dte_dask.estimators.dcdh_extras import (
     with_first_differences,
     with_matched_variables,
 )
-from pydantic import Field
-
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, compute, tree_merge
+from dte_dask.inference.dist import chi2_sf, norm_ppf
 from dte_dask.panel.panel import Panel
 from dte_dask.panel.wide import WideColumns, wide_blocks
 from dte_dask.registry import EstimatorEntry, register
@@ -101,7 +100,7 @@ class DidMultiplegtResult(Result):
         return np.sqrt(np.diag(self.cov))
 
     def to_frame(self) -> pd.DataFrame:
-        z = stats.norm.ppf(1 - self.alpha / 2)
+        z = norm_ppf(1 - self.alpha / 2)
         se = self.se
         return pd.DataFrame({"horizon": self.horizon, "event_time": self.horizon, "estimate": self.coef, "se": se,
                              "ci_lower": self.coef - z * se, "ci_upper": self.coef + z * se,
@@ -317,7 +316,7 @@ def _wald(est: np.ndarray, V: np.ndarray, contrast: np.ndarray | None = None) ->
     if est.size == 0:
         return None
     stat = float(est @ np.linalg.pinv(V) @ est)
-    return {"statistic": stat, "df": int(est.size), "p_value": float(stats.chi2.sf(stat, est.size))}
+    return {"statistic": stat, "df": int(est.size), "p_value": float(chi2_sf(stat, est.size))}
 
 
 def _finish(opt: DidMultiplegtOptions, ctx: Ctx, s: dict, f: dict, horizons: tuple, G: int,

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.core.etwfe import augment, cell_shifts, cell_x_sums, covariate_design
 from dte_dask.core.labels import plain
@@ -23,6 +22,7 @@ from dte_dask.estimators.options import EtwfeOptions, parse_options
 from dte_dask.exceptions import SpecError
 from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
+from dte_dask.inference.dist import t_ppf
 from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.regression_results import RegressionResult
@@ -169,7 +169,7 @@ def _aggregations(kinds: list[str], labels: list[Any], est: np.ndarray, se: np.n
     """The simple, group and calendar aggregations as results of the protocol (``result.aggregate(kind)``):
     CRV1 covariance ``W V W'``, t intervals with ``df_t`` degrees of freedom; their overall
     estimate is the simple ATT (``jwdid_estat``'s cell-count weights)."""
-    crit = float(stats.t.ppf(1.0 - alpha / 2.0, df_t))
+    crit = float(t_ppf(1.0 - alpha / 2.0, df_t))
     out = {}
     for kind, key_name in (("simple", "key"), ("group", "group"), ("calendar", "time")):
         m = np.array([k == kind for k in kinds]) & (kind != "simple")

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.core.labels import plain
 from dte_dask.core.within import NONE, DesignSpec
@@ -40,6 +39,7 @@ from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.graph.reduce import compute
 from dte_dask.graph.regress import Part, exact_sum, fit_ols
 from dte_dask.inference.bootstrap import check_bootstrap_cost
+from dte_dask.inference.dist import t_ppf
 from dte_dask.panel.panel import Panel
 from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.regression import RegressionResult
@@ -242,7 +242,7 @@ def _by_cohort(panel: Panel, fit, stacks, counts, events, step, alpha) -> pd.Dat
             coef = se = np.nan
             if part is not None and part.kept[nf + j]:
                 coef, se = part.beta[nf + j], float(np.sqrt(part.cov[nf + j, nf + j]))
-            c = stats.t.ppf(1 - alpha / 2, part.n_clusters - 1) if part is not None else np.nan
+            c = t_ppf(1 - alpha / 2, part.n_clusters - 1) if part is not None else np.nan
             rows.append({"cohort": plain(panel.group_label(a)), "event_time": e * step, "estimate": coef, "se": se,
                          "ci_lower": coef - c * se, "ci_upper": coef + c * se,
                          "n_treated": int(counts["units"][s, 0]), "n_control": int(counts["units"][s, 1]),

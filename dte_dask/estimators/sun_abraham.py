@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.core.labels import plain
 from dte_dask.core.within import DROP, NONE, DesignSpec
@@ -19,12 +18,18 @@ from dte_dask.estimators.event_study import (
     resolve_panel,
     treated_cohorts,
 )
-from dte_dask.estimators.options import SaControl, SunAbrahamOptions, control_group_kw, parse_options
-from dte_dask.registry import EstimatorEntry, register
+from dte_dask.estimators.options import (
+    SaControl,
+    SunAbrahamOptions,
+    control_group_kw,
+    parse_options,
+)
 from dte_dask.exceptions import EstimationError, SpecError
 from dte_dask.graph.regress import Part, fit_ols
 from dte_dask.inference.bootstrap import check_bootstrap_cost
+from dte_dask.inference.dist import t_ppf
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import EstimatorEntry, register
 from dte_dask.results.regression import RegressionResult
 
 
@@ -161,7 +166,7 @@ def _cohort_table(panel: Panel, fit, cells, idx, W, events, step, alpha) -> pd.D
     p = fit.pooled
     if not p.kept[idx].any():
         raise EstimationError("no cohort x event-time interaction has observations")
-    c = stats.t.ppf(1 - alpha / 2, p.n_clusters - 1)
+    c = t_ppf(1 - alpha / 2, p.n_clusters - 1)
     rows = []
     for j, ((g, e), i) in enumerate(zip(cells, idx)):
         if not p.kept[i]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning
+from dte_dask.inference.dist import chi2_sf, norm_ppf
 
-_ZDIFF = stats.norm.ppf(0.75) - stats.norm.ppf(0.25)
+_ZDIFF = norm_ppf(0.75) - norm_ppf(0.25)
 _TINY = np.sqrt(np.finfo(float).eps) * 10
 
 
@@ -39,7 +39,7 @@ def band_crit(draws: np.ndarray | None, se: np.ndarray, alpha: float, uniform: b
     With ``fallback`` (aggregations, as ``aggte``) a sup-t value that is NaN, infinite or below the
     pointwise normal quantile is replaced by the latter. Values >= 7 trigger R's warning.
     """
-    z = float(stats.norm.ppf(1.0 - alpha / 2.0))
+    z = float(norm_ppf(1.0 - alpha / 2.0))
     if draws is None or not uniform:
         return z
     crit = sup_t_crit(draws, se, alpha)
@@ -64,4 +64,4 @@ def wald_test(est: np.ndarray, cov: np.ndarray) -> tuple[float, int, float]:
                       DteDaskWarning, stacklevel=3)
         return float("nan"), q, float("nan")
     w = float(est @ np.linalg.solve(cov, est))
-    return w, q, float(stats.chi2.sf(w, q))
+    return w, q, float(chi2_sf(w, q))

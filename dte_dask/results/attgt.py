@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.formatting import format_table
 from dte_dask.inference.bands import band_crit, boot_se, wald_test
+from dte_dask.inference.dist import t_ppf
 from dte_dask.inference.variance import analytic_se
 from dte_dask.results.aggregate import AggKind, aggregate_map
 from dte_dask.results.base import Result, no_pretest_reason, pointwise_z
@@ -95,7 +95,7 @@ class AggregateResult(Result):
 
     @property
     def _z(self) -> float:
-        return pointwise_z(self.alpha) if self.df_t is None else float(stats.t.ppf(1.0 - self.alpha / 2.0, self.df_t))
+        return pointwise_z(self.alpha) if self.df_t is None else float(t_ppf(1.0 - self.alpha / 2.0, self.df_t))
 
     @property
     def draws(self) -> np.ndarray | None:

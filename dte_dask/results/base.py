@@ -57,10 +57,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.formatting import SummaryText
+from dte_dask.inference.dist import norm_ppf
 
 __all__ = ["Result", "SCHEMA", "KEY_COLUMNS", "EXTRA_COLUMNS", "pointwise_z", "no_pretest_reason"]
 
@@ -71,7 +71,7 @@ EXTRA_COLUMNS = ("n_treated", "n_control", "n_obs", "se_analytic", "se_boot", "b
 
 def pointwise_z(alpha: float) -> float:
     """The normal quantile of a pointwise ``1 - alpha`` interval."""
-    return float(stats.norm.ppf(1.0 - alpha / 2.0))
+    return float(norm_ppf(1.0 - alpha / 2.0))
 
 
 def no_pretest_reason(event_time: np.ndarray, reference: np.ndarray | None, est: np.ndarray) -> str:

@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dte_dask.exceptions import DteDaskWarning, EstimationError, SpecError
 from dte_dask.formatting import format_table
 from dte_dask.inference.bands import wald_test
+from dte_dask.inference.dist import t_ppf
 from dte_dask.results.base import Result, no_pretest_reason
 
 
@@ -81,7 +81,7 @@ class RegressionResult(Result):
     @property
     def crit(self) -> float:
         """Pointwise critical value: the t quantile with ``df_t`` degrees of freedom."""
-        return float(stats.t.ppf(1.0 - self.alpha / 2.0, self.df_t))
+        return float(t_ppf(1.0 - self.alpha / 2.0, self.df_t))
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical frame (:mod:`dte_dask.results.base`): event_time, estimate, se (CRV1),
