@@ -170,8 +170,9 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             price_per_core_hour: float | None = None) -> dict[str, Any]:
     """Run ``job`` and write its results folder; returns the saved summary.
 
-    With ``client=None`` the job's cluster profile is started (and closed at the end) through
-    :func:`dte_dask.cluster.connect`; pass a ``Client`` to reuse a running cluster. Every stage
+    With ``client=None`` the job's cluster profile is started through :func:`dte_dask.cluster.connect`
+    and shut down, once the last stage is over, in a background thread while the results and the
+    report are written (the function returns after it); pass a ``Client`` to reuse a running cluster. Every stage
     (load, each estimator) is measured and classified (:mod:`dte_dask.diagnose`): the summary's
     ``diagnosis`` holds the figures, the advice, core-hours and, with ``price_per_core_hour``,
     the cost.
