@@ -6,9 +6,9 @@ import contextvars
 import inspect
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -67,28 +67,6 @@ def resolve_data(data: DataSpec) -> tuple[Any, dict[str, Any]]:
     if data.storage_options:
         cols["storage_options"] = dict(data.storage_options)
     return src, {k: v for k, v in cols.items() if v is not None and v != []}
-
-
-class _Closer(threading.Thread):
-    """Closes an exit stack (the job's own cluster: client, scheduler, workers) in the background,
-    while the driver writes the results; :meth:`wait` joins it and raises its error, if any."""
-
-    def __init__(self, stack: contextlib.ExitStack) -> None:
-        super().__init__(name="dte-dask-close-cluster", daemon=True)
-        self._stack, self._error = stack, None
-        self._context = contextvars.copy_context()  # the job's current client, as the main thread sees it
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._context.run(self._stack.close)
-        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
-            self._error = exc
-
-    def wait(self) -> None:
-        self.join()
-        if self._error is not None:
-            raise self._error
 
 
 def load_job_panel(job: JobSpec, threads: int | None = None) -> Any:
@@ -195,9 +173,7 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
     timings: dict[str, float] = {}
     clock = StageClock()
     t0 = clock.t0
-    own = contextlib.ExitStack()  # the cluster the job starts itself: closed beside the save and the report
-    closer: _Closer | None = None
-    try:
+    with contextlib.ExitStack() as own:  # the cluster the job starts itself
         with contextlib.ExitStack() as stack:
             if client is None:
                 from dte_dask.cluster import connect
@@ -241,7 +217,11 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
                 extra_meta = _diagnostics(job, results, echo)
             cluster = _cluster_info(client)  # while the client is still connected
         timings["total"] = time.perf_counter() - t0
-        closer = _Closer(own)  # the results are on the driver: the workers shut down while they are written
+        # the results are on the driver: the workers shut down (in a thread) while they are written
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dte-dask-close-cluster")
+        shutdown = pool.submit(contextvars.copy_context().run, own.pop_all().close)
+        pool.shutdown(wait=False)  # its one task runs on; ``shutdown`` is waited for below
+    try:
         from dte_dask.diagnose import format_diagnosis
 
         for stage in monitor.stages:
@@ -267,15 +247,12 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
             checkpoint("writing the report")
             with clock.stage("report"):
                 write_report(out, out / "report.html", title=job.name)
-        closer.wait()  # what is left of the shutdown counts as "other"
+        shutdown.result()  # waits for what is left of it (counted as "other"); raises its error
         summary["metadata"]["stages"] = clock.table()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         echo(format_stages(summary["metadata"]["stages"]))
         echo(f"results: {out} ({', '.join(results)}) in {timings['total']:.1f} s")
         return summary
-    except BaseException as exc:
-        if closer is None:  # the cluster sees the error, as a with block's context would
-            own.__exit__(type(exc), exc, exc.__traceback__)
-        else:
-            closer.join()
+    except BaseException:
+        wait([shutdown])
         raise
