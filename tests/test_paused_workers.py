@@ -1,6 +1,7 @@
 """A job whose workers all stay paused by their memory limit fails with their memory named, not hangs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -59,6 +60,16 @@ def _status(client, addr: str) -> str:
     return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.workers[addr].status.name)
 
 
+@contextlib.contextmanager
+def _paused_cluster(**config):
+    """An in-process cluster of one 1 GB worker, paused at once (:data:`PAUSED_AT_ONCE`, then
+    ``config``): yields the cluster and its client."""
+    with dask.config.set({**PAUSED_AT_ONCE, **config}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
+                         dashboard_address=None) as lc, lc.get_client() as client:
+        yield lc, client
+
+
 def _wait_paused(client) -> str:
     (addr,) = client.scheduler_info()["workers"]
     deadline = time.monotonic() + 30
@@ -69,9 +80,7 @@ def _wait_paused(client) -> str:
 
 
 def test_job_on_paused_workers_fails_naming_their_memory(tmp_path: Path):
-    with dask.config.set(PAUSED_AT_ONCE), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
-                         dashboard_address=None) as lc, lc.get_client() as client:
+    with _paused_cluster() as (_, client):
         addr = _wait_paused(client)
         t0 = time.monotonic()
         with pytest.raises(WorkersPausedError) as err:
@@ -87,9 +96,7 @@ def test_job_on_paused_workers_fails_naming_their_memory(tmp_path: Path):
 
 def test_a_paused_worker_that_recovers_does_not_stop_the_job(tmp_path: Path):
     """Paused for less than the timeout, then running again: the job waits, then finishes."""
-    with dask.config.set({**PAUSED_AT_ONCE, "dte_dask.paused-timeout": 30}), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
-                         dashboard_address=None) as lc, lc.get_client() as client:
+    with _paused_cluster(**{"dte_dask.paused-timeout": 30}) as (lc, client):
         addr = _wait_paused(client)
         (worker,) = lc.workers.values()
         # no pause line at all (the suite's process may hold more than the limit): the worker's
@@ -115,9 +122,7 @@ def test_progress_bar_names_paused_workers():
 def test_progress_snapshot_counts_paused_workers(tmp_path: Path):
     from dte_dask.jobs.progress import PLUGIN_NAME, TaskCounter, _snapshot
 
-    with dask.config.set(PAUSED_AT_ONCE), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
-                         dashboard_address=None) as lc, lc.get_client() as client:
+    with _paused_cluster() as (_, client):
         _wait_paused(client)
         client.register_plugin(TaskCounter(), name=PLUGIN_NAME)
         snap = client.run_on_scheduler(_snapshot)
@@ -130,9 +135,7 @@ def test_service_job_on_paused_workers_fails_with_the_reason(tmp_path: Path):
     from dte_dask.service.store import JobStore
 
     job_id = "a" * 32
-    with dask.config.set(PAUSED_AT_ONCE), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GB",
-                         dashboard_address=None) as lc, lc.get_client() as client:
+    with _paused_cluster() as (_, client):
         _wait_paused(client)
         store = JobStore(tmp_path / "jobs.sqlite")
         ex = JobExecutor(store, client, max_concurrent=1, max_queued=1, prepare=lambda row: _job(tmp_path / "out"),
