@@ -70,12 +70,13 @@ class Cells:
             keys.setdefault(key, []).append(k)
         return [np.array(v) for v in keys.values()]
 
-    def design_rows(self, block: UnitBlock, ks: np.ndarray, buf: np.ndarray | None = None):
+    def design_rows(self, block: UnitBlock, ks: np.ndarray, buf: np.ndarray | None = None,
+                    G: np.ndarray | None = None):
         """Rows of a design: mask, X = [1, covariates] (earlier period of the 2x2, as R did), d, w.
         ``buf``: a flat float array of at least n_m (p + 1) elements to hold X (the caller's,
-        reused across designs)."""
+        reused across designs); ``G``: ``self.effective_g(block.g)``, when the caller has it."""
         k0 = int(ks[0])
-        G = self.effective_g(block.g)
+        G = self.effective_g(block.g) if G is None else G
         D = G == self.g[k0]
         C = np.isinf(G) if np.isinf(self.ctrl_min[k0]) else (G > self.ctrl_min[k0]) & ~D
         m = D | C

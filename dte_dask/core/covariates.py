@@ -96,12 +96,15 @@ class _Scratch:
         self.dys: np.ndarray | None = None
         self.rows: np.ndarray | None = None
         self.xs: np.ndarray | None = None
+        self.G: np.ndarray | None = None
 
     def design_rows(self, cells: Cells, block: UnitBlock, ks: np.ndarray):
-        """``cells.design_rows(block, ks)``, X in the buffer (valid until the next call)."""
+        """``cells.design_rows(block, ks)``, X in the buffer (valid until the next call); the
+        block's effective groups are found once for all its designs."""
         if self.xs is None:
             self.xs = np.empty(self.n * self.p)
-        return cells.design_rows(block, ks, buf=self.xs)
+            self.G = cells.effective_g(block.g)
+        return cells.design_rows(block, ks, buf=self.xs, G=self.G)
 
     def dy(self, block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, n_m: int) -> np.ndarray:
         """:func:`design_dy` (column-major) in the buffer, never a cell set's kept changes: free to

@@ -72,9 +72,11 @@ class Comparisons:
         return replace(self, g=self.g[cols], t=self.t[cols], base=self.base[cols], gc=self.gc[cols], q=self.q[cols],
                        _groups={})
 
-    def design_rows(self, block: UnitBlock, ks: np.ndarray, buf: np.ndarray | None = None):
+    def design_rows(self, block: UnitBlock, ks: np.ndarray, buf: np.ndarray | None = None,
+                    G: np.ndarray | None = None):
         """Rows of a design: mask, X = [1, covariates], treated indicator d, weights (picked once
-        per block when ``block`` is a :class:`DesignBlock`; ``buf``, a buffer for X, is not used)."""
+        per block when ``block`` is a :class:`DesignBlock`; ``buf``, a buffer for X, and ``G``,
+        the effective groups, are not used)."""
         j = int(ks[0])
         cache = getattr(block, "rows", None)
         if cache:

@@ -9,12 +9,13 @@ ILL_CONDITIONED = 1e10  # equilibrated condition number above which a solve may 
 
 
 def expit(z: np.ndarray) -> np.ndarray:
-    out = np.empty_like(z, dtype=float)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
+    """The logistic function, without overflow: ``1 / (1 + exp(-z))`` where ``z >= 0`` and
+    ``exp(z) / (1 + exp(z))`` elsewhere. Both branches share ``e = exp(-|z|)``, so it is computed
+    for every element at once (whole-array passes, no masked gathers and scatters)."""
+    z = np.asarray(z, dtype=float)
+    e = np.exp(-np.abs(z))
+    num = np.where(z >= 0, 1.0, e)
+    return np.divide(num, 1.0 + e, out=num)
 
 
 def guarded_solve(a: np.ndarray, b: np.ndarray, check: bool = True) -> np.ndarray | None:
