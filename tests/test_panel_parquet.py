@@ -308,3 +308,43 @@ def test_periods_of_the_first_unit_spare_the_scan_only_when_every_piece_confirms
     pdf.assign(time=pdf.time.astype(float).where(pdf.index != len(pdf) - 3)).to_parquet(bad, index=False)
     with pytest.raises(PanelError, match=r"column 'time' \(time\) has 1 missing values"):
         load_panel(bad, **KW)
+
+
+def test_each_raw_piece_goes_once_its_partitions_are_built(files, monkeypatch):
+    """The client holds no raw block of a piece while the partitions are built from them: the
+    scheduler releases each once the partitions cut from it are (its memory then serves the next
+    ones), not all of them after the last."""
+    import time
+
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from dte_dask.panel import load as load_module
+
+    class Transitions(SchedulerPlugin):
+        def __init__(self):
+            self.log = []
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            self.log.append((str(key), start, finish))
+
+    assemble = load_module._assemble
+
+    def slow_assemble(*args, **kwargs):  # time for the client's releases to reach the scheduler
+        time.sleep(0.15)
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(load_module, "_assemble", slow_assemble)
+    kw = {**KW, "rng_block_size": 50, "npartitions": 6}
+    with dask.config.set(scheduler=None), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                                       dashboard_address=None) as lc, Client(lc):
+        plugin = Transitions()
+        lc.scheduler.add_plugin(plugin)
+        panel = load_panel(files["root"] / "shuf", **kw)  # two files: two raw blocks
+        log = list(plugin.log)
+        assert panel.npartitions == 6
+        assert_identical(load_panel(files["pdf"], **kw), panel)
+    built = [i for i, (k, a, b) in enumerate(log) if k.startswith("panel-layout-") and b == "memory"]
+    gone = [i for i, (k, a, b) in enumerate(log) if k.startswith("panel-block-") and a == "memory"]
+    assert len(built) == 6 and gone
+    assert min(gone) < max(built)  # a raw piece went before the last partition was built

@@ -410,13 +410,22 @@ def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions
     bounds = _partition_bounds(n_ent, bs, npartitions)
     # covariates are time-varying (n, T, p) in every block as soon as they vary in one partition
     varying = any(s[1] for s in sums)
-    blocks = []
-    for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw))
-                  if offsets[i] < b and offsets[i + 1] > a]
-        blocks.append(dask.delayed(_assemble, pure=True)(pieces, varying, dask_key_name=f"panel-layout-{tok}-{j}"))
+    # The client drops its references to the raw blocks (``raw``, and the graphs of the partitions
+    # once submitted): each raw block then goes as soon as the last partition built from it is,
+    # and its memory serves the next partitions (fresh pages cost more than reused ones).
+    blocks = dask.persist(*_assembly(raw, offsets, bounds, varying, tok))
+    del raw
     panel = Panel(spec=spec, periods=periods, blocks=tuple(blocks), summaries=(), rng_block_size=bs, n_entities=n_ent)
     return finish(panel)
+
+
+def _assembly(raw: list, offsets: np.ndarray, bounds: list[int], varying: bool, tok: str) -> list:
+    """One task per partition ``[a, b)`` of entity ranks: the parts of the raw blocks it covers."""
+    tasks = []
+    for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw)) if offsets[i] < b and offsets[i + 1] > a]
+        tasks.append(dask.delayed(_assemble, pure=True)(pieces, varying, dask_key_name=f"panel-layout-{tok}-{j}"))
+    return tasks
 
 
 def disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
