@@ -2,6 +2,7 @@
 unit-major pandas frame by reshape. Both must give exactly the blocks of the general routes."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import dask
@@ -348,3 +349,29 @@ def test_each_raw_piece_goes_once_its_partitions_are_built(files, monkeypatch):
     gone = [i for i, (k, a, b) in enumerate(log) if k.startswith("panel-block-") and a == "memory"]
     assert len(built) == 6 and gone
     assert min(gone) < max(built)  # a raw piece went before the last partition was built
+
+
+def test_a_part_cut_in_another_process_keeps_the_outcomes_column_major(files):
+    """A slice of a column-major array travels between processes as a row-major copy; the partition
+    built from it is laid out as one built in place (same arrays, same layout as pandas')."""
+    from dte_dask.panel.load import _assemble, _cut
+
+    block = load_panel(files["pdf"], **{**KW, "npartitions": 1}).blocks[0].compute()
+    assert block.y.strides[0] < block.y.strides[1]
+    n = block.n
+    local = [_cut(block, 0, 0, n // 3), _cut(block, 0, n // 3, n)]
+    moved = [local[0], dataclasses.replace(local[1], y=np.ascontiguousarray(local[1].y))]  # as unpickled
+    for parts in (local, moved, moved[1:]):
+        out = _assemble(parts)
+        assert out.y.strides[0] < out.y.strides[1]
+        np.testing.assert_array_equal(out.y, np.concatenate([p.y for p in parts]))
+
+
+def test_two_worker_processes_build_the_same_partitions(files):
+    from distributed import Client, LocalCluster
+
+    kw = {**KW, "covariates": ["age", "female"], "rng_block_size": 50, "npartitions": 5}
+    ref = load_panel(files["pdf"], **kw)
+    with dask.config.set(scheduler=None), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None) as lc, Client(lc):
+        assert_identical(ref, load_panel(files["root"] / "shuf", **kw))

@@ -11,6 +11,7 @@ Two routes lead to the same blocks:
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import uuid
@@ -420,11 +421,15 @@ def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions
 
 
 def _assembly(raw: list, offsets: np.ndarray, bounds: list[int], varying: bool, tok: str) -> list:
-    """One task per partition ``[a, b)`` of entity ranks: the parts of the raw blocks it covers."""
+    """One task per partition ``[a, b)`` of entity ranks, joining the parts of the raw blocks it
+    covers; each part is cut by a task of its own, which runs where its raw block is, so that only
+    the part, not the whole raw block, moves to a partition built by another worker."""
+    cut = dask.delayed(_cut, pure=True)
     tasks = []
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        pieces = [(raw[i], int(offsets[i]), a, b) for i in range(len(raw)) if offsets[i] < b and offsets[i + 1] > a]
-        tasks.append(dask.delayed(_assemble, pure=True)(pieces, varying, dask_key_name=f"panel-layout-{tok}-{j}"))
+        parts = [cut(raw[i], int(offsets[i]), a, b, varying, dask_key_name=f"panel-cut-{tok}-{j}-{i}")
+                 for i in range(len(raw)) if offsets[i] < b and offsets[i + 1] > a]
+        tasks.append(dask.delayed(_assemble, pure=True)(parts, dask_key_name=f"panel-layout-{tok}-{j}"))
     return tasks
 
 
@@ -440,15 +445,24 @@ def disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
         return False
 
 
-def _assemble(pieces: list[tuple[UnitBlock, int, int, int]], varying_x: bool = False) -> UnitBlock:
-    """Concatenate the parts of raw blocks whose global entity ranks fall in ``[a, b)``."""
-    out = []
-    for block, offset, a, b in pieces:
-        shifted = block.with_rank_offset(offset)
-        lo, hi = np.searchsorted(shifted.rank, [a, b])
-        piece = shifted.take(slice(int(lo), int(hi)))
-        out.append(piece.with_varying_x() if varying_x else piece)
-    return concat_blocks(out)
+def _cut(block: UnitBlock, offset: int, a: int, b: int, varying_x: bool = False) -> UnitBlock:
+    """The entities of a raw block (local ranks; its first entity's global rank is ``offset``)
+    whose global ranks fall in ``[a, b)``, ranks made global: views of the raw block's arrays."""
+    lo, hi = np.searchsorted(block.rank, [a - offset, b - offset])
+    part = block.take(slice(int(lo), int(hi))).with_rank_offset(offset)
+    return part.with_varying_x() if varying_x else part
+
+
+def _assemble(parts: list[UnitBlock]) -> UnitBlock:
+    """A partition from its parts (:func:`_cut`), outcomes column-major as the raw blocks hold them:
+    a part that came from another process arrives row-major (a slice of a column-major array
+    travels as a row-major copy) and is laid out again, so a partition's layout, and with it every
+    sum over it, does not depend on where its parts were cut."""
+    block = concat_blocks(parts)
+    y = block.y
+    if y.ndim == 2 and y.shape[0] > 1 and y.shape[1] > 1 and y.strides[0] > y.strides[1]:
+        block = dataclasses.replace(block, y=np.asfortranarray(y))
+    return block
 
 
 def _warn_late_cohorts(panel: Panel) -> None:
