@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from dte_dask import config
+from dte_dask.cluster.local import default_workers
 from dte_dask.cluster.numa import (
     SYSFS_NODE_ROOT,
     format_cpulist,
@@ -41,7 +42,7 @@ DEFAULT_PERIODS = 24
 """Periods T assumed by the partition-size rule when the panel is not known."""
 
 MAX_THREADS_PER_WORKER = 8
-"""Above this many CPUs per NUMA node, a node is split over several workers (GIL contention)."""
+"""Above this many threads per worker the report suggests more, smaller workers (GIL contention)."""
 
 BYTES_PER_VALUE = 8          # float64
 WORKING_COPIES = 6           # wide outcome, differences, masks, influence functions, weights...
@@ -171,21 +172,23 @@ def recommend_partition_units(
 
 
 def recommend_layout(topology: Any, periods: int = DEFAULT_PERIODS,
-                     max_threads_per_worker: int = MAX_THREADS_PER_WORKER) -> dict[str, Any]:
+                     max_threads_per_worker: int | None = None) -> dict[str, Any]:
     """Recommended workers, threads, memory and partition size for a topology.
 
-    One worker per NUMA node (memory stays local, no cross-node traffic), except that a node
-    with more than ``max_threads_per_worker`` CPUs is split over
-    ``ceil(cpus / max_threads_per_worker)`` workers, since pandas/numpy tasks hold the GIL part
-    of the time. Each worker gets its CPUs as threads and ``0.9 * memory / n_workers`` bytes
-    (:func:`~dte_dask.cluster.numa.plan_workers`); the partition size follows
+    The ``local`` profile's own layout: each NUMA node's CPUs split into worker processes and
+    threads as Dask splits a machine (:func:`~dte_dask.cluster.local.default_workers`: memory stays
+    local to the node, and few threads share each process's GIL), or, with
+    ``max_threads_per_worker`` set, ``ceil(cpus / max_threads_per_worker)`` workers per node.
+    Each worker gets its slice of the node's CPUs as threads and ``0.9 * memory / n_workers``
+    bytes (:func:`~dte_dask.cluster.numa.plan_workers`); the partition size follows
     :func:`recommend_partition_units`.
 
     Parameters
     ----------
     topology : Topology
     periods : int, default 24
-    max_threads_per_worker : int, default 8
+    max_threads_per_worker : int, optional
+        Split each node into workers of at most this many threads instead.
 
     Returns
     -------
@@ -197,7 +200,10 @@ def recommend_layout(topology: Any, periods: int = DEFAULT_PERIODS,
         its CPUs and ``numactl`` prefix).
     """
     nodes = topology.cpu_nodes
-    per_node = max(1, math.ceil(min(len(n.cpus) for n in nodes) / max_threads_per_worker))
+    if max_threads_per_worker is None:
+        per_node = default_workers(topology) // len(nodes)
+    else:
+        per_node = max(1, math.ceil(min(len(n.cpus) for n in nodes) / max_threads_per_worker))
     plans = plan_workers(topology, n_workers=per_node * len(nodes))
     threads = min(p.nthreads for p in plans)
     memory = min(p.memory_limit for p in plans)

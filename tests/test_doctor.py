@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from dte_dask import doctor
 from dte_dask.cli import main
+from dte_dask.cluster import local as local_module
 from dte_dask.cluster import numa
 
 GIB = 1 << 30
@@ -31,37 +32,54 @@ def two_nodes(tmp_path: Path) -> Path:
     return make_sysfs(tmp_path / "node", {0: "0-3", 1: "4-7"})
 
 
-def test_collect_two_nodes_recommends_two_workers(two_nodes: Path) -> None:
+def test_collect_two_nodes_splits_each_node_as_dask_does(two_nodes: Path) -> None:
     info = doctor.collect(two_nodes, total_memory=16 * GIB)
     assert TOP_KEYS <= set(info)
     assert info["numa"]["n_nodes"] == 2 and info["numa"]["source"] == "sysfs"
     assert [n["cpus"] for n in info["numa"]["nodes"]] == ["0-3", "4-7"]
     assert info["numa"]["nodes"][0]["memory_bytes"] == 8 * GIB
     rec = info["recommendation"]
-    assert rec["n_workers"] == 2 and rec["workers_per_node"] == 1
-    assert rec["threads_per_worker"] == 4
-    assert rec["memory_limit_bytes"] == int(16 * GIB * 0.9 / 2)
-    assert [w["cpus"] for w in rec["workers"]] == ["0-3", "4-7"]
-    assert rec["workers"][1]["numactl_prefix"] == "numactl --cpunodebind=1 --membind=1"
+    # Dask's split of 4 CPUs: 4 processes of 1 thread, on each node
+    assert rec["n_workers"] == 8 and rec["workers_per_node"] == 4
+    assert rec["threads_per_worker"] == 1
+    assert rec["memory_limit_bytes"] == int(16 * GIB * 0.9 / 8)
+    assert [w["cpus"] for w in rec["workers"]] == [str(i) for i in range(8)]
+    assert rec["workers"][5]["numactl_prefix"] == "numactl --physcpubind=5 --membind=1"
     assert rec["partition_units"] == doctor.recommend_partition_units(
-        rec["memory_limit_bytes"], 4, 24)
+        rec["memory_limit_bytes"], 1, 24)
     json.dumps(info)  # serialisable
 
 
 def test_big_nodes_are_split(tmp_path: Path) -> None:
     root = make_sysfs(tmp_path / "node", {0: "0-15", 1: "16-31"})
     rec = doctor.collect(root, total_memory=64 * GIB)["recommendation"]
-    assert rec["workers_per_node"] == 2 and rec["n_workers"] == 4
-    assert rec["threads_per_worker"] == 8
-    assert [w["cpus"] for w in rec["workers"]] == ["0-7", "8-15", "16-23", "24-31"]
-    assert rec["workers"][0]["numactl_prefix"] == "numactl --physcpubind=0-7 --membind=0"
+    assert rec["workers_per_node"] == 4 and rec["n_workers"] == 8  # Dask's split of 16 CPUs: 4 x 4
+    assert rec["threads_per_worker"] == 4
+    assert [w["cpus"] for w in rec["workers"]] == ["0-3", "4-7", "8-11", "12-15", "16-19", "20-23", "24-27", "28-31"]
+    assert rec["workers"][0]["numactl_prefix"] == "numactl --physcpubind=0-3 --membind=0"
+    capped = doctor.recommend_layout(numa.read_topology(root), max_threads_per_worker=8)
+    assert capped["workers_per_node"] == 2 and [w["cpus"] for w in capped["workers"]][:2] == ["0-7", "8-15"]
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 6, 8, 12, 16, 64])
+def test_default_workers_is_dasks_split_of_each_node(tmp_path: Path, cpus: int) -> None:
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    root = make_sysfs(tmp_path / "node", {0: f"0-{cpus - 1}", 1: f"{cpus}-{2 * cpus - 1}"})
+    topology = numa.read_topology(root)
+    assert local_module.default_workers(topology) == 2 * nprocesses_nthreads(cpus)[0]
+    plans = numa.plan_workers(topology, n_workers=local_module.default_workers(topology))
+    assert {p.nthreads for p in plans} == {nprocesses_nthreads(cpus)[1]}
 
 
 def test_missing_sysfs_means_one_node(tmp_path: Path) -> None:
     info = doctor.collect(tmp_path / "nothing", total_memory=4 * GIB)
     assert info["numa"]["source"] == "affinity" and info["numa"]["n_nodes"] == 1
-    assert info["recommendation"]["n_workers"] == 1
-    assert info["recommendation"]["pinning"] == "none"
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    cpus = len(numa.read_topology(tmp_path / "nothing").cpu_nodes[0].cpus)
+    assert info["recommendation"]["n_workers"] == nprocesses_nthreads(cpus)[0]
+    assert (info["recommendation"]["pinning"] == "none") == (info["recommendation"]["n_workers"] == 1)
     assert any("no NUMA information" in n for n in info["notes"])
 
 
@@ -145,7 +163,7 @@ def test_cli_json(two_nodes: Path) -> None:
     assert {"python", "dask", "distributed", "numpy", "pandas", "pyarrow"} <= set(info["versions"])
     assert {"n_workers", "workers_per_node", "threads_per_worker", "memory_limit_bytes",
             "partition_units"} <= set(info["recommendation"])
-    assert info["recommendation"]["n_workers"] == 2
+    assert info["recommendation"]["n_workers"] == 8
 
 
 def test_cli_text(two_nodes: Path) -> None:
@@ -153,7 +171,7 @@ def test_cli_text(two_nodes: Path) -> None:
                                        "--periods", "12"])
     assert result.exit_code == 0, result.output
     assert "Recommended layout" in result.output
-    assert "workers          2 (1 per NUMA node)" in result.output
+    assert "workers          8 (4 per NUMA node)" in result.output
     assert "T=12 periods" in result.output
     assert "node 1" in result.output
 

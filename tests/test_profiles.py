@@ -491,9 +491,17 @@ def test_local_profile_env_reaches_the_workers() -> None:
 
 
 def test_local_profile_uses_numa_plan() -> None:
+    """Left to the plan, each NUMA node's CPUs are split into processes and threads as Dask's own
+    LocalCluster splits a machine."""
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    from dte_dask.cluster.local import default_workers
     from dte_dask.cluster.numa import plan_workers, read_topology
 
-    plans = plan_workers(read_topology())
+    topology = read_topology()
+    nodes = topology.cpu_nodes
+    assert default_workers(topology) == len(nodes) * nprocesses_nthreads(min(len(n.cpus) for n in nodes))[0]
+    plans = plan_workers(topology, n_workers=default_workers(topology))
     with connect("local", dashboard_address="127.0.0.1:0") as client:
         info = client.scheduler_info()["workers"]
         assert len(info) == len(plans)

@@ -9,7 +9,26 @@ from dte_dask.cluster.schema import ProfileError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["local_layout", "start", "worker_env", "expected_workers", "scale", "timeout_hint"]
+__all__ = ["default_workers", "local_layout", "start", "worker_env", "expected_workers", "scale", "timeout_hint"]
+
+
+def default_workers(topology: Any) -> int:
+    """Workers for a machine when none are asked for: each NUMA node's CPUs split into processes
+    and threads as Dask's own ``LocalCluster`` splits a machine's
+    (:func:`distributed.deploy.utils.nprocesses_nthreads`: one single-threaded process per CPU up
+    to four CPUs, then about the square root of the CPUs as processes). Worker threads share one
+    GIL, which the estimators' kernels hold between their numpy calls: two single-threaded
+    processes ran the medical job's Callaway-Sant'Anna stage about 1.2x faster than one process of
+    two threads (benchmarks/RESULTS.md). Nodes differing in size take the smallest node's split,
+    so that every worker gets as many CPUs (plan_workers spreads workers evenly over nodes)."""
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    from dte_dask.cluster.numa import TopologyError
+
+    nodes = topology.cpu_nodes
+    if not nodes:
+        raise TopologyError("the topology has no node with CPUs; cannot place workers")
+    return len(nodes) * nprocesses_nthreads(min(len(n.cpus) for n in nodes))[0]
 
 
 def local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
@@ -19,8 +38,11 @@ def local_layout(c: Any) -> tuple[list[Any] | None, int | None, Any]:
     from dte_dask.cluster.numa import TopologyError, plan_workers, read_topology
 
     try:
-        plans = plan_workers(read_topology(), n_workers=c.n_workers,
-                             threads_per_worker=c.threads_per_worker,
+        topology = read_topology()
+        n_workers = c.n_workers
+        if n_workers is None and c.threads_per_worker is None and c.processes:
+            n_workers = default_workers(topology)  # threads of one process share a GIL
+        plans = plan_workers(topology, n_workers=n_workers, threads_per_worker=c.threads_per_worker,
                              memory_limit=c.memory_limit)
     except TopologyError as exc:
         if c.pin_cpus:

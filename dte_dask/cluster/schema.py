@@ -86,8 +86,10 @@ class LocalSpec(_Closed):
     """``distributed.LocalCluster`` options.
 
     ``n_workers``/``threads_per_worker``/``memory_limit`` left ``null`` come from the NUMA plan
-    of this machine (:func:`dte_dask.cluster.numa.plan_workers`: one worker per NUMA node,
-    owning its CPUs, 90% of the memory split evenly).
+    of this machine (:func:`dte_dask.cluster.numa.plan_workers`): each NUMA node's CPUs split
+    into processes and threads as Dask's LocalCluster splits a machine
+    (:func:`dte_dask.cluster.local.default_workers`; with only ``threads_per_worker`` given, one
+    worker per node), 90% of the memory split evenly.
     """
 
     n_workers: Annotated[int, Field(ge=0)] | None = Field(
