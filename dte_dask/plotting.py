@@ -51,9 +51,9 @@ PASS_THROUGH = ("n_treated", "n_control", "suppressed", "suppression_reason")
 
 # ----------------------------------------------------------------------------- normalisation
 def _z(alpha: float) -> float:
-    from dte_dask.inference.dist import norm_ppf
+    from dte_dask.inference.dist import pointwise_z
 
-    return float(norm_ppf(1.0 - alpha / 2.0))
+    return pointwise_z(alpha)
 
 
 def _canonical(df: pd.DataFrame, alpha: float, key: str = "event_time") -> pd.DataFrame:
@@ -561,9 +561,9 @@ def save_figure(fig: Any, path: str, *, title: str | None = None) -> str:
         if is_mpl:
             raise SpecError("HTML output needs a bokeh figure (backend='bokeh')")
         from bokeh.embed import file_html
-        from bokeh.resources import (
-            INLINE,  # bokeh drops the bundles a figure does not use
-        )
+        from bokeh.resources import INLINE
+
+        # INLINE: bokeh drops the bundles a figure does not use
 
         html = file_html(fig, resources=INLINE, title=title or "dte_dask plot")
         with open(path, "w", encoding="utf-8") as fh:

@@ -42,11 +42,11 @@ from dte_dask.estimators.dcdh_extras import (
 from dte_dask.estimators.options import Bool, NonNegInt, Options, parse_options
 from dte_dask.exceptions import DteDaskWarning, PanelError, SpecError
 from dte_dask.graph.reduce import by_rng_block, compute, tree_merge
-from dte_dask.inference.dist import chi2_sf, norm_ppf
+from dte_dask.inference.dist import chi2_sf
 from dte_dask.panel.panel import Panel
 from dte_dask.panel.wide import WideColumns, wide_blocks
 from dte_dask.registry import EstimatorEntry, register
-from dte_dask.results.base import Result
+from dte_dask.results.base import Result, pointwise_z
 
 __all__ = ["did_multiplegt", "DidMultiplegtOptions", "DidMultiplegtResult", "reduce_blocks"]
 
@@ -100,7 +100,7 @@ class DidMultiplegtResult(Result):
         return np.sqrt(np.diag(self.cov))
 
     def to_frame(self) -> pd.DataFrame:
-        z = norm_ppf(1 - self.alpha / 2)
+        z = pointwise_z(self.alpha)
         se = self.se
         return pd.DataFrame({"horizon": self.horizon, "event_time": self.horizon, "estimate": self.coef, "se": se,
                              "ci_lower": self.coef - z * se, "ci_upper": self.coef + z * se,

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from dte_dask.exceptions import DteDaskWarning
-from dte_dask.inference.dist import chi2_sf, norm_ppf
+from dte_dask.inference.dist import chi2_sf, norm_ppf, pointwise_z
 
 _ZDIFF = norm_ppf(0.75) - norm_ppf(0.25)
 _TINY = np.sqrt(np.finfo(float).eps) * 10
@@ -39,7 +39,7 @@ def band_crit(draws: np.ndarray | None, se: np.ndarray, alpha: float, uniform: b
     With ``fallback`` (aggregations, as ``aggte``) a sup-t value that is NaN, infinite or below the
     pointwise normal quantile is replaced by the latter. Values >= 7 trigger R's warning.
     """
-    z = float(norm_ppf(1.0 - alpha / 2.0))
+    z = pointwise_z(alpha)
     if draws is None or not uniform:
         return z
     crit = sup_t_crit(draws, se, alpha)

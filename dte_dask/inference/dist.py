@@ -12,12 +12,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-__all__ = ["chi2_sf", "norm_ppf", "t_ppf"]
+__all__ = ["chi2_sf", "norm_ppf", "pointwise_z", "t_ppf"]
 
 
 def norm_ppf(q):
     """``scipy.stats.norm.ppf(q)``: the standard normal quantile (NaN outside [0, 1])."""
     return special.ndtri(q)
+
+
+def pointwise_z(alpha: float) -> float:
+    """The normal quantile of a pointwise ``1 - alpha`` interval."""
+    return float(norm_ppf(1.0 - alpha / 2.0))
 
 
 def t_ppf(q, df):

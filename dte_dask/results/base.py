@@ -60,18 +60,13 @@ import pandas as pd
 
 from dte_dask.exceptions import DteDaskWarning, SpecError
 from dte_dask.formatting import SummaryText
-from dte_dask.inference.dist import norm_ppf
+from dte_dask.inference.dist import pointwise_z
 
 __all__ = ["Result", "SCHEMA", "KEY_COLUMNS", "EXTRA_COLUMNS", "pointwise_z", "no_pretest_reason"]
 
 KEY_COLUMNS = ("group", "time", "event_time", "key", "dose")
 SCHEMA = ("estimate", "se", "ci_lower", "ci_upper", "band_lower", "band_upper")
 EXTRA_COLUMNS = ("n_treated", "n_control", "n_obs", "se_analytic", "se_boot", "binned")
-
-
-def pointwise_z(alpha: float) -> float:
-    """The normal quantile of a pointwise ``1 - alpha`` interval."""
-    return float(norm_ppf(1.0 - alpha / 2.0))
 
 
 def no_pretest_reason(event_time: np.ndarray, reference: np.ndarray | None, est: np.ndarray) -> str:
