@@ -75,8 +75,9 @@ def save_results(results: Mapping[str, Any], out_dir: str | os.PathLike, metadat
             continue
         entry = _save_estimator(out, name, obj, pol)
         summary["estimators"][name] = entry
-        if getattr(obj, "seed", None) is not None:
-            seeds[name] = obj.seed
+        seed = _seed(obj)
+        if seed is not None:
+            seeds[name] = seed
         if getattr(obj, "timings", None):
             timings[name] = dict(obj.timings)
         if panel is None and isinstance(getattr(obj, "panel", None), Mapping) and obj.panel:
@@ -247,6 +248,8 @@ def _save_estimator_files(out: str, name: str, obj: Any, pol: Any) -> dict[str, 
         try:
             val = fn()
         except Exception as exc:  # noqa: BLE001 - record, do not fail the save
+            if attr == "by_cohort" and isinstance(exc, SpecError):
+                continue  # a result without cohorts (an event study): nothing to save, and nothing failed
             entry.setdefault("notes", []).append(f"{attr}() failed: {exc}")
             continue
         if attr == "by_cohort":
@@ -258,6 +261,17 @@ def _save_estimator_files(out: str, name: str, obj: Any, pol: Any) -> dict[str, 
         if getattr(obj, attr, None) is not None and not callable(getattr(obj, attr)):
             entry[attr] = getattr(obj, attr)
     return entry
+
+
+def _seed(obj: Any) -> int | None:
+    """The bootstrap seed of a result: its ``seed``, or (regression results) ``options['seed']`` when
+    it drew multipliers."""
+    if getattr(obj, "seed", None) is not None:
+        return obj.seed
+    opts = getattr(obj, "options", None)
+    if isinstance(opts, Mapping) and opts.get("n_boot") and opts.get("seed") is not None:
+        return opts["seed"]
+    return None
 
 
 def _plain_value(v: Any) -> Any:

@@ -249,3 +249,21 @@ def test_simulated_and_mpdta_columns_are_checked() -> None:
     with pytest.raises(SpecError, match=r"(?s)in the bundled mpdta.*data\.outcome: column 'sbp' not found"):
         check_data_source(parse_job({"data": {"source": "mpdta", "outcome": "sbp"},
                                      "estimators": [{"kind": "att_gt"}]}).data)
+
+
+def test_cli_prints_our_warnings_as_one_line(monkeypatch) -> None:
+    """A trimmed stacked-DiD event (a DteDaskWarning) reaches the terminal as ``warning: ...``, not as
+    the file, line and source of the code that raised it; other warnings keep Python's format."""
+    import warnings
+
+    from dte_dask.cli import format_warning
+    from dte_dask.exceptions import DteDaskWarning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    assert _invoke("report", "--help").exit_code == 0  # the group's callback installs the format
+    assert warnings.formatwarning is format_warning
+    msg = "stacked_did: trimmed adoption events 4 (its window is not inside the panel's periods 1..24)"
+    assert warnings.formatwarning(DteDaskWarning(msg), DteDaskWarning, "/x/runner.py", 91, "return fn()") == \
+        f"warning: {msg}\n"
+    plain = warnings.formatwarning(UserWarning("other"), UserWarning, "/x/mod.py", 7, "f()")
+    assert plain.startswith("/x/mod.py:7: UserWarning: other")

@@ -157,11 +157,15 @@ def test_report_with_the_regression_estimators(results, tmp_path):
     df = dte_dask.datasets.load_mpdta()
     with dask.config.set(scheduler="sync"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = {"cs": results["cs"], "es": dte_dask.event_study(df, **COLS), "sa": dte_dask.sun_abraham(df, **COLS)}
+        res = {"cs": results["cs"], "es": dte_dask.event_study(df, **COLS, bootstrap=True, n_boot=99, seed=5), "sa": dte_dask.sun_abraham(df, **COLS)}
     s = save_results(res, tmp_path)
     assert [e["kind"] for e in s["estimators"].values()] == ["attgt", "event_study", "sun_abraham"]
     assert set(s["estimators"]["sa"]["files"]) == {"table", "event_study", "by_cohort"}
     assert s["estimators"]["es"]["pretrend"]["df"] == res["es"].pretrend_test()["df"]
+    # an event study has no cohorts: no by_cohort file, and no note that calls that a failure
+    assert "by_cohort" not in s["estimators"]["es"]["files"]
+    assert "notes" not in s["estimators"]["es"], s["estimators"]["es"].get("notes")
+    assert s["metadata"]["seeds"] == {"cs": 1, "es": 5}  # every bootstrapped result's seed; sa drew none
     page = build_report(tmp_path)
     assert page.count("data-root-id=") == 3 + 1 + 2 + 1  # cs, es, sa (+ its cohorts), comparison
     assert "TWFE event study" in page

@@ -148,9 +148,13 @@ def test_post_average_is_mean_of_post_coefficients():
 
 
 def test_trimmed_events_warn():
-    with pytest.warns(DteDaskWarning, match=r"trimmed adoption events 8 \(its window is not inside"):
+    with pytest.warns(DteDaskWarning, match=r"trimmed adoption events 8 \(its window is not inside the panel's "
+                      r"periods 1\.\.10\) for window=\(-3, 3\)"):
         res = dte_dask.stacked_did(_frame(0.0), **COLS, window=(-3, 3))
     assert res.options["stacks"] == [4, 6]
+    with pytest.warns(DteDaskWarning, match=r"events 4, 8 \(their windows are not inside the panel's periods 1\.\.10\)"):
+        res = dte_dask.stacked_did(_frame(0.0), **COLS, window=(-4, 3))
+    assert res.options["stacks"] == [6]
 
 
 BAD = {

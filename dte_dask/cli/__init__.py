@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -34,3 +35,17 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="dte_dask")
 def main() -> None:
     """dte_dask: staggered difference-in-differences on Dask, from a laptop to a cluster."""
+    warnings.formatwarning = format_warning
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    """Our warnings (about the data or the estimates) as one ``warning: ...`` line, without the
+    file, line and source of the code that raised them; any other warning as Python prints it."""
+    from dte_dask.exceptions import DteDaskWarning
+
+    if isinstance(category, type) and issubclass(category, DteDaskWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)

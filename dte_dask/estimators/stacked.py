@@ -164,17 +164,20 @@ def _clean_controls(panel: Panel, a: int, K: int, L: int, control: str) -> tuple
 
 
 def _feasible_stacks(panel: Panel, K: int, L: int, control: str, window) -> list[tuple[int, tuple[float, ...]]]:
-    stacks, trimmed = [], []
+    stacks, outside, no_controls = [], [], []
     for a in treated_cohorts(panel):
         ctrl = _clean_controls(panel, a, K, L, control)
         inside = a + K >= 0 and a + L <= panel.n_periods - 1
         if inside and ctrl:
             stacks.append((a, ctrl))
         else:
-            reason = "its window is not inside the panel's periods" if not inside else "it has no clean control units"
-            trimmed.append(f"{plain(panel.group_label(a))} ({reason})")
+            (outside if not inside else no_controls).append(str(plain(panel.group_label(a))))
+    trimmed = [f"{', '.join(events)} ({reason})" for events, reason in (
+        (outside, f"{'its window is' if len(outside) == 1 else 'their windows are'} not inside the panel's periods "
+                  f"{plain(panel.periods.labels[0])}..{plain(panel.periods.labels[-1])}"),
+        (no_controls, f"{'it has' if len(no_controls) == 1 else 'they have'} no clean control units")) if events]
     if trimmed:
-        warnings.warn(f"stacked_did: trimmed adoption events {', '.join(trimmed)} for window={tuple(window)}, "
+        warnings.warn(f"stacked_did: trimmed adoption events {'; '.join(trimmed)} for window={tuple(window)}, "
                       f"control_group={control!r}", DteDaskWarning, stacklevel=3)
     if not stacks:
         raise EstimationError(f"stacked_did: no adoption event has its whole window={tuple(window)} inside the "

@@ -183,9 +183,9 @@ def run_job(job: JobSpec, *, client: Any = None, progress: bool = True,
                 timings["cluster_start"] = time.perf_counter() - t0
             echo(f"dashboard: {client.dashboard_link}")
             if job.cluster.performance_report:
-                from distributed import performance_report
+                from dte_dask.jobs.perf_report import performance_report
 
-                stack.enter_context(performance_report(filename=os.fspath(out / "dask-report.html")))
+                stack.enter_context(performance_report(client, os.fspath(out / "dask-report.html")))
             from dte_dask.jobs.progress import ProgressMonitor
 
             plan = ["load", *(e.name for e in job.estimators), "checks"]  # the stages that run on the cluster
