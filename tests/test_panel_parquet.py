@@ -375,3 +375,50 @@ def test_two_worker_processes_build_the_same_partitions(files):
     with dask.config.set(scheduler=None), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                                        dashboard_address=None) as lc, Client(lc):
         assert_identical(ref, load_panel(files["root"] / "shuf", **kw))
+
+
+def test_quotas_share_the_partitions_by_threads():
+    from dte_dask.panel.placement import quotas
+
+    assert quotas([1, 1], 12) == [6, 6]
+    assert quotas([1, 1], 11) == [6, 5]  # the odd one to the first worker
+    assert quotas([2, 1], 7) == [5, 2]  # shares 4.67 / 2.33: the larger remainder first
+    assert quotas([1, 1, 1], 2) == [1, 1, 0]
+    assert quotas([4, 4, 8], 10) == [3, 2, 5]  # 2.5 / 2.5 / 5: the tie to the earlier worker
+    for threads, n in [([1, 2, 3], 17), ([5], 3), ([1] * 7, 30)]:
+        assert sum(quotas(threads, n)) == n
+
+
+def test_partitions_and_pieces_spread_in_runs_over_the_workers(files, monkeypatch, tmp_path):
+    """With two workers, the partitions are built half on each, in two runs in entity order, and
+    the raw pieces are read the same way (the scheduler alone had split the medical panel's 12
+    partitions 7 / 5, so that each estimator pass waited on one worker). Without a distributed
+    client nothing is placed."""
+    from distributed import Client, LocalCluster, futures_of
+
+    from dte_dask.panel import placement
+
+    assert placement.spread(4) is None  # dask's synchronous scheduler: no workers to place on
+    kw = {**KW, "covariates": ["age", "female"], "rng_block_size": 50, "npartitions": 6}
+    src = tmp_path / "groups.parquet"
+    files["pdf"].to_parquet(src, index=False, row_group_size=3000)
+    monkeypatch.setattr(parquet, "PIECE_ROWS", 4000)  # pieces of two row groups: 3 pieces
+    ref = load_panel(src, **kw)
+    pieces = []
+    spread = placement.spread
+
+    def spy(n):
+        out = spread(n)
+        pieces.append(out)
+        return out
+    monkeypatch.setattr("dte_dask.panel.load.spread", spy)
+    with dask.config.set(scheduler=None), LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                                       dashboard_address=None) as lc, Client(lc) as client:
+        panel = load_panel(src, **kw)
+        held = client.who_has([f for b in panel.blocks for f in futures_of(b)])
+        workers = sorted(client.scheduler_info()["workers"])
+        assert [list(held[b.key]) for b in panel.blocks] == [[workers[0]]] * 3 + [[workers[1]]] * 3
+        n = len(pieces[0])  # the raw pieces, then the partitions
+        assert n == 3 and pieces[0] == [workers[0]] * 2 + [workers[1]]
+        assert pieces[1] == [workers[0]] * 3 + [workers[1]] * 3
+        assert_identical(ref, panel)

@@ -41,6 +41,7 @@ from dte_dask.panel import parquet
 from dte_dask.panel.blocks import concat_blocks, frame_to_block, periods_and_block
 from dte_dask.panel.panel import Panel, finish
 from dte_dask.panel.periods import PeriodMap, distinct_ints, missing_periods
+from dte_dask.panel.placement import on_worker, spread
 from dte_dask.panel.spec import PanelSpec
 
 ROW_ID = "_dte_row"  # the generated row id of a repeated cross section without one
@@ -375,10 +376,13 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     of the time column first, and the pieces pivoted again."""
     token = uuid.uuid4().hex  # the files may change between loads: no content token
     guess = parquet.first_periods(plan.pieces[0], spec) if spec.cluster is None else None
+    where = spread(len(plan.pieces))  # runs of pieces per worker, as the partitions will be
+    block = dask.delayed(parquet.piece_block, pure=True)
     if guess is not None:
-        block = dask.delayed(parquet.piece_block, pure=True)
-        raw = [block(p, plan.columns, spec, guess, True, dask_key_name=f"panel-block-{token}-{i}")
-               for i, p in enumerate(plan.pieces)]
+        raw = []
+        for i, p in enumerate(plan.pieces):
+            with on_worker(where, i):
+                raw.append(block(p, plan.columns, spec, guess, True, dask_key_name=f"panel-block-{token}-{i}"))
         panel = _layout(raw, spec, guess, bs, npartitions, token)
         if panel is not None:
             return panel
@@ -387,8 +391,10 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     scans = dask.compute(*[scan(p, spec.time, spec.unit or spec.entity, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
     check_time_na(scans, spec)
     periods = PeriodMap.from_values(pd.Series(np.concatenate([s["times"] for s in scans])), spec.time)
-    block = dask.delayed(parquet.piece_block, pure=True)
-    raw = [block(p, plan.columns, spec, periods, dask_key_name=f"panel-block-{token}-{i}") for i, p in enumerate(plan.pieces)]
+    raw = []
+    for i, p in enumerate(plan.pieces):
+        with on_worker(where, i):
+            raw.append(block(p, plan.columns, spec, periods, dask_key_name=f"panel-block-{token}-{i}"))
     return _layout(raw, spec, periods, bs, npartitions, token)
 
 
@@ -414,22 +420,25 @@ def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions
     # The client drops its references to the raw blocks (``raw``, and the graphs of the partitions
     # once submitted): each raw block then goes as soon as the last partition built from it is,
     # and its memory serves the next partitions (fresh pages cost more than reused ones).
-    blocks = dask.persist(*_assembly(raw, offsets, bounds, varying, tok))
+    blocks = dask.persist(*_assembly(raw, offsets, bounds, varying, tok, spread(len(bounds) - 1)))
     del raw
     panel = Panel(spec=spec, periods=periods, blocks=tuple(blocks), summaries=(), rng_block_size=bs, n_entities=n_ent)
     return finish(panel)
 
 
-def _assembly(raw: list, offsets: np.ndarray, bounds: list[int], varying: bool, tok: str) -> list:
+def _assembly(raw: list, offsets: np.ndarray, bounds: list[int], varying: bool, tok: str,
+              where: list[str] | None = None) -> list:
     """One task per partition ``[a, b)`` of entity ranks, joining the parts of the raw blocks it
     covers; each part is cut by a task of its own, which runs where its raw block is, so that only
-    the part, not the whole raw block, moves to a partition built by another worker."""
+    the part, not the whole raw block, moves to a partition built by another worker. ``where``:
+    the worker each partition is built on (a loose restriction: another one if that one is gone)."""
     cut = dask.delayed(_cut, pure=True)
     tasks = []
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         parts = [cut(raw[i], int(offsets[i]), a, b, varying, dask_key_name=f"panel-cut-{tok}-{j}-{i}")
                  for i in range(len(raw)) if offsets[i] < b and offsets[i + 1] > a]
-        tasks.append(dask.delayed(_assemble, pure=True)(parts, dask_key_name=f"panel-layout-{tok}-{j}"))
+        with on_worker(where, j):
+            tasks.append(dask.delayed(_assemble, pure=True)(parts, dask_key_name=f"panel-layout-{tok}-{j}"))
     return tasks
 
 
