@@ -422,3 +422,7 @@ def test_partitions_and_pieces_spread_in_runs_over_the_workers(files, monkeypatc
         assert n == 3 and pieces[0] == [workers[0]] * 2 + [workers[1]]
         assert pieces[1] == [workers[0]] * 3 + [workers[1]] * 3
         assert_identical(ref, panel)
+        # a Dask DataFrame's partitions are placed the same way (its pieces: where the frame computed them)
+        frame = load_panel(dd.from_pandas(files["pdf"], npartitions=3, sort=False), **kw)
+        held = client.who_has([f for b in frame.blocks for f in futures_of(b)])
+        assert [list(held[b.key]) for b in frame.blocks] == [[workers[0]]] * 3 + [[workers[1]]] * 3
