@@ -377,12 +377,8 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     token = uuid.uuid4().hex  # the files may change between loads: no content token
     guess = parquet.first_periods(plan.pieces[0], spec) if spec.cluster is None else None
     where = spread(len(plan.pieces))  # runs of pieces per worker, as the partitions will be
-    block = dask.delayed(parquet.piece_block, pure=True)
     if guess is not None:
-        raw = []
-        for i, p in enumerate(plan.pieces):
-            with on_worker(where, i):
-                raw.append(block(p, plan.columns, spec, guess, True, dask_key_name=f"panel-block-{token}-{i}"))
+        raw = _piece_blocks(plan, spec, guess, token, where, strict=True)
         panel = _layout(raw, spec, guess, bs, npartitions, token)
         if panel is not None:
             return panel
@@ -391,11 +387,18 @@ def _from_parquet(plan: parquet.Plan, spec: PanelSpec, bs: int, npartitions: int
     scans = dask.compute(*[scan(p, spec.time, spec.unit or spec.entity, dask_key_name=f"panel-pqscan-{token}-{i}") for i, p in enumerate(plan.pieces)])
     check_time_na(scans, spec)
     periods = PeriodMap.from_values(pd.Series(np.concatenate([s["times"] for s in scans])), spec.time)
+    return _layout(_piece_blocks(plan, spec, periods, token, where), spec, periods, bs, npartitions, token)
+
+
+def _piece_blocks(plan: parquet.Plan, spec: PanelSpec, periods: PeriodMap, token: str, where: list[str] | None,
+                  strict: bool = False) -> list:
+    """One delayed :func:`parquet.piece_block` per piece, piece ``i`` placed on ``where[i]``."""
+    block = dask.delayed(parquet.piece_block, pure=True)
     raw = []
     for i, p in enumerate(plan.pieces):
         with on_worker(where, i):
-            raw.append(block(p, plan.columns, spec, periods, dask_key_name=f"panel-block-{token}-{i}"))
-    return _layout(raw, spec, periods, bs, npartitions, token)
+            raw.append(block(p, plan.columns, spec, periods, strict, dask_key_name=f"panel-block-{token}-{i}"))
+    return raw
 
 
 def _raw_summary(block: UnitBlock | None) -> tuple[int, bool] | None:
