@@ -8,8 +8,8 @@ import pytest
 import dte_dask
 import dte_dask.inference.bootstrap as bootstrap_mod
 from dte_dask.core.multipliers import CHUNK, multipliers, rademacher_bits
-from dte_dask.inference.signs import SignBits, gather_bits, signed_sums
 from dte_dask.inference.bootstrap import boot_cover
+from dte_dask.inference.signs import SignBits, gather_bits, signed_sums
 
 from .boot_helpers import supported_psi
 
@@ -157,10 +157,11 @@ def test_kernels_compile_without_a_cache_directory(monkeypatch):
     import numba
     import numba.core.caching as caching
 
+    import dte_dask.core.jit as jit
     import dte_dask.inference.signs as signs
 
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
-    monkeypatch.setattr(signs, "_COMPILED", {})
+    monkeypatch.setattr(jit, "_COMPILED", {})
     with pytest.raises(RuntimeError, match="no locator"):  # what numba does then with cache=True
         numba.njit(cache=True)(signs._transpose)
     a = np.random.default_rng(1).integers(0, 256, (37, 70), dtype=np.uint8)

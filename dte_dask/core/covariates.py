@@ -18,6 +18,7 @@ import numpy as np
 
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
+from dte_dask.core.changes import outcome_changes
 from dte_dask.core.logit import eta_extreme, overlap_count
 from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_terms
 from dte_dask.core.twobytwo import Stats
@@ -33,57 +34,24 @@ def _x_varying(block: UnitBlock) -> bool:
     return block.x is not None and block.x.ndim == 3
 
 
-def period_runs(t: np.ndarray, base: np.ndarray) -> list[tuple[int, int, int]]:
-    """Runs ``(i, j, step)`` of cells ``i..j-1`` whose current periods are consecutive and whose base
-    periods are consecutive (``step`` 1) or one period (``step`` 0): their outcome changes are
-    differences of column slices, no gathers."""
-    runs, i, K = [], 0, t.size
-    while i < K:
-        j, step = i + 1, -1
-        while j < K and t[j] - t[j - 1] == 1 and base[j] - base[j - 1] in (0, 1) and step in (-1, base[j] - base[j - 1]):
-            step = int(base[j] - base[j - 1])
-            j += 1
-        runs.append((i, j, max(step, 0)))
-        i = j
-    return runs
-
-
-def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def design_dy(block: UnitBlock, cells: Cells, m: np.ndarray, ks: np.ndarray, out: np.ndarray | None = None,
+              scale: np.ndarray | None = None) -> np.ndarray:
     """(n_m, |ks|) outcome changes Y_t - Y_base of a design's rows ``m`` (only its own columns),
-    written into ``out`` when given.
+    each row times ``scale`` when given, written into ``out`` when given (column-major otherwise,
+    as numpy lays out y[:, t] - y[:, base]: the sums taken over it round alike).
 
     A cell set with a ``design_dy`` method (the triple-differences comparisons) may hand back the
     changes it keeps with the block (the same numbers, computed once for all passes)."""
     kept = cells.design_dy(block, ks) if hasattr(cells, "design_dy") else None
     if kept is not None:
         if out is None:
-            return kept
-        out[...] = kept
+            out = kept.copy(order="F") if scale is not None else kept
+        else:
+            out[...] = kept
+        if scale is not None:
+            out *= scale[:, None]
         return out
-    idx = np.flatnonzero(m)
-    t, base = cells.t[ks], cells.base[ks]
-    if out is None:  # column-major, as numpy lays out y[:, t] - y[:, base] (the sums taken over it round alike)
-        out = np.empty((idx.size, ks.size), order="F")
-    runs = period_runs(t, base)
-    if block.y.strides[0] <= block.y.strides[1] and out.strides[0] == out.itemsize:
-        # column-major outcomes and output: gather each period's column straight into its place,
-        # then subtract the (few) base columns; no copy of the design's whole outcome matrix
-        yT, outT = block.y.T, out.T
-        for i, j, step in runs:
-            b0 = int(base[i])
-            np.take(yT[t[i]:t[j - 1] + 1], idx, axis=1, out=outT[i:j], mode="clip")
-            if step and b0 == t[i] - 1:  # Y_c - Y_{c-1}: each base column is the previous cell's current one
-                for c in range(j - 1, i, -1):
-                    outT[c] -= outT[c - 1]
-                outT[i] -= np.take(yT[b0], idx)
-            else:
-                outT[i:j] -= np.take(yT[b0:b0 + (j - i if step else 1)], idx, axis=1)
-        return out
-    y = np.take(block.y, idx, axis=0)
-    for i, j, step in runs:
-        b0 = int(base[i])
-        np.subtract(y[:, t[i]:t[j - 1] + 1], y[:, b0:b0 + (j - i if step else 1)], out=out[:, i:j])
-    return out
+    return outcome_changes(block.y, np.flatnonzero(m), cells.t[ks], cells.base[ks], out=out, scale=scale)
 
 
 class _Scratch:
@@ -304,8 +272,7 @@ def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.nda
     widths = [1 if a.ndim == 1 else a.shape[1] for a, _ in parts]
     shape = (X.shape[0], ks.size + sum(widths))
     L = np.empty(shape) if scratch is None else scratch[:shape[0] * shape[1]].reshape(shape)
-    dY = design_dy(block, cells, m, ks, out=L[:, :ks.size])  # c * dY straight into the first |ks| columns
-    dY *= c[:, None]
+    design_dy(block, cells, m, ks, out=L[:, :ks.size], scale=c)  # c * dY straight into the first |ks| columns
     at = ks.size
     for (a, f), wd in zip(parts, widths):
         if f is None:

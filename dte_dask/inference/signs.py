@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dte_dask.core.jit import compiled
+
 __all__ = ["SignBits", "gather_bits", "signed_sums", "transpose_bytes"]
 
 
@@ -106,23 +108,12 @@ def _gather_bits_t(rawT: np.ndarray, pos: np.ndarray, outT: np.ndarray) -> None:
             o[d] |= ((src[d] >> s) & one) << sh
 
 
-_COMPILED: dict[str, object] = {}
+_KERNELS = {"signed_sums": _signed_sums, "transpose": _transpose, "gather_bits_t": _gather_bits_t}
 
 
 def _kernel(name: str):
-    """A compiled kernel, built on first use (numba is imported then, not with dte_dask) and
-    cached on disk by numba, so later processes load it instead of compiling. Where numba finds
-    no writable cache directory (a read-only install without a writable home; NUMBA_CACHE_DIR
-    names one) the kernel is compiled in memory, once per process."""
-    if name not in _COMPILED:
-        import numba
-
-        fn = {"signed_sums": _signed_sums, "transpose": _transpose, "gather_bits_t": _gather_bits_t}[name]
-        try:
-            _COMPILED[name] = numba.njit(nogil=True, cache=True)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            _COMPILED[name] = numba.njit(nogil=True)(fn)
-    return _COMPILED[name]
+    """The compiled kernel ``name`` (:func:`dte_dask.core.jit.compiled`)."""
+    return compiled(_KERNELS[name])
 
 
 def transpose_bytes(a: np.ndarray) -> np.ndarray:
