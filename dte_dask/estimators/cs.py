@@ -9,15 +9,20 @@ from typing import Any, get_args
 import numpy as np
 
 from dte_dask.core.cells import BasePeriod, ControlGroup, make_cells
-from dte_dask.estimators.options import AttGtOptions, BootWeights, EstMethod, InferenceOptions, parse_options
-from dte_dask.registry import AGGREGATIONS, EstimatorEntry, register
+from dte_dask.estimators.options import (
+    AttGtOptions,
+    BootWeights,
+    EstMethod,
+    InferenceOptions,
+    parse_options,
+)
 from dte_dask.exceptions import EstimationError, PanelWarning, SpecError
 from dte_dask.graph.attgt import fit_cells
 from dte_dask.inference.bands import band_crit, boot_se
 from dte_dask.inference.bootstrap import check_bootstrap_cost
 from dte_dask.inference.variance import analytic_se, covariance
-from dte_dask.panel.load import load_panel
 from dte_dask.panel.panel import Panel
+from dte_dask.registry import AGGREGATIONS, EstimatorEntry, register
 from dte_dask.results.attgt import AttgtResult
 
 
@@ -182,6 +187,10 @@ def as_panel(data: Any, **kw: Any) -> Panel:
     missing = [r for r in ("outcome", "unit", "time") if kw[r] is None and (r != "unit" or kw["panel"])]
     if missing or (kw["group"] is None and kw["treatment"] is None):
         raise SpecError(f"name the panel's columns: missing {missing + ([] if kw['group'] or kw['treatment'] else ['group'])}")
+    from dte_dask.panel.load import (
+        load_panel,  # here: workers running estimator tasks need no Dask DataFrame
+    )
+
     return load_panel(data, unit=kw["unit"], time=kw["time"], outcome=kw["outcome"], group=kw["group"],
                       treatment=kw["treatment"], covariates=kw["covariates"] or (), weights=kw["weights"],
                       cluster=kw["cluster"], npartitions=kw["npartitions"],

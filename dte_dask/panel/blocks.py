@@ -6,11 +6,13 @@ Building a block is also where the panel is validated, so bad input fails before
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from dask.sizeof import sizeof
 
-from dte_dask.core.blocks import BlockSummary, UnitBlock, summarize
+from dte_dask.core.blocks import BlockSummary, UnitBlock, count_distinct, summarize
 from dte_dask.exceptions import (
     ColumnTypeError,
     DuplicateRowsError,
@@ -145,6 +147,35 @@ def concat_blocks(blocks: list[UnitBlock]) -> UnitBlock:
         blocks = [b.with_varying_x() for b in blocks]
     return UnitBlock(*(stack_arrays([getattr(b, f) for b in blocks], column_major=f == "y")
                        for f in ("ids", "rank", "g", "w", "cluster", "y", "x")))
+
+
+# The parquet route's worker-side steps (:func:`dte_dask.panel.load.load_panel`): a worker that
+# runs them imports this module, not the loader with its Dask DataFrame machinery.
+def raw_summary(block: UnitBlock | None) -> tuple[int, bool] | None:
+    """Entities of a raw block and whether its covariates vary in time (all a layout needs)."""
+    if block is None:
+        return None
+    return count_distinct(block.rank), block.x is not None and block.x.ndim == 3
+
+
+def cut_block(block: UnitBlock, offset: int, a: int, b: int, varying_x: bool = False) -> UnitBlock:
+    """The entities of a raw block (local ranks; its first entity's global rank is ``offset``)
+    whose global ranks fall in ``[a, b)``, ranks made global: views of the raw block's arrays."""
+    lo, hi = np.searchsorted(block.rank, [a - offset, b - offset])
+    part = block.take(slice(int(lo), int(hi))).with_rank_offset(offset)
+    return part.with_varying_x() if varying_x else part
+
+
+def assemble_partition(parts: list[UnitBlock]) -> UnitBlock:
+    """A partition from its parts (:func:`cut_block`), outcomes column-major as the raw blocks hold them:
+    a part that came from another process arrives row-major (a slice of a column-major array
+    travels as a row-major copy) and is laid out again, so a partition's layout, and with it every
+    sum over it, does not depend on where its parts were cut."""
+    block = concat_blocks(parts)
+    y = block.y
+    if y.ndim == 2 and y.shape[0] > 1 and y.shape[1] > 1 and y.strides[0] > y.strides[1]:
+        block = dataclasses.replace(block, y=np.asfortranarray(y))
+    return block
 
 
 def stack_arrays(parts: list[np.ndarray | None], column_major: bool = False) -> np.ndarray | None:

@@ -11,7 +11,6 @@ Two routes lead to the same blocks:
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import uuid
@@ -26,7 +25,6 @@ import pandas as pd
 from dask.base import tokenize
 
 from dte_dask import config, storage
-from dte_dask.core.blocks import UnitBlock, count_distinct
 from dte_dask.exceptions import (
     ColumnTypeError,
     DuplicateRowsError,
@@ -38,7 +36,13 @@ from dte_dask.exceptions import (
     examples,
 )
 from dte_dask.panel import parquet
-from dte_dask.panel.blocks import concat_blocks, frame_to_block, periods_and_block
+from dte_dask.panel.blocks import (
+    assemble_partition,
+    cut_block,
+    frame_to_block,
+    periods_and_block,
+    raw_summary,
+)
 from dte_dask.panel.panel import Panel, finish
 from dte_dask.panel.periods import PeriodMap, distinct_ints, missing_periods
 from dte_dask.panel.placement import on_worker, spread
@@ -401,18 +405,11 @@ def _piece_blocks(plan: parquet.Plan, spec: PanelSpec, periods: PeriodMap, token
     return raw
 
 
-def _raw_summary(block: UnitBlock | None) -> tuple[int, bool] | None:
-    """Entities of a raw block and whether its covariates vary in time (all a layout needs)."""
-    if block is None:
-        return None
-    return count_distinct(block.rank), block.x is not None and block.x.ndim == 3
-
-
 def _layout(raw: list, spec: PanelSpec, periods: PeriodMap, bs: int, npartitions: int | None, tok: str) -> Panel | None:
     """Raw blocks (whole entities, in entity order) re-cut into partitions of whole RNG blocks; None
     if a raw block is None (a piece that refuted the periods it was pivoted with)."""
     raw = list(dask.persist(*raw))
-    sums = dask.compute(*[dask.delayed(_raw_summary, pure=True)(b) for b in raw])
+    sums = dask.compute(*[dask.delayed(raw_summary, pure=True)(b) for b in raw])
     if any(s is None for s in sums):
         return None
     offsets = np.concatenate([[0], np.cumsum([s[0] for s in sums])])
@@ -435,13 +432,13 @@ def _assembly(raw: list, offsets: np.ndarray, bounds: list[int], varying: bool, 
     covers; each part is cut by a task of its own, which runs where its raw block is, so that only
     the part, not the whole raw block, moves to a partition built by another worker. ``where``:
     the worker each partition is built on (a loose restriction: another one if that one is gone)."""
-    cut = dask.delayed(_cut, pure=True)
+    cut = dask.delayed(cut_block, pure=True)
     tasks = []
     for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         parts = [cut(raw[i], int(offsets[i]), a, b, varying, dask_key_name=f"panel-cut-{tok}-{j}-{i}")
                  for i in range(len(raw)) if offsets[i] < b and offsets[i + 1] > a]
         with on_worker(where, j):
-            tasks.append(dask.delayed(_assemble, pure=True)(parts, dask_key_name=f"panel-layout-{tok}-{j}"))
+            tasks.append(dask.delayed(assemble_partition, pure=True)(parts, dask_key_name=f"panel-layout-{tok}-{j}"))
     return tasks
 
 
@@ -455,26 +452,6 @@ def disjoint_sorted(scans: list[dict[str, Any]]) -> bool:
         return all(a["max"] < b["min"] for a, b in zip(ordered[:-1], ordered[1:]))
     except TypeError:
         return False
-
-
-def _cut(block: UnitBlock, offset: int, a: int, b: int, varying_x: bool = False) -> UnitBlock:
-    """The entities of a raw block (local ranks; its first entity's global rank is ``offset``)
-    whose global ranks fall in ``[a, b)``, ranks made global: views of the raw block's arrays."""
-    lo, hi = np.searchsorted(block.rank, [a - offset, b - offset])
-    part = block.take(slice(int(lo), int(hi))).with_rank_offset(offset)
-    return part.with_varying_x() if varying_x else part
-
-
-def _assemble(parts: list[UnitBlock]) -> UnitBlock:
-    """A partition from its parts (:func:`_cut`), outcomes column-major as the raw blocks hold them:
-    a part that came from another process arrives row-major (a slice of a column-major array
-    travels as a row-major copy) and is laid out again, so a partition's layout, and with it every
-    sum over it, does not depend on where its parts were cut."""
-    block = concat_blocks(parts)
-    y = block.y
-    if y.ndim == 2 and y.shape[0] > 1 and y.shape[1] > 1 and y.strides[0] > y.strides[1]:
-        block = dataclasses.replace(block, y=np.asfortranarray(y))
-    return block
 
 
 def _warn_late_cohorts(panel: Panel) -> None:
