@@ -22,6 +22,7 @@ from dte_dask.core.multipliers import (CHUNK, BootWeights, DenseMultipliers, Mul
                                        rademacher_bits)
 from dte_dask.exceptions import SpecError
 from dte_dask.inference.signs import SignBits
+from dte_dask.inference.support import support_rows
 from dte_dask.inference.threads import single_threaded_blas
 from dte_dask.inference.variance import entity_sums
 
@@ -143,23 +144,21 @@ class _SupportPlan:
     def order(self, a: int, b: int) -> np.ndarray:
         """Entities a..b-1 (offsets) grouped by key; prepares each group's rows and columns.
 
-        Each group's rows are gathered over its support only. That no row has a nonzero outside
-        its group's support is checked once for the RNG block (its nonzeros against those
-        gathered); where the counts differ, the groups at fault take every column."""
+        Each group's rows are gathered over its support only, and checked in the same pass
+        (:func:`~dte_dask.inference.support.support_rows`): a group with a nonzero outside its
+        support takes every column."""
         perm, runs = key_runs(self.ekey[a:b])
         rows = a + perm
         groups = []
         for lo, hi, g in runs:
             cols = self.support[g] if 0 <= g < len(self.support) else None
-            sub = self.S.take(rows[lo:hi], axis=0) if cols is None else self.S[np.ix_(rows[lo:hi], cols)]
+            if cols is not None:
+                sub, inside = support_rows(self.S, rows[lo:hi], cols)
+                if not inside:  # a nonzero outside the support stated: every column
+                    cols = None
+            if cols is None:
+                sub = self.S.take(rows[lo:hi], axis=0)
             groups.append((lo, hi, cols, sub))
-        if any(cols is not None for _, _, cols, _ in groups) and \
-                np.count_nonzero(self.S[a:b]) != sum(np.count_nonzero(sub) for *_, sub in groups):
-            for i, (lo, hi, cols, sub) in enumerate(groups):  # a nonzero outside the support stated: every column
-                if cols is not None:
-                    whole = self.S.take(rows[lo:hi], axis=0)
-                    if np.count_nonzero(whole) != np.count_nonzero(sub):
-                        groups[i] = (lo, hi, None, whole)
         self.groups = groups
         if self.gram is not None:
             for _, _, cols, sub in groups:
