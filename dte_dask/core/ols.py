@@ -15,6 +15,7 @@ import numpy as np
 
 from dte_dask.core.blocks import entity_sums
 from dte_dask.core.errors import EstimationError
+from dte_dask.core.fused import add_at_rows
 from dte_dask.core.normal_equations import crv1, solve_dropping_collinear
 from dte_dask.core.within import DesignSpec, design_scores, unit_scores
 
@@ -105,12 +106,8 @@ def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], 
 
 def add_columns(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
     """``out[sel][:, place] += values`` in place: a design's (n_s, m_p) scores added to the rows of its
-    units (``sel``, sorted) and its global columns, one run of consecutive columns at a time."""
-    rows = slice(None) if sel.size == out.shape[0] else sel  # every unit takes part: no gathers
-    cuts = np.flatnonzero(np.diff(place) != 1) + 1
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, place.size]):
-        if b > a:
-            out[rows, place[a]:place[a] + b - a] += values[:, a:b]
+    units (``sel``, sorted) and its global columns (:func:`dte_dask.core.fused.add_at_rows`)."""
+    add_at_rows(out, sel, place, values)
 
 
 def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:

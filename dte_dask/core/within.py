@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from dte_dask.core.fused import demeaned, weighted_residuals
+
 DROP = -2  # code of an observation that is left out of the regression
 NONE = -1  # code of an observation that carries no interest dummy
 
@@ -264,7 +266,7 @@ def _complete(block: Any, spec: DesignSpec) -> _Complete | None:
     s = _rowsum(y if qr is None else y * qr)  # a missing period leaves a NaN sum
     if not np.isfinite(s).all():
         return None
-    yt = np.subtract(y, (s / qsum[r])[:, None], order="C")
+    yt = demeaned(y, s / qsum[r])  # row-major
     return _Complete(sel, r, w, yt, q, qsum)
 
 
@@ -445,9 +447,7 @@ def _complete_residuals(c: _Complete, spec: DesignSpec, beta: np.ndarray) -> np.
     is one (periods,) vector per design row."""
     F = (_expansion(spec) @ np.asarray(beta, dtype=np.float64))[_layouts(spec)[0]]  # (R, L)
     F -= (_rowsum(c.q * F) / c.qsum)[:, None]
-    we = c.yt - F[c.row]
-    we *= c.w[:, None] if spec.mult is None else c.w[:, None] * c.q[c.row]
-    return we
+    return weighted_residuals(c.yt, F, c.row, c.w, None if spec.mult is None else c.q)
 
 
 def _interest_rounds(codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
