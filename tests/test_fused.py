@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dte_dask.core.fused import add_at_rows, demeaned, weighted_residuals
+from dte_dask.core.fused import add_at_rows, demeaned, put_at_rows, weighted_residuals
 
 RNG = np.random.default_rng(7)
 
@@ -57,3 +57,18 @@ def test_add_at_rows():
         add_at_rows(out, sel, np.r_[place, 30], np.zeros((sel.size, place.size + 1)))
     with pytest.raises(ValueError, match="values"):
         add_at_rows(out, sel, place, values[:-1])
+
+
+def test_put_at_rows():
+    out = RNG.normal(size=(300, 40))
+    sel = np.sort(RNG.choice(300, 120, replace=False))
+    for place in (np.arange(5, 28), np.array([3, 7, 8, 30])):  # a run of cells, or scattered ones
+        values = RNG.normal(size=(sel.size, place.size))
+        ref = out.copy()
+        ref[np.ix_(sel, place)] = values
+        put_at_rows(out, sel, place, values)
+        np.testing.assert_array_equal(out, ref)
+    with pytest.raises(IndexError, match="row positions"):
+        put_at_rows(out, np.r_[sel, 300], place, np.zeros((sel.size + 1, place.size)))
+    with pytest.raises(TypeError, match="float64"):
+        put_at_rows(out.astype(np.float32), sel, place, values)

@@ -19,6 +19,7 @@ import numpy as np
 from dte_dask.core.blocks import UnitBlock
 from dte_dask.core.cells import Cells
 from dte_dask.core.changes import outcome_changes
+from dte_dask.core.fused import put_at_rows
 from dte_dask.core.logit import eta_extreme, overlap_count
 from dte_dask.core.regression import PS_CAP, TRIM_LEVEL, expit, logit_terms
 from dte_dask.core.twobytwo import Stats
@@ -283,12 +284,6 @@ def design_terms(block: UnitBlock, cells: Cells, est: dict[str, Any], ks: np.nda
     return L, n * np.vstack([np.eye(ks.size), *coef])
 
 
-def put_columns(out: np.ndarray, idx: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-    """``out[idx][:, cols] = values``, through a column slice when ``cols`` is contiguous."""
-    a, b = int(cols[0]), int(cols[-1]) + 1
-    out[(idx, slice(a, b)) if b - a == cols.size else np.ix_(idx, cols)] = values
-
-
 def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     """(n_block, K) influence functions for reg / ipw / dr with covariates (zero for NaN cells):
     per design one product ``L @ R`` (:func:`design_terms`) written into the design's rows and
@@ -311,5 +306,5 @@ def cov_influence(block: UnitBlock, cells: Cells, est: dict[str, Any], out: np.n
             L, R = design_terms(block, cells, est, ks, rows, scratch)
             v = vals[:idx.size * ks.size].reshape(idx.size, ks.size)
             np.dot(L, R, out=v)
-            put_columns(psi, idx, ks, v)
+            put_at_rows(psi, idx, ks, v)
     return psi

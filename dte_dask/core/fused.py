@@ -1,6 +1,7 @@
-"""numba passes that fuse a few numpy steps of the regression kernels over a block's units (the
-event study's and stacked DiD's within-unit fits, :mod:`dte_dask.core.within`, and their pooled
-scores, :mod:`dte_dask.core.ols`); compiled through :mod:`dte_dask.core.jit`.
+"""numba passes that fuse a few numpy steps of the estimators' kernels over a block's units (the
+event study's and stacked DiD's within-unit fits, :mod:`dte_dask.core.within`, their pooled
+scores, :mod:`dte_dask.core.ols`, and the influence functions of Callaway-Sant'Anna with
+covariates, :mod:`dte_dask.core.covariates`); compiled through :mod:`dte_dask.core.jit`.
 
 Each returns exactly the numpy expression it replaces, bit for bit: the same floating-point
 operations in the same order, each rounded once. What they save is memory traffic: numpy makes
@@ -13,7 +14,7 @@ import numpy as np
 
 from dte_dask.core.jit import compiled
 
-__all__ = ["add_at_rows", "demeaned", "weighted_residuals"]
+__all__ = ["add_at_rows", "demeaned", "put_at_rows", "weighted_residuals"]
 
 def _demeaned(y: np.ndarray, mean: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     n, L = y.shape
@@ -65,16 +66,18 @@ def weighted_residuals(yt: np.ndarray, F: np.ndarray, row: np.ndarray, w: np.nda
     return out
 
 
-def _add_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:  # pragma: no cover - compiled
+def _at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray, add: bool) -> None:  # pragma: no cover - compiled
     for i in range(sel.shape[0]):
         r = sel[i]
-        for j in range(place.shape[0]):
-            out[r, place[j]] += values[i, j]
+        if add:
+            for j in range(place.shape[0]):
+                out[r, place[j]] += values[i, j]
+        else:
+            for j in range(place.shape[0]):
+                out[r, place[j]] = values[i, j]
 
 
-def add_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
-    """``out[sel][:, place] += values`` in place (``sel`` and ``place`` without repeats): one
-    addition per value, as numpy's gather, add and scatter make it."""
+def _check_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray):
     sel = np.ascontiguousarray(sel, dtype=np.intp)
     place = np.ascontiguousarray(place, dtype=np.intp)
     if values.shape != (sel.size, place.size):
@@ -83,9 +86,23 @@ def add_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.
         if pos.size and (pos.min() < 0 or pos.max() >= size):  # the kernel does not check its writes
             raise IndexError(f"{name} positions {pos.min()}..{pos.max()} outside 0..{size - 1}")
     if out.dtype != np.float64:
-        raise TypeError("scores are float64")
+        raise TypeError("the rows written are float64")
+    return sel, place, _f64(values)
+
+
+def add_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
+    """``out[sel][:, place] += values`` in place (``sel`` and ``place`` without repeats): one
+    addition per value, as numpy's gather, add and scatter make it."""
+    sel, place, values = _check_at_rows(out, sel, place, values)
     if values.size:
-        compiled(_add_at_rows)(out, sel, place, _f64(values))
+        compiled(_at_rows)(out, sel, place, values, True)
+
+
+def put_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
+    """``out[np.ix_(sel, place)] = values`` in place (``sel`` and ``place`` without repeats)."""
+    sel, place, values = _check_at_rows(out, sel, place, values)
+    if values.size:
+        compiled(_at_rows)(out, sel, place, values, False)
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
