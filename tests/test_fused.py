@@ -34,7 +34,7 @@ def test_weighted_residuals(with_q):
     ref = yt - F[row]
     ref *= w[:, None] if q is None else w[:, None] * q[row]
     np.testing.assert_array_equal(weighted_residuals(yt, F, row, w, q), ref)
-    with pytest.raises(IndexError, match="design rows"):
+    with pytest.raises(IndexError, match="design row positions"):
         weighted_residuals(yt, F, np.where(row == 0, R, row), w, q)
     with pytest.raises(ValueError, match="residuals of"):
         weighted_residuals(yt, F[:, 1:], row, w, q)

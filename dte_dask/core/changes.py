@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dte_dask.core.jit import compiled
+from dte_dask.core.jit import check_positions, compiled
 
 __all__ = ["outcome_changes"]
 
@@ -65,8 +65,7 @@ def outcome_changes(y: np.ndarray, idx: np.ndarray, t: np.ndarray, base: np.ndar
     if y.dtype != np.float64 or out.dtype != np.float64 or scale.dtype != np.float64:
         raise TypeError("outcome changes are float64")
     for name, pos, size in (("row", idx, y.shape[0]), ("period", t, y.shape[1]), ("base period", base, y.shape[1])):
-        if pos.size and (pos.min() < 0 or pos.max() >= size):  # the kernel does not check its reads
-            raise IndexError(f"{name} positions {pos.min()}..{pos.max()} outside 0..{size - 1}")
+        check_positions(name, pos, size)
     if idx.size and t.size:
         compiled(_changes)(y, idx, t, base, scale, out)
     return out

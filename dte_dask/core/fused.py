@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dte_dask.core.jit import compiled
+from dte_dask.core.jit import check_positions, compiled
 
 __all__ = ["add_at_rows", "demeaned", "put_at_rows", "weighted_residuals"]
+
 
 def _demeaned(y: np.ndarray, mean: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     n, L = y.shape
@@ -58,8 +59,7 @@ def weighted_residuals(yt: np.ndarray, F: np.ndarray, row: np.ndarray, w: np.nda
     if q is not None and q.shape != F.shape:
         raise ValueError(f"multipliers {q.shape} for fits {F.shape}")
     row = np.ascontiguousarray(row, dtype=np.intp)
-    if row.size and (row.min() < 0 or row.max() >= F.shape[0]):  # the kernel does not check its reads
-        raise IndexError(f"design rows {row.min()}..{row.max()} outside 0..{F.shape[0] - 1}")
+    check_positions("design row", row, F.shape[0])
     out = np.empty((n, L))
     if yt.size:
         compiled(_residuals)(_f64(yt), _f64(F), row, _f64(w), np.empty((0, 0)) if q is None else _f64(q), out)
@@ -82,9 +82,8 @@ def _check_at_rows(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: 
     place = np.ascontiguousarray(place, dtype=np.intp)
     if values.shape != (sel.size, place.size):
         raise ValueError(f"values {values.shape} for {sel.size} rows and {place.size} columns")
-    for name, pos, size in (("row", sel, out.shape[0]), ("column", place, out.shape[1])):
-        if pos.size and (pos.min() < 0 or pos.max() >= size):  # the kernel does not check its writes
-            raise IndexError(f"{name} positions {pos.min()}..{pos.max()} outside 0..{size - 1}")
+    check_positions("row", sel, out.shape[0])
+    check_positions("column", place, out.shape[1])
     if out.dtype != np.float64:
         raise TypeError("the rows written are float64")
     return sel, place, _f64(values)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 _COMPILED: dict[Callable[..., Any], Any] = {}
 
 
@@ -27,3 +29,10 @@ def compiled(fn: Callable[..., Any]) -> Any:
             kernel = numba.njit(nogil=True)(fn)
         _COMPILED[fn] = kernel
     return kernel
+
+
+def check_positions(name: str, pos: np.ndarray, size: int) -> None:
+    """Raise IndexError unless every position in ``pos`` lies in ``0..size-1``: the kernels index
+    without bounds checks, so their callers check the positions they pass."""
+    if pos.size and (pos.min() < 0 or pos.max() >= size):
+        raise IndexError(f"{name} positions {pos.min()}..{pos.max()} outside 0..{size - 1}")

@@ -94,7 +94,7 @@ def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], 
     off, flag_col, j = m, sum(widths), 0
     for p, beta, pb in zip(parts, betas, part_betas):
         sel, scores, used = unit_scores(block, p.spec, beta, *([] if pb is None else [pb]))
-        add_columns(out, sel, p.place, scores[0])
+        add_at_rows(out, sel, p.place, scores[0])  # a design's scores into its units' rows and global columns
         out[sel[used], flag_col] = 1.0
         if pb is not None:
             out[sel if sel.size < n else slice(None), off:off + p.spec.m] = scores[1]
@@ -102,12 +102,6 @@ def block_scores(block: Any, parts: list[Any], m: int, betas: list[np.ndarray], 
             off += p.spec.m
             j += 1
     return out
-
-
-def add_columns(out: np.ndarray, sel: np.ndarray, place: np.ndarray, values: np.ndarray) -> None:
-    """``out[sel][:, place] += values`` in place: a design's (n_s, m_p) scores added to the rows of its
-    units (``sel``, sorted) and its global columns (:func:`dte_dask.core.fused.add_at_rows`)."""
-    add_at_rows(out, sel, place, values)
 
 
 def score_meat(chunk: Any, rows: np.ndarray, widths: list[int]) -> dict[str, np.ndarray]:
@@ -152,7 +146,7 @@ def scores_meat(chunk: Any, parts: list[Any], m: int, betas: list[np.ndarray], p
         if lone:
             res["meat0"][np.ix_(p.place, p.place)] = meats.pop(0)
         elif scores[0] is not pooled:
-            add_columns(pooled, sel, p.place, scores[0])
+            add_at_rows(pooled, sel, p.place, scores[0])
         used_any[sel[used]] = True
         if pb is not None:
             res[f"meat{j}"] = meats[0]

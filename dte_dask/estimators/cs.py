@@ -187,9 +187,8 @@ def as_panel(data: Any, **kw: Any) -> Panel:
     missing = [r for r in ("outcome", "unit", "time") if kw[r] is None and (r != "unit" or kw["panel"])]
     if missing or (kw["group"] is None and kw["treatment"] is None):
         raise SpecError(f"name the panel's columns: missing {missing + ([] if kw['group'] or kw['treatment'] else ['group'])}")
-    from dte_dask.panel.load import (
-        load_panel,  # here: workers running estimator tasks need no Dask DataFrame
-    )
+    # imported here: workers running estimator tasks need no Dask DataFrame
+    from dte_dask.panel.load import load_panel
 
     return load_panel(data, unit=kw["unit"], time=kw["time"], outcome=kw["outcome"], group=kw["group"],
                       treatment=kw["treatment"], covariates=kw["covariates"] or (), weights=kw["weights"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dte_dask.core.jit import compiled
+from dte_dask.core.jit import check_positions, compiled
 
 __all__ = ["support_rows"]
 
@@ -46,9 +46,8 @@ def support_rows(S: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.
     cols = np.ascontiguousarray(cols, dtype=np.intp)
     if S.ndim != 2:
         raise ValueError(f"a matrix, not an array of {S.ndim} dimensions")
-    for name, pos, size in (("row", rows, S.shape[0]), ("column", cols, S.shape[1])):
-        if pos.size and (pos.min() < 0 or pos.max() >= size):  # the kernel does not check its reads
-            raise IndexError(f"{name} positions {pos.min()}..{pos.max()} outside 0..{size - 1}")
+    check_positions("row", rows, S.shape[0])
+    check_positions("column", cols, S.shape[1])
     if np.unique(cols).size != cols.size:
         raise ValueError("a support names each column once")
     if S.dtype != np.float64:  # the kernel is compiled for float64; numpy for the rest
