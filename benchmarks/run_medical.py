@@ -16,6 +16,10 @@ a LocalCluster) and the worker processes it spawns. Reported:
   time, outcome, group, covariates) of every file read with ``pyarrow.parquet.read_table`` (cold
   too with ``--cold``: the files are evicted again before the job), and the job's wall time as a
   multiple of it (issue 18: <= 6x);
+* the job's CPU time split into user and kernel time, with the tree's minor page faults, and the
+  rate at which a new process of this machine fills memory it has just allocated, the first time
+  and again (on a VM whose host takes freed guest memory back, paging in costs the job kernel
+  time the floor's reader, which reuses its buffers, does not pay);
 * the job's own step timings (``OUT/summary.json``), and
 * the **truth check**: the simulator's true dynamic effect at each event time e (the
   cohort-size-weighted mean over cohorts of ``att(g, g+e)``, truth from ``DATA/_truth.csv``, sizes
@@ -114,6 +118,26 @@ def read_floor(path: Path, columns: list[str], cold: bool) -> dict:
         nbytes += tab.nbytes
         del tab
     return {"read_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu, "rows": rows, "arrow_bytes": nbytes, "columns": columns, "cold": cold}
+
+
+_TOUCH = """
+import json, sys, time
+import numpy as np
+n = int(sys.argv[1]) * 2**20 // 8
+t = time.perf_counter(); a = np.empty(n); a.fill(1.0); first = time.perf_counter() - t
+t = time.perf_counter(); a.fill(2.0); again = time.perf_counter() - t
+print(json.dumps([first, again]))
+"""
+
+
+def fresh_memory_rate(mib: int = 128) -> dict:
+    """GiB/s at which a new process fills ``mib`` MiB of memory it has just allocated, the first
+    time (the kernel pages it in: on a VM whose host takes back freed guest memory this costs
+    tens of times what touching it again does) and again. The job pays the first rate for every
+    byte its processes page in; the floor's reader reuses one buffer pool, file after file."""
+    out = subprocess.run([sys.executable, "-c", _TOUCH, str(mib)], capture_output=True, text=True, check=True)
+    first, again = json.loads(out.stdout)
+    return {"mib": mib, "first_gib_s": mib / 1024 / first, "again_gib_s": mib / 1024 / again}
 
 
 def write_profile(out: Path, workers: int, threads: int, memory_limit: str | None) -> Path:
@@ -234,12 +258,13 @@ def run_sampled(cmd: list[str], *, env: dict, interval: float, scratch: Path, ti
         wall = time.monotonic() - t0
     _kill_tree(proc.pid)  # leftovers, if any
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tree's processes, as each was reaped
-    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    user_s, sys_s = ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime
+    cpu_s = user_s + sys_s
     workers = [r for r in peaks.values() if r["role"] == "worker"]
     driver = [r for r in peaks.values() if r["role"] == "driver"]
     return {
         "cmd": cmd, "t0_monotonic": t0, "returncode": proc.returncode, "timed_out": timed_out, "wall_s": wall,
-        "cpu_s": cpu_s,
+        "cpu_s": cpu_s, "user_s": user_s, "sys_s": sys_s, "minor_faults": ru1.ru_minflt - ru0.ru_minflt,
         "peak_total_bytes": peak_total,
         "peak_driver_bytes": driver[0]["peak"] if driver else 0,
         "peak_worker_bytes": sorted((r["peak"] for r in workers), reverse=True),
@@ -323,6 +348,7 @@ def main(argv=None) -> int:
     ensure_data(args.data, args.units, args.periods, args.simulate, args.sim_npartitions)
     args.out.mkdir(parents=True, exist_ok=True)
     floor = None if args.no_floor else read_floor(args.data, job_columns(args.job), args.cold)
+    memory = fresh_memory_rate()
     evicted = evict_page_cache(args.data) if args.cold else 0
     cmd = ["dte-dask", "run", str(args.job), "--data", str(args.data), "--out", str(args.out), "--no-progress"]
     if args.workers:
@@ -348,6 +374,7 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     res["evicted_bytes"] = evicted
     res["read_floor"] = floor
+    res["fresh_memory"] = memory
     res["floor_ratio"] = res["wall_s"] / floor["read_s"] if floor else None
     # CPU seconds of the job's process tree over those of the read: the ratio a busy machine distorts least
     res["floor_cpu_ratio"] = res["cpu_s"] / floor["cpu_s"] if floor and floor["cpu_s"] > 0 else None
@@ -384,6 +411,10 @@ def main(argv=None) -> int:
               f"job = {res['floor_ratio']:.1f}x the floor ({target})")
         print(f"CPU time             {res['cpu_s']:8.1f} s   (all processes of the job) vs {floor['cpu_s']:.2f} s "
               f"for the read: {res['floor_cpu_ratio']:.1f}x")
+    print(f"CPU time, split      {res['user_s']:8.1f} s user, {res['sys_s']:.1f} s kernel; "
+          f"{res['minor_faults'] / 1e6:.2f}M minor page faults")
+    print(f"fresh memory         {memory['first_gib_s']:8.2f} GiB/s filled the first time, {memory['again_gib_s']:.2f} GiB/s "
+          f"again ({memory['mib']} MiB in a new process: what paging in costs on this machine)")
     print(f"peak RSS, all procs  {res['peak_total_bytes'] / GiB:8.2f} GiB (target <= {args.target_gib:g} GiB: "
           f"{'met' if res['peak_total_bytes'] <= args.target_gib * GiB else 'MISSED'})")
     print(f"peak RSS, driver     {res['peak_driver_bytes'] / GiB:8.2f} GiB (client + scheduler + nannies)")

@@ -46,6 +46,21 @@ def test_true_dynamic_is_the_cohort_size_weighted_truth(bench, tmp_path):
     assert tab.loc[0, "truth"] == pytest.approx(2.5)
 
 
+def test_the_job_s_cpu_time_is_split_into_user_and_kernel_time(bench, tmp_path):
+    run_medical = bench[0]
+    busy = "import numpy as np, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nnp.ones(2**23).sum()"
+    res = run_medical.run_sampled([sys.executable, "-c", busy], env=None, interval=0.05, scratch=tmp_path,
+                                  timeout=60, log_file=tmp_path / "log")
+    assert res["returncode"] == 0
+    assert res["user_s"] >= 0.25 and res["sys_s"] >= 0 and res["minor_faults"] > 0
+    assert res["cpu_s"] == pytest.approx(res["user_s"] + res["sys_s"])
+
+
+def test_fresh_memory_rate_measures_a_new_process(bench):
+    rate = bench[0].fresh_memory_rate(16)
+    assert rate["mib"] == 16 and rate["first_gib_s"] > 0 and rate["again_gib_s"] > 0
+
+
 def _pass(prefixes, wall, gap=0.01, latency=0.0):
     tasks = sum(d["tasks"] for d in prefixes.values())
     compute = sum(d["compute"] for d in prefixes.values())
