@@ -52,8 +52,8 @@ def test_the_job_s_cpu_time_is_split_into_user_and_kernel_time(bench, tmp_path):
     res = run_medical.run_sampled([sys.executable, "-c", busy], env=None, interval=0.05, scratch=tmp_path,
                                   timeout=60, log_file=tmp_path / "log")
     assert res["returncode"] == 0
-    assert res["user_s"] >= 0.25 and res["sys_s"] >= 0 and res["minor_faults"] > 0
-    assert res["cpu_s"] == pytest.approx(res["user_s"] + res["sys_s"])
+    assert res["user_s"] > 0 and res["sys_s"] >= 0 and res["minor_faults"] > 0
+    assert res["cpu_s"] == pytest.approx(res["user_s"] + res["sys_s"]) and res["cpu_s"] >= 0.3  # the busy loop's CPU
 
 
 def test_fresh_memory_rate_measures_a_new_process(bench):
