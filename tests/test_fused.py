@@ -50,8 +50,9 @@ def test_add_at_rows():
     add_at_rows(out, sel, place, values)
     np.testing.assert_array_equal(out, ref)
     every = np.arange(400)  # every unit takes part
-    ref[:, place] += RNG.normal(size=(400, place.size)) * 0  # unchanged values, same shape
-    add_at_rows(out, every, place, np.zeros((400, place.size)))
+    every_values = RNG.normal(size=(400, place.size))
+    ref[:, place] += every_values
+    add_at_rows(out, every, place, every_values)
     np.testing.assert_array_equal(out, ref)
     with pytest.raises(IndexError, match="column positions"):
         add_at_rows(out, sel, np.r_[place, 30], np.zeros((sel.size, place.size + 1)))
