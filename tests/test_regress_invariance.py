@@ -77,3 +77,24 @@ def test_threaded_equals_distributed(frame):
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as cl, Client(cl):
         dist = fit(_panel(frame, 4))
     _same(threaded, dist)
+
+
+@pytest.mark.parametrize("case", ["event-study-cov-boot", "stacked-boot"])
+def test_bootstrap_scores_exist_one_rng_block_at_a_time(frame, case, monkeypatch):
+    """A partition's pooled and coefficient scores are formed and reduced one RNG block at a time
+    (a partition's worth of fresh memory per estimator is slow to page in on some VMs): one call
+    per RNG block, none longer than a block; the draws themselves are checked above and in
+    tests/test_bootstrap.py."""
+    import dte_dask.graph.regress as regress
+
+    rows = []
+    keep = regress.coef_scores
+
+    def spy(scores, cmap):
+        rows.append(scores.shape[0])
+        return keep(scores, cmap)
+
+    monkeypatch.setattr(regress, "coef_scores", spy)
+    res = CASES[case](_panel(frame, 1))
+    assert res.draws is not None and len(rows) == -(-frame["unit"].nunique() // BS)
+    assert max(rows) <= BS

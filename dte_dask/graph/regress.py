@@ -12,8 +12,8 @@ pass 2  ``<prefix>-scores``: per-unit scores, summed over designs (a unit that r
         RNG block (picked as ``mboot``), as ``attgt-influence`` does: the pooled scores are first
         mapped to coefficient scores ``s_i inv[:, keep]`` (keep: the non-nuisance columns), so the
         multipliers multiply a matrix as narrow as the reported coefficients, not one as wide as
-        every fixed-effect dummy; the dense scores never leave the task, so memory stays at one
-        partition's pooled scores.
+        every fixed-effect dummy; the dense scores never leave the task and exist one RNG block at a
+        time, so memory stays at one block's scores (fresh memory is slow to page in on some VMs).
 Only (m x m)-, (B x k)-sized arrays reach the driver, and every sum is bit-identical for any
 partitioning and row order.
 """
@@ -26,6 +26,9 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
+from dte_dask.core.aligned import aligned
+from dte_dask.core.blocks import rng_block_runs
+from dte_dask.core.dyadic import DyadicCover
 from dte_dask.core.ols import (
     CrvFit,
     coef_map,
@@ -156,14 +159,17 @@ def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas:
                       block_size: int, n_blocks: int, boot_kw: dict, proj: np.ndarray):
     """One partition's per-unit scores, reduced in the same task to the meat cover and the bootstrap
     cover of the coefficient scores ``scores @ proj`` (m x k: the inverse's columns of the drawn
-    coefficients); memory stays at one partition's pooled scores (the per-design ones exist one
-    RNG block at a time). Without a bootstrap :func:`fit_ols` sums :func:`scores_meat` instead."""
-    scores = np.zeros((block.n, m))
-    meat = by_rng_block(block, _scores_into, block_size, n_blocks, parts, m, betas, part_betas, widths, rows=scores)
-    return meat, boot_cover(coef_scores(scores, proj), block.rank, **boot_kw)
+    coefficients), one RNG block at a time: a block's pooled and coefficient scores exist only while
+    it is reduced, so the task's memory is a few blocks' scores, reused from block to block, not a
+    partition's. Without a bootstrap :func:`fit_ols` sums :func:`scores_meat` instead."""
+    block, args = aligned(block), aligned((parts, m, betas, part_betas, widths))
+    ids, meats, draws = [], [], {}
+    for a, b, bid in rng_block_runs(block.rank, block_size):
+        chunk = block.take(slice(a, b))
+        scores = np.zeros((b - a, m))
+        meats.append(scores_meat(chunk, *args, out=scores))
+        draws.update(boot_cover(coef_scores(scores, proj), chunk.rank, **boot_kw).nodes)
+        ids.append(bid)
+    return DyadicCover.from_blocks(n_blocks, ids, meats), DyadicCover(n_blocks, draws)
 
 
-def _scores_into(chunk, out: np.ndarray, *args):
-    """:func:`scores_meat` of one RNG block, its pooled scores written into ``out`` (a view of the
-    partition's scores)."""
-    return scores_meat(chunk, *args, out=out)
