@@ -113,3 +113,32 @@ def test_a_stage_whose_client_closes_fails_at_once() -> None:
                 raise RuntimeError("cancelled")
             assert time.perf_counter() - t0 < 10
         assert [s.name for s in mon.stages] == ["load"]
+
+
+def test_a_task_tells_its_bootstrap_spans_in_one_event(mpdta) -> None:
+    """Tasks that draw RNG block by RNG block (the regressions' scores, CS with covariates) tell
+    the scheduler their spans in one event per task, not one per block (each event wakes the
+    worker's event loop), and the job's stage table reads every span."""
+    from distributed import Client, LocalCluster
+
+    import dte_dask
+    from dte_dask.diagnose.monitor import RunMonitor, busy_seconds
+    from dte_dask.inference.bootstrap import EVENT
+
+    panel = dte_dask.load_panel(mpdta, unit="countyreal", time="year", outcome="lemp", group="first_treat",
+                                covariates=["lpop"], npartitions=2, rng_block_size=64)
+    blocks = -(-mpdta["countyreal"].nunique() // 64)
+    fits = {"es": lambda: dte_dask.event_study(panel, bootstrap=True, n_boot=49, seed=1),
+            "cs": lambda: dte_dask.att_gt(panel, covariates=["lpop"], bootstrap=True, n_boot=49, seed=1)}
+    for name, fit in fits.items():
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c, \
+                Client(c) as cl:
+            with RunMonitor(cl, interval=0.05) as mon:
+                with mon.stage(name):
+                    fit()
+            events = [m for _, m in cl.get_events(EVENT)]
+            assert len(events) == panel.npartitions, name
+            spans = [s for m in events for s in m["spans"]]
+            assert len(spans) == blocks, name
+            assert all(a <= b for a, b in spans)
+            assert mon.stages[0].bootstrap_s >= busy_seconds((), spans=spans) > 0  # and the merges' tasks

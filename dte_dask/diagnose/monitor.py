@@ -136,8 +136,13 @@ class RunMonitor:
             events = self.client.get_events(EVENT)
         except Exception:  # noqa: BLE001 - an old scheduler or a lost connection: the task stream still counts
             return []
-        return [(float(m["start"]), float(m["stop"])) for _, m in events
-                if isinstance(m, dict) and float(m.get("start", 0.0)) >= since]
+        out = []
+        for _, m in events:  # {"spans": [[start, stop], ...]}, or one {"start", "stop"} (earlier versions)
+            if not isinstance(m, dict):
+                continue
+            pairs = m["spans"] if "spans" in m else [(m.get("start", 0.0), m.get("stop", 0.0))]
+            out += [(float(a), float(b)) for a, b in pairs if float(a) >= since]
+        return out
 
     def diagnosis(self, *, price_per_core_hour: float | None = None,
                   total_wall_s: float | None = None) -> dict[str, Any]:

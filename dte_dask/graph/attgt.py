@@ -31,7 +31,7 @@ from dte_dask.core.cells import Cells
 from dte_dask.core.kernels import WARM_START_MIN_BLOCKS, CellKernel, influence_with_groups
 from dte_dask.core.routes import select
 from dte_dask.graph.reduce import DyadicCover, by_rng_block, compute, single_threaded_blas, tree_merge
-from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply
+from dte_dask.inference.bootstrap import boot_cover, boot_cover_apply, log_spans
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
 
@@ -74,7 +74,7 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
     as from the whole partition's Psi (every sum is per RNG block).
     """
     key, support = _cohort_support(block, cells, groups) if boot_kw is not None else (None, ())
-    ids, grams, boots = [], [], DyadicCover(n_blocks, {})
+    ids, grams, boots, spans = [], [], DyadicCover(n_blocks, {}), []
     for lo, hi, bid in rng_block_runs(block.rank, block_size):
         piece = block.take(slice(lo, hi))
         psi = influence_with_groups(piece, cells, est, groups, influence)  # one RNG block's rows
@@ -85,8 +85,9 @@ def _psi_reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarra
             continue
         # the Gram from the bootstrap's cohort groups: each group's rows over its columns only
         rows_key = None if key is None else key[lo:hi]
-        cover, g = boot_cover(psi, piece.rank, key=rows_key, support=support, with_gram=True, **boot_kw)
+        cover, g = boot_cover(psi, piece.rank, key=rows_key, support=support, with_gram=True, spans=spans, **boot_kw)
         boots, grams = boots.merge(cover), grams + [g]
+    log_spans(spans)
     return DyadicCover.from_blocks(n_blocks, ids, grams), (boots if boot_kw is not None else None)
 
 

@@ -39,7 +39,7 @@ from dte_dask.core.ddd_kernel import DddCovKernel, ddd_psi
 from dte_dask.core.kernels import KernelArgs
 from dte_dask.graph.attgt import AttgtFit, run_kernel
 from dte_dask.graph.reduce import DyadicCover, by_rng_block, compute, single_threaded_blas, tree_merge
-from dte_dask.inference.bootstrap import boot_cover
+from dte_dask.inference.bootstrap import boot_cover, log_spans
 from dte_dask.inference.variance import gram
 from dte_dask.panel.panel import Panel
 
@@ -68,14 +68,15 @@ def _reductions(block: UnitBlock, cells: Cells, est: dict, groups: np.ndarray, c
     RNG block, so no partition-sized array is allocated (and first touched) in this pass."""
     if block.n == 0:
         return DyadicCover(n_blocks, {}), (DyadicCover(n_blocks, {}) if boot_kw is not None else None)
-    ids, grams, boots = [], [], []
+    ids, grams, boots, spans = [], [], [], []
     with single_threaded_blas():  # many small products: threads would only oversubscribe
         for piece in block.pieces():
             psi = ddd_psi(piece, cells, est, groups)
             ids.append(int(piece.rank[0]) // block_size)
             grams.append(gram(psi, piece.rank, clustered))
             if boot_kw is not None:
-                boots.append(boot_cover(psi, piece.rank, **boot_kw))
+                boots.append(boot_cover(psi, piece.rank, spans=spans, **boot_kw))
+    log_spans(spans)
     b = functools.reduce(DyadicCover.merge, boots) if boots else None
     return DyadicCover.from_blocks(n_blocks, ids, grams), b
 

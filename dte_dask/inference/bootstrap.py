@@ -27,9 +27,9 @@ from dte_dask.inference.threads import single_threaded_blas
 from dte_dask.inference.variance import entity_sums
 
 __all__ = ["CHUNK", "EVENT", "RATE", "BootWeights", "boot_cover", "boot_cover_apply", "check_bootstrap_cost",
-           "multipliers"]
+           "log_spans", "multipliers"]
 
-EVENT = "dte-dask-bootstrap"  # worker event topic: the span of each partition's draws, for the job's stage table
+EVENT = "dte-dask-bootstrap"  # worker event topic: the spans of a task's draws, for the job's stage table
 
 RATE = {"rademacher": 2e8, "mammen": 1e8}  # multipliers per core-second (order of magnitude, to state a cost)
 
@@ -93,7 +93,7 @@ def _duration(secs: float) -> str:
 def boot_cover(
     psi: np.ndarray, rank: np.ndarray, *, seed: int, n_boot: int, block_size: int, n_blocks: int,
     n: int, kind: BootWeights, key: np.ndarray | None = None, support: Sequence[np.ndarray | None] = (),
-    with_gram: bool = False,
+    with_gram: bool = False, spans: list[tuple[float, float]] | None = None,
 ) -> DyadicCover | tuple[DyadicCover, np.ndarray]:
     """Per-RNG-block partial draws ``sum_i V_bi psi_i / n`` of one partition, as a cover.
 
@@ -104,6 +104,7 @@ def boot_cover(
     mixing them), or a group with a nonzero outside its support, takes every column.
     ``with_gram``: also S'S (S: Psi, or its cluster sums; :func:`dte_dask.inference.variance.gram`),
     formed group by group over the same supports (each group's block of the Gram only).
+    ``spans``: see :func:`boot_cover_apply`.
     """
     width = psi.shape[1]
     if psi.shape[0] == 0:
@@ -111,7 +112,7 @@ def boot_cover(
         return (empty, np.zeros((width, width))) if with_gram else empty
     starts = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
     S = entity_sums(psi, rank)
-    kw = dict(seed=seed, n_boot=n_boot, block_size=block_size, n_blocks=n_blocks, n=n, kind=kind)
+    kw = dict(seed=seed, n_boot=n_boot, block_size=block_size, n_blocks=n_blocks, n=n, kind=kind, spans=spans)
     if key is None:
         cover = boot_cover_apply(rank[starts], lambda M, a, b: M.matmul(0, b - a, S[a:b]), width, **kw)
         if not with_gram:
@@ -181,7 +182,7 @@ class _SupportPlan:
 def boot_cover_apply(
     ent_rank: np.ndarray, apply: Callable[[Multipliers, int, int], np.ndarray], width: int, *, seed: int,
     n_boot: int, block_size: int, n_blocks: int, n: int, kind: BootWeights,
-    order: Callable[[int, int], np.ndarray] | None = None,
+    order: Callable[[int, int], np.ndarray] | None = None, spans: list[tuple[float, float]] | None = None,
 ) -> DyadicCover:
     """Draws of one partition, given how to apply multipliers to its entities.
 
@@ -194,6 +195,8 @@ def boot_cover_apply(
     float chunks of CHUNK draws. With
     ``order``, ``order(a, b)`` is called once per RNG block (entities ``a..b-1``) and returns a
     permutation of ``0..b-a-1``: the multipliers' entities then come in that order.
+    The draws' span (start, stop) is told to the scheduler (:func:`log_spans`), or appended to
+    ``spans`` when given: a task that draws RNG block by RNG block tells them all at once.
     """
     t0 = time.time()
     ids, leaves = [], []
@@ -215,17 +218,23 @@ def boot_cover_apply(
             ids.append(bid)
             out /= n  # in place: one n_boot x width array per RNG block, no second copy
             leaves.append(out)
-    _log_span(t0, time.time())
+    if spans is None:
+        log_spans([(t0, time.time())])
+    else:
+        spans.append((t0, time.time()))
     return DyadicCover.from_blocks(n_blocks, ids, leaves)
 
 
-def _log_span(start: float, stop: float) -> None:
-    """Tell the scheduler (topic :data:`EVENT`) when this task drew multipliers: the draws run inside
-    the tasks that form the influence functions, so the task stream alone cannot time them."""
+def log_spans(spans: Sequence[tuple[float, float]]) -> None:
+    """Tell the scheduler (topic :data:`EVENT`, one event) when this task drew multipliers: the
+    draws run inside the tasks that form the influence functions, so the task stream alone cannot
+    time them. One event per task, not per RNG block: each event wakes the worker's event loop."""
+    if not spans:
+        return
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):  # not in a distributed worker (synchronous scheduler, tests)
         return
-    worker.log_event(EVENT, {"start": start, "stop": stop})
+    worker.log_event(EVENT, {"spans": [[float(a), float(b)] for a, b in spans]})
