@@ -2,8 +2,9 @@
 the load every estimator pays before fitting), and optionally a pandas frame.
 
 Each measurement runs in a fresh subprocess after a small warm-up load (lazy imports); it prints the
-wall and CPU seconds (all threads) of the load and the subprocess's peak RSS. The machine may be
-shared: CPU seconds are the steadier figure. The panel is written once under ``--scratch``
+wall and CPU seconds (all threads) of the load, split into user and kernel time (on a VM that hands
+freed memory back to its host, the kernel time is mostly paging in fresh memory), and the
+subprocess's peak RSS. The machine may be shared: user seconds are the steadier figure. The panel is written once under ``--scratch``
 (default: a fresh temporary directory, removed at the end). The subprocesses import the
 ``dte_dask`` of the current directory (``python -c`` puts it first on ``sys.path``): run this from
 the root of the checkout to measure; compare two versions by running it from each checkout.
@@ -29,9 +30,13 @@ path, warm, source = sys.argv[1:4]
 kw = dict(unit="unit", time="time", outcome="y", group="group")
 dte_dask.load_panel(warm, **kw)
 data = pd.read_parquet(path, columns=list(kw.values())) if source == "pandas" else path
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t, c = time.perf_counter(), time.process_time()
 p = dte_dask.load_panel(data, **kw)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "units": p.n_units,
+                  "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
+                  "minflt": r1.ru_minflt - r0.ru_minflt,
                   "periods": p.n_periods, "partitions": p.npartitions,
                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
@@ -60,7 +65,8 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(f"[{i + 1}/{args.repeats}] load_panel({args.source}) {r['units']:,} x {r['periods']}: "
-                  f"{r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu, {r['partitions']} partitions, "
+                  f"{r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu ({r['user']:.2f} user, {r['sys']:.2f} kernel, "
+                  f"{r['minflt']:,} minor faults), {r['partitions']} partitions, "
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     finally:
         if args.scratch is None:
