@@ -163,14 +163,14 @@ def _score_reductions(block, parts: list[Part], m: int, betas: list, part_betas:
     it is reduced, so the task's memory is a few blocks' scores, reused from block to block, not a
     partition's. Without a bootstrap :func:`fit_ols` sums :func:`scores_meat` instead."""
     block, args = aligned(block), aligned((parts, m, betas, part_betas, widths))
-    ids, meats, draws, spans = [], [], {}, []
+    ids, meats, draws, spans = [], [], DyadicCover(n_blocks, {}), []
     for a, b, bid in rng_block_runs(block.rank, block_size):
         chunk = block.take(slice(a, b))
         scores = np.zeros((b - a, m))
         meats.append(scores_meat(chunk, *args, out=scores))
-        draws.update(boot_cover(coef_scores(scores, proj), chunk.rank, spans=spans, **boot_kw).nodes)
+        draws = draws.merge(boot_cover(coef_scores(scores, proj), chunk.rank, spans=spans, **boot_kw))
         ids.append(bid)
     log_spans(spans)
-    return DyadicCover.from_blocks(n_blocks, ids, meats), DyadicCover(n_blocks, draws)
+    return DyadicCover.from_blocks(n_blocks, ids, meats), draws
 
 
