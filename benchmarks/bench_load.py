@@ -4,8 +4,8 @@ the load every estimator pays before fitting), and optionally a pandas frame.
 Each measurement runs in a fresh subprocess after a small warm-up load (lazy imports); it prints the
 wall and CPU seconds (all threads) of the load, split into user and kernel time (on a VM that hands
 freed memory back to its host, the kernel time is mostly paging in fresh memory), and the
-subprocess's peak RSS. The machine may be shared: user seconds are the steadier figure. The panel is written once under ``--scratch``
-(default: a fresh temporary directory, removed at the end). The subprocesses import the
+subprocess's peak RSS. The machine may be shared: user seconds are the steadier figure. The panel
+is written once under ``--scratch`` (default: a fresh temporary directory, removed at the end). The subprocesses import the
 ``dte_dask`` of the current directory (``python -c`` puts it first on ``sys.path``): run this from
 the root of the checkout to measure; compare two versions by running it from each checkout.
 

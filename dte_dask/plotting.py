@@ -564,7 +564,6 @@ def save_figure(fig: Any, path: str, *, title: str | None = None) -> str:
         from bokeh.resources import INLINE
 
         # INLINE: bokeh drops the bundles a figure does not use
-
         html = file_html(fig, resources=INLINE, title=title or "dte_dask plot")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(html)
