@@ -38,7 +38,7 @@ print(json.dumps({"wall": time.perf_counter() - t, "cpu": time.process_time() - 
                   "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
                   "minflt": r1.ru_minflt - r0.ru_minflt,
                   "periods": p.n_periods, "partitions": p.npartitions,
-                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gib": r1.ru_maxrss / 2**20}))
 """
 
 

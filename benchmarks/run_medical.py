@@ -114,8 +114,7 @@ def read_floor(path: Path, columns: list[str], cold: bool, repeats: int = 1) -> 
     look met."""
     import pyarrow.parquet as pq
 
-    best = None
-    reads = []
+    runs = []
     for _ in range(max(1, repeats)):
         if cold:
             evict_page_cache(path)
@@ -126,12 +125,9 @@ def read_floor(path: Path, columns: list[str], cold: bool, repeats: int = 1) -> 
             rows += tab.num_rows
             nbytes += tab.nbytes
             del tab
-        one = {"read_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu, "rows": rows,
-               "arrow_bytes": nbytes, "columns": columns, "cold": cold}
-        reads.append(one["read_s"])
-        if best is None or one["read_s"] < best["read_s"]:
-            best = one
-    return {**best, "reads_s": reads}
+        runs.append({"read_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu, "rows": rows,
+                     "arrow_bytes": nbytes, "columns": columns, "cold": cold})
+    return {**min(runs, key=lambda r: r["read_s"]), "reads_s": [r["read_s"] for r in runs]}
 
 
 _TOUCH = """

@@ -28,9 +28,9 @@ def _demeaned(y: np.ndarray, mean: np.ndarray, out: np.ndarray) -> None:  # prag
 def demeaned(y: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """``np.subtract(y, mean[:, None], order="C")``: each row less its mean, row-major, from
     outcomes of any layout."""
-    out = np.empty(y.shape)
     if mean.shape != (y.shape[0],):
         raise ValueError(f"{mean.size} means for {y.shape[0]} rows")
+    out = np.empty(y.shape)
     if y.size:
         compiled(_demeaned)(_f64(y), _f64(mean), out)
     return out

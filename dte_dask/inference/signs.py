@@ -108,19 +108,11 @@ def _gather_bits_t(rawT: np.ndarray, pos: np.ndarray, outT: np.ndarray) -> None:
             o[d] |= ((src[d] >> s) & one) << sh
 
 
-_KERNELS = {"signed_sums": _signed_sums, "transpose": _transpose, "gather_bits_t": _gather_bits_t}
-
-
-def _kernel(name: str):
-    """The compiled kernel ``name`` (:func:`dte_dask.core.jit.compiled`)."""
-    return compiled(_KERNELS[name])
-
-
 def transpose_bytes(a: np.ndarray) -> np.ndarray:
     """``a.T`` (a 2-D uint8 array) as a C-contiguous array."""
     out = np.empty(a.shape[::-1], dtype=np.uint8)
     if a.size:
-        _kernel("transpose")(a, out)
+        compiled(_transpose)(a, out)
     return out
 
 
@@ -133,7 +125,7 @@ def gather_bits(packed: np.ndarray, pos: np.ndarray, *, transposed: np.ndarray |
     rawT = transpose_bytes(packed) if transposed is None else transposed
     outT = np.zeros((-(-pos.size // 8), packed.shape[0]), dtype=np.uint8)
     if pos.size and packed.shape[0]:
-        _kernel("gather_bits_t")(rawT, np.ascontiguousarray(pos, dtype=np.int64), outT)
+        compiled(_gather_bits_t)(rawT, np.ascontiguousarray(pos, dtype=np.int64), outT)
     return outT.T
 
 
@@ -157,7 +149,7 @@ def signed_sums(packed: np.ndarray, rows: np.ndarray, lead: int = 0, *,
         full[lead:lead + m] = rows
     out = np.zeros((D, w))
     if D and w and G:
-        _kernel("signed_sums")(np.ascontiguousarray(packed_t, dtype=np.uint8), full, out, _PREV, _ROW)
+        compiled(_signed_sums)(np.ascontiguousarray(packed_t, dtype=np.uint8), full, out, _PREV, _ROW)
     return out
 
 
